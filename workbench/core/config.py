@@ -1,0 +1,351 @@
+"""The run configuration: one typed, validated schema for a whole run.
+
+The window's forms, the CLI flags (``--set key=value``) and the ``run.toml`` stored in every run folder
+are three views of this one object. It is validated once, when it is built; an error names the field,
+the value and what is allowed. Unknown keys are errors (a typo must not silently fall back to a default).
+
+TOML has no ``null``, so fields whose value is ``None`` are left out when writing and come back as
+``None`` (their default) when reading: the round-trip is lossless.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "LoraSettings",
+    "DataConfig",
+    "TrainingConfig",
+    "OutputConfig",
+    "RunConfig",
+    "PRESETS",
+    "DEFAULT_PRESET",
+]
+
+# Layer presets understood by core.layers; kept here so the schema can validate them without importing torch.
+PRESETS: dict[str, str] = {
+    "attention-qv": "attention q and v projections (the LoRA paper's choice; fused qkv where q and v are fused)",
+    "attention": "every attention projection (q, k, v, output)",
+    "mlp": "every MLP / feed-forward projection",
+    "all-linear": "every linear layer in the transformer blocks (attention and MLP), not the output head",
+}
+DEFAULT_PRESET = "all-linear"
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used. ``problems`` holds one line per bad field."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        head = f"Invalid run configuration{f' in {source}' if source else ''}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
+
+
+class _Section(BaseModel):
+    # extra="forbid": unknown keys are errors; strict: no silent coercion ("8" is not a rank, true is not 1);
+    # validate_assignment: the GUI edits fields in place and gets the same checks.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+class ModelConfig(_Section):
+    source: str = Field("", description="Local Hugging Face folder, Hub id (org/name) or path to a .gguf file.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); local sources ignore it.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the frozen base weights. 'auto' keeps the checkpoint's dtype on GPU, float32 on CPU."
+    )
+    task: Literal["causal-lm", "sequence-classification"] = Field(
+        "causal-lm", description="Causal language modelling, or a classification head on an encoder (BERT-style)."
+    )
+    num_labels: int = Field(2, ge=2, le=100_000, description="Classes for sequence classification.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model. Off unless you have read that code."
+    )
+    allow_pickle: bool = Field(
+        False, description="Allow loading pickle (.bin/.pt) weights. Unpickling can run arbitrary code: only for files you trust."
+    )
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, description="LoRA rank: capacity of the update (typical 4–64).")
+    alpha: float = Field(32.0, gt=0, description="Scale numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0–0.3).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r); helps at high ranks.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (learned per-row magnitude); slower, sometimes better.")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="Initialisation of A and B ('default': Kaiming A, zero B)."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train alongside the adapter.")
+    preset: str = Field(DEFAULT_PRESET, description="Layer preset used when target_modules is empty.")
+    include: list[str] = Field(default_factory=list, description="Extra name patterns (glob, or regex as 're:...') added to the preset.")
+    blocks: str | None = Field(None, description="Restrict to transformer blocks, e.g. '8-15' or '0,2,4-6'.")
+    target_modules: list[str] = Field(
+        default_factory=list, description="Exact module names to adapt. When set it wins over preset/include/blocks."
+    )
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="Per-module rank overrides: {module name: rank}.")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-module alpha overrides: {module name: alpha}.")
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full and saved with the adapter.")
+
+    @field_validator("r")
+    @classmethod
+    def _rank_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("the rank must be a whole number of at least 1")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS and v != "none":
+            raise ValueError(f"unknown preset; choose one of {', '.join(PRESETS)} (or 'none')")
+        return v
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks_syntax(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_block_spec(v)
+        return v
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _ranks_positive(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, r in v.items() if r < 1]
+        if bad:
+            raise ValueError(f"ranks must be at least 1 (bad: {', '.join(bad)})")
+        return v
+
+    @field_validator("alpha_pattern")
+    @classmethod
+    def _alphas_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, a in v.items() if a <= 0]
+        if bad:
+            raise ValueError(f"alphas must be greater than 0 (bad: {', '.join(bad)})")
+        return v
+
+
+DataFormat = Literal["auto", "text", "prompt-completion", "alpaca", "chat", "sharegpt"]
+
+
+class DataConfig(_Section):
+    train_files: list[str] = Field(default_factory=list, description="Training files (JSONL, JSON, CSV, Parquet, TXT) or saved dataset folders.")
+    validation_files: list[str] = Field(default_factory=list, description="Separate validation files (optional).")
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out for validation when no validation file is given.")
+    format: DataFormat = Field("auto", description="Row format; 'auto' detects it from the columns.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column mapping {role: column}, roles: text, prompt, completion, instruction, input, output, messages, conversations.",
+    )
+    max_length: int = Field(1024, ge=8, le=1_048_576, description="Maximum tokens per example; longer ones are truncated and counted.")
+    packing: bool = Field(True, description="Pack short examples into full rows without attention across example boundaries.")
+    train_on: Literal["completion", "all"] = Field("completion", description="Compute the loss on completions/assistant turns only, or on every token.")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
+    skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
+
+
+class TrainingConfig(_Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (LoRA: 1e-5 – 1e-3, typically 2e-4).")
+    batch_size: int = Field(4, ge=1, le=65_536, description="Examples (or packed rows) per device per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1, le=65_536, description="Micro-batches accumulated per optimizer step.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of the steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay on the adapter weights.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping threshold (0 disables clipping).")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field("adamw_torch", description="Optimizer.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed: same seed and data give the same loss curve.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% slower.")
+    logging_steps: int = Field(1, ge=1, description="Report metrics every N optimizer steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: once per epoch when there is validation data).")
+    save_steps: int | None = Field(None, ge=1, description="Save a checkpoint every N steps (default: only at the end).")
+    save_total_limit: int = Field(3, ge=0, description="Keep at most this many checkpoints (0 keeps all).")
+    sample_steps: int | None = Field(None, ge=1, description="Generate the sample prompts every N steps.")
+    sample_prompts: list[str] = Field(default_factory=list, description="Fixed prompts generated with the current adapter during training.")
+    sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample prompt.")
+
+
+class OutputConfig(_Section):
+    runs_root: str = Field("runs", description="Folder that holds one sub-folder per run.")
+    name: str | None = Field(None, description="Run name (default: model name and time stamp).")
+    run_dir: str | None = Field(None, description="Exact run folder; overrides runs_root/name.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or re.search(r"[/\\\0]", v)):
+            raise ValueError("a run name must be non-empty and contain no slashes")
+        return v
+
+
+class RunConfig(_Section):
+    """Everything that defines a run. Build it with keywords, ``from_dict`` or ``from_toml``."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc), source) from None
+
+    @classmethod
+    def from_toml_text(cls, text: str, source: str | None = None) -> "RunConfig":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"not valid TOML: {exc}"], source) from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError([f"file not found: {path}"], str(path)) from None
+        except UnicodeDecodeError:
+            raise ConfigError(["the file is not UTF-8 text"], str(path)) from None
+        except OSError as exc:
+            raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+        return cls.from_toml_text(text, str(path))
+
+    # -- output ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with ``None`` fields left out (TOML cannot hold them; they are the defaults)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        from .fsutil import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_toml())
+
+    # -- edits ----------------------------------------------------------------------------------------
+    def with_overrides(self, assignments: list[str]) -> "RunConfig":
+        """Apply ``section.field=value`` assignments (CLI ``--set``). Values are parsed as TOML values,
+        falling back to a plain string, so ``training.learning_rate=1e-4`` and ``model.source=./m`` both work."""
+        data = self.model_dump(mode="json")
+        problems = []
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or "." not in key:
+                problems.append(f"{item!r}: expected section.field=value, e.g. training.learning_rate=1e-4")
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            ok = True
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    problems.append(f"{key}: unknown section {part!r}")
+                    ok = False
+                    break
+                node = node[part]
+            if ok:
+                node[leaf] = _parse_value(raw.strip())
+        if problems:
+            raise ConfigError(problems, "--set")
+        return RunConfig.from_dict(data, "--set")
+
+    def copy_with(self, **sections: Any) -> "RunConfig":
+        """A validated copy with whole sections or section fields replaced, e.g. ``copy_with(lora={"r": 8})``."""
+        data = self.model_dump(mode="json")
+        for name, value in sections.items():
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            if isinstance(value, dict) and isinstance(data.get(name), dict):
+                data[name].update(value)
+            else:
+                data[name] = value
+        return RunConfig.from_dict(data)
+
+
+def field_help() -> dict[str, str]:
+    """``{"section.field": description}`` for tooltips and ``--help`` texts."""
+    out = {}
+    for section_name, section_field in RunConfig.model_fields.items():
+        section_cls = section_field.annotation
+        for name, f in section_cls.model_fields.items():  # type: ignore[union-attr]
+            out[f"{section_name}.{name}"] = f.description or ""
+    return out
+
+
+def parse_block_spec(spec: str) -> list[int]:
+    """'8-15' → [8..15]; '0,2,4-6' → [0, 2, 4, 5, 6]. Raises ValueError with the bad part named."""
+    blocks: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:[-–:](\d+))?", part)
+        if not m:
+            raise ValueError(f"block range {part!r} is not N or A-B (e.g. '8-15' or '0,2,4-6')")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) is not None else a
+        if b < a:
+            raise ValueError(f"block range {part!r} ends before it starts")
+        blocks.update(range(a, b + 1))
+    if not blocks:
+        raise ValueError("empty block range; write e.g. '8-15'")
+    return sorted(blocks)
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            section = ".".join(str(p) for p in err["loc"][:-1])
+            allowed = _allowed_keys(err["loc"][:-1])
+            problems.append(
+                f"{loc}: unknown key{f' in [{section}]' if section else ''}; allowed: {', '.join(allowed)}"
+            )
+            continue
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if kind == "literal_error":
+            msg = "must be one of " + msg.removeprefix("Input should be ")
+        problems.append(f"{loc}: got {value!r} — {msg}")
+    return problems
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    cls: Any = RunConfig
+    for part in loc:
+        f = cls.model_fields.get(part)
+        if f is None or not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel):
+            return []
+        cls = f.annotation
+    return list(cls.model_fields)
