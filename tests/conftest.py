@@ -1,0 +1,26 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: tiny_model_dir("llama") → a saved local HF folder, built once per architecture per session."""
+    import tiny
+
+    cache: dict = {}
+
+    def get(arch: str = "llama", **kw) -> Path:
+        key = (arch, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = tiny.save_model(arch, tmp_path_factory.mktemp(f"model-{arch}"), **kw)
+        return cache[key]
+
+    return get
