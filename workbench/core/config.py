@@ -18,6 +18,8 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .errors import WorkbenchError
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -40,13 +42,13 @@ PRESETS: dict[str, str] = {
 DEFAULT_PRESET = "all-linear"
 
 
-class ConfigError(ValueError):
+class ConfigError(WorkbenchError, ValueError):
     """A run configuration that cannot be used. ``problems`` holds one line per bad field."""
 
     def __init__(self, problems: list[str], source: str | None = None):
         self.problems = problems
         self.source = source
-        head = f"Invalid run configuration{f' in {source}' if source else ''}:"
+        head = f"invalid run configuration{f' in {source}' if source else ''}:"
         super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
@@ -207,7 +209,7 @@ class RunConfig(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc), source) from None
+            raise ConfigError(describe_validation_error(exc), source) from None
 
     @classmethod
     def from_toml_text(cls, text: str, source: str | None = None) -> "RunConfig":
@@ -319,10 +321,11 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _describe(exc: ValidationError) -> list[str]:
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One readable line per problem: ``section.field: got VALUE — what is allowed``."""
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = prefix + ".".join(str(p) for p in err["loc"])
         kind = err["type"]
         value = err.get("input")
         if kind == "extra_forbidden":

