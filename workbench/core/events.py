@@ -175,12 +175,16 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+_FIELD_NAMES: dict[str, frozenset[str]] = {kind: frozenset(f.name for f in fields(cls)) for kind, cls in _EVENT_TYPES.items()}
+
+
 def event_from_dict(d: dict[str, Any]) -> Event | None:
     """Rebuild an event from ``to_dict`` output; unknown kinds or fields (from newer versions) → None / ignored."""
-    cls = _EVENT_TYPES.get(d.get("kind", ""))
+    kind = d.get("kind", "")
+    cls = _EVENT_TYPES.get(kind)
     if cls is None:
         return None
-    names = {f.name for f in fields(cls)}
+    names = _FIELD_NAMES[kind]
     try:
         return cls(**{k: v for k, v in d.items() if k in names})
     except TypeError:

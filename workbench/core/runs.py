@@ -1,0 +1,995 @@
+"""Run folders: where a run lives on disk, how to tell its status, read its metrics and resume it.
+
+One folder per run, readable by any process on any machine that sees the disk::
+
+    RUN_DIR/
+      run.toml                        the full configuration (RunConfig.save), written once, atomically
+      metrics.jsonl                   every event, one JSON object per line, append-only (events.JsonlSink)
+      status.json                     small state record, replaced atomically (see "status.json" below)
+      control.json                    commands from other processes (see "control.json" below)
+      checkpoints/checkpoint-<step>/  HF Trainer checkpoints (the Trainer's output_dir is checkpoints/)
+      adapter/                        the final PEFT adapter: adapter_config.json + adapter_model.safetensors
+
+Who writes what. ``create_run`` makes the folder and ``run.toml``. While training, the engine's main process
+holds a ``RunRecorder``: it is the event sink that appends to ``metrics.jsonl``, keeps ``status.json``
+current (with a heartbeat from a background thread, so the engine calls nothing extra) and, when given the
+run's ``RunControl``, applies the commands found in ``control.json`` to it. The engine wiring is::
+
+    folder = create_run(config)                 # or: point = prepare_resume(run_dir); folder = point.folder
+    with RunRecorder(folder, control=control) as recorder:
+        training.run(config, MultiSink([recorder, console_sink]), control)
+
+status.json holds ``state`` ("running", "finished", "stopped" or "failed"), ``pid`` and ``hostname`` of the
+writing process, ``started_at`` (first start of the run), ``session_started_at`` (start of the current
+process's recording), ``updated_at`` (heartbeat), ``ended_at``, ``elapsed_s`` (training wall time summed
+over sessions), and the running summary ``step``, ``total_steps``, ``last_loss``, ``best_eval_loss``,
+``world_size`` and, for failures, ``reason``. Times are Unix seconds. Listing hundreds of runs therefore
+reads two small files per run and, only for a run that claims to be running, the last 64 KiB of its
+metrics, never a whole ``metrics.jsonl``.
+
+A "running" record is not believed blindly (see ``RunStatus``): on the writing host the process must still
+exist and be the same process (its creation time precedes ``session_started_at``); from another host the
+heartbeat must be younger than ``STALE_AFTER_S``. Otherwise the run is reported as crashed. A ``Finished``
+or ``Failed`` event at the end of ``metrics.jsonl`` wins over a "running" record (a crash between writing
+the event and the record).
+
+control.json holds the *desired* state ``{"stop": bool, "pause": bool, "checkpoint_requests": int,
+"updated_at": float}``, not a queue of commands: ``send_control`` rewrites it atomically and
+``ControlFileWatcher`` applies the differences to a ``RunControl``. Several commands sent between two polls
+therefore all take effect (pause, then checkpoint-now), and a pause followed by a resume nets out. The
+watcher resets the file when it starts, so commands left over from an earlier session (the "stop" that
+ended it) do not reach the next one; commands only reach a running engine.
+
+Resuming keeps ``metrics.jsonl`` append-only with one exception: ``prepare_resume`` truncates the file
+after the last event of the checkpoint's step (and drops a torn last line), so the resumed engine appends
+step N+1 right after step N, and readers never see a step twice or a gap. Readers stay simple: no
+de-duplication, no session logic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import tomllib
+import traceback
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .config import RunConfig
+from .control import RunControl
+from .errors import OutputError, TrainingError
+from .events import (
+    Evaluation,
+    Event,
+    Failed,
+    Finished,
+    JsonlSink,
+    RunStarted,
+    Step,
+    event_from_dict,
+)
+from .fsutil import TMP_PREFIX, atomic_write_text
+
+__all__ = [
+    "RUN_FILE",
+    "METRICS_FILE",
+    "STATUS_FILE",
+    "CONTROL_FILE",
+    "CHECKPOINTS_DIR",
+    "ADAPTER_DIR",
+    "CONTROL_COMMANDS",
+    "HEARTBEAT_INTERVAL_S",
+    "STALE_AFTER_S",
+    "RunFolder",
+    "RunStatus",
+    "RunSummary",
+    "Checkpoint",
+    "ResumePoint",
+    "RunRecorder",
+    "MetricsTailer",
+    "ControlFileWatcher",
+    "create_run",
+    "load_config",
+    "model_short_name",
+    "run_status",
+    "summarize_run",
+    "list_runs",
+    "read_events",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "prepare_resume",
+    "send_control",
+    "delete_run",
+]
+
+RUN_FILE = "run.toml"
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+CONTROL_FILE = "control.json"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+# The recorder refreshes status.json this often while the process lives, whatever the engine is doing
+# (a long step, an evaluation, loading a large model, a pause).
+HEARTBEAT_INTERVAL_S = 10.0
+# A run on another host whose heartbeat is older than this is reported as crashed. Generous on purpose:
+# shared file systems (NFS) may cache file contents for up to a minute.
+STALE_AFTER_S = 180.0
+# How often the recorder's thread looks at control.json (one stat() when nothing changed).
+CONTROL_POLL_INTERVAL_S = 0.5
+# Bytes read from the end of metrics.jsonl to find the last outcome of a run that claims to be running.
+_TAIL_BYTES = 64 * 1024
+# psutil derives a process's creation time from the boot time, which Linux reports in whole seconds.
+_CREATE_TIME_SLACK_S = 2.0
+
+CONTROL_COMMANDS = ("stop", "pause", "resume", "checkpoint")
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+_ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_ADAPTER_CONFIG = "adapter_config.json"
+_TRAINER_STATE = "trainer_state.json"
+
+PathLike = str | os.PathLike
+
+
+# ---------------------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True, init=False)
+class RunFolder:
+    """The paths of one run folder. Constructing it touches no file; it is path-like (``os.fspath``)."""
+
+    path: Path
+
+    def __init__(self, path: PathLike):
+        object.__setattr__(self, "path", Path(path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / STATUS_FILE
+
+    @property
+    def control_file(self) -> Path:
+        return self.path / CONTROL_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Pass this as the HF Trainer's ``output_dir``: it writes ``checkpoint-<step>`` folders into it."""
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+
+def model_short_name(source: str) -> str:
+    """A file-name-safe short name for a model source: the last path or Hub-id component, without
+    ``.gguf``; ``"run"`` when nothing usable is left. Used to name run folders and in listings."""
+    tail = re.split(r"[/\\]", source.rstrip("/\\"))[-1]
+    tail = tail.removesuffix(".gguf")
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-.")
+    return tail or "run"
+
+
+def create_run(config: RunConfig) -> RunFolder:
+    """Create the folder for a new run and write ``run.toml`` into it (atomically).
+
+    The folder is ``config.output.run_dir`` when set (it must be missing or empty), otherwise a new folder
+    under ``config.output.runs_root`` named ``config.output.name`` or ``<model>-<YYYYmmdd-HHMMSS>``, with
+    ``-2``, ``-3``, … appended when that name is taken (also by a concurrent process: the name is claimed
+    with ``mkdir``, which fails if it exists).
+    """
+    out = config.output
+    try:
+        if out.run_dir:
+            path = Path(out.run_dir)
+            path.mkdir(parents=True, exist_ok=True)
+            if any(path.iterdir()):
+                raise OutputError(
+                    f"the run folder {path} is not empty",
+                    "choose another output.run_dir, or leave it unset to get a new folder under output.runs_root",
+                )
+        else:
+            root = Path(out.runs_root)
+            root.mkdir(parents=True, exist_ok=True)
+            # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
+            base = (out.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}").lstrip(".")
+            path = _claim_unique_dir(root, base or "run")
+        config.save(path / RUN_FILE)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create the run folder: {exc.strerror or exc} ({exc.filename or out.run_dir or out.runs_root})",
+            "choose a folder you can write to (output.runs_root or output.run_dir)",
+        ) from None
+    return RunFolder(path)
+
+
+def _claim_unique_dir(root: Path, base: str) -> Path:
+    for n in range(1, 10_000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise OutputError(f"too many runs named {base!r} in {root}", "set output.name to another name")
+
+
+def load_config(run_dir: PathLike) -> RunConfig:
+    """The run's configuration, read and validated from its ``run.toml``."""
+    return RunConfig.from_toml(RunFolder(run_dir).run_file)
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+class RunStatus(str, Enum):
+    """What a run is doing, as judged by a reader.
+
+    NEW: the folder exists but no engine has started recording in it. RUNNING: an engine is recording
+    and, as far as can be checked, alive. FINISHED / STOPPED / FAILED: the run reported its outcome
+    (STOPPED: stopped by the user, adapter saved). CRASHED: it was running and its process is gone
+    without reporting an outcome (same host), or its heartbeat went stale (another host); it can be
+    resumed from its newest complete checkpoint.
+    """
+
+    NEW = "new"
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    CRASHED = "crashed"
+
+
+_OUTCOMES = {RunStatus.FINISHED.value, RunStatus.STOPPED.value, RunStatus.FAILED.value}
+
+
+@dataclass
+class _Record:
+    """The content of status.json (see the module docstring). Mutable: the recorder updates it in place."""
+
+    state: str = RunStatus.RUNNING.value
+    pid: int = 0
+    hostname: str = ""
+    started_at: float = 0.0
+    session_started_at: float = 0.0
+    updated_at: float = 0.0
+    ended_at: float | None = None
+    elapsed_s: float = 0.0
+    step: int = 0
+    total_steps: int | None = None
+    last_loss: float | None = None
+    best_eval_loss: float | None = None
+    world_size: int = 1
+    reason: str = ""
+
+    @classmethod
+    def read(cls, folder: RunFolder) -> "_Record | None":
+        """The record, or None when the file is missing or unreadable (never written → a NEW run)."""
+        try:
+            data = json.loads(folder.status_file.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            return None
+
+    def write(self, folder: RunFolder) -> None:
+        atomic_write_text(folder.status_file, json.dumps(asdict(self), indent=1) + "\n")
+
+    def note_eval_loss(self, loss: float) -> None:
+        if not math.isnan(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
+            self.best_eval_loss = loss
+
+
+def _observe(folder: RunFolder, stale_after: float) -> tuple[RunStatus, str, _Record | None, list[Event]]:
+    """Status, a one-line explanation, the status record, and the tail of metrics.jsonl (read only while
+    the record claims the run is running: that is when its last events can tell more)."""
+    record = _Record.read(folder)
+    tail = _read_tail(folder.metrics_file) if record and record.state not in _OUTCOMES else []
+    status, detail = _judge(record, tail, stale_after)
+    return status, detail, record, tail
+
+
+def _judge(record: _Record | None, tail: list[Event], stale_after: float) -> tuple[RunStatus, str]:
+    """Status and a one-line explanation, from the status record and the last events of metrics.jsonl."""
+    if record is None:
+        return RunStatus.NEW, "not started"
+    if record.state in _OUTCOMES:
+        return RunStatus(record.state), record.reason
+    outcome = _last_outcome(tail)
+    if isinstance(outcome, Failed):
+        return RunStatus.FAILED, outcome.reason
+    if isinstance(outcome, Finished):
+        return (RunStatus.STOPPED if outcome.status == RunStatus.STOPPED.value else RunStatus.FINISHED), ""
+    if record.hostname == socket.gethostname():
+        gone = _process_gone(record.pid, record.session_started_at)
+        return (RunStatus.CRASHED, gone) if gone else (RunStatus.RUNNING, f"process {record.pid}")
+    age = time.time() - record.updated_at
+    if age > stale_after:
+        return RunStatus.CRASHED, f"no heartbeat from {record.hostname} for {age:.0f} s (process state unknown)"
+    return RunStatus.RUNNING, f"process {record.pid} on {record.hostname}"
+
+
+def _process_gone(pid: int, session_started_at: float) -> str:
+    """Why process ``pid`` is no longer the run's writer, or "" if it still is."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent
+            return f"process {pid} ended without reporting a result"
+        created = proc.create_time()
+    except psutil.NoSuchProcess:
+        return f"process {pid} ended without reporting a result"
+    except psutil.AccessDenied:
+        return ""  # it exists and belongs to someone else: it may well be the writer
+    if created > session_started_at + _CREATE_TIME_SLACK_S:
+        return f"process {pid} ended without reporting a result (its number now belongs to another process)"
+    return ""
+
+
+def _last_outcome(events: list[Event]) -> Finished | Failed | None:
+    """The outcome reported by the latest session in ``events`` (a later RunStarted begins a new one)."""
+    for event in reversed(events):
+        if isinstance(event, (Finished, Failed)):
+            return event
+        if isinstance(event, RunStarted):
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the runs list. Times are local, timezone-aware datetimes."""
+
+    name: str
+    path: Path
+    status: RunStatus
+    status_detail: str  # why this status: the failure reason, the process, the stale heartbeat, …
+    model_source: str
+    data_files: tuple[str, ...]
+    step: int  # optimizer steps done (the last one reported)
+    total_steps: int | None
+    last_loss: float | None
+    best_eval_loss: float | None
+    created_at: datetime  # when the folder was created (run.toml written)
+    started_at: datetime | None  # first start of training; None for a NEW run
+    duration_s: float | None  # training wall time, summed over sessions
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (``workbench runs --json``)."""
+        d = asdict(self)
+        d.update(
+            path=str(self.path),
+            status=self.status.value,
+            data_files=list(self.data_files),
+            created_at=self.created_at.isoformat(timespec="seconds"),
+            started_at=self.started_at.isoformat(timespec="seconds") if self.started_at else None,
+        )
+        return d
+
+
+def summarize_run(run_dir: PathLike, *, stale_after: float = STALE_AFTER_S) -> RunSummary:
+    """The summary of one run folder, from ``status.json``, ``run.toml`` and, for a run that claims to be
+    running, the tail of ``metrics.jsonl`` (which also gives its latest step and loss).
+
+    Raises ``FileNotFoundError`` when ``run_dir`` holds no ``run.toml`` (not a run, or deleted meanwhile).
+    """
+    folder = RunFolder(run_dir)
+    created = folder.run_file.stat().st_mtime
+    status, detail, record, tail = _observe(folder, stale_after)
+    step, last_loss = (record.step, record.last_loss) if record else (0, None)
+    total_steps = record.total_steps if record else None
+    last_step = next((e for e in reversed(tail) if isinstance(e, Step)), None)
+    if last_step is not None and last_step.step >= step:  # fresher than the last heartbeat
+        step, last_loss, total_steps = last_step.step, last_step.loss, last_step.total_steps
+    model_source, data_files = _run_file_essentials(folder)
+    return RunSummary(
+        name=folder.name,
+        path=folder.path,
+        status=status,
+        status_detail=detail,
+        model_source=model_source,
+        data_files=data_files,
+        step=step,
+        total_steps=total_steps,
+        last_loss=last_loss,
+        best_eval_loss=record.best_eval_loss if record else None,
+        created_at=_local_time(created),
+        started_at=_local_time(record.started_at) if record else None,
+        duration_s=record.elapsed_s if record else None,
+    )
+
+
+def _run_file_essentials(folder: RunFolder) -> tuple[str, tuple[str, ...]]:
+    """Model source and training files from run.toml, read without validation: a run written by another
+    version of the program (unknown or missing keys) must still be listed."""
+    try:
+        data = tomllib.loads(folder.run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", ()
+    model, train = data.get("model", {}), data.get("data", {})
+    source = model.get("source", "") if isinstance(model, dict) else ""
+    files = train.get("train_files", []) if isinstance(train, dict) else []
+    return str(source), tuple(str(f) for f in files) if isinstance(files, list) else ()
+
+
+def _local_time(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp).astimezone()
+
+
+def run_status(run_dir: PathLike, *, stale_after: float = STALE_AFTER_S) -> RunStatus:
+    """The status of one run (see ``RunStatus``)."""
+    return _observe(RunFolder(run_dir), stale_after)[0]
+
+
+def list_runs(root: PathLike, *, stale_after: float = STALE_AFTER_S) -> list[RunSummary]:
+    """Summaries of the runs directly under ``root`` (folders holding a ``run.toml``), newest first.
+    Folders whose names start with a dot (temporary, being deleted) are skipped; a missing root has none."""
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    summaries = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            summaries.append(summarize_run(entry.path, stale_after=stale_after))
+        except FileNotFoundError:  # no run.toml: not a run, or deleted while we looked
+            continue
+    summaries.sort(key=lambda s: (s.started_at or s.created_at, s.name), reverse=True)
+    return summaries
+
+
+# ---------------------------------------------------------------------------------------- recording
+
+
+class RunRecorder:
+    """The writer of a run folder while its engine runs: an event sink plus a heartbeat and control thread.
+
+    Only the engine's main process creates one (under torchrun: rank 0). On creation it marks the run
+    running in ``status.json`` (refusing a run that is already running elsewhere), opens ``metrics.jsonl``
+    for appending and starts a daemon thread that refreshes the heartbeat every ``heartbeat_interval``
+    seconds and, when ``control`` is given, applies commands from ``control.json`` to it (through a
+    ``ControlFileWatcher``). ``emit`` appends each event to ``metrics.jsonl`` and keeps the summary in
+    ``status.json`` current; ``Finished`` and ``Failed`` are recorded at once.
+
+    Use it as a context manager: an exception escaping the block is recorded as a ``Failed`` event, and a
+    block that ends without a ``Finished`` or ``Failed`` event is recorded as failed too, so no run ever
+    stays "running" in a process that lives on (the window).
+    """
+
+    def __init__(
+        self,
+        run_dir: PathLike,
+        *,
+        control: RunControl | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+    ):
+        self.folder = RunFolder(run_dir)
+        if not self.folder.run_file.is_file():
+            raise OutputError(f"{self.folder.path} is not a run folder (no {RUN_FILE})", "create it with create_run")
+        status, detail, previous, _ = _observe(self.folder, STALE_AFTER_S)
+        if status is RunStatus.RUNNING:
+            raise OutputError(f"the run {self.folder.path} is already running ({detail})", "stop it first")
+        now = time.time()
+        self._record = _Record(
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            started_at=previous.started_at if previous else now,
+            session_started_at=now,
+            updated_at=now,
+        )
+        if previous:  # a resumed run keeps its summary (prepare_resume has trimmed it to the checkpoint)
+            for name in ("elapsed_s", "step", "total_steps", "last_loss", "best_eval_loss", "world_size"):
+                setattr(self._record, name, getattr(previous, name))
+        self._elapsed_before = self._record.elapsed_s
+        self._lock = threading.Lock()
+        self._closed = False
+        self._metrics = JsonlSink(self.folder.metrics_file)
+        try:
+            self._watcher = ControlFileWatcher(self.folder, control) if control is not None else None
+            # Written last: a "running" record must never be left behind by a set-up that failed.
+            self._write_status()
+        except BaseException:
+            self._metrics.close()
+            raise
+        self._heartbeat_interval = heartbeat_interval
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="workbench-run-heartbeat", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        """Append ``event`` to metrics.jsonl and fold it into the status summary."""
+        with self._lock:
+            if self._closed:
+                return
+            self._metrics.emit(event)
+            record = self._record
+            if isinstance(event, Step):
+                record.step, record.total_steps = event.step, event.total_steps
+                record.last_loss, record.world_size = event.loss, event.world_size
+            elif isinstance(event, Evaluation):
+                record.note_eval_loss(event.eval_loss)
+            elif isinstance(event, RunStarted):
+                record.total_steps, record.world_size = event.total_steps, event.world_size
+                self._write_status()
+            elif isinstance(event, Finished):
+                stopped = event.status == RunStatus.STOPPED.value
+                record.state = (RunStatus.STOPPED if stopped else RunStatus.FINISHED).value
+                record.step, record.ended_at = event.step, time.time()
+                self._write_status()
+            elif isinstance(event, Failed):
+                record.state, record.reason, record.ended_at = RunStatus.FAILED.value, event.reason, time.time()
+                self._write_status()
+
+    def close(self) -> None:
+        """Stop the thread, record a run that never reported its outcome as failed, close metrics.jsonl."""
+        if self._closed:
+            return
+        self._closing.set()
+        self._thread.join()
+        if self._record.state == RunStatus.RUNNING.value:
+            self.emit(Failed(reason="the training ended without reporting a result", step=self._record.step))
+        with self._lock:
+            self._closed = True
+            self._metrics.close()
+
+    def __enter__(self) -> "RunRecorder":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and self._record.state == RunStatus.RUNNING.value:
+            self.emit(
+                Failed(
+                    reason=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__,
+                    step=self._record.step,
+                    traceback="".join(traceback.format_exception(exc_type, exc, tb)),
+                )
+            )
+        self.close()
+
+    def _beat(self) -> None:
+        tick = min(self._heartbeat_interval, CONTROL_POLL_INTERVAL_S) if self._watcher else self._heartbeat_interval
+        last_beat = time.monotonic()
+        while not self._closing.wait(tick):
+            # A failed read or write (a full disk, a network share hiccup) must not end the thread: the
+            # next tick retries, and a dead heartbeat would make a live run look crashed.
+            try:
+                if self._watcher is not None:
+                    self._watcher.poll()
+                if time.monotonic() - last_beat >= self._heartbeat_interval:
+                    last_beat = time.monotonic()
+                    with self._lock:
+                        if self._record.state == RunStatus.RUNNING.value:
+                            self._write_status()
+            except OSError:
+                continue
+
+    def _write_status(self) -> None:
+        """Write status.json (callers hold the lock, except the constructor before the thread starts)."""
+        now = time.time()
+        self._record.updated_at = now
+        self._record.elapsed_s = self._elapsed_before + (now - self._record.session_started_at)
+        self._record.write(self.folder)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def _parse_lines(data: bytes) -> list[Event]:
+    """Events from the complete lines of ``data``. A trailing piece without a newline (a line still being
+    written, or torn by a crash) is ignored, and so are lines that are not JSON objects (a torn line that
+    later writes were appended to) and events of kinds this version does not know."""
+    events = []
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:  # also UnicodeDecodeError
+            continue
+        event = event_from_dict(obj) if isinstance(obj, dict) else None
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _read_tail(path: Path, max_bytes: int = _TAIL_BYTES) -> list[Event]:
+    """The events among the last ``max_bytes`` of a metrics file (its first, cut line skipped)."""
+    try:
+        with open(path, "rb") as fh:
+            start = max(0, fh.seek(0, os.SEEK_END) - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    if start > 0:
+        data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
+    return _parse_lines(data)
+
+
+def read_events(run_dir: PathLike) -> list[Event]:
+    """Every event of a run's metrics.jsonl, in order; tolerant as ``MetricsTailer.poll`` is."""
+    return MetricsTailer(run_dir).poll()
+
+
+class MetricsTailer:
+    """Follows a run's metrics.jsonl as another process appends to it (live plots, ``workbench runs``).
+
+    ``poll()`` returns the events completed since the previous call. It keeps the byte offset of the end
+    of the last complete line it consumed, so a line still being written is left for the next poll, and
+    a missing file (the run has not started yet) just gives no events. To notice that the file was cut
+    back (``prepare_resume``) or replaced, it re-reads the last line it consumed and compares it: if it
+    changed, the tailer starts again from the beginning and sets ``restarted`` for that poll, telling the
+    caller to drop what it had (the returned events are then the whole history).
+    """
+
+    def __init__(self, run_dir: PathLike):
+        self.path = RunFolder(run_dir).metrics_file
+        self.restarted = False
+        self._offset = 0  # end of the last consumed complete line
+        self._last_line = b""  # that line, newline included
+
+    def poll(self) -> list[Event]:
+        self.restarted = False
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return []
+        with fh:
+            if self._offset and not self._continues(fh):
+                self._offset, self._last_line, self.restarted = 0, b"", True
+            fh.seek(self._offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return []
+        self._offset += end
+        self._last_line = data[data.rfind(b"\n", 0, end - 1) + 1 : end]
+        return _parse_lines(data[:end])
+
+    def _continues(self, fh: Any) -> bool:
+        fh.seek(self._offset - len(self._last_line))
+        return fh.read(len(self._last_line)) == self._last_line
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A ``checkpoints/checkpoint-<step>`` folder. ``problem`` says why it cannot be resumed from ("" if it can)."""
+
+    step: int
+    path: Path
+    problem: str
+
+    @property
+    def complete(self) -> bool:
+        return not self.problem
+
+
+def list_checkpoints(run_dir: PathLike) -> list[Checkpoint]:
+    """Every ``checkpoint-<step>`` folder of a run, oldest first, each checked for completeness.
+
+    Complete means: ``trainer_state.json`` parses and names the folder's step (the Trainer writes it last,
+    after the adapter, optimizer, scheduler and RNG states); ``adapter_config.json`` parses;
+    ``adapter_model.safetensors`` is a whole safetensors file (header and size agree); and every torch
+    state file (``*.pt``, ``*.pth``) is a whole zip archive (the format ``torch.save`` writes). Only names
+    of exactly that form are listed, so temporary folders (``.tmp-…``) never are.
+    """
+    folder = RunFolder(run_dir)
+    try:
+        entries = list(os.scandir(folder.checkpoints_dir))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        match = _CHECKPOINT_NAME.fullmatch(entry.name)
+        if match and entry.is_dir():
+            step, path = int(match.group(1)), Path(entry.path)
+            found.append(Checkpoint(step, path, _checkpoint_problem(path, step)))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: PathLike) -> Checkpoint | None:
+    """The newest complete checkpoint, or None."""
+    return _newest_complete(list_checkpoints(run_dir))
+
+
+def _newest_complete(checkpoints: list[Checkpoint]) -> Checkpoint | None:
+    return next((c for c in reversed(checkpoints) if c.complete), None)
+
+
+def _checkpoint_problem(path: Path, step: int) -> str:
+    try:
+        state = json.loads((path / _TRAINER_STATE).read_bytes())
+    except FileNotFoundError:
+        return f"no {_TRAINER_STATE} (the checkpoint was not finished)"
+    except ValueError:
+        return f"{_TRAINER_STATE} is not valid JSON (cut off while written)"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return f"{_TRAINER_STATE} does not record step {step}"
+    try:
+        json.loads((path / _ADAPTER_CONFIG).read_bytes())
+    except FileNotFoundError:
+        return f"no {_ADAPTER_CONFIG}"
+    except ValueError:
+        return f"{_ADAPTER_CONFIG} is not valid JSON"
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path / _ADAPTER_WEIGHTS), framework="numpy"):  # validates header against file size
+            pass
+    except FileNotFoundError:
+        return f"no {_ADAPTER_WEIGHTS}"
+    except SafetensorError as exc:
+        return f"{_ADAPTER_WEIGHTS} is damaged ({exc})"
+    for state_file in sorted(path.iterdir()):
+        if state_file.suffix in (".pt", ".pth") and not zipfile.is_zipfile(state_file):
+            return f"{state_file.name} is incomplete"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------- resume
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the engine needs to continue a run: ``trainer.train(resume_from_checkpoint=str(checkpoint.path))``."""
+
+    folder: RunFolder
+    config: RunConfig
+    checkpoint: Checkpoint
+    discarded: tuple[Path, ...]  # incomplete checkpoint folders that were removed
+    dropped_events: int  # metrics.jsonl lines removed (events after the checkpoint's step, a torn line)
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step
+
+    def describe(self) -> str:
+        """One line for the console and the log panel: which checkpoint, and what was thrown away."""
+        total = self.config.training.max_steps
+        text = f"resuming from {self.checkpoint.path.name} (step {self.step}{f' of {total}' if total else ''})"
+        if self.discarded:
+            text += f"; removed incomplete {', '.join(p.name for p in self.discarded)}"
+        if self.dropped_events:
+            text += f"; dropped {self.dropped_events} metrics line(s) recorded after step {self.step}"
+        return text
+
+
+def prepare_resume(run_dir: PathLike) -> ResumePoint:
+    """Make a stopped, failed or crashed run ready to continue from its newest complete checkpoint.
+
+    Removes incomplete checkpoint folders (and temporary ones) so the Trainer cannot mix files into
+    them; truncates ``metrics.jsonl`` at the first line whose ``step`` exceeds the checkpoint's (and drops
+    a torn last line); recomputes the summary in ``status.json`` from what is kept. The engine then opens a
+    ``RunRecorder`` on the folder and emits ``RunStarted(resumed_from_step=point.step, ...)``.
+
+    Raises ``TrainingError`` for a run that is running, finished, never started, or has no complete
+    checkpoint; ``OutputError`` for a folder that is not a run; ``ConfigError`` for an invalid ``run.toml``.
+    """
+    folder = RunFolder(run_dir)
+    if not folder.run_file.is_file():
+        raise OutputError(
+            f"{folder.path} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`"
+        )
+    refusals = {
+        RunStatus.RUNNING: ("is still running", "stop it first, or wait for it to end"),
+        RunStatus.FINISHED: ("has already finished", "start a new run to train further"),
+        RunStatus.NEW: ("never started", f"start it with `workbench train {folder.run_file}`"),
+    }
+    refusal = refusals.get(run_status(folder))
+    if refusal is not None:
+        raise TrainingError(f"the run {folder.name} {refusal[0]}; there is nothing to resume", refusal[1])
+    config = load_config(folder)
+    checkpoints = list_checkpoints(folder)
+    checkpoint = _newest_complete(checkpoints)
+    if checkpoint is None:
+        raise TrainingError(
+            f"the run {folder.name} has no complete checkpoint to resume from",
+            "set training.save_steps so that runs save checkpoints, and start the run again",
+        )
+    discarded = [c.path for c in checkpoints if not c.complete]
+    if folder.checkpoints_dir.is_dir():
+        discarded += [p for p in folder.checkpoints_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
+    for path in discarded:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    dropped = _truncate_metrics(folder, checkpoint.step)
+    return ResumePoint(folder, config, checkpoint, tuple(sorted(discarded)), dropped)
+
+
+def _truncate_metrics(folder: RunFolder, step: int) -> int:
+    """Cut metrics.jsonl after the events of ``step`` and refresh the status summary from what is kept.
+
+    Steps only grow within the file (each resume cuts before appending), so everything from the first
+    line with a later step onwards belongs to work the checkpoint does not contain. Returns the number
+    of lines removed.
+    """
+    try:
+        data = folder.metrics_file.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    record = _Record.read(folder) or _Record()
+    record.step, record.last_loss, record.best_eval_loss = 0, None, None
+    cut = data.rfind(b"\n") + 1  # at least the torn last line goes
+    offset = 0
+    for line in data[:cut].splitlines(keepends=True):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("step"), int) and obj["step"] > step:
+            cut = offset
+            break
+        offset += len(line)
+        event = event_from_dict(obj) if isinstance(obj, dict) else None
+        if isinstance(event, Step):
+            record.step, record.last_loss = event.step, event.loss
+        elif isinstance(event, Evaluation):
+            record.note_eval_loss(event.eval_loss)
+    dropped = len(data[cut:].splitlines())
+    if cut < len(data):
+        with open(folder.metrics_file, "r+b") as fh:
+            fh.truncate(cut)
+            os.fsync(fh.fileno())
+    record.step = max(record.step, step)  # with logging_steps > 1 the checkpoint's step may not be logged
+    record.write(folder)
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------- control
+
+
+@dataclass
+class _ControlState:
+    """The content of control.json: the state other processes want the run in."""
+
+    stop: bool = False
+    pause: bool = False
+    checkpoint_requests: int = 0
+
+    @classmethod
+    def read(cls, path: Path) -> "_ControlState":
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        requests = data.get("checkpoint_requests")
+        return cls(
+            stop=data.get("stop") is True,
+            pause=data.get("pause") is True,
+            checkpoint_requests=requests if isinstance(requests, int) else 0,
+        )
+
+    def write(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps({**asdict(self), "updated_at": time.time()}) + "\n")
+
+
+def send_control(run_dir: PathLike, command: str) -> None:
+    """Ask the engine recording ``run_dir`` (in any process, on any host sharing the disk) to
+    ``stop``, ``pause``, ``resume`` or save a ``checkpoint`` now; it acts within about a step.
+
+    The file is read, changed and replaced atomically; if two processes send at the same instant one
+    change can be lost, so one controller (the window) at a time. Commands sent to a run that is not
+    running are discarded when it next starts.
+    """
+    if command not in CONTROL_COMMANDS:
+        raise ValueError(f"unknown control command {command!r}; allowed: {', '.join(CONTROL_COMMANDS)}")
+    path = RunFolder(run_dir).control_file
+    state = _ControlState.read(path)
+    if command == "stop":
+        state.stop = True
+    elif command in ("pause", "resume"):
+        state.pause = command == "pause"
+    else:
+        state.checkpoint_requests += 1
+    state.write(path)
+
+
+class ControlFileWatcher:
+    """Applies commands from a run's control.json to a ``RunControl`` (the engine side of ``send_control``).
+
+    Creating it resets the file (see the module docstring). ``poll()`` costs one ``stat`` when the file has
+    not changed; otherwise it applies the differences from the last state seen — stop, pause or resume,
+    and one checkpoint request per new request — and returns the commands applied. Only changes are
+    applied, so in-process requests on the same ``RunControl`` (the window's own buttons) are not undone.
+    ``RunRecorder`` runs one from its thread; a caller without a recorder polls it each step.
+    """
+
+    def __init__(self, run_dir: PathLike, control: RunControl):
+        self.path = RunFolder(run_dir).control_file
+        self.control = control
+        self._seen = _ControlState(checkpoint_requests=_ControlState.read(self.path).checkpoint_requests)
+        self._seen.write(self.path)
+        self._signature = _file_signature(self.path)
+
+    def poll(self) -> list[str]:
+        signature = _file_signature(self.path)
+        if signature == self._signature:
+            return []
+        self._signature = signature
+        state = _ControlState.read(self.path)
+        applied = []
+        if state.stop and not self._seen.stop:
+            self.control.request_stop()
+            applied.append("stop")
+        if state.pause != self._seen.pause:
+            (self.control.request_pause if state.pause else self.control.request_resume)()
+            applied.append("pause" if state.pause else "resume")
+        if state.checkpoint_requests > self._seen.checkpoint_requests:
+            self.control.request_checkpoint()
+            applied.append("checkpoint")
+        self._seen = state
+        return applied
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    # The inode changes on every atomic replace, so this notices a new file even where mtime is coarse.
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# ---------------------------------------------------------------------------------------- delete
+
+
+def delete_run(run_dir: PathLike) -> None:
+    """Delete a run folder and everything in it (the window asks for confirmation first).
+
+    Refuses a folder without ``run.toml`` (so a wrong path cannot wipe unrelated files) and a running
+    run. The folder is first renamed to a hidden ``.tmp-<name>.deleting`` sibling, so it leaves listings
+    at once and an interrupted deletion never shows up as a damaged run. A run folder that is a symbolic
+    link loses only the link, never the files it points to.
+    """
+    folder = RunFolder(run_dir)
+    if not folder.run_file.is_file():
+        raise OutputError(f"{folder.path} is not a run folder (no {RUN_FILE}); nothing was deleted")
+    if run_status(folder) is RunStatus.RUNNING:
+        raise OutputError(f"the run {folder.name} is running; nothing was deleted", "stop it first")
+    if folder.path.is_symlink():
+        folder.path.unlink()
+        return
+    doomed = folder.path.with_name(f"{TMP_PREFIX}{folder.name}.deleting")
+    if doomed.exists():
+        shutil.rmtree(doomed)  # left by an interrupted earlier deletion
+    os.rename(folder.path, doomed)
+    shutil.rmtree(doomed)
