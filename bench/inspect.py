@@ -11,11 +11,12 @@ weight file is touched. Baseline for the ratio: instantiating the same skeleton 
 
 from __future__ import annotations
 
+import os
 import sys
 
 # This file is named like the stdlib's `inspect` module, and Python puts the script's folder first on
-# sys.path: drop it so that `import inspect` inside torch gets the real one.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
+# sys.path: drop it so that `import inspect` inside torch gets the real module (every bench script does this).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import json
 import tempfile

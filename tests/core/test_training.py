@@ -1,0 +1,176 @@
+"""Real CPU training runs on tiny models: loss, run folder, PEFT reload, determinism, stop/pause/resume, CLI."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.core import events as ev
+from workbench.core.config import RunConfig
+from workbench.core.control import RunControl
+from workbench.core.training import resume, run
+
+FACTS = [
+    ("What is the capital of France?", "Paris."),
+    ("Two plus two?", "Four."),
+    ("Translate cat to French.", "chat"),
+    ("Colour of the sky?", "Blue."),
+]
+
+
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    """Tiny models with a wide weight initialisation: at the default 0.02 a 64-wide random model cannot
+    produce confident logits at all, whatever the adapter learns."""
+    return lambda arch="llama": tiny_model_dir(arch, initializer_range=0.3)
+
+
+def write_data(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "facts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in FACTS))
+    return path
+
+
+def make_config(model_dir: Path, tmp_path: Path, **training) -> RunConfig:
+    return RunConfig.from_dict({
+        "model": {"source": str(model_dir)},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "preset": "all-linear"},
+        "data": {"train_files": [str(write_data(tmp_path))], "max_length": 64},
+        "training": {"max_steps": 40, "learning_rate": 1e-2, "batch_size": 4, "warmup_ratio": 0.0,
+                     "scheduler": "constant", "logging_steps": 1, **training},
+        "output": {"runs_root": str(tmp_path / "runs")},
+    })
+
+
+def steps_in(run_dir: Path) -> list[int]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e["step"] for e in map(json.loads, lines) if e["kind"] == "step"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_training_learns_and_saves_a_peft_adapter(arch, model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    sink = ev.ListSink()
+    result = run(make_config(model_dir(arch), tmp_path), sink)
+    assert result.status == "finished" and result.final_step == 40
+    losses = [e.loss for e in sink.of(ev.Step)]
+    assert losses[-1] <= 0.5 * losses[0], losses
+
+    run_dir = result.run_dir
+    assert (run_dir / "run.toml").is_file()
+    assert RunConfig.from_toml(run_dir / "run.toml").lora.target_modules, "run.toml records the resolved modules"
+    assert steps_in(run_dir) == list(range(1, 41))
+    kinds = [json.loads(line)["kind"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert kinds[0] in ("message", "run_started") and kinds[-1] == "finished"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (run_dir / "adapter").iterdir()}
+    started = sink.of(ev.RunStarted)[0]
+    assert started.device == "cpu" and started.precision == "fp32" and started.trainable_params > 0
+    finished = sink.of(ev.Finished)[0]
+    assert finished.status == "finished" and Path(finished.adapter_path) == run_dir / "adapter"
+
+    # PEFT alone loads the adapter, and it changes the model's output
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 120]])
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir(arch)), run_dir / "adapter").eval()
+    plain = AutoModelForCausalLM.from_pretrained(model_dir(arch)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(loaded(ids).logits, plain(ids).logits, atol=1e-3), "the adapter changed nothing"
+
+
+def test_saved_adapter_matches_in_memory_model(model_dir, tmp_path, monkeypatch):
+    """Compare with the model as it was at the end of training (captured through the sink)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import workbench.core.training as training
+
+    captured = {}
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    save_adapter = training._save_adapter
+
+    def save_and_capture(peft_model, run_dir):  # record the trained model's logits, then save as usual
+        with torch.no_grad():
+            captured["logits"] = peft_model.eval()(input_ids=ids).logits.clone()
+        return save_adapter(peft_model, run_dir)
+
+    monkeypatch.setattr(training, "_save_adapter", save_and_capture)
+    result = run(make_config(model_dir(), tmp_path, max_steps=8))
+    base = AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32).eval()
+    loaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    with torch.no_grad():
+        assert (loaded(input_ids=ids).logits - captured["logits"]).abs().max() <= 1e-5
+
+
+def test_same_seed_same_loss_curve(model_dir, tmp_path):
+    a, b = ev.ListSink(), ev.ListSink()
+    run(make_config(model_dir(), tmp_path / "a", max_steps=6), a)
+    run(make_config(model_dir(), tmp_path / "b", max_steps=6), b)
+    assert [e.loss for e in a.of(ev.Step)] == [e.loss for e in b.of(ev.Step)]
+
+
+def test_stop_saves_adapter_and_checkpoint(model_dir, tmp_path):
+    control = RunControl()
+
+    def on_event(event):
+        if isinstance(event, ev.Step) and event.step == 3:
+            control.request_stop()
+
+    result = run(make_config(model_dir(), tmp_path), ev.CallbackSink(on_event), control)
+    assert result.status == "stopped" and result.final_step == 3
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (result.run_dir / "checkpoints" / "checkpoint-3").is_dir()
+    from workbench.core.runs import run_status
+
+    assert run_status(result.run_dir).value == "stopped"
+
+
+def test_pause_blocks_between_steps_and_resumes(model_dir, tmp_path):
+    control = RunControl()
+    seen = []
+
+    def on_event(event):
+        seen.append(event)
+        if isinstance(event, ev.Step) and event.step == 2:
+            control.request_pause()
+        if isinstance(event, ev.Paused):
+            # resume from another thread, as the window would; the engine must be blocked meanwhile
+            threading.Thread(target=control.request_resume).start()
+
+    result = run(make_config(model_dir(), tmp_path, max_steps=5), ev.CallbackSink(on_event), control)
+    kinds = [(e.kind, getattr(e, "step", None)) for e in seen if e.kind in ("step", "paused", "resumed")]
+    assert kinds == [("step", 1), ("step", 2), ("paused", 2), ("resumed", 2), ("step", 3), ("step", 4), ("step", 5)]
+    assert result.status == "finished"
+
+
+def test_resume_continues_step_counter_without_gaps(model_dir, tmp_path):
+    control = RunControl()
+
+    def on_event(event):
+        if isinstance(event, ev.Step) and event.step == 5:
+            control.request_stop()
+
+    first = run(make_config(model_dir(), tmp_path, max_steps=10, save_steps=2), ev.CallbackSink(on_event), control)
+    assert first.status == "stopped" and first.final_step == 5
+    sink = ev.ListSink()
+    second = resume(first.run_dir, sink)
+    assert second.status == "finished" and second.final_step == 10
+    assert sink.of(ev.RunStarted)[0].resumed_from_step == 5
+    assert steps_in(first.run_dir) == list(range(1, 11)), "no step repeated or skipped in metrics.jsonl"
+
+
+def test_cli_train_runs_and_resume(model_dir, tmp_path, capsys):
+    from workbench.cli import main
+
+    cfg = make_config(model_dir(), tmp_path, max_steps=3)
+    cfg.save(tmp_path / "run.toml")
+    code = main(["train", str(tmp_path / "run.toml"), "--set", "training.max_steps=4", "--run-dir", str(tmp_path / "r1")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "finished: step 4" in out.out and "4/4" in out.err
+    assert steps_in(tmp_path / "r1") == [1, 2, 3, 4]
+    code = main(["train", str(tmp_path / "missing.toml")])
+    assert code == 2 and "file not found" in capsys.readouterr().err

@@ -1,0 +1,134 @@
+"""``workbench train RUN.toml`` and ``workbench resume RUN_DIR``: the engine with a console face."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a LoRA adapter from a run file (headless)",
+                       description="Train the run described by RUN.toml. Ctrl-C stops gracefully: the adapter and a "
+                                   "checkpoint are saved, and `workbench resume RUN_DIR` continues later.")
+    p.add_argument("run_file", help="run configuration (.toml), e.g. one saved from the window")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set training.learning_rate=1e-4 (repeatable)")
+    p.add_argument("--run-dir", help="exact run folder to create (default: under output.runs_root)")
+    p.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
+    p.set_defaults(func=run_train)
+
+    r = sub.add_parser("resume", help="continue a stopped or crashed run from its newest complete checkpoint")
+    r.add_argument("run_dir", help="the run folder")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=run_resume)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from workbench.core.config import RunConfig
+    from workbench.core.training import run
+
+    config = RunConfig.from_toml(args.run_file)
+    if args.overrides:
+        config = config.with_overrides(args.overrides)
+    return _drive(lambda sink, control: run(config, sink, control, run_dir=args.run_dir), args.quiet)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from workbench.core.training import resume
+
+    return _drive(lambda sink, control: resume(args.run_dir, sink, control), args.quiet)
+
+
+def _drive(start, quiet: bool) -> int:
+    from workbench.core.control import RunControl
+
+    control = RunControl()
+    console = ConsoleSink(quiet=quiet)
+
+    def on_sigint(signum, frame):
+        if control.stop_requested:  # second Ctrl-C: the user really wants out
+            raise KeyboardInterrupt
+        console.note("stopping after this step (adapter and checkpoint are saved); Ctrl-C again to abort")
+        control.request_stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = start(console, control)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        console.end_line()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, not one per process
+        print(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}")
+    return 0
+
+
+class ConsoleSink:
+    """A progress bar and one status line (loss, lr, tokens/s, ETA), rewritten in place on a terminal."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = self.stream.isatty()
+        self._open_line = False
+        self._last_print = 0.0
+
+    def emit(self, event) -> None:
+        from workbench.core import events as ev
+
+        if isinstance(event, ev.RunStarted):
+            self.note(f"run folder: {event.run_dir}")
+            self.note(f"device: {event.device} ({event.device_name}), precision {event.precision}, "
+                      f"{event.trainable_params:,} trainable of {event.total_params:,} parameters, {event.total_steps} steps, "
+                      f"global batch {event.global_batch}")
+        elif isinstance(event, ev.Step):
+            if not self.quiet:
+                self._progress(event)
+        elif isinstance(event, ev.Evaluation):
+            self.note(f"step {event.step}: eval loss {event.eval_loss:.4f}")
+        elif isinstance(event, ev.CheckpointSaved):
+            self.note(f"checkpoint saved: {event.path}")
+        elif isinstance(event, ev.Sample):
+            self.note(f"sample @ step {event.step}: {event.prompt!r} → {event.completion!r}")
+        elif isinstance(event, (ev.Paused, ev.Resumed)):
+            self.note(f"{event.kind} at step {event.step}")
+        elif isinstance(event, ev.Message):
+            self.note(("warning: " if event.level == "warning" else "") + event.text)
+        elif isinstance(event, ev.Failed):
+            self.note(f"failed: {event.reason}" + (f"\nhint: {event.hint}" if event.hint else ""))
+
+    def _progress(self, e) -> None:
+        now = time.monotonic()
+        last = e.step >= e.total_steps
+        if self.tty and not last and now - self._last_print < 0.2:
+            return
+        self._last_print = now
+        width = 24
+        filled = int(width * e.step / max(e.total_steps, 1))
+        bar = "█" * filled + "·" * (width - filled)
+        tps = f"{e.tokens_per_second:,.0f} tok/s" if e.tokens_per_second else "– tok/s"
+        eta = _duration(e.eta_s) if e.eta_s is not None else "–"
+        line = f"[{bar}] {e.step}/{e.total_steps}  loss {e.loss:.4f}  lr {e.learning_rate:.2e}  {tps}  ETA {eta}"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100))
+            self._open_line = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        self.end_line()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end_line(self) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

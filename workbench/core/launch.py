@@ -1,0 +1,102 @@
+"""Cluster launch scripts: the run designed on a workstation, started on K nodes × N GPUs by torchrun.
+
+The script does no distribution of its own: each node runs ``torchrun`` (PyTorch's launcher), which
+starts one process per GPU and joins the others through a c10d rendezvous on the first node; the
+engine then runs data-parallel under the HF Trainer. The run folder must be on storage every node sees
+(only global rank 0 writes it), so the window can watch the run live through its ``metrics.jsonl`` and
+stop or pause it through its control file.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import WorkbenchError
+
+Scheduler = Literal["slurm", "plain"]
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    run_file: Path  # absolute path of the run configuration, on shared storage
+    run_dir: Path  # absolute path of the run folder, on shared storage
+    nodes: int
+    gpus_per_node: int
+    scheduler: Scheduler = "slurm"
+    python: str = sys.executable
+    port: int = DEFAULT_PORT
+    job_name: str = "workbench"
+    time_limit: str | None = None  # Slurm --time, e.g. "24:00:00"
+    partition: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def validate(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 1:
+            raise WorkbenchError(f"nodes and GPUs per node must be at least 1 (got {self.nodes} × {self.gpus_per_node})")
+        if not 1 <= self.port <= 65535:
+            raise WorkbenchError(f"port {self.port} is not a TCP port")
+
+
+def torchrun_command(plan: LaunchPlan, rendezvous_host: str, node_rank: str | None = None) -> list[str]:
+    """The per-node launcher command line (a list, so quoting is exact)."""
+    cmd = [plan.python, "-m", "torch.distributed.run", f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.gpus_per_node}"]
+    if node_rank is None:  # elastic c10d rendezvous: node ranks are assigned on arrival
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous_host}:{plan.port}", f"--rdzv_id={plan.job_name}"]
+    else:  # static: every node is told its rank and the master's address
+        cmd += [f"--node_rank={node_rank}", f"--master_addr={rendezvous_host}", f"--master_port={plan.port}"]
+    cmd += ["-m", "workbench", "train", str(plan.run_file), "--run-dir", str(plan.run_dir), "--quiet"]
+    return cmd
+
+
+def _join(cmd: list[str]) -> str:
+    # Shell variables ($MASTER_ADDR, $NODE_RANK, ${SLURM_JOB_ID}) must expand: quote everything else.
+    return " ".join(part if "$" in part and "'" not in part else shlex.quote(part) for part in cmd)
+
+
+def render_script(plan: LaunchPlan) -> str:
+    plan.validate()
+    header = [
+        "#!/usr/bin/env bash",
+        f"# LoRA Workbench launch script: {plan.nodes} node(s) × {plan.gpus_per_node} GPU(s) = world size {plan.world_size}.",
+        f"# Run file: {plan.run_file}",
+        f"# Run folder (shared storage; watch it from the window: Runs → Open folder): {plan.run_dir}",
+    ]
+    if plan.scheduler == "slurm":
+        sbatch = [
+            f"#SBATCH --job-name={plan.job_name}",
+            f"#SBATCH --nodes={plan.nodes}",
+            "#SBATCH --ntasks-per-node=1",  # one torchrun per node; it starts one process per GPU
+            f"#SBATCH --gpus-per-node={plan.gpus_per_node}",
+            f"#SBATCH --output={plan.run_dir.parent / (plan.job_name + '-%j.log')}",
+        ]
+        if plan.time_limit:
+            sbatch.append(f"#SBATCH --time={plan.time_limit}")
+        if plan.partition:
+            sbatch.append(f"#SBATCH --partition={plan.partition}")
+        body = [
+            "set -euo pipefail",
+            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+            f"export MASTER_PORT={plan.port}",
+            "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}",
+            f"mkdir -p {shlex.quote(str(plan.run_dir.parent))}",
+            "srun --kill-on-bad-exit=1 " + _join(torchrun_command(plan, "$MASTER_ADDR")),
+        ]
+        return "\n".join(header + sbatch + [""] + body) + "\n"
+    body = [
+        "# Start this script on every node with NODE_RANK=0..N-1 and MASTER_ADDR set to node 0's address, e.g.",
+        f"#   MASTER_ADDR=node0.example NODE_RANK=1 bash {plan.job_name}.sh",
+        "set -euo pipefail",
+        ': "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"',
+        ': "${NODE_RANK:?set NODE_RANK to this node\'s index (0 on the first node)}"',
+        "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}",
+        _join(torchrun_command(plan, "$MASTER_ADDR", node_rank="$NODE_RANK")),
+    ]
+    return "\n".join(header + [""] + body) + "\n"
