@@ -99,3 +99,34 @@ def test_pause_and_resume_a_separate_process_through_the_run_folder(background_r
     i = kinds.index(next(k for k in kinds if k[0] == "paused"))
     assert kinds[i + 1][0] == "resumed", "no step was taken while paused"
     assert kinds[i - 1] == ("step", kinds[i][1]) and kinds[i + 2] == ("step", kinds[i][1] + 1), "training continued at the next step"
+
+
+def test_pause_resume_and_stop_a_two_process_run_through_the_run_folder(tiny_model_dir, tmp_path):
+    """The control file reaches rank 0; the engine must carry each request to rank 1 at the same step."""
+    cfg = make_config(tiny_model_dir("llama", initializer_range=0.3), tmp_path, max_steps=2000, batch_size=1)
+    cfg = cfg.copy_with(data={"packing": False})
+    cfg.save(tmp_path / "run.toml")
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.Popen([str(TORCHRUN), "--nproc_per_node", "2", "-m", "workbench", "train", str(tmp_path / "run.toml"),
+                             "--run-dir", str(run_dir), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for(lambda: step_count(run_dir) >= 2, proc, what="two steps")
+        send_control(run_dir, "pause")
+        wait_for(lambda: any(e.kind == "paused" for e in read_events(run_dir)), proc, what="paused")
+        send_control(run_dir, "resume")
+        wait_for(lambda: any(e.kind == "resumed" for e in read_events(run_dir)), proc, what="resumed")
+        resumed_at = step_count(run_dir)
+        wait_for(lambda: step_count(run_dir) >= resumed_at + 2, proc, what="steps after resuming")
+        send_control(run_dir, "stop")
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert run_status(run_dir).value == "stopped"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    events = read_events(run_dir)
+    assert all(e.world_size == 2 for e in events), "every event carries the world size"
+    stop_step = events[-1].step
+    assert (run_dir / "checkpoints" / f"checkpoint-{stop_step}").is_dir()

@@ -162,6 +162,49 @@ def test_resume_continues_step_counter_without_gaps(model_dir, tmp_path):
     assert steps_in(first.run_dir) == list(range(1, 11)), "no step repeated or skipped in metrics.jsonl"
 
 
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(model_dir, tmp_path):
+    """Killed mid-run, past its last checkpoint: resuming must continue data order, optimizer, schedule and
+    dropout exactly, so the loss curve equals that of a run that was never interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    rows = [(f"Question number {i}?", f"Answer {i}.") for i in range(16)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows))
+    # A long schedule that both runs share; each is stopped at step 12 (the crashed one is killed at ~6).
+    cfg = make_config(model_dir(), tmp_path, max_steps=2000, batch_size=2, save_steps=4, scheduler="cosine",
+                      learning_rate=3e-3).copy_with(data={"train_files": [str(data)], "packing": False},
+                                                      lora={"dropout": 0.1})
+    cfg.save(tmp_path / "run.toml")
+
+    def stop_at_12():
+        control = RunControl()
+        return control, ev.CallbackSink(lambda e: e.kind == "step" and e.step == 12 and control.request_stop())
+
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", str(tmp_path / "run.toml"), "--run-dir", str(crashed),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not (crashed / "metrics.jsonl").exists() or max(steps_in(crashed) or [0]) < 6:
+        assert proc.poll() is None and time.monotonic() < deadline, "the training process should still be running"
+        time.sleep(0.02)  # polling a file another process writes
+    proc.kill()
+    proc.wait()
+    control, sink = stop_at_12()
+    resumed = resume(crashed, sink, control)
+    assert resumed.status == "stopped" and resumed.final_step == 12
+    assert steps_in(crashed) == list(range(1, 13)), "steps after the last checkpoint are dropped, then redone once"
+
+    control, sink = stop_at_12()
+    straight = run(cfg, sink, control, run_dir=tmp_path / "straight")
+
+    def losses(d):
+        return [e["loss"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if e["kind"] == "step"]
+
+    assert losses(crashed) == pytest.approx(losses(straight.run_dir), rel=1e-5)
+
+
 def test_cli_train_runs_and_resume(model_dir, tmp_path, capsys):
     from workbench.cli import main
 

@@ -25,6 +25,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run_resume)
 
+    c = sub.add_parser("control", help="stop, pause, continue or checkpoint a run in another process (or on a cluster)",
+                       description="Ask a running training to stop (saving adapter and checkpoint), pause, continue after "
+                                   "a pause, or save a checkpoint now — through its run folder, so it works for runs "
+                                   "started elsewhere, including torchrun jobs on shared storage.")
+    c.add_argument("run_dir", help="the run folder")
+    c.add_argument("action", choices=["stop", "pause", "continue", "checkpoint"])
+    c.set_defaults(func=run_control)
+
+
+def run_control(args: argparse.Namespace) -> int:
+    from workbench.core.errors import WorkbenchError
+    from workbench.core.runs import RunStatus, run_status, send_control
+
+    status = run_status(args.run_dir)
+    if status is not RunStatus.RUNNING:
+        raise WorkbenchError(f"the run {args.run_dir} is not running ({status.value})", "see `workbench runs`")
+    send_control(args.run_dir, "resume" if args.action == "continue" else args.action)
+    print(f"{args.action} requested; the run acts on it after its current step")
+    return 0
+
 
 def run_train(args: argparse.Namespace) -> int:
     from workbench.core.config import RunConfig
@@ -54,13 +74,16 @@ def _drive(start, quiet: bool) -> int:
         console.note("stopping after this step (adapter and checkpoint are saved); Ctrl-C again to abort")
         control.request_stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # Under torchrun only rank 0 takes requests (they reach the other ranks through the engine); the other
+    # ranks ignore Ctrl-C so that none of them stops on its own.
+    is_main = os.environ.get("RANK", "0") == "0"
+    previous = signal.signal(signal.SIGINT, on_sigint if is_main else signal.SIG_IGN)
     try:
         result = start(console, control)
     finally:
         signal.signal(signal.SIGINT, previous)
         console.end_line()
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, not one per process
+    if is_main:  # under torchrun, one summary line, not one per process
         print(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}")
     return 0
 
@@ -96,8 +119,7 @@ class ConsoleSink:
             self.note(f"{event.kind} at step {event.step}")
         elif isinstance(event, ev.Message):
             self.note(("warning: " if event.level == "warning" else "") + event.text)
-        elif isinstance(event, ev.Failed):
-            self.note(f"failed: {event.reason}" + (f"\nhint: {event.hint}" if event.hint else ""))
+        # Failed is not printed: the exception that follows it reaches the CLI, which prints it once.
 
     def _progress(self, e) -> None:
         now = time.monotonic()

@@ -8,18 +8,23 @@ accelerate) does the data parallelism. This module only adds what a *run* needs 
 * only rank 0 writes the run folder (run.toml, metrics.jsonl, status, adapter); the Trainer itself
   already saves checkpoints from the main process;
 * stop / pause / checkpoint requests arrive at rank 0 (in-process flags or the run folder's control
-  file) and are broadcast to every rank after each step (``sync``), so all ranks stop, pause or save at
-  the same step — a rank that stopped alone would hang the others in their next collective.
+  file) and one snapshot of them is broadcast to every rank after each step (``requests``), so all ranks
+  stop, pause or save at the same step — a rank that stopped alone would hang the others in their next
+  collective;
+* a step only rank 0 performs (creating the folder, preparing a resume, tokenising first) reports its
+  failure to every rank (``on_main``), so no rank is left waiting for a partner that gave up.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, TypeVar
 
 from .control import RunControl
+from .errors import TrainingError
+
+T = TypeVar("T")
 
 
 def launched_world_size() -> int:
@@ -59,49 +64,70 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def sync(self, control: RunControl) -> None:
-        """Make every rank's control flags equal to rank 0's. Cheap: three integers, once per step."""
+    def on_main(self, fn: Callable[[], T], *, share_result: bool = True) -> T | None:
+        """Run ``fn`` on rank 0 only. Every rank gets its result (``share_result``) — or its error.
+
+        A rank-0-only step that fails (the run folder exists, the run is already running…) must fail on
+        every rank: the others would otherwise wait in their next collective until the timeout.
+        """
         if self.world_size == 1:
-            return
+            return fn()
+        outcome: tuple[str, Any] = ("ok", None)
+        result = None
+        if self.is_main:
+            try:
+                result = fn()
+                outcome = ("ok", result if share_result else None)
+            except BaseException as exc:
+                outcome = ("error", f"{type(exc).__name__}: {exc}")
+                self.share(outcome)
+                raise
+        status, value = self.share(outcome)
+        if status == "error":
+            raise TrainingError(f"rank 0 failed: {value}")
+        return result if self.is_main else value
+
+    def main_first(self, fn: Callable[[], T]) -> T:
+        """Rank 0 runs ``fn`` first (e.g. tokenising into the datasets cache), then the others reuse its work.
+        An error on rank 0 is raised on every rank instead of leaving them waiting."""
+        if self.world_size == 1:
+            return fn()
+        result = self.on_main(fn, share_result=False)
+        return result if self.is_main else fn()
+
+    def requests(self, control: RunControl) -> Requests:
+        """One snapshot of the control flags, taken on rank 0 and agreed by every rank.
+
+        Every decision of a step (pause, save, stop) is made on this snapshot, never on the live flags,
+        which another thread may change at any moment: ranks acting on different values would issue
+        mismatched collectives and hang. Requests made on other ranks are ignored; they reach a run only
+        through rank 0 (its RunControl, or the run folder's control file it watches).
+        """
+        if self.is_main:
+            snap = Requests(control.stop_requested, control.pause_requested, control.take_checkpoint_request())
+            if self.world_size == 1:
+                return snap
         import torch
         import torch.distributed as dist
 
         flags = torch.zeros(3, dtype=torch.int64)
         if self.is_main:
-            flags[0] = int(control.stop_requested)
-            flags[1] = int(control.pause_requested)
-            flags[2] = int(control.take_checkpoint_request())
+            flags[:] = torch.tensor([snap.stop, snap.pause, snap.checkpoint], dtype=torch.int64)
         if dist.get_backend() == "nccl":
             flags = flags.cuda()
         dist.broadcast(flags, src=0)
         stop, pause, checkpoint = (bool(x) for x in flags.tolist())
-        if self.is_main:
-            if checkpoint:  # rank 0 consumed the request above; keep it for the engine's own check
-                control.request_checkpoint()
-            return
-        if stop:
-            control.request_stop()
-        elif pause:
-            control.request_pause()
-        else:
-            control.request_resume()
-        if checkpoint:
-            control.request_checkpoint()
+        return Requests(stop, pause, checkpoint)
 
-    def wait_while_paused(self, control: RunControl, timeout: float = 0.5) -> None:
-        """One round of a pause: rank 0 waits for its flags to change, then every rank learns the new state."""
+    def await_resume(self, control: RunControl, timeout: float = 0.5) -> Requests:
+        """One round of a pause: rank 0 waits (up to ``timeout``) for resume or stop; every rank gets the new snapshot."""
         if self.is_main:
             control.wait_while_paused(timeout)
-        self.sync(control)
+        return self.requests(control)
 
-    @contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. tokenising into the datasets cache); the others then reuse its work."""
-        if self.world_size == 1:
-            with nullcontext():
-                yield
-            return
-        from accelerate import PartialState
 
-        with PartialState().main_process_first():
-            yield
+@dataclass(frozen=True)
+class Requests:
+    stop: bool
+    pause: bool
+    checkpoint: bool

@@ -50,6 +50,7 @@ __all__ = [
 class Event:
     kind: ClassVar[str] = "event"
     time: float = field(default_factory=time.time, kw_only=True)
+    world_size: int = field(default=1, kw_only=True)  # processes training the run (torchrun); stamped by the engine
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,7 +72,6 @@ class RunStarted(Event):
     trainable_params: int
     total_params: int
     total_steps: int
-    world_size: int = 1
     global_batch: int = 1
     resumed_from_step: int = 0
     train_examples: int = 0
@@ -92,7 +92,6 @@ class Step(Event):
     memory_bytes: int | None = None
     elapsed_s: float = 0.0
     eta_s: float | None = None
-    world_size: int = 1
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ __all__ = ["TrainResult", "run", "resume", "choose_device", "choose_precision"]
 class TrainResult:
     run_dir: Path
     adapter_dir: Path | None
-    status: str  # "finished" | "stopped" | "failed"
+    status: str  # "finished" | "stopped" (failures raise)
     final_step: int
     summary: dict[str, Any]
 
@@ -63,15 +63,31 @@ def run(config: RunConfig, sink: Any = None, control: RunControl | None = None, 
     """Train a new run described by ``config``. Blocks until the run ends; call it from a worker thread.
 
     Raises ``WorkbenchError`` for bad input (after emitting ``Failed``); never leaves the run folder
-    marked as running. Under torchrun every rank calls this; rank 0 creates and writes the run folder.
+    marked as running. Input that can be checked cheaply (model source, data files) is checked before
+    the run folder is created, so a typo leaves no failed run behind. Under torchrun every rank calls
+    this; rank 0 creates and writes the run folder.
     """
     from .runs import create_run
 
     if run_dir is not None:
         config = config.copy_with(output={"run_dir": str(run_dir)})
     dist = Distributed.setup(choose_device(config.training.device))
-    folder = dist.share(create_run(config).path if dist.is_main else None)
+    dist.on_main(lambda: preflight(config), share_result=False)
+    folder = dist.on_main(lambda: create_run(config).path)
     return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist)
+
+
+def preflight(config: RunConfig) -> None:
+    """The checks that take a second or less: the model source resolves and is safe, the data files are
+    readable and of a known format. Raises the same ``WorkbenchError`` training itself would."""
+    from .data import detect
+    from .models import load_config, resolve_source
+
+    mc = config.model
+    source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config")
+    if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
+        load_config(source, trust_remote_code=mc.trust_remote_code)
+    detect(config.data)
 
 
 def resume(run_dir: str | Path, sink: Any = None, control: RunControl | None = None) -> TrainResult:
@@ -80,14 +96,17 @@ def resume(run_dir: str | Path, sink: Any = None, control: RunControl | None = N
     Optimizer, scheduler, RNG state, data position and step counter continue where the checkpoint left
     them; the loss curve continues in the same ``metrics.jsonl``.
     """
-    from .runs import load_config, prepare_resume
+    from .runs import RUN_FILE, load_config, prepare_resume
 
+    if not (Path(run_dir) / RUN_FILE).is_file():
+        raise TrainingError(f"{run_dir} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`")
     dist = Distributed.setup(choose_device(load_config(run_dir).training.device))
-    point = None
-    if dist.is_main:
-        point = prepare_resume(run_dir)  # raises for running / finished runs and runs without a complete checkpoint
-        point = _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe())
-    point = dist.share(point)
+
+    def prepare() -> _ResumeInfo:  # raises for running / finished runs and runs without a complete checkpoint
+        point = prepare_resume(run_dir)
+        return _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe())
+
+    point = dist.on_main(prepare)
     return _train(point.run_dir, point.config, as_sink(sink), control or RunControl(), point, dist)
 
 
@@ -105,9 +124,9 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Any, control: RunControl
     from .runs import RunRecorder
 
     # Only rank 0 writes the run folder; the other ranks train silently.
-    recorder = RunRecorder(run_dir, control=control) if dist.is_main else nullcontext(NullSink())
-    with recorder as record_sink:
-        sink = MultiSink([record_sink, user_sink]) if dist.is_main else NullSink()
+    recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
+    with recorder if dist.is_main else nullcontext(NullSink()) as record_sink:
+        sink = _StampWorldSize(MultiSink([record_sink, user_sink]), dist.world_size) if dist.is_main else NullSink()
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
@@ -119,6 +138,16 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Any, control: RunControl
             reason, hint = _explain_failure(exc)
             sink.emit(Failed(reason=reason, hint=hint, traceback=traceback.format_exc()))
             raise
+
+
+class _StampWorldSize:
+    """Every event of a run carries the number of processes that train it."""
+
+    def __init__(self, sink: Any, world_size: int):
+        self.sink, self.world_size = sink, world_size
+
+    def emit(self, event: Any) -> None:
+        self.sink.emit(event if event.world_size == self.world_size else replace(event, world_size=self.world_size))
 
 
 # --------------------------------------------------------------------------------------------- set-up
@@ -156,11 +185,9 @@ def choose_precision(requested: str, device: str) -> str:
 def _weight_dtype(config: RunConfig, precision: str, device: str):
     import torch
 
-    if config.model.dtype != "auto":
-        return getattr(torch, config.model.dtype)
-    if device == "cpu":
-        return torch.float32  # half-precision matmuls on CPU are slow and imprecise
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    from .models import training_weight_dtype
+
+    return getattr(torch, training_weight_dtype(config.model.dtype, device, precision))
 
 
 def _setup_model(config: RunConfig, device: str, precision: str, sink: Any):
@@ -252,10 +279,14 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
 
     device = choose_device(config.training.device)
     precision = choose_precision(config.training.precision, device)
+    _stop_if_requested(control, "starting")
     set_seed(config.training.seed)
     peft_model, tokenizer, tree, selection = _setup_model(config, device, precision, sink)
-    with dist.main_first():  # rank 0 tokenises into the datasets cache, the others read it
-        data = prepare(config.data, tokenizer, seed=config.training.seed, sink=sink, model_type=tree.model_type)
+    _stop_if_requested(control, "loading the model")
+    # rank 0 tokenises into the datasets cache, the others then read it
+    data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
+                                           model_type=tree.model_type))
+    _stop_if_requested(control, "preparing the data")
     if len(data.train) == 0:
         raise TrainingError("the training data has no usable rows", "check data.train_files and the column mapping")
 
@@ -267,7 +298,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
         resolved.save(run_dir / "run.toml")
 
     args = _training_arguments(config, run_dir, device, precision, data.validation is not None and len(data.validation) > 0, dist)
-    callback = _EventCallback(config, sink, control, dist, tokenizer, device, precision, run_dir,
+    callback = _event_callback(config, sink, control, dist, tokenizer, device, precision, run_dir,
                               trainable=peft_model.get_nb_trainable_parameters()[0], total=tree.total_params,
                               train_examples=len(data.train), validation_examples=len(data.validation or []),
                               resumed_from=resume_point.step if resume_point else 0, resolved=resolved)
@@ -286,7 +317,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
     if callback.failure is not None:
         raise callback.failure
     step = trainer.state.global_step
-    stopped = control.stop_requested and step < trainer.state.max_steps
+    stopped = callback.stopped and step < trainer.state.max_steps
     adapter_dir = _save_adapter(peft_model, run_dir) if dist.is_main else run_dir / "adapter"
     summary = {
         "steps": step,
@@ -302,6 +333,12 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
     if device == "cuda":
         torch.cuda.empty_cache()
     return TrainResult(run_dir, adapter_dir, status, step, summary)
+
+
+def _stop_if_requested(control: RunControl, phase: str) -> None:
+    """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later."""
+    if control.stop_requested:
+        raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
 
 
 def _save_adapter(peft_model: Any, run_dir: Path) -> Path:
@@ -365,6 +402,7 @@ def _make_callback_class():
             self.last_loss: float | None = None
             self.best_eval_loss: float | None = None
             self.failure: WorkbenchError | None = None
+            self.stopped = False  # a stop request was acted on (every rank agrees)
             self._last_log_time = self.started
             self._last_tokens = 0
             self._first_step_of_session: int | None = None
@@ -440,22 +478,23 @@ def _make_callback_class():
             return self._apply_requests(state, control)
 
         def _apply_requests(self, state, control):
-            rc = self.run_control
-            self.dist.sync(rc)  # under torchrun every rank must stop, pause or save at the same step
-            if rc.pause_requested and not rc.stop_requested:
+            rc, dist = self.run_control, self.dist
+            req = dist.requests(rc)  # one snapshot, agreed by every rank under torchrun
+            if req.pause and not req.stop:
                 self.sink.emit(Paused(step=state.global_step))
                 paused_at = time.time()
-                while rc.pause_requested and not rc.stop_requested:
-                    self.dist.wait_while_paused(rc)  # model stays in memory; wake on resume or stop
+                while req.pause and not req.stop:
+                    req = dist.await_resume(rc)  # model stays in memory; wake on resume or stop
                 self.started += time.time() - paused_at  # keep ETA and tokens/s honest
                 self._last_log_time += time.time() - paused_at
-                if not rc.stop_requested:
+                if not req.stop:
                     self.sink.emit(Resumed(step=state.global_step))
-            if rc.take_checkpoint_request():
+            if req.checkpoint:
                 control.should_save = True
-            if rc.stop_requested:
+            if req.stop:
                 control.should_training_stop = True
                 control.should_save = True  # a stopped run can be resumed from here
+                self.stopped = True
             return control
 
         # -- samples -----------------------------------------------------------------------------------
@@ -486,7 +525,7 @@ def _make_callback_class():
     return EventCallback
 
 
-def _EventCallback(*args: Any, **kwargs: Any):
+def _event_callback(*args: Any, **kwargs: Any):
     return _make_callback_class()(*args, **kwargs)
 
 
