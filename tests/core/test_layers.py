@@ -33,11 +33,6 @@ EXPECTED_MLP = {
 }
 
 
-@pytest.fixture(scope="module")
-def trees():
-    return {a: (tiny.make_model(a), None) for a in tiny.ARCH_CONFIGS}
-
-
 def block0(tree, names):
     prefix = f"{tree.blocks_prefix}.0."
     return {n[len(prefix):] for n in names if n.startswith(prefix)}

@@ -65,10 +65,10 @@ def _pairs(items: list[str], cast, flag: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from workbench.core.config import ConfigError, LoraSettings
+    from workbench.core.config import ConfigError, LoraSettings, RunConfig
     from workbench.core.errors import WorkbenchError
     from workbench.core.layers import count_selection, resolve_selection
-    from workbench.core.memory import estimate_memory
+    from workbench.core.memory import estimate_for_config
     from workbench.core.models import open_overview
 
     try:
@@ -87,23 +87,16 @@ def run(args: argparse.Namespace) -> int:
         from workbench.core.config import describe_validation_error
 
         raise ConfigError(describe_validation_error(exc, prefix="lora."), "command line") from None
-    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length)):
-        if value < 1:
-            raise WorkbenchError(f"{flag} must be at least 1 (got {value})")
-
     ov = open_overview(args.model, revision=args.revision, task=args.task,
                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     tree = ov.tree
     sel = resolve_selection(tree, lora, args.task)
     counts = count_selection(tree, sel)
-    text_cfg = ov.hf_config.get_text_config()
-    weight_dtype = ov.dtype if ov.dtype in ("float32", "bfloat16", "float16") else "float32"
-    mem = estimate_memory(
-        tree, sel, hidden_size=int(getattr(text_cfg, "hidden_size", 0) or 0), vocab_size=int(getattr(text_cfg, "vocab_size", 0) or 0),
-        num_heads=int(getattr(text_cfg, "num_attention_heads", 0) or 0), weight_dtype=weight_dtype,
-        batch_size=args.batch_size, seq_len=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
-        lora_dropout=lora.dropout, classification=args.task == "sequence-classification", device=_device(args.device),
-    )
+    run_config = RunConfig.from_dict({
+        "model": {"task": args.task}, "lora": lora.model_dump(mode="json"), "data": {"max_length": args.max_length},
+        "training": {"batch_size": args.batch_size, "gradient_checkpointing": args.gradient_checkpointing},
+    }, "command line")
+    mem = estimate_for_config(tree, sel, ov.hf_config, run_config, device=_device(args.device))
     selected = set(sel.targets)
     if args.json:
         out = {

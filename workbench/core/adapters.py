@@ -213,6 +213,9 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     return _parse_adapter(folder, config, tensors)
 
 
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "eva", "loftq", "orthogonal", "lora_ga")
+
+
 def _refuse_unsupported_config(config: dict[str, Any], folder: Path) -> None:
     """Refuse what the merge cannot reproduce exactly: other PEFT methods and LoRA variants other than DoRA.
 
@@ -233,6 +236,12 @@ def _refuse_unsupported_config(config: dict[str, Any], folder: Path) -> None:
             variant_prefixes = tuple(f.metadata.get("lora_variants", ()))  # values (or their prefixes) naming a variant
             if variant_prefixes and value.startswith(variant_prefixes):
                 found.append(f"init_lora_weights={value!r}")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS) and f"init_lora_weights={init!r}" not in found:
+        # These initialisations subtract the initial adapter from the base weights; the adapter is only
+        # correct against that modified base, so merging or exporting it against the original is wrong.
+        found.append(f"init_lora_weights={init!r} (it rewrites the base weights; save it with PEFT's "
+                     "path_initial_model_for_weight_conversion to get a plain LoRA first)")
     for name, what in (("lora_bias", "lora_bias"), ("target_parameters", "target_parameters (LoRA on raw parameters)"),
                        ("layer_replication", "layer_replication")):
         if config.get(name):
@@ -283,6 +292,15 @@ def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], 
         raise AdapterError(f"{folder}: module {name} has an incomplete or inconsistent A/B pair {shapes}")
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
+    for field_name, value in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            raise AdapterError(f"{folder / 'adapter_config.json'}: {field_name} must map module names to numbers, got {value!r}",
+                               "the adapter_config.json is malformed")
+    for field_name in ("r", "lora_alpha"):
+        value = config.get(field_name, 8)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise AdapterError(f"{folder / 'adapter_config.json'}: {field_name} must be a positive number, got {value!r}",
+                               "the adapter_config.json is malformed")
     r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), config.get("r", 8))
     alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
     if a.shape[0] != r:
@@ -334,6 +352,10 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
                 continue
             begin, end = entry["data_offsets"]
             infos.append(TensorInfo(key, path, entry["dtype"], tuple(entry["shape"]), 8 + n + begin, end - begin))
+        size = path.stat().st_size
+        needed = max((t.offset + t.nbytes for t in infos), default=8 + n)
+        if needed > size:  # a truncated download: find out now, not after most of a merge was written
+            raise ValueError(f"truncated: the header describes {needed:,} bytes but the file has {size:,}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelSourceError(f"{path} is not a readable safetensors file ({exc})", "the download may be incomplete") from None
     return sorted(infos, key=lambda t: t.offset)

@@ -62,7 +62,7 @@ class ModelConfig(_Section):
     source: str = Field("", description="Local Hugging Face folder, Hub id (org/name) or path to a .gguf file.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit); local sources ignore it.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Dtype of the frozen base weights. 'auto' keeps the checkpoint's dtype on GPU, float32 on CPU."
+        "auto", description="Dtype of the frozen base weights. 'auto': float32 on CPU; on a GPU the training precision (bf16 or fp16)."
     )
     task: Literal["causal-lm", "sequence-classification"] = Field(
         "causal-lm", description="Causal language modelling, or a classification head on an encoder (BERT-style)."
@@ -82,15 +82,17 @@ class LoraSettings(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0–0.3).")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r); helps at high ranks.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (learned per-row magnitude); slower, sometimes better.")
-    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
-        "default", description="Initialisation of A and B ('default': Kaiming A, zero B)."
+    # PiSSA/OLoRA are not offered: they rewrite the base weights at initialisation, so their adapters only
+    # make sense against that rewritten base — merges and exports against the original model would be wrong.
+    init: Literal["default", "gaussian"] = Field(
+        "default", description="Initialisation of A and B ('default': Kaiming-uniform A, zero B; 'gaussian': Gaussian A)."
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train alongside the adapter.")
     preset: str = Field(DEFAULT_PRESET, description="Layer preset used when target_modules is empty.")
     include: list[str] = Field(default_factory=list, description="Extra name patterns (glob, or regex as 're:...') added to the preset.")
     blocks: str | None = Field(None, description="Restrict to transformer blocks, e.g. '8-15' or '0,2,4-6'.")
     target_modules: list[str] = Field(
-        default_factory=list, description="Exact module names to adapt. When set it wins over preset/include/blocks."
+        default_factory=list, description="Exact module names (or patterns) to adapt. When set it replaces preset and include; blocks still restricts it."
     )
     rank_pattern: dict[str, int] = Field(default_factory=dict, description="Per-module rank overrides: {module name: rank}.")
     alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Per-module alpha overrides: {module name: alpha}.")

@@ -112,11 +112,9 @@ class LayerTree:
         """Exact names selected by a preset (see config.PRESETS)."""
         nodes = [n for n in self.adaptable() if n.block is not None or n.kind in ATTN_KINDS + MLP_KINDS]
         if name == "attention-qv":
-            picked = [n for n in nodes if n.kind in ("q", "v")]
             # Fused q/k/v projections (GPT-2 c_attn, GPT-NeoX query_key_value, Phi-3 qkv_proj) cannot be split:
             # adapt the fused module, as PEFT's own defaults do.
-            fused_blocks = {n.block for n in nodes if n.kind == "qkv"}
-            picked += [n for n in nodes if n.kind == "qkv" and n.block in fused_blocks]
+            picked = [n for n in nodes if n.kind in ("q", "v", "qkv")]
         elif name == "attention":
             picked = [n for n in nodes if n.kind in ATTN_KINDS]
         elif name == "mlp":
@@ -465,7 +463,7 @@ def lora_config_from_selection(sel: Selection, lora: LoraSettings, task: str = "
     """The PEFT ``LoraConfig`` that builds exactly this selection."""
     from peft import LoraConfig, TaskType
 
-    init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[lora.init]
+    init: Any = {"default": True, "gaussian": "gaussian"}[lora.init]
     # rank_pattern/alpha_pattern keys are regexes PEFT matches against the end of a module's name;
     # full dotted names only ever match themselves (a '.' can only meet a '.' in real names).
     return LoraConfig(

@@ -147,11 +147,11 @@ def _block_activation_elements(tree: "LayerTree", sel: "Selection", hidden: int,
 def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, config: Any, *, device: str = "cuda",
                         weight_dtype: str | None = None, compute_dtype: str | None = None) -> MemoryEstimate:
     """Convenience wrapper: read the sizes from a transformers config and the run configuration."""
+    from .models import training_weight_dtype
+
     text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-    if weight_dtype is None:
-        weight_dtype = config.model.dtype if config.model.dtype != "auto" else str(getattr(text_cfg, "dtype", None) or "float32").replace("torch.", "")
-        if weight_dtype not in DTYPE_BYTES:
-            weight_dtype = "float32"
+    if weight_dtype is None:  # what the engine will load: see models.training_weight_dtype
+        weight_dtype = training_weight_dtype(config.model.dtype, device, config.training.precision)
     return estimate_memory(
         tree, sel,
         hidden_size=int(getattr(text_cfg, "hidden_size", 0) or 0),

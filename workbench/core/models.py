@@ -97,7 +97,8 @@ def resolve_source(
     path = Path(spec).expanduser()
     if path.exists():
         return _resolve_local(spec, path, allow_pickle)
-    if _looks_like_path(spec) or not HUB_ID.match(spec):
+    first_part = Path(spec.split("/")[0]).expanduser()
+    if _looks_like_path(spec) or not HUB_ID.match(spec) or ("/" in spec and first_part.is_dir()):
         raise ModelSourceError(
             f"model path does not exist: {path}",
             "check the path, or type a Hub id in the form org/name",
@@ -246,6 +247,19 @@ def gguf_architectures() -> list[str]:
     return sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
 
 
+def training_weight_dtype(setting: str, device: str, precision: str) -> str:
+    """The dtype the frozen base weights are held in while training — one rule for the engine and the estimates.
+
+    An explicit ``model.dtype`` wins. Otherwise: float32 on the CPU (half-precision matmuls there are slow and
+    imprecise); on a GPU the compute precision (bf16 or fp16; bf16 when still 'auto'), or float32 for fp32 runs.
+    """
+    if setting != "auto":
+        return setting
+    if device == "cpu":
+        return "float32"
+    return {"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16"}.get(precision, "float32")
+
+
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -295,9 +309,11 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
         kwargs["use_safetensors"] = True
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from safetensors import SafetensorError
+
     try:
         return _auto_class(task).from_pretrained(source.path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # RuntimeError: shape mismatch in a state dict
         raise ModelSourceError(f"cannot load the weights of {source.spec}: {exc}".split("\n")[0],
                                "the weight files may be incomplete or damaged") from None
 

@@ -460,6 +460,10 @@ def list_runs(root: PathLike, *, stale_after: float = STALE_AFTER_S) -> list[Run
         entries = list(os.scandir(root))
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        raise OutputError(f"{root} is a file, not a folder of runs", "give the folder that holds the run folders") from None
+    except PermissionError:
+        raise OutputError(f"no permission to read {root}", "check the folder's permissions") from None
     summaries = []
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_dir():
