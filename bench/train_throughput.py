@@ -166,9 +166,9 @@ def _engine_rows(run_dir: Path):
 
 
 def default_model() -> Path:
-    from workbench.core.builtin import ensure_builtin_model
+    from workbench.core.builtin import ensure_builtin
 
-    return ensure_builtin_model()
+    return ensure_builtin()
 
 
 def main() -> int:

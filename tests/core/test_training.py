@@ -217,3 +217,25 @@ def test_cli_train_runs_and_resume(model_dir, tmp_path, capsys):
     assert steps_in(tmp_path / "r1") == [1, 2, 3, 4]
     code = main(["train", str(tmp_path / "missing.toml")])
     assert code == 2 and "file not found" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_losses(model_dir, tmp_path):
+    plain, ckpt = ev.ListSink(), ev.ListSink()
+    run(make_config(model_dir(), tmp_path / "a", max_steps=4), plain)
+    run(make_config(model_dir(), tmp_path / "b", max_steps=4, gradient_checkpointing=True), ckpt)
+    assert [e.loss for e in ckpt.of(ev.Step)] == pytest.approx([e.loss for e in plain.of(ev.Step)], rel=1e-5)
+
+
+def test_samples_before_and_during_training_and_eval_events(model_dir, tmp_path):
+    sink = ev.ListSink()
+    cfg = make_config(model_dir(), tmp_path, max_steps=6, sample_steps=3, sample_prompts=["What is the capital of France?"],
+                      sample_max_new_tokens=4, eval_steps=3)
+    cfg = cfg.copy_with(data={"validation_files": [str(write_data(tmp_path / "val"))]})
+    run(cfg, sink)
+    samples = sink.of(ev.Sample)
+    assert [s.step for s in samples] == [0, 3, 6], "a 'before' sample at step 0, then every 3 steps"
+    assert all(s.prompt == "What is the capital of France?" for s in samples)
+    assert samples[0].completion != samples[-1].completion, "training changed what the model says"
+    evals = sink.of(ev.Evaluation)
+    assert [e.step for e in evals] == [3, 6] and evals[-1].eval_loss < evals[0].eval_loss
+    assert sink.of(ev.Finished)[0].summary["best_eval_loss"] == pytest.approx(evals[-1].eval_loss)
