@@ -1,0 +1,146 @@
+"""Screenshots of each screen of the window, for the README: model + layer tree, settings, data, training.
+
+Starts the real app under a virtual X server (re-runs itself through ``xvfb-run`` when no display is set),
+with a small local Llama built offline (tests/tiny.py) and a demo data set, drives it like a user would —
+open the model, pick a preset, override one module's rank, add data, train with evaluation and sample
+prompts — and saves one PNG per screen into docs/screenshots/.
+
+    .venv/bin/python packaging/screenshots.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+SIZE = (1400, 900)
+
+
+def ensure_display() -> None:
+    if os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        return
+    if not shutil.which("xvfb-run"):
+        sys.exit("no display: install xvfb (apt-get install xvfb) or set QT_QPA_PLATFORM=offscreen")
+    args = ["xvfb-run", "-a", "-s", f"-screen 0 {SIZE[0] + 100}x{SIZE[1] + 100}x24", sys.executable, *sys.argv]
+    sys.exit(subprocess.call(args))
+
+
+def make_model(folder: Path) -> Path:
+    """A small Llama with real module names (4 blocks), built offline in another process."""
+    code = ("import sys, tiny; tiny.save_model('llama', sys.argv[1], num_hidden_layers=4, hidden_size=128, "
+            "intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)")
+    subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT / "tests", check=True, capture_output=True)
+    return folder
+
+
+def make_data(path: Path) -> Path:
+    """Question → answer pairs of varied length, so the preview and the length histogram look like real data."""
+    rng = random.Random(0)
+    subjects = ["the capital of France", "two plus two", "the colour of the sky", "the opposite of hot",
+                "the capital of Italy", "a word for a young cat", "the largest planet", "the boiling point of water"]
+    answers = ["Paris.", "Four.", "Blue.", "Cold.", "Rome.", "Kitten.", "Jupiter.", "100 degrees Celsius."]
+    rows = []
+    for i in range(160):
+        k = rng.randrange(len(subjects))
+        padding = " Answer briefly." * rng.randrange(0, 4)
+        rows.append({"prompt": f"Question: what is {subjects[k]}?{padding}\nAnswer:", "completion": f" {answers[k]}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def wait(condition, timeout: float = 300) -> None:
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    deadline = time.time() + timeout
+    timer = QTimer(interval=30)
+    timer.timeout.connect(lambda: loop.quit() if condition() or time.time() > deadline else None)
+    timer.start()
+    loop.exec()
+    timer.stop()
+    if not condition():
+        raise TimeoutError("the window did not get there in time")
+
+
+def settle(ms: int = 400) -> None:
+    """Let layouts and repaints finish before grabbing."""
+    end = time.time() + ms / 1000
+    wait(lambda: time.time() > end)
+
+
+def shoot(window, name: str) -> None:
+    settle()
+    path = OUT / f"{name}.png"
+    window.grab().save(str(path))
+    print("saved", path.relative_to(ROOT))
+
+
+def main() -> int:
+    ensure_display()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model_dir = make_model(folder / "demo-llama")
+        data = make_data(folder / "questions.jsonl")
+
+        from PySide6.QtCore import QSettings
+
+        from workbench.gui.app import create_app
+        from workbench.gui.main_window import MainWindow
+
+        create_app()
+        window = MainWindow(QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat))
+        window.resize(*SIZE)
+        window.store.update("output", runs_root=str(folder / "runs"), name="demo")
+        window.show()
+        window.warm_up()
+
+        opened = []
+        window.model_opened.connect(lambda: opened.append(1))
+        window.open_model(str(model_dir))
+        wait(lambda: opened)
+        window.layers.preset_combo.setCurrentText("attention")
+        window.layers.apply_preset()
+        tree = window.overview.tree
+        window.layers.model.set_selected(tree.same_in_every_block(f"{tree.blocks_prefix}.0.mlp.down_proj"), True)
+        window.layers.model.setData(window.layers.model.index_of(f"{tree.blocks_prefix}.0.self_attn.q_proj", 5), "32")
+        window.tabs.setCurrentIndex(0)
+        shoot(window, "model-and-layers")
+
+        window.store.update("training", max_steps=120, learning_rate=3e-3, batch_size=8, eval_steps=20,
+                            sample_steps=40, sample_max_new_tokens=12, warmup_ratio=0.05,
+                            sample_prompts=["Question: what is the capital of France?\nAnswer:",
+                                            "Question: what is the largest planet?\nAnswer:"])
+        window.store.update("data", max_length=96, validation_split=0.1)
+        window.tabs.setCurrentIndex(1)
+        shoot(window, "settings")
+
+        inspected = []
+        window.data_inspected.connect(lambda: inspected.append(1))
+        window.data.add_files([str(data)])
+        window.tabs.setCurrentIndex(2)
+        wait(lambda: inspected and window._jobs == 0)
+        shoot(window, "data")
+
+        ended = []
+        window.training_ended.connect(lambda: ended.append(1))
+        window.start_training()
+        wait(lambda: ended, timeout=900)
+        window.training.log.parentWidget().parentWidget().setCurrentIndex(0)  # the Samples tab
+        shoot(window, "training")
+        window.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Fixtures for window tests: a real MainWindow with its own settings file, a tiny model, small data files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+import workbench.gui  # noqa: E402,F401  (first: guards None's reference count against PySide6 6.12 on Python 3.11)
+
+FACTS = [
+    ("What is the capital of France?", " Paris."),
+    ("Two plus two?", " Four."),
+    ("Translate cat to French.", " chat"),
+    ("Colour of the sky?", " Blue."),
+    ("Opposite of hot?", " Cold."),
+    ("Capital of Italy?", " Rome."),
+]
+
+
+def write_facts(folder: Path, name: str = "facts.jsonl") -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in FACTS))
+    return path
+
+
+@pytest.fixture
+def facts_file(tmp_path) -> Path:
+    return write_facts(tmp_path)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from workbench.gui.main_window import MainWindow
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.store.update("output", runs_root=str(tmp_path / "runs"))
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    # Leave no worker running past the test: a QThread destroyed while running aborts the process.
+    # Closing first stops the debounce timers, so no job can start after the wait.
+    win.close()
+    qtbot.waitUntil(lambda: win._jobs == 0, timeout=60_000)
+
+
+@pytest.fixture
+def opened(window, qtbot, tiny_model_dir):
+    """The window with the tiny llama open."""
+    with qtbot.waitSignal(window.model_opened, timeout=60_000):
+        window.open_model(str(tiny_model_dir("llama")))
+    return window

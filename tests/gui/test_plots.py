@@ -1,0 +1,78 @@
+"""Live plots: curves are created once, smoothing is a debiased EMA, 100k points redraw quickly."""
+
+import time
+
+import numpy as np
+
+from workbench.core.events import Evaluation, Step
+from workbench.gui.widgets.plots import MetricsPlots, smooth
+from workbench.gui.widgets.training_panel import TrainingPanel
+
+
+def test_smoothing_is_a_debiased_ema_and_incremental_equals_batch(qtbot):
+    plots = MetricsPlots()
+    qtbot.addWidget(plots)
+    values = np.array([4.0, 2.0, 3.0, 1.0, 1.5])
+    assert smooth(values, 0.0).tolist() == values.tolist()
+    assert smooth(values, 0.5)[0] == 4.0  # debiased: the first point is not pulled to 0
+    for i, v in enumerate(values):
+        plots.add("loss", i, v)
+    assert np.allclose(plots.series["smoothed"].y, smooth(values, plots.smoothing))
+    plots.set_smoothing(0.9)
+    plots.add("loss", 5, 0.5)
+    assert np.allclose(plots.series["smoothed"].y, smooth(np.append(values, 0.5), 0.9))
+
+
+def test_panel_batches_events_and_draws_them(qtbot):
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    curve = panel.plots.raw_curve
+    for step in range(1, 51):
+        panel.handle(Step(step=step, total_steps=100, epoch=step / 100, loss=1 / step, learning_rate=1e-4,
+                          grad_norm=0.5, tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=step, eta_s=100 - step))
+    panel.handle(Evaluation(step=50, eval_loss=0.3))
+    assert panel.plots.points("loss") == 0, "nothing is drawn until the next flush"
+    panel.flush()
+    assert panel.plots.raw_curve is curve, "curves are created once"
+    assert panel.plots.points("loss") == 50 and panel.plots.points("eval_loss") == 1
+    assert len(curve.xData) == 50
+    assert panel.progress.value() == 50 and panel.progress.maximum() == 100
+    assert "ETA 0:50" in panel.eta_label.text()
+
+
+def test_100k_points_redraw_fast(qtbot):
+    plots = MetricsPlots()
+    qtbot.addWidget(plots)
+    plots.resize(1000, 700)
+    plots.show()
+    qtbot.waitExposed(plots)
+    steps = np.arange(100_000, dtype=float)
+    loss = 2 + np.sin(steps / 500) + np.random.default_rng(0).normal(0, 0.1, len(steps))
+    for name in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "memory"):
+        plots.series[name].extend(steps, loss)
+    plots.series["smoothed"].extend(steps, smooth(loss, 0.6))
+    plots.redraw()
+    plots.grab()  # first paint builds caches
+    start = time.perf_counter()
+    frames = 5
+    for i in range(frames):
+        plots.add("loss", 100_000 + i, 2.0)
+        plots.redraw()
+        plots.grab()
+    frame = (time.perf_counter() - start) / frames
+    assert frame < 0.25, f"{frame * 1000:.0f} ms per frame with 100k points"
+
+
+def test_plots_follow_a_palette_change(qtbot):
+    from PySide6.QtGui import QColor, QPalette
+
+    plots = MetricsPlots()
+    qtbot.addWidget(plots)
+    dark = QPalette(plots.palette())
+    dark.setColor(QPalette.ColorRole.Base, QColor("#202124"))
+    dark.setColor(QPalette.ColorRole.Text, QColor("#e8eaed"))
+    plots.setPalette(dark)  # what a system theme switch delivers: a PaletteChange event
+    assert plots.backgroundBrush().color() == QColor("#202124")
+    assert plots.loss_plot.getAxis("left").textPen().color() == QColor("#e8eaed")
+    assert plots.loss_plot.titleLabel.opts["color"] == "#e8eaed"

@@ -1,0 +1,42 @@
+"""Starting the window: ``main(run_file)`` shows it first and imports the ML stack afterwards.
+
+Only Qt, pyqtgraph and the light core modules (config, events, control, layers) are imported before the
+window is on screen; torch and transformers are imported by a background worker right after, so the
+window appears in well under a second and the first model opens without the import wait.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def create_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app.setOrganizationName("LoRA Workbench")
+    app.setApplicationName("LoRA Workbench")
+    app.setDesktopFileName("lora-workbench")
+    icon = ASSETS / "icon.svg"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
+    # No style sheet and no fixed colours on the window: Qt's platform theme supplies the system's light
+    # or dark palette, and the widgets read their colours from it.
+    return app
+
+
+def main(run_file: str | None = None) -> int:
+    app = create_app()
+    from .main_window import MainWindow
+
+    window = MainWindow()
+    window.show()
+    if run_file:
+        QTimer.singleShot(0, lambda: window.open_run(Path(run_file)))
+    QTimer.singleShot(0, window.warm_up)
+    return app.exec()

@@ -1,0 +1,470 @@
+"""The main window: four tabs (model and layers, settings, data, train) over one ``ConfigStore``.
+
+The window wires panels to the store and to background workers; it holds no logic of its own beyond
+deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
+QThreads; results come back as signals, errors as a message box, and the window stays usable either way.
+Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
+outcome of each job instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+)
+
+from workbench.core.config import ConfigError, RunConfig
+from workbench.core.control import RunControl
+
+from . import workers
+from .command_line import NotExpressible, command_line
+from .config_store import ConfigStore
+from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
+from .widgets.layer_panel import LayerPanel
+from .widgets.layer_tree_model import LayerTreeModel
+from .widgets.model_picker import ModelPicker
+from .widgets.settings_form import SettingsForm
+from .widgets.training_panel import TrainingPanel
+
+RECENT_LIMIT = 10
+RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
+
+
+class MainWindow(QMainWindow):
+    model_opened = Signal()
+    model_failed = Signal(str)
+    data_inspected = Signal()
+    data_failed = Signal(str)
+    training_done = Signal(object)  # core.training.TrainResult
+    training_failed = Signal(str)
+    training_ended = Signal()  # after either of the two above
+
+    def __init__(self, settings: QSettings | None = None):
+        super().__init__()
+        self.settings = settings or QSettings("LoRA Workbench", "LoRA Workbench")
+        self.store = ConfigStore(self)
+        self.overview = None  # core.models.ModelOverview of the open model
+        self.device_kind, self.available_memory, self.device_text = "cpu", None, ""
+        self.error_box: QMessageBox | None = None
+        self._jobs = 0  # running workers, so closing can wait for them without blocking
+        self._syncing_selection = False
+        self._data_pending = False
+        self._data_running = False
+        self._closing = False
+
+        self.picker = ModelPicker()
+        self.layers = LayerPanel()
+        self.form = SettingsForm(self.store)
+        self.data = DataPanel(self.store)
+        self.training = TrainingPanel()
+        model_tab = QWidget()
+        model_layout = QVBoxLayout(model_tab)
+        model_layout.addWidget(self.picker)
+        model_layout.addWidget(self.layers, 1)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(model_tab, "Model && layers")
+        self.tabs.addTab(self.form, "Settings")
+        self.tabs.addTab(self.data, "Data")
+        self.tabs.addTab(self.training, "Train")
+        self.setCentralWidget(self.tabs)
+        self.setAcceptDrops(True)
+        self.resize(1200, 800)
+
+        self._summary_timer = QTimer(self, singleShot=True, interval=0)  # coalesce several edits into one update
+        self._summary_timer.timeout.connect(self.update_summary)
+        self._data_timer = QTimer(self, singleShot=True, interval=300)  # debounce typing in data settings
+        self._data_timer.timeout.connect(self.inspect_data)
+
+        self.picker.openRequested.connect(self.open_model)
+        self.layers.selectionEdited.connect(self._selection_to_config)
+        self.store.changed.connect(self._config_changed)
+        self.store.dirtyChanged.connect(lambda _: self._update_title())
+        self.data.inspectRequested.connect(self._data_timer.start)
+        self.data.problem.connect(lambda text: self.show_error("Data settings", text))
+        self.training.startRequested.connect(self.start_training)
+        self._build_menus()
+        self._restore_settings()
+        self._update_title()
+
+    # -- menus, title, settings ---------------------------------------------------------------------------
+    def _build_menus(self) -> None:
+        def action(menu, text, slot, shortcut=None, tip=""):
+            a = QAction(text, self)
+            if shortcut:
+                a.setShortcut(QKeySequence(shortcut))
+            a.setStatusTip(tip)
+            a.triggered.connect(slot)
+            menu.addAction(a)
+            return a
+
+        file_menu = self.menuBar().addMenu("&File")
+        action(file_menu, "&New run", self.new_run, QKeySequence.StandardKey.New)
+        action(file_menu, "&Open run file…", self.open_run_dialog, QKeySequence.StandardKey.Open)
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        action(file_menu, "&Save run file", self.save_run, QKeySequence.StandardKey.Save)
+        action(file_menu, "Save run file &as…", self.save_run_as, QKeySequence.StandardKey.SaveAs)
+        file_menu.addSeparator()
+        action(file_menu, "Copy &command line", self.copy_command_line, "Ctrl+Shift+C",
+               "Copy the command that trains this run without the window")
+        file_menu.addSeparator()
+        action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        model_menu = self.menuBar().addMenu("&Model")
+        action(model_menu, "Open model &folder…", self.picker.choose_folder, "Ctrl+Shift+O")
+        action(model_menu, "Open &GGUF file…", self.picker.choose_gguf)
+        data_menu = self.menuBar().addMenu("&Data")
+        action(data_menu, "&Add training files…", self.data.choose_files, "Ctrl+D")
+        self.recent_data_menu = data_menu.addMenu("Add &recent file")
+        train_menu = self.menuBar().addMenu("&Train")
+        action(train_menu, "&Start", self.start_training, "Ctrl+Return")
+        action(train_menu, "&Pause / resume", self.training.toggle_pause, "Ctrl+P")
+        action(train_menu, "S&top", self.training.request_stop, "Ctrl+.")
+        action(train_menu, "Save &checkpoint now", self.training.request_checkpoint, "Ctrl+K")
+        view_menu = self.menuBar().addMenu("&View")
+        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train")):
+            action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
+
+    def _update_title(self) -> None:
+        name = self.store.path.name if self.store.path else "untitled run"
+        self.setWindowTitle(f"{name}{' •' if self.store.dirty else ''} — LoRA Workbench")
+
+    def _restore_settings(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        self.picker.set_recent(self._recent("recent/models"))
+        self._fill_recent_menu()
+
+    def _recent(self, key: str) -> list[str]:
+        value = self.settings.value(key, [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _remember(self, key: str, item: str) -> None:
+        items = [item] + [x for x in self._recent(key) if x != item]
+        self.settings.setValue(key, items[:RECENT_LIMIT])
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        for path in self._recent("recent/runs"):
+            self.recent_menu.addAction(path, lambda p=path: self.open_run(Path(p)))
+        self.recent_menu.setEnabled(bool(self.recent_menu.actions()))
+        self.recent_data_menu.clear()
+        for path in self._recent("recent/data"):
+            self.recent_data_menu.addAction(path, lambda p=path: self.data.add_files([p]))
+        self.recent_data_menu.setEnabled(bool(self.recent_data_menu.actions()))
+
+    # -- messages -----------------------------------------------------------------------------------------
+    def show_error(self, title: str, message: str, details: str = "") -> None:
+        """A non-blocking message box: the event loop (and any running job) keeps going while it is open."""
+        if self.error_box is not None:
+            self.error_box.close()
+        box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)
+        if details:
+            box.setDetailedText(details)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(lambda _: setattr(self, "error_box", None) if self.error_box is box else None)
+        self.error_box = box
+        box.open()
+
+    def _start(self, worker: workers.Worker) -> None:
+        self._jobs += 1
+        # Counted down when the thread itself has ended (not when the worker says it is done): only then
+        # may the window, which owns the thread, be destroyed.
+        workers.start(worker, self).finished.connect(self._job_done)
+
+    def _job_done(self) -> None:
+        self._jobs -= 1
+        if self._closing and self._jobs == 0:
+            self.close()
+
+    def warm_up(self) -> None:
+        """Import torch and transformers in the background once the window is on screen."""
+        self._start(workers.FunctionWorker(workers.warm_up_imports))
+
+    # -- model --------------------------------------------------------------------------------------------
+    def open_model(self, spec: str) -> None:
+        try:
+            self.store.update("model", source=spec.strip())
+        except ConfigError as exc:
+            self.show_error("Model", "\n".join(exc.problems))
+            return
+        self.picker.set_text(spec)
+        self.picker.set_busy(True, f"Opening {spec}…")
+        worker = workers.FunctionWorker(lambda config=self.store.config: workers.open_model(config))
+        worker.result.connect(self._model_ready)
+        worker.failed.connect(self._model_failed)
+        worker.finished.connect(lambda: self.picker.set_busy(False))
+        self._start(worker)
+
+    def _model_ready(self, result: dict) -> None:
+        self.overview = result["overview"]
+        self.device_text, self.available_memory = result["device_text"], result["available"]
+        self.device_kind = result["device_kind"]
+        lora = self.store.config.lora
+        model = LayerTreeModel(self.overview.tree, lora.r, lora.alpha)
+        self._selection_from_config(model)  # before the view sees the model: no per-row repaint signals
+        self.layers.set_model(model)
+        self.picker.show_overview(self.overview, self.device_text)
+        self._remember("recent/models", self.store.config.model.source)
+        self.picker.set_recent(self._recent("recent/models"))
+        self.model_opened.emit()
+        if self.store.config.data.train_files:
+            self._data_timer.start()  # the preview needs the model's tokenizer
+
+    def _model_failed(self, message: str, details: str) -> None:
+        self.picker.info.setText("The model could not be opened. Choose another one.")
+        self.show_error("Cannot open the model", message, details)
+        self.model_failed.emit(message)
+
+    # -- selection ↔ configuration ---------------------------------------------------------------------------
+    def _selection_from_config(self, model: LayerTreeModel) -> None:
+        """Show the configuration's layer choice (preset, patterns, blocks or exact names) as ticks.
+
+        A choice made for another model (names this one does not have) falls back to its preset, and the
+        configuration follows, so what is ticked is always what would train.
+        """
+        from workbench.core.config import DEFAULT_PRESET
+        from workbench.core.errors import SelectionError
+        from workbench.core.layers import resolve_selection
+
+        config = self.store.config
+        self._syncing_selection = True
+        try:
+            sel = resolve_selection(model.tree, config.lora, config.model.task)
+            model.replace_selection(sel.targets)
+            model.set_overrides(sel.rank_overrides, sel.alpha_overrides)
+        except SelectionError as exc:
+            preset = config.lora.preset if config.lora.preset != "none" else DEFAULT_PRESET
+            model.replace_selection(model.tree.preset(preset))
+            model.set_overrides({}, {})
+            self.store.update("lora", target_modules=[], include=[], blocks=None, preset=preset,
+                              rank_pattern={}, alpha_pattern={})
+            self.statusBar().showMessage(f"The layer choice did not fit this model ({exc.message}); "
+                                         f"selected the {preset} preset instead.", 10_000)
+        finally:
+            self._syncing_selection = False
+        self._summary_timer.start()
+
+    def _selection_to_config(self) -> None:
+        if self._syncing_selection:
+            return
+        model = self.layers.model
+        tree = model.tree
+        names = sorted(model.selected, key=tree._order)
+        preset = self.store.config.lora.preset if names else "none"
+        self.store.update("lora", target_modules=names, include=[], blocks=None, preset=preset,
+                          rank_pattern=dict(model.rank_overrides), alpha_pattern=dict(model.alpha_overrides))
+
+    def _config_changed(self, section: str) -> None:
+        self._update_title()
+        if self.layers.model is not None:
+            lora = self.store.config.lora
+            self.layers.model.set_defaults(lora.r, lora.alpha)
+        if section == "":  # a new or opened run file
+            self.picker.set_text(self.store.config.model.source)
+            # Only against the model the file names: a different one is being opened and will apply it.
+            if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
+                self._selection_from_config(self.layers.model)
+            self._data_timer.start()
+        self._summary_timer.start()
+
+    def update_summary(self) -> None:
+        """The summary bar's numbers, from the same core functions the engine and `workbench inspect` use."""
+        if self.overview is None or self.layers.model is None:
+            return
+        from workbench.core.errors import SelectionError
+        from workbench.core.layers import count_selection, resolve_selection
+        from workbench.core.memory import estimate_for_config
+
+        config = self.store.config
+        try:
+            sel = resolve_selection(self.overview.tree, config.lora, config.model.task)
+        except SelectionError as exc:
+            self.layers.summary.show_problem(exc.message)
+            return
+        counts = count_selection(self.overview.tree, sel)
+        estimate = estimate_for_config(self.overview.tree, sel, self.overview.hf_config, config, device=self.device_kind)
+        self.layers.summary.show_counts(counts, estimate, self.available_memory, self.device_text)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def inspect_data(self) -> None:
+        data = self.store.config.data
+        if not data.train_files:
+            return
+        if self._data_running:  # one inspection at a time; the latest settings win
+            self._data_pending = True
+            return
+        self._data_running = True
+        self.data.show_busy()
+        source = self.overview.source if self.overview is not None else None
+        trust = self.store.config.model.trust_remote_code
+        seed = self.store.config.training.seed
+        worker = workers.FunctionWorker(lambda: inspect_data(data, source, trust, seed))
+        worker.result.connect(self._data_ready)
+        worker.failed.connect(self._data_failed)
+        worker.finished.connect(self._data_job_done)
+        self._start(worker)
+
+    def _data_ready(self, result: dict) -> None:
+        self.data.show_result(result)
+        for path in self.store.config.data.train_files:
+            self._remember("recent/data", path)
+        self._fill_recent_menu()
+        self.data_inspected.emit()
+
+    def _data_failed(self, message: str, details: str) -> None:
+        self.data.show_error(message)
+        self.show_error("Cannot use the data", message, details)
+        self.data_failed.emit(message)
+
+    def _data_job_done(self) -> None:
+        self._data_running = False
+        if self._data_pending:
+            self._data_pending = False
+            self.inspect_data()
+
+    # -- training -----------------------------------------------------------------------------------------
+    def preflight_problems(self) -> list[str]:
+        config = self.store.config
+        problems = [f"Settings — {p}" for p in self.form.problems()]
+        if self.overview is None:
+            problems.append("Open a model first (Model and layers tab).")
+        if not config.data.train_files:
+            problems.append("Choose training data (Data tab).")
+        if self.overview is not None:
+            from workbench.core.errors import SelectionError
+            from workbench.core.layers import resolve_selection
+
+            try:
+                resolve_selection(self.overview.tree, config.lora, config.model.task)
+            except SelectionError as exc:
+                problems.append(f"Layers — {exc.message}")
+        return problems
+
+    def start_training(self) -> None:
+        if self.training.running:
+            return
+        problems = self.preflight_problems()
+        if problems:
+            self.show_error("Cannot start training", "\n".join(problems))
+            return
+        control = RunControl()
+        worker = workers.TrainWorker(self.store.config, control)
+        worker.event.connect(self.training.handle)
+        worker.result.connect(self._training_done)
+        worker.failed.connect(self._training_failed)
+        worker.finished.connect(self._training_ended)
+        self.training.begin_run(control)
+        self.tabs.setCurrentWidget(self.training)
+        self._start(worker)
+
+    def _training_done(self, result) -> None:
+        self.training.append_log(f"Run folder: {result.run_dir}")
+        self.training_done.emit(result)
+
+    def _training_failed(self, message: str, details: str) -> None:
+        self.training.show_failure(message)
+        self.show_error("Training failed", message, details)
+        self.training_failed.emit(message)
+
+    def _training_ended(self) -> None:
+        self.training.end_run()
+        self.training_ended.emit()
+
+    # -- run files ----------------------------------------------------------------------------------------
+    def new_run(self) -> None:
+        self.store.replace(RunConfig())
+
+    def open_run_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
+        if path:
+            self.open_run(Path(path))
+
+    def open_run(self, path: Path) -> bool:
+        try:
+            config = RunConfig.from_toml(path)
+        except ConfigError as exc:
+            self.show_error("Cannot open the run file", str(exc))
+            return False
+        old_source = self.store.config.model.source
+        self.store.replace(config, path)
+        self._remember("recent/runs", str(path))
+        self._fill_recent_menu()
+        if config.model.source and (config.model.source != old_source or self.overview is None):
+            self.open_model(config.model.source)
+        return True
+
+    def save_run(self) -> bool:
+        if self.store.path is None:
+            return self.save_run_as()
+        return self._save_to(self.store.path)
+
+    def save_run_as(self) -> bool:
+        path, _ = QFileDialog.getSaveFileName(self, "Save run file", "run.toml", RUN_FILE_FILTER)
+        return bool(path) and self._save_to(Path(path))
+
+    def _save_to(self, path: Path) -> bool:
+        try:
+            self.store.save(path)
+        except OSError as exc:
+            self.show_error("Cannot save the run file", f"{path}: {exc.strerror or exc}")
+            return False
+        self._remember("recent/runs", str(path))
+        self._fill_recent_menu()
+        self._update_title()
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return True
+
+    def copy_command_line(self) -> str | None:
+        if self.store.path is None and not self.save_run_as():
+            return None
+        try:
+            text = command_line(self.store.path, self.store.config)
+        except (NotExpressible, ConfigError) as exc:
+            self.show_error("Copy command line", str(exc))
+            return None
+        QGuiApplication.clipboard().setText(text)
+        self.statusBar().showMessage("Copied: " + text, 6000)
+        return text
+
+    # -- drag and drop ------------------------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        data = [str(p) for p in paths if p.suffix.lower() in DATA_SUFFIXES]
+        runs = [p for p in paths if p.suffix.lower() == ".toml"]
+        models = [p for p in paths if p.is_dir() or p.suffix.lower() == ".gguf"]
+        if runs:
+            self.open_run(runs[0])
+        elif models:
+            self.open_model(str(models[0]))
+        if data:
+            self.data.add_files(data)
+            self.tabs.setCurrentWidget(self.data)
+
+    # -- closing ------------------------------------------------------------------------------------------
+    def closeEvent(self, event) -> None:
+        self._data_timer.stop()  # no new job may start once closing has begun
+        self._data_pending = False
+        if self.training.running:
+            # Never block or kill the worker: ask the engine to stop (it saves the adapter) and close after.
+            self.training.request_stop()
+            self.training_ended.connect(self.close)
+            self.statusBar().showMessage("Stopping the run before closing…")
+            event.ignore()
+            return
+        if self._jobs:
+            # A worker still runs (opening a model, reading data): its thread must end before the window goes.
+            self._closing = True
+            self.hide()
+            event.ignore()
+            return
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.sync()
+        super().closeEvent(event)

@@ -1,0 +1,232 @@
+"""The layer tree view with its tools: filter, presets, block range, "this module in every block", summary.
+
+The panel edits the selection through ``LayerTreeModel`` and writes it to the run configuration as exact
+module names (``lora.target_modules``) with exact-name ``rank_pattern`` / ``alpha_pattern`` overrides, the
+form PEFT applies without any pattern guessing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QPushButton, QTreeView,
+    QVBoxLayout, QWidget,
+)
+
+from workbench.core.config import PRESETS, parse_block_spec
+
+from .layer_tree_model import (
+    COL_ALPHA, COL_LORA, COL_NAME, COL_PARAMS, COL_RANK, COL_SHAPE, COL_TYPE, NAME_ROLE, LayerTreeModel,
+)
+from .summary_bar import SummaryBar
+
+
+class NameFilterProxy(QSortFilterProxyModel):
+    """Keeps rows whose full module name contains the text (or matches the regex), and their ancestors."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setRecursiveFilteringEnabled(True)
+        self._test = None
+
+    def set_pattern(self, text: str, regex: bool) -> None:
+        """Raises ``re.error`` for a bad regex, leaving the previous filter in place."""
+        if not text:
+            test = None
+        elif regex:
+            compiled = re.compile(text)
+            test = lambda name: compiled.search(name) is not None  # noqa: E731
+        else:
+            lowered = text.lower()
+            test = lambda name: lowered in name.lower()  # noqa: E731
+        self.beginFilterChange()
+        self._test = test
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def matches(self, name: str) -> bool:
+        return self._test is None or self._test(name)
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:
+        if self._test is None:
+            return True
+        name = self.sourceModel().index(row, 0, parent).data(NAME_ROLE)
+        return self._test(name)
+
+
+class LayerPanel(QWidget):
+    selectionEdited = Signal()  # the user changed the selection or an override
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.model: LayerTreeModel | None = None
+        self.proxy = NameFilterProxy(self)
+
+        self.filter_edit = QLineEdit(placeholderText="Filter modules, e.g. q_proj or layers.1.")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.setToolTip("Shows modules whose full name contains this text (or matches it, with Regex on).")
+        self.regex_box = QCheckBox("Regex")
+        self.check_matching = QPushButton("Check shown")
+        self.check_matching.setToolTip("Select every adaptable module that the filter shows.")
+        self.uncheck_matching = QPushButton("Uncheck shown")
+        self.preset_combo = QComboBox()
+        for name, description in PRESETS.items():
+            self.preset_combo.addItem(name, name)
+            self.preset_combo.setItemData(self.preset_combo.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
+        self.preset_combo.addItem("none", "none")
+        self.preset_button = QPushButton("Apply preset")
+        self.preset_button.setToolTip("Replace the selection with the preset's modules.")
+        self.blocks_edit = QLineEdit(placeholderText="e.g. 8-15 or 0,2,4-6")
+        self.blocks_edit.setToolTip("Keep the selection only in these transformer blocks.")
+        self.blocks_button = QPushButton("Keep only blocks")
+        self.problem_label = QLabel()
+        self.problem_label.setStyleSheet("color: #d9534f")
+        self.problem_label.setWordWrap(True)
+        self.problem_label.hide()
+
+        self.view = QTreeView()
+        self.view.setModel(self.proxy)
+        self.view.setUniformRowHeights(True)  # lets the view skip measuring rows: smooth with thousands
+        self.view.setAlternatingRowColors(True)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.setEditTriggers(QTreeView.EditTrigger.DoubleClicked | QTreeView.EditTrigger.EditKeyPressed
+                                  | QTreeView.EditTrigger.SelectedClicked)
+        self.view.setToolTip("Tick modules to adapt. Double-click Rank or Alpha of a ticked module to override it; "
+                             "clear the cell to go back to the global value.")
+        self.summary = SummaryBar()
+
+        filter_row = QHBoxLayout()
+        filter_row.addWidget(self.filter_edit, 1)
+        filter_row.addWidget(self.regex_box)
+        filter_row.addWidget(self.check_matching)
+        filter_row.addWidget(self.uncheck_matching)
+        tools_row = QHBoxLayout()
+        tools_row.addWidget(QLabel("Preset:"))
+        tools_row.addWidget(self.preset_combo)
+        tools_row.addWidget(self.preset_button)
+        tools_row.addSpacing(16)
+        tools_row.addWidget(QLabel("Blocks:"))
+        tools_row.addWidget(self.blocks_edit)
+        tools_row.addWidget(self.blocks_button)
+        tools_row.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(tools_row)
+        layout.addLayout(filter_row)
+        layout.addWidget(self.problem_label)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.summary)
+
+        self.filter_edit.textChanged.connect(self._apply_filter)
+        self.regex_box.toggled.connect(self._apply_filter)
+        self.check_matching.clicked.connect(lambda: self._check_shown(True))
+        self.uncheck_matching.clicked.connect(lambda: self._check_shown(False))
+        self.preset_button.clicked.connect(self.apply_preset)
+        self.blocks_button.clicked.connect(self.keep_blocks)
+        self.blocks_edit.returnPressed.connect(self.keep_blocks)
+        self.view.customContextMenuRequested.connect(self._context_menu)
+        self._set_tools_enabled(False)
+
+    # -- model ----------------------------------------------------------------------------------------
+    def set_model(self, model: LayerTreeModel) -> None:
+        old = self.model
+        self.model = model
+        self.proxy.setSourceModel(model)
+        model.selectionChanged.connect(self.selectionEdited)
+        if old is not None:
+            old.deleteLater()
+        header = self.view.header()
+        header.setStretchLastSection(False)  # the module names get the spare width, not the Alpha column
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
+        # Fixed widths from the font, not ResizeToContents: that mode re-measures every row on each change,
+        # which on an 80-block model cost the GUI thread more than everything else in a click.
+        chars = {COL_TYPE: 24, COL_SHAPE: 13, COL_PARAMS: 11, COL_LORA: 15, COL_RANK: 6, COL_ALPHA: 7}
+        width = self.view.fontMetrics().horizontalAdvance("0")
+        for col, n in chars.items():
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+            self.view.setColumnWidth(col, max(n * width + 16, header.sectionSizeHint(col)))
+        self._expand_to_blocks()
+        self._set_tools_enabled(True)
+
+    def _expand_to_blocks(self) -> None:
+        """Open the path down to the block list and the first block (the template for all the others)."""
+        tree = self.model.tree
+        if not tree.blocks_prefix:
+            self.view.expandToDepth(0)
+            return
+        index = self.proxy.mapFromSource(self.model.index_of(tree.blocks_prefix))
+        while index.isValid():
+            self.view.expand(index)
+            index = index.parent()
+        if f"{tree.blocks_prefix}.0" in tree.nodes:
+            self.view.expandRecursively(self.proxy.mapFromSource(self.model.index_of(f"{tree.blocks_prefix}.0")))
+
+    def _set_tools_enabled(self, enabled: bool) -> None:
+        for w in (self.filter_edit, self.regex_box, self.check_matching, self.uncheck_matching, self.preset_combo,
+                  self.preset_button, self.blocks_edit, self.blocks_button):
+            w.setEnabled(enabled)
+
+    def _show_problem(self, text: str) -> None:
+        self.problem_label.setText(text)
+        self.problem_label.setVisible(bool(text))
+
+    # -- tools ----------------------------------------------------------------------------------------
+    def _apply_filter(self) -> None:
+        try:
+            self.proxy.set_pattern(self.filter_edit.text(), self.regex_box.isChecked())
+            self._show_problem("")
+        except re.error as exc:
+            self._show_problem(f"Filter: not a valid regular expression ({exc}).")
+        if self.filter_edit.text():
+            self.view.expandAll()
+
+    def _check_shown(self, checked: bool) -> None:
+        if self.model is None:
+            return
+        names = [n.name for n in self.model.tree.adaptable() if self.proxy.matches(n.name)]
+        self.model.set_selected(names, checked)
+
+    def apply_preset(self) -> None:
+        if self.model is None:
+            return
+        self.model.replace_selection(self.model.tree.preset(self.preset_combo.currentData()))
+
+    def keep_blocks(self) -> None:
+        if self.model is None:
+            return
+        tree = self.model.tree
+        try:
+            blocks = parse_block_spec(self.blocks_edit.text())
+        except ValueError as exc:
+            self._show_problem(f"Blocks: {exc}.")
+            return
+        if not tree.blocks_prefix:
+            self._show_problem("Blocks: this model has no repeated transformer blocks.")
+            return
+        outside = [b for b in blocks if b >= tree.num_blocks]
+        if outside:
+            self._show_problem(f"Blocks: the model has blocks 0–{tree.num_blocks - 1} only.")
+            return
+        self._show_problem("")
+        self.model.replace_selection(tree.in_blocks(sorted(self.model.selected, key=tree._order), blocks))
+
+    def _context_menu(self, pos) -> None:
+        if self.model is None:
+            return
+        index = self.view.indexAt(pos)
+        if not index.isValid():
+            return
+        name = index.data(NAME_ROLE)
+        node = self.model.tree.nodes[name]
+        menu = QMenu(self)
+        if node.adaptable and node.block is not None:
+            same = self.model.tree.same_in_every_block(name)
+            menu.addAction(f"Select {node.short} in every block",
+                           lambda: self.model.set_selected(same, True))
+            menu.addAction(f"Deselect {node.short} in every block",
+                           lambda: self.model.set_selected(same, False))
+            menu.addSeparator()
+        menu.addAction("Expand all", self.view.expandAll)
+        menu.addAction("Collapse all", self.view.collapseAll)
+        menu.popup(self.view.viewport().mapToGlobal(pos))

@@ -1,0 +1,177 @@
+"""Live training plots: loss (raw, smoothed, evaluation), learning rate, gradient norm, tokens/s, memory.
+
+Built for long runs: each curve is created once and only ever gets ``setData``; values live in growable
+numpy buffers (appending is amortised O(1), no list→array copy per frame); curves downsample to the
+screen's width with peak preservation and clip to the visible range, so 100,000 points redraw in a few
+milliseconds. The smoothed loss is a debiased exponential moving average (TensorBoard's), kept
+incrementally so a new point costs O(1); moving the smoothing control recomputes it once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent
+from PySide6.QtGui import QPalette
+
+
+class Series:
+    """x/y values in numpy buffers that double when full."""
+
+    def __init__(self, capacity: int = 1024):
+        self._x = np.empty(capacity)
+        self._y = np.empty(capacity)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self._x):
+            self._x = np.concatenate([self._x, np.empty(len(self._x))])
+            self._y = np.concatenate([self._y, np.empty(len(self._y))])
+        self._x[self.n] = x
+        self._y[self.n] = y
+        self.n += 1
+
+    def extend(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        while self.n + len(xs) > len(self._x):
+            self._x = np.concatenate([self._x, np.empty(len(self._x))])
+            self._y = np.concatenate([self._y, np.empty(len(self._y))])
+        self._x[self.n:self.n + len(xs)] = xs
+        self._y[self.n:self.n + len(ys)] = ys
+        self.n += len(xs)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._x[: self.n]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self._y[: self.n]
+
+    def clear(self) -> None:
+        self.n = 0
+
+
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """Debiased EMA of ``values`` (weight 0 = raw). A Python loop: run only when the weight changes."""
+    out = np.empty_like(values)
+    last, debias = 0.0, 1.0
+    for i, v in enumerate(values):
+        last = last * weight + (1 - weight) * v
+        debias *= weight
+        out[i] = last / (1 - debias) if debias < 1 else v
+    return out
+
+
+def follow_palette(widget, plots: list[pg.PlotItem]) -> None:
+    """Background, axes and titles in the palette's colours, so plots follow the light or dark theme."""
+    palette = widget.palette()
+    widget.setBackground(palette.color(QPalette.ColorRole.Base))
+    text = palette.color(QPalette.ColorRole.Text)
+    for plot in plots:
+        for name in ("left", "bottom"):
+            axis = plot.getAxis(name)
+            axis.setTextPen(text)
+            axis.setPen(palette.color(QPalette.ColorRole.Mid))
+            if axis.labelText:
+                axis.setLabel(axis.labelText, units=axis.labelUnits, color=text.name())
+        title = plot.property("plot_title")
+        if title:
+            plot.setTitle(title, color=text.name())
+
+
+class MetricsPlots(pg.GraphicsLayoutWidget):
+    NAMES = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "memory")
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.series = {name: Series() for name in (*self.NAMES, "eval_loss", "smoothed")}
+        self.smoothing = 0.6
+        self._ema_last, self._ema_debias = 0.0, 1.0
+        self._total_steps = 0
+        self.plot_items: list[pg.PlotItem] = []
+
+        self.loss_plot = self._plot("Training loss", row=0, col=0, colspan=2)
+        self.loss_plot.addLegend(offset=(-10, 10))
+        self.raw_curve = self._curve(self.loss_plot, (120, 160, 220, 110), "raw")
+        self.smooth_curve = self._curve(self.loss_plot, (30, 100, 220), "smoothed", width=2)
+        self.eval_curve = self.loss_plot.plot([], [], pen=pg.mkPen((230, 120, 20), width=2), symbol="o",
+                                              symbolSize=7, symbolBrush=(230, 120, 20), name="evaluation")
+        self.curves = {"loss": self.raw_curve, "smoothed": self.smooth_curve, "eval_loss": self.eval_curve}
+        for i, (name, title, unit) in enumerate((
+            ("learning_rate", "Learning rate", ""), ("grad_norm", "Gradient norm", ""),
+            ("tokens_per_second", "Tokens / s", ""), ("memory", "Device memory", "B"),
+        )):
+            plot = self._plot(title, row=1 + i // 2, col=i % 2)
+            if unit:
+                plot.setLabel("left", units=unit)
+            self.curves[name] = self._curve(plot, (60, 170, 110), None)
+
+    def set_total_steps(self, total: int) -> None:
+        """Fix the step axis to the whole run: then the x axes are laid out once, not on every new point."""
+        if total > 0 and total != self._total_steps:
+            self._total_steps = total
+            for plot in self.plot_items:
+                plot.setXRange(0, total, padding=0.01)  # also turns x auto-range off; y keeps following the data
+
+    def _plot(self, title: str, **pos) -> pg.PlotItem:
+        # No grid: translucent grid lines across every plot were most of the cost of a repaint (measured).
+        plot = self.addPlot(**pos)
+        plot.setLabel("bottom", "step")
+        plot.setProperty("plot_title", title)
+        self.plot_items.append(plot)
+        follow_palette(self, [plot])
+        return plot
+
+    def changeEvent(self, event) -> None:
+        # The first palette event arrives from the base class constructor, before any plot exists.
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "plot_items"):  # light ↔ dark switch
+            follow_palette(self, self.plot_items)
+        super().changeEvent(event)
+
+    @staticmethod
+    def _curve(plot: pg.PlotItem, colour, name: str | None, width: int = 1) -> pg.PlotDataItem:
+        curve = plot.plot([], [], pen=pg.mkPen(colour, width=width), name=name)
+        # Draw at most ~one point per pixel (keeping peaks) and only the visible range.
+        curve.setDownsampling(auto=True, method="peak")
+        curve.setClipToView(True)
+        curve.setSkipFiniteCheck(True)
+        return curve
+
+    # -- data -----------------------------------------------------------------------------------------
+    def add(self, name: str, step: float, value: float | None) -> None:
+        if value is None or not np.isfinite(value):
+            return
+        self.series[name].append(step, value)
+        if name == "loss":
+            self._ema_last = self._ema_last * self.smoothing + (1 - self.smoothing) * value
+            self._ema_debias *= self.smoothing
+            smoothed = self._ema_last / (1 - self._ema_debias) if self._ema_debias < 1 else value
+            self.series["smoothed"].append(step, smoothed)
+
+    def set_smoothing(self, weight: float) -> None:
+        self.smoothing = weight
+        loss = self.series["loss"]
+        values = smooth(loss.y, weight)
+        self.series["smoothed"].clear()
+        self.series["smoothed"].extend(loss.x, values)
+        self._ema_debias = weight ** loss.n
+        self._ema_last = values[-1] * (1 - self._ema_debias) if loss.n else 0.0
+        self.redraw()
+
+    def redraw(self) -> None:
+        for name, curve in self.curves.items():
+            s = self.series[name]
+            curve.setData(s.x, s.y)
+
+    def reset(self) -> None:
+        # Not ``clear``: GraphicsLayoutWidget forwards that name to its layout, which deletes every plot.
+        for s in self.series.values():
+            s.clear()
+        self._ema_last, self._ema_debias = 0.0, 1.0
+        self._total_steps = 0
+        for plot in self.plot_items:
+            plot.enableAutoRange()
+        self.redraw()
+
+    def points(self, name: str) -> int:
+        return self.series[name].n

@@ -1,0 +1,226 @@
+"""LoRA and training settings: one editor per ``RunConfig`` field, bound to the window's ``ConfigStore``.
+
+Editors are generated from the schema (bool → check box, Literal → combo box, numbers and text → line
+edit, lists → one entry per line), so the form cannot drift from what the engine accepts. Every edit is
+validated by the schema as it is typed; a refused value stays in the editor, marked, with the schema's own
+message under it, and the configuration keeps its last valid value. Tooltips are the field descriptions.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QScrollArea, QVBoxLayout,
+    QWidget,
+)
+
+from workbench.core.config import ConfigError, RunConfig, field_help
+
+GROUPS: list[tuple[str, list[str]]] = [
+    ("LoRA", ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.use_dora", "lora.init", "lora.bias"]),
+    ("Optimisation", ["training.learning_rate", "training.epochs", "training.max_steps", "training.batch_size",
+                      "training.gradient_accumulation", "data.max_length", "data.packing", "training.scheduler",
+                      "training.warmup_ratio", "training.weight_decay", "training.max_grad_norm", "training.optimizer",
+                      "training.seed"]),
+    ("Hardware", ["training.precision", "training.device", "training.gradient_checkpointing", "model.dtype"]),
+    ("Evaluation, checkpoints and samples", ["training.logging_steps", "training.eval_steps", "training.save_steps",
+                                             "training.save_total_limit", "training.sample_steps",
+                                             "training.sample_prompts", "training.sample_max_new_tokens"]),
+    ("Output", ["output.runs_root", "output.name"]),
+]
+
+RIGHT_COLUMN = {"Optimisation", "Output"}
+EDITOR_WIDTH = 260
+
+LABELS = {
+    "lora.r": "Rank", "lora.use_rslora": "rsLoRA", "lora.use_dora": "DoRA", "lora.init": "Initialisation",
+    "training.max_steps": "Max steps", "training.gradient_accumulation": "Gradient accumulation",
+    "data.max_length": "Max length (tokens)", "model.dtype": "Base weights dtype", "output.runs_root": "Runs folder",
+    "output.name": "Run name", "training.sample_prompts": "Sample prompts (one per line)",
+}
+ERROR_STYLE = "color: #d9534f"
+
+
+def _field_info(key: str):
+    section, name = key.split(".")
+    section_cls = RunConfig.model_fields[section].annotation
+    return section_cls.model_fields[name]  # type: ignore[union-attr]
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+class FieldEditor:
+    """One field: its editor widget, how to read a value out of it and how to show a value in it."""
+
+    def __init__(self, key: str, on_edit):
+        self.key = key
+        self.section, self.name = key.split(".")
+        annotation, self.optional = _unwrap_optional(_field_info(key).annotation)
+        self.kind = ("bool" if annotation is bool else "choice" if typing.get_origin(annotation) is Literal
+                     else "list" if typing.get_origin(annotation) is list else annotation.__name__)
+        if self.kind == "bool":
+            self.widget = QCheckBox()
+            self.widget.clicked.connect(on_edit)
+        elif self.kind == "choice":
+            self.widget = QComboBox()
+            self.widget.addItems([str(a) for a in typing.get_args(annotation)])
+            self.widget.activated.connect(on_edit)
+        elif self.kind == "list":
+            self.widget = QPlainTextEdit()
+            self.widget.setFixedHeight(70)
+            self.widget.textChanged.connect(on_edit)
+        else:
+            self.widget = QLineEdit()
+            if self.optional:
+                self.widget.setPlaceholderText("not set")
+            self.widget.textEdited.connect(on_edit)
+        self.widget.setObjectName(key)
+        if self.kind in ("list", "str", "int", "float"):
+            self.widget.setFixedWidth(EDITOR_WIDTH)
+        self.error = QLabel()
+        self.error.setMaximumWidth(EDITOR_WIDTH + 120)
+        self.error.setStyleSheet(ERROR_STYLE)
+        self.error.setWordWrap(True)
+        self.error.hide()
+
+    def value(self) -> Any:
+        """The typed value in the editor; raises ValueError with a readable message for unparsable text."""
+        w = self.widget
+        if self.kind == "bool":
+            return w.isChecked()
+        if self.kind == "choice":
+            return w.currentText()
+        if self.kind == "list":
+            return [line.strip() for line in w.toPlainText().splitlines() if line.strip()]
+        text = w.text().strip()
+        if not text:
+            if self.optional:
+                return None
+            if self.kind == "str":
+                return ""
+            raise ValueError("a value is required")
+        if self.kind == "int":
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a whole number") from None
+        if self.kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a number (e.g. 0.0002 or 2e-4)") from None
+        return text
+
+    def show(self, value: Any) -> None:
+        w = self.widget
+        w.blockSignals(True)
+        if self.kind == "bool":
+            w.setChecked(bool(value))
+        elif self.kind == "choice":
+            w.setCurrentText(str(value))
+        elif self.kind == "list":
+            if self.value() != list(value):  # keep the cursor where it is while the user types
+                w.setPlainText("\n".join(value))
+        else:
+            try:
+                unchanged = self.value() == value
+            except ValueError:
+                unchanged = False
+            if not unchanged:  # "2e-4" typed by the user stays "2e-4", not "0.0002"
+                w.setText("" if value is None else f"{value:g}" if isinstance(value, float) else str(value))
+        w.blockSignals(False)
+
+    def set_problem(self, text: str) -> None:
+        self.error.setText(text)
+        self.error.setVisible(bool(text))
+        self.widget.setStyleSheet("border: 1px solid #d9534f;" if text and self.kind != "bool" else "")
+
+
+class SettingsForm(QScrollArea):
+    validityChanged = Signal(bool)  # False while any editor holds a refused value
+
+    def __init__(self, store, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.editors: dict[str, FieldEditor] = {}
+        help_texts = field_help()
+        body = QWidget()
+        columns = QHBoxLayout(body)
+        left, right = QVBoxLayout(), QVBoxLayout()
+        columns.addLayout(left)
+        columns.addLayout(right)
+        columns.addStretch(1)
+        for title, keys in GROUPS:
+            box = QGroupBox(title)
+            form = QFormLayout(box)
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
+            for key in keys:
+                editor = FieldEditor(key, lambda *_, k=key: self._commit(k))
+                tip = help_texts.get(key, "")
+                editor.widget.setToolTip(f"<b>{key}</b><br>{tip}")
+                label = QLabel(LABELS.get(key, key.split(".")[1].replace("_", " ").capitalize()))
+                label.setToolTip(editor.widget.toolTip())
+                holder = QWidget()
+                holder_layout = QVBoxLayout(holder)
+                holder_layout.setContentsMargins(0, 0, 0, 0)
+                holder_layout.setSpacing(2)
+                holder_layout.addWidget(editor.widget)
+                holder_layout.addWidget(editor.error)
+                form.addRow(label, holder)
+                self.editors[key] = editor
+            (right if title in RIGHT_COLUMN else left).addWidget(box)
+        left.addStretch(1)
+        right.addStretch(1)
+        self.setWidget(body)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        store.changed.connect(self.refresh)
+        self.refresh()
+
+    @property
+    def valid(self) -> bool:
+        return not any(e.error.text() for e in self.editors.values())
+
+    def problems(self) -> list[str]:
+        return [f"{k}: {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
+
+    def refresh(self, section: str = "") -> None:
+        """Show the store's values; a whole new configuration also clears the marks of refused edits."""
+        was_valid = self.valid
+        for key, editor in self.editors.items():
+            if section and editor.section != section:
+                continue
+            if not section:
+                editor.set_problem("")
+            if not editor.error.text():
+                editor.show(getattr(getattr(self.store.config, editor.section), editor.name))
+        if self.valid != was_valid:
+            self.validityChanged.emit(self.valid)
+
+    def _commit(self, key: str) -> None:
+        editor = self.editors[key]
+        was_valid = self.valid
+        try:
+            self.store.update(editor.section, **{editor.name: editor.value()})
+            editor.set_problem("")
+        except ValueError as exc:  # ConfigError is a ValueError too
+            editor.set_problem(self._message(exc))
+        if self.valid != was_valid:
+            self.validityChanged.emit(self.valid)
+
+    @staticmethod
+    def _message(exc: ValueError) -> str:
+        if isinstance(exc, ConfigError) and exc.problems:
+            # "lora.r: got 0 — the rank must be …" → the part after the dash; the field is right above it.
+            problem = exc.problems[0]
+            return problem.split(" — ", 1)[1] if " — " in problem else problem
+        return str(exc)

@@ -1,0 +1,250 @@
+"""The Train tab: start / pause / resume / stop / checkpoint, progress with ETA, live plots, samples, log.
+
+Engine events arrive through ``handle`` (a queued signal from the training worker, so on the GUI thread)
+and are only queued; a 50 ms timer applies the queue in one go — at most 20 repaints a second however fast
+the engine reports. The panel starts no job itself: the main window checks the setup and calls
+``start_run``, and the panel turns clicks into ``RunControl`` requests, which the engine reads between
+optimizer steps.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QDoubleSpinBox, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget,
+    QVBoxLayout, QWidget,
+)
+
+from workbench.core.control import RunControl
+from workbench.core.events import (
+    CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Resumed, RunStarted, Sample, Step,
+)
+
+from .plots import MetricsPlots
+from .summary_bar import human_bytes
+
+FLUSH_INTERVAL_MS = 50  # progress and labels: ≤ 20 GUI updates per second
+PLOT_INTERVAL_S = 0.2  # plots: ≤ 5 repaints per second; a repaint costs far more than a label update
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TrainingPanel(QWidget):
+    startRequested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.control: RunControl | None = None
+        self.running = False
+        self.paused = False
+        self._pending: list = []
+        self._plotted_at = 0.0
+        self._plots_stale = False
+        self._failure_shown = False
+        self._flush_timer = QTimer(self, interval=FLUSH_INTERVAL_MS)
+        self._flush_timer.timeout.connect(self.flush)
+
+        self.start_button = QPushButton("Start training")
+        self.start_button.setToolTip("Train with the current settings (Ctrl+Return).")
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setToolTip("Pause after the current optimizer step; the model stays in memory.")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step and save the adapter and a checkpoint.")
+        self.checkpoint_button = QPushButton("Save checkpoint now")
+        self.progress = QProgressBar()
+        self.progress.setFormat("step %v of %m")
+        self.status_label = QLabel("Not started")
+        self.eta_label = QLabel()
+        self.smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.99, singleStep=0.05, decimals=2, value=0.6)
+        self.smoothing.setToolTip("Weight of the exponential moving average drawn over the raw loss (0 = none).")
+        self.plots = MetricsPlots()
+        self.samples = QPlainTextEdit(readOnly=True)
+        self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
+                                        "(set sample prompts and a sample interval in Settings).")
+        self.log = QPlainTextEdit(readOnly=True)
+        self.log.setMaximumBlockCount(5000)
+
+        buttons = QHBoxLayout()
+        for w in (self.start_button, self.pause_button, self.stop_button, self.checkpoint_button):
+            buttons.addWidget(w)
+        buttons.addStretch(1)
+        buttons.addWidget(QLabel("Loss smoothing:"))
+        buttons.addWidget(self.smoothing)
+        status = QHBoxLayout()
+        status.addWidget(self.progress, 1)
+        status.addWidget(self.eta_label)
+        bottom = QTabWidget()
+        bottom.addTab(self.samples, "Samples")
+        bottom.addTab(self.log, "Log")
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.plots)
+        splitter.addWidget(bottom)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addLayout(status)
+        layout.addWidget(self.status_label)
+        layout.addWidget(splitter, 1)
+
+        self.start_button.clicked.connect(self.startRequested)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button.clicked.connect(self.request_stop)
+        self.checkpoint_button.clicked.connect(self.request_checkpoint)
+        self.smoothing.valueChanged.connect(self.plots.set_smoothing)
+        self._update_buttons()
+
+    # -- run life cycle -------------------------------------------------------------------------------
+    def begin_run(self, control: RunControl) -> None:
+        """Called by the window when it has started a training worker with ``control``."""
+        self.control = control
+        self.running, self.paused = True, False
+        self._failure_shown = False
+        self._pending.clear()
+        self.plots.reset()
+        self.samples.clear()
+        self.progress.setRange(0, 0)  # busy until the engine says how many steps
+        self.status_label.setText("Preparing the model and the data…")
+        self.eta_label.clear()
+        self._flush_timer.start()
+        self._update_buttons()
+
+    def end_run(self) -> None:
+        """The worker has finished (successfully or not): apply what is left and free the controls."""
+        self.running, self.paused = False, False
+        self.flush()  # not running any more: draws whatever is left at once
+        self._flush_timer.stop()
+        self.control = None
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+        self._update_buttons()
+
+    def show_failure(self, message: str) -> None:
+        """The worker reports the run could not start or went wrong. The engine may or may not have sent a
+        ``Failed`` event first (input it rejects before a run exists raises without one): show it once."""
+        self.flush()
+        if not self._failure_shown:
+            self._failure_shown = True
+            self.status_label.setText(f"Run failed: {message.splitlines()[0]}")
+            self.append_log(f"FAILED: {message}")
+
+    def toggle_pause(self) -> None:
+        if not self.control:
+            return
+        if self.paused:
+            self.control.request_resume()
+            self.status_label.setText("Resuming…")
+        else:
+            self.control.request_pause()
+            self.status_label.setText("Pausing after this step…")
+        self.pause_button.setEnabled(False)  # re-enabled when the engine confirms with Paused / Resumed
+
+    def request_stop(self) -> None:
+        if self.control:
+            self.control.request_stop()
+            self.status_label.setText("Stopping after this step; the adapter will be saved…")
+            self.stop_button.setEnabled(False)
+
+    def request_checkpoint(self) -> None:
+        if self.control:
+            self.control.request_checkpoint()
+            self.append_log("Checkpoint requested; it is saved after the current step.")
+
+    def _update_buttons(self) -> None:
+        self.start_button.setEnabled(not self.running)
+        self.pause_button.setEnabled(self.running)
+        self.pause_button.setText("Resume" if self.paused else "Pause")
+        self.stop_button.setEnabled(self.running)
+        self.checkpoint_button.setEnabled(self.running)
+
+    # -- events ---------------------------------------------------------------------------------------
+    def handle(self, event) -> None:
+        self._pending.append(event)
+
+    def flush(self) -> None:
+        if self._pending:
+            events, self._pending = self._pending, []
+            last_step = None  # labels show only a batch's last step, but before any later event's own status
+            for event in events:
+                if isinstance(event, Step):
+                    self._add_step(event)
+                    last_step = event
+                    continue
+                if last_step is not None:
+                    self._show_progress(last_step)
+                    last_step = None
+                self._apply(event)
+            if last_step is not None:
+                self._show_progress(last_step)
+            self._plots_stale = True
+        if self._plots_stale and (not self.running or time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S):
+            self._plotted_at = time.monotonic()
+            self._plots_stale = False
+            self.plots.redraw()
+
+    def _add_step(self, e: Step) -> None:
+        self.plots.add("loss", e.step, e.loss)
+        self.plots.add("learning_rate", e.step, e.learning_rate)
+        self.plots.add("grad_norm", e.step, e.grad_norm)
+        self.plots.add("tokens_per_second", e.step, e.tokens_per_second)
+        self.plots.add("memory", e.step, e.memory_bytes)
+
+    def _show_progress(self, e: Step) -> None:
+        self.plots.set_total_steps(e.total_steps)
+        self.progress.setRange(0, max(e.total_steps, 1))
+        self.progress.setValue(e.step)
+        memory = f" · memory {human_bytes(e.memory_bytes)}" if e.memory_bytes else ""
+        speed = f" · {e.tokens_per_second:,.0f} tokens/s" if e.tokens_per_second else ""
+        if not self.paused:
+            self.status_label.setText(f"Training — epoch {e.epoch:.2f} · loss {e.loss:.4f}{speed}{memory}")
+        self.eta_label.setText(f"elapsed {human_duration(e.elapsed_s)} · ETA {human_duration(e.eta_s)}")
+
+    def _apply(self, event) -> None:
+        if isinstance(event, RunStarted):
+            self.plots.set_total_steps(event.total_steps)
+            self.progress.setRange(0, max(event.total_steps, 1))
+            self.progress.setValue(event.resumed_from_step)
+            self.append_log(f"Run started in {event.run_dir} on {event.device_name} ({event.precision}); "
+                            f"{event.trainable_params:,} trainable parameters, {event.total_steps} steps, "
+                            f"{event.train_examples} training examples.")
+            self.status_label.setText("Training…")
+        elif isinstance(event, Evaluation):
+            self.plots.add("eval_loss", event.step, event.eval_loss)
+            self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}")
+        elif isinstance(event, CheckpointSaved):
+            self.append_log(f"Step {event.step}: checkpoint saved to {event.path}")
+        elif isinstance(event, Sample):
+            self.samples.appendHtml(f"<b>step {event.step}</b> — <i>{html.escape(event.prompt)}</i><br>"
+                                    f"{html.escape(event.completion)}<br>")
+        elif isinstance(event, Paused):
+            self.paused = True
+            self.status_label.setText(f"Paused at step {event.step}. Resume to continue.")
+            self._update_buttons()
+        elif isinstance(event, Resumed):
+            self.paused = False
+            self.status_label.setText(f"Resumed at step {event.step}.")
+            self._update_buttons()
+        elif isinstance(event, Finished):
+            self.progress.setValue(event.step)
+            self.status_label.setText(f"Run {event.status} at step {event.step}. Adapter: {event.adapter_path}")
+            self.append_log(f"Run {event.status} at step {event.step}; adapter saved to {event.adapter_path}")
+        elif isinstance(event, Failed):
+            self._failure_shown = True
+            self.status_label.setText(f"Run failed: {event.reason}")
+            self.append_log(f"FAILED: {event.reason}" + (f"\nHint: {event.hint}" if event.hint else "")
+                            + (f"\n{event.traceback}" if event.traceback else ""))
+        elif isinstance(event, Message):
+            self.append_log(("Warning: " if event.level == "warning" else "") + event.text)
+
+    def append_log(self, text: str) -> None:
+        self.log.appendPlainText(text)
