@@ -27,6 +27,9 @@ def create_app(argv: list[str] | None = None) -> QApplication:
         app.setWindowIcon(QIcon(str(icon)))
     # No style sheet and no fixed colours on the window: Qt's platform theme supplies the system's light
     # or dark palette, and the widgets read their colours from it.
+    # Workers run Python (the Trainer's loop, tokenisation) while the GUI thread waits for the GIL; a
+    # 1 ms switch interval (default 5 ms) hands it over sooner, at no measurable cost to the workers.
+    sys.setswitchinterval(0.001)
     return app
 
 

@@ -145,4 +145,22 @@ class TrainWorker(Worker):
     def work(self):
         from workbench.core.training import run
 
+        _yield_cpu_to_the_window()
         return run(self._config, self, self._control)
+
+
+def _yield_cpu_to_the_window() -> None:
+    """Lower this worker thread's scheduling priority (and that of the compute threads it starts).
+
+    Training saturates every core; at equal priority the GUI thread then waits behind torch's threads for
+    a time slice, and the window stutters. On Linux a thread's nice value is its own, and threads created
+    from it inherit it; elsewhere this does nothing.
+    """
+    import os
+    import threading
+
+    if hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass  # not allowed here: training simply runs at normal priority
