@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters")
+COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

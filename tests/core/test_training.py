@@ -237,5 +237,6 @@ def test_samples_before_and_during_training_and_eval_events(model_dir, tmp_path)
     assert all(s.prompt == "What is the capital of France?" for s in samples)
     assert samples[0].completion != samples[-1].completion, "training changed what the model says"
     evals = sink.of(ev.Evaluation)
-    assert [e.step for e in evals] == [3, 6] and evals[-1].eval_loss < evals[0].eval_loss
+    assert [e.step for e in evals] == [0, 3, 6], "the base model's loss first, then every 3 steps"
+    assert evals[-1].eval_loss < evals[0].eval_loss
     assert sink.of(ev.Finished)[0].summary["best_eval_loss"] == pytest.approx(evals[-1].eval_loss)

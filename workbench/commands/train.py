@@ -53,16 +53,16 @@ def run_train(args: argparse.Namespace) -> int:
     config = RunConfig.from_toml(args.run_file)
     if args.overrides:
         config = config.with_overrides(args.overrides)
-    return _drive(lambda sink, control: run(config, sink, control, run_dir=args.run_dir), args.quiet)
+    return drive(lambda sink, control: run(config, sink, control, run_dir=args.run_dir), args.quiet)
 
 
 def run_resume(args: argparse.Namespace) -> int:
     from workbench.core.training import resume
 
-    return _drive(lambda sink, control: resume(args.run_dir, sink, control), args.quiet)
+    return drive(lambda sink, control: resume(args.run_dir, sink, control), args.quiet)
 
 
-def _drive(start, quiet: bool) -> int:
+def drive(start, quiet: bool) -> int:
     from workbench.core.control import RunControl
 
     control = RunControl()
@@ -117,6 +117,8 @@ class ConsoleSink:
             self.note(f"sample @ step {event.step}: {event.prompt!r} → {event.completion!r}")
         elif isinstance(event, (ev.Paused, ev.Resumed)):
             self.note(f"{event.kind} at step {event.step}")
+        elif isinstance(event, ev.Progress):  # e.g. the built-in model's one-time conversion
+            self.note(f"{event.task}: {event.done}/{event.total} {event.unit} {event.detail}".rstrip())
         elif isinstance(event, ev.Message):
             self.note(("warning: " if event.level == "warning" else "") + event.text)
         # Failed is not printed: the exception that follows it reaches the CLI, which prints it once.

@@ -85,15 +85,22 @@ def resolve_source(
     *,
     allow_pickle: bool = False,
     download: Literal["none", "config", "all"] = "config",
+    sink: Any = None,
 ) -> ModelSource:
     """Find the files behind ``spec`` and check that they can be used safely.
 
     ``download`` applies to Hub ids that are not fully in the local cache: ``"config"`` fetches only
     the small descriptive files (enough to show the tree), ``"all"`` the weights too, ``"none"`` nothing.
+    ``builtin:NAME`` names a model shipped inside a Python package; it is converted once into the cache
+    (``Progress`` events go to ``sink``) and used from there.
     """
     spec = (spec or "").strip()
     if not spec:
         raise ModelSourceError("no model chosen", "pick a local model folder, a .gguf file, or type a Hub id such as org/name")
+    if spec.lower().startswith("builtin:"):  # a model shipped in a Python package, converted once (core/builtin.py)
+        from .builtin import resolve_builtin
+
+        return resolve_builtin(spec, sink=sink)
     path = Path(spec).expanduser()
     if path.exists():
         return _resolve_local(spec, path, allow_pickle)

@@ -72,19 +72,20 @@ def run(config: RunConfig, sink: Any = None, control: RunControl | None = None, 
     if run_dir is not None:
         config = config.copy_with(output={"run_dir": str(run_dir)})
     dist = Distributed.setup(choose_device(config.training.device))
-    dist.on_main(lambda: preflight(config), share_result=False)
+    dist.on_main(lambda: preflight(config, sink), share_result=False)
     folder = dist.on_main(lambda: create_run(config).path)
     return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist)
 
 
-def preflight(config: RunConfig) -> None:
+def preflight(config: RunConfig, sink: Any = None) -> None:
     """The checks that take a second or less: the model source resolves and is safe, the data files are
-    readable and of a known format. Raises the same ``WorkbenchError`` training itself would."""
+    readable and of a known format. Raises the same ``WorkbenchError`` training itself would. (A built-in
+    model is converted here on first use, with ``Progress`` events to ``sink``.)"""
     from .data import detect
     from .models import load_config, resolve_source
 
     mc = config.model
-    source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config")
+    source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
     if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
         load_config(source, trust_remote_code=mc.trust_remote_code)
     detect(config.data)
@@ -252,6 +253,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,
+        eval_on_start=has_eval,  # the curve starts from the base model's validation loss
         eval_steps=eval_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
