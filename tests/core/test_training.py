@@ -81,7 +81,8 @@ def test_training_learns_and_saves_a_peft_adapter(arch, model_dir, tmp_path):
         assert not torch.allclose(loaded(ids).logits, plain(ids).logits, atol=1e-3), "the adapter changed nothing"
 
 
-def test_saved_adapter_matches_in_memory_model(model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_saved_adapter_matches_in_memory_model(arch, model_dir, tmp_path, monkeypatch):
     """Compare with the model as it was at the end of training (captured through the sink)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -98,8 +99,8 @@ def test_saved_adapter_matches_in_memory_model(model_dir, tmp_path, monkeypatch)
         return save_adapter(peft_model, run_dir)
 
     monkeypatch.setattr(training, "_save_adapter", save_and_capture)
-    result = run(make_config(model_dir(), tmp_path, max_steps=8))
-    base = AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32).eval()
+    result = run(make_config(model_dir(arch), tmp_path, max_steps=8))
+    base = AutoModelForCausalLM.from_pretrained(model_dir(arch), dtype=torch.float32).eval()
     loaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     with torch.no_grad():
         assert (loaded(input_ids=ids).logits - captured["logits"]).abs().max() <= 1e-5
