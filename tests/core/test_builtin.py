@@ -32,18 +32,6 @@ from workbench.core import events as ev
 from workbench.core.errors import ModelSourceError
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    """No test in this file may write to the user's cache, even through a default argument."""
-    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path / "default-cache"))
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """The built-in model converted once per session (test_demo.py shares the same cache folder)."""
-    return builtin.ensure_builtin(cache_dir=tmp_path_factory.getbasetemp() / "workbench-cache")
-
-
 # ------------------------------------------------------------------------------------- tiny GGUF files
 
 

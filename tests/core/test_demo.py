@@ -25,16 +25,6 @@ KEYS = ["name", "date", "amount", "currency"]
 CURRENCY_WORDS = {"USD": ("$", "dollars", "USD "), "EUR": ("€", "euros", "EUR "), "GBP": ("£", "pounds", "GBP ")}
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path / "default-cache"))
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """The converted built-in model; the same cache folder as test_builtin.py, so it is converted once."""
-    return builtin.ensure_builtin(cache_dir=tmp_path_factory.getbasetemp() / "workbench-cache")
-
 
 def rows(name: str) -> list[dict]:
     return [json.loads(line) for line in (DEMO / name).read_text(encoding="utf-8").splitlines()]

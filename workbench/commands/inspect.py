@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from workbench.core.config import ConfigError, LoraSettings, RunConfig
-    from workbench.core.errors import WorkbenchError
     from workbench.core.layers import count_selection, resolve_selection
     from workbench.core.memory import estimate_for_config
     from workbench.core.models import open_overview

@@ -14,7 +14,6 @@ with ``model.trust_remote_code``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from dataclasses import dataclass
