@@ -1,8 +1,6 @@
 """The same run file under torchrun (two CPU processes, gloo), and runs controlled through their folder."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
