@@ -7,10 +7,13 @@
    rows), opens a tiny Llama, reads and previews a dataset and trains it for 30 steps. The longest gap
    beyond the timer's own interval is the longest stall of the GUI thread (target < 50 ms). Baseline: the
    same probe on the idle window, measured in the same run.
+   Then, through the Export / merge dialog, a streaming merge of a random bf16 Llama of a few GB
+   (``--merge-size``, default 1.5b ≈ 3 GB, built as bench/merge.py builds it) with a rank-16 adapter on
+   every linear layer: the dialog's progress bar and ETA update while the merge reads and writes gigabytes.
 3. Plot frame time: setData + repaint of all training curves holding 100,000 points each, against the
    same with 1,000 points (the ratio shows that downsampling and clip-to-view keep the cost flat).
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/gui_responsiveness.py
+    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/gui_responsiveness.py [--merge-size tiny|small|1.5b|none]
 """
 
 from __future__ import annotations
@@ -118,7 +121,26 @@ def save_tiny_model(folder: Path) -> Path:
     return folder
 
 
-def probe_window(folder: Path) -> dict[str, float]:
+MERGE_BUILD = textwrap.dedent("""
+    import importlib.util, json, sys
+    spec = importlib.util.spec_from_file_location("bench_merge", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    print(json.dumps(module.child_build(sys.argv[2], sys.argv[3], str(500 << 20), "16")))
+""")
+
+
+def build_merge_inputs(folder: Path, size: str) -> tuple[Path, Path, int]:
+    """A random bf16 Llama (500 MB shards) and a LoRA adapter on every linear layer, in another process."""
+    work = folder / "merge-inputs"
+    work.mkdir()
+    out = subprocess.run([sys.executable, "-c", MERGE_BUILD, str(ROOT / "bench" / "merge.py"), str(work), size],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    info = json.loads(out.strip().splitlines()[-1])
+    return work / "base", work / "adapter", int(info["bytes"])
+
+
+def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> dict[str, float]:
     from PySide6.QtCore import QSettings
 
     from workbench.gui.app import create_app
@@ -170,6 +192,25 @@ def probe_window(folder: Path) -> dict[str, float]:
     window.training_ended.connect(lambda: ended.append(1))
     window.start_training()
     wait_for(app, lambda: ended)
+
+    if merge is not None:
+        base, adapter, nbytes = merge
+        probe.enter(f"merge {nbytes / 2**30:.1f} GB model")
+        finished = []
+        dialog = window.open_export(str(adapter))
+        dialog.base_edit.setText(str(base))
+        dialog.out_edit.setText(str(folder / "merged"))
+        dialog.done_ok.connect(lambda result: finished.append(result))
+        dialog.done_failed.connect(lambda message: finished.append(message))
+        started = time.perf_counter()
+        dialog.start_button.click()
+        wait_for(app, lambda: finished and not dialog.running, timeout=900)
+        seconds = time.perf_counter() - started
+        if not isinstance(finished[0], dict) or finished[0].get("stopped"):
+            raise RuntimeError(f"the merge did not complete: {finished[0]}")
+        print(f"merge from the window: {nbytes / 2**30:.2f} GB in {seconds:.1f} s "
+              f"({nbytes / 2**20 / seconds:.0f} MB/s read)")
+        dialog.close()
     probe.timer.stop()
     window.close()
     return probe.worst
@@ -204,10 +245,17 @@ def plot_frame_ms(points: int) -> float:
 
 
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--merge-size", choices=["tiny", "small", "1.5b", "none"], default="1.5b",
+                        help="base model merged in the merge phase (1.5b ≈ 3 GB of bf16; none skips the phase)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         launch, torch_at_show = launch_time(folder)
-        worst = probe_window(folder)
+        merge = None if args.merge_size == "none" else build_merge_inputs(folder, args.merge_size)
+        worst = probe_window(folder, merge)
         frame_1k, frame_100k = plot_frame_ms(1_000), plot_frame_ms(100_000)
 
     print(f"launch → visible window: {launch:.2f} s (target < 1.5 s); torch imported at show: {torch_at_show}")

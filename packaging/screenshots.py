@@ -138,8 +138,58 @@ def main() -> int:
         wait(lambda: ended, timeout=900)
         window.training.log.parentWidget().parentWidget().setCurrentIndex(0)  # the Samples tab
         shoot(window, "training")
+        shoot_part2(window, folder, model_dir, ended)
         window.close()
     return 0
+
+
+def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
+    """Runs comparison, export/merge, adapter inspection and playground (window part 2)."""
+    # A second run with other settings, so the comparison has two curves and a configuration difference.
+    window.store.update("lora", r=16, alpha=16)
+    window.store.update("training", max_steps=60, learning_rate=1e-3, sample_steps=None)
+    ended.clear()
+    window.start_training()
+    wait(lambda: ended, timeout=900)
+    runs = window.runs
+    window.tabs.setCurrentWidget(runs)
+    wait(lambda: len(runs.summaries) >= 2)
+    names = [s.name for s in runs.summaries]
+    runs.select(*names[:2])
+    settle(1200)
+    shoot(window, "runs-comparison")
+
+    first = runs.summaries[-1].path  # the oldest: the 120-step run
+    done = []
+    dialog = window.open_export(str(first / "adapter"))
+    dialog.out_edit.setText(str(folder / "demo-merged"))
+    dialog.done_ok.connect(lambda _: done.append(1))
+    dialog.start_button.click()
+    wait(lambda: done and not dialog.running)
+    settle()
+    dialog.grab().save(str(OUT / "export.png"))
+    print("saved docs/screenshots/export.png")
+    dialog.close()
+
+    got = []
+    window.inspected.connect(lambda _: got.append(1))
+    window.inspect_from_runs(str(first / "adapter"))
+    wait(lambda: got)
+    shoot(window, "inspection")
+
+    pg = window.playground
+    window.tabs.setCurrentWidget(pg)
+    pg.set_paths(str(model_dir), str(first / "adapter"))
+    loaded, generated = [], []
+    pg.loaded.connect(lambda: loaded.append(1))
+    pg.generated.connect(lambda _: generated.append(1))
+    pg.request_load()
+    wait(lambda: loaded)
+    pg.prompt.setPlainText("Question: what is the capital of France?\nAnswer:")
+    pg.max_tokens.setValue(24)
+    pg.generate()
+    wait(lambda: generated and window._jobs == 0)
+    shoot(window, "playground")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,13 @@ from . import workers
 from .command_line import NotExpressible, command_line
 from .config_store import ConfigStore
 from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
+from .widgets.export_dialog import ExportDialog
+from .widgets.inspection_panel import InspectionPanel
 from .widgets.layer_panel import LayerPanel
 from .widgets.layer_tree_model import LayerTreeModel
 from .widgets.model_picker import ModelPicker
+from .widgets.playground import Playground
+from .widgets.runs_panel import RunsPanel
 from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
 
@@ -42,6 +46,8 @@ class MainWindow(QMainWindow):
     training_done = Signal(object)  # core.training.TrainResult
     training_failed = Signal(str)
     training_ended = Signal()  # after either of the two above
+    inspected = Signal(object)  # core.adapters.AdapterReport
+    inspect_failed = Signal(str)
 
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
@@ -61,6 +67,10 @@ class MainWindow(QMainWindow):
         self.form = SettingsForm(self.store)
         self.data = DataPanel(self.store)
         self.training = TrainingPanel()
+        self.runs = RunsPanel()
+        self.inspection = InspectionPanel()
+        self.playground = Playground()
+        self.export_dialog: ExportDialog | None = None
         model_tab = QWidget()
         model_layout = QVBoxLayout(model_tab)
         model_layout.addWidget(self.picker)
@@ -70,6 +80,9 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.form, "Settings")
         self.tabs.addTab(self.data, "Data")
         self.tabs.addTab(self.training, "Train")
+        self.tabs.addTab(self.runs, "Runs")
+        self.tabs.addTab(self.inspection, "Inspect adapter")
+        self.tabs.addTab(self.playground, "Playground")
         self.setCentralWidget(self.tabs)
         self.setAcceptDrops(True)
         self.resize(1200, 800)
@@ -86,6 +99,13 @@ class MainWindow(QMainWindow):
         self.data.inspectRequested.connect(self._data_timer.start)
         self.data.problem.connect(lambda text: self.show_error("Data settings", text))
         self.training.startRequested.connect(self.start_training)
+        self.runs.resumeRequested.connect(self.resume_run)
+        self.runs.exportRequested.connect(self.open_export)
+        self.runs.inspectRequested.connect(self.inspect_from_runs)
+        self.inspection.inspectRequested.connect(self.inspect_adapter)
+        self.playground.loadRequested.connect(self.load_playground)
+        self.playground.generateRequested.connect(self._start)
+        self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
         self._update_title()
@@ -123,8 +143,10 @@ class MainWindow(QMainWindow):
         action(train_menu, "&Pause / resume", self.training.toggle_pause, "Ctrl+P")
         action(train_menu, "S&top", self.training.request_stop, "Ctrl+.")
         action(train_menu, "Save &checkpoint now", self.training.request_checkpoint, "Ctrl+K")
+        action(train_menu, "&Export or merge an adapter…", lambda: self.open_export(), "Ctrl+E")
         view_menu = self.menuBar().addMenu("&View")
-        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train")):
+        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter",
+                                  "Playground")):
             action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
 
     def _update_title(self) -> None:
@@ -173,7 +195,7 @@ class MainWindow(QMainWindow):
         self._jobs += 1
         # Counted down when the thread itself has ended (not when the worker says it is done): only then
         # may the window, which owns the thread, be destroyed.
-        workers.start(worker, self).finished.connect(self._job_done)
+        workers.start(worker, self).ended.connect(self._job_done)
 
     def _job_done(self) -> None:
         self._jobs -= 1
@@ -196,8 +218,11 @@ class MainWindow(QMainWindow):
         worker = workers.FunctionWorker(lambda config=self.store.config: workers.open_model(config))
         worker.result.connect(self._model_ready)
         worker.failed.connect(self._model_failed)
-        worker.finished.connect(lambda: self.picker.set_busy(False))
+        worker.finished.connect(self._model_job_done)  # a bound slot runs on the GUI thread; a lambda would not
         self._start(worker)
+
+    def _model_job_done(self) -> None:
+        self.picker.set_busy(False)
 
     def _model_ready(self, result: dict) -> None:
         self.overview = result["overview"]
@@ -260,6 +285,7 @@ class MainWindow(QMainWindow):
 
     def _config_changed(self, section: str) -> None:
         self._update_title()
+        self.runs.set_root(self.store.config.output.runs_root)
         if self.layers.model is not None:
             lora = self.store.config.lora
             self.layers.model.set_defaults(lora.r, lora.alpha)
@@ -374,6 +400,65 @@ class MainWindow(QMainWindow):
         self.training.end_run()
         self.training_ended.emit()
 
+    # -- runs, export, inspection, playground ------------------------------------------------------------
+    def resume_run(self, run_dir: str) -> None:
+        if self.training.running:
+            self.show_error("Resume", "A run is already training in the window; stop it first.")
+            return
+        control = RunControl()
+        worker = workers.ResumeWorker(run_dir, control)
+        worker.event.connect(self.training.handle)
+        worker.result.connect(self._training_done)
+        worker.failed.connect(self._training_failed)
+        worker.finished.connect(self._training_ended)
+        worker.finished.connect(self.runs.clear_busy)  # a bound slot: queued to the GUI thread (a lambda would not be)
+        self.runs.set_busy(run_dir, True)
+        self.training.begin_run(control)
+        self.tabs.setCurrentWidget(self.training)
+        self._start(worker)
+
+    def _base_for(self, adapter: str) -> str:
+        """The base model of a run's adapter: its run.toml's model source; else the open model."""
+        from workbench.core.runs import load_config
+
+        try:
+            return load_config(Path(adapter).parent).model.source
+        except Exception:  # noqa: BLE001  (an adapter from elsewhere: the user fills it in)
+            return self.store.config.model.source
+
+    def open_export(self, adapter: str = "") -> ExportDialog:
+        if self.export_dialog is not None and self.export_dialog.running:
+            self.export_dialog.raise_()
+            return self.export_dialog
+        if self.export_dialog is not None:
+            self.export_dialog.deleteLater()
+        self.export_dialog = ExportDialog(adapter, self._base_for(adapter) if adapter else self.store.config.model.source,
+                                          start_job=self._start, parent=self)
+        self.export_dialog.show()
+        return self.export_dialog
+
+    def inspect_from_runs(self, adapter: str) -> None:
+        self.inspection.set_paths(adapter, self._base_for(adapter))
+        self.tabs.setCurrentWidget(self.inspection)
+        self.inspection.request()
+
+    def inspect_adapter(self, adapter: str, base: str) -> None:
+        worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base))
+        worker.result.connect(self.inspection.show_report)
+        worker.result.connect(self.inspected)
+        worker.failed.connect(self._inspect_failed)
+        self._start(worker)
+
+    def _inspect_failed(self, message: str, details: str) -> None:
+        self.inspection.show_error(message)
+        self.inspect_failed.emit(message)
+
+    def load_playground(self, base: str, adapter: str) -> None:
+        worker = workers.FunctionWorker(lambda: workers.load_playground(base, adapter))
+        worker.result.connect(self.playground.show_loaded)
+        worker.failed.connect(self.playground.show_error)
+        self._start(worker)
+
     # -- run files ----------------------------------------------------------------------------------------
     def new_run(self) -> None:
         self.store.replace(RunConfig())
@@ -452,6 +537,9 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         self._data_timer.stop()  # no new job may start once closing has begun
         self._data_pending = False
+        self.playground.stop()  # a generation or a merge ends at its next token or tensor
+        if self.export_dialog is not None:
+            self.export_dialog.cancel()
         if self.training.running:
             # Never block or kill the worker: ask the engine to stop (it saves the adapter) and close after.
             self.training.request_stop()

@@ -42,17 +42,44 @@ class Worker(QObject):
             self.finished.emit()
 
 
-def start(worker: Worker, parent: QObject) -> QThread:
+class JobThread(QThread):
+    """A QThread that says ``ended`` only once it has really exited.
+
+    ``finished`` is emitted from the thread just *before* it exits; a slot that deletes the thread (or its
+    owner, the window) on that signal can run while the thread is still finishing, which aborts the
+    process ("QThread: Destroyed while thread is still running") — likeliest for a worker whose priority
+    was lowered, as its last instructions then wait behind the GUI thread. ``wait(0)`` never blocks: it only
+    asks whether the thread is gone, and the check is repeated a few milliseconds later if it is not.
+    """
+
+    ended = Signal()
+
+    def __init__(self, parent: QObject):
+        super().__init__(parent)
+        self.finished.connect(self._check_ended)  # queued: this object lives in the GUI thread
+
+    @Slot()
+    def _check_ended(self) -> None:
+        from PySide6.QtCore import QTimer
+
+        if self.wait(0):
+            self.ended.emit()
+            self.deleteLater()
+        else:
+            QTimer.singleShot(5, self._check_ended)
+
+
+def start(worker: Worker, parent: QObject) -> JobThread:
     """Run ``worker`` on a new thread owned by ``parent``; both are deleted once the job has finished.
 
-    The GUI never waits on the thread: it quits itself when ``finished`` arrives.
+    The GUI never waits on the thread: it quits itself when ``finished`` arrives; ``ended`` follows once
+    it has exited, and only then is it deleted.
     """
-    thread = QThread(parent)
+    thread = JobThread(parent)
     worker.moveToThread(thread)
     thread.started.connect(worker.run)
     worker.finished.connect(thread.quit)
     worker.finished.connect(worker.deleteLater)
-    thread.finished.connect(thread.deleteLater)
     # Keep a Python reference until the thread ends, or the wrapper could be collected mid-job.
     thread.worker = worker  # type: ignore[attr-defined]
     thread.start()
@@ -164,3 +191,140 @@ def _yield_cpu_to_the_window() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except OSError:
             pass  # not allowed here: training simply runs at normal priority
+
+
+class ResumeWorker(TrainWorker):
+    """Resumes a stopped or crashed run from its newest complete checkpoint (``core.training.resume``)."""
+
+    def __init__(self, run_dir, control):
+        Worker.__init__(self)
+        self._run_dir = run_dir
+        self._control = control
+
+    def work(self):
+        from workbench.core.training import resume
+
+        _yield_cpu_to_the_window()
+        return resume(self._run_dir, self, self._control)
+
+
+class ExportWorker(Worker):
+    """Adapter export (PEFT copy or portable) or a streaming merge into a full model.
+
+    Merge progress (``Progress`` events, bytes done / total) is re-emitted as ``progress(done, total, detail)``
+    at most every 50 ms, so a merge of many small tensors cannot flood the event loop.
+    """
+
+    progress = Signal(float, float, str)  # bytes as floats: a C++ int stops at 2 GiB, a double is exact to 8 PiB
+
+    def __init__(self, mode: str, adapter: str, out: str, base: str = "", dtype: str | None = None, control=None):
+        super().__init__()
+        self._mode, self._adapter, self._out, self._base, self._dtype = mode, adapter, out, base, dtype
+        self._control = control
+        self._last = 0.0
+
+    def emit(self, event) -> None:  # merge sink, on the worker thread
+        import time
+
+        from workbench.core.events import Progress
+
+        if isinstance(event, Progress):
+            now = time.monotonic()
+            if now - self._last >= 0.05 or event.done >= event.total:
+                self._last = now
+                self.progress.emit(float(event.done), float(event.total), event.detail)
+
+    def work(self):
+        if self._mode == "merge":
+            from workbench.core.merge import merge_adapter
+
+            _yield_cpu_to_the_window()
+            result = merge_adapter(self._base, self._adapter, self._out, dtype=self._dtype, sink=self,
+                                   control=self._control)
+            return {"mode": "merge", "output": result.output, "stopped": result.stopped,
+                    "bytes": result.bytes_written, "modules": result.merged_modules}
+        from workbench.core.export import export_adapter
+
+        out = export_adapter(self._adapter, self._out, portable=self._mode == "portable")
+        return {"mode": self._mode, "output": out, "stopped": False}
+
+
+def inspect_adapter_job(adapter: str, base: str | None):
+    """Per-module norms and effective ranks of any PEFT adapter folder (with ``||W||`` when a base is given)."""
+    from workbench.core.adapters import inspect_adapter, load_adapter
+
+    return inspect_adapter(load_adapter(adapter), base or None)
+
+
+def load_playground(base: str, adapter: str):
+    """The base model once, wrapped with the adapter: base answers come from ``disable_adapter()``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    return {"model": model, "tokenizer": tokenizer}
+
+
+class GenerateWorker(Worker):
+    """Streams the base model's answer, then the adapter's, token by token, from one loaded PeftModel.
+
+    ``token(which, text)``: which is "base" or "adapter"; pieces come from transformers' ``TextStreamer``. Both use the same settings and seed, so the only
+    difference between the two answers is the adapter.
+    """
+
+    token = Signal(str, str)
+
+    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float, control):
+        super().__init__()
+        self._model, self._tok = model, tokenizer
+        self._prompt, self._max, self._temp, self._top_p = prompt, max_new_tokens, temperature, top_p
+        self._control = control
+
+    def work(self):
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        _yield_cpu_to_the_window()
+        control, worker = self._control, self
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return control.stop_requested
+
+        class _Streamer(TextStreamer):
+            """transformers' own streamer (word-boundary decoding), with each finished piece sent as a signal
+            straight from ``generate`` on this worker thread — no extra thread, no queue."""
+
+            def __init__(self, which: str):
+                super().__init__(worker._tok, skip_prompt=True, skip_special_tokens=True)
+                self.which, self.text = which, ""
+
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    self.text += text
+                    worker.token.emit(self.which, text)
+
+        inputs = self._tok(self._prompt, return_tensors="pt")
+        answers = {}
+        for which in ("base", "adapter"):
+            if control.stop_requested:
+                break
+            streamer = _Streamer(which)
+            kw = dict(**inputs, max_new_tokens=self._max, streamer=streamer,
+                      stopping_criteria=StoppingCriteriaList([_Stop()]),
+                      pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id)
+            if self._temp > 0:
+                kw.update(do_sample=True, temperature=self._temp, top_p=self._top_p)
+            else:
+                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            torch.manual_seed(0)  # the same draws for both answers: only the adapter differs
+            with torch.no_grad():
+                if which == "base":
+                    with self._model.disable_adapter():
+                        self._model.generate(**kw)
+                else:
+                    self._model.generate(**kw)
+            answers[which] = streamer.text
+        return answers

@@ -1,0 +1,72 @@
+"""The Runs tab on real run folders: statuses (finished, stopped, crashed), a command-line run that appears
+and whose plot grows live, overlay of two runs, configuration difference, resume, delete."""
+
+import subprocess
+import sys
+
+from PySide6.QtWidgets import QMessageBox
+
+from trained_runs import make_config, trained_runs
+
+
+def test_statuses_and_a_live_command_line_run_that_crashes(window, qtbot, tmp_path, tmp_path_factory, tiny_model_dir):
+    runs = trained_runs(tmp_path_factory, tiny_model_dir)
+    panel = window.runs
+    window.store.update("output", runs_root=str(runs["root"]))
+    window.tabs.setCurrentWidget(panel)
+    cfg = make_config(runs["model"], tmp_path, max_steps=5000, learning_rate=1e-3)
+    cfg.save(tmp_path / "run.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", str(tmp_path / "run.toml"),
+                             "--run-dir", str(runs["root"] / "cli"), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        qtbot.waitUntil(lambda: panel.status_of("cli") == "running", timeout=90_000)
+        panel.select("cli")
+        qtbot.waitUntil(lambda: panel.plots.points("loss") >= 2, timeout=60_000)
+        seen = panel.plots.points("loss")
+        qtbot.waitUntil(lambda: panel.plots.points("loss") >= seen + 3, timeout=60_000)  # it grows live
+        assert panel.curve_points(runs["root"] / "cli") == panel.plots.points("loss")
+        assert not panel.delete_button.isEnabled(), "a running run cannot be deleted"
+    finally:
+        proc.kill()  # SIGKILL: the process reports nothing
+        proc.wait()
+    qtbot.waitUntil(lambda: panel.status_of("cli") == "crashed", timeout=30_000)
+    assert panel.status_of("done") == "finished"
+    assert panel.status_of("stopped") == "stopped"
+    row = panel.row_of("done")
+    assert panel.table.item(row, 4).text() == "30/30"
+    assert panel.table.item(row, 2).text()  # the model's short name
+
+    # Delete the crashed run, after confirming.
+    panel.select("cli")
+    qtbot.waitUntil(panel.delete_button.isEnabled)
+    panel.confirm_delete()
+    panel.delete_box.button(QMessageBox.StandardButton.Yes).click()
+    assert panel.row_of("cli") == -1
+    assert not (runs["root"] / "cli").exists()
+
+
+def test_overlay_difference_and_resume(window, qtbot, tmp_path_factory, tiny_model_dir):
+    runs = trained_runs(tmp_path_factory, tiny_model_dir)
+    panel = window.runs
+    window.store.update("output", runs_root=str(runs["root"]))
+    window.tabs.setCurrentWidget(panel)
+    qtbot.waitUntil(lambda: panel.row_of("done") >= 0 and panel.row_of("stopped") >= 0)
+    panel.select("done", "stopped")
+    assert len(panel.overlay_curves) == 2
+    assert panel.views.currentWidget() is panel.overlay
+    lengths = {p.name: len(c.getData()[0]) for p, c in panel.overlay_curves.items()}
+    assert lengths == {"done": 30, "stopped": 3}
+    assert len([i for i in panel.overlay.getPlotItem().listDataItems() if len(i.getData()[0])]) == 2
+    keys = [panel.diff.item(r, 0).text() for r in range(panel.diff.rowCount())]
+    assert "training.learning_rate" in keys and "training.save_steps" in keys
+    assert "model.source" not in keys  # the same in both
+
+    panel.select("stopped")
+    assert panel.resume_button.isEnabled()
+    with qtbot.waitSignal(window.training_done, timeout=120_000) as done:
+        panel.resume_button.click()
+    assert done.args[0].status == "finished" and done.args[0].final_step == 30
+    assert window.tabs.currentWidget() is window.training  # the resumed run is watched in the Train tab
+    window.tabs.setCurrentWidget(panel)  # back in Runs, the list is refreshed on showing
+    qtbot.waitUntil(lambda: panel.status_of("stopped") == "finished", timeout=10_000)

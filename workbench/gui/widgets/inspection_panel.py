@@ -1,0 +1,155 @@
+"""The Inspect tab: what an adapter changed, as a heatmap over blocks × module kinds and a table per module.
+
+Works on any PEFT LoRA adapter folder. With a base model, ``||ΔW|| / ||W||`` (the change relative to the
+weight it changes) is available; without one, only ``||ΔW||`` and effective ranks. The numbers come from
+``core.adapters.inspect_adapter`` in a worker started by the window; this panel only draws the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+    QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from .plots import follow_palette
+
+METRICS = (("relative_norm", "||ΔW|| / ||W||"), ("delta_norm", "||ΔW||"), ("effective_rank", "effective rank"))
+TABLE_COLUMNS = ("Module", "Block", "Kind", "Rank", "Scale", "||ΔW||", "||W||", "||ΔW|| / ||W||", "Effective rank")
+
+
+class InspectionPanel(QWidget):
+    inspectRequested = Signal(str, str)  # adapter folder, base model ("" for none)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.report = None
+        self.adapter_edit = QLineEdit()
+        self.adapter_edit.setPlaceholderText("a PEFT LoRA adapter folder")
+        self.base_edit = QLineEdit()
+        self.base_edit.setPlaceholderText("its base model folder (optional; needed for ||ΔW|| / ||W||)")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._choose)
+        self.inspect_button = QPushButton("Inspect")
+        self.inspect_button.clicked.connect(self.request)
+        self.metric_combo = QComboBox()
+        for key, text in METRICS:
+            self.metric_combo.addItem(text, key)
+        self.metric_combo.currentIndexChanged.connect(lambda _: self.draw())
+        self.status = QLabel("Choose an adapter folder and press Inspect.")
+        self.status.setWordWrap(True)
+
+        row = QHBoxLayout()
+        row.addWidget(self.adapter_edit, 1)
+        row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("Adapter", row)
+        form.addRow("Base model", self.base_edit)
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("Colour by"))
+        controls.addWidget(self.metric_combo)
+        controls.addWidget(self.inspect_button)
+        controls.addStretch(1)
+        form.addRow(controls)
+
+        self.plot_widget = pg.PlotWidget()
+        self.plot = self.plot_widget.getPlotItem()
+        self.plot.setLabel("left", "block")
+        self.plot.invertY(True)
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.image = pg.ImageItem()
+        self.plot.addItem(self.image)
+        self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False, width=14)
+        self.colorbar.setImageItem(self.image, insert_in=self.plot)
+        follow_palette(self.plot_widget, [self.plot])
+        self.cells: np.ndarray | None = None
+
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSortingEnabled(True)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.plot_widget)
+        split.addWidget(self.table)
+        split.setSizes([520, 680])
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.status)
+        layout.addWidget(split, 1)
+
+    def set_paths(self, adapter: str, base: str = "") -> None:
+        self.adapter_edit.setText(adapter)
+        if base:
+            self.base_edit.setText(base)
+
+    def _choose(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Adapter folder", self.adapter_edit.text())
+        if path:
+            self.adapter_edit.setText(path)
+
+    def request(self) -> None:
+        adapter = self.adapter_edit.text().strip()
+        if not adapter:
+            self.status.setText("Choose an adapter folder first.")
+            return
+        self.inspect_button.setEnabled(False)
+        self.status.setText("Inspecting…")
+        self.inspectRequested.emit(adapter, self.base_edit.text().strip())
+
+    def show_error(self, message: str) -> None:
+        self.inspect_button.setEnabled(True)
+        self.status.setText(f"<span style='color:#c83232'>{message}</span>")
+
+    def show_report(self, report) -> None:
+        self.inspect_button.setEnabled(True)
+        self.report = report
+        base = f" against {report.base}" if report.base else " (no base model: relative norms unavailable)"
+        self.status.setText(f"{report.method} adapter {report.adapter}{base} — {len(report.modules)} modules")
+        if report.base is None and self.metric_combo.currentData() == "relative_norm":
+            self.metric_combo.setCurrentIndex(1)
+        self.draw()
+        self._fill_table()
+
+    def draw(self) -> None:
+        if self.report is None:
+            return
+        hm = self.report.heatmap(self.metric_combo.currentData())
+        values = np.array([[np.nan if v is None else float(v) for v in row] for row in hm.values], dtype=float)
+        self.cells = values
+        if values.size == 0:
+            self.image.clear()
+            return
+        # ImageItem indexes [x, y]: x = module kind (columns), y = block (rows).
+        self.image.setImage(values.T, autoLevels=False)
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        self.colorbar.setLevels((low, high if high > low else low + 1e-12))
+        self.plot.getAxis("bottom").setTicks([[(j + 0.5, k) for j, k in enumerate(hm.kinds)]])
+        self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(hm.blocks)]])
+        self.plot.setTitle(dict(METRICS)[hm.metric] + " per block and module")
+        self.plot.setRange(xRange=(0, len(hm.kinds)), yRange=(0, len(hm.blocks)), padding=0)
+
+    def _fill_table(self) -> None:
+        self.table.setSortingEnabled(False)
+        mods = self.report.modules
+        self.table.setRowCount(len(mods))
+        for r, m in enumerate(mods):
+            values = (m.name, m.block, m.kind, m.rank, m.scale, m.delta_norm, m.weight_norm, m.relative_norm,
+                      m.effective_rank)
+            for c, v in enumerate(values):
+                item = QTableWidgetItem()
+                if isinstance(v, float):
+                    item.setData(Qt.ItemDataRole.DisplayRole, float(f"{v:.4g}"))
+                elif v is None:
+                    item.setText("–")
+                else:
+                    item.setData(Qt.ItemDataRole.DisplayRole, v)
+                self.table.setItem(r, c, item)
+        self.table.setSortingEnabled(True)
+        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)  # by name (model order), not the header's default
