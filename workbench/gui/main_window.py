@@ -29,7 +29,6 @@ from .widgets.inspection_panel import InspectionPanel
 from .widgets.layer_panel import LayerPanel
 from .widgets.layer_tree_model import LayerTreeModel
 from .widgets.model_picker import ModelPicker
-from .widgets.playground import Playground
 from .widgets.runs_panel import RunsPanel
 from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
@@ -69,7 +68,6 @@ class MainWindow(QMainWindow):
         self.training = TrainingPanel()
         self.runs = RunsPanel()
         self.inspection = InspectionPanel()
-        self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
         model_tab = QWidget()
         model_layout = QVBoxLayout(model_tab)
@@ -82,7 +80,6 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.training, "Train")
         self.tabs.addTab(self.runs, "Runs")
         self.tabs.addTab(self.inspection, "Inspect adapter")
-        self.tabs.addTab(self.playground, "Playground")
         self.setCentralWidget(self.tabs)
         self.setAcceptDrops(True)
         self.resize(1200, 800)
@@ -103,8 +100,6 @@ class MainWindow(QMainWindow):
         self.runs.exportRequested.connect(self.open_export)
         self.runs.inspectRequested.connect(self.inspect_from_runs)
         self.inspection.inspectRequested.connect(self.inspect_adapter)
-        self.playground.loadRequested.connect(self.load_playground)
-        self.playground.generateRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
@@ -145,8 +140,7 @@ class MainWindow(QMainWindow):
         action(train_menu, "Save &checkpoint now", self.training.request_checkpoint, "Ctrl+K")
         action(train_menu, "&Export or merge an adapter…", lambda: self.open_export(), "Ctrl+E")
         view_menu = self.menuBar().addMenu("&View")
-        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter",
-                                  "Playground")):
+        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter")):
             action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
 
     def _update_title(self) -> None:
@@ -400,7 +394,7 @@ class MainWindow(QMainWindow):
         self.training.end_run()
         self.training_ended.emit()
 
-    # -- runs, export, inspection, playground ------------------------------------------------------------
+    # -- runs, export, inspection ----------------------------------------------------------------------
     def resume_run(self, run_dir: str) -> None:
         if self.training.running:
             self.show_error("Resume", "A run is already training in the window; stop it first.")
@@ -452,12 +446,6 @@ class MainWindow(QMainWindow):
     def _inspect_failed(self, message: str, details: str) -> None:
         self.inspection.show_error(message)
         self.inspect_failed.emit(message)
-
-    def load_playground(self, base: str, adapter: str) -> None:
-        worker = workers.FunctionWorker(lambda: workers.load_playground(base, adapter))
-        worker.result.connect(self.playground.show_loaded)
-        worker.failed.connect(self.playground.show_error)
-        self._start(worker)
 
     # -- run files ----------------------------------------------------------------------------------------
     def new_run(self) -> None:
@@ -537,7 +525,6 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         self._data_timer.stop()  # no new job may start once closing has begun
         self._data_pending = False
-        self.playground.stop()  # a generation or a merge ends at its next token or tensor
         if self.export_dialog is not None:
             self.export_dialog.cancel()
         if self.training.running:
