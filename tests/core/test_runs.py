@@ -91,7 +91,7 @@ def wait_until(condition, what: str) -> None:
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # the writer is another process: its file is all there is to wait on
 
 
 def python(code: str, *args: str, **popen) -> subprocess.Popen:

@@ -481,16 +481,23 @@ class PaddedCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        input_ids, labels = _pad_right(features, self.pad_token_id)
+        attention_mask = torch.zeros_like(input_ids)
         for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(f["input_ids"])
-            labels[i, :n] = torch.as_tensor(f["labels"])
-            attention_mask[i, :n] = 1
+            attention_mask[i, : len(f["input_ids"])] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def _pad_right(features: list[dict[str, Any]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` padded with ``pad_token_id`` and ``labels`` with -100, to the longest row of the batch."""
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.full((len(features), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(features), width), -100, dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        input_ids[i, :n] = torch.as_tensor(f["input_ids"])
+        labels[i, :n] = torch.as_tensor(f["labels"])
+    return input_ids, labels
 
 
 class PackedCollator:
@@ -511,14 +518,11 @@ class PackedCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        position_ids = torch.zeros((len(features), width), dtype=torch.long)
+        input_ids, labels = _pad_right(features, self.pad_token_id)
+        width = input_ids.shape[1]
+        position_ids = torch.zeros_like(input_ids)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(f["input_ids"])
-            labels[i, :n] = torch.as_tensor(f["labels"])
             position_ids[i, :n] = torch.as_tensor(f["position_ids"])
             position_ids[i, n:] = torch.arange(width - n)
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
