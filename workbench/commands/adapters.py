@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +38,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from workbench.core.export import export_adapter
 
-    out = export_adapter(args.run_dir, args.out, portable=args.portable)
+    with _writing(args.out):
+        out = export_adapter(args.run_dir, args.out, portable=args.portable)
     print(f"{'portable ' if args.portable else ''}adapter written to {out}")
     return 0
+
+
+@contextmanager
+def _writing(out: str) -> Iterator[None]:
+    """An operating-system error while an output folder is written (disk full, no permission, a file where a
+    folder should be) is the user's to fix: say so in one message. The engine has removed what it wrote."""
+    try:
+        yield
+    except OSError as exc:
+        from workbench.core.errors import OutputError
+
+        reason = exc.strerror or str(exc)
+        if exc.filename and str(exc.filename) != str(out):
+            reason += f" ({exc.filename})"
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename and Path(exc.filename).is_file():
+            reason = f"{exc.filename} is a file, not a folder"
+        if exc.errno == errno.ENOSPC:
+            hint = "free some disk space, or choose --out on a disk with more room"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "choose an --out folder you can write to"
+        elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            hint = "part of the --out path is a file, not a folder: choose another --out"
+        else:
+            hint = "choose another --out folder"
+        written = " (nothing was written)" if not Path(out).exists() else ""
+        raise OutputError(f"cannot write {out}: {reason}{written}", hint) from None
 
 
 def _size(nbytes: float) -> str:
@@ -74,9 +104,12 @@ def run_merge(args: argparse.Namespace) -> int:
     from workbench.core.merge import merge_adapter
 
     progress = _ConsoleProgress()
-    result = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, sink=progress)
-    if progress.tty:
-        print(file=sys.stderr)
+    try:
+        with _writing(args.out):
+            result = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, sink=progress)
+    finally:
+        if progress.tty:
+            print(file=sys.stderr)
     print(f"merged {result.merged_modules} modules into {result.output} ({_size(result.bytes_written)} of weights)")
     return 0
 

@@ -58,7 +58,9 @@ def _pairs(items: list[str], cast, flag: str) -> dict:
                 raise ValueError
             out[name] = cast(value)
         except ValueError:
-            raise WorkbenchError(f"{flag} {item!r}: expected NAME=NUMBER, e.g. {flag} model.layers.0.self_attn.q_proj=32") from None
+            raise WorkbenchError(f"{flag} {item!r}: expected NAME=NUMBER",
+                                 f"write e.g. {flag} model.layers.0.self_attn.q_proj=32, with a module name "
+                                 "from the tree this command prints") from None
     return out
 
 

@@ -100,7 +100,7 @@ def _read_json(path: Path, error: type[WorkbenchError]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"cannot read {path}: {exc}", "the file is damaged or not JSON") from None
     if not isinstance(data, dict):
-        raise error(f"{path} does not hold a JSON object")
+        raise error(f"{path} does not hold a JSON object", "the file is damaged; copy or download it again")
     return data
 
 
@@ -202,14 +202,16 @@ def load_adapter(path: str | Path) -> LoraAdapter:
                 "convert it once where you trust the file: load it with PEFT and save_pretrained() it "
                 "(PEFT writes adapter_model.safetensors)",
             )
-        raise AdapterError(f"{folder} has no {ADAPTER_WEIGHTS}", "the adapter folder is incomplete")
+        raise AdapterError(f"{folder} has no {ADAPTER_WEIGHTS}, so the adapter folder is incomplete",
+                           f"copy {ADAPTER_WEIGHTS} along with {ADAPTER_CONFIG}, or export the adapter again")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError) as exc:
-        raise AdapterError(f"cannot read {weights}: {exc}", "the file is damaged or incomplete") from None
+        raise AdapterError(f"cannot read {weights}: {exc}",
+                           "the file is damaged or incomplete: copy or export the adapter again") from None
     return _parse_adapter(folder, config, tensors)
 
 
@@ -224,7 +226,9 @@ def _refuse_unsupported_config(config: dict[str, Any], folder: Path) -> None:
     """
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise AdapterError(f"{folder} is a {peft_type or 'non-PEFT'} adapter; only LoRA and DoRA adapters are supported")
+        raise AdapterError(f"{folder} is a {peft_type or 'non-PEFT'} adapter (adapter_config.json: peft_type = "
+                           f"{peft_type!r}); only LoRA and DoRA adapters are supported",
+                           "choose a LoRA adapter folder (peft_type \"LORA\"), such as a run folder's adapter/")
     from peft import LoraConfig
 
     found = []
@@ -253,6 +257,9 @@ def _refuse_unsupported_config(config: dict[str, Any], folder: Path) -> None:
         )
 
 
+_MALFORMED_CONFIG_HINT = "fix that value in adapter_config.json, or export the adapter again"
+
+
 def _parse_adapter(folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoraAdapter:
     parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     replacements: dict[str, Replacement] = {}
@@ -271,13 +278,14 @@ def _parse_adapter(folder: Path, config: dict[str, Any], tensors: dict[str, torc
             replacements[name.replace(".base_layer.", ".")] = Replacement(key, tensor)
     if unknown:
         raise AdapterError(f"{folder / ADAPTER_WEIGHTS} has tensors this version cannot interpret: {', '.join(unknown[:5])}",
-                           "only PEFT LoRA/DoRA adapters are supported")
+                           "only PEFT LoRA/DoRA adapters are supported: choose one saved by PEFT's save_pretrained")
 
     modules: dict[str, LoraModule] = {}
     for name in sorted(parts, key=_natural_key):
         modules[name] = _make_module(name, parts[name], config, folder)
     if not modules:
-        raise AdapterError(f"{folder / ADAPTER_WEIGHTS} contains no LoRA weights")
+        raise AdapterError(f"{folder / ADAPTER_WEIGHTS} contains no LoRA weights",
+                           "the file is not a LoRA adapter's: copy or export the adapter again")
     return LoraAdapter(folder, config, modules, replacements)
 
 
@@ -289,27 +297,31 @@ def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], 
     a, b = (p.get("lora_embedding_A"), p.get("lora_embedding_B")) if embedding else (p.get("lora_A"), p.get("lora_B"))
     if a is None or b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
         shapes = {k: tuple(v.shape) for k, v in p.items()}
-        raise AdapterError(f"{folder}: module {name} has an incomplete or inconsistent A/B pair {shapes}")
+        raise AdapterError(f"{folder}: module {name} has an incomplete or inconsistent A/B pair {shapes} "
+                           "(a module needs lora_A (r × in) and lora_B (out × r))",
+                           f"{ADAPTER_WEIGHTS} is damaged or was edited: copy or export the adapter again")
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     for field_name, value in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
         if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
             raise AdapterError(f"{folder / 'adapter_config.json'}: {field_name} must map module names to numbers, got {value!r}",
-                               "the adapter_config.json is malformed")
+                               _MALFORMED_CONFIG_HINT)
     for field_name in ("r", "lora_alpha"):
         value = config.get(field_name, 8)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise AdapterError(f"{folder / 'adapter_config.json'}: {field_name} must be a positive number, got {value!r}",
-                               "the adapter_config.json is malformed")
+                               _MALFORMED_CONFIG_HINT)
     r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), config.get("r", 8))
     alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
     if a.shape[0] != r:
         raise AdapterError(f"{folder}: module {name} has rank {a.shape[0]} in its weights but {r} in {ADAPTER_CONFIG}",
-                           "the configuration does not belong to these weights")
+                           f"the configuration does not belong to these weights: keep {ADAPTER_CONFIG} and "
+                           f"{ADAPTER_WEIGHTS} from the same save, or export the adapter again")
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     magnitude = p.get("lora_magnitude_vector")
     if config.get("use_dora") and magnitude is None:
-        raise AdapterError(f"{folder}: DoRA adapter without a magnitude vector for {name}")
+        raise AdapterError(f"{folder}: DoRA adapter (use_dora = true) without a magnitude vector for {name}",
+                           f"{ADAPTER_WEIGHTS} is incomplete, or use_dora was set by hand: export the adapter again")
     return LoraModule(name, a, b, float(alpha), scale, embedding, magnitude)
 
 
@@ -357,7 +369,8 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
         if needed > size:  # a truncated download: find out now, not after most of a merge was written
             raise ValueError(f"truncated: the header describes {needed:,} bytes but the file has {size:,}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelSourceError(f"{path} is not a readable safetensors file ({exc})", "the download may be incomplete") from None
+        raise ModelSourceError(f"{path} is not a readable safetensors file ({exc})",
+                               "the download or copy may be incomplete: download the model again") from None
     return sorted(infos, key=lambda t: t.offset)
 
 
@@ -383,7 +396,8 @@ def _weight_files(folder: Path) -> tuple[list[Path], bool]:
         names = sorted(set(weight_map.values()), key=_natural_key)
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
-            raise ModelSourceError(f"{folder} is incomplete: {', '.join(missing)} listed in {index.name} but missing")
+            raise ModelSourceError(f"{folder} is incomplete: {', '.join(missing)} listed in {index.name} but missing",
+                                   "download the missing shards (or the whole model) again")
         return [folder / n for n in names], True
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"], False
@@ -392,7 +406,8 @@ def _weight_files(folder: Path) -> tuple[list[Path], bool]:
         raise ModelSourceError(f"{folder} holds its weights only as pickle files ({pickles[0]}); they are never "
                                "loaded because unpickling can run arbitrary code",
                                "use a safetensors version of the model (most Hub models have one)")
-    raise ModelSourceError(f"{folder} has no model.safetensors or model.safetensors.index.json")
+    raise ModelSourceError(f"{folder} has no model.safetensors or model.safetensors.index.json",
+                           "choose a model folder that holds its safetensors weights (download the full model)")
 
 
 @dataclass(frozen=True)
@@ -428,7 +443,8 @@ class BaseCheckpoint:
         """One tensor, read into fresh memory."""
         info = self.tensors[key]
         if info.dtype not in TORCH_DTYPES:
-            raise ModelSourceError(f"tensor {key} in {info.file.name} has dtype {info.dtype}, which cannot be computed on here")
+            raise ModelSourceError(f"tensor {key} in {info.file.name} has dtype {info.dtype}, which cannot be computed on here",
+                                   "use a floating-point (not quantized) copy of the model")
         buf = torch.empty(info.nbytes, dtype=torch.uint8)
         view = memoryview(buf.numpy())
         with open(info.file, "rb") as fh:
@@ -465,13 +481,23 @@ class BaseCheckpoint:
         hf_logging.set_verbosity_error()
         try:
             cfg = transformers.AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+            layers = getattr(cfg, "num_hidden_layers", None)
+            if isinstance(layers, int) and not 0 < layers <= 10_000:  # a damaged value must not hang the merge
+                raise ValueError(f"config.json says num_hidden_layers = {layers:,}")
             arch = (getattr(cfg, "architectures", None) or [None])[0]
             cls = getattr(transformers, arch, None) if arch else None
             with torch.device("meta"):
                 return cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as exc:
-            raise ModelSourceError(f"cannot build the structure of the model in {self.path}: {exc}",
-                                   "its architecture may need a newer transformers or custom code") from None
+        except Exception as exc:
+            # transformers validates config.json with huggingface_hub's strict dataclasses (errors that are no
+            # ValueError), and a model's constructor fails on values it cannot use with bare exceptions.
+            known = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, ArithmeticError, AssertionError)
+            if not isinstance(exc, known) and not type(exc).__module__.startswith("huggingface_hub"):
+                raise
+            detail = str(exc.__cause__ or exc).strip().split("\n")[0]
+            raise ModelSourceError(f"cannot build the structure of the model in {self.path}: {detail}",
+                                   "check its config.json against the original (or download the model again); "
+                                   "a new architecture may need a newer transformers") from None
         finally:
             hf_logging.set_verbosity(verbosity)
 

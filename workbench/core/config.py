@@ -10,6 +10,7 @@ TOML has no ``null``, so fields whose value is ``None`` are left out when writin
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -45,11 +46,22 @@ DEFAULT_PRESET = "all-linear"
 class ConfigError(WorkbenchError, ValueError):
     """A run configuration that cannot be used. ``problems`` holds one line per bad field."""
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    def __init__(self, problems: list[str], source: str | None = None, hint: str | None = None):
         self.problems = problems
         self.source = source
         head = f"invalid run configuration{f' in {source}' if source else ''}:"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
+        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]), _config_hint(source) if hint is None else hint)
+
+
+def _config_hint(source: str | None) -> str:
+    """What to do about a configuration error, by where the configuration came from."""
+    if source == "--set":
+        return "fix the --set KEY=VALUE option named above (values are TOML: numbers bare, text in quotes)"
+    if source == "command line":
+        return "fix the option named above; `workbench inspect --help` lists them"
+    if source:
+        return f"edit {source}: each line above names a field, the value found and what is allowed"
+    return "each line above names a field, the value found and what is allowed"
 
 
 class _Section(BaseModel):
@@ -174,6 +186,10 @@ class TrainingConfig(_Section):
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% slower.")
+    oom_retry: bool = Field(
+        False, description="When a step runs out of memory, halve batch_size and double gradient_accumulation (same effective "
+                           "batch) and continue from the last checkpoint, down to batch size 1. One process only (not torchrun)."
+    )
     logging_steps: int = Field(1, ge=1, description="Report metrics every N optimizer steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: once per epoch when there is validation data).")
     save_steps: int | None = Field(None, ge=1, description="Save a checkpoint every N steps (default: only at the end).")
@@ -218,7 +234,9 @@ class RunConfig(_Section):
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"not valid TOML: {exc}"], source) from None
+            raise ConfigError([f"not valid TOML: {exc}"], source,
+                              "fix the syntax at the line and column shown (text values need quotes: "
+                              'source = "path/to/model")') from None
         return cls.from_dict(data, source)
 
     @classmethod
@@ -227,11 +245,14 @@ class RunConfig(_Section):
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError([f"file not found: {path}"], str(path)) from None
+            raise ConfigError([f"file not found: {path}"], str(path),
+                              "check the path of the run file (File → Save in the window writes one)") from None
         except UnicodeDecodeError:
-            raise ConfigError(["the file is not UTF-8 text"], str(path)) from None
+            raise ConfigError(["the file is not UTF-8 text"], str(path),
+                              "a run file is TOML text: save it as UTF-8, or choose the .toml file itself") from None
         except OSError as exc:
-            raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+            raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path),
+                              "choose a readable .toml run file" + (", not a folder" if path.is_dir() else "")) from None
         return cls.from_toml_text(text, str(path))
 
     # -- output ---------------------------------------------------------------------------------------
@@ -342,8 +363,27 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[st
             msg = msg[len("Value error, "):]
         if kind == "literal_error":
             msg = "must be one of " + msg.removeprefix("Input should be ")
+        elif isinstance(value, float) and math.isnan(value):
+            msg = "must be a number (nan is not one)"
+        elif kind in _TYPE_MESSAGES:
+            msg = _TYPE_MESSAGES[kind]
+        elif kind == "model_type" or (kind == "dict_type" and len(err["loc"]) == 1):
+            msg = f"must be a [{loc}] table of settings"
+        elif msg.startswith("Input should be "):  # range and choice errors: "must be greater than 0", …
+            msg = "must be " + msg.removeprefix("Input should be ")
         problems.append(f"{loc}: got {value!r} — {msg}")
     return problems
+
+
+# Type errors, said in TOML terms (strict mode: "8" is not a rank, 8.5 is not a batch size, true is not 1).
+_TYPE_MESSAGES = {
+    "int_type": "must be a whole number (an integer such as 8: no quotes, no decimal point)",
+    "float_type": "must be a number such as 0.0002 (without quotes)",
+    "bool_type": "must be true or false (without quotes)",
+    "string_type": 'must be text in quotes, e.g. "value"',
+    "list_type": 'must be a list, e.g. ["a", "b"]',
+    "dict_type": 'must be a table, e.g. {name = "value"}',
+}
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -65,6 +65,7 @@ import csv
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,9 +310,11 @@ def detect(cfg: DataConfig) -> DataInfo:
     """
     train = [_open_source(p, "train_files") for p in _require_train_files(cfg)]
     validation = [_open_source(p, "validation_files") for p in cfg.validation_files]
-    first = _detect_file(train[0], cfg)
+    if cfg.chat_template is not None:
+        _check_template_syntax(cfg.chat_template)
+    first = _detect_file(train[0], cfg, check_rows=True)
     for src in train[1:] + validation:
-        _check_same_format(first.format, _detect_file(src, cfg).format, src)
+        _check_same_format(first.format, _detect_file(src, cfg, check_rows=True).format, src)
     train_summaries = [FileSummary(str(s.path), s.kind, _count_rows(s)) for s in train]
     validation_summaries = [FileSummary(str(s.path), s.kind, _count_rows(s)) for s in validation]
     train_rows = sum(s.rows for s in train_summaries)
@@ -320,6 +323,9 @@ def detect(cfg: DataConfig) -> DataInfo:
     elif cfg.validation_split > 0:
         validation_rows = _validation_size(train_rows, cfg.validation_split)
         train_rows -= validation_rows
+        if train_rows <= 0:
+            raise DataError(f"validation_split = {cfg.validation_split} leaves none of the {train_rows + validation_rows} "
+                            "rows for training.", "Lower data.validation_split or add rows.")
     else:
         validation_rows = 0
     return DataInfo(first.format, first.columns, first.mapping, train_summaries, validation_summaries, train_rows,
@@ -577,13 +583,36 @@ def _open_source(name: str, setting: str) -> _Source:
                         "Use .jsonl, .json, .csv, .parquet, .txt, or a folder saved with datasets.")
     try:
         first = _first_byte(path)
+        problem = None if kind == "parquet" else _not_utf8_text(path)
     except OSError as exc:
-        raise DataError(f"{path}: cannot read the file: {exc.strerror}.") from None
+        raise DataError(f"{path}: cannot read the file: {exc.strerror}.",
+                        f"Check the file's permissions, or the path in data.{setting}.") from None
     if first is None:
-        raise DataError(f"{path}: the file is empty.", f"Check the path in data.{setting}.")
+        raise DataError(f"{path}: the file is empty.", f"Put examples in it, or check the path in data.{setting}.")
+    if problem:
+        raise DataError(f"{path}: {problem}.", _ENCODING_HINT)
     if kind == "json":  # an array of objects, or JSON Lines under a .json name
         return _Source(path, "json", "row") if first == b"[" else _Source(path, "jsonl", "line")
     return _Source(path, kind, "row" if kind == "parquet" else "line")
+
+
+_ENCODING_HINT = ("Data files must be UTF-8 text (JSONL, JSON, CSV, TXT) or Parquet: save it as UTF-8 "
+                  "(in most editors: Save As → Encoding: UTF-8), or check the path.")
+_UTF16_32_BOMS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32", codecs.BOM_UTF16_LE: "UTF-16",
+                  codecs.BOM_UTF16_BE: "UTF-16"}  # UTF-32 first: its little-endian BOM starts like UTF-16's
+
+
+def _not_utf8_text(path: Path) -> str | None:
+    """Why a file that should hold UTF-8 text plainly does not (a UTF-16/32 byte-order mark, NUL bytes), or None.
+    Stray non-UTF-8 bytes in otherwise good text are reported later, with their line and field."""
+    with open(path, "rb") as fh:
+        head = fh.read(8192)
+    for bom, name in _UTF16_32_BOMS.items():
+        if head.startswith(bom):
+            return f"the file is {name} text, not UTF-8"
+    if b"\0" in head:
+        return "the file holds NUL bytes: it is a binary file (or UTF-16/32 text), not UTF-8 text"
+    return None
 
 
 def _first_byte(path: Path) -> bytes | None:
@@ -644,6 +673,8 @@ def _object_record(number: int, obj: Any) -> _Record:
 
 
 def _read_csv(path: Path) -> Iterator[_Record]:
+    # The csv module refuses values over 128 KiB by default; a whole document in one cell is ordinary data.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(line for _, line in _lines(path))
     try:
         header = next(reader, None)
@@ -662,7 +693,9 @@ def _read_csv(path: Path) -> Iterator[_Record]:
                 continue
             yield _Record(first_line, dict(zip(header, values)))
     except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: not valid CSV: {exc}.") from None
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV: {exc}.",
+                        "Check the quoting there: a value with commas, quotes or line breaks goes in double quotes, "
+                        'with quotes inside it doubled ("").') from None
 
 
 def _read_text(path: Path) -> Iterator[_Record]:
@@ -693,7 +726,9 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"{path}: not a readable Parquet file: {exc}.") from None
+        raise DataError(f"{path}: not a readable Parquet file: {str(exc).strip().rstrip('.')}.",
+                        "The file is damaged or not Parquet: write it again (e.g. DataFrame.to_parquet), "
+                        "or use JSONL or CSV.") from None
 
 
 def _read_saved(path: Path) -> Iterator[_Record]:
@@ -708,7 +743,8 @@ def _load_saved(path: Path) -> Dataset:
     try:
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot load the saved dataset: {exc}.") from None
+        raise DataError(f"{path}: cannot load the saved dataset: {str(exc).strip().rstrip('.')}.",
+                        "Save it again with Dataset.save_to_disk, or give the data files themselves.") from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" in loaded:
             return loaded["train"]
@@ -751,8 +787,11 @@ class _Detected:
     samples: list[dict[str, Any]]
 
 
-def _detect_file(src: _Source, cfg: DataConfig) -> _Detected:
-    samples: list[dict[str, Any]] = []
+def _detect_file(src: _Source, cfg: DataConfig, *, check_rows: bool = False) -> _Detected:
+    """Format and column mapping from the first rows. ``check_rows``: also check those rows as training will
+    (``detect`` does, so a bad row among the first ones is reported before a run starts; ``load_raw`` checks
+    every row itself, and counts them)."""
+    records: list[_Record] = []
     columns: dict[str, None] = {}  # insertion-ordered set
     seen_any = False
     for record in _iter_records(src):
@@ -761,15 +800,24 @@ def _detect_file(src: _Source, cfg: DataConfig) -> _Detected:
             if cfg.skip_bad_rows:
                 continue
             raise DataError(str(BadRow(str(src.path), record.row, src.unit, record.field, record.problem)), _SKIP_HINT)
-        samples.append(record.data)
+        records.append(record)
         columns.update(dict.fromkeys(record.data))
-        if len(samples) == _DETECT_ROWS:
+        if len(records) == _DETECT_ROWS:
             break
-    if not samples:
+    if not records:
         raise DataError(f"{src.path}: the file has no rows." if not seen_any else f"{src.path}: no row can be read.",
-                        "Check the file's contents." if not seen_any else _SKIP_HINT)
+                        "Add examples to it (a CSV file needs rows below its header line)." if not seen_any else _SKIP_HINT)
     fmt, mapping = _resolve_format(src, list(columns), cfg)
-    return _Detected(fmt, mapping, list(columns), samples[:5])
+    # The rows read are checked as training will check them, so a bad row among the first ones is reported now
+    # (before a run starts) rather than after the model has loaded.
+    for record in records if check_rows else ():
+        try:
+            _normalize(record.data, fmt, mapping)
+        except _RowProblem as problem:
+            if not cfg.skip_bad_rows:
+                raise DataError(str(BadRow(str(src.path), record.row, src.unit, problem.field, problem.reason)),
+                                _SKIP_HINT) from None
+    return _Detected(fmt, mapping, list(columns), [r.data for r in records[:5]])
 
 
 def _resolve_format(src: _Source, columns: list[str], cfg: DataConfig) -> tuple[str, dict[str, str]]:
@@ -891,6 +939,8 @@ def _kind_of(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
+    if isinstance(value, str):
+        return "a string"
     return "null" if value is None else type(value).__name__
 
 
@@ -1322,7 +1372,27 @@ def _chat_template(cfg: DataConfig, tokenizer: Any) -> str | None:
     try:
         tokenizer.apply_chat_template(probe, tokenize=False, chat_template=cfg.chat_template)
     except jinja2.TemplateSyntaxError as exc:
-        raise DataError(f"data.chat_template: not a valid Jinja template: {exc.message} (line {exc.lineno}).") from None
+        raise DataError(f"data.chat_template: not a valid Jinja template: {exc.message} (line {exc.lineno}).",
+                        _TEMPLATE_HINT) from None
     except (jinja2.TemplateError, ValueError, TypeError):
         pass  # it parses; a template that rejects particular conversations is reported per row
     return cfg.chat_template
+
+
+_TEMPLATE_HINT = "Fix the template's syntax, or remove data.chat_template to use the tokenizer's own template."
+
+
+def _check_template_syntax(template: str) -> None:
+    """Parse a configured chat template as transformers will (no tokenizer needed), so ``detect`` reports a
+    syntax error before a run starts."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # a private helper; without it the template is checked when the data is prepared
+        return
+    try:
+        _compile_jinja_template(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise DataError(f"data.chat_template: not a valid Jinja template: {exc.message} (line {exc.lineno}).",
+                        _TEMPLATE_HINT) from None
+    except Exception:  # anything else is left to apply_chat_template, which reports it per row
+        pass

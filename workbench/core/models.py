@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +34,7 @@ __all__ = [
     "load_tokenizer",
     "build_skeleton",
     "load_model",
+    "check_weight_files",
     "model_display_name",
 ]
 
@@ -203,7 +205,10 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
                 "read the model's .py files, then allow them with model.trust_remote_code = true (CLI: --trust-remote-code)",
             )
         if "model_type" not in raw and not trust_remote_code:
-            raise ModelSourceError(f"{source.path / 'config.json'} has no model_type", "is this a transformers model folder?")
+            raise ModelSourceError(
+                f"{source.path / 'config.json'} has no model_type, so the architecture is unknown",
+                'choose a Hugging Face transformers model folder; its config.json names the architecture ("model_type": "llama", …)',
+            )
         if raw.get("model_type") not in _known_model_types() and not trust_remote_code:
             raise ModelSourceError(
                 f"unknown model_type {raw.get('model_type')!r} in {source.path / 'config.json'}: "
@@ -219,13 +224,47 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
         )
     except ValueError as exc:
         if source.kind == "gguf":
+            if _damaged_gguf(str(exc)):
+                raise ModelSourceError(f"{source.gguf_file}: {exc}", "the file is damaged or not a GGUF model; download it again") from None
             raise ModelSourceError(
                 f"{source.gguf_file}: {exc}",
                 f"GGUF files of these architectures can be opened: {', '.join(gguf_architectures())}",
             ) from None
-        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {exc}") from None
+        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {_first_line(exc)}", _CONFIG_HINT) from None
     except OSError as exc:
-        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {exc}") from None
+        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {_first_line(exc)}", _CONFIG_HINT) from None
+    except struct.error as exc:  # the GGUF reader unpacks fixed-size fields; a short file runs out of bytes
+        if source.kind != "gguf":
+            raise
+        raise ModelSourceError(f"{source.gguf_file}: the file ends early or is damaged ({exc})",
+                               "the file is damaged or not a GGUF model; download it again") from None
+    except Exception as exc:
+        # transformers 5 validates config fields with huggingface_hub's strict dataclasses, whose errors are no
+        # ValueError ("Field 'hidden_size' expected int, got str"): a damaged or hand-edited config.json.
+        if type(exc).__module__.startswith("huggingface_hub"):
+            raise ModelSourceError(f"{source.path / 'config.json'} has an invalid value: {_config_problem(exc)}",
+                                   _CONFIG_HINT) from None
+        if isinstance(exc, (ArithmeticError, AssertionError, KeyError, TypeError)):
+            raise ModelSourceError(f"{source.path / 'config.json'} has values transformers cannot use "
+                                   f"({type(exc).__name__}: {_first_line(exc)})", _CONFIG_HINT) from None
+        raise
+
+
+_CONFIG_HINT = "compare config.json with the model's original one and fix the value, or download the model again"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n")[0]
+
+
+def _config_problem(exc: BaseException) -> str:
+    """The most specific line of a config validation error: the cause says which field and what was found."""
+    cause = exc.__cause__ or exc
+    return _first_line(cause) or _first_line(exc) or type(exc).__name__
+
+
+def _damaged_gguf(message: str) -> bool:
+    return any(words in message for words in ("magic", "this reader handles", "truncated", "unexpected end"))
 
 
 def _read_config_json(path: Path) -> dict[str, Any]:
@@ -287,10 +326,19 @@ def _auto_class(task: str):
     return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
 
 
+_MAX_LAYERS = 10_000  # far above any real model (the largest have a few hundred blocks)
+
+
 def build_skeleton(config: "PretrainedConfig", task: str = "causal-lm", *, trust_remote_code: bool = False) -> "torch.nn.Module":
     """The model with every parameter on the ``meta`` device: structure and shapes, no memory, no weights read."""
     import torch
 
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and not 0 < layers <= _MAX_LAYERS:
+        # Building the skeleton costs time and memory per module: a damaged value must not hang the window.
+        where = getattr(config, "_name_or_path", "") or "the model"
+        raise ModelSourceError(f"the config.json of {where} says num_hidden_layers = {layers:,}; "
+                               f"a real model has between 1 and a few hundred", _CONFIG_HINT)
     cls = _auto_class(task)
     try:
         with torch.device("meta"):
@@ -299,6 +347,15 @@ def build_skeleton(config: "PretrainedConfig", task: str = "causal-lm", *, trust
         raise ModelSourceError(
             f"{config.model_type} cannot be built as a {task} model: {exc}".split("\n")[0],
             "choose the other task (causal-lm or sequence-classification) or another model",
+        ) from None
+    except (ArithmeticError, AssertionError, AttributeError, IndexError, KeyError, TypeError) as exc:
+        # transformers builds whatever config.json describes; values it cannot use (0 attention heads, an
+        # unknown rope_type) fail deep inside the model's constructor with a bare exception.
+        where = getattr(config, "_name_or_path", "") or "the model"
+        raise ModelSourceError(
+            f"the {config.model_type} model in {where} cannot be built from its config.json: "
+            f"{type(exc).__name__}: {_first_line(exc)}",
+            _CONFIG_HINT,
         ) from None
 
 
@@ -324,6 +381,65 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
                                "the weight files may be incomplete or damaged") from None
 
 
+def check_weight_files(source: ModelSource) -> None:
+    """Check, from file sizes and safetensors headers only, that the weights ``load_model`` will read are all
+    there: some weight file, every shard the index lists, and each safetensors file as long as its header says.
+
+    Takes milliseconds, so a training run can call it before it creates its run folder: a partial download or a
+    truncated copy is then reported before anything is written. GGUF files, pickle weights and Hub sources whose
+    weights are not downloaded yet are not checked here (loading reports their problems).
+    """
+    if source.kind != "local" or source.weights == "pickle":
+        return
+    if source.weights == "none":
+        raise ModelSourceError(
+            f"{source.spec} has no weight files (no *.safetensors)",
+            "download the full model, or choose a folder that holds the weights",
+        )
+    folder = source.path
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_config_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelSourceError(f"{index} lists no weights (no weight_map)", "the file is damaged; download the model again")
+        names = sorted(set(map(str, weight_map.values())))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise ModelSourceError(
+                f"{folder} is incomplete: {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} "
+                f"listed in {index.name} but missing",
+                "download the missing shards (or the whole model) again",
+            )
+        files = [folder / n for n in names]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        problem = _safetensors_problem(path)
+        if problem:
+            raise ModelSourceError(f"{path} is damaged or incomplete: {problem}",
+                                   "download the model again (an interrupted download or copy leaves a short file)")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a complete safetensors file (from its header and size), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or not 0 < n <= min(size - 8, 100 << 20):
+                return "its header is missing or cut off"
+            header = json.loads(fh.read(n))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "its header is not valid safetensors JSON"
+    needed = 8 + n + max(ends, default=0)
+    if needed > size:
+        return f"the header describes {needed:,} bytes but the file has {size:,}"
+    return None
+
+
 @dataclass
 class ModelOverview:
     """What the window and ``workbench inspect`` show about a model before any weight is loaded."""
@@ -336,11 +452,13 @@ class ModelOverview:
 
 
 def open_overview(spec: str, *, revision: str | None = None, task: str = "causal-lm", num_labels: int | None = None,
-                  trust_remote_code: bool = False, allow_pickle: bool = False) -> ModelOverview:
-    """Resolve, read the config and build the meta-device tree: the whole 'open a model' step, no weights read."""
+                  trust_remote_code: bool = False, allow_pickle: bool = False, sink: Any = None) -> ModelOverview:
+    """Resolve, read the config and build the meta-device tree: the whole 'open a model' step, no weights read.
+
+    ``sink`` receives ``Progress`` events when opening means converting first (a built-in model's first use)."""
     from .layers import build_tree
 
-    source = resolve_source(spec, revision, allow_pickle=allow_pickle)
+    source = resolve_source(spec, revision, allow_pickle=allow_pickle, sink=sink)
     hf_config = load_config(source, trust_remote_code=trust_remote_code,
                             num_labels=num_labels if task == "sequence-classification" else None)
     skeleton = build_skeleton(hf_config, task, trust_remote_code=trust_remote_code)
