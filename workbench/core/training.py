@@ -11,11 +11,19 @@ engine talks to the outside world only through
   checkpoint now. The same flags are reachable from another process through the run folder's control file.
 
 The final adapter is written in PEFT format to ``RUN_DIR/adapter`` (temporary folder, then rename).
+
+Faults end a run as ``failed`` with a ``TrainingError`` / ``OutputError`` that says what to change, and never
+leave damaged files behind (see "faults" below): a NaN or infinite loss stops at that step without saving
+its weights; a step that runs out of memory fails with the retry settings, or retries them itself
+(``training.oom_retry``); a full disk while saving keeps the previous checkpoint and says how much room is needed.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import shlex
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -27,7 +35,7 @@ from contextlib import nullcontext
 from .config import RunConfig
 from .control import RunControl
 from .distributed import Distributed
-from .errors import TrainingError, WorkbenchError
+from .errors import OutputError, TrainingError, WorkbenchError
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -131,7 +139,7 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Any, control: RunControl
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
-            return _train_inner(run_dir, config, sink, control, resume_point, dist)
+            return _train_attempts(run_dir, config, sink, control, resume_point, dist)
         except WorkbenchError as exc:
             sink.emit(Failed(reason=exc.message, hint=exc.hint))
             raise
@@ -243,7 +251,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the total steps
         weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
+        max_grad_norm=t.max_grad_norm,  # 0 disables clipping (None would crash the Trainer: it compares it with 0)
         optim=t.optimizer,
         seed=t.seed,
         data_seed=t.seed,
@@ -252,6 +260,9 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         use_cpu=device == "cpu",
         logging_steps=t.logging_steps,
         logging_first_step=True,
+        # By default the Trainer leaves NaN/inf losses out of the logged average, which hides a diverged run
+        # behind a finite loss; the callback must see them to stop the run.
+        logging_nan_inf_filter=False,
         eval_strategy=eval_strategy,
         eval_on_start=has_eval,  # the curve starts from the base model's validation loss
         eval_steps=eval_steps,
@@ -270,6 +281,46 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
 
 
 # ------------------------------------------------------------------------------------------- training
+
+
+def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunControl, resume_point: "_ResumeInfo | None",
+                    dist: Distributed) -> TrainResult:
+    """``_train_inner``, tried again with a smaller micro-batch after a step ran out of memory, if allowed.
+
+    Each retry halves ``batch_size`` and doubles ``gradient_accumulation`` (the effective batch, and with it
+    the optimisation, stays the same), records that in run.toml so a later resume trains the same way, and
+    continues from the newest complete checkpoint, or from the start, in the same run folder. (The Trainer's
+    own ``auto_find_batch_size`` halves the batch without touching the accumulation, and always restarts.)
+    """
+    from .runs import RUN_FILE, RunFolder, _truncate_metrics, latest_checkpoint, load_config
+
+    while True:
+        try:
+            return _train_inner(run_dir, config, sink, control, resume_point, dist)
+        except _OutOfMemory as exc:
+            step, detail = exc.step, exc.detail
+        # Out of the except block, the traceback that held the trainer, the model and the step's activations
+        # is gone: only now can their memory be given back.
+        _free_device_memory()
+        t = config.training
+        smaller = _smaller_batch(t.batch_size)
+        # Under torchrun the other processes are blocked in a collective and cannot follow a retry.
+        if not t.oom_retry or smaller is None or dist.world_size > 1:
+            raise _oom_error(config, run_dir, step, detail, smaller, dist.world_size)
+        accumulation = t.gradient_accumulation * t.batch_size // smaller
+        config = load_config(run_dir).copy_with(training={"batch_size": smaller, "gradient_accumulation": accumulation})
+        config.save(run_dir / RUN_FILE)
+        _remove_unfinished_checkpoints(run_dir)
+        checkpoint = latest_checkpoint(run_dir)
+        # As a resume does, drop the events of the steps that will be trained again (from the start: every
+        # event of a step, the "before" evaluation and samples included), so no step appears twice.
+        _truncate_metrics(RunFolder(run_dir), checkpoint.step if checkpoint else -1)
+        resume_point = _ResumeInfo(run_dir, config, checkpoint.path, checkpoint.step, "") if checkpoint else None
+        sink.emit(Message(
+            f"out of memory at step {step} with batch size {t.batch_size} × accumulation {t.gradient_accumulation} "
+            f"({detail}); retrying with batch size {smaller} × accumulation {accumulation} (same effective batch "
+            f"{t.batch_size * t.gradient_accumulation}) from {checkpoint.path.name if checkpoint else 'the start'}",
+            level="warning"))
 
 
 def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunControl, resume_point: "_ResumeInfo | None",
@@ -314,13 +365,33 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
         callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
-    trainer.train(resume_from_checkpoint=str(resume_point.checkpoint) if resume_point else None)
+    oom = None
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_point.checkpoint) if resume_point else None)
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            full = _checkpoint_disk_full(exc, run_dir, trainer.state.global_step, _trainable_bytes(peft_model))
+            if full is None:
+                raise
+            raise full from exc
+        oom = _first_line(exc)
+    if oom is not None:
+        # Raised outside the except block: a chained traceback would keep the failed step's tensors alive.
+        raise _OutOfMemory(oom, trainer.state.global_step + 1)
 
-    if callback.failure is not None:
+    if callback.failure is not None:  # diverged: the weights in memory are NaN, so no adapter is saved
         raise callback.failure
     step = trainer.state.global_step
     stopped = callback.stopped and step < trainer.state.max_steps
-    adapter_dir = _save_adapter(peft_model, run_dir) if dist.is_main else run_dir / "adapter"
+    adapter_dir = run_dir / "adapter"
+    if dist.is_main:
+        try:
+            _save_adapter(peft_model, run_dir)
+        except Exception as exc:
+            full = _adapter_disk_full(exc, run_dir, step, _trainable_bytes(peft_model))
+            if full is None:
+                raise
+            raise full from exc
     summary = {
         "steps": step,
         "train_loss": callback.last_loss,
@@ -360,6 +431,226 @@ def _explain_failure(exc: BaseException) -> tuple[str, str]:
                 "lower training.batch_size (and raise gradient_accumulation to keep the effective batch), "
                 "shorten data.max_length, or turn on training.gradient_checkpointing")
     return f"{type(exc).__name__}: {text}", ""
+
+
+# --------------------------------------------------------------------------------------------- faults
+#
+# Every fault ends the run as "failed" (a diverged or crashed-out run is not the user's "stopped", whose
+# adapter is saved) with the newest complete checkpoint intact, so `workbench resume` can continue from it.
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n")[0]
+
+
+def _divergence_error(config: RunConfig, precision: str, run_dir: Path, step: int, loss: float | None,
+                      grad_norm: float | None) -> TrainingError:
+    """The failure of a run whose loss, gradient norm or weights became NaN or infinite at ``step``."""
+    from .runs import latest_checkpoint
+
+    if loss is not None and not math.isfinite(loss):
+        what = f"the loss became {loss} at step {step}" + (f" (gradient norm {grad_norm:.4g})" if grad_norm is not None else "")
+    elif grad_norm is not None and not math.isfinite(grad_norm):
+        what = f"the gradient norm became {grad_norm} at step {step}" + (f" (loss {loss:.4g})" if loss is not None else "")
+    else:
+        what = f"the adapter weights became NaN or infinite at step {step}" + (f" (loss {loss:.4g})" if loss is not None else "")
+    good = latest_checkpoint(run_dir)
+    kept = f"the newest good checkpoint is {good.path.name}" if good else "the run has no checkpoint"
+    t = config.training
+    tips = [f"lower training.learning_rate (now {t.learning_rate:g}; try {t.learning_rate / 10:g})"]
+    if precision == "fp16":
+        tips.append("train in bf16 or fp32 instead of fp16 (training.precision), whose range overflows easily")
+    if t.max_grad_norm > 0:
+        tips.append(f"clip gradients harder (training.max_grad_norm, now {t.max_grad_norm:g}; try {t.max_grad_norm / 2:g})")
+    else:
+        tips.append("turn gradient clipping on (training.max_grad_norm = 1.0)")
+    resume_hint = (f"; `workbench resume {shlex.quote(str(run_dir))}` continues from {good.path.name} with unchanged settings"
+                   if good else "")
+    return TrainingError(f"{what}: training diverged. Nothing was saved from these weights; {kept}",
+                         "in a new run, " + "; or ".join(tips) + resume_hint)
+
+
+def _abandon(control: Any) -> Any:
+    """A diverged run ends at this step and writes nothing: no checkpoint, no evaluation of broken weights."""
+    control.should_training_stop = True
+    control.should_save = False
+    control.should_evaluate = False
+    return control
+
+
+class _OutOfMemory(Exception):
+    """A training step ran out of memory. Internal: ``_train_attempts`` retries, or raises a ``TrainingError``."""
+
+    def __init__(self, detail: str, step: int):
+        super().__init__(detail)
+        self.detail, self.step = detail, step
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA / MPS / XPU / CPU allocator failures (torch.cuda.OutOfMemoryError is torch.OutOfMemoryError)."""
+    import torch
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return isinstance(exc, torch.OutOfMemoryError) or should_reduce_batch_size(exc)
+
+
+def _free_device_memory() -> None:
+    from accelerate.utils.memory import clear_device_cache
+
+    clear_device_cache(garbage_collection=True)  # gc first: the cached blocks are only free once nothing holds them
+
+
+def _smaller_batch(batch_size: int) -> int | None:
+    """The micro-batch to try after running out of memory: half, or for an odd size its largest divisor below
+    half, so batch × accumulation stays exactly the same. None at 1."""
+    return next((d for d in range(batch_size // 2, 0, -1) if batch_size % d == 0), None)
+
+
+def _oom_error(config: RunConfig, run_dir: Path, step: int, detail: str, smaller: int | None, world_size: int) -> TrainingError:
+    from .runs import RUN_FILE, latest_checkpoint
+
+    t = config.training
+    reason = (f"out of memory at step {step} with training.batch_size = {t.batch_size} "
+              f"(gradient_accumulation {t.gradient_accumulation}): {detail}")
+    other = "training.gradient_checkpointing = true and a shorter data.max_length save memory too"
+    if smaller is None:
+        return TrainingError(reason, f"the micro-batch is already 1; {other}, and so do fewer adapted layers or a smaller model")
+    accumulation = t.gradient_accumulation * t.batch_size // smaller
+    overrides = ["--set", f"training.batch_size={smaller}", "--set", f"training.gradient_accumulation={accumulation}"]
+    command = ["workbench", "train", str(run_dir / RUN_FILE), *overrides]
+    if config.output.run_dir:  # that run file names this (now used) folder: the retry needs another one
+        command += ["--run-dir", f"{run_dir}-bs{smaller}"]
+    hint = (f"retry with per-device batch size {smaller} and gradient accumulation {accumulation}, the same effective batch "
+            f"of {t.batch_size * t.gradient_accumulation}: `{shlex.join(command)}`")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        hint += (f"; or, to continue this run from {checkpoint.path.name}, set those two values in {run_dir / RUN_FILE} "
+                 f"and run `workbench resume {shlex.quote(str(run_dir))}`")
+    if world_size > 1:
+        hint += "; training.oom_retry cannot retry a multi-process (torchrun) run by itself"
+    else:
+        hint += "; or set training.oom_retry = true to retry like this automatically"
+    return TrainingError(reason, f"{hint}. Besides, {other}.")
+
+
+# Where a disk fills up: ENOSPC, or EDQUOT when a user quota runs out first.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")  # safetensors' errors carry only the text
+# torch.save's C++ writer drops the OS error: a full disk shows up as one of these.
+_TORCH_WRITE_FAILURES = ("file write failed", "unexpected pos", "iostream error")
+
+
+def _is_disk_full(exc: BaseException, folder: Path, needed: int) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return True
+        text = str(e)
+        if any(s in text for s in _DISK_FULL_TEXTS):
+            return True
+        if isinstance(e, RuntimeError) and any(s in text for s in _TORCH_WRITE_FAILURES):
+            return _free_bytes(folder) < needed  # believe it when there is indeed too little room left
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _checkpoint_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_bytes: int) -> OutputError | None:
+    """The error for a checkpoint that could not be written for lack of space, or None for another failure.
+
+    The Trainer writes a checkpoint folder file by file, trainer_state.json last; runs.latest_checkpoint only
+    takes folders whose every file is whole, so a half-written one is never resumed from. It is removed here,
+    to give its space back."""
+    from .runs import RunFolder, latest_checkpoint
+
+    folder = RunFolder(run_dir)
+    target = folder.checkpoints_dir / f"checkpoint-{step}"
+    previous = latest_checkpoint(run_dir)
+    # The previous checkpoint is the best estimate; without one: the adapter plus AdamW's two moments.
+    needed = _folder_bytes(previous.path) if previous else 3 * adapter_bytes
+    if not _is_disk_full(exc, target, needed):
+        return None
+    _remove_unfinished_checkpoints(run_dir)
+    free, mount = _free_bytes(target), _mount_point(target)
+    reason = (f"the disk is full: checkpoint-{step} could not be written to {folder.checkpoints_dir} "
+              f"(file system {mount}: {_size(free)} free now; a checkpoint needs about {_size(needed)})")
+    then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {previous.path.name}" if previous
+            else "start the run again (it has no complete checkpoint to resume from)")
+    return OutputError(reason, f"{_room(needed, free, mount)} (a lower training.save_total_limit keeps fewer checkpoints), "
+                               f"then {then}. The unfinished checkpoint-{step} was removed.")
+
+
+def _adapter_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_bytes: int) -> OutputError | None:
+    """The error for a final adapter that could not be written for lack of space, or None for another failure.
+    The adapter is written aside and renamed into place, so an adapter saved earlier is still whole."""
+    from .runs import RunFolder, latest_checkpoint
+
+    target = RunFolder(run_dir).adapter_dir
+    checkpoint = latest_checkpoint(run_dir)
+    weights = checkpoint.path / "adapter_model.safetensors" if checkpoint else None
+    needed = weights.stat().st_size if weights is not None and weights.is_file() else adapter_bytes
+    if not _is_disk_full(exc, run_dir, needed):
+        return None
+    free, mount = _free_bytes(run_dir), _mount_point(run_dir)
+    reason = (f"the disk is full: the adapter of step {step} could not be written to {target} "
+              f"(file system {mount}: {_size(free)} free now; the adapter needs about {_size(needed)})")
+    then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {checkpoint.path.name} and saves the adapter"
+            if checkpoint else "train again: without a checkpoint (training.save_steps) these weights are lost")
+    kept = f" The adapter saved earlier in {target} is unchanged." if target.is_dir() else ""
+    return OutputError(reason, f"{_room(needed, free, mount)}, then {then}.{kept}")
+
+
+def _room(needed: int, free: int, mount: Path) -> str:
+    if needed > free:
+        return f"free at least {_size(needed - free)} on {mount}"
+    return f"keep at least {_size(needed)} free on {mount} (other files may have taken the space)"
+
+
+def _remove_unfinished_checkpoints(run_dir: Path) -> None:
+    """Checkpoint folders cut short (as prepare_resume removes them): never resumed from, and they take space."""
+    import shutil
+
+    from .runs import list_checkpoints
+
+    for checkpoint in list_checkpoints(run_dir):
+        if not checkpoint.complete:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+
+
+def _trainable_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int:
+    import shutil
+
+    return shutil.disk_usage(_existing(path)).free
+
+
+def _mount_point(path: Path) -> Path:
+    path = _existing(path).resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _device_memory(device: str) -> int | None:
@@ -405,6 +696,8 @@ def _make_callback_class():
             self.best_eval_loss: float | None = None
             self.failure: WorkbenchError | None = None
             self.stopped = False  # a stop request was acted on (every rank agrees)
+            self._diverged_at: int | None = None  # the step whose loss, gradients or weights became NaN / inf
+            self._trainable_params: list | None = None
             self._last_log_time = self.started
             self._last_tokens = 0
             self._first_step_of_session: int | None = None
@@ -446,12 +739,9 @@ def _make_callback_class():
                     memory_bytes=_device_memory(self.device), elapsed_s=round(elapsed, 3), eta_s=eta,
                     world_size=self.dist.world_size,
                 ))
-                if not math.isfinite(loss):
-                    self.failure = TrainingError(
-                        f"the loss became {loss} at step {state.global_step}",
-                        "lower training.learning_rate, or use bf16/fp32 precision instead of fp16",
-                    )
-                    control.should_training_stop = True
+                self._check_divergence(state.global_step, loss, _float_or_none(logs.get("grad_norm")))
+            if self.failure is not None:
+                return _abandon(control)
             return self._apply_requests(state, control)
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -473,11 +763,48 @@ def _make_callback_class():
         # next step, and a stop asked for in reaction to a Step event takes effect at once. The Trainer then
         # saves the requested checkpoint before it leaves the loop.
         def on_step_end(self, args, state, control, model=None, **kw):
+            if self._diverged_at is None and not self._weights_finite(model):
+                # This step's update made the adapter NaN or infinite. Stop here, before the Trainer saves or
+                # evaluates (it does both after this callback); log the step even between logging steps, so
+                # that on_log can put its loss and gradient norm into the error.
+                self._diverged_at = state.global_step
+                self.failure = _divergence_error(self.config, self.precision, self.run_dir, state.global_step, None, None)
+                control.should_log = True
+            if self.failure is not None:
+                return _abandon(control)
             if self._sampling() and state.global_step % self.config.training.sample_steps == 0:
                 self._samples(model, state.global_step)
             if control.should_log:  # set by DefaultFlowCallback, which runs first: on_log will apply them
                 return control
             return self._apply_requests(state, control)
+
+        def on_epoch_end(self, args, state, control, **kw):
+            return _abandon(control) if self.failure is not None else control
+
+        # -- divergence ----------------------------------------------------------------------------------
+        # Every rank sees the same weights (gradients are all-reduced) and the same logged loss (averaged over
+        # ranks), so every rank reaches the same verdict at the same step.
+        def _weights_finite(self, model) -> bool:
+            import torch
+
+            if model is None:
+                return True
+            if self._trainable_params is None:
+                self._trainable_params = [p for p in model.parameters() if p.requires_grad]
+            if not self._trainable_params:
+                return True
+            with torch.no_grad():  # one reduction and one device sync per step: the max |w| is NaN or inf iff a weight is
+                return bool(torch.isfinite(torch.nn.utils.get_total_norm(self._trainable_params, norm_type=math.inf)))
+
+        def _check_divergence(self, step: int, loss: float, grad_norm: float | None) -> None:
+            if self.failure is not None and step != self._diverged_at:
+                return  # already failed at an earlier step
+            # Under fp16 loss scaling an infinite gradient norm is routine: the GradScaler skips that update and
+            # lowers the scale. Elsewhere the update it feeds poisons the weights.
+            bad_grad = grad_norm is not None and not math.isfinite(grad_norm) and self.precision != "fp16"
+            if step == self._diverged_at or not math.isfinite(loss) or bad_grad:
+                self._diverged_at = step
+                self.failure = _divergence_error(self.config, self.precision, self.run_dir, step, loss, grad_norm)
 
         def _apply_requests(self, state, control):
             rc, dist = self.run_control, self.dist
@@ -536,6 +863,10 @@ def _render_prompt(tokenizer: Any, prompt: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     return prompt
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _finite_or_none(value: Any) -> float | None:
