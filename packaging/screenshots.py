@@ -144,7 +144,7 @@ def main() -> int:
 
 
 def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
-    """Runs comparison, export/merge and adapter inspection (window part 2)."""
+    """Runs comparison, export/merge, adapter inspection and playground (window part 2)."""
     # A second run with other settings, so the comparison has two curves and a configuration difference.
     window.store.update("lora", r=16, alpha=16)
     window.store.update("training", max_steps=60, learning_rate=1e-3, sample_steps=None)
@@ -176,6 +176,20 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     window.inspect_from_runs(str(first / "adapter"))
     wait(lambda: got)
     shoot(window, "inspection")
+
+    pg = window.playground
+    window.tabs.setCurrentWidget(pg)
+    pg.set_paths(str(model_dir), str(first / "adapter"))
+    loaded, generated = [], []
+    pg.loaded.connect(lambda: loaded.append(1))
+    pg.generated.connect(lambda _: generated.append(1))
+    pg.request_load()
+    wait(lambda: loaded)
+    pg.prompt.setPlainText("Question: what is the capital of France?\nAnswer:")
+    pg.max_tokens.setValue(24)
+    pg.generate()
+    wait(lambda: generated and window._jobs == 0)
+    shoot(window, "playground")
 
 
 if __name__ == "__main__":

@@ -24,3 +24,11 @@ def tiny_model_dir(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The built-in SmolLM2 model, converted once per test session into a session-private cache."""
+    from workbench.core import builtin
+
+    return builtin.ensure_builtin(cache_dir=tmp_path_factory.getbasetemp() / "workbench-cache")

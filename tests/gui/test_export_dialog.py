@@ -82,6 +82,7 @@ def test_progress_of_a_merge_over_2_gib_reaches_the_dialog(qtbot):
     qtbot.addWidget(dialog)
     worker = workers.ExportWorker("merge", "a", "b")
     worker.progress.connect(dialog._progress)
-    worker.emit(Progress("merge", 3 << 30, 4 << 30, detail="model-00002-of-00004.safetensors"))
+    worker.emit(Progress("merge", 3 << 30, 4 << 30, detail="model-00002-of-00004.safetensors"))  # job thread's side
+    worker.deliver()  # the GUI thread's side: emits what the job posted
     assert dialog.progress.value() == 750
     assert dialog.progress.format().startswith("3.00 GiB of 4.00 GiB")

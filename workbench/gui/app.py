@@ -41,5 +41,7 @@ def main(run_file: str | None = None) -> int:
     window.show()
     if run_file:
         QTimer.singleShot(0, lambda: window.open_run(Path(run_file)))
+    else:  # a newcomer lands in a window that is ready to fine-tune: the demo, on the built-in model
+        QTimer.singleShot(0, window.open_demo)
     QTimer.singleShot(0, window.warm_up)
     return app.exec()

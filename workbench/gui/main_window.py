@@ -2,7 +2,7 @@
 
 The window wires panels to the store and to background workers; it holds no logic of its own beyond
 deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
-QThreads; results come back as signals, errors as a message box, and the window stays usable either way.
+background threads (``workers.py``); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
 Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
 outcome of each job instead of sleeping.
 """
@@ -29,6 +29,7 @@ from .widgets.inspection_panel import InspectionPanel
 from .widgets.layer_panel import LayerPanel
 from .widgets.layer_tree_model import LayerTreeModel
 from .widgets.model_picker import ModelPicker
+from .widgets.playground import Playground
 from .widgets.runs_panel import RunsPanel
 from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
         self.training = TrainingPanel()
         self.runs = RunsPanel()
         self.inspection = InspectionPanel()
+        self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
         model_tab = QWidget()
         model_layout = QVBoxLayout(model_tab)
@@ -80,6 +82,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.training, "Train")
         self.tabs.addTab(self.runs, "Runs")
         self.tabs.addTab(self.inspection, "Inspect adapter")
+        self.tabs.addTab(self.playground, "Playground")
         self.setCentralWidget(self.tabs)
         self.setAcceptDrops(True)
         self.resize(1200, 800)
@@ -90,6 +93,7 @@ class MainWindow(QMainWindow):
         self._data_timer.timeout.connect(self.inspect_data)
 
         self.picker.openRequested.connect(self.open_model)
+        self.picker.demoRequested.connect(self.open_demo)
         self.layers.selectionEdited.connect(self._selection_to_config)
         self.store.changed.connect(self._config_changed)
         self.store.dirtyChanged.connect(lambda _: self._update_title())
@@ -100,6 +104,8 @@ class MainWindow(QMainWindow):
         self.runs.exportRequested.connect(self.open_export)
         self.runs.inspectRequested.connect(self.inspect_from_runs)
         self.inspection.inspectRequested.connect(self.inspect_adapter)
+        self.playground.loadRequested.connect(self.load_playground)
+        self.playground.generateRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
@@ -119,6 +125,8 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         action(file_menu, "&New run", self.new_run, QKeySequence.StandardKey.New)
         action(file_menu, "&Open run file…", self.open_run_dialog, QKeySequence.StandardKey.Open)
+        action(file_menu, "Open the &demo run", self.open_demo,
+               tip="The built-in SmolLM2 learning to extract payments as JSON (offline)")
         self.recent_menu = file_menu.addMenu("Open &recent")
         action(file_menu, "&Save run file", self.save_run, QKeySequence.StandardKey.Save)
         action(file_menu, "Save run file &as…", self.save_run_as, QKeySequence.StandardKey.SaveAs)
@@ -140,7 +148,8 @@ class MainWindow(QMainWindow):
         action(train_menu, "Save &checkpoint now", self.training.request_checkpoint, "Ctrl+K")
         action(train_menu, "&Export or merge an adapter…", lambda: self.open_export(), "Ctrl+E")
         view_menu = self.menuBar().addMenu("&View")
-        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter")):
+        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter",
+                                  "Playground")):
             action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
 
     def _update_title(self) -> None:
@@ -187,8 +196,8 @@ class MainWindow(QMainWindow):
 
     def _start(self, worker: workers.Worker) -> None:
         self._jobs += 1
-        # Counted down when the thread itself has ended (not when the worker says it is done): only then
-        # may the window, which owns the thread, be destroyed.
+        # Counted down when the job's thread itself has ended (not when the worker says it is done): only
+        # then may the window close for good.
         workers.start(worker, self).ended.connect(self._job_done)
 
     def _job_done(self) -> None:
@@ -209,10 +218,11 @@ class MainWindow(QMainWindow):
             return
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
-        worker = workers.FunctionWorker(lambda config=self.store.config: workers.open_model(config))
+        worker = workers.OpenModelWorker(self.store.config)
+        worker.progress.connect(self.picker.show_progress)
         worker.result.connect(self._model_ready)
         worker.failed.connect(self._model_failed)
-        worker.finished.connect(self._model_job_done)  # a bound slot runs on the GUI thread; a lambda would not
+        worker.finished.connect(self._model_job_done)
         self._start(worker)
 
     def _model_job_done(self) -> None:
@@ -394,7 +404,7 @@ class MainWindow(QMainWindow):
         self.training.end_run()
         self.training_ended.emit()
 
-    # -- runs, export, inspection ----------------------------------------------------------------------
+    # -- runs, export, inspection, playground ------------------------------------------------------------
     def resume_run(self, run_dir: str) -> None:
         if self.training.running:
             self.show_error("Resume", "A run is already training in the window; stop it first.")
@@ -405,7 +415,7 @@ class MainWindow(QMainWindow):
         worker.result.connect(self._training_done)
         worker.failed.connect(self._training_failed)
         worker.finished.connect(self._training_ended)
-        worker.finished.connect(self.runs.clear_busy)  # a bound slot: queued to the GUI thread (a lambda would not be)
+        worker.finished.connect(self.runs.clear_busy)
         self.runs.set_busy(run_dir, True)
         self.training.begin_run(control)
         self.tabs.setCurrentWidget(self.training)
@@ -447,6 +457,12 @@ class MainWindow(QMainWindow):
         self.inspection.show_error(message)
         self.inspect_failed.emit(message)
 
+    def load_playground(self, base: str, adapter: str) -> None:
+        worker = workers.FunctionWorker(lambda: workers.load_playground(base, adapter))
+        worker.result.connect(self.playground.show_loaded)
+        worker.failed.connect(self.playground.show_error)
+        self._start(worker)
+
     # -- run files ----------------------------------------------------------------------------------------
     def new_run(self) -> None:
         self.store.replace(RunConfig())
@@ -455,6 +471,25 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
         if path:
             self.open_run(Path(path))
+
+    def open_demo(self) -> bool:
+        """The demo run (resources/examples/demo.toml) on the built-in SmolLM2, as an unsaved run.
+
+        Its runs go to the runs folder the window already uses (the run file's relative "runs" would land
+        wherever the app was started from). The first time, opening the model converts it (about half a
+        minute), with progress under the model picker.
+        """
+        from workbench.core.builtin import demo_config
+        from workbench.core.errors import WorkbenchError
+
+        try:
+            config = demo_config().copy_with(output={"runs_root": self.store.config.output.runs_root})
+        except WorkbenchError as exc:
+            self.show_error("Cannot open the demo", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
+            return False
+        self.store.replace(config, None)
+        self.open_model(config.model.source)
+        return True
 
     def open_run(self, path: Path) -> bool:
         try:
@@ -525,6 +560,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         self._data_timer.stop()  # no new job may start once closing has begun
         self._data_pending = False
+        self.playground.stop()  # a generation or a merge ends at its next token or tensor
         if self.export_dialog is not None:
             self.export_dialog.cancel()
         if self.training.running:

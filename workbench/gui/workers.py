@@ -1,89 +1,130 @@
-"""Background jobs for the window: one QObject per long job, run on its own QThread.
+"""Background jobs for the window: one ``Worker`` per long job, run on its own thread.
 
 Workers never touch widgets. Each gets plain inputs (a frozen config, a path), does its job in
 ``work()``, and reports through signals: ``result(object)`` with plain data, ``failed(message, traceback)``
 for any exception (a ``WorkbenchError`` keeps its message and hint; anything else is a bug and keeps its
 traceback), and always ``finished`` last. Heavy modules (torch, transformers) are imported inside
 ``work()``, so importing this module costs nothing.
+
+How reports cross threads: the job thread never calls into Qt. It puts ``(signal name, arguments)`` into
+the worker's outbox (a thread-safe queue), and a ``Job`` on the GUI thread drains the outbox every few
+milliseconds and emits the worker's signals there. Emitting Qt signals from the job thread itself (a
+QThread, queued connections) hung the window tests intermittently: a job thread vanished in the middle of
+an ``emit`` of a finished job's result, so its thread never reported that it had ended, and destroying the
+window later aborted the process ("QThread: Destroyed while thread is still running"). With a plain
+Python thread and a queue there is no Qt object whose lifetime depends on the job thread, a job that dies
+in any way is noticed (its thread is no longer alive), and receivers are ordinary GUI-thread slots.
 """
 
 from __future__ import annotations
 
 import gc
+import queue
+import threading
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from workbench.core.config import RunConfig
 from workbench.core.events import RunStarted
 
+POLL_INTERVAL_MS = 10  # how often the GUI thread collects a running job's reports: fast enough to stream tokens
+
 
 class Worker(QObject):
+    """A job's inputs, its ``work()`` (run on the job thread) and its signals (emitted on the GUI thread)."""
+
     result = Signal(object)
     failed = Signal(str, str)  # message (with hint), traceback
     finished = Signal()
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+
     def work(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    @Slot()
+    def post(self, signal: str, *args: Any) -> None:
+        """Called on the job thread: ``signal`` is emitted with ``args`` on the GUI thread, in order."""
+        self._outbox.put((signal, args))
+
     def run(self) -> None:
+        """The job thread's body."""
         from workbench.core.errors import WorkbenchError
 
         try:
-            self.result.emit(self.work())
+            self.post("result", self.work())
         except WorkbenchError as exc:
             message = exc.message + (f"\n\n{exc.hint}" if exc.hint else "")
-            self.failed.emit(message, traceback.format_exc())
-        except Exception as exc:  # a bug: keep everything so the log can show it
-            self.failed.emit(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            self.post("failed", message, traceback.format_exc())
+        except BaseException as exc:  # a bug: keep everything so the log can show it
+            self.post("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
         finally:
-            self.finished.emit()
+            self.post("finished")
+
+    def deliver(self) -> bool:
+        """Called on the GUI thread: emit what the job has posted so far. True once ``finished`` was emitted."""
+        done = False
+        while True:
+            try:
+                name, args = self._outbox.get_nowait()
+            except queue.Empty:
+                return done
+            getattr(self, name).emit(*args)
+            done = done or name == "finished"
 
 
-class JobThread(QThread):
-    """A QThread that says ``ended`` only once it has really exited.
+class Job(QObject):
+    """One worker on one thread, watched from the GUI thread; says ``ended`` once the thread is gone.
 
-    ``finished`` is emitted from the thread just *before* it exits; a slot that deletes the thread (or its
-    owner, the window) on that signal can run while the thread is still finishing, which aborts the
-    process ("QThread: Destroyed while thread is still running") — likeliest for a worker whose priority
-    was lowered, as its last instructions then wait behind the GUI thread. ``wait(0)`` never blocks: it only
-    asks whether the thread is gone, and the check is repeated a few milliseconds later if it is not.
+    Only then may the window count the job as over, so a window closing with jobs still running waits for
+    them (without blocking) instead of leaving a thread behind.
     """
 
     ended = Signal()
 
-    def __init__(self, parent: QObject):
+    def __init__(self, worker: Worker, parent: QObject):
         super().__init__(parent)
-        self.finished.connect(self._check_ended)  # queued: this object lives in the GUI thread
+        self.worker: Worker | None = worker
+        self._finished = False
+        self._thread = threading.Thread(target=worker.run, name=f"job-{type(worker).__name__}", daemon=True)
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self._poll)
 
-    @Slot()
-    def _check_ended(self) -> None:
-        from PySide6.QtCore import QTimer
+    def start(self) -> None:
+        self._thread.start()
+        self._timer.start()
 
-        if self.wait(0):
-            self.ended.emit()
-            self.deleteLater()
-        else:
-            QTimer.singleShot(5, self._check_ended)
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _poll(self) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        alive = self._thread.is_alive()  # read before draining: whatever it posted before dying is in the outbox
+        self._finished = worker.deliver() or self._finished
+        if alive:
+            return
+        if not self._finished:  # the thread died without reporting (it cannot, short of a crash in native code)
+            worker.failed.emit("The background job ended without reporting a result.", "")
+            worker.finished.emit()
+        self._timer.stop()
+        self.worker = None  # drop what the job held (a model, say) now, on the GUI thread
+        self.ended.emit()
+        self.deleteLater()
 
 
-def start(worker: Worker, parent: QObject) -> JobThread:
-    """Run ``worker`` on a new thread owned by ``parent``; both are deleted once the job has finished.
-
-    The GUI never waits on the thread: it quits itself when ``finished`` arrives; ``ended`` follows once
-    it has exited, and only then is it deleted.
-    """
-    thread = JobThread(parent)
-    worker.moveToThread(thread)
-    thread.started.connect(worker.run)
-    worker.finished.connect(thread.quit)
-    worker.finished.connect(worker.deleteLater)
-    # Keep a Python reference until the thread ends, or the wrapper could be collected mid-job.
-    thread.worker = worker  # type: ignore[attr-defined]
-    thread.start()
-    return thread
+def start(worker: Worker, parent: QObject) -> Job:
+    """Run ``worker`` on a new thread; its signals arrive on the GUI thread; ``ended`` follows ``finished``
+    once the thread has exited."""
+    job = Job(worker, parent)
+    job.start()
+    return job
 
 
 class FunctionWorker(Worker):
@@ -137,15 +178,36 @@ def describe_device(config: RunConfig) -> tuple[str, int | None, str]:
     return f"CPU, {available / 2**30:.1f} GiB RAM available", int(available), "cpu"
 
 
-def open_model(config: RunConfig) -> dict[str, Any]:
+def open_model(config: RunConfig, sink: Any = None) -> dict[str, Any]:
     """The 'open a model' job: overview (config + meta skeleton + tree) and the training device."""
     from workbench.core.models import open_overview
 
     m = config.model
     overview = open_overview(m.source, revision=m.revision, task=m.task, num_labels=m.num_labels,
-                             trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle)
+                             trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle, sink=sink)
     device_text, available, device_kind = describe_device(config)
     return {"overview": overview, "device_text": device_text, "available": available, "device_kind": device_kind}
+
+
+class OpenModelWorker(Worker):
+    """Opens a model; a built-in model's one-time conversion reports ``progress(done, total, detail)``."""
+
+    progress = Signal(float, float, str)
+
+    def __init__(self, config: RunConfig):
+        super().__init__()
+        self._config = config
+
+    def emit(self, event) -> None:  # conversion sink, on the job thread
+        from workbench.core.events import Message, Progress
+
+        if isinstance(event, Progress):
+            self.post("progress", float(event.done), float(event.total), event.detail or event.task)
+        elif isinstance(event, Message):
+            self.post("progress", 0.0, 0.0, event.text)
+
+    def work(self):
+        return open_model(self._config, sink=self)
 
 
 class TrainWorker(Worker):
@@ -167,7 +229,7 @@ class TrainWorker(Worker):
             # Model and data are loaded: keep their objects out of every later garbage collection, whose
             # full passes would otherwise hold the GIL (and stall the window) for a long moment each time.
             gc.freeze()
-        self.event.emit(event)
+        self.post("event", event)
 
     def work(self):
         from workbench.core.training import run
@@ -232,7 +294,7 @@ class ExportWorker(Worker):
             now = time.monotonic()
             if now - self._last >= 0.05 or event.done >= event.total:
                 self._last = now
-                self.progress.emit(float(event.done), float(event.total), event.detail)
+                self.post("progress", float(event.done), float(event.total), event.detail)
 
     def work(self):
         if self._mode == "merge":
@@ -254,3 +316,77 @@ def inspect_adapter_job(adapter: str, base: str | None):
     from workbench.core.adapters import inspect_adapter, load_adapter
 
     return inspect_adapter(load_adapter(adapter), base or None)
+
+
+def load_playground(base: str, adapter: str):
+    """The base model once, wrapped with the adapter: base answers come from ``disable_adapter()``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    return {"model": model, "tokenizer": tokenizer}
+
+
+class GenerateWorker(Worker):
+    """Streams the base model's answer, then the adapter's, token by token, from one loaded PeftModel.
+
+    ``token(which, text)``: which is "base" or "adapter"; pieces come from transformers' ``TextStreamer``. Both use the same settings and seed, so the only
+    difference between the two answers is the adapter.
+    """
+
+    token = Signal(str, str)
+
+    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float, control):
+        super().__init__()
+        self._model, self._tok = model, tokenizer
+        self._prompt, self._max, self._temp, self._top_p = prompt, max_new_tokens, temperature, top_p
+        self._control = control
+
+    def work(self):
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        _yield_cpu_to_the_window()
+        control, worker = self._control, self
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return control.stop_requested
+
+        class _Streamer(TextStreamer):
+            """transformers' own streamer (word-boundary decoding), with each finished piece sent as a signal
+            straight from ``generate`` on this worker thread — no extra thread, no queue."""
+
+            def __init__(self, which: str):
+                super().__init__(worker._tok, skip_prompt=True, skip_special_tokens=True)
+                self.which, self.text = which, ""
+
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    self.text += text
+                    worker.post("token", self.which, text)
+
+        inputs = self._tok(self._prompt, return_tensors="pt")
+        answers = {}
+        for which in ("base", "adapter"):
+            if control.stop_requested:
+                break
+            streamer = _Streamer(which)
+            kw = dict(**inputs, max_new_tokens=self._max, streamer=streamer,
+                      stopping_criteria=StoppingCriteriaList([_Stop()]),
+                      pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id)
+            if self._temp > 0:
+                kw.update(do_sample=True, temperature=self._temp, top_p=self._top_p)
+            else:
+                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            torch.manual_seed(0)  # the same draws for both answers: only the adapter differs
+            with torch.no_grad():
+                if which == "base":
+                    with self._model.disable_adapter():
+                        self._model.generate(**kw)
+                else:
+                    self._model.generate(**kw)
+            answers[which] = streamer.text
+        return answers

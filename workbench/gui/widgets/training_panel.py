@@ -1,6 +1,6 @@
 """The Train tab: start / pause / resume / stop / checkpoint, progress with ETA, live plots, samples, log.
 
-Engine events arrive through ``handle`` (a queued signal from the training worker, so on the GUI thread)
+Engine events arrive through ``handle`` (a signal the training worker's job emits on the GUI thread)
 and are only queued; a 50 ms timer applies the queue in one go — at most 20 repaints a second however fast
 the engine reports. The panel starts no job itself: the main window checks the setup and calls
 ``start_run``, and the panel turns clicks into ``RunControl`` requests, which the engine reads between

@@ -1,0 +1,38 @@
+"""The window's demo: the built-in SmolLM2, converted on first use with progress shown, and the demo run loaded."""
+
+from pathlib import Path
+
+from workbench.core import builtin
+
+
+def test_demo_converts_the_builtin_model_with_progress_and_loads_the_demo_run(window, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path / "fresh-cache"))  # nothing converted yet: the first start
+    runs_root = window.store.config.output.runs_root
+    shown = []
+    original = window.picker.show_progress
+    monkeypatch.setattr(window.picker, "show_progress",
+                        lambda done, total, detail: (shown.append((done, total, detail)), original(done, total, detail)))
+    inspected = []
+    window.data_inspected.connect(lambda: inspected.append(1))
+    with qtbot.waitSignal(window.model_opened, timeout=180_000):
+        window.picker.demo_button.click()
+    assert not window.picker.progress.isVisible(), "the progress bar goes once the model is open"
+    assert [total for _, total, _ in shown if total > 0], f"measurable conversion steps were shown: {shown}"
+    assert shown[-1][0] == shown[-1][1], "the conversion reported its last step"
+
+    config = window.store.config
+    assert config.model.source == "builtin:smollm2-135m-instruct"
+    assert Path(config.data.train_files[0]).is_file() and Path(config.data.validation_files[0]).is_file()
+    assert config.output.runs_root == runs_root, "demo runs go where the window's runs go"
+    assert window.store.path is None and not window.store.dirty, "an unsaved run, nothing to save yet"
+    assert window.overview.tree.num_blocks == 30
+    assert "LlamaForCausalLM" in window.picker.info.text()
+    # The demo data is read with the model's tokenizer once the model is open.
+    qtbot.waitUntil(lambda: bool(inspected), timeout=120_000)
+    assert "chat" in window.data.detected_label.text()
+
+    # The second time (and every later start) the converted folder is reused: no conversion step.
+    shown.clear()
+    with qtbot.waitSignal(window.model_opened, timeout=60_000):
+        window.open_demo()
+    assert shown == []

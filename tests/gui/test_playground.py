@@ -1,0 +1,33 @@
+"""The playground on a trained tiny model: base and adapter answers differ, streamed token by token, from
+one model loaded once."""
+
+from trained_runs import trained_runs
+
+
+def test_base_and_adapter_answers_differ(window, qtbot, tmp_path_factory, tiny_model_dir):
+    runs = trained_runs(tmp_path_factory, tiny_model_dir)
+    pg = window.playground
+    window.tabs.setCurrentWidget(pg)
+    pg.set_paths(str(runs["model"]), str(runs["done"] / "adapter"))
+    assert not pg.generate_button.isEnabled()
+    with qtbot.waitSignal(pg.loaded, timeout=60_000):
+        pg.load_button.click()
+    model = pg.model
+    pg.prompt.setPlainText("What is the capital of France?")
+    pg.max_tokens.setValue(6)
+    pg.temperature.setValue(0.0)
+    with qtbot.waitSignal(pg.generated, timeout=60_000) as got:
+        pg.generate_button.click()
+    answers = got.args[0]
+    pieces = pg.pieces  # which answer each streamed piece went to, in arrival order
+    assert answers["base"] != answers["adapter"]
+    assert answers["adapter"].strip()
+    assert pg.answers["base"].toPlainText() == answers["base"]
+    assert pg.answers["adapter"].toPlainText() == answers["adapter"]
+    assert pieces.count("adapter") > 1, "streamed piece by piece"
+    assert pieces.index("adapter") > max(i for i, w in enumerate(pieces) if w == "base")
+    qtbot.waitUntil(lambda: pg.generate_button.isEnabled())
+
+    with qtbot.waitSignal(pg.generated, timeout=60_000) as again:  # same model object: nothing reloaded
+        pg.generate_button.click()
+    assert pg.model is model and again.args[0] == answers
