@@ -253,10 +253,6 @@ def denied(built: Built, *paths: Path) -> Built:
     return Built(built.target, built.argv, {**built.related, "denied": list(paths)})
 
 
-_LATE_MODEL_CHECK = ("preflight() does not check the weight files, so this is found only after the run folder is "
-                     "created; fix: call models.check_weight_files(source) in core/training.py preflight() after "
-                     "resolve_source (header reads only, milliseconds)")
-
 # -------------------------------------------------------------------------------------------------- models
 
 
@@ -281,7 +277,7 @@ def _(ctx):
 
 
 @case("model-partial-without-weights", "model", r"has no weight files \(no \*\.safetensors\)",
-      r"download the full model", xfail=_LATE_MODEL_CHECK)
+      r"download the full model")
 def _(ctx):
     folder = ctx.model("no-weights")
     (folder / "model.safetensors").unlink()
@@ -298,10 +294,7 @@ def _(ctx):
 
 
 @case("model-partial-without-tokenizer", "model", r"cannot load the tokenizer of \S*no-tokenizer",
-      r"tokenizer files \(tokenizer\.json or tokenizer\.model\)",
-      xfail="preflight() does not load the tokenizer, so a folder without one is found only after the run folder "
-            "is created; fix: call models.load_tokenizer(source, ...) in core/training.py preflight() for local "
-            "sources (about 0.1 s for a real tokenizer)")
+      r"tokenizer files \(tokenizer\.json or tokenizer\.model\)")
 def _(ctx):
     folder = ctx.model("no-tokenizer")
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -319,8 +312,7 @@ def _(ctx):
 
 
 @case("model-truncated-safetensors-train", "model", r"truncated\S*model\.safetensors is damaged or incomplete|"
-      r"cannot load the weights of \S*truncated", r"download the model again|incomplete or damaged",
-      xfail=_LATE_MODEL_CHECK)
+      r"cannot load the weights of \S*truncated", r"download the model again|incomplete or damaged")
 def _(ctx):
     folder = ctx.model("truncated")
     ctx.truncate(folder / "model.safetensors")
@@ -899,10 +891,7 @@ def _(ctx):
     return ctx.train(ctx.runfile(lora={"r": 0, "alpha": -1.0}, training={"batch_size": 0}))
 
 
-@case("runfile-infinite-epochs", "runfile", r"training\.epochs: got inf", r"edit",
-      xfail="config accepts inf for float fields (epochs = inf passes validation, then the Trainer raises "
-            "OverflowError with a traceback after the run folder is created); fix: model_config "
-            "allow_inf_nan=False on _Section in core/config.py (or a finite check on epochs, max_grad_norm, ...)")
+@case("runfile-infinite-epochs", "runfile", r"training\.epochs: got inf", r"edit")
 def _(ctx):
     run = ctx.runfile(training={"max_steps": 1})
     text = run.read_text().replace("max_steps = 1", "epochs = inf")
@@ -916,10 +905,7 @@ def _(ctx):
 
 
 @case("runfile-fp16-on-cpu", "runfile", r"training\.precision fp16 needs a GPU", r"use fp32 or bf16 on the CPU",
-      skip_if="cuda",
-      xfail="choose_precision() runs in _train_inner, after the run folder is created, so this leaves a failed run; "
-            "fix: call choose_precision(config.training.precision, device) in core/training.py run() next to "
-            "choose_device, before preflight/create_run")
+      skip_if="cuda")
 def _(ctx):
     return ctx.train(ctx.runfile(training={"precision": "fp16"}))
 

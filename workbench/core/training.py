@@ -90,12 +90,16 @@ def preflight(config: RunConfig, sink: Any = None) -> None:
     readable and of a known format. Raises the same ``WorkbenchError`` training itself would. (A built-in
     model is converted here on first use, with ``Progress`` events to ``sink``.)"""
     from .data import detect
-    from .models import load_config, resolve_source
+    from .models import check_weight_files, load_config, load_tokenizer, resolve_source
 
     mc = config.model
+    choose_precision(config.training.precision, choose_device(config.training.device))  # fp16 on a CPU, bf16 on an old GPU
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
     if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
         load_config(source, trust_remote_code=mc.trust_remote_code)
+        if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
+            check_weight_files(source)  # headers and sizes only
+            load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
     detect(config.data)
 
 
