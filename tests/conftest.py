@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,9 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A model's own code (trust_remote_code tests) is copied by transformers into its modules cache, read once at
+# import: point it away from the user's ~/.cache for the whole session.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="workbench-test-hf-modules-"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 

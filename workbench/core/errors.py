@@ -19,6 +19,19 @@ class ModelSourceError(WorkbenchError):
     """The model source cannot be opened (missing, malformed, unsafe, unsupported, offline)."""
 
 
+class ConsentRequired(ModelSourceError):
+    """The model can be opened only if the user explicitly allows something unsafe by default.
+
+    ``setting`` is the ``model.*`` field that allows it (``allow_pickle`` or ``trust_remote_code``) and
+    ``files`` what would be unpickled or run, so a window can ask "trust these?" and name them.
+    """
+
+    def __init__(self, message: str, hint: str, *, setting: str, files: list[str]):
+        super().__init__(message, hint)
+        self.setting = setting
+        self.files = files
+
+
 class SelectionError(WorkbenchError):
     """A layer selection that matches nothing or cannot be adapted."""
 

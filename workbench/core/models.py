@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ModelSourceError
+from .errors import ConsentRequired, ModelSourceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,14 +141,31 @@ def _weight_format(folder: Path, allow_pickle: bool) -> WeightFormat:
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     if pickles:
         if not allow_pickle:
-            raise ModelSourceError(
+            raise ConsentRequired(
                 f"{folder} holds only pickle weights ({', '.join(pickles[:3])}{', …' if len(pickles) > 3 else ''}); "
                 "Workbench will not unpickle them, because unpickling can run arbitrary code",
                 "convert the model to safetensors, or — only if you trust the file — allow it with "
                 "model.allow_pickle = true (CLI: --allow-pickle)",
+                setting="allow_pickle", files=[str(folder / n) for n in pickles],
             )
         return "pickle"
     return "none"
+
+
+def remote_code_files(folder: Path, raw_config: dict) -> list[str]:
+    """The Python files a model's ``auto_map`` would import: ``module.Class`` → ``folder/module.py``
+    (a ``repo--module.Class`` reference to another repository is listed as written)."""
+    files: list[str] = []
+    refs = raw_config.get("auto_map") or {}
+    for ref in refs.values():
+        for one in (ref if isinstance(ref, list) else [ref]):
+            if not isinstance(one, str) or "." not in one:
+                continue
+            module = one.rsplit(".", 1)[0]
+            name = module if "--" in module else str(folder / (module.replace(".", "/") + ".py"))
+            if name not in files:
+                files.append(name)
+    return files
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -199,10 +216,13 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
     if source.kind != "gguf":
         raw = _read_config_json(source.path / "config.json")
         if "auto_map" in raw and not trust_remote_code and raw.get("model_type") not in _known_model_types():
-            raise ModelSourceError(
+            code = remote_code_files(source.path, raw)
+            raise ConsentRequired(
                 f"{source.spec} needs its own Python code to run (config.json has auto_map: "
-                f"{', '.join(sorted(raw['auto_map']))}); it is not run unless you allow it",
+                f"{', '.join(sorted(raw['auto_map']))}); it is not run unless you allow it. "
+                f"The code: {', '.join(code) or '(modules named in auto_map, not in the folder)'}",
                 "read the model's .py files, then allow them with model.trust_remote_code = true (CLI: --trust-remote-code)",
+                setting="trust_remote_code", files=code,
             )
         if "model_type" not in raw and not trust_remote_code:
             raise ModelSourceError(
@@ -374,8 +394,15 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
         kwargs["device_map"] = device_map
     from safetensors import SafetensorError
 
+    import pickle
+
     try:
         return _auto_class(task).from_pretrained(source.path, **kwargs)
+    except pickle.UnpicklingError as exc:  # pickle allowed, but torch.load(weights_only=True) met more than tensors
+        raise ModelSourceError(
+            f"refused to load the pickle weights of {source.spec}: they hold objects other than tensors "
+            f"({_first_line(exc)})", "this file is not a plain checkpoint and may run code; do not use it",
+        ) from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # RuntimeError: shape mismatch in a state dict
         raise ModelSourceError(f"cannot load the weights of {source.spec}: {exc}".split("\n")[0],
                                "the weight files may be incomplete or damaged") from None

@@ -22,6 +22,7 @@ import gc
 import queue
 import threading
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -193,10 +194,22 @@ class OpenModelWorker(Worker):
     """Opens a model; a built-in model's one-time conversion reports ``progress(done, total, detail)``."""
 
     progress = Signal(float, float, str)
+    # The model opens only if the user allows something unsafe by default: (model.* setting, files, what the
+    # files say — the code that would run, for remote code — and the refusal's message).
+    consent_needed = Signal(str, list, str, str)
 
     def __init__(self, config: RunConfig):
         super().__init__()
         self._config = config
+
+    def work(self):
+        from workbench.core.errors import ConsentRequired
+
+        try:
+            return open_model(self._config, sink=self)
+        except ConsentRequired as exc:
+            self.post("consent_needed", exc.setting, list(exc.files), _preview_files(exc.files, exc.setting), exc.message)
+            raise
 
     def emit(self, event) -> None:  # conversion sink, on the job thread
         from workbench.core.events import Message, Progress
@@ -206,8 +219,22 @@ class OpenModelWorker(Worker):
         elif isinstance(event, Message):
             self.post("progress", 0.0, 0.0, event.text)
 
-    def work(self):
-        return open_model(self._config, sink=self)
+
+
+def _preview_files(files: list[str], setting: str, limit: int = 20_000) -> str:
+    """The text of the Python files a model would run (what the user is asked to trust); pickle is not text."""
+    if setting != "trust_remote_code":
+        return ""
+    parts = []
+    for name in files:
+        try:
+            text = Path(name).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            text = f"(cannot read: {exc.strerror})"
+        if len(text) > limit:
+            text = text[:limit] + f"\n… ({len(text) - limit:,} more characters)"
+        parts.append(f"# ===== {name}\n{text}")
+    return "\n\n".join(parts)
 
 
 class TrainWorker(Worker):
