@@ -175,3 +175,53 @@ def test_bert_sequence_classifier(tiny_model_dir, capsys):
     data = json.loads(out)
     assert data["architecture"] == "BertForSequenceClassification"
     assert all(n.endswith(("query", "value")) for n in data["target_modules"])
+
+
+def test_hub_download_bytes_become_progress_events():
+    """snapshot_download(tqdm_class=...) sums all files' bytes into one bar of that class (unit "B", total growing
+    as files start; a twin 'Downloading bytes' bar counts network bytes). Driven here the way huggingface_hub
+    drives it, since no download can happen offline."""
+    from workbench.core.events import ListSink, Progress
+    from workbench.core.models import download_progress_class
+
+    sink = ListSink()
+    cls = download_progress_class(sink, "org/model", min_interval=0)
+    written = cls(total=0, initial=0, unit="B", unit_scale=True, desc="Reconstructing (incomplete total...)")
+    network = cls(total=0, initial=0, unit="B", unit_scale=True, desc="Downloading bytes")
+    files = cls(range(3), desc="Fetching 3 files")  # the file-count bar: not bytes, not reported
+    for size in (1000, 3000):
+        written.total += size
+        network.total += size
+        for _ in range(4):
+            written.update(size // 4)
+            network.update(size // 4)
+    files.close()
+    written.close()
+    network.close()
+    events = [e for e in sink.events if isinstance(e, Progress)]
+    assert events and all(e.task == "download" and e.detail == "org/model" and e.unit == "bytes" for e in events)
+    assert [e.done for e in events] == sorted(e.done for e in events)
+    assert (events[-1].done, events[-1].total) == (4000, 4000)
+    assert len(events) == 9, "eight updates and the close, from the written-bytes bar only"
+
+
+def test_model_family_names_the_relatives_to_look_up(tmp_path):
+    from workbench.core.models import model_family
+
+    assert model_family("builtin:smollm2-135m-instruct") == "smollm2"
+    assert model_family("HuggingFaceTB/SmolLM2-135M-Instruct") == "SmolLM2"
+    assert model_family("meta-llama/Llama-3.2-1B") == "Llama-3.2"
+    assert model_family("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen2.5"
+    assert model_family("/models/mistral-7b-instruct-v0.2.Q4_K_M.gguf") == "mistral"
+    local = tmp_path / "my-finetune"
+    local.mkdir()
+    assert model_family(str(local), "HuggingFaceTB/SmolLM2-360M") == "SmolLM2", "a local copy: its config's origin"
+
+
+def test_hub_suggestions_offline_are_empty_without_trying_the_network(monkeypatch):
+    import socket
+
+    from workbench.core.models import hub_suggestions
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
+    assert hub_suggestions("HuggingFaceTB/SmolLM2-135M-Instruct") == []  # HF_HUB_OFFLINE=1 in the test session

@@ -211,7 +211,7 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Any):
     from .models import load_config, load_model, load_tokenizer, resolve_source
 
     mc = config.model
-    source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="all")
+    source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="all", sink=sink)
     hf_config = load_config(source, trust_remote_code=mc.trust_remote_code,
                             num_labels=mc.num_labels if mc.task == "sequence-classification" else None)
     tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget,
 )
@@ -62,10 +62,27 @@ class ModelPicker(QWidget):
         self.source.setEditText(spec)
 
     def set_recent(self, specs: list[str]) -> None:
+        self._recent = list(specs)
+        self._fill()
+
+    def set_suggestions(self, hub_ids: list[str]) -> None:
+        """Hub models of the open model's family (found in the background when online), below the recent ones."""
+        self.suggestions = [h for h in hub_ids if h not in getattr(self, "_recent", [])]
+        self._fill()
+
+    def _fill(self) -> None:
         current = self.text()
         self.source.blockSignals(True)
         self.source.clear()
-        self.source.addItems(specs)
+        self.source.addItems(getattr(self, "_recent", []))
+        suggestions = getattr(self, "suggestions", [])
+        if suggestions:
+            if self.source.count():
+                self.source.insertSeparator(self.source.count())
+            for hub_id in suggestions:
+                self.source.addItem(hub_id)
+                self.source.setItemData(self.source.count() - 1, "On the Hub: same family as the open model",
+                                        Qt.ItemDataRole.ToolTipRole)
         self.source.setEditText(current)
         self.source.blockSignals(False)
 
