@@ -124,11 +124,18 @@ def record(folder: RunFolder, *events) -> None:
             recorder.emit(event)
 
 
-def rewrite_status(folder: RunFolder, **changes) -> None:
-    """Edit status.json as another host (or a crash at a precise moment) would have left it."""
+def rewrite_status(folder: RunFolder, written_at: float | None = None, **changes) -> None:
+    """Edit status.json as another host (or a crash at a precise moment) would have left it.
+
+    ``written_at`` is when the file system saw the write (the file's modification time, which is what
+    heartbeat ages are measured by); by default the writer's ``updated_at`` when that changes, as when
+    the writer's clock agrees with the file system's, and now otherwise."""
     data = json.loads(folder.status_file.read_text())
     data.update(changes)
     folder.status_file.write_text(json.dumps(data))
+    when = written_at if written_at is not None else changes.get("updated_at")
+    if when is not None:
+        os.utime(folder.status_file, (when, when))
 
 
 def make_checkpoint(folder: RunFolder, step_: int, name: str | None = None) -> Path:
@@ -619,3 +626,109 @@ def test_workbench_runs_with_no_runs(tmp_path, capsys, runs_cli):
     assert capsys.readouterr().out.strip() == f"no runs under {tmp_path / 'empty'}"
     assert runs_cli(["runs", "--root", str(tmp_path / "empty"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+# ------------------------------------------------------------------------------------------ crash safety
+
+
+def test_a_checkpoint_missing_a_state_file_is_incomplete(tmp_path):
+    """The Trainer resumes without a missing optimizer or scheduler state, silently starting them afresh;
+    such a folder (half deleted by the Trainer's checkpoint rotation, say) must not count as complete."""
+    folder = create_run(make_config(tmp_path))
+    for n, missing in ((5, None), (10, "optimizer.pt"), (15, "scheduler.pt"), (20, "rng_state.pth")):
+        path = make_checkpoint(folder, n)
+        if missing:
+            (path / missing).unlink()
+    problems = {c.step: c.problem for c in list_checkpoints(folder)}
+    assert problems[5] == ""
+    assert all(name in problems[n] for n, name in ((10, "optimizer.pt"), (15, "scheduler.pt"), (20, "rng_state.pth")))
+    assert latest_checkpoint(folder).step == 5
+
+
+def test_resume_reads_its_checkpoint_in_full_and_passes_over_a_damaged_one(tmp_path):
+    """A block lost in a power cut leaves a state file of the right size and structure but wrong content:
+    only reading it all (zip members against their CRC-32s) shows it."""
+    folder = create_run(make_config(tmp_path))
+    make_checkpoint(folder, 5)
+    damaged = make_checkpoint(folder, 10) / "optimizer.pt"
+    data = bytearray(damaged.read_bytes())
+    data[data.index(b"xxxx") + 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    record_then_crash(folder, [started(), step(5), step(10)])
+
+    assert latest_checkpoint(folder).step == 10, "the quick check cannot see it"
+    assert "CRC" in list_checkpoints(folder, thorough=True)[1].problem
+    point = prepare_resume(folder)
+    assert point.step == 5 and [p.name for p in point.discarded] == ["checkpoint-10"]
+    assert "checkpoint-10: optimizer.pt is damaged" in point.describe()
+
+
+def test_the_recorder_flushes_a_checkpoint_to_disk_before_metrics_names_it(tmp_path, monkeypatch):
+    import workbench.core.runs as runs
+
+    folder = create_run(make_config(tmp_path))
+    path = make_checkpoint(folder, 5)
+    synced = []
+    monkeypatch.setattr(runs, "fsync_tree", lambda p: synced.append((Path(p), folder.metrics_file.read_text())))
+    record(folder, step(5), CheckpointSaved(step=5, path=str(path)))
+    assert [p for p, _ in synced] == [path]
+    assert '"kind":"checkpoint"' not in synced[0][1], "synced before the event was appended"
+    assert isinstance(read_events(folder)[-2], CheckpointSaved)
+
+
+def test_a_recorder_appending_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    folder = create_run(make_config(tmp_path))
+    with JsonlSink(folder.metrics_file) as sink:
+        sink.emit(step(1))
+    with open(folder.metrics_file, "ab") as fh:
+        fh.write(step(2).to_json().encode()[:25])  # killed mid-line, and resumed without prepare_resume
+    record(folder, step(2), Finished(status="finished", adapter_path="adapter", step=2))
+    assert [type(e).__name__ for e in read_events(folder)] == ["Step", "Step", "Finished"]
+    assert folder.metrics_file.read_bytes().endswith(b"\n")
+
+
+def test_prepare_resume_removes_temporary_files_left_by_the_dead_engine(tmp_path):
+    folder = create_run(make_config(tmp_path))
+    make_checkpoint(folder, 5)
+    record_then_crash(folder, [started(), step(5)])
+    for name in (".tmp-status.json.k2j4x9", ".tmp-run.toml.abc123", ".tmp-control.json.zz81q0"):
+        (folder.path / name).write_text("{")
+    (folder.path / ".tmp-adapter.partial").mkdir()
+    (folder.path / ".tmp-adapter.partial" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    prepare_resume(folder)
+    # control.json is written by other processes, which may be alive: theirs is not ours to remove
+    assert sorted(p.name for p in folder.path.iterdir() if p.name.startswith(".")) == [".tmp-control.json.zz81q0"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "move-aside"])
+def test_atomic_directory_replaces_a_folder_complete_and_synced(tmp_path, monkeypatch, exchange):
+    from workbench.core import fsutil
+
+    if not exchange:
+        monkeypatch.setattr(fsutil, "_renameat2", None)  # as on macOS, Windows, or a file system without it
+    final = tmp_path / "adapter"
+    with fsutil.atomic_directory(final) as tmp:
+        (tmp / "weights").write_text("old")
+    synced = []
+    real_fsync_tree = fsutil.fsync_tree
+    monkeypatch.setattr(fsutil, "fsync_tree", lambda p: synced.append((final / "weights").read_text()) or real_fsync_tree(p))
+    with fsutil.atomic_directory(final, overwrite=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "more").write_text("new too")
+        (tmp / "weights").write_text("new")
+    assert synced == ["old"], "the new folder is synced before it replaces the old one"
+    assert (final / "weights").read_text() == "new" and (final / "sub" / "more").read_text() == "new too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_atomic_directory_never_replaces_a_folder_that_appeared_meanwhile(tmp_path):
+    from workbench.core import fsutil
+
+    final = tmp_path / "export"
+    with pytest.raises(FileExistsError):
+        with fsutil.atomic_directory(final) as tmp:
+            (tmp / "a").write_text("mine")
+            final.mkdir()  # another writer got there first
+            (final / "a").write_text("theirs")
+    assert (final / "a").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

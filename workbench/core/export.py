@@ -74,7 +74,9 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
 
     Without ``portable`` the adapter files are copied as trained; with it they are rewritten by
     ``make_portable``. Other small files of the adapter folder (README, tokenizer) come along. The
-    adapter is read and checked first, and ``out`` appears only when complete.
+    adapter is read and checked first, and ``out`` appears only when complete and flushed to disk (it is
+    written as ``.tmp-<name>.partial`` and renamed; an interrupted export leaves only that folder, which
+    the next export to the same place removes).
     """
     out = Path(out)
     if out.exists():

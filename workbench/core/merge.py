@@ -11,9 +11,10 @@ the result is computed in fp32 and rounded once.
 
 The output has the base's shard layout (same file names, same tensors in the same order) plus the
 index, ``config.json`` (dtype updated when converted), tokenizer, generation config and every other
-non-weight file. It is built in ``.tmp-<name>.partial`` beside the destination and renamed into place
-only when complete (so files inside it need no atomic writes of their own); an interrupted merge leaves
-only that folder, which the next merge removes.
+non-weight file. It is built in ``.tmp-<name>.partial`` beside the destination, flushed to disk (files and
+folders) and renamed into place only when complete (``fsutil.atomic_directory``; so files inside it need
+no atomic writes of their own); an interrupted merge — even a SIGKILL or a power cut — leaves only that
+folder, which the next merge removes, and never a folder under the final name (``bench/kill_harness.py``).
 """
 
 from __future__ import annotations

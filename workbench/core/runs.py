@@ -33,6 +33,27 @@ heartbeat must be younger than ``STALE_AFTER_S``. Otherwise the run is reported 
 or ``Failed`` event at the end of ``metrics.jsonl`` wins over a "running" record (a crash between writing
 the event and the record).
 
+The heartbeat's age is measured on the *file system's* clock, not on the writer's (``updated_at``) and not
+on the reader's: the reader creates a probe file in the run folder (``.tmp-clock-…``, removed at once) and
+compares the modification time the file system gives it with the one status.json got at its last
+rewrite. Both times come from the same clock — the file server's on NFS and SMB, the disk's host
+otherwise — so neither host's clock skew can make a live run look crashed, or a dead one look alive,
+and one look is enough (``workbench runs``, ``resume`` and ``control`` are one-shot commands that cannot
+watch a file for minutes). Where the probe cannot be written (a read-only share) the writer's
+``updated_at`` is compared with the reader's clock, as a fallback, and the explanation says so. (File
+systems that take file times from the client's clock — Lustre, CephFS — make the probe as good as the
+two hosts' clocks agree; clusters running them keep their clocks in sync with NTP anyway.)
+
+``prepare_resume`` only continues a run that is positively dead: an outcome was reported, or, for a run
+recorded as running, its process is gone (same host) or its heartbeat is stale (other host). Otherwise it
+refuses and names the host and process, so two processes never write one run folder.
+
+Checkpoints are written in place by the HF Trainer (``checkpoints/checkpoint-<step>/``), so a folder of
+that name may be half-written; ``list_checkpoints`` therefore checks each one for completeness (see there)
+and resuming only ever starts from a complete one. When the engine reports a checkpoint (the
+``CheckpointSaved`` event), the recorder first flushes its files and folders to disk and only then
+appends the event, so a checkpoint named in ``metrics.jsonl`` survives a power cut.
+
 control.json holds the *desired* state ``{"stop": bool, "pause": bool, "checkpoint_requests": int,
 "updated_at": float}``, not a queue of commands: ``send_control`` rewrites it atomically and
 ``ControlFileWatcher`` applies the differences to a ``RunControl``. Several commands sent between two polls
@@ -54,6 +75,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import tomllib
@@ -71,6 +93,7 @@ from .config import RunConfig
 from .control import RunControl
 from .errors import OutputError, TrainingError
 from .events import (
+    CheckpointSaved,
     Evaluation,
     Event,
     Failed,
@@ -80,7 +103,7 @@ from .events import (
     Step,
     event_from_dict,
 )
-from .fsutil import TMP_PREFIX, atomic_write_text
+from .fsutil import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree
 
 __all__ = [
     "RUN_FILE",
@@ -110,6 +133,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "prepare_resume",
+    "heartbeat_age",
     "send_control",
     "delete_run",
 ]
@@ -318,11 +342,11 @@ def _observe(folder: RunFolder, stale_after: float) -> tuple[RunStatus, str, _Re
     the record claims the run is running: that is when its last events can tell more)."""
     record = _Record.read(folder)
     tail = _read_tail(folder.metrics_file) if record and record.state not in _OUTCOMES else []
-    status, detail = _judge(record, tail, stale_after)
+    status, detail = _judge(folder, record, tail, stale_after)
     return status, detail, record, tail
 
 
-def _judge(record: _Record | None, tail: list[Event], stale_after: float) -> tuple[RunStatus, str]:
+def _judge(folder: RunFolder, record: _Record | None, tail: list[Event], stale_after: float) -> tuple[RunStatus, str]:
     """Status and a one-line explanation, from the status record and the last events of metrics.jsonl."""
     if record is None:
         return RunStatus.NEW, "not started"
@@ -333,13 +357,52 @@ def _judge(record: _Record | None, tail: list[Event], stale_after: float) -> tup
         return RunStatus.FAILED, outcome.reason
     if isinstance(outcome, Finished):
         return (RunStatus.STOPPED if outcome.status == RunStatus.STOPPED.value else RunStatus.FINISHED), ""
-    if record.hostname == socket.gethostname():
+    if _on_this_host(record):
         gone = _process_gone(record.pid, record.session_started_at)
         return (RunStatus.CRASHED, gone) if gone else (RunStatus.RUNNING, f"process {record.pid}")
-    age = time.time() - record.updated_at
+    age, clock = heartbeat_age(folder, record)
     if age > stale_after:
-        return RunStatus.CRASHED, f"no heartbeat from {record.hostname} for {age:.0f} s (process state unknown)"
-    return RunStatus.RUNNING, f"process {record.pid} on {record.hostname}"
+        return RunStatus.CRASHED, f"no heartbeat from {record.hostname} for {age:.0f} s ({clock}; process state unknown)"
+    return RunStatus.RUNNING, f"process {record.pid} on {record.hostname}, heartbeat {age:.0f} s ago ({clock})"
+
+
+def _on_this_host(record: _Record) -> bool:
+    return record.hostname == socket.gethostname()
+
+
+def heartbeat_age(run_dir: PathLike, record: "_Record | None" = None) -> tuple[float, str]:
+    """Seconds since the run's writer last rewrote status.json, and which clock measured them.
+
+    Measured on the file system's clock (see the module docstring): the modification time of status.json
+    against that of a probe file created — and removed at once — in the run folder, so the writer's and
+    the reader's clocks play no part. Where no probe can be created (no write access), falls back to the
+    writer's ``updated_at`` against this host's clock, and says so. ``(inf, …)`` when there is no status.
+    """
+    folder = RunFolder(run_dir)
+    try:
+        written = os.stat(folder.status_file).st_mtime
+    except OSError:
+        return math.inf, "no status.json"
+    try:
+        return max(0.0, _file_system_now(folder.path) - written), "by the file system's clock"
+    except OSError:  # read-only: compare the writer's clock with ours, the best left
+        record = record or _Record.read(folder)
+        if record is None:
+            return math.inf, "no status.json"
+        return max(0.0, time.time() - record.updated_at), f"by {record.hostname}'s clock against this host's"
+
+
+def _file_system_now(folder: Path) -> float:
+    """The file system's current time: the modification time it gives a new file in ``folder``."""
+    fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}clock-", dir=folder)
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
 
 
 def _process_gone(pid: int, session_started_at: float) -> str:
@@ -521,6 +584,7 @@ class RunRecorder:
         self._elapsed_before = self._record.elapsed_s
         self._lock = threading.Lock()
         self._closed = False
+        _drop_torn_line(self.folder.metrics_file)  # so the first event appended starts a line of its own
         self._metrics = JsonlSink(self.folder.metrics_file)
         try:
             self._watcher = ControlFileWatcher(self.folder, control) if control is not None else None
@@ -539,6 +603,8 @@ class RunRecorder:
         with self._lock:
             if self._closed:
                 return
+            if isinstance(event, CheckpointSaved):
+                _seal_checkpoint(Path(event.path))  # on disk before metrics.jsonl names it
             self._metrics.emit(event)
             record = self._record
             if isinstance(event, Step):
@@ -607,6 +673,42 @@ class RunRecorder:
         self._record.updated_at = now
         self._record.elapsed_s = self._elapsed_before + (now - self._record.session_started_at)
         self._record.write(self.folder)
+
+
+def _seal_checkpoint(path: Path) -> None:
+    """Flush a checkpoint folder the Trainer has just written (it does not sync anything itself)."""
+    try:
+        fsync_tree(path)
+        fsync_dir(path.parent)
+    except OSError:  # a checkpoint that cannot be synced is still checked for completeness before any resume
+        pass
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a last line without its newline (a writer killed mid-line) off the end of ``path``."""
+    try:
+        with open(path, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            start = max(0, size - _TAIL_BYTES)
+            while True:  # find the last newline, reading backwards a block at a time
+                fh.seek(start)
+                block = fh.read(size - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    fh.truncate(start + cut + 1)
+                    break
+                if start == 0:
+                    fh.truncate(0)
+                    break
+                size, start = start, max(0, start - _TAIL_BYTES)
+            os.fsync(fh.fileno())
+    except FileNotFoundError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -703,14 +805,21 @@ class Checkpoint:
         return not self.problem
 
 
-def list_checkpoints(run_dir: PathLike) -> list[Checkpoint]:
+def list_checkpoints(run_dir: PathLike, *, thorough: bool = False) -> list[Checkpoint]:
     """Every ``checkpoint-<step>`` folder of a run, oldest first, each checked for completeness.
 
-    Complete means: ``trainer_state.json`` parses and names the folder's step (the Trainer writes it last,
-    after the adapter, optimizer, scheduler and RNG states); ``adapter_config.json`` parses;
-    ``adapter_model.safetensors`` is a whole safetensors file (header and size agree); and every torch
-    state file (``*.pt``, ``*.pth``) is a whole zip archive (the format ``torch.save`` writes). Only names
-    of exactly that form are listed, so temporary folders (``.tmp-…``) never are.
+    The HF Trainer writes a checkpoint in place, file by file — adapter, optimizer, scheduler, RNG states —
+    and ``trainer_state.json`` last; nothing marks the folder as finished but that last file. Complete
+    therefore means: ``trainer_state.json`` parses and names the folder's step; ``adapter_config.json``
+    parses; ``adapter_model.safetensors`` is a whole safetensors file (header and size agree);
+    ``optimizer.pt``, ``scheduler.pt`` and an RNG state (``rng_state.pth``, or one per process under
+    torchrun) are there — the Trainer resumes *without* a missing optimizer or scheduler state, silently
+    restarting them, so their absence (a checkpoint half deleted by the Trainer's rotation) must count —
+    and every torch state file (``*.pt``, ``*.pth``) is a whole zip archive, the format ``torch.save``
+    writes (its central directory comes last). With ``thorough`` each archive's members are also read and
+    checked against their CRC-32s, which catches blocks lost in a power cut that the size alone does not
+    (``prepare_resume`` does this for the checkpoint it resumes from). Only names of exactly that form are
+    listed, so temporary folders (``.tmp-…``) never are.
     """
     folder = RunFolder(run_dir)
     try:
@@ -722,7 +831,7 @@ def list_checkpoints(run_dir: PathLike) -> list[Checkpoint]:
         match = _CHECKPOINT_NAME.fullmatch(entry.name)
         if match and entry.is_dir():
             step, path = int(match.group(1)), Path(entry.path)
-            found.append(Checkpoint(step, path, _checkpoint_problem(path, step)))
+            found.append(Checkpoint(step, path, _checkpoint_problem(path, step, thorough=thorough)))
     return sorted(found, key=lambda c: c.step)
 
 
@@ -735,13 +844,18 @@ def _newest_complete(checkpoints: list[Checkpoint]) -> Checkpoint | None:
     return next((c for c in reversed(checkpoints) if c.complete), None)
 
 
-def _checkpoint_problem(path: Path, step: int) -> str:
+_REQUIRED_STATES = ("optimizer.pt", "scheduler.pt")
+
+
+def _checkpoint_problem(path: Path, step: int, *, thorough: bool = False) -> str:
     try:
         state = json.loads((path / _TRAINER_STATE).read_bytes())
     except FileNotFoundError:
         return f"no {_TRAINER_STATE} (the checkpoint was not finished)"
     except ValueError:
         return f"{_TRAINER_STATE} is not valid JSON (cut off while written)"
+    except OSError as exc:
+        return f"{_TRAINER_STATE} cannot be read ({exc.strerror or exc})"
     if not isinstance(state, dict) or state.get("global_step") != step:
         return f"{_TRAINER_STATE} does not record step {step}"
     try:
@@ -750,6 +864,8 @@ def _checkpoint_problem(path: Path, step: int) -> str:
         return f"no {_ADAPTER_CONFIG}"
     except ValueError:
         return f"{_ADAPTER_CONFIG} is not valid JSON"
+    except OSError as exc:
+        return f"{_ADAPTER_CONFIG} cannot be read ({exc.strerror or exc})"
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -757,11 +873,35 @@ def _checkpoint_problem(path: Path, step: int) -> str:
             pass
     except FileNotFoundError:
         return f"no {_ADAPTER_WEIGHTS}"
-    except SafetensorError as exc:
+    except (SafetensorError, OSError) as exc:
         return f"{_ADAPTER_WEIGHTS} is damaged ({exc})"
-    for state_file in sorted(path.iterdir()):
-        if state_file.suffix in (".pt", ".pth") and not zipfile.is_zipfile(state_file):
-            return f"{state_file.name} is incomplete"
+    names = {p.name for p in path.iterdir()}
+    missing = [n for n in _REQUIRED_STATES if n not in names]
+    if not any(n.startswith("rng_state") and n.endswith(".pth") for n in names):
+        missing.append("rng_state.pth")
+    if missing:
+        return f"no {', '.join(missing)} (the checkpoint was not finished, or was partly deleted)"
+    for name in sorted(names):
+        if name.endswith((".pt", ".pth")):
+            problem = _torch_file_problem(path / name, thorough)
+            if problem:
+                return f"{name} {problem}"
+    return ""
+
+
+def _torch_file_problem(path: Path, thorough: bool) -> str:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if thorough:
+                bad = zf.testzip()
+                if bad is not None:
+                    return f"is damaged (member {bad} fails its CRC check)"
+    except (zipfile.BadZipFile, EOFError):
+        return "is incomplete"
+    except zipfile.LargeZipFile:
+        return ""
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
     return ""
 
 
@@ -775,8 +915,9 @@ class ResumePoint:
     folder: RunFolder
     config: RunConfig
     checkpoint: Checkpoint
-    discarded: tuple[Path, ...]  # incomplete checkpoint folders that were removed
+    discarded: tuple[Path, ...]  # incomplete checkpoint folders (and temporary ones) that were removed
     dropped_events: int  # metrics.jsonl lines removed (events after the checkpoint's step, a torn line)
+    problems: tuple[tuple[str, str], ...] = ()  # (checkpoint folder name, why it was incomplete)
 
     @property
     def step(self) -> int:
@@ -788,6 +929,7 @@ class ResumePoint:
         text = f"resuming from {self.checkpoint.path.name} (step {self.step}{f' of {total}' if total else ''})"
         if self.discarded:
             text += f"; removed incomplete {', '.join(p.name for p in self.discarded)}"
+            text += "".join(f"; {name}: {problem}" for name, problem in self.problems)
         if self.dropped_events:
             text += f"; dropped {self.dropped_events} metrics line(s) recorded after step {self.step}"
         return text
@@ -796,10 +938,13 @@ class ResumePoint:
 def prepare_resume(run_dir: PathLike) -> ResumePoint:
     """Make a stopped, failed or crashed run ready to continue from its newest complete checkpoint.
 
-    Removes incomplete checkpoint folders (and temporary ones) so the Trainer cannot mix files into
-    them; truncates ``metrics.jsonl`` at the first line whose ``step`` exceeds the checkpoint's (and drops
-    a torn last line); recomputes the summary in ``status.json`` from what is kept. The engine then opens a
-    ``RunRecorder`` on the folder and emits ``RunStarted(resumed_from_step=point.step, ...)``.
+    Refuses unless the run is positively dead (see the module docstring), naming the process and host
+    that still write it. Removes incomplete checkpoint folders (and temporary ones) so the Trainer cannot
+    mix files into them, and the temporary files its dead writer may have left in the run folder;
+    truncates ``metrics.jsonl`` at the first line whose ``step`` exceeds the checkpoint's (and drops a
+    torn last line); recomputes the summary in ``status.json`` from what is kept. The checkpoint chosen
+    is the newest that passes ``list_checkpoints``' checks, including the ``thorough`` one. The engine then
+    opens a ``RunRecorder`` on the folder and emits ``RunStarted(resumed_from_step=point.step, ...)``.
 
     Raises ``TrainingError`` for a run that is running, finished, never started, or has no complete
     checkpoint; ``OutputError`` for a folder that is not a run; ``ConfigError`` for an invalid ``run.toml``.
@@ -809,32 +954,81 @@ def prepare_resume(run_dir: PathLike) -> ResumePoint:
         raise OutputError(
             f"{folder.path} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`"
         )
+    status, detail, record, _ = _observe(folder, STALE_AFTER_S)
+    if status is RunStatus.RUNNING:
+        raise TrainingError(*_still_running(folder, record, detail))
     refusals = {
-        RunStatus.RUNNING: ("is still running", "stop it first, or wait for it to end"),
         RunStatus.FINISHED: ("has already finished", "start a new run to train further"),
         RunStatus.NEW: ("never started", f"start it with `workbench train {folder.run_file}`"),
     }
-    refusal = refusals.get(run_status(folder))
+    refusal = refusals.get(status)
     if refusal is not None:
         raise TrainingError(f"the run {folder.name} {refusal[0]}; there is nothing to resume", refusal[1])
     config = load_config(folder)
     checkpoints = list_checkpoints(folder)
-    checkpoint = _newest_complete(checkpoints)
+    checkpoint = None
+    for candidate in reversed(checkpoints):  # the newest complete one, read in full before it is trusted
+        if candidate.complete:
+            problem = _checkpoint_problem(candidate.path, candidate.step, thorough=True)
+            if not problem:
+                checkpoint = candidate
+                break
+            checkpoints[checkpoints.index(candidate)] = Checkpoint(candidate.step, candidate.path, problem)
     if checkpoint is None:
         raise TrainingError(
             f"the run {folder.name} has no complete checkpoint to resume from",
             "set training.save_steps so that runs save checkpoints, and start the run again",
         )
-    discarded = [c.path for c in checkpoints if not c.complete]
+    incomplete = [c for c in checkpoints if not c.complete]
+    discarded = [c.path for c in incomplete]
     if folder.checkpoints_dir.is_dir():
         discarded += [p for p in folder.checkpoints_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
     for path in discarded:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        _remove(path)
+    for path in _dead_writer_litter(folder):
+        _remove(path)
     dropped = _truncate_metrics(folder, checkpoint.step)
-    return ResumePoint(folder, config, checkpoint, tuple(sorted(discarded)), dropped)
+    problems = tuple((c.path.name, c.problem) for c in incomplete)
+    return ResumePoint(folder, config, checkpoint, tuple(sorted(discarded)), dropped, problems)
+
+
+def _still_running(folder: RunFolder, record: _Record | None, detail: str) -> tuple[str, str]:
+    """Message and hint refusing to resume a run that a live process may still be writing."""
+    stop = f"stop it first with `workbench control {folder.path} stop` (or the window's Stop button)"
+    if record is None:  # cannot happen for a RUNNING status; kept for safety
+        return f"the run {folder.name} is still running; there is nothing to resume", stop
+    if _on_this_host(record):
+        return (
+            f"the run {folder.name} is still running: process {record.pid} on this machine ({record.hostname}) "
+            "is writing it, and resuming now would make two processes write one run folder",
+            f"{stop}, wait until `workbench runs` no longer shows it running, then resume; if that process "
+            f"hangs, end it (kill {record.pid}) and resume",
+        )
+    return (
+        f"the run {folder.name} is still running: {detail}; resuming here now would make two machines write "
+        "one run folder",
+        f"{stop} and resume once it has stopped; if {record.hostname} is down or the process was killed, the run "
+        f"counts as crashed once its heartbeat is {STALE_AFTER_S:.0f} s old — resume then",
+    )
+
+
+def _dead_writer_litter(folder: RunFolder) -> list[Path]:
+    """Temporary files and folders of a dead engine in the run folder: a half-written final adapter, the
+    old adapter of an interrupted replacement, the temporary files of status.json and run.toml rewrites
+    (``atomic_write_text`` names them ``.tmp-<name>.<random>``). Control-file writes come from other
+    processes, which may be alive, and are left alone."""
+    prefixes = tuple(f"{TMP_PREFIX}{name}." for name in (ADAPTER_DIR, STATUS_FILE, RUN_FILE))
+    try:
+        return [p for p in folder.path.iterdir() if p.name.startswith(prefixes)]
+    except OSError:
+        return []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _truncate_metrics(folder: RunFolder, step: int) -> int:
