@@ -44,8 +44,9 @@ def window(qtbot, tmp_path):
     win.show()
     qtbot.waitExposed(win)
     yield win
-    # Leave no worker running past the test: a QThread destroyed while running aborts the process.
-    # Closing first stops the debounce timers, so no job can start after the wait.
+    # Leave no job running past the test. Closing first stops the debounce timers, so no job can start
+    # after the wait; unsaved settings are dropped without the question (test_run_files asks it).
+    win.ask_before_discarding = False
     win.close()
     qtbot.waitUntil(lambda: win._jobs == 0, timeout=60_000)
 

@@ -80,3 +80,39 @@ def test_opening_a_run_file_for_another_model_keeps_its_layer_choice(opened, qtb
     assert opened.layers.model.selected == {"transformer.h.1.attn.c_attn"}
     assert opened.store.config.lora.target_modules == ["transformer.h.1.attn.c_attn"]
     assert not opened.store.dirty
+
+
+def test_closing_with_unsaved_settings_asks_save_discard_or_cancel(window, qtbot, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    path = tmp_path / "mine.toml"
+    window.store.update("training", learning_rate=1e-4)
+    window._save_to(path)
+    window.store.update("training", learning_rate=3e-4)
+    assert window.store.dirty and "•" in window.windowTitle()
+
+    window.close()
+    assert window.isVisible() and window.save_prompt is not None, "asked, not closed"
+    window.save_prompt.button(QMessageBox.StandardButton.Cancel).click()
+    qtbot.waitUntil(lambda: window.save_prompt is None)
+    assert window.isVisible() and window.store.dirty
+
+    window.close()
+    window.save_prompt.button(QMessageBox.StandardButton.Save).click()
+    qtbot.waitUntil(lambda: not window.isVisible())
+    from workbench.core.config import RunConfig
+
+    assert RunConfig.from_toml(path).training.learning_rate == 3e-4, "saved to its file, then closed"
+
+
+def test_discarding_unsaved_settings_closes_without_writing(window, qtbot, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    path = tmp_path / "mine.toml"
+    window._save_to(path)
+    before = path.read_bytes()
+    window.store.update("lora", r=32)
+    window.close()
+    window.save_prompt.button(QMessageBox.StandardButton.Discard).click()
+    qtbot.waitUntil(lambda: not window.isVisible())
+    assert path.read_bytes() == before

@@ -9,6 +9,7 @@ outcome of each job instead of sleeping.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
@@ -23,9 +24,11 @@ from workbench.core.control import RunControl
 from . import workers
 from .command_line import NotExpressible, command_line
 from .config_store import ConfigStore
+from .external_run import ExternalRunController
 from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
 from .widgets.export_dialog import ExportDialog
 from .widgets.inspection_panel import InspectionPanel
+from .widgets.launch_dialog import LaunchScriptDialog
 from .widgets.layer_panel import LayerPanel
 from .widgets.layer_tree_model import LayerTreeModel
 from .widgets.model_picker import ModelPicker
@@ -56,7 +59,13 @@ class MainWindow(QMainWindow):
         self.overview = None  # core.models.ModelOverview of the open model
         self.device_kind, self.available_memory, self.device_text = "cpu", None, ""
         self.error_box: QMessageBox | None = None
+        self.consent_box: QMessageBox | None = None  # "trust this model's pickle files / code?", while open
+        self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
+        self.ask_before_discarding = True  # unsaved settings: ask before closing
+        self._discard_confirmed = False
+        self._consent_asked = False
         self._jobs = 0  # running workers, so closing can wait for them without blocking
+        self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
         self._syncing_selection = False
         self._data_pending = False
         self._data_running = False
@@ -71,6 +80,8 @@ class MainWindow(QMainWindow):
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
+        self.external = ExternalRunController(self)  # runs in a separate process, watched through their folder
+        self.launch_dialog: LaunchScriptDialog | None = None
         model_tab = QWidget()
         model_layout = QVBoxLayout(model_tab)
         model_layout.addWidget(self.picker)
@@ -147,6 +158,8 @@ class MainWindow(QMainWindow):
         action(train_menu, "S&top", self.training.request_stop, "Ctrl+.")
         action(train_menu, "Save &checkpoint now", self.training.request_checkpoint, "Ctrl+K")
         action(train_menu, "&Export or merge an adapter…", lambda: self.open_export(), "Ctrl+E")
+        action(train_menu, "Export &launch script…", self.open_launch_dialog, tip="Write a torchrun script "
+               "(Slurm or plain) that trains this run on several nodes and GPUs")
         view_menu = self.menuBar().addMenu("&View")
         for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter",
                                   "Playground")):
@@ -212,6 +225,10 @@ class MainWindow(QMainWindow):
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
         try:
+            model = self.store.config.model
+            if spec.strip() != model.source and (model.allow_pickle or model.trust_remote_code):
+                # "I trust this file" is given per model: another model starts untrusted again.
+                self.store.update("model", allow_pickle=False, trust_remote_code=False)
             self.store.update("model", source=spec.strip())
         except ConfigError as exc:
             self.show_error("Model", "\n".join(exc.problems))
@@ -222,7 +239,9 @@ class MainWindow(QMainWindow):
         worker.progress.connect(self.picker.show_progress)
         worker.result.connect(self._model_ready)
         worker.failed.connect(self._model_failed)
+        worker.consent_needed.connect(self._ask_consent)
         worker.finished.connect(self._model_job_done)
+        self._consent_asked = False
         self._start(worker)
 
     def _model_job_done(self) -> None:
@@ -239,14 +258,69 @@ class MainWindow(QMainWindow):
         self.picker.show_overview(self.overview, self.device_text)
         self._remember("recent/models", self.store.config.model.source)
         self.picker.set_recent(self._recent("recent/models"))
+        self._suggest_relatives()
         self.model_opened.emit()
         if self.store.config.data.train_files:
             self._data_timer.start()  # the preview needs the model's tokenizer
 
     def _model_failed(self, message: str, details: str) -> None:
+        if self._consent_asked:  # not an error: the question is on screen
+            self.picker.info.setText("Waiting for your choice: the model needs something that is off by default.")
+            return
         self.picker.info.setText("The model could not be opened. Choose another one.")
         self.show_error("Cannot open the model", message, details)
         self.model_failed.emit(message)
+
+    def _suggest_relatives(self) -> None:
+        """When online, list Hub models of the open model's family in the picker (in the background; offline,
+        or on any Hub trouble, nothing happens)."""
+        from workbench.core.models import hub_suggestions
+
+        spec = self.store.config.model.source
+        origin = str(getattr(self.overview.hf_config, "_name_or_path", "") or "")
+        worker = workers.FunctionWorker(lambda: hub_suggestions(spec, origin))
+        worker.result.connect(self.picker.set_suggestions)
+        self._start(worker)
+
+    def _ask_consent(self, setting: str, files: list, preview: str, message: str) -> None:
+        """Ask, for this model only, whether to unpickle its weights or run its code; open it again if yes."""
+        self._consent_asked = True
+        spec = self.store.config.model.source
+        if setting == "allow_pickle":
+            title = "Load pickle weights?"
+            text = (f"<b>{html.escape(spec)}</b> has its weights only as pickle files. Unpickling a file can run any "
+                    "code hidden in it; Workbench loads them with PyTorch's tensors-only loader, which refuses "
+                    "anything else, but only do this for a file from a source you trust.")
+            button = "Trust these files"
+        else:
+            title = "Run the model's own code?"
+            text = (f"<b>{html.escape(spec)}</b> needs its own Python code to build the model. That code runs with "
+                    "your user's rights. Read it (Show Details…) and allow it only if you trust where the model "
+                    "came from.")
+            button = "Run this code"
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Cancel, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        allow = box.addButton(button, QMessageBox.ButtonRole.AcceptRole)
+        box.setInformativeText("Files:\n" + "\n".join(files) +
+                               f"\n\nThe choice is saved in the run file as model.{setting} = true (CLI: "
+                               f"--{setting.replace('_', '-')}) and applies to this model only.")
+        box.setDetailedText(preview or message)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.allow_button = allow  # for tests and scripts
+
+        def answered(_result: int) -> None:
+            self.consent_box = None
+            if box.clickedButton() is allow and self.store.config.model.source == spec:
+                self.store.update("model", **{setting: True})
+                self.open_model(spec)
+            else:
+                self.picker.info.setText(f"Not opened: {html.escape(spec)} needs model.{setting}.")
+                self.model_failed.emit(message)
+
+        box.finished.connect(answered)
+        self.consent_box = box
+        box.open()
 
     # -- selection ↔ configuration ---------------------------------------------------------------------------
     def _selection_from_config(self, model: LayerTreeModel) -> None:
@@ -381,6 +455,9 @@ class MainWindow(QMainWindow):
         if problems:
             self.show_error("Cannot start training", "\n".join(problems))
             return
+        if self.training.location.separate:
+            self.external.start(self.store.config, self.training.location.process_count)
+            return
         control = RunControl()
         worker = workers.TrainWorker(self.store.config, control)
         worker.event.connect(self.training.handle)
@@ -440,6 +517,14 @@ class MainWindow(QMainWindow):
                                           start_job=self._start, parent=self)
         self.export_dialog.show()
         return self.export_dialog
+
+    def open_launch_dialog(self) -> LaunchScriptDialog:
+        if self.launch_dialog is not None:
+            self.launch_dialog.deleteLater()
+        self.launch_dialog = LaunchScriptDialog(self.store.config, self.store.path,
+                                                self.training.location.process_count, parent=self)
+        self.launch_dialog.show()
+        return self.launch_dialog
 
     def inspect_from_runs(self, adapter: str) -> None:
         self.inspection.set_paths(adapter, self._base_for(adapter))
@@ -557,7 +642,39 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentWidget(self.data)
 
     # -- closing ------------------------------------------------------------------------------------------
+    def _ask_to_save_before_closing(self) -> None:
+        """Save / Discard / Cancel for unsaved run settings; asked without blocking, and closing resumes after."""
+        if self.save_prompt is not None:
+            self.save_prompt.raise_()
+            return
+        name = self.store.path.name if self.store.path else "this run"
+        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes",
+                          f"The settings of {name} have changed since they were saved. Save them before closing?",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Cancel, self)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def answered(_result: int) -> None:
+            self.save_prompt = None
+            choice = box.standardButton(box.clickedButton())
+            if choice == QMessageBox.StandardButton.Discard or (
+                    choice == QMessageBox.StandardButton.Save and self.save_run()):
+                self._discard_confirmed = True
+                self.close()
+
+        box.finished.connect(answered)
+        self.save_prompt = box
+        box.open()
+
     def closeEvent(self, event) -> None:
+        if self.store.dirty and self.ask_before_discarding and not self._discard_confirmed:
+            self._ask_to_save_before_closing()
+            event.ignore()
+            return
+        if not self.external.may_close():  # a separate-process run: asks whether to stop it or leave it running
+            event.ignore()
+            return
         self._data_timer.stop()  # no new job may start once closing has begun
         self._data_pending = False
         self.playground.stop()  # a generation or a merge ends at its next token or tensor

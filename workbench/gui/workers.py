@@ -123,6 +123,7 @@ class Job(QObject):
 def start(worker: Worker, parent: QObject) -> Job:
     """Run ``worker`` on a new thread; its signals arrive on the GUI thread; ``ended`` follows ``finished``
     once the thread has exited."""
+    keep_garbage_collection_on_the_gui_thread()  # a window does this too; a dialog used on its own may not
     job = Job(worker, parent)
     job.start()
     return job
@@ -142,14 +143,10 @@ class FunctionWorker(Worker):
 def warm_up_imports() -> None:
     """Import the ML stack in the background right after the window shows, so the first model opens fast.
 
-    The cyclic garbage collector is off meanwhile: importing torch and transformers allocates millions of
-    objects, each full collection walks all of them while holding the GIL (0.1–0.3 s stalls of the GUI
-    thread, several times over), and an import leaves next to no cyclic garbage. Afterwards the imported
-    objects are frozen out of future collections (``gc.freeze``), so later collections stay short too.
+    Importing torch and transformers allocates millions of objects and leaves next to no cyclic garbage;
+    afterwards they are frozen out of future collections (``gc.freeze``), so the GUI thread's collections
+    (``GarbageCollector``) stay short.
     """
-    import gc
-
-    gc.disable()
     try:
         import datasets  # noqa: F401
         import peft  # noqa: F401
@@ -162,7 +159,61 @@ def warm_up_imports() -> None:
         import workbench.core.training  # noqa: F401
     finally:
         gc.freeze()
-        gc.enable()
+
+
+# ------------------------------------------------------------------------------ garbage collection
+
+
+_collection_requested = threading.Event()
+
+
+def keep_garbage_collection_on_the_gui_thread() -> None:
+    """Make sure Python's cyclic garbage collector only ever runs on the GUI (main) thread. Idempotent.
+
+    A collection frees whatever cycles it finds, Qt objects' wrappers included, on the thread that happens to
+    run it. When that was a job thread (automatic collections start on any thread's allocation; accelerate
+    calls ``gc.collect()`` at the start of every training run), a Qt object of the window was destroyed
+    there while the GUI thread was using Qt: the two threads deadlocked, one holding a Qt lock and waiting
+    for the GIL, the other the reverse (seen as hung GUI tests, with gdb). So automatic collection is off,
+    ``gc.collect()`` called on another thread only asks for a collection, and ``GarbageCollector`` collects
+    on the GUI thread.
+    """
+    if getattr(gc.collect, "gui_thread_only", False):
+        return
+    real_collect = gc.collect
+
+    def collect(generation: int = 2) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return real_collect(generation)
+        _collection_requested.set()  # the GUI thread collects within a second
+        return 0
+
+    collect.gui_thread_only = True  # type: ignore[attr-defined]
+    collect.real = real_collect  # type: ignore[attr-defined]
+    gc.collect = collect
+    gc.disable()
+
+
+class GarbageCollector(QObject):
+    """Collects cyclic garbage on the GUI thread: the young generations every second (a few ms at most), a
+    full collection every 30 s or soon after a job thread asked for one (``gc.collect()`` there)."""
+
+    FULL_EVERY = 30  # ticks
+
+    def __init__(self, parent: QObject):
+        super().__init__(parent)
+        keep_garbage_collection_on_the_gui_thread()
+        self._ticks = 0
+        self._timer = QTimer(self)
+        self._timer.setInterval(1000)
+        self._timer.timeout.connect(self.collect)
+        self._timer.start()
+
+    def collect(self) -> None:
+        self._ticks += 1
+        full = _collection_requested.is_set() or self._ticks % self.FULL_EVERY == 0
+        _collection_requested.clear()
+        gc.collect(2 if full else 1)
 
 
 def describe_device(config: RunConfig) -> tuple[str, int | None, str]:

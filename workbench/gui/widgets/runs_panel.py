@@ -59,6 +59,7 @@ class RunsPanel(QWidget):
     resumeRequested = Signal(str)  # run folder
     exportRequested = Signal(str)  # adapter folder
     inspectRequested = Signal(str)  # adapter folder
+    watchRequested = Signal(str)  # run folder of a running run, to follow (and stop) in the Train tab
     listed = Signal()  # after each refresh of the list (tests wait on it)
 
     def __init__(self, parent=None):
@@ -83,6 +84,10 @@ class RunsPanel(QWidget):
 
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip("Continue a stopped or crashed run from its newest complete checkpoint.")
+        self.watch_button = QPushButton("Watch in Train tab")
+        self.watch_button.setToolTip("Follow a running run (started from the command line, a cluster script, or "
+                                     "left running by the window) in the Train tab, where Stop, Pause and Save "
+                                     "checkpoint act on it through its run folder.")
         self.reveal_button = QPushButton("Show folder")
         self.export_button = QPushButton("Export / merge…")
         self.inspect_button = QPushButton("Inspect adapter")
@@ -90,6 +95,7 @@ class RunsPanel(QWidget):
         self.root_label = QLabel()
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.resume_button.clicked.connect(self._resume)
+        self.watch_button.clicked.connect(self._watch)
         self.reveal_button.clicked.connect(self.reveal)
         self.export_button.clicked.connect(lambda: self._with_adapter(self.exportRequested))
         self.inspect_button.clicked.connect(lambda: self._with_adapter(self.inspectRequested))
@@ -112,7 +118,7 @@ class RunsPanel(QWidget):
         self.views.addTab(self.diff, "Configuration difference")
 
         buttons = QHBoxLayout()
-        for b in (self.resume_button, self.reveal_button, self.export_button, self.inspect_button, self.delete_button):
+        for b in (self.resume_button, self.watch_button, self.reveal_button, self.export_button, self.inspect_button, self.delete_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(self.root_label)
@@ -230,6 +236,7 @@ class RunsPanel(QWidget):
         one = chosen[0] if len(chosen) == 1 else None
         self.resume_button.setEnabled(one is not None and one.status.value in ("stopped", "crashed")
                                       and one.path not in self._busy)
+        self.watch_button.setEnabled(one is not None and one.status.value == "running" and one.path not in self._busy)
         self.reveal_button.setEnabled(one is not None)
         has_adapter = one is not None and (one.path / core_runs.ADAPTER_DIR / "adapter_config.json").is_file()
         self.export_button.setEnabled(has_adapter)
@@ -344,6 +351,11 @@ class RunsPanel(QWidget):
         one = self._one()
         if one is not None:
             self.resumeRequested.emit(str(one.path))
+
+    def _watch(self) -> None:
+        one = self._one()
+        if one is not None:
+            self.watchRequested.emit(str(one.path))
 
     def set_busy(self, path: str | Path, busy: bool) -> None:
         (self._busy.add if busy else self._busy.discard)(Path(path))

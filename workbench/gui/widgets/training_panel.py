@@ -4,7 +4,8 @@ Engine events arrive through ``handle`` (a signal the training worker's job emit
 and are only queued; a 50 ms timer applies the queue in one go — at most 20 repaints a second however fast
 the engine reports. The panel starts no job itself: the main window checks the setup and calls
 ``start_run``, and the panel turns clicks into ``RunControl`` requests, which the engine reads between
-optimizer steps.
+optimizer steps (for a run in another process, ``external_run.FolderControl`` writes them to the run
+folder's control file instead).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from PySide6.QtWidgets import (
 
 from workbench.core.control import RunControl
 from workbench.core.events import (
-    CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Resumed, RunStarted, Sample, Step,
+    CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Progress, Resumed, RunStarted, Sample, Step,
 )
 
 from .plots import MetricsPlots
+from .run_location import RunLocation
 from .summary_bar import human_bytes
 
 FLUSH_INTERVAL_MS = 50  # progress and labels: ≤ 20 GUI updates per second
@@ -65,6 +67,8 @@ class TrainingPanel(QWidget):
         self.progress.setFormat("step %v of %m")
         self.status_label = QLabel("Not started")
         self.eta_label = QLabel()
+        self.batch_label = QLabel()  # the effective global batch, from RunStarted
+        self.location = RunLocation()  # in this app, or as a separate process (external_run.py)
         self.smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.99, singleStep=0.05, decimals=2, value=0.6)
         self.smoothing.setToolTip("Weight of the exponential moving average drawn over the raw loss (0 = none).")
         self.plots = MetricsPlots()
@@ -77,11 +81,13 @@ class TrainingPanel(QWidget):
         buttons = QHBoxLayout()
         for w in (self.start_button, self.pause_button, self.stop_button, self.checkpoint_button):
             buttons.addWidget(w)
+        buttons.addWidget(self.location)
         buttons.addStretch(1)
         buttons.addWidget(QLabel("Loss smoothing:"))
         buttons.addWidget(self.smoothing)
         status = QHBoxLayout()
         status.addWidget(self.progress, 1)
+        status.addWidget(self.batch_label)
         status.addWidget(self.eta_label)
         bottom = QTabWidget()
         bottom.addTab(self.samples, "Samples")
@@ -116,6 +122,7 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, 0)  # busy until the engine says how many steps
         self.status_label.setText("Preparing the model and the data…")
         self.eta_label.clear()
+        self.batch_label.clear()
         self._flush_timer.start()
         self._update_buttons()
 
@@ -162,6 +169,7 @@ class TrainingPanel(QWidget):
 
     def _update_buttons(self) -> None:
         self.start_button.setEnabled(not self.running)
+        self.location.setEnabled(not self.running)
         self.pause_button.setEnabled(self.running)
         self.pause_button.setText("Resume" if self.paused else "Pause")
         self.stop_button.setEnabled(self.running)
@@ -218,6 +226,7 @@ class TrainingPanel(QWidget):
                             f"{event.trainable_params:,} trainable parameters, {event.total_steps} steps, "
                             f"{event.train_examples} training examples.")
             self.status_label.setText("Training…")
+            self._show_batch(event)
         elif isinstance(event, Evaluation):
             self.plots.add("eval_loss", event.step, event.eval_loss)
             self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}")
@@ -245,6 +254,32 @@ class TrainingPanel(QWidget):
                             + (f"\n{event.traceback}" if event.traceback else ""))
         elif isinstance(event, Message):
             self.append_log(("Warning: " if event.level == "warning" else "") + event.text)
+        elif isinstance(event, Progress):  # before the run starts: downloading or converting the base model
+            self._show_preparation(event)
+
+    def _show_preparation(self, e: Progress) -> None:
+        """The progress bar measures the download (bytes) or conversion (steps) until RunStarted takes it over."""
+        what = {"download": "Downloading", "convert": "Converting"}.get(e.task, e.task.capitalize())
+        if e.total > 0:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * min(e.done, e.total) / e.total))
+        else:
+            self.progress.setRange(0, 0)  # size not known yet: a busy bar
+        amount = (f"{human_bytes(e.done)} of {human_bytes(e.total)}" if e.unit == "bytes" and e.total
+                  else f"{e.done} of {e.total}" if e.total else "")
+        self.status_label.setText(f"{what} {e.detail}… {amount}".strip())
+
+    def _show_batch(self, e: RunStarted) -> None:
+        """The effective global batch: per-device batch × processes × accumulation (as the engine reports it)."""
+        training = e.config.get("training", {}) if isinstance(e.config, dict) else {}
+        per_device, accumulation = training.get("batch_size"), training.get("gradient_accumulation", 1)
+        text = f"global batch {e.global_batch}"
+        if isinstance(per_device, int) and per_device * e.world_size * accumulation == e.global_batch:
+            text += f" = {per_device} × {e.world_size} process{'es' if e.world_size > 1 else ''} × {accumulation}"
+        self.batch_label.setText(text)
+        self.batch_label.setToolTip("Examples (or packed rows) per optimizer step: per-device batch × processes "
+                                    "× gradient accumulation.")
+        self.append_log(f"Global batch {e.global_batch} on {e.world_size} process{'es' if e.world_size > 1 else ''}.")
 
     def append_log(self, text: str) -> None:
         self.log.appendPlainText(text)
