@@ -18,11 +18,12 @@ After every kill, independently of the code under test (its own safetensors head
 and ``json``):
 
 * every folder under a final name loads in full: the run's ``adapter/``, the export, the merged model
-  (byte-identical to the reference output, in fact), and every ``checkpoint-N`` that the run folder code
-  calls complete (trainer state, adapter tensors, optimizer with a state per trained tensor, scheduler,
-  RNG). Half-written ``checkpoint-N`` folders do occur — the HF Trainer writes checkpoints in place — and
-  must all be judged incomplete; ``status.json``, ``run.toml`` and every whole line of ``metrics.jsonl``
-  parse;
+  (byte-identical to the reference output, in fact), and every ``checkpoint-N`` (trainer state, adapter
+  tensors, optimizer with a state per trained tensor, scheduler, RNG): the engine writes a checkpoint into
+  ``checkpoints/.tmp-checkpoint-N.partial/`` and renames it into place when whole, so a half-written
+  ``checkpoint-N`` is a violation (before that change the HF Trainer wrote them in place, and such folders
+  only had to be judged incomplete); ``status.json``, ``run.toml`` and every whole line of
+  ``metrics.jsonl`` parse;
 * ``.tmp-…`` folders are never listed as runs or checkpoints, and are gone after the rerun or resume;
 * the resume continues from the newest checkpoint that loads in full (checked against the
   ``resumed_from_step`` the resumed engine records), and the steps lost — the last step in
@@ -340,17 +341,27 @@ def new_step_logged(run_dir: Path, target: int, since: float) -> Callable[[], bo
 
 
 def new_checkpoint(run_dir: Path, target: int) -> Callable[[], bool]:
-    """True once a ``checkpoint-N`` folder with N ≥ target appears that was not there when this was called."""
+    """True once the writing of a checkpoint N ≥ target begins: its ``.tmp-checkpoint-N.partial`` folder (or,
+    from a Trainer that writes in place, its ``checkpoint-N`` folder) appears that was not there when this
+    was called."""
     folder = run_dir / "checkpoints"
 
     def seen() -> set:
         try:
-            return {(p.name, p.stat().st_ino) for p in folder.iterdir() if p.name.startswith("checkpoint-")}
+            return {(_checkpoint_step(p.name), p.stat().st_ino) for p in folder.iterdir()
+                    if _checkpoint_step(p.name) is not None}
         except FileNotFoundError:
             return set()
 
     before = seen()
-    return lambda: any(int(name.split("-")[1]) >= target for name, _ in seen() - before)
+    return lambda: any(step >= target for step, _ in seen() - before)
+
+
+def _checkpoint_step(name: str) -> int | None:
+    """N for ``checkpoint-N`` and ``.tmp-checkpoint-N.partial``; None for anything else."""
+    core = name.removeprefix(".tmp-").removesuffix(".partial") if name.endswith(".partial") else name
+    head, _, step = core.partition("-")
+    return int(step) if head == "checkpoint" and step.isdigit() else None
 
 
 # ------------------------------------------------------------------------------------------ trials
@@ -366,7 +377,8 @@ class Report:
     output_reruns: int = 0  # exports and merges run again after a kill
     exited_before_kill: int = 0
     steps_lost: list[int] = field(default_factory=list)
-    half_written_checkpoints: int = 0  # checkpoint-N folders seen incomplete under their final name (HF in place)
+    half_written_checkpoints: int = 0  # checkpoint-N folders seen incomplete under their final name (a violation)
+    unfinished_checkpoints: int = 0  # .tmp-checkpoint-N.partial folders a kill left (never listed, removed on resume)
     conservative: int = 0  # checkpoints that loaded in full but were judged incomplete
     outputs_checked: int = 0  # folders under a final name verified after a kill
     corrupted: int = 0
@@ -391,7 +403,8 @@ class Report:
             f"exports/merges rerun: {self.output_reruns}",
             f"steps lost per kill: max {self.max_steps_lost} (checkpoint interval {self.save_steps}); "
             f"all: {sorted(self.steps_lost)}",
-            f"half-written checkpoint folders seen (all judged incomplete): {self.half_written_checkpoints}; "
+            f"kills that left an unfinished .tmp-checkpoint-N.partial: {self.unfinished_checkpoints}; "
+            f"half-written checkpoint-N folders under their final name: {self.half_written_checkpoints}; "
             f"complete checkpoints judged incomplete: {self.conservative}",
             f"outputs under final names verified after kills: {self.outputs_checked}; corrupted: {self.corrupted}",
             f"finished runs vs the uninterrupted reference: adapter max |diff| {self.adapter_max_diff:.2e}",
@@ -493,6 +506,8 @@ class Harness:
             return "writing the final adapter"
         if self.status(run_dir) == "finished":
             return "after the run finished"
+        if list((run_dir / "checkpoints").glob(".tmp-checkpoint-*.partial")):
+            return "writing a checkpoint"
         checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         if checkpoints and not (checkpoints[-1] / "trainer_state.json").exists():
             return "writing a checkpoint"
@@ -532,6 +547,7 @@ class Harness:
             raise Violation(f"{run_dir}: a temporary folder is listed as a checkpoint")
         if any(r.name.startswith(".") for r in list_runs(run_dir.parent)):
             raise Violation(f"{run_dir.parent}: a temporary folder is listed as a run")
+        report.unfinished_checkpoints += bool(list((run_dir / "checkpoints").glob(".tmp-checkpoint-*.partial")))
         full = []
         for path in sorted((run_dir / "checkpoints").glob("checkpoint-*")):
             step = int(path.name.split("-")[1])
@@ -542,6 +558,8 @@ class Harness:
                 self.violation(f"{path} is judged complete but does not load", corrupt=True)
             if not ok:
                 report.half_written_checkpoints += 1
+                self.violation(f"{path} is half-written under its final name (checkpoints are renamed into place)",
+                               corrupt=True)
             elif verdict is not None and not verdict.complete:
                 report.conservative += 1
             if ok:

@@ -1142,10 +1142,7 @@ def _(ctx):
 
 
 @case("output-train-disk-full", "output", r"cannot create the run folder: No space left on device",
-      r"choose a folder you can write to", patch="disk-full",
-      xfail="create_run() claims the run folder with mkdir, then fails to write run.toml and leaves the empty "
-            "folder behind; fix: in core/runs.py create_run(), remove the claimed folder (if still empty) "
-            "before raising OutputError")
+      r"choose a folder you can write to", patch="disk-full")
 def _(ctx):
     return ctx.train(ctx.runfile())
 

@@ -295,10 +295,6 @@ def test_no_traceback_reaches_the_terminal(tmp_path, tiny_model_dir):
 # ------------------------------------------------------------ the engine's own API (what the window calls)
 
 
-@pytest.mark.xfail(strict=True, reason="export_adapter/merge_adapter let the OSError of a full disk escape instead of "
-                   "raising OutputError, so the window shows a traceback (the CLI now translates it in "
-                   "commands/adapters.py); fix: catch OSError around atomic_directory in core/export.py and "
-                   "core/merge.py and raise OutputError(f'cannot write {out}: {exc.strerror}', hint)")
 @pytest.mark.parametrize("operation", ["export", "merge"])
 def test_a_full_disk_is_an_output_error_in_the_engine(operation, ctx: Ctx, monkeypatch):
     from workbench.core.errors import OutputError
@@ -307,11 +303,17 @@ def test_a_full_disk_is_an_output_error_in_the_engine(operation, ctx: Ctx, monke
 
     model, adapter = ctx.shared_model(), ctx.adapter()
     apply_patch("disk-full", monkeypatch, ctx.root)
-    with pytest.raises(OutputError, match="No space left on device"):
+    out = ctx.cwd / "deeper" / "out"
+    with pytest.raises(OutputError, match="No space left on device") as err:
         if operation == "export":
-            export_adapter(adapter, ctx.cwd / "out")
+            export_adapter(adapter, out)
         else:
-            merge_adapter(model, adapter, ctx.cwd / "out")
+            merge_adapter(model, adapter, out)
+    message = err.value.message
+    assert message.startswith(f"cannot write {out}: No space left on device (nothing was written)"), message
+    assert " free on " in message and "the output needs about " in message
+    assert "free some disk space" in err.value.hint
+    assert list(ctx.cwd.iterdir()) == [], "nothing left behind, not even the parent folder made for the output"
 
 
 def test_weight_files_are_checked_from_headers(ctx: Ctx):

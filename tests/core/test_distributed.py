@@ -127,4 +127,7 @@ def test_pause_resume_and_stop_a_two_process_run_through_the_run_folder(tiny_mod
     events = read_events(run_dir)
     assert all(e.world_size == 2 for e in events), "every event carries the world size"
     stop_step = events[-1].step
-    assert (run_dir / "checkpoints" / f"checkpoint-{stop_step}").is_dir()
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{stop_step}"
+    # Both ranks wrote their RNG state into the checkpoint's temporary folder before rank 0 renamed it into place.
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+    assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")] == []

@@ -345,3 +345,42 @@ def test_disk_full_while_saving_the_adapter(model_dir, tmp_path, monkeypatch):
     assert result.status == "finished" and result.final_step == 4
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert steps_in(run_dir) == [1, 2, 3, 4]
+
+
+def damage_a_member(archive: Path) -> None:
+    """Flip the last byte of the largest member of a zip archive (a torch.save file): sizes and structure stay
+    intact, so only a read against the CRC-32s (the check a resume makes) can tell, as after a power cut."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(archive) as zf:
+        info = max(zf.infolist(), key=lambda i: i.compress_size)
+    data = bytearray(archive.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    end = info.header_offset + 30 + name_len + extra_len + info.compress_size
+    data[end - 1] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+
+def test_oom_retry_passes_over_a_damaged_checkpoint_as_a_resume_does(model_dir, tmp_path, oom):
+    """The retry picks its checkpoint as prepare_resume does, CRC check included: a checkpoint-4 whose optimizer
+    state lost a block is not continued from, and is removed."""
+    def when(size, step):
+        if size > 2 and step >= 4:
+            newest = next((tmp_path / "runs").iterdir()) / "checkpoints" / "checkpoint-4" / "optimizer.pt"
+            if newest.exists() and latest_checkpoint(newest.parents[2]).step == 4:
+                damage_a_member(newest)
+            return True
+        return False
+
+    trained = oom(when)
+    sink = ev.ListSink()
+    result = run(make_config(model_dir, tmp_path, oom_retry=True), sink)
+    assert result.status == "finished" and result.final_step == 6
+    notes = [m.text for m in sink.of(ev.Message) if "out of memory" in m.text]
+    assert len(notes) == 1 and "out of memory at step 5" in notes[0] and notes[0].endswith("from checkpoint-2"), notes
+    assert [s.resumed_from_step for s in sink.of(ev.RunStarted)] == [0, 2]
+    assert trained == [4] * 4 + [2] * 8, "steps 3-6 trained again in micro-batches of 2"
+    assert steps_in(result.run_dir) == [1, 2, 3, 4, 5, 6], "no step recorded twice"
+    assert [c.step for c in list_checkpoints(result.run_dir, thorough=True)] == [2, 4, 6]
+    assert all(c.complete for c in list_checkpoints(result.run_dir, thorough=True)), "checkpoint-4 was written anew"

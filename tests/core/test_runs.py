@@ -193,6 +193,32 @@ def test_create_run_adds_a_suffix_when_the_name_is_taken(tmp_path):
     assert all((tmp_path / "runs" / n / "run.toml").is_file() for n in names)
 
 
+def test_create_run_that_cannot_write_its_run_file_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """A full disk when run.toml is written (reported by fsync at the latest): the claimed run folder and the
+    runs folder made for it are removed again; a folder that was there before stays."""
+    import errno
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OutputError, match="cannot create the run folder: No space left on device") as err:
+        create_run(make_config(tmp_path / "new" / "runs"))
+    assert "choose a folder you can write to" in err.value.hint
+    assert not (tmp_path / "new").exists()
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "earlier-run").mkdir()
+    with pytest.raises(OutputError):
+        create_run(make_config(tmp_path / "runs", name="next"))
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier-run"]
+
+    (tmp_path / "chosen").mkdir()
+    with pytest.raises(OutputError):
+        create_run(make_config(tmp_path, run_dir=str(tmp_path / "chosen")))
+    assert (tmp_path / "chosen").is_dir() and not any((tmp_path / "chosen").iterdir()), "the user's empty folder stays"
+
+
 def test_create_run_uses_an_explicit_run_dir_and_never_overwrites_one(tmp_path):
     config = make_config(tmp_path / "runs", run_dir=str(tmp_path / "exact"))
     folder = create_run(config)
@@ -517,6 +543,96 @@ def test_resume_refuses_runs_it_cannot_continue(tmp_path):
     assert (running.checkpoints_dir / "checkpoint-5").is_dir()
 
 
+def crashed_run_with_checkpoint(tmp_path: Path, name: str = "crashed") -> RunFolder:
+    folder = create_run(make_config(tmp_path, name=name))
+    make_checkpoint(folder, 5)
+    record_then_crash(folder, [started(), step(5), step(6)])
+    return folder
+
+
+def test_a_second_resume_is_refused_while_the_first_holds_the_resume_lock(tmp_path):
+    folder = crashed_run_with_checkpoint(tmp_path)
+    first = prepare_resume(folder)
+    with pytest.raises(TrainingError) as refused:
+        prepare_resume(folder)
+    assert f"another resume is starting the run {folder.name} (process {os.getpid()} on {socket.gethostname()})" in \
+        refused.value.message
+    assert "workbench runs" in refused.value.hint
+    assert [e.step for e in read_events(folder) if isinstance(e, Step)] == [5], "the refused resume changed nothing"
+    first.release()
+    with prepare_resume(folder) as again:  # released: a resume may go ahead (this one trims nothing more)
+        assert again.step == 5 and again.dropped_events == 0
+    assert prepare_resume(folder).step == 5, "the with block released it"
+
+
+def test_a_refused_resume_takes_no_lock_and_writes_nothing(tmp_path):
+    finished = create_run(make_config(tmp_path, name="finished"))
+    make_checkpoint(finished, 5)
+    record(finished, step(5), Finished(status="finished", adapter_path="adapter", step=5))
+    with pytest.raises(TrainingError, match="already finished"):
+        prepare_resume(finished)
+    assert not (finished.path / ".resume.lock").exists()
+
+
+RESUMER = """
+    import sys, time
+    from pathlib import Path
+    from workbench.core.errors import TrainingError
+    from workbench.core.runs import prepare_resume
+
+    go = Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.001)
+    try:
+        point = prepare_resume(sys.argv[1])
+    except TrainingError as exc:
+        print("refused:", exc.message, flush=True)
+        sys.exit(0)
+    print("resumed from", point.step, flush=True)
+    sys.stdin.read()  # hold the lock until the test closes stdin
+"""
+
+
+def test_two_resumes_started_at_the_same_instant_one_is_refused(tmp_path):
+    """Both pass the liveness check (the run is dead); only one may trim and train it."""
+    folder = crashed_run_with_checkpoint(tmp_path)
+    go = tmp_path / "go"
+    procs = [python(RESUMER, str(folder.path), str(go), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    time.sleep(1.0)  # let both import and wait for the signal, so they start together (either way one must lose)
+    go.touch()
+    outputs = []
+    try:
+        for proc in procs:  # the refused one exits; the winner holds the lock until its stdin closes
+            outputs.append((proc, proc.stdout.readline().strip()))
+        winners = [(p, line) for p, line in outputs if line.startswith("resumed from 5")]
+        losers = [(p, line) for p, line in outputs if line.startswith("refused:")]
+        assert len(winners) == 1 and len(losers) == 1, outputs
+        winner = winners[0][0]
+        assert f"process {winner.pid} on" in losers[0][1] and "another resume is starting" in losers[0][1]
+        with pytest.raises(TrainingError, match="another resume is starting"):
+            prepare_resume(folder)
+    finally:
+        for proc in procs:
+            proc.stdin.close()
+            proc.wait(timeout=DEADLINE_S)
+            proc.stdout.close()
+    assert prepare_resume(folder).step == 5, "the lock went with its holder"
+
+
+def test_rewind_metrics_cuts_after_a_step_or_to_the_start(tmp_path):
+    from workbench.core.runs import rewind_metrics
+
+    folder = create_run(make_config(tmp_path))
+    record_then_crash(folder, [Message("loading"), started(), Evaluation(step=0, eval_loss=3.0), step(1), step(2),
+                               Evaluation(step=2, eval_loss=2.0), step(3)])
+    assert rewind_metrics(folder, 2) == 1
+    assert [type(e).__name__ for e in read_events(folder)][-2:] == ["Step", "Evaluation"]
+    assert summarize_run(folder).step == 2
+    assert rewind_metrics(folder.path, None) == 4, "to the start: every event of a step, step 0 included"
+    assert [type(e).__name__ for e in read_events(folder)] == ["Message", "RunStarted"]
+
+
 # ------------------------------------------------------------------------------------------ control
 
 
@@ -695,9 +811,16 @@ def test_prepare_resume_removes_temporary_files_left_by_the_dead_engine(tmp_path
         (folder.path / name).write_text("{")
     (folder.path / ".tmp-adapter.partial").mkdir()
     (folder.path / ".tmp-adapter.partial" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
-    prepare_resume(folder)
+    (folder.checkpoints_dir / ".tmp-checkpoint-10.partial" / "checkpoint-10").mkdir(parents=True)  # a save cut short
+    (folder.checkpoints_dir / ".tmp-checkpoint-10.partial" / "checkpoint-10" / "optimizer.pt").write_bytes(b"PK")
+    make_checkpoint(folder, 1, name=".tmp-checkpoint-1.deleting")  # a rotation cut short
+    assert [c.step for c in list_checkpoints(folder)] == [5], "temporary folders are never listed"
+    point = prepare_resume(folder)
+    assert point.step == 5
+    assert [p.name for p in point.discarded] == [".tmp-checkpoint-1.deleting", ".tmp-checkpoint-10.partial"]
+    assert sorted(p.name for p in folder.checkpoints_dir.iterdir()) == ["checkpoint-5"]
     # control.json is written by other processes, which may be alive: theirs is not ours to remove
-    assert sorted(p.name for p in folder.path.iterdir() if p.name.startswith(".")) == [".tmp-control.json.zz81q0"]
+    assert sorted(p.name for p in folder.path.iterdir() if p.name.startswith(".tmp-")) == [".tmp-control.json.zz81q0"]
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "move-aside"])

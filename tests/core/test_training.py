@@ -241,3 +241,113 @@ def test_samples_before_and_during_training_and_eval_events(model_dir, tmp_path)
     assert [e.step for e in evals] == [0, 3, 6], "the base model's loss first, then every 3 steps"
     assert evals[-1].eval_loss < evals[0].eval_loss
     assert sink.of(ev.Finished)[0].summary["best_eval_loss"] == pytest.approx(evals[-1].eval_loss)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoints_are_written_aside_flushed_and_renamed_into_place(model_dir, tmp_path, monkeypatch):
+    """Every checkpoint file is written under checkpoints/.tmp-checkpoint-N.partial/, flushed there, and the
+    folder appears as checkpoint-N only whole; rotation (save_total_limit) removes old ones through a
+    temporary name; the checkpoint event and the recorder's flush come after the rename; and the Trainer's
+    log_history stops growing at LOG_HISTORY_KEEP entries while metrics.jsonl keeps every step."""
+    import workbench.core.fsutil as fsutil
+    import workbench.core.runs as runs
+    import workbench.core.training as training
+    from workbench.core.runs import list_checkpoints
+
+    monkeypatch.setattr(training, "LOG_HISTORY_KEEP", 3)
+    written, synced, sealed, seen_at_event = [], [], [], []
+    real_save, real_sync, real_seal = torch.save, fsutil.fsync_tree, runs.fsync_tree
+
+    def save(obj, f, *args, **kwargs):
+        written.append(Path(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    def sync(path):  # the engine's flush: in staging, before the final name exists
+        path = Path(path)
+        synced.append((path, (path.parent.parent / path.name).exists()))
+        return real_sync(path)
+
+    def seal(path):  # the recorder's flush when the event arrives: the published folder
+        sealed.append(Path(path))
+        return real_seal(path)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(fsutil, "fsync_tree", sync)
+    monkeypatch.setattr(runs, "fsync_tree", seal)
+
+    def on_event(event):
+        if isinstance(event, ev.CheckpointSaved):
+            folder = Path(event.path)
+            seen_at_event.append((folder.name, (folder / "trainer_state.json").is_file(),
+                                  sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".tmp-"))))
+
+    result = run(make_config(model_dir(), tmp_path, max_steps=8, save_steps=2, save_total_limit=2), ev.CallbackSink(on_event))
+    checkpoints_dir = result.run_dir / "checkpoints"
+    in_checkpoints = [p for p in written if checkpoints_dir in p.parents]
+    assert in_checkpoints and all(p.parent.parent.name == f".tmp-{p.parent.name}.partial" for p in in_checkpoints), in_checkpoints
+    assert [(p.name, existed) for p, existed in synced if p.parent.name.startswith(".tmp-checkpoint-")] == [
+        (f"checkpoint-{n}", False) for n in (2, 4, 6, 8)], "flushed in staging, before the rename"
+    assert seen_at_event == [(f"checkpoint-{n}", True, []) for n in (2, 4, 6, 8)], "the event names the published folder"
+    assert sealed == [checkpoints_dir / f"checkpoint-{n}" for n in (2, 4, 6, 8)]
+    assert sorted(p.name for p in checkpoints_dir.iterdir()) == ["checkpoint-6", "checkpoint-8"], "rotated, nothing left over"
+    assert all(c.complete for c in list_checkpoints(result.run_dir, thorough=True))
+
+    state = json.loads((checkpoints_dir / "checkpoint-8" / "trainer_state.json").read_text())
+    assert len(state["log_history"]) == 3 and state["log_history"][-1]["step"] == 8
+    assert steps_in(result.run_dir) == list(range(1, 9)), "metrics.jsonl keeps every step"
+
+
+def test_a_checkpoint_save_that_fails_leaves_no_folder_and_the_run_resumes(model_dir, tmp_path, monkeypatch):
+    """A save that dies half-way (here: an error while writing the scheduler state) leaves the earlier
+    checkpoints as they were and nothing under checkpoint-4 or a temporary name."""
+    from workbench.core.runs import list_checkpoints
+
+    real_save = torch.save
+    failing = {"on": True}
+
+    def save(obj, f, *args, **kwargs):
+        if failing["on"] and Path(f).parent.name == "checkpoint-4" and Path(f).name == "scheduler.pt":
+            Path(f).write_bytes(b"PK\x03\x04")
+            raise RuntimeError("simulated crash while saving")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    sink = ev.ListSink()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_config(model_dir(), tmp_path, max_steps=6, save_steps=2), sink)
+    run_dir = Path(sink.of(ev.RunStarted)[0].run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert [c.step for c in list_checkpoints(run_dir)] == [2]
+
+    failing["on"] = False
+    result = resume(run_dir)
+    assert result.status == "finished" and result.final_step == 6
+    assert steps_in(run_dir) == list(range(1, 7))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
+def test_a_resumed_run_holds_the_resume_lock_until_it_ends(model_dir, tmp_path):
+    import fcntl
+    import os
+
+    control = RunControl()
+    first = run(make_config(model_dir(), tmp_path, max_steps=4, save_steps=2),
+                ev.CallbackSink(lambda e: isinstance(e, ev.Step) and e.step == 2 and control.request_stop()), control)
+    lock_file = first.run_dir / ".resume.lock"
+
+    def locked() -> bool:
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    seen = []
+    resume(first.run_dir, ev.CallbackSink(lambda e: isinstance(e, ev.Step) and seen.append(locked())))
+    assert seen == [True, True], "held through the resumed training"
+    assert not locked(), "released when it ended"

@@ -28,7 +28,7 @@ from workbench.core.adapters import (
     load_adapter,
 )
 from workbench.core.errors import AdapterError, OutputError
-from workbench.core.fsutil import atomic_directory
+from workbench.core.fsutil import atomic_directory, disk_full_error
 
 __all__ = ["make_portable", "export_adapter"]
 
@@ -76,7 +76,8 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
     ``make_portable``. Other small files of the adapter folder (README, tokenizer) come along. The
     adapter is read and checked first, and ``out`` appears only when complete and flushed to disk (it is
     written as ``.tmp-<name>.partial`` and renamed; an interrupted export leaves only that folder, which
-    the next export to the same place removes).
+    the next export to the same place removes). A full disk raises ``OutputError`` (which folder, that
+    nothing was written, the free space) after removing what was written.
     """
     out = Path(out)
     if out.exists():
@@ -84,17 +85,31 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
                           "choose a new folder, or remove the old one first")
     adapter = load_adapter(source)
     portable_form = make_portable(adapter) if portable else None
-    with atomic_directory(out) as tmp:
-        for f in sorted(adapter.path.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and not is_weight_file(f.name) and f.name != ADAPTER_CONFIG:
-                shutil.copy2(f, tmp / f.name)
-        if portable_form is None:
-            shutil.copy2(adapter.path / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
-            shutil.copy2(adapter.path / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
-        else:
-            from safetensors.torch import save_file
-
-            config, tensors = portable_form
-            (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            save_file(tensors, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    try:
+        with atomic_directory(out) as tmp:
+            _write_export(adapter, tmp, portable_form)
+    except Exception as exc:  # a full disk is the user's to fix; atomic_directory has removed what was written
+        full = disk_full_error(out, exc, _folder_bytes(adapter.path))
+        if full is None:
+            raise
+        raise full from None
     return out
+
+
+def _write_export(adapter: LoraAdapter, tmp: Path, portable_form: tuple[dict[str, Any], dict[str, torch.Tensor]] | None) -> None:
+    for f in sorted(adapter.path.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and not is_weight_file(f.name) and f.name != ADAPTER_CONFIG:
+            shutil.copy2(f, tmp / f.name)
+    if portable_form is None:
+        shutil.copy2(adapter.path / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
+        shutil.copy2(adapter.path / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
+    else:
+        from safetensors.torch import save_file
+
+        config, tensors = portable_form
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file(tensors, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())

@@ -46,7 +46,7 @@ from workbench.core.adapters import (
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
 from workbench.core.events import Message, Progress, as_sink
-from workbench.core.fsutil import atomic_directory
+from workbench.core.fsutil import atomic_directory, disk_full_error
 
 __all__ = ["OUTPUT_DTYPES", "MergeResult", "merged_weight", "merge_adapter"]
 
@@ -199,8 +199,8 @@ def merge_adapter(
     ``dtype`` ("bf16", "fp16", "fp32") converts every floating tensor; by default each keeps the base's
     dtype. Progress goes to ``sink`` as ``Progress("merge", bytes_done, bytes_total, detail=shard)``;
     ``control.request_stop()`` stops between tensors and leaves nothing behind (``stopped=True``).
-    Raises ``OutputError`` if ``out`` exists and ``AdapterError`` if the adapter does not fit; in both
-    cases nothing is written.
+    Raises ``OutputError`` if ``out`` exists, or when the disk fills up while writing, and ``AdapterError``
+    if the adapter does not fit; in all these cases nothing is left written.
     """
     out = Path(out)
     if out.exists():
@@ -249,6 +249,11 @@ def merge_adapter(
     except _Stopped:
         sink.emit(Message("merge stopped; nothing was written", level="warning"))
         return MergeResult(None, stopped=True)
+    except Exception as exc:  # a full disk is the user's to fix; atomic_directory has removed what was written
+        full = disk_full_error(out, exc, sum(e.out_bytes for _, entries in shards for e in entries))
+        if full is None:
+            raise
+        raise full from None
     return MergeResult(
         out,
         merged_modules=len(fit.targets),

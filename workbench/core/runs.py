@@ -7,7 +7,9 @@ One folder per run, readable by any process on any machine that sees the disk::
       metrics.jsonl                   every event, one JSON object per line, append-only (events.JsonlSink)
       status.json                     small state record, replaced atomically (see "status.json" below)
       control.json                    commands from other processes (see "control.json" below)
-      checkpoints/checkpoint-<step>/  HF Trainer checkpoints (the Trainer's output_dir is checkpoints/)
+      checkpoints/checkpoint-<step>/  HF Trainer checkpoints (the Trainer's output_dir is checkpoints/),
+                                      written aside and renamed into place (see below)
+      .resume.lock                    held (flock) by the process that resumes the run
       adapter/                        the final PEFT adapter: adapter_config.json + adapter_model.safetensors
 
 Who writes what. ``create_run`` makes the folder and ``run.toml``. While training, the engine's main process
@@ -46,13 +48,20 @@ two hosts' clocks agree; clusters running them keep their clocks in sync with NT
 
 ``prepare_resume`` only continues a run that is positively dead: an outcome was reported, or, for a run
 recorded as running, its process is gone (same host) or its heartbeat is stale (other host). Otherwise it
-refuses and names the host and process, so two processes never write one run folder.
+refuses and names the host and process, so two processes never write one run folder. Two resumes started
+at the same instant would both pass that check; the first takes the run's resume lock (``.resume.lock``,
+an exclusive ``flock`` held until its training ends, dropped by the kernel if it dies) and the second is
+refused (``ResumeLock``).
 
-Checkpoints are written in place by the HF Trainer (``checkpoints/checkpoint-<step>/``), so a folder of
-that name may be half-written; ``list_checkpoints`` therefore checks each one for completeness (see there)
-and resuming only ever starts from a complete one. When the engine reports a checkpoint (the
-``CheckpointSaved`` event), the recorder first flushes its files and folders to disk and only then
-appends the event, so a checkpoint named in ``metrics.jsonl`` survives a power cut.
+The engine writes each checkpoint into ``checkpoints/.tmp-checkpoint-<step>.partial/``, flushes it to disk
+and only then renames it to ``checkpoints/checkpoint-<step>/``; the Trainer's rotation (``save_total_limit``)
+renames an old checkpoint to ``.tmp-checkpoint-<step>.deleting`` before deleting it. A folder under a
+``checkpoint-<step>`` name is therefore whole — except in run folders written by versions that let the HF
+Trainer write in place, so ``list_checkpoints`` still checks each one for completeness (see there) and
+resuming only ever starts from a complete one. Temporary ``.tmp-…`` folders are never listed, and
+``prepare_resume`` removes them. When the engine reports a checkpoint (the ``CheckpointSaved`` event), the
+recorder flushes its files and folders to disk once more before it appends the event, so a checkpoint
+named in ``metrics.jsonl`` survives a power cut whoever saved it.
 
 control.json holds the *desired* state ``{"stop": bool, "pause": bool, "checkpoint_requests": int,
 "updated_at": float}``, not a queue of commands: ``send_control`` rewrites it atomically and
@@ -81,7 +90,7 @@ import time
 import tomllib
 import traceback
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -103,7 +112,7 @@ from .events import (
     Step,
     event_from_dict,
 )
-from .fsutil import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree
+from .fsutil import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree, make_dirs, remove_empty_dirs
 
 __all__ = [
     "RUN_FILE",
@@ -133,6 +142,11 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "prepare_resume",
+    "choose_checkpoint",
+    "CheckpointChoice",
+    "ResumeLock",
+    "RESUME_LOCK",
+    "rewind_metrics",
     "heartbeat_age",
     "send_control",
     "delete_run",
@@ -228,13 +242,16 @@ def create_run(config: RunConfig) -> RunFolder:
     The folder is ``config.output.run_dir`` when set (it must be missing or empty), otherwise a new folder
     under ``config.output.runs_root`` named ``config.output.name`` or ``<model>-<YYYYmmdd-HHMMSS>``, with
     ``-2``, ``-3``, … appended when that name is taken (also by a concurrent process: the name is claimed
-    with ``mkdir``, which fails if it exists).
+    with ``mkdir``, which fails if it exists). When ``run.toml`` cannot be written (a full disk, no
+    permission) the folders this call created are removed again before ``OutputError`` is raised, so a
+    failed start leaves no empty run behind.
     """
     out = config.output
+    created: list[Path] = []  # folders made here, outermost first: removed again if the run cannot be created
     try:
         if out.run_dir:
             path = Path(out.run_dir)
-            path.mkdir(parents=True, exist_ok=True)
+            created += make_dirs(path)
             if any(path.iterdir()):
                 raise OutputError(
                     f"the run folder {path} is not empty",
@@ -242,12 +259,14 @@ def create_run(config: RunConfig) -> RunFolder:
                 )
         else:
             root = Path(out.runs_root)
-            root.mkdir(parents=True, exist_ok=True)
+            created += make_dirs(root)
             # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
             base = (out.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}").lstrip(".")
             path = _claim_unique_dir(root, base or "run")
+            created.append(path)
         config.save(path / RUN_FILE)
     except OSError as exc:
+        remove_empty_dirs(created)
         raise OutputError(
             f"cannot create the run folder: {exc.strerror or exc} ({exc.filename or out.run_dir or out.runs_root})",
             "choose a folder you can write to (output.runs_root or output.run_dir)",
@@ -808,9 +827,11 @@ class Checkpoint:
 def list_checkpoints(run_dir: PathLike, *, thorough: bool = False) -> list[Checkpoint]:
     """Every ``checkpoint-<step>`` folder of a run, oldest first, each checked for completeness.
 
-    The HF Trainer writes a checkpoint in place, file by file — adapter, optimizer, scheduler, RNG states —
-    and ``trainer_state.json`` last; nothing marks the folder as finished but that last file. Complete
-    therefore means: ``trainer_state.json`` parses and names the folder's step; ``adapter_config.json``
+    The engine publishes a checkpoint only when it is whole (see the module docstring), but the HF Trainer
+    on its own writes it in place, file by file — adapter, optimizer, scheduler, RNG states — and
+    ``trainer_state.json`` last, and run folders from earlier versions (or a run copied while it was
+    written) can hold such folders; nothing marks one as finished but that last file. Complete therefore
+    means: ``trainer_state.json`` parses and names the folder's step; ``adapter_config.json``
     parses; ``adapter_model.safetensors`` is a whole safetensors file (header and size agree);
     ``optimizer.pt``, ``scheduler.pt`` and an RNG state (``rng_state.pth``, or one per process under
     torchrun) are there — the Trainer resumes *without* a missing optimizer or scheduler state, silently
@@ -818,8 +839,8 @@ def list_checkpoints(run_dir: PathLike, *, thorough: bool = False) -> list[Check
     and every torch state file (``*.pt``, ``*.pth``) is a whole zip archive, the format ``torch.save``
     writes (its central directory comes last). With ``thorough`` each archive's members are also read and
     checked against their CRC-32s, which catches blocks lost in a power cut that the size alone does not
-    (``prepare_resume`` does this for the checkpoint it resumes from). Only names of exactly that form are
-    listed, so temporary folders (``.tmp-…``) never are.
+    (``choose_checkpoint`` does this for the checkpoint a run continues from). Only names of exactly that
+    form are listed, so temporary folders (``.tmp-checkpoint-…``) never are.
     """
     folder = RunFolder(run_dir)
     try:
@@ -910,7 +931,10 @@ def _torch_file_problem(path: Path, thorough: bool) -> str:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """What the engine needs to continue a run: ``trainer.train(resume_from_checkpoint=str(checkpoint.path))``."""
+    """What the engine needs to continue a run: ``trainer.train(resume_from_checkpoint=str(checkpoint.path))``.
+
+    It holds the run's resume lock (see ``prepare_resume``) until ``release()``, the end of a ``with``
+    block, or the end of the process; the engine keeps it for the whole resumed training."""
 
     folder: RunFolder
     config: RunConfig
@@ -918,6 +942,7 @@ class ResumePoint:
     discarded: tuple[Path, ...]  # incomplete checkpoint folders (and temporary ones) that were removed
     dropped_events: int  # metrics.jsonl lines removed (events after the checkpoint's step, a torn line)
     problems: tuple[tuple[str, str], ...] = ()  # (checkpoint folder name, why it was incomplete)
+    lock: "ResumeLock | None" = field(default=None, compare=False, repr=False)
 
     @property
     def step(self) -> int:
@@ -934,26 +959,98 @@ class ResumePoint:
             text += f"; dropped {self.dropped_events} metrics line(s) recorded after step {self.step}"
         return text
 
+    def release(self) -> None:
+        """Let another process resume this run (once this one has ended)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "ResumePoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The checkpoint a run continues from (None: from the start), and what was removed to get there."""
+
+    checkpoint: Checkpoint | None
+    discarded: tuple[Path, ...]  # incomplete checkpoint folders and temporary ones, removed
+    problems: tuple[tuple[str, str], ...]  # (checkpoint folder name, why it was incomplete)
+
+
+def choose_checkpoint(run_dir: PathLike) -> CheckpointChoice:
+    """Pick the checkpoint to continue a run from and clear the way to it: the newest that passes
+    ``list_checkpoints``' checks *including* the ``thorough`` one (every state archive read against its
+    CRC-32s), so a checkpoint damaged by a power cut is passed over. Removes the incomplete checkpoint
+    folders, so the Trainer cannot mix files into them, and the temporary ones (``.tmp-checkpoint-N.partial``
+    of a save that never finished, ``.tmp-checkpoint-N.deleting`` of an interrupted rotation).
+
+    ``prepare_resume`` and the engine's out-of-memory retry both continue from this choice. Only the process
+    that writes the run may call it."""
+    folder = RunFolder(run_dir)
+    checkpoints = list_checkpoints(folder)
+    checkpoint = None
+    for candidate in reversed(checkpoints):  # the newest complete one, read in full before it is trusted
+        if candidate.complete:
+            problem = _checkpoint_problem(candidate.path, candidate.step, thorough=True)
+            if not problem:
+                checkpoint = candidate
+                break
+            checkpoints[checkpoints.index(candidate)] = Checkpoint(candidate.step, candidate.path, problem)
+    # Only older checkpoints than the chosen one can be kept: a newer one is incomplete or damaged.
+    incomplete = [c for c in checkpoints if not c.complete]
+    discarded = [c.path for c in incomplete]
+    discarded += _temporary_checkpoints(folder)
+    for path in discarded:
+        _remove(path)
+    if discarded:
+        fsync_dir(folder.checkpoints_dir)
+    problems = tuple((c.path.name, c.problem) for c in incomplete)
+    return CheckpointChoice(checkpoint, tuple(sorted(discarded)), problems)
+
+
+def _temporary_checkpoints(folder: RunFolder) -> list[Path]:
+    try:
+        return [p for p in folder.checkpoints_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
 
 def prepare_resume(run_dir: PathLike) -> ResumePoint:
     """Make a stopped, failed or crashed run ready to continue from its newest complete checkpoint.
 
-    Refuses unless the run is positively dead (see the module docstring), naming the process and host
-    that still write it. Removes incomplete checkpoint folders (and temporary ones) so the Trainer cannot
-    mix files into them, and the temporary files its dead writer may have left in the run folder;
-    truncates ``metrics.jsonl`` at the first line whose ``step`` exceeds the checkpoint's (and drops a
-    torn last line); recomputes the summary in ``status.json`` from what is kept. The checkpoint chosen
-    is the newest that passes ``list_checkpoints``' checks, including the ``thorough`` one. The engine then
-    opens a ``RunRecorder`` on the folder and emits ``RunStarted(resumed_from_step=point.step, ...)``.
+    First takes the run's resume lock (``.resume.lock`` in the run folder, an exclusive ``flock``), so two
+    resumes started at the same instant cannot both pass the checks below; the second is refused at once.
+    The returned point holds the lock (see ``ResumePoint``). Then refuses unless the run is positively dead
+    (see the module docstring), naming the process and host that still write it. Picks the checkpoint and
+    removes incomplete and temporary checkpoint folders (``choose_checkpoint``), and the temporary files its
+    dead writer may have left in the run folder; truncates ``metrics.jsonl`` at the first line whose
+    ``step`` exceeds the checkpoint's (and drops a torn last line; ``rewind_metrics``); recomputes the
+    summary in ``status.json`` from what is kept. The engine then opens a ``RunRecorder`` on the folder and
+    emits ``RunStarted(resumed_from_step=point.step, ...)``.
 
-    Raises ``TrainingError`` for a run that is running, finished, never started, or has no complete
-    checkpoint; ``OutputError`` for a folder that is not a run; ``ConfigError`` for an invalid ``run.toml``.
+    Raises ``TrainingError`` for a run that is running, being resumed by another process, finished, never
+    started, or has no complete checkpoint; ``OutputError`` for a folder that is not a run;
+    ``ConfigError`` for an invalid ``run.toml``.
     """
     folder = RunFolder(run_dir)
     if not folder.run_file.is_file():
         raise OutputError(
             f"{folder.path} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`"
         )
+    _refuse_unless_resumable(folder)  # first without the lock: a refused run is left exactly as it was
+    lock = ResumeLock.acquire(folder)
+    try:
+        _refuse_unless_resumable(folder)  # again under the lock: another resume may have started it meanwhile
+        return _prepare_resume_locked(folder, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _refuse_unless_resumable(folder: RunFolder) -> None:
     status, detail, record, _ = _observe(folder, STALE_AFTER_S)
     if status is RunStatus.RUNNING:
         raise TrainingError(*_still_running(folder, record, detail))
@@ -964,32 +1061,99 @@ def prepare_resume(run_dir: PathLike) -> ResumePoint:
     refusal = refusals.get(status)
     if refusal is not None:
         raise TrainingError(f"the run {folder.name} {refusal[0]}; there is nothing to resume", refusal[1])
+
+
+def _prepare_resume_locked(folder: RunFolder, lock: "ResumeLock") -> ResumePoint:
     config = load_config(folder)
-    checkpoints = list_checkpoints(folder)
-    checkpoint = None
-    for candidate in reversed(checkpoints):  # the newest complete one, read in full before it is trusted
-        if candidate.complete:
-            problem = _checkpoint_problem(candidate.path, candidate.step, thorough=True)
-            if not problem:
-                checkpoint = candidate
-                break
-            checkpoints[checkpoints.index(candidate)] = Checkpoint(candidate.step, candidate.path, problem)
-    if checkpoint is None:
+    choice = choose_checkpoint(folder)
+    if choice.checkpoint is None:
         raise TrainingError(
             f"the run {folder.name} has no complete checkpoint to resume from",
             "set training.save_steps so that runs save checkpoints, and start the run again",
         )
-    incomplete = [c for c in checkpoints if not c.complete]
-    discarded = [c.path for c in incomplete]
-    if folder.checkpoints_dir.is_dir():
-        discarded += [p for p in folder.checkpoints_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
-    for path in discarded:
-        _remove(path)
     for path in _dead_writer_litter(folder):
         _remove(path)
-    dropped = _truncate_metrics(folder, checkpoint.step)
-    problems = tuple((c.path.name, c.problem) for c in incomplete)
-    return ResumePoint(folder, config, checkpoint, tuple(sorted(discarded)), dropped, problems)
+    dropped = rewind_metrics(folder, choice.checkpoint.step)
+    return ResumePoint(folder, config, choice.checkpoint, choice.discarded, dropped, choice.problems, lock)
+
+
+RESUME_LOCK = ".resume.lock"
+
+
+class ResumeLock:
+    """An exclusive, non-blocking ``flock`` on ``RUN_DIR/.resume.lock``, held by the process that resumes
+    the run from ``prepare_resume`` to the end of its training.
+
+    The liveness check alone leaves a window: two resumes started at the same instant both find the run
+    dead, and both trim it, before either records itself as running. The lock closes it. The kernel drops
+    the lock when its holder dies, however it dies, so it never goes stale; the file stays (removing a lock
+    file that another process may just have opened would let two processes hold "the" lock). It holds
+    ``pid@host`` of the holder, for the refusal message. Where locks are not available (no ``fcntl``:
+    Windows; a file system without locks) resuming goes on without one, guarded by the liveness check only.
+    """
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, folder: RunFolder) -> "ResumeLock":
+        try:
+            import fcntl
+        except ImportError:
+            return cls(None)
+        path = folder.path / RESUME_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # a read-only run folder: the resume fails soon enough with its own error
+            return cls(None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_small(fd)
+            os.close(fd)
+            raise TrainingError(*_being_resumed(folder, holder)) from None
+        except OSError:  # ENOLCK, EOPNOTSUPP: this file system has no locks
+            os.close(fd)
+            return cls(None)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # the lock is what counts; the note only improves the message
+        return cls(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _read_small(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _being_resumed(folder: RunFolder, holder: str) -> tuple[str, str]:
+    """Message and hint refusing a resume because another process holds the run's resume lock."""
+    status, detail, record, _ = _observe(folder, STALE_AFTER_S)
+    if status is RunStatus.RUNNING:  # the other resume has started training: say who trains it
+        return _still_running(folder, record, detail)
+    pid, _, host = holder.partition("@")
+    who = f" (process {pid} on {host})" if pid.isdigit() and host else ""
+    return (
+        f"another resume is starting the run {folder.name}{who}; only one process may resume a run",
+        "wait for it: `workbench runs` shows the run running once it has started; to resume it here instead, "
+        f"stop that one first (`workbench control {folder.path} stop`)",
+    )
 
 
 def _still_running(folder: RunFolder, record: _Record | None, detail: str) -> tuple[str, str]:
@@ -1031,13 +1195,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _truncate_metrics(folder: RunFolder, step: int) -> int:
-    """Cut metrics.jsonl after the events of ``step`` and refresh the status summary from what is kept.
+def rewind_metrics(run_dir: PathLike, step: int | None) -> int:
+    """Cut metrics.jsonl after the events of ``step`` (None: before every event that has a step, the
+    "before" evaluation and samples at step 0 included, for a run that starts again from scratch) and
+    refresh the status summary from what is kept. A torn last line always goes.
 
     Steps only grow within the file (each resume cuts before appending), so everything from the first
-    line with a later step onwards belongs to work the checkpoint does not contain. Returns the number
-    of lines removed.
+    line with a later step onwards belongs to work the checkpoint does not contain: the run continues
+    from ``step`` without any step appearing twice. Returns the number of lines removed. Only the process
+    that writes the run may call it (``prepare_resume``, the engine's out-of-memory retry).
     """
+    folder = RunFolder(run_dir)
+    step = -1 if step is None else step
     try:
         data = folder.metrics_file.read_bytes()
     except FileNotFoundError:

@@ -20,9 +20,7 @@ its weights; a step that runs out of memory fails with the retry settings, or re
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import shlex
 import time
 import traceback
@@ -107,7 +105,8 @@ def resume(run_dir: str | Path, sink: Any = None, control: RunControl | None = N
     """Continue a stopped, failed or crashed run from its newest complete checkpoint.
 
     Optimizer, scheduler, RNG state, data position and step counter continue where the checkpoint left
-    them; the loss curve continues in the same ``metrics.jsonl``.
+    them; the loss curve continues in the same ``metrics.jsonl``. The run's resume lock is held from the
+    checks to the end of the training, so a second resume of the same run is refused at once.
     """
     from .runs import RUN_FILE, load_config, prepare_resume
 
@@ -115,12 +114,19 @@ def resume(run_dir: str | Path, sink: Any = None, control: RunControl | None = N
         raise TrainingError(f"{run_dir} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`")
     dist = Distributed.setup(choose_device(load_config(run_dir).training.device))
 
+    held: list = []  # rank 0's ResumePoint: it holds the run's resume lock until the training ends
+
     def prepare() -> _ResumeInfo:  # raises for running / finished runs and runs without a complete checkpoint
         point = prepare_resume(run_dir)
+        held.append(point)
         return _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe())
 
-    point = dist.on_main(prepare)
-    return _train(point.run_dir, point.config, as_sink(sink), control or RunControl(), point, dist)
+    try:
+        info = dist.on_main(prepare)
+        return _train(info.run_dir, info.config, as_sink(sink), control or RunControl(), info, dist)
+    finally:
+        for point in held:
+            point.release()
 
 
 @dataclass(frozen=True)
@@ -296,7 +302,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunCon
     continues from the newest complete checkpoint, or from the start, in the same run folder. (The Trainer's
     own ``auto_find_batch_size`` halves the batch without touching the accumulation, and always restarts.)
     """
-    from .runs import RUN_FILE, RunFolder, _truncate_metrics, latest_checkpoint, load_config
+    from .runs import RUN_FILE, choose_checkpoint, load_config, rewind_metrics
 
     while True:
         try:
@@ -314,11 +320,11 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunCon
         accumulation = t.gradient_accumulation * t.batch_size // smaller
         config = load_config(run_dir).copy_with(training={"batch_size": smaller, "gradient_accumulation": accumulation})
         config.save(run_dir / RUN_FILE)
-        _remove_unfinished_checkpoints(run_dir)
-        checkpoint = latest_checkpoint(run_dir)
+        # The same choice as a resume: the newest checkpoint that passes every check, the CRC one included.
+        checkpoint = choose_checkpoint(run_dir).checkpoint
         # As a resume does, drop the events of the steps that will be trained again (from the start: every
         # event of a step, the "before" evaluation and samples included), so no step appears twice.
-        _truncate_metrics(RunFolder(run_dir), checkpoint.step if checkpoint else -1)
+        rewind_metrics(run_dir, checkpoint.step if checkpoint else None)
         resume_point = _ResumeInfo(run_dir, config, checkpoint.path, checkpoint.step, "") if checkpoint else None
         sink.emit(Message(
             f"out of memory at step {step} with batch size {t.batch_size} × accumulation {t.gradient_accumulation} "
@@ -330,7 +336,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunCon
 def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunControl, resume_point: "_ResumeInfo | None",
                  dist: Distributed) -> TrainResult:
     import torch
-    from transformers import PrinterCallback, Trainer, set_seed
+    from transformers import PrinterCallback, set_seed
 
     from .data import make_collator, prepare
 
@@ -359,7 +365,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
                               trainable=peft_model.get_nb_trainable_parameters()[0], total=tree.total_params,
                               train_examples=len(data.train), validation_examples=len(data.validation or []),
                               resumed_from=resume_point.step if resume_point else 0, resolved=resolved)
-    trainer = Trainer(
+    trainer = _make_trainer_class()(
         model=peft_model,
         args=args,
         train_dataset=data.train,
@@ -537,24 +543,20 @@ def _oom_error(config: RunConfig, run_dir: Path, step: int, detail: str, smaller
     return TrainingError(reason, f"{hint}. Besides, {other}.")
 
 
-# Where a disk fills up: ENOSPC, or EDQUOT when a user quota runs out first.
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")  # safetensors' errors carry only the text
 # torch.save's C++ writer drops the OS error: a full disk shows up as one of these.
 _TORCH_WRITE_FAILURES = ("file write failed", "unexpected pos", "iostream error")
 
 
 def _is_disk_full(exc: BaseException, folder: Path, needed: int) -> bool:
+    from .fsutil import is_disk_full
+
+    if is_disk_full(exc):  # ENOSPC / EDQUOT, or their text (safetensors keeps only that)
+        return True
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
-            return True
-        text = str(e)
-        if any(s in text for s in _DISK_FULL_TEXTS):
-            return True
-        if isinstance(e, RuntimeError) and any(s in text for s in _TORCH_WRITE_FAILURES):
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE_FAILURES):
             return _free_bytes(folder) < needed  # believe it when there is indeed too little room left
         e = e.__cause__ or e.__context__
     return False
@@ -563,9 +565,8 @@ def _is_disk_full(exc: BaseException, folder: Path, needed: int) -> bool:
 def _checkpoint_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_bytes: int) -> OutputError | None:
     """The error for a checkpoint that could not be written for lack of space, or None for another failure.
 
-    The Trainer writes a checkpoint folder file by file, trainer_state.json last; runs.latest_checkpoint only
-    takes folders whose every file is whole, so a half-written one is never resumed from. It is removed here,
-    to give its space back."""
+    The checkpoint was being written into its temporary folder (``_make_trainer_class``), which is gone by now,
+    so the previous checkpoints are untouched; what else is unfinished is removed here, to give space back."""
     from .runs import RunFolder, latest_checkpoint
 
     folder = RunFolder(run_dir)
@@ -612,14 +613,19 @@ def _room(needed: int, free: int, mount: Path) -> str:
 
 
 def _remove_unfinished_checkpoints(run_dir: Path) -> None:
-    """Checkpoint folders cut short (as prepare_resume removes them): never resumed from, and they take space."""
+    """Checkpoint folders cut short and temporary ones (as prepare_resume removes them): never resumed from,
+    and they take space."""
     import shutil
 
-    from .runs import list_checkpoints
+    from .fsutil import TMP_PREFIX
+    from .runs import RunFolder, list_checkpoints
 
-    for checkpoint in list_checkpoints(run_dir):
-        if not checkpoint.complete:
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
+    doomed = [c.path for c in list_checkpoints(run_dir) if not c.complete]
+    checkpoints_dir = RunFolder(run_dir).checkpoints_dir
+    if checkpoints_dir.is_dir():
+        doomed += [p for p in checkpoints_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _trainable_bytes(model: Any) -> int:
@@ -630,31 +636,22 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _existing(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _free_bytes(path: Path) -> int:
-    import shutil
+    from .fsutil import free_bytes
 
-    return shutil.disk_usage(_existing(path)).free
+    return free_bytes(path)
 
 
 def _mount_point(path: Path) -> Path:
-    path = _existing(path).resolve()
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
+    from .fsutil import mount_point
+
+    return mount_point(path)
 
 
 def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
+    from .fsutil import format_size
+
+    return format_size(n)
 
 
 def _device_memory(device: str) -> int | None:
@@ -678,6 +675,104 @@ def _device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine() or device
+
+
+# The Trainer keeps every log entry in ``state.log_history`` (~450 bytes per logged step) and rewrites the whole
+# list into every checkpoint's trainer_state.json; metrics.jsonl has all of it already. Only this many of the
+# newest entries are kept. (Nothing in the Trainer reads log_history back: the best metric lives in
+# ``state.best_metric`` / ``best_global_step``, the training loss in its own running total.)
+LOG_HISTORY_KEEP = 200
+
+
+def _make_trainer_class():
+    """The HF Trainer with atomic checkpoints. Defined inside a function so that importing this module does not
+    import transformers.
+
+    The Trainer writes ``checkpoint-N`` file by file in place, so a killed or power-cut save leaves a
+    half-written folder under the final name. Here each save goes to ``checkpoints/.tmp-checkpoint-N.partial/``
+    instead: the Trainer's own ``_save_checkpoint`` runs unchanged with its output folder pointed there (through
+    ``_get_output_dir``, which it asks for the folder to save into — narrower than changing ``args.output_dir``,
+    which callbacks and the end of training read too), every rank writes its files, then the main process
+    flushes the folder to disk and renames it to ``checkpoints/checkpoint-N``, and syncs ``checkpoints/``.
+    Rotation (``save_total_limit``) runs after the rename, on the real folder, and deletes an old checkpoint by
+    renaming it to ``.tmp-checkpoint-N.deleting`` first, so a killed rotation leaves no half-deleted folder
+    under a checkpoint name either. ``on_save`` (the ``CheckpointSaved`` event) follows ``_save_checkpoint``
+    in the Trainer, so it always names the published folder.
+    """
+    import shutil
+    import warnings
+
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from .fsutil import TMP_PREFIX, fsync_dir, publish_directory, remove_directory
+
+    class AtomicCheckpointTrainer(Trainer):
+        _staging: str | None = None
+
+        def _get_output_dir(self, trial):
+            return self._staging if self._staging is not None else super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            root = Path(super()._get_output_dir(trial))
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            staging = root / f"{TMP_PREFIX}{name}.partial"
+            main = self.args.should_save
+            if main and staging.exists():
+                shutil.rmtree(staging)  # left by a save that was interrupted earlier
+            self.accelerator.wait_for_everyone()  # no rank writes into the staging folder before it is clean
+            self._staging = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)  # its rotation sees only this checkpoint: a no-op
+                self.accelerator.wait_for_everyone()  # every rank has written its files (RNG state per rank)
+                if main:
+                    self._publish(staging / name, root / name, staging)
+                    self._rotate(root)
+            except BaseException:
+                if main:
+                    shutil.rmtree(staging, ignore_errors=True)
+                raise
+            finally:
+                self._staging = None
+            self.accelerator.wait_for_everyone()  # the checkpoint is in place for every rank
+
+        def _publish(self, written: Path, final: Path, staging: Path) -> None:
+            if not written.is_dir():
+                if final.is_dir():  # a transformers version that no longer asks _get_output_dir: saved in place
+                    warnings.warn(f"{final} was written in place, not atomically (transformers changed its saving)")
+                    return
+                raise RuntimeError(f"the Trainer wrote no checkpoint into {staging}")
+            # Overwrite: a checkpoint of the same step can only be one a resume has passed over (damaged).
+            publish_directory(written, final, overwrite=True)
+            staging.rmdir()
+            fsync_dir(final.parent)
+            best = self.state.best_model_checkpoint  # recorded while the checkpoint was still in staging
+            if best and Path(best) == written:
+                self.state.best_model_checkpoint = str(final)
+
+        def _rotate(self, root: Path) -> None:
+            limit = self.args.save_total_limit
+            if not limit or limit <= 0:
+                return
+            steps = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in root.iterdir()
+                           if p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and p.name.rsplit("-", 1)[1].isdigit()
+                           and p.is_dir())
+            checkpoints = [p for _, p in steps]  # oldest first, by step: folder times change with renames
+            protected = {checkpoints[-1]} if checkpoints else set()
+            if self.state.best_model_checkpoint:
+                protected.add(Path(self.state.best_model_checkpoint))
+            excess = len(checkpoints) - max(limit, len(protected))
+            for old in checkpoints:
+                if excess <= 0:
+                    break
+                if old not in protected:
+                    try:
+                        remove_directory(old)
+                    except OSError:  # as the Trainer's own rotation: an old checkpoint left over fails nothing
+                        pass
+                    excess -= 1
+
+    return AtomicCheckpointTrainer
 
 
 def _make_callback_class():
@@ -723,6 +818,8 @@ def _make_callback_class():
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
+            if len(state.log_history) > LOG_HISTORY_KEEP:  # see LOG_HISTORY_KEEP
+                del state.log_history[:-LOG_HISTORY_KEEP]
             if "loss" in logs:
                 loss = float(logs["loss"])
                 now = time.time()
