@@ -82,6 +82,23 @@ def test_opening_a_run_file_for_another_model_keeps_its_layer_choice(opened, qtb
     assert not opened.store.dirty
 
 
+def test_opening_a_run_file_never_takes_the_open_trees_ticks(opened, qtbot, tmp_path, tiny_model_dir):
+    """The open tree's module names also exist in the file's model (both llama) and the file's alpha differs:
+    updating the tree's default alpha once wrote the tree's ticks back into the file's configuration."""
+    opened.layers.preset_combo.setCurrentText("attention")
+    opened.layers.apply_preset()
+    opened.store.update("lora", alpha=8.0)
+    other = str(tiny_model_dir("llama", num_hidden_layers=3))
+    path = tmp_path / "other.toml"
+    RunConfig.from_dict({"model": {"source": other}, "lora": {"preset": "mlp", "alpha": 64.0}}).save(path)
+    with qtbot.waitSignal(opened.model_opened, timeout=60_000):
+        opened.open_run(path)
+    lora = opened.store.config.lora
+    assert (lora.preset, lora.alpha, lora.target_modules, lora.rank_pattern) == ("mlp", 64.0, [], {})
+    assert all(".mlp." in name for name in opened.layers.model.selected)
+    assert not opened.store.dirty
+
+
 def test_closing_with_unsaved_settings_asks_save_discard_or_cancel(window, qtbot, tmp_path):
     from PySide6.QtWidgets import QMessageBox
 

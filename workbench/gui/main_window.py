@@ -366,7 +366,13 @@ class MainWindow(QMainWindow):
         self.runs.set_root(self.store.config.output.runs_root)
         if self.layers.model is not None:
             lora = self.store.config.lora
-            self.layers.model.set_defaults(lora.r, lora.alpha)
+            # New default rank/alpha for the columns: not a selection edit. Without the guard the open tree's
+            # ticks were written back into a just-opened run file (or the demo) meant for another model.
+            self._syncing_selection = True
+            try:
+                self.layers.model.set_defaults(lora.r, lora.alpha)
+            finally:
+                self._syncing_selection = False
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
             # Only against the model the file names: a different one is being opened and will apply it.
