@@ -139,6 +139,8 @@ def main() -> int:
         window.training.log.parentWidget().parentWidget().setCurrentIndex(0)  # the Samples tab
         shoot(window, "training")
         shoot_part2(window, folder, model_dir, ended)
+        shoot_part3(window)
+        window.ask_before_discarding = False
         window.close()
     return 0
 
@@ -190,6 +192,26 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     pg.generate()
     wait(lambda: generated and window._jobs == 0)
     shoot(window, "playground")
+
+
+def shoot_part3(window) -> None:
+    """The launch-script dialog (several GPUs, a cluster) and the demo the window opens by default."""
+    window.training.location.setEnabled(True)
+    dialog = window.open_launch_dialog()
+    dialog.nodes.setValue(2)
+    dialog.gpus.setValue(4)
+    settle()
+    dialog.grab().save(str(OUT / "launch-script.png"))
+    print("saved docs/screenshots/launch-script.png")
+    dialog.close()
+
+    opened, inspected = [], []
+    window.model_opened.connect(lambda: opened.append(1))
+    window.data_inspected.connect(lambda: inspected.append(1))
+    window.open_demo()  # the built-in SmolLM2 (converted once into the user's cache) and the demo run
+    window.tabs.setCurrentIndex(0)
+    wait(lambda: opened and inspected and window._jobs == 0, timeout=600)
+    shoot(window, "demo")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def test_opening_a_run_file_never_takes_the_open_trees_ticks(opened, qtbot, tmp_
     lora = opened.store.config.lora
     assert (lora.preset, lora.alpha, lora.target_modules, lora.rank_pattern) == ("mlp", 64.0, [], {})
     assert all(".mlp." in name for name in opened.layers.model.selected)
+    assert opened.layers.preset_combo.currentData() == "mlp"
     assert not opened.store.dirty
 
 

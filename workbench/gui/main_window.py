@@ -349,6 +349,9 @@ class MainWindow(QMainWindow):
                                          f"selected the {preset} preset instead.", 10_000)
         finally:
             self._syncing_selection = False
+        preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
+        if preset_index >= 0:  # the preset box names the configuration's preset, not the last one applied
+            self.layers.preset_combo.setCurrentIndex(preset_index)
         self._summary_timer.start()
 
     def _selection_to_config(self) -> None:
