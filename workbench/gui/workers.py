@@ -291,7 +291,10 @@ class OpenModelWorker(Worker):
         from workbench.core.events import Message, Progress
 
         if isinstance(event, Progress):
-            self.post("progress", float(event.done), float(event.total), event.detail or event.task)
+            detail = event.detail or event.task
+            if event.task == "convert":  # say why this open is slow, and that it happens once
+                detail = f"Converting the model to safetensors, once (later starts reuse it) — {detail}"
+            self.post("progress", float(event.done), float(event.total), detail)
         elif isinstance(event, Message):
             self.post("progress", 0.0, 0.0, event.text)
 
