@@ -157,7 +157,13 @@ def warm_up_imports() -> None:
 
         import workbench.core.data  # noqa: F401
         import workbench.core.models  # noqa: F401
+        import workbench.core.runs  # noqa: F401
         import workbench.core.training  # noqa: F401
+        # Imported by the first training run otherwise, each a GIL-holding pause of the window then (found by
+        # listing sys.modules before and after a run that followed this warm-up).
+        import datasets.io.generator  # noqa: F401
+        import peft.utils.transformers_weight_conversion  # noqa: F401
+        import torch.utils.serialization  # noqa: F401
     finally:
         gc.freeze()
         _importing.clear()
