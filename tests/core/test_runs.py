@@ -335,7 +335,7 @@ def test_the_heartbeat_thread_keeps_status_fresh_without_events(tmp_path):
 
 def test_list_runs_summarises_each_run_newest_first(tmp_path):
     root = tmp_path / "runs"
-    new = create_run(make_config(root, name="new"))
+    create_run(make_config(root, name="new"))  # never started: listed as new
     done = create_run(make_config(root, name="done"))
     record(done, started(total=4), step(1, 2.0, 4), Evaluation(step=2, eval_loss=2.5), step(2, 1.8, 4),
            Evaluation(step=3, eval_loss=1.5), step(3, 1.6, 4), Evaluation(step=4, eval_loss=float("nan")),
