@@ -134,3 +134,10 @@ def test_discarding_unsaved_settings_closes_without_writing(window, qtbot, tmp_p
     window.save_prompt.button(QMessageBox.StandardButton.Discard).click()
     qtbot.waitUntil(lambda: not window.isVisible())
     assert path.read_bytes() == before
+
+    window.show()  # reopened (as after a close that something else cancelled): a new edit is asked about again
+    window.store.update("lora", r=8)
+    window.close()
+    assert window.isVisible() and window.save_prompt is not None
+    window.save_prompt.button(QMessageBox.StandardButton.Discard).click()
+    qtbot.waitUntil(lambda: not window.isVisible())

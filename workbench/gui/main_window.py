@@ -365,6 +365,7 @@ class MainWindow(QMainWindow):
                           rank_pattern=dict(model.rank_overrides), alpha_pattern=dict(model.alpha_overrides))
 
     def _config_changed(self, section: str) -> None:
+        self._discard_confirmed = False  # an edit after "Discard" (and a cancelled close) is asked about again
         self._update_title()
         self.runs.set_root(self.store.config.output.runs_root)
         if self.layers.model is not None:
