@@ -96,6 +96,13 @@ def start_writer(code: str, folder: RunFolder) -> subprocess.Popen:
     return proc
 
 
+def wait_for_beats_spanning(folder: RunFolder, seconds: float) -> None:
+    """Until the writer has kept rewriting status.json for longer than ``seconds`` (by the file system's
+    clock): a run judged by its heartbeat must still count as alive then."""
+    first = folder.status_file.stat().st_mtime
+    wait_until(lambda: folder.status_file.stat().st_mtime - first > seconds, "the writer to keep beating")
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
@@ -109,7 +116,7 @@ def test_a_skewed_writer_on_another_host_is_running_while_it_beats_and_crashed_o
         status = json.loads(folder.status_file.read_text())
         assert status["hostname"] == "gpu-node-7" and status["updated_at"] < time.time() - HOUR + 60
         assert run_status(folder, stale_after=1.0) is RunStatus.RUNNING  # the old rule said crashed here
-        time.sleep(1.5)  # longer than stale_after: a live writer has beaten many times meanwhile
+        wait_for_beats_spanning(folder, 1.5)  # longer than stale_after: a live writer has beaten many times meanwhile
         assert run_status(folder, stale_after=1.0) is RunStatus.RUNNING
     finally:
         stop(writer)
@@ -145,7 +152,7 @@ def test_resume_refuses_a_live_run_on_another_host_despite_its_lagging_clock(tmp
     make_checkpoint(folder, 5)
     writer = start_writer(SKEWED_WRITER, folder)
     try:
-        time.sleep(1.5)
+        wait_for_beats_spanning(folder, 1.5)  # longer than STALE_AFTER_S, beating all along
         with pytest.raises(TrainingError) as refused:
             prepare_resume(folder)
         message, hint = refused.value.message, refused.value.hint
