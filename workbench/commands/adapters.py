@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from workbench.core.fsutil import format_size
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a run's adapter, as trained or in a portable form")
@@ -70,17 +72,6 @@ def _writing(out: str) -> Iterator[None]:
         raise OutputError(f"cannot write {out}: {reason}{written}", hint) from None
 
 
-def _size(nbytes: float) -> str:
-    """1536 → '1.5 KiB'."""
-    for unit in ("bytes", "KiB", "MiB"):
-        if nbytes < 1024:
-            break
-        nbytes /= 1024
-    else:
-        unit = "GiB"
-    return f"{nbytes:.0f} bytes" if unit == "bytes" else f"{nbytes:.1f} {unit}"
-
-
 class _ConsoleProgress:
     """Prints merge progress to stderr: one self-overwriting line on a terminal, every 10 % otherwise."""
 
@@ -96,7 +87,7 @@ class _ConsoleProgress:
             step = percent if self.tty else percent - percent % 10
             if step > self.shown:
                 self.shown = step
-                line = f"merging {percent:3d}%  {_size(event.done)} of {_size(event.total)}  {event.detail}"
+                line = f"merging {percent:3d}%  {format_size(event.done)} of {format_size(event.total)}  {event.detail}"
                 print(f"\r{line}" if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
 
@@ -110,7 +101,7 @@ def run_merge(args: argparse.Namespace) -> int:
     finally:
         if progress.tty:
             print(file=sys.stderr)
-    print(f"merged {result.merged_modules} modules into {result.output} ({_size(result.bytes_written)} of weights)")
+    print(f"merged {result.merged_modules} modules into {result.output} ({format_size(result.bytes_written)} of weights)")
     return 0
 
 

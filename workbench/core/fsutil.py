@@ -219,7 +219,7 @@ def remove_directory(path: Path) -> None:
     except FileNotFoundError:
         return
     fsync_dir(path.parent)
-    shutil.rmtree(doomed, ignore_errors=True)
+    shutil.rmtree(doomed)
 
 
 def make_dirs(folder: Path) -> list[Path]:
@@ -297,7 +297,7 @@ DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc``, or an exception it was raised from, reports a full disk or an exhausted quota."""
     return any((isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS) or any(t in str(e) for t in DISK_FULL_TEXTS)
-               for e in _chain(exc))
+               for e in exception_chain(exc))
 
 
 def _existing(path: Path) -> Path:
@@ -336,7 +336,7 @@ def disk_full_error(out: Path, exc: BaseException, needed: int | None = None):
         return None
     from .errors import OutputError
 
-    reason = next((e.strerror for e in _chain(exc) if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS and e.strerror),
+    reason = next((e.strerror for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS and e.strerror),
                   "No space left on device")
     try:
         room = f"{format_size(free_bytes(out))} free on {mount_point(out)}"
@@ -348,7 +348,7 @@ def disk_full_error(out: Path, exc: BaseException, needed: int | None = None):
                        "free some disk space, or write the output to a disk with more room")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:

@@ -112,7 +112,7 @@ from .events import (
     Step,
     event_from_dict,
 )
-from .fsutil import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree, make_dirs, remove_empty_dirs
+from .fsutil import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_tree, make_dirs, remove_directory, remove_empty_dirs
 
 __all__ = [
     "RUN_FILE",
@@ -260,9 +260,7 @@ def create_run(config: RunConfig) -> RunFolder:
         else:
             root = Path(out.runs_root)
             created += make_dirs(root)
-            # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
-            base = (out.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}").lstrip(".")
-            path = _claim_unique_dir(root, base or "run")
+            path = claim_new_run_dir(root, config)
             created.append(path)
         config.save(path / RUN_FILE)
     except OSError as exc:
@@ -272,6 +270,14 @@ def create_run(config: RunConfig) -> RunFolder:
             "choose a folder you can write to (output.runs_root or output.run_dir)",
         ) from None
     return RunFolder(path)
+
+
+def claim_new_run_dir(root: Path, config: RunConfig) -> Path:
+    """Create and return the empty folder of a new run under ``root``: ``output.name``, or the model's short
+    name and the time, with ``-2``, ``-3``… when taken (``mkdir`` claims it, so two starts cannot share it)."""
+    # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
+    base = (config.output.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}").lstrip(".")
+    return _claim_unique_dir(root, base or "run")
 
 
 def _claim_unique_dir(root: Path, base: str) -> Path:
@@ -994,21 +1000,41 @@ def choose_checkpoint(run_dir: PathLike) -> CheckpointChoice:
     checkpoint = None
     for candidate in reversed(checkpoints):  # the newest complete one, read in full before it is trusted
         if candidate.complete:
-            problem = _checkpoint_problem(candidate.path, candidate.step, thorough=True)
+            problem = _crc_problem(candidate.path)  # list_checkpoints made every other check already
             if not problem:
                 checkpoint = candidate
                 break
             checkpoints[checkpoints.index(candidate)] = Checkpoint(candidate.step, candidate.path, problem)
     # Only older checkpoints than the chosen one can be kept: a newer one is incomplete or damaged.
     incomplete = [c for c in checkpoints if not c.complete]
-    discarded = [c.path for c in incomplete]
-    discarded += _temporary_checkpoints(folder)
+    discarded = discard_unfinished_checkpoints(folder, checkpoints)
+    problems = tuple((c.path.name, c.problem) for c in incomplete)
+    return CheckpointChoice(checkpoint, tuple(sorted(discarded)), problems)
+
+
+def discard_unfinished_checkpoints(run_dir: PathLike, checkpoints: list[Checkpoint] | None = None) -> list[Path]:
+    """Remove the incomplete checkpoint folders (among ``checkpoints``, as ``list_checkpoints`` judged them)
+    and the temporary ones (``.tmp-checkpoint-N.partial`` / ``.deleting``): never resumed from, and they take
+    space. Returns what was removed."""
+    folder = RunFolder(run_dir)
+    if checkpoints is None:
+        checkpoints = list_checkpoints(folder)
+    discarded = [c.path for c in checkpoints if not c.complete] + _temporary_checkpoints(folder)
     for path in discarded:
         _remove(path)
     if discarded:
         fsync_dir(folder.checkpoints_dir)
-    problems = tuple((c.path.name, c.problem) for c in incomplete)
-    return CheckpointChoice(checkpoint, tuple(sorted(discarded)), problems)
+    return discarded
+
+
+def _crc_problem(path: Path) -> str:
+    """The thorough part of ``_checkpoint_problem``: every state archive read against its CRC-32s."""
+    for state in sorted(path.iterdir()):
+        if state.name.endswith((".pt", ".pth")):
+            problem = _torch_file_problem(state, True)
+            if problem:
+                return f"{state.name} {problem}"
+    return ""
 
 
 def _temporary_checkpoints(folder: RunFolder) -> list[Path]:
@@ -1110,6 +1136,10 @@ class ResumeLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_small(fd)
+            deadline = time.monotonic() + 0.5
+            while not holder and time.monotonic() < deadline:  # the holder writes its note just after locking
+                time.sleep(0.01)
+                holder = _read_small(fd)
             os.close(fd)
             raise TrainingError(*_being_resumed(folder, holder)) from None
         except OSError:  # ENOLCK, EOPNOTSUPP: this file system has no locks
@@ -1121,10 +1151,6 @@ class ResumeLock:
         except OSError:
             pass  # the lock is what counts; the note only improves the message
         return cls(fd)
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -1355,8 +1381,4 @@ def delete_run(run_dir: PathLike) -> None:
     if folder.path.is_symlink():
         folder.path.unlink()
         return
-    doomed = folder.path.with_name(f"{TMP_PREFIX}{folder.name}.deleting")
-    if doomed.exists():
-        shutil.rmtree(doomed)  # left by an interrupted earlier deletion
-    os.rename(folder.path, doomed)
-    shutil.rmtree(doomed)
+    remove_directory(folder.path)

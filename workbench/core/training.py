@@ -34,6 +34,8 @@ from .config import RunConfig
 from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError
+from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
+from .models import _first_line
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -449,10 +451,6 @@ def _explain_failure(exc: BaseException) -> tuple[str, str]:
 # adapter is saved) with the newest complete checkpoint intact, so `workbench resume` can continue from it.
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n")[0]
-
-
 def _divergence_error(config: RunConfig, precision: str, run_dir: Path, step: int, loss: float | None,
                       grad_norm: float | None) -> TrainingError:
     """The failure of a run whose loss, gradient norm or weights became NaN or infinite at ``step``."""
@@ -548,17 +546,10 @@ _TORCH_WRITE_FAILURES = ("file write failed", "unexpected pos", "iostream error"
 
 
 def _is_disk_full(exc: BaseException, folder: Path, needed: int) -> bool:
-    from .fsutil import is_disk_full
-
     if is_disk_full(exc):  # ENOSPC / EDQUOT, or their text (safetensors keeps only that)
         return True
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE_FAILURES):
-            return _free_bytes(folder) < needed  # believe it when there is indeed too little room left
-        e = e.__cause__ or e.__context__
+    if any(isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE_FAILURES) for e in exception_chain(exc)):
+        return free_bytes(folder) < needed  # believe it when there is indeed too little room left
     return False
 
 
@@ -567,19 +558,20 @@ def _checkpoint_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_
 
     The checkpoint was being written into its temporary folder (``_make_trainer_class``), which is gone by now,
     so the previous checkpoints are untouched; what else is unfinished is removed here, to give space back."""
-    from .runs import RunFolder, latest_checkpoint
+    from .runs import RunFolder, _newest_complete, discard_unfinished_checkpoints, list_checkpoints
 
     folder = RunFolder(run_dir)
     target = folder.checkpoints_dir / f"checkpoint-{step}"
-    previous = latest_checkpoint(run_dir)
+    checkpoints = list_checkpoints(folder)
+    previous = _newest_complete(checkpoints)
     # The previous checkpoint is the best estimate; without one: the adapter plus AdamW's two moments.
     needed = _folder_bytes(previous.path) if previous else 3 * adapter_bytes
     if not _is_disk_full(exc, target, needed):
         return None
-    _remove_unfinished_checkpoints(run_dir)
-    free, mount = _free_bytes(target), _mount_point(target)
+    discard_unfinished_checkpoints(folder, checkpoints)  # gives their space back
+    free, mount = free_bytes(target), mount_point(target)
     reason = (f"the disk is full: checkpoint-{step} could not be written to {folder.checkpoints_dir} "
-              f"(file system {mount}: {_size(free)} free now; a checkpoint needs about {_size(needed)})")
+              f"(file system {mount}: {format_size(free)} free now; a checkpoint needs about {format_size(needed)})")
     then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {previous.path.name}" if previous
             else "start the run again (it has no complete checkpoint to resume from)")
     return OutputError(reason, f"{_room(needed, free, mount)} (a lower training.save_total_limit keeps fewer checkpoints), "
@@ -597,9 +589,9 @@ def _adapter_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_byt
     needed = weights.stat().st_size if weights is not None and weights.is_file() else adapter_bytes
     if not _is_disk_full(exc, run_dir, needed):
         return None
-    free, mount = _free_bytes(run_dir), _mount_point(run_dir)
+    free, mount = free_bytes(run_dir), mount_point(run_dir)
     reason = (f"the disk is full: the adapter of step {step} could not be written to {target} "
-              f"(file system {mount}: {_size(free)} free now; the adapter needs about {_size(needed)})")
+              f"(file system {mount}: {format_size(free)} free now; the adapter needs about {format_size(needed)})")
     then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {checkpoint.path.name} and saves the adapter"
             if checkpoint else "train again: without a checkpoint (training.save_steps) these weights are lost")
     kept = f" The adapter saved earlier in {target} is unchanged." if target.is_dir() else ""
@@ -608,24 +600,8 @@ def _adapter_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_byt
 
 def _room(needed: int, free: int, mount: Path) -> str:
     if needed > free:
-        return f"free at least {_size(needed - free)} on {mount}"
-    return f"keep at least {_size(needed)} free on {mount} (other files may have taken the space)"
-
-
-def _remove_unfinished_checkpoints(run_dir: Path) -> None:
-    """Checkpoint folders cut short and temporary ones (as prepare_resume removes them): never resumed from,
-    and they take space."""
-    import shutil
-
-    from .fsutil import TMP_PREFIX
-    from .runs import RunFolder, list_checkpoints
-
-    doomed = [c.path for c in list_checkpoints(run_dir) if not c.complete]
-    checkpoints_dir = RunFolder(run_dir).checkpoints_dir
-    if checkpoints_dir.is_dir():
-        doomed += [p for p in checkpoints_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        return f"free at least {format_size(needed - free)} on {mount}"
+    return f"keep at least {format_size(needed)} free on {mount} (other files may have taken the space)"
 
 
 def _trainable_bytes(model: Any) -> int:
@@ -634,24 +610,6 @@ def _trainable_bytes(model: Any) -> int:
 
 def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _free_bytes(path: Path) -> int:
-    from .fsutil import free_bytes
-
-    return free_bytes(path)
-
-
-def _mount_point(path: Path) -> Path:
-    from .fsutil import mount_point
-
-    return mount_point(path)
-
-
-def _size(n: int) -> str:
-    from .fsutil import format_size
-
-    return format_size(n)
 
 
 def _device_memory(device: str) -> int | None:
