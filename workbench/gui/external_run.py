@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
@@ -77,19 +76,10 @@ def claim_run_dir(config: RunConfig) -> tuple[Path, bool]:
             return path, created
         root = Path(out.runs_root).expanduser().absolute()
         root.mkdir(parents=True, exist_ok=True)
-        base = (out.name or f"{core_runs.model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}")
-        base = base.lstrip(".") or "run"  # a dot-folder would be hidden from the runs list
-        for n in range(1, 10_000):
-            path = root / (base if n == 1 else f"{base}-{n}")
-            try:
-                path.mkdir()
-                return path, True
-            except FileExistsError:
-                continue
+        return core_runs.claim_new_run_dir(root, config), True
     except OSError as exc:
         raise OutputError(f"cannot create the run folder: {exc.strerror or exc} ({exc.filename})",
                           "choose a folder you can write to (output.runs_root or output.run_dir)") from None
-    raise OutputError(f"too many runs named {base!r} in {root}", "set output.name to another name")
 
 
 def launch_command(run_file: Path, run_dir: Path, processes: int) -> list[str]:
@@ -230,16 +220,11 @@ class ExternalRun(QObject):
         self.scratch = scratch  # temporary folder with the run file and the log; removed when the run ends here
         self.created_dir = created_dir
         self.control = FolderControl(self.run_dir)
-        self.started: RunStarted | None = None
         self._outcome_event: Finished | Failed | None = None
         self._tailer = core_runs.MetricsTailer(self.run_dir)
         self._status_checked = time.monotonic()
         self._timer = QTimer(self, interval=POLL_INTERVAL_MS)
         self._timer.timeout.connect(self.poll)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
         self._timer.start()
@@ -265,7 +250,7 @@ class ExternalRun(QObject):
             self.log.read()
         for event in self._tailer.poll():
             if isinstance(event, RunStarted):
-                self.started, self._outcome_event = event, None  # a new session (a resumed run)
+                self._outcome_event = None  # a new session (a resumed run)
             elif isinstance(event, (Finished, Failed)):
                 self._outcome_event = event
             self.event.emit(event)

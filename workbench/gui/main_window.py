@@ -225,11 +225,10 @@ class MainWindow(QMainWindow):
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
         try:
-            model = self.store.config.model
-            if spec.strip() != model.source and (model.allow_pickle or model.trust_remote_code):
-                # "I trust this file" is given per model: another model starts untrusted again.
-                self.store.update("model", allow_pickle=False, trust_remote_code=False)
-            self.store.update("model", source=spec.strip())
+            model, fields = self.store.config.model, {"source": spec.strip()}
+            if spec.strip() != model.source:  # "I trust this file" is per model: another one starts untrusted
+                fields.update(allow_pickle=False, trust_remote_code=False)
+            self.store.update("model", **fields)
         except ConfigError as exc:
             self.show_error("Model", "\n".join(exc.problems))
             return
@@ -367,7 +366,8 @@ class MainWindow(QMainWindow):
     def _config_changed(self, section: str) -> None:
         self._discard_confirmed = False  # an edit after "Discard" (and a cancelled close) is asked about again
         self._update_title()
-        self.runs.set_root(self.store.config.output.runs_root)
+        if section in ("", "output"):  # only these can change runs_root
+            self.runs.set_root(self.store.config.output.runs_root)
         if self.layers.model is not None:
             lora = self.store.config.lora
             # New default rank/alpha for the columns: not a selection edit. Without the guard the open tree's

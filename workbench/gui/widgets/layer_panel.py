@@ -209,7 +209,7 @@ class LayerPanel(QWidget):
             self._show_problem(f"Blocks: the model has blocks 0–{tree.num_blocks - 1} only.")
             return
         self._show_problem("")
-        self.model.replace_selection(tree.in_blocks(sorted(self.model.selected, key=tree._order), blocks))
+        self.model.replace_selection(tree.in_blocks(self.model.selected, blocks))
 
     def _context_menu(self, pos) -> None:
         if self.model is None:

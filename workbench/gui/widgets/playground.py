@@ -29,7 +29,6 @@ class Playground(QWidget):
         super().__init__(parent)
         self.model = None
         self.tokenizer = None
-        self.loaded_paths: tuple[str, str] | None = None
         self.control: RunControl | None = None
         self.running = False
         self.pieces: list[str] = []  # which answer each streamed piece went to (the tests check the streaming)
@@ -107,7 +106,6 @@ class Playground(QWidget):
 
     def show_loaded(self, result: dict) -> None:
         self.model, self.tokenizer = result["model"], result["tokenizer"]
-        self.loaded_paths = (self.base_edit.text().strip(), self.adapter_edit.text().strip())
         self.status.setText("Ready. The base answer is generated with the adapter switched off, from the same "
                             "model in memory.")
         self._update_buttons()

@@ -138,6 +138,12 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         return curve
 
     # -- data -----------------------------------------------------------------------------------------
+    def add_step(self, e) -> None:
+        """The curves one engine ``Step`` event feeds."""
+        for name, value in (("loss", e.loss), ("learning_rate", e.learning_rate), ("grad_norm", e.grad_norm),
+                            ("tokens_per_second", e.tokens_per_second), ("memory", e.memory_bytes)):
+            self.add(name, e.step, value)
+
     def add(self, name: str, step: float, value: float | None) -> None:
         if value is None or not np.isfinite(value):
             return

@@ -60,7 +60,6 @@ class RunsPanel(QWidget):
     exportRequested = Signal(str)  # adapter folder
     inspectRequested = Signal(str)  # adapter folder
     watchRequested = Signal(str)  # run folder of a running run, to follow (and stop) in the Train tab
-    listed = Signal()  # after each refresh of the list (tests wait on it)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -203,7 +202,6 @@ class RunsPanel(QWidget):
         if set(self.selected_paths()) != selected:
             self._selection_changed()
         self._update_buttons()
-        self.listed.emit()
 
     def _add_row_to_selection(self, row: int) -> None:
         from PySide6.QtCore import QItemSelectionModel
@@ -327,10 +325,7 @@ class RunsPanel(QWidget):
                     ys.append(e.loss)
                     if single:
                         self.plots.set_total_steps(e.total_steps)
-                        for name, value in (("loss", e.loss), ("learning_rate", e.learning_rate),
-                                            ("grad_norm", e.grad_norm), ("tokens_per_second", e.tokens_per_second),
-                                            ("memory", e.memory_bytes)):
-                            self.plots.add(name, e.step, value)
+                        self.plots.add_step(e)
                 elif isinstance(e, Evaluation) and single:
                     self.plots.add("eval_loss", e.step, e.eval_loss)
                 elif isinstance(e, RunStarted) and single:

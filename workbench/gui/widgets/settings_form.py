@@ -12,7 +12,6 @@ import types
 import typing
 from typing import Any, Literal
 
-from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QScrollArea, QVBoxLayout,
     QWidget,
@@ -148,7 +147,6 @@ class FieldEditor:
 
 
 class SettingsForm(QScrollArea):
-    validityChanged = Signal(bool)  # False while any editor holds a refused value
 
     def __init__(self, store, parent=None):
         super().__init__(parent)
@@ -197,7 +195,6 @@ class SettingsForm(QScrollArea):
 
     def refresh(self, section: str = "") -> None:
         """Show the store's values; a whole new configuration also clears the marks of refused edits."""
-        was_valid = self.valid
         for key, editor in self.editors.items():
             if section and editor.section != section:
                 continue
@@ -205,19 +202,14 @@ class SettingsForm(QScrollArea):
                 editor.set_problem("")
             if not editor.error.text():
                 editor.show(getattr(getattr(self.store.config, editor.section), editor.name))
-        if self.valid != was_valid:
-            self.validityChanged.emit(self.valid)
 
     def _commit(self, key: str) -> None:
         editor = self.editors[key]
-        was_valid = self.valid
         try:
             self.store.update(editor.section, **{editor.name: editor.value()})
             editor.set_problem("")
         except ValueError as exc:  # ConfigError is a ValueError too
             editor.set_problem(self._message(exc))
-        if self.valid != was_valid:
-            self.validityChanged.emit(self.valid)
 
     @staticmethod
     def _message(exc: ValueError) -> str:

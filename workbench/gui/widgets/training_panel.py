@@ -185,7 +185,7 @@ class TrainingPanel(QWidget):
             last_step = None  # labels show only a batch's last step, but before any later event's own status
             for event in events:
                 if isinstance(event, Step):
-                    self._add_step(event)
+                    self.plots.add_step(event)
                     last_step = event
                     continue
                 if last_step is not None:
@@ -199,13 +199,6 @@ class TrainingPanel(QWidget):
             self._plotted_at = time.monotonic()
             self._plots_stale = False
             self.plots.redraw()
-
-    def _add_step(self, e: Step) -> None:
-        self.plots.add("loss", e.step, e.loss)
-        self.plots.add("learning_rate", e.step, e.learning_rate)
-        self.plots.add("grad_norm", e.step, e.grad_norm)
-        self.plots.add("tokens_per_second", e.step, e.tokens_per_second)
-        self.plots.add("memory", e.step, e.memory_bytes)
 
     def _show_progress(self, e: Step) -> None:
         self.plots.set_total_steps(e.total_steps)
