@@ -22,8 +22,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         from workbench.gui.app import main as gui_main
     except ImportError as exc:
-        from workbench.core.errors import WorkbenchError
-
         raise WorkbenchError(f"the window cannot start: {exc}", "install the GUI dependencies with `make run`") from None
     return gui_main(args.run_file)
 
