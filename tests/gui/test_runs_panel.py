@@ -70,3 +70,35 @@ def test_overlay_difference_and_resume(window, qtbot, tmp_path_factory, tiny_mod
     assert window.tabs.currentWidget() is window.training  # the resumed run is watched in the Train tab
     window.tabs.setCurrentWidget(panel)  # back in Runs, the list is refreshed on showing
     qtbot.waitUntil(lambda: panel.status_of("stopped") == "finished", timeout=10_000)
+
+
+def test_a_selected_run_is_followed_by_one_tailer(window, qtbot, tmp_path_factory, tiny_model_dir, monkeypatch):
+    from PySide6.QtCore import QItemSelectionModel
+
+    from workbench.core import runs as core_runs
+
+    runs = trained_runs(tmp_path_factory, tiny_model_dir)
+    built = []
+    real = core_runs.MetricsTailer
+
+    def counting(path, *args, **kwargs):
+        built.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(core_runs, "MetricsTailer", counting)
+    panel = window.runs
+    window.store.update("output", runs_root=str(runs["root"]))
+    window.tabs.setCurrentWidget(panel)
+    qtbot.waitUntil(lambda: panel.row_of("done") >= 0 and panel.row_of("stopped") >= 0)
+    panel.select("done")
+    assert built == ["done"], "a newly selected run gets one tailer"
+    assert panel.plots.points("loss") == 30
+    panel.select("done", "stopped")  # clears the selection first: both are followed anew
+    assert built == ["done", "done", "stopped"]
+    # Deselecting one run of a comparison: the other one's plots replay its file from the start.
+    index = panel.table.model().index(panel.row_of("stopped"), 0)
+    panel.table.selectionModel().select(index, QItemSelectionModel.SelectionFlag.Deselect
+                                        | QItemSelectionModel.SelectionFlag.Rows)
+    assert [s.name for s in panel.selected()] == ["done"]
+    assert built == ["done", "done", "stopped", "done"]
+    assert panel.plots.points("loss") == 30

@@ -1372,14 +1372,17 @@ def _chat_template(cfg: DataConfig, tokenizer: Any) -> str | None:
     try:
         tokenizer.apply_chat_template(probe, tokenize=False, chat_template=cfg.chat_template)
     except jinja2.TemplateSyntaxError as exc:
-        raise DataError(f"data.chat_template: not a valid Jinja template: {exc.message} (line {exc.lineno}).",
-                        _TEMPLATE_HINT) from None
+        raise _template_syntax_error(exc) from None
     except (jinja2.TemplateError, ValueError, TypeError):
         pass  # it parses; a template that rejects particular conversations is reported per row
     return cfg.chat_template
 
 
-_TEMPLATE_HINT = "Fix the template's syntax, or remove data.chat_template to use the tokenizer's own template."
+def _template_syntax_error(exc: jinja2.TemplateSyntaxError) -> DataError:
+    """One message for a configured template that does not parse, whether ``detect`` (no tokenizer) or the
+    preparation (with one) finds it."""
+    return DataError(f"data.chat_template: not a valid Jinja template: {exc.message} (line {exc.lineno}).",
+                     "Fix the template's syntax, or remove data.chat_template to use the tokenizer's own template.")
 
 
 def _check_template_syntax(template: str) -> None:
@@ -1392,7 +1395,6 @@ def _check_template_syntax(template: str) -> None:
     try:
         _compile_jinja_template(template)
     except jinja2.TemplateSyntaxError as exc:
-        raise DataError(f"data.chat_template: not a valid Jinja template: {exc.message} (line {exc.lineno}).",
-                        _TEMPLATE_HINT) from None
+        raise _template_syntax_error(exc) from None
     except Exception:  # anything else is left to apply_chat_template, which reports it per row
         pass

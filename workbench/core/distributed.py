@@ -90,8 +90,6 @@ class Distributed:
     def main_first(self, fn: Callable[[], T]) -> T:
         """Rank 0 runs ``fn`` first (e.g. tokenising into the datasets cache), then the others reuse its work.
         An error on rank 0 is raised on every rank instead of leaving them waiting."""
-        if self.world_size == 1:
-            return fn()
         result = self.on_main(fn, share_result=False)
         return result if self.is_main else fn()
 

@@ -98,9 +98,10 @@ def resolve_source(
     spec = (spec or "").strip()
     if not spec:
         raise ModelSourceError("no model chosen", "pick a local model folder, a .gguf file, or type a Hub id such as org/name")
-    if spec.lower().startswith("builtin:"):  # a model shipped in a Python package, converted once (core/builtin.py)
-        from .builtin import resolve_builtin
+    # Imported here, not at the top: core/builtin.py is only needed once a model is being resolved.
+    from .builtin import is_builtin_source, resolve_builtin
 
+    if is_builtin_source(spec):  # a model shipped in a Python package, converted once (core/builtin.py)
         return resolve_builtin(spec, sink=sink)
     path = Path(spec).expanduser()
     if path.exists():
@@ -174,9 +175,11 @@ _SIZE_OR_VARIANT = re.compile(r"^(\d+(\.\d+)?[kmbt]|\d+x\d+[mb]|instruct|chat|ba
 def model_family(spec: str, name_or_path: str = "") -> str:
     """The family part of a model name — "SmolLM2" for SmolLM2-135M-Instruct, "Llama-3.2" for Llama-3.2-1B,
     "Qwen2.5" for Qwen2.5-0.5B-Instruct — to look up its relatives on the Hub. "" when nothing is left."""
+    from .builtin import BUILTIN_PREFIX  # lazily, like resolve_source
+
     name = name_or_path if "/" in name_or_path and not Path(name_or_path).exists() else spec
-    if name.lower().startswith("builtin:"):
-        name = name.split(":", 1)[1]
+    if name.lower().startswith(BUILTIN_PREFIX):
+        name = name[len(BUILTIN_PREFIX):]
     name = Path(name.rstrip("/")).name if ("/" not in name or Path(name).exists() or name.startswith((".", "/", "~"))) \
         else name.split("/")[-1]
     name = re.sub(r"\.gguf$", "", name, flags=re.I)

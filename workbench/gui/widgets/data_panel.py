@@ -8,6 +8,7 @@ inspection through ``inspectRequested``; the window debounces it.
 
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
@@ -42,12 +43,41 @@ def inspect_data(data: DataConfig, model_source, trust_remote_code: bool, seed: 
 
     result: dict = {"info": core_data.detect(data), "previews": None, "stats": None}
     if model_source is not None:
-        from workbench.core.models import load_tokenizer
-
-        tokenizer = load_tokenizer(model_source, trust_remote_code=trust_remote_code)
+        tokenizer = _preview_tokenizer(model_source, trust_remote_code, _tokenizer_files_stamp(model_source))
         result["previews"] = core_data.preview(data, tokenizer, n=5)
         result["stats"] = core_data.prepare(data, tokenizer, seed=seed).stats
     return result
+
+
+# Every change of format, columns or max length inspects again; loading a tokenizer takes up to seconds, so
+# the last few stay loaded. Only the preview uses these: core.data reads a tokenizer and never changes it,
+# and the window runs one inspection at a time, so sharing one between inspections is safe.
+@functools.lru_cache(maxsize=2)
+def _preview_tokenizer(model_source, trust_remote_code: bool, files_stamp: tuple):
+    """The model's tokenizer, loaded once per source (ModelSource holds folder, revision and GGUF file),
+    trust setting and state of its files; ``files_stamp`` only takes part in the cache key."""
+    from workbench.core.models import load_tokenizer
+
+    return load_tokenizer(model_source, trust_remote_code=trust_remote_code)
+
+
+def _tokenizer_files_stamp(model_source) -> tuple:
+    """Name, size and modification time of the files a tokenizer is read from, so that editing them in
+    place (a fixed chat template, say) is seen by the next inspection, as it was before the cache."""
+    from workbench.core.models import SMALL_FILES
+
+    folder = Path(model_source.path)
+    names = {path.name for pattern in SMALL_FILES for path in folder.glob(pattern)}
+    if model_source.gguf_file:  # a GGUF file carries its own tokenizer
+        names.add(model_source.gguf_file)
+    stamp = []
+    for name in sorted(names):
+        try:
+            info = (folder / name).stat()
+        except OSError:  # gone between listing and stat: load_tokenizer will report it
+            continue
+        stamp.append((name, info.st_size, info.st_mtime_ns))
+    return tuple(stamp)
 
 
 class ThemedPlotWidget(pg.PlotWidget):

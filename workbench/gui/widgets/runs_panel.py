@@ -252,11 +252,13 @@ class RunsPanel(QWidget):
                 self.overlay.removeItem(self.overlay_curves.pop(path))
         if self.overlay.plotItem.legend is not None:
             self.overlay.plotItem.legend.clear()
+        newly_followed = set()
         for i, s in enumerate(chosen):
             if s.path not in self.tailers:
                 self.tailers[s.path] = core_runs.MetricsTailer(s.path)
                 self._loss[s.path] = ([], [])
                 self.overlay_curves[s.path] = self.overlay.plot([], [])
+                newly_followed.add(s.path)
             curve = self.overlay_curves[s.path]
             curve.setPen(pg.mkPen(OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)], width=2))
             self.overlay.plotItem.legend.addItem(curve, s.name)
@@ -268,9 +270,12 @@ class RunsPanel(QWidget):
             self.views.setCurrentWidget(self.overlay)
         elif len(chosen) == 1:
             self.views.setCurrentWidget(self.plots)
-            # The single-run plots replay the whole file: start that run's tailer afresh.
-            self.tailers[chosen[0].path] = core_runs.MetricsTailer(chosen[0].path)
-            self._loss[chosen[0].path] = ([], [])
+            # The single-run plots replay the whole file: a run already followed (kept from a comparison) is
+            # followed afresh; a newly selected one has just got a fresh tailer above.
+            path = chosen[0].path
+            if path not in newly_followed:
+                self.tailers[path] = core_runs.MetricsTailer(path)
+                self._loss[path] = ([], [])
         self.poll()
 
     def _show_detail(self, chosen: list[core_runs.RunSummary]) -> None:
