@@ -17,6 +17,7 @@ against the padded script measured in the same run.
 
     .venv/bin/python bench/train_throughput.py                     # the built-in SmolLM2-135M
     .venv/bin/python bench/train_throughput.py --model DIR --examples 32
+    python bench/train_throughput.py --model DIR --device cuda --precision bf16 --examples 2000   # on a GPU
 Targets (issue 3): engine ≥ 2.5× padded and ≥ flattened; engine with packing off within 3 % of padded.
 """
 
@@ -87,7 +88,8 @@ class _Timer:
         return self.end - self.start
 
 
-def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, batch_size: int, max_length: int):
+def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, batch_size: int, max_length: int,
+                 device: str = "cpu", precision: str = "fp32"):
     """What a user writes by hand: Alpaca template, tokenize, pad (or flatten), Trainer + PEFT."""
     import torch
     from datasets import load_dataset
@@ -122,11 +124,14 @@ def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, 
             out["attention_mask"].append([1] * n + [0] * (width - n))
         return {k: torch.tensor(v) for k, v in out.items()}
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # The same weight dtype the engine loads (models.training_weight_dtype): bf16 weights for a bf16 run on a GPU.
+    weights = torch.bfloat16 if (device == "cuda" and precision == "bf16") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weights)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))
     timer = _Timer()
     args = TrainingArguments(output_dir=str(tmp), per_device_train_batch_size=batch_size, num_train_epochs=1,
-                             learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, use_cpu=True,
+                             learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, use_cpu=device == "cpu",
+                             bf16=precision == "bf16",
                              report_to="none", save_strategy="no", logging_steps=1000, disable_tqdm=True,
                              remove_unused_columns=False, seed=42, data_seed=42)
     trainer = Trainer(model=model, args=args, train_dataset=ds,
@@ -135,7 +140,8 @@ def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, 
     return real_tokens, timer.seconds, timer.steps
 
 
-def engine(model_dir: Path, data_file: Path, tmp: Path, *, packing: bool, batch_size: int, max_length: int):
+def engine(model_dir: Path, data_file: Path, tmp: Path, *, packing: bool, batch_size: int, max_length: int,
+           device: str = "cpu", precision: str = "fp32"):
     from workbench.core import events as ev
     from workbench.core.config import RunConfig
     from workbench.core.training import run
@@ -144,7 +150,8 @@ def engine(model_dir: Path, data_file: Path, tmp: Path, *, packing: bool, batch_
         "model": {"source": str(model_dir)},
         "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "preset": "all-linear"},
         "data": {"train_files": [str(data_file)], "format": "alpaca", "max_length": max_length, "packing": packing},
-        "training": {"epochs": 1.0, "learning_rate": 2e-4, "batch_size": batch_size, "logging_steps": 1, "device": "cpu"},
+        "training": {"epochs": 1.0, "learning_rate": 2e-4, "batch_size": batch_size, "logging_steps": 1, "device": device,
+                     "precision": precision},
         "output": {"run_dir": str(tmp / "run")},
     })
     sink = ev.ListSink()
@@ -178,6 +185,8 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=64, help="training examples (default 64)")
     ap.add_argument("--batch-size", type=int, default=8, help="examples per step for the plain scripts (default 8)")
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--only", choices=["engine", "padded", "flattened", "engine-unpacked"], action="append")
     args = ap.parse_args()
 
@@ -195,11 +204,16 @@ def main() -> int:
         mean_tokens = sum(len(tok(r["instruction"] + r["input"] + r["output"])["input_ids"]) for r in rows) / len(rows) + template_tokens
         # The engine packs examples into rows of max_length: give it about as many tokens per step as the scripts get.
         packed_batch = max(1, round(args.batch_size * mean_tokens / args.max_length))
+        where = {"device": args.device, "precision": args.precision}
         plan = {
-            "padded": lambda d: plain_script(model_dir, data_file, d, flatten=False, batch_size=args.batch_size, max_length=args.max_length),
-            "flattened": lambda d: plain_script(model_dir, data_file, d, flatten=True, batch_size=args.batch_size, max_length=args.max_length),
-            "engine": lambda d: engine(model_dir, data_file, d, packing=True, batch_size=packed_batch, max_length=args.max_length),
-            "engine-unpacked": lambda d: engine(model_dir, data_file, d, packing=False, batch_size=args.batch_size, max_length=args.max_length),
+            "padded": lambda d: plain_script(model_dir, data_file, d, flatten=False, batch_size=args.batch_size,
+                max_length=args.max_length, **where),
+            "flattened": lambda d: plain_script(model_dir, data_file, d, flatten=True, batch_size=args.batch_size,
+                max_length=args.max_length, **where),
+            "engine": lambda d: engine(model_dir, data_file, d, packing=True, batch_size=packed_batch,
+                max_length=args.max_length, **where),
+            "engine-unpacked": lambda d: engine(model_dir, data_file, d, packing=False, batch_size=args.batch_size,
+                max_length=args.max_length, **where),
         }
         for name in args.only or list(plan):
             d = tmp / name
@@ -216,7 +230,8 @@ def main() -> int:
     if "engine" in results and "flattened" in results:
         e, f = results["engine"], results["flattened"]
         print(f"          engine / flattened: {(e[0] / e[1]) / (f[0] / f[1]):.2f}×")
-    print(f"model: {model_dir}; examples: {len(rows)}, mean ≈ {mean_tokens:.0f} tokens; torch threads: {__import__('torch').get_num_threads()}")
+    print(f"model: {model_dir}; examples: {len(rows)}, mean ≈ {mean_tokens:.0f} tokens; torch threads: {__import__('torch').get_num_threads()}; "
+          f"device: {args.device}, precision: {args.precision}")
     return 0
 
 

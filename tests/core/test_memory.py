@@ -28,8 +28,30 @@ def test_parts_follow_the_formula(setup):
     assert e.weights == tree.total_params * 2
     assert e.adapter == e.gradients == trainable * 4
     assert e.optimizer == trainable * 8
-    assert e.logits == 2 * 2 * 128 * 300 * 4
+    # float32 logits and their gradient, plus the bf16 logits the model returns before the loss upcasts them
+    assert e.logits == 2.5 * (2 * 128 * 300 * 4)
+    assert est(setup, weight_dtype="float32").logits == 2 * (2 * 128 * 300 * 4)
     assert e.total == sum(v for _, v in e.parts())
+
+
+def test_half_precision_keeps_some_activations_in_float32(setup):
+    fp32, bf16 = est(setup, weight_dtype="float32"), est(setup)
+    embeddings = 2 * (2 * 128) * 64  # embedding output and final norm: 2·b·s·h elements
+    assert (bf16.activations - embeddings * 2) == pytest.approx(0.5 * 1.15 * (fp32.activations - embeddings * 4), rel=1e-3)
+
+
+def test_overhead_on_the_gpu_is_the_context_plus_the_allocators_slack(setup):
+    from workbench.core.memory import CPU_FRAMEWORK_BYTES, CUDA_FRAMEWORK_BYTES
+
+    float_logits = 2 * 128 * 300 * 4
+    gpu = est(setup, device="cuda")
+    assert gpu.overhead == CUDA_FRAMEWORK_BYTES + int(0.8 * float_logits + 0.05 * gpu.activations)
+    ckpt = est(setup, device="cuda", gradient_checkpointing=True)
+    assert ckpt.overhead == CUDA_FRAMEWORK_BYTES + int(1.1 * float_logits + 0.05 * ckpt.activations)
+    fp32 = est(setup, device="cuda", weight_dtype="float32")
+    assert fp32.overhead == CUDA_FRAMEWORK_BYTES + int(0.4 * float_logits + 0.05 * fp32.activations)
+    cpu = est(setup, device="cpu")
+    assert cpu.overhead == CPU_FRAMEWORK_BYTES + cpu.activations // 10
 
 
 def test_activations_scale_with_tokens_and_shrink_with_checkpointing(setup):
