@@ -76,3 +76,33 @@ def test_plots_follow_a_palette_change(qtbot):
     assert plots.backgroundBrush().color() == QColor("#202124")
     assert plots.loss_plot.getAxis("left").textPen().color() == QColor("#e8eaed")
     assert plots.loss_plot.titleLabel.opts["color"] == "#e8eaed"
+
+
+def test_a_live_run_draws_one_plot_per_flush_in_turn(qtbot):
+    """While a run is live each flush repaints one plot (a repaint of all five stalls the window while training
+    competes for the GIL); every plot is drawn within five flushes, and the end of the run draws what is left."""
+    from workbench.core.control import RunControl
+
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    panel.begin_run(RunControl())
+    plots = panel.plots
+
+    def drawn() -> dict[str, int]:
+        return {name: 0 if curve.xData is None else len(curve.xData) for name, curve in plots.curves.items()
+                if name != "eval_loss"}
+
+    for step in range(1, 4):
+        panel.handle(Step(step=step, total_steps=10, epoch=step / 10, loss=1 / step, learning_rate=1e-4,
+                          grad_norm=0.5, tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=step, eta_s=10 - step))
+    panel.flush()
+    assert drawn() == {"loss": 3, "smoothed": 3, "learning_rate": 0, "grad_norm": 0, "tokens_per_second": 0,
+                       "memory": 0}, "the first flush draws the loss plot only"
+    for _ in range(4):
+        panel.flush()
+    assert set(drawn().values()) == {3}
+    assert all(plot.viewRange()[0][1] >= 10 for plot in plots.plot_items), "the step axis spans the whole run"
+    panel.handle(Step(step=4, total_steps=10, epoch=0.4, loss=0.25, learning_rate=1e-4, grad_norm=0.5,
+                      tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=4, eta_s=6))
+    panel.end_run()
+    assert set(drawn().values()) == {4}, "a finished run is drawn in full at once"

@@ -474,9 +474,16 @@ class MainWindow(QMainWindow):
         worker.result.connect(self._training_done)
         worker.failed.connect(self._training_failed)
         worker.finished.connect(self._training_ended)
+        self._show_training_tab(control)
+        self._start(worker)
+
+    def _show_training_tab(self, control: RunControl) -> None:
+        """Reset the Train tab for a new run and paint it, before the training thread starts: its first paint
+        (five plots laid out and drawn, mostly pyqtgraph's Python) takes 30–50 ms of the GUI thread, and twice
+        that while the new thread's Python competes for the GIL."""
         self.training.begin_run(control)
         self.tabs.setCurrentWidget(self.training)
-        self._start(worker)
+        self.training.repaint()
 
     def _training_done(self, result) -> None:
         self.training.append_log(f"Run folder: {result.run_dir}")
@@ -504,8 +511,7 @@ class MainWindow(QMainWindow):
         worker.finished.connect(self._training_ended)
         worker.finished.connect(self.runs.clear_busy)
         self.runs.set_busy(run_dir, True)
-        self.training.begin_run(control)
-        self.tabs.setCurrentWidget(self.training)
+        self._show_training_tab(control)
         self._start(worker)
 
     def _base_for(self, adapter: str) -> str:

@@ -149,6 +149,7 @@ def warm_up_imports() -> None:
     """
     _importing.set()  # no collection meanwhile: it would walk millions of new objects to find no garbage
     try:
+        _preload_torch_libraries()
         import datasets  # noqa: F401
         import peft  # noqa: F401
         import torch  # noqa: F401
@@ -167,6 +168,40 @@ def warm_up_imports() -> None:
     finally:
         gc.freeze()
         _importing.clear()
+
+
+def _preload_torch_libraries() -> None:
+    """Load torch's native libraries with the GIL released, so that ``import torch`` finds them loaded.
+
+    ``import torch`` maps some 450 MB of shared libraries (libtorch_cpu, and what it links) and runs their
+    static initialisers inside ``dlopen``, which Python calls with the GIL held: the window stalled for
+    200–350 ms. A call into C through ctypes releases the GIL, so loading the same files that way first
+    (with the flags torch itself uses) takes that wait off the window. Linux only; a library that is not
+    where this build keeps it is simply left to the import.
+    """
+    import ctypes
+    import importlib.util
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    folder = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    try:
+        dlopen = ctypes.CDLL(None).dlopen
+    except (OSError, AttributeError):
+        return
+    dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+    # libtorch_global_deps as torch._load_global_deps loads it (RTLD_GLOBAL), the rest as an extension's
+    # dependencies are loaded (RTLD_LOCAL); libtorch_python is left out: its initialisers belong to Python.
+    for name, scope in (("libtorch_global_deps.so", os.RTLD_GLOBAL), ("libc10.so", os.RTLD_LOCAL),
+                        ("libtorch_cpu.so", os.RTLD_LOCAL), ("libtorch.so", os.RTLD_LOCAL)):
+        path = folder / name
+        if path.is_file():
+            dlopen(os.fsencode(path), os.RTLD_NOW | scope)
 
 
 # ------------------------------------------------------------------------------ garbage collection

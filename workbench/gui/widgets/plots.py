@@ -5,6 +5,12 @@ numpy buffers (appending is amortised O(1), no list→array copy per frame); cur
 screen's width with peak preservation and clip to the visible range, so 100,000 points redraw in a few
 milliseconds. The smoothed loss is a debiased exponential moving average (TensorBoard's), kept
 incrementally so a new point costs O(1); moving the smoothing control recomputes it once.
+
+Built for a GUI thread shared with training: a repaint of all five plots costs 10–30 ms of GUI-thread time
+(pyqtgraph's axes are Python), and twice that in wall time while a training thread competes for the GIL,
+so a live run draws one plot per turn of the event loop (``redraw_next``), and a new value never changes
+an axis's size (which would lay out and repaint every plot): tick labels get a fixed width, and axes without
+units skip pyqtgraph's SI-prefix relabelling, which re-renders their label on every range change.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QFontMetrics, QPalette
+
+WIDEST_TICK_LABEL = "-0.000125"  # a learning rate's ticks; pyqtgraph writes 1e-5 and 1e4 and beyond as "1e-05", "12000"
 
 
 class Series:
@@ -89,6 +97,10 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         self._ema_last, self._ema_debias = 0.0, 1.0
         self._total_steps = 0
         self.plot_items: list[pg.PlotItem] = []
+        self._plot_curves: dict[pg.PlotItem, tuple[str, ...]] = {}  # which curves each plot draws
+        self._stale: set[str] = set()  # curves whose data changed since they were drawn
+        self._x_stale: set[pg.PlotItem] = set()  # plots whose step axis has not been set to the run's length yet
+        self._next = 0  # redraw_next: the plot whose turn it is
 
         self.loss_plot = self._plot("Training loss", row=0, col=0, colspan=2)
         self.loss_plot.addLegend(offset=(-10, 10))
@@ -105,13 +117,28 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             if unit:
                 plot.setLabel("left", units=unit)
             self.curves[name] = self._curve(plot, (60, 170, 110), None)
+            self._plot_curves[plot] = (name,)
+        self._plot_curves[self.loss_plot] = ("loss", "smoothed", "eval_loss")
+        tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
+        for plot in self.plot_items:
+            for axis in (plot.getAxis("left"), plot.getAxis("bottom")):
+                # Unitless axes never show an SI prefix (a hidden label, or "step" in the range it leaves alone),
+                # but pyqtgraph would still re-render the label and re-size the axis on every range change.
+                axis.enableAutoSIPrefix(bool(axis.labelUnits))
+                # Major and minor ticks only: the third level pyqtgraph computes is too dense to be drawn at
+                # these sizes, yet costs a third of each axis's (Python) redraw.
+                axis.setStyle(maxTickLevel=1)
+            # Room for the widest tick label these plots usually show, reserved once: were it to follow the
+            # labels, a new value could resize the axis, and with it the grid, and every plot would be
+            # laid out and repainted again.
+            plot.getAxis("left").setStyle(tickTextWidth=tick_text_width, autoExpandTextSpace=False)
 
     def set_total_steps(self, total: int) -> None:
-        """Fix the step axis to the whole run: then the x axes are laid out once, not on every new point."""
+        """Fix the step axis to the whole run: then the x axes are laid out once, not on every new point.
+        Applied to each plot when it is next drawn, so that a run's start repaints one plot at a time."""
         if total > 0 and total != self._total_steps:
             self._total_steps = total
-            for plot in self.plot_items:
-                plot.setXRange(0, total, padding=0.01)  # also turns x auto-range off; y keeps following the data
+            self._x_stale = set(self.plot_items)
 
     def _plot(self, title: str, **pos) -> pg.PlotItem:
         # No grid: translucent grid lines across every plot were most of the cost of a repaint (measured).
@@ -148,11 +175,13 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         if value is None or not np.isfinite(value):
             return
         self.series[name].append(step, value)
+        self._stale.add(name)
         if name == "loss":
             self._ema_last = self._ema_last * self.smoothing + (1 - self.smoothing) * value
             self._ema_debias *= self.smoothing
             smoothed = self._ema_last / (1 - self._ema_debias) if self._ema_debias < 1 else value
             self.series["smoothed"].append(step, smoothed)
+            self._stale.add("smoothed")
 
     def set_smoothing(self, weight: float) -> None:
         self.smoothing = weight
@@ -165,9 +194,30 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         self.redraw()
 
     def redraw(self) -> None:
-        for name, curve in self.curves.items():
+        """Every curve, now (one repaint of every plot)."""
+        for plot in self.plot_items:
+            self._draw(plot)
+
+    def redraw_next(self) -> bool:
+        """The next plot in turn whose data changed, only: a live run's repaints then cost a fifth as much
+        each. True while other plots still wait for their turn."""
+        count = len(self.plot_items)
+        for i in range(count):
+            plot = self.plot_items[(self._next + i) % count]
+            if plot in self._x_stale or self._stale.intersection(self._plot_curves[plot]):
+                self._next = (self._next + i + 1) % count
+                self._draw(plot)
+                break
+        return bool(self._stale or self._x_stale)
+
+    def _draw(self, plot: pg.PlotItem) -> None:
+        if plot in self._x_stale:
+            self._x_stale.discard(plot)
+            plot.setXRange(0, self._total_steps, padding=0.01)  # also turns x auto-range off; y follows the data
+        for name in self._plot_curves[plot]:
             s = self.series[name]
-            curve.setData(s.x, s.y)
+            self.curves[name].setData(s.x, s.y)
+            self._stale.discard(name)
 
     def reset(self) -> None:
         # Not ``clear``: GraphicsLayoutWidget forwards that name to its layout, which deletes every plot.
@@ -175,6 +225,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             s.clear()
         self._ema_last, self._ema_debias = 0.0, 1.0
         self._total_steps = 0
+        self._x_stale.clear()
         for plot in self.plot_items:
             plot.enableAutoRange()
         self.redraw()
