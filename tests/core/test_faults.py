@@ -268,7 +268,10 @@ def test_oom_retry_restarts_without_a_checkpoint_and_gives_up_at_batch_size_1(mo
 
 
 def test_smaller_batch_keeps_the_effective_batch():
-    assert [training._smaller_batch(b) for b in (1, 2, 3, 4, 6, 7, 12)] == [None, 1, 1, 2, 3, 1, 6]
+    from workbench.core.config import TrainingConfig
+
+    retries = [training._smaller_batch(TrainingConfig(batch_size=b, gradient_accumulation=2)) for b in (1, 2, 3, 4, 6, 7, 12)]
+    assert retries == [None, (1, 4), (1, 6), (2, 4), (3, 4), (1, 14), (6, 4)]
 
 
 # ------------------------------------------------------------------------------------------ full disk

@@ -30,7 +30,7 @@ from typing import Any
 
 from contextlib import nullcontext
 
-from .config import RunConfig
+from .config import RunConfig, TrainingConfig
 from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError
@@ -315,11 +315,11 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunCon
         # is gone: only now can their memory be given back.
         _free_device_memory()
         t = config.training
-        smaller = _smaller_batch(t.batch_size)
+        retry = _smaller_batch(t)
         # Under torchrun the other processes are blocked in a collective and cannot follow a retry.
-        if not t.oom_retry or smaller is None or dist.world_size > 1:
-            raise _oom_error(config, run_dir, step, detail, smaller, dist.world_size)
-        accumulation = t.gradient_accumulation * t.batch_size // smaller
+        if not t.oom_retry or retry is None or dist.world_size > 1:
+            raise _oom_error(config, run_dir, step, detail, retry, dist.world_size)
+        smaller, accumulation = retry
         config = load_config(run_dir).copy_with(training={"batch_size": smaller, "gradient_accumulation": accumulation})
         config.save(run_dir / RUN_FILE)
         # The same choice as a resume: the newest checkpoint that passes every check, the CRC one included.
@@ -508,22 +508,25 @@ def _free_device_memory() -> None:
     clear_device_cache(garbage_collection=True)  # gc first: the cached blocks are only free once nothing holds them
 
 
-def _smaller_batch(batch_size: int) -> int | None:
-    """The micro-batch to try after running out of memory: half, or for an odd size its largest divisor below
-    half, so batch × accumulation stays exactly the same. None at 1."""
-    return next((d for d in range(batch_size // 2, 0, -1) if batch_size % d == 0), None)
+def _smaller_batch(t: TrainingConfig) -> tuple[int, int] | None:
+    """(micro-batch, accumulation) to try after running out of memory: half the micro-batch, or for an odd size
+    its largest divisor below half, with the accumulation raised so batch × accumulation stays exactly the same.
+    None at a micro-batch of 1."""
+    smaller = next((d for d in range(t.batch_size // 2, 0, -1) if t.batch_size % d == 0), None)
+    return None if smaller is None else (smaller, t.gradient_accumulation * t.batch_size // smaller)
 
 
-def _oom_error(config: RunConfig, run_dir: Path, step: int, detail: str, smaller: int | None, world_size: int) -> TrainingError:
+def _oom_error(config: RunConfig, run_dir: Path, step: int, detail: str, retry: tuple[int, int] | None,
+               world_size: int) -> TrainingError:
     from .runs import RUN_FILE, latest_checkpoint
 
     t = config.training
     reason = (f"out of memory at step {step} with training.batch_size = {t.batch_size} "
               f"(gradient_accumulation {t.gradient_accumulation}): {detail}")
     other = "training.gradient_checkpointing = true and a shorter data.max_length save memory too"
-    if smaller is None:
+    if retry is None:
         return TrainingError(reason, f"the micro-batch is already 1; {other}, and so do fewer adapted layers or a smaller model")
-    accumulation = t.gradient_accumulation * t.batch_size // smaller
+    smaller, accumulation = retry
     overrides = ["--set", f"training.batch_size={smaller}", "--set", f"training.gradient_accumulation={accumulation}"]
     command = ["workbench", "train", str(run_dir / RUN_FILE), *overrides]
     if config.output.run_dir:  # that run file names this (now used) folder: the retry needs another one
@@ -613,10 +616,13 @@ def _folder_bytes(path: Path) -> int:
 
 
 def _device_memory(device: str) -> int | None:
+    """The run's peak memory so far. On a GPU what PyTorch's allocator held from the device at its peak (live
+    tensors plus its cache: what decides an out-of-memory error, ~2 GiB above the tensors alone at 1-8B
+    parameters); the CUDA context (~0.75 GiB) comes on top. Elsewhere the process's resident memory."""
     import torch
 
     if device == "cuda":
-        return int(torch.cuda.max_memory_allocated())
+        return int(torch.cuda.max_memory_reserved())
     try:
         import psutil
 
@@ -664,6 +670,7 @@ def _make_trainer_class():
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     from .fsutil import TMP_PREFIX, fsync_dir, publish_directory, remove_directory
+    from .runs import _CHECKPOINT_NAME
 
     class AtomicCheckpointTrainer(Trainer):
         _staging: str | None = None
@@ -712,9 +719,9 @@ def _make_trainer_class():
             limit = self.args.save_total_limit
             if not limit or limit <= 0:
                 return
-            steps = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in root.iterdir()
-                           if p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and p.name.rsplit("-", 1)[1].isdigit()
-                           and p.is_dir())
+            # The same names as every other reader of the folder (runs.list_checkpoints) counts as checkpoints.
+            steps = sorted((int(m.group(1)), p) for p in root.iterdir()
+                           if (m := _CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir())
             checkpoints = [p for _, p in steps]  # oldest first, by step: folder times change with renames
             protected = {checkpoints[-1]} if checkpoints else set()
             if self.state.best_model_checkpoint:
@@ -766,7 +773,7 @@ def _make_callback_class():
             self.sink.emit(RunStarted(
                 run_dir=str(self.run_dir), config=self.resolved.to_dict(), device=self.device,
                 device_name=_device_name(self.device), precision=self.precision, trainable_params=self.trainable,
-                total_params=self.total, total_steps=int(state.max_steps), world_size=world,
+                total_params=self.total, total_steps=int(state.max_steps),  # world_size: stamped by the sink
                 global_batch=args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
                 resumed_from_step=self.resumed_from, train_examples=self.train_examples,
                 validation_examples=self.validation_examples,
@@ -796,7 +803,6 @@ def _make_callback_class():
                     loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
                     grad_norm=_finite_or_none(logs.get("grad_norm")), tokens_per_second=tps, tokens_seen=tokens,
                     memory_bytes=_device_memory(self.device), elapsed_s=round(elapsed, 3), eta_s=eta,
-                    world_size=self.dist.world_size,
                 ))
                 self._check_divergence(state.global_step, loss, _float_or_none(logs.get("grad_norm")))
             if self.failure is not None:
