@@ -23,6 +23,14 @@ from workbench.core.layers import LayerNode, LayerTree
 COLUMNS = ("Module", "Type", "Shape", "Parameters", "LoRA parameters", "Rank", "Alpha")
 COL_NAME, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_LORA, COL_RANK, COL_ALPHA = range(len(COLUMNS))
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # full dotted module name of a row
+_NCOLS = len(COLUMNS)
+# The roles data() answers, as plain ints: a repaint asks each visible cell for seven roles, most of which
+# (decoration, size hint, colours) the model leaves to the style; those return at once.
+_DISPLAY, _EDIT = int(Qt.ItemDataRole.DisplayRole), int(Qt.ItemDataRole.EditRole)
+_CHECK, _TOOLTIP = int(Qt.ItemDataRole.CheckStateRole), int(Qt.ItemDataRole.ToolTipRole)
+_ALIGN, _FONT = int(Qt.ItemDataRole.TextAlignmentRole), int(Qt.ItemDataRole.FontRole)
+_ANSWERED = frozenset({_DISPLAY, _EDIT, _CHECK, _TOOLTIP, _ALIGN, _FONT, int(NAME_ROLE)})
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
 
 def human_count(n: int) -> str:
@@ -65,9 +73,17 @@ class LayerTreeModel(QAbstractItemModel):
         return index.internalPointer() if index.isValid() else self.tree.root
 
     def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        if not self.hasIndex(row, column, parent):
-            return QModelIndex()
-        return self.createIndex(row, column, self.node(parent).children[row])
+        # The bounds checked here rather than by hasIndex(): that calls rowCount() and columnCount() back
+        # through Python, and a repaint of the tree asks for ~2,700 indexes.
+        if parent.isValid():
+            if parent.column() != 0:
+                return QModelIndex()
+            children = parent.internalPointer().children
+        else:
+            children = self.tree.root.children
+        if 0 <= row < len(children) and 0 <= column < _NCOLS:
+            return self.createIndex(row, column, children[row])
+        return QModelIndex()
 
     def parent(self, index: QModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]
         if not index.isValid():
@@ -84,6 +100,10 @@ class LayerTreeModel(QAbstractItemModel):
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
         return len(COLUMNS)
+
+    def parent_of(self, name: str) -> LayerNode | None:
+        """The node one level up (the root for a top-level module, None for the root)."""
+        return self._parent[name]
 
     def index_of(self, name: str, column: int = 0) -> QModelIndex:
         node = self.tree.nodes[name]
@@ -107,28 +127,32 @@ class LayerTreeModel(QAbstractItemModel):
         return flags
 
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
+        if role not in _ANSWERED or not index.isValid():
             return None
-        node, col = self.node(index), index.column()
-        if role == Qt.ItemDataRole.CheckStateRole and col == COL_NAME and self._adaptable_below[node.name]:
-            return self.check_state(node.name)
+        node, col = index.internalPointer(), index.column()
+        if role == _DISPLAY:
+            return self._cell(node, col, edit=False)
+        if role == _CHECK:
+            return self.check_state(node.name) if col == COL_NAME and self._adaptable_below[node.name] else None
         if role == NAME_ROLE:
             return node.name
-        if role == Qt.ItemDataRole.ToolTipRole and col == COL_NAME:
-            return node.name
-        if role == Qt.ItemDataRole.TextAlignmentRole and col >= COL_PARAMS:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.FontRole and col in (COL_RANK, COL_ALPHA):
-            overrides = self.rank_overrides if col == COL_RANK else self.alpha_overrides
-            if node.name in overrides:  # an override stands out from the global value
-                font = QFont()
-                font.setBold(True)
-                return font
-        if role == Qt.ItemDataRole.ToolTipRole and col in (COL_RANK, COL_ALPHA) and node.name in self.selected:
-            return "Double-click to override for this module; clear the cell to use the global value."
-        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
-            return self._cell(node, col, edit=role == Qt.ItemDataRole.EditRole)
-        return None
+        if role == _ALIGN:
+            return _RIGHT if col >= COL_PARAMS else None
+        if role == _FONT:
+            if col in (COL_RANK, COL_ALPHA):
+                overrides = self.rank_overrides if col == COL_RANK else self.alpha_overrides
+                if node.name in overrides:  # an override stands out from the global value
+                    font = QFont()
+                    font.setBold(True)
+                    return font
+            return None
+        if role == _TOOLTIP:
+            if col == COL_NAME:
+                return node.name
+            if col in (COL_RANK, COL_ALPHA) and node.name in self.selected:
+                return "Double-click to override for this module; clear the cell to use the global value."
+            return None
+        return self._cell(node, col, edit=True)  # EditRole
 
     def _cell(self, node: LayerNode, col: int, edit: bool) -> Any:
         if col == COL_NAME:
