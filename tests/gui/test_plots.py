@@ -1,6 +1,5 @@
 """Live plots: curves are created once, smoothing is a debiased EMA, 100k points redraw quickly."""
 
-import time
 
 import numpy as np
 
@@ -41,7 +40,11 @@ def test_panel_batches_events_and_draws_them(qtbot):
     assert "ETA 0:50" in panel.eta_label.text()
 
 
-def test_100k_points_redraw_fast(qtbot):
+def test_100k_points_draw_a_number_of_points_bounded_by_the_width(qtbot):
+    """What keeps a frame cheap with 100,000 points (bench/gui_responsiveness.py times it; no timing here):
+    each curve hands the renderer a number of points bounded by the plot's width in pixels (pyqtgraph's auto
+    downsampling keeps ~5 samples per pixel, and the peak method both the minimum and the maximum of each),
+    not by the number of steps, with the peaks kept."""
     plots = MetricsPlots()
     qtbot.addWidget(plots)
     plots.resize(1000, 700)
@@ -49,19 +52,23 @@ def test_100k_points_redraw_fast(qtbot):
     qtbot.waitExposed(plots)
     steps = np.arange(100_000, dtype=float)
     loss = 2 + np.sin(steps / 500) + np.random.default_rng(0).normal(0, 0.1, len(steps))
+    loss[54_321] = 9.0  # one spike: peak-preserving downsampling must keep it
     for name in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "memory"):
         plots.series[name].extend(steps, loss)
     plots.series["smoothed"].extend(steps, smooth(loss, 0.6))
     plots.redraw()
-    plots.grab()  # first paint builds caches
-    start = time.perf_counter()
-    frames = 5
-    for i in range(frames):
-        plots.add("loss", 100_000 + i, 2.0)
-        plots.redraw()
-        plots.grab()
-    frame = (time.perf_counter() - start) / frames
-    assert frame < 0.25, f"{frame * 1000:.0f} ms per frame with 100k points"
+    plots.grab()
+    for name, curve in plots.curves.items():
+        if name == "eval_loss":
+            continue
+        x, y = curve.getData()
+        assert 0 < len(x) <= 12 * plots.width(), f"{name}: {len(x)} points drawn for a {plots.width()}-pixel plot"
+        if name in ("loss", "memory"):
+            assert y.max() == 9.0, f"{name}: the spike was lost in downsampling"
+    plots.loss_plot.setXRange(50_000, 51_000, padding=0)  # zoomed in: only the visible part is drawn
+    plots.grab()
+    x, _ = plots.curves["loss"].getData()
+    assert x.min() >= 49_000 and x.max() <= 52_000
 
 
 def test_plots_follow_a_palette_change(qtbot):

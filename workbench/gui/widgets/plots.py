@@ -109,22 +109,22 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         self.eval_curve = self.loss_plot.plot([], [], pen=pg.mkPen((230, 120, 20), width=2), symbol="o",
                                               symbolSize=7, symbolBrush=(230, 120, 20), name="evaluation")
         self.curves = {"loss": self.raw_curve, "smoothed": self.smooth_curve, "eval_loss": self.eval_curve}
-        for i, (name, title, unit) in enumerate((
-            ("learning_rate", "Learning rate", ""), ("grad_norm", "Gradient norm", ""),
-            ("tokens_per_second", "Tokens / s", ""), ("memory", "Device memory", "B"),
+        # Memory in GiB, said in the title: an axis label with an SI unit ("(MB)") would sit at the outer edge
+        # of the tick-label room reserved below, far from its numbers, and change with the prefix.
+        for i, (name, title) in enumerate((
+            ("learning_rate", "Learning rate"), ("grad_norm", "Gradient norm"),
+            ("tokens_per_second", "Tokens / s"), ("memory", "Device memory (GiB)"),
         )):
             plot = self._plot(title, row=1 + i // 2, col=i % 2)
-            if unit:
-                plot.setLabel("left", units=unit)
             self.curves[name] = self._curve(plot, (60, 170, 110), None)
             self._plot_curves[plot] = (name,)
         self._plot_curves[self.loss_plot] = ("loss", "smoothed", "eval_loss")
         tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
         for plot in self.plot_items:
             for axis in (plot.getAxis("left"), plot.getAxis("bottom")):
-                # Unitless axes never show an SI prefix (a hidden label, or "step" in the range it leaves alone),
-                # but pyqtgraph would still re-render the label and re-size the axis on every range change.
-                axis.enableAutoSIPrefix(bool(axis.labelUnits))
+                # No axis has a unit, so none shows an SI prefix; pyqtgraph would still re-render the label and
+                # re-size the axis on every range change.
+                axis.enableAutoSIPrefix(False)
                 # Major and minor ticks only: the third level pyqtgraph computes is too dense to be drawn at
                 # these sizes, yet costs a third of each axis's (Python) redraw.
                 axis.setStyle(maxTickLevel=1)
@@ -168,7 +168,8 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
     def add_step(self, e) -> None:
         """The curves one engine ``Step`` event feeds."""
         for name, value in (("loss", e.loss), ("learning_rate", e.learning_rate), ("grad_norm", e.grad_norm),
-                            ("tokens_per_second", e.tokens_per_second), ("memory", e.memory_bytes)):
+                            ("tokens_per_second", e.tokens_per_second),
+                            ("memory", None if e.memory_bytes is None else e.memory_bytes / 2**30)):
             self.add(name, e.step, value)
 
     def add(self, name: str, step: float, value: float | None) -> None:
