@@ -73,3 +73,23 @@ def test_dtype_optimizer_and_verdict(setup):
     assert e.verdict(int(e.total * 1.05)) == "tight"
     assert e.verdict(e.total // 2) == "does not fit"
     assert e.verdict(None) == "unknown"
+
+
+def test_the_compute_precision_not_the_weights_decides_half_precision(setup, tiny_model_dir):
+    """float32 weights trained with bf16 autocast hold bf16 activations and logits: estimated as such."""
+    from workbench.core.config import RunConfig
+    from workbench.core.memory import estimate_for_config
+    from workbench.core.models import open_overview
+
+    tree, sel = setup
+    ov = open_overview(str(tiny_model_dir("llama")))
+
+    def estimate(**training):
+        cfg = RunConfig.from_dict({"model": {"dtype": "float32"}, "training": training, "data": {"max_length": 128}})
+        return estimate_for_config(tree, sel, ov.hf_config, cfg, device="cuda")
+
+    autocast, fp32 = estimate(precision="bf16"), estimate(precision="fp32")
+    assert autocast.weights == fp32.weights == tree.total_params * 4
+    assert autocast.logits == 2.5 / 2 * fp32.logits
+    assert autocast.activations < fp32.activations
+    assert estimate(precision="auto").logits == autocast.logits  # 'auto' on a GPU is half precision

@@ -1,6 +1,7 @@
 """The Data tab's inspections keep the model's tokenizer loaded between changes of the data settings, and
 load it again when the model, the trust setting or the tokenizer's files change."""
 
+import os
 import shutil
 
 import pytest
@@ -49,3 +50,13 @@ def test_the_preview_loads_a_tokenizer_once_per_model(loads, facts_file, tiny_mo
     count = len(loads)
     data_panel.inspect_data(data, other, False, seed=0)
     assert len(loads) == count + 1
+
+    # So is one outside the usual few (added_tokens.json, vocab.txt, a remote-code tokenizer's .py...);
+    # a weight file is not a tokenizer's and changes nothing.
+    (copy / "added_tokens.json").write_text("{}")
+    data_panel.inspect_data(data, other, False, seed=0)
+    assert len(loads) == count + 2
+    weights = next(copy.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    data_panel.inspect_data(data, other, False, seed=0)
+    assert len(loads) == count + 2

@@ -28,7 +28,7 @@ The estimate is the sum of these parts (``P`` = base parameters, ``T`` = trainab
 The constants were measured (``bench/gpu_check.py``, docs/benchmarks.md) on an H100 with PyTorch 2.11 and
 CUDA 13, ``expandable_segments`` on (the engine's default), on four real architectures' shapes from 135M
 to 8B parameters: the estimate came to 0.98–1.12× the device's measured peak across 18 cases. Without
-expandable segments the allocator can fragment far beyond this (one case reserved 2.5× its tensors).
+expandable segments the allocator can fragment far beyond this (cases reserved up to 2.9× their tensors).
 
 It is an estimate, meant to say "fits / tight / does not fit" before a run, not to the megabyte.
 """
@@ -172,6 +172,8 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
     text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     if weight_dtype is None:  # what the engine will load: see models.training_weight_dtype
         weight_dtype = training_weight_dtype(config.model.dtype, device, config.training.precision)
+    if compute_dtype is None:  # the precision activations are computed in (autocast), whatever the weights hold
+        compute_dtype = _compute_dtype(config.training.precision, device, weight_dtype)
     return estimate_memory(
         tree, sel,
         hidden_size=int(getattr(text_cfg, "hidden_size", 0) or 0),
@@ -188,3 +190,11 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
         attn_implementation=getattr(hf_config, "_attn_implementation", None) or "sdpa",
         classification=config.model.task == "sequence-classification",
     )
+
+
+def _compute_dtype(precision: str, device: str, weight_dtype: str) -> str:
+    """What training.run computes in: bf16/fp16 runs autocast to half precision even over float32 weights
+    ('auto' is half precision on a GPU, see choose_precision); an fp32 run computes in the weights' dtype."""
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(precision, weight_dtype)

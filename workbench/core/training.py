@@ -307,6 +307,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunCon
     from .runs import RUN_FILE, choose_checkpoint, load_config, rewind_metrics
 
     while True:
+        _reset_peak_memory()
         try:
             return _train_inner(run_dir, config, sink, control, resume_point, dist)
         except _OutOfMemory as exc:
@@ -508,6 +509,15 @@ def _free_device_memory() -> None:
     clear_device_cache(garbage_collection=True)  # gc first: the cached blocks are only free once nothing holds them
 
 
+def _reset_peak_memory() -> None:
+    """Start each attempt's memory peak afresh: the window trains many runs in one process, and CUDA's peak
+    counters otherwise keep the largest run's (or an out-of-memory attempt's) peak for every later step."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _smaller_batch(t: TrainingConfig) -> tuple[int, int] | None:
     """(micro-batch, accumulation) to try after running out of memory: half the micro-batch, or for an odd size
     its largest divisor below half, with the accumulation raised so batch × accumulation stays exactly the same.
@@ -616,9 +626,10 @@ def _folder_bytes(path: Path) -> int:
 
 
 def _device_memory(device: str) -> int | None:
-    """The run's peak memory so far. On a GPU what PyTorch's allocator held from the device at its peak (live
-    tensors plus its cache: what decides an out-of-memory error, ~2 GiB above the tensors alone at 1-8B
-    parameters); the CUDA context (~0.75 GiB) comes on top. Elsewhere the process's resident memory."""
+    """The attempt's peak memory so far (``_reset_peak_memory``). On a GPU what PyTorch's allocator held from the
+    device at its peak (live tensors plus its cache: what decides an out-of-memory error; 0.2-2.5 GiB above
+    the tensors alone at 0.1-8B parameters on an H100); the CUDA context (~0.75 GiB) comes on top. Elsewhere
+    the process's resident memory."""
     import torch
 
     if device == "cuda":

@@ -203,11 +203,15 @@ def _preload_native_libraries() -> None:
     libraries: list[tuple[Path, int]] = []
     torch_dir = package_dir("torch")
     if torch_dir is not None:
-        # libtorch_global_deps as torch._load_global_deps loads it (RTLD_GLOBAL), the rest as an extension's
-        # dependencies are loaded (RTLD_LOCAL).
-        libraries += [(torch_dir / "lib" / name, scope) for name, scope in (
-            ("libtorch_global_deps.so", os.RTLD_GLOBAL), ("libc10.so", os.RTLD_LOCAL),
-            ("libtorch_cpu.so", os.RTLD_LOCAL), ("libtorch.so", os.RTLD_LOCAL))]
+        # libc10 and libtorch_cpu (most of the size) link nothing of CUDA: loaded as an extension's dependencies
+        # are (RTLD_LOCAL). libtorch_global_deps (RTLD_GLOBAL, as torch._load_global_deps loads it) and libtorch
+        # only in a CPU build: in a CUDA build they pull in cuDNN, cuSPARSE..., which torch deliberately loads
+        # after preloading the wheel's own CUDA libraries (so that an older system CUDA is not bound instead).
+        lib = torch_dir / "lib"
+        libraries += [(lib / "libc10.so", os.RTLD_LOCAL), (lib / "libtorch_cpu.so", os.RTLD_LOCAL)]
+        if not (lib / "libtorch_cuda.so").exists():
+            libraries = [(lib / "libtorch_global_deps.so", os.RTLD_GLOBAL), *libraries,
+                         (lib / "libtorch.so", os.RTLD_LOCAL)]
     arrow_dir = package_dir("pyarrow")
     if arrow_dir is not None:  # libarrow.so.2600 and its siblings (not the Flight RPC ones, which it leaves alone)
         libraries += [(path, os.RTLD_LOCAL) for path in sorted(arrow_dir.glob("lib*.so.*"))

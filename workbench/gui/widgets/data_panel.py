@@ -62,21 +62,27 @@ def _preview_tokenizer(model_source, trust_remote_code: bool, files_stamp: tuple
 
 
 def _tokenizer_files_stamp(model_source) -> tuple:
-    """Name, size and modification time of the files a tokenizer is read from, so that editing them in
-    place (a fixed chat template, say) is seen by the next inspection, as it was before the cache."""
-    from workbench.core.models import SMALL_FILES
+    """Name, size and modification time of every file in the model folder a tokenizer may read (all but the
+    weights: tokenizer.json, vocab.txt, spiece.model, added_tokens.json, chat templates, a remote-code
+    tokenizer's .py files...), so that editing one in place (a fixed chat template, say) is seen by the next
+    inspection, as it was before the cache. A GGUF file carries its own tokenizer and counts too."""
+    from workbench.core.adapters import is_weight_file
 
     folder = Path(model_source.path)
-    names = {path.name for pattern in SMALL_FILES for path in folder.glob(pattern)}
-    if model_source.gguf_file:  # a GGUF file carries its own tokenizer
-        names.add(model_source.gguf_file)
     stamp = []
-    for name in sorted(names):
-        try:
-            info = (folder / name).stat()
-        except OSError:  # gone between listing and stat: load_tokenizer will report it
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:  # gone, or not readable: load_tokenizer will report it
+        return ()
+    for path in entries:
+        if is_weight_file(path.name) and path.name != model_source.gguf_file:
             continue
-        stamp.append((name, info.st_size, info.st_mtime_ns))
+        try:
+            info = path.stat()
+        except OSError:  # gone between listing and stat
+            continue
+        if path.is_file():
+            stamp.append((path.name, info.st_size, info.st_mtime_ns))
     return tuple(stamp)
 
 
