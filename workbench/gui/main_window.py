@@ -175,6 +175,17 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         self.picker.set_recent(self._recent("recent/models"))
         self._fill_recent_menu()
+        # Where runs start (this app, or N separate processes) is a habit of the machine, not of a run file.
+        location = self.training.location
+        location.set_separate(self.settings.value("train/separate_process", False, type=bool),
+                              self.settings.value("train/processes", 1, type=int))
+        location.where.currentIndexChanged.connect(self._remember_run_location)
+        location.processes.valueChanged.connect(self._remember_run_location)
+
+    def _remember_run_location(self) -> None:
+        location = self.training.location
+        self.settings.setValue("train/separate_process", location.separate)
+        self.settings.setValue("train/processes", location.process_count)
 
     def _recent(self, key: str) -> list[str]:
         value = self.settings.value(key, [])
