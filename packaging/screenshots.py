@@ -200,9 +200,7 @@ def shoot_part3(window) -> None:
     dialog = window.open_launch_dialog()
     dialog.nodes.setValue(2)
     dialog.gpus.setValue(4)
-    settle()
-    dialog.grab().save(str(OUT / "launch-script.png"))
-    print("saved docs/screenshots/launch-script.png")
+    shoot(dialog, "launch-script")
     dialog.close()
 
     opened, inspected = [], []

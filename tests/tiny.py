@@ -105,3 +105,17 @@ def save_model(arch: str, folder: Path, seed: int = 0, max_shard_size: str | Non
     model.save_pretrained(folder, **kw)
     make_tokenizer().save_pretrained(folder)
     return folder
+
+
+def pickled_copy(src: Path, folder: Path) -> Path:
+    """A copy of the saved model folder ``src`` with its weights as pytorch_model.bin only (how older Hub
+    models ship): the same tensors, pickled by torch.save."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    shutil.copytree(src, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(AutoModelForCausalLM.from_pretrained(src).state_dict(), folder / "pytorch_model.bin")
+    return folder

@@ -132,6 +132,13 @@ class Ctx:
         path.write_bytes(pickle.dumps(_Canary(self.user / "UNPICKLED")))
         return path
 
+    def pickled_model(self, name: str = "pickled") -> Path:
+        """The tiny llama whose only weight file is pytorch_model.bin, a pickle canary (see ``pickle_canary``)."""
+        folder = self.model(name)
+        (folder / "model.safetensors").unlink()
+        self.pickle_canary(folder / "pytorch_model.bin")
+        return folder
+
     def sharded_model(self, name: str = "sharded") -> Path:
         """The tiny llama split into two safetensors shards with an index, as large models are saved."""
         from safetensors.torch import load_file, save_file
@@ -416,26 +423,17 @@ def _(ctx):
 @case("model-pickle-only", "model", r"holds only pickle weights \(pytorch_model\.bin\); Workbench will not unpickle them",
       r"convert the model to safetensors, or .*allow_pickle = true")
 def _(ctx):
-    folder = ctx.model("pickled")
-    (folder / "model.safetensors").unlink()
-    ctx.pickle_canary(folder / "pytorch_model.bin")
-    return inspect(folder)
+    return inspect(ctx.pickled_model())
 
 
 @case("model-pickle-only-train", "model", r"holds only pickle weights", r"allow_pickle = true")
 def _(ctx):
-    folder = ctx.model("pickled")
-    (folder / "model.safetensors").unlink()
-    ctx.pickle_canary(folder / "pytorch_model.bin")
-    return ctx.train_model(folder)
+    return ctx.train_model(ctx.pickled_model())
 
 
 @case("model-pickle-only-merge-base", "model", r"holds only pickle weights", r"convert the model to safetensors")
 def _(ctx):
-    folder = ctx.model("pickled")
-    (folder / "model.safetensors").unlink()
-    ctx.pickle_canary(folder / "pytorch_model.bin")
-    return merge(ctx, folder, ctx.adapter())
+    return merge(ctx, ctx.pickled_model(), ctx.adapter())
 
 
 @case("model-path-is-a-file", "model", r"notes\.txt is a file, not a model folder or a \.gguf file",

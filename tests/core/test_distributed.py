@@ -3,12 +3,12 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from test_training import make_config  # noqa: E402  (tests/core is on sys.path through pytest's rootdir)
+from waiting import wait_until
 from workbench.core.runs import read_events, run_status, send_control
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -18,15 +18,9 @@ def losses(run_dir: Path) -> list[float]:
     return [e.loss for e in read_events(run_dir) if e.kind == "step"]
 
 
-def wait_for(predicate, proc, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the training process ended (code {proc.returncode}) before: {what}\n{proc.stderr.read()}")
-        time.sleep(0.05)  # polling a file another process writes; there is no signal to wait on
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(predicate, proc, what: str) -> None:
+    """Until the training process ``proc`` has written what ``predicate`` looks for (it must keep running)."""
+    wait_until(predicate, what, timeout=120.0, proc=proc, interval=0.05)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_path):

@@ -10,13 +10,15 @@ import subprocess
 import sys
 import textwrap
 import time
+
 import pytest
 
 from workbench.core import runs
 from workbench.core.errors import TrainingError
 from workbench.core.runs import RunFolder, RunStatus, create_run, heartbeat_age, prepare_resume, run_status, summarize_run
 
-from test_runs import make_checkpoint, make_config, record_then_crash, rewrite_status, started, step, wait_until
+from test_runs import make_checkpoint, make_config, record_then_crash, rewrite_status, started, step
+from waiting import wait_until
 
 HOUR = 3600.0
 
@@ -64,7 +66,9 @@ def test_without_write_access_the_writer_clock_is_the_fallback_and_the_detail_sa
 
 
 # A writer on "another host": its hostname is gpu-node-7 and its wall clock runs an hour behind. It records
-# through a real RunRecorder with a fast heartbeat, prints its pid, then lives until killed.
+# through a real RunRecorder with a fast heartbeat, says so, then lives until the test kills it (SIGKILL): its
+# heartbeat thread beats meanwhile. The sleep is not a wait for anything; its ten minutes only bound the life of a
+# writer orphaned by a test that died before killing it (signal.pause() would leave such a writer forever).
 SKEWED_WRITER = """
     import socket, sys, time
     socket.gethostname = lambda: "gpu-node-7"
@@ -75,7 +79,7 @@ SKEWED_WRITER = """
     recorder = RunRecorder(sys.argv[1], heartbeat_interval=0.05)
     recorder.emit(Step(step=1, total_steps=10, epoch=0.1, loss=1.0, learning_rate=1e-3))
     print("recording", flush=True)
-    time.sleep(600)
+    time.sleep(600)  # stands for a live process until killed
 """
 
 LOCAL_WRITER = """
@@ -85,7 +89,7 @@ LOCAL_WRITER = """
     recorder = RunRecorder(sys.argv[1], heartbeat_interval=0.05)
     recorder.emit(Step(step=5, total_steps=10, epoch=0.5, loss=1.0, learning_rate=1e-3))
     print("recording", flush=True)
-    time.sleep(600)
+    time.sleep(600)  # stands for a live process until killed
 """
 
 

@@ -56,8 +56,8 @@ from workbench.core.runs import (
     send_control,
     summarize_run,
 )
+from waiting import DEADLINE_S, wait_until
 
-DEADLINE_S = 20.0
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -83,15 +83,6 @@ def step(n: int, loss: float | None = None, total: int = 10) -> Step:
 def started(total: int = 10, resumed_from: int = 0) -> RunStarted:
     return RunStarted(run_dir="", config={}, device="cpu", device_name="cpu", precision="fp32",
                       trainable_params=10, total_params=100, total_steps=total, resumed_from_step=resumed_from)
-
-
-def wait_until(condition, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after DEADLINE_S (generous: the machine is shared)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)  # the writer is another process: its file is all there is to wait on
 
 
 def python(code: str, *args: str, **popen) -> subprocess.Popen:
@@ -581,6 +572,7 @@ RESUMER = """
     from workbench.core.runs import prepare_resume
 
     go = Path(sys.argv[2])
+    print("ready", flush=True)  # imported: from here on, starting takes no time
     while not go.exists():
         time.sleep(0.001)
     try:
@@ -599,10 +591,11 @@ def test_two_resumes_started_at_the_same_instant_one_is_refused(tmp_path):
     go = tmp_path / "go"
     procs = [python(RESUMER, str(folder.path), str(go), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
-    time.sleep(1.0)  # let both import and wait for the signal, so they start together (either way one must lose)
-    go.touch()
     outputs = []
     try:
+        for proc in procs:  # both imported and waiting for the signal, so they start together (either way one must lose)
+            assert proc.stdout.readline() == "ready\n"
+        go.touch()
         for proc in procs:  # the refused one exits; the winner holds the lock until its stdin closes
             outputs.append((proc, proc.stdout.readline().strip()))
         winners = [(p, line) for p, line in outputs if line.startswith("resumed from 5")]
@@ -613,6 +606,7 @@ def test_two_resumes_started_at_the_same_instant_one_is_refused(tmp_path):
         with pytest.raises(TrainingError, match="another resume is starting"):
             prepare_resume(folder)
     finally:
+        go.touch()  # a child still waiting for the signal goes on and ends too
         for proc in procs:
             proc.stdin.close()
             proc.wait(timeout=DEADLINE_S)

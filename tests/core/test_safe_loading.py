@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import pickled_copy
 from workbench.core.errors import ConsentRequired, ModelSourceError
 from workbench.core.models import load_config, load_model, resolve_source
 
@@ -34,15 +35,7 @@ def _logits(model) -> torch.Tensor:
 @pytest.fixture
 def pickled_model(tiny_model_dir, tmp_path) -> Path:
     """The tiny llama with its weights as pytorch_model.bin only (how older Hub models ship)."""
-    from transformers import AutoModelForCausalLM
-
-    src = tiny_model_dir("llama")
-    folder = tmp_path / "pickled"
-    shutil.copytree(src, folder)
-    (folder / "model.safetensors").unlink()
-    model = AutoModelForCausalLM.from_pretrained(src)
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    return folder
+    return pickled_copy(tiny_model_dir("llama"), tmp_path / "pickled")
 
 
 def test_pickle_weights_are_refused_until_allowed_then_load_exactly(pickled_model, tiny_model_dir):

@@ -171,7 +171,8 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(model_dir, tmp_pa
     dropout exactly, so the loss curve equals that of a run that was never interrupted."""
     import subprocess
     import sys
-    import time
+
+    from waiting import wait_until
 
     rows = [(f"Question number {i}?", f"Answer {i}.") for i in range(16)]
     data = tmp_path / "rows.jsonl"
@@ -189,10 +190,9 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(model_dir, tmp_pa
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "train", str(tmp_path / "run.toml"), "--run-dir", str(crashed),
                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not (crashed / "metrics.jsonl").exists() or max(steps_in(crashed) or [0]) < 6:
-        assert proc.poll() is None and time.monotonic() < deadline, "the training process should still be running"
-        time.sleep(0.02)  # polling a file another process writes
+    wait_until(lambda: (crashed / "metrics.jsonl").exists() and max(steps_in(crashed) or [0]) >= 6,
+               "step 6 in metrics.jsonl (the training process must still be running)", timeout=180, proc=proc,
+               interval=0.02)
     proc.kill()
     proc.wait()
     control, sink = stop_at_12()

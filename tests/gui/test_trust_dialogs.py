@@ -4,22 +4,11 @@ the choice to that model only, and stays usable when the answer is no."""
 import json
 import shutil
 
-import torch
-
-
-def _pickled(tiny_model_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    src = tiny_model_dir("llama")
-    folder = tmp_path / "pickled"
-    shutil.copytree(src, folder)
-    (folder / "model.safetensors").unlink()
-    torch.save(AutoModelForCausalLM.from_pretrained(src).state_dict(), folder / "pytorch_model.bin")
-    return folder
+from tiny import pickled_copy
 
 
 def test_pickle_weights_open_after_the_user_trusts_them(window, qtbot, tiny_model_dir, tmp_path):
-    folder = _pickled(tiny_model_dir, tmp_path)
+    folder = pickled_copy(tiny_model_dir("llama"), tmp_path / "pickled")
     window.open_model(str(folder))
     qtbot.waitUntil(lambda: window.consent_box is not None, timeout=60_000)
     box = window.consent_box

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bad_inputs"))
-
-from corpus import GUI_CASE_INFO, GUI_CASES  # noqa: E402
+from bad_inputs.corpus import GUI_CASE_INFO, GUI_CASES
 
 BUG_TEXT = re.compile(r"^(\w+\.)*\w*(Error|Exception)\b: ", re.M)  # how Worker.run words an exception that is a bug
 
