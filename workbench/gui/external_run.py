@@ -101,11 +101,9 @@ class FolderControl:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.stop_requested = False
         self._held: list[str] = []
 
     def request_stop(self) -> None:
-        self.stop_requested = True
         self._send("stop")
 
     def request_pause(self) -> None:
@@ -163,9 +161,6 @@ class LogTail:
         if self._partial:
             self._add(self._partial)
             self._partial = ""
-
-    def last(self, n: int = LOG_LINES_SHOWN) -> list[str]:
-        return list(self.lines)[-n:]
 
 
 @dataclass
@@ -279,7 +274,7 @@ class ExternalRun(QObject):
         self.ended.emit(outcome)
 
     def _judge(self, code: int | None) -> RunOutcome:
-        tail = self.log.last(LOG_LINES_KEPT) if self.log else []
+        tail = list(self.log.lines) if self.log else []
         outcome = RunOutcome(self.run_dir, "crashed", exit_code=code, log_tail=tail,
                              log_path=self.log.path if self.log else None)
         last = self._outcome_event
@@ -331,10 +326,6 @@ class ExternalRunController(QObject):
         # deadlock against the GUI thread.)
         return self.parent()
 
-    @property
-    def running(self) -> bool:
-        return self.run is not None
-
     # -- starting ---------------------------------------------------------------------------------------
     def start(self, config: RunConfig, processes: int = 1) -> ExternalRun | None:
         """Start ``workbench train`` for ``config`` on ``processes`` local processes and watch it."""
@@ -380,9 +371,8 @@ class ExternalRunController(QObject):
         self.run = run
         run.event.connect(w.training.handle)
         run.ended.connect(self._ended)
-        w.training.begin_run(run.control)
+        w._show_training_tab(run.control)
         w.training.append_log(note)
-        w.tabs.setCurrentWidget(w.training)
         w.runs.set_busy(run.run_dir, True)
         run.start()
         w.runs.refresh()

@@ -63,7 +63,6 @@ class MainWindow(QMainWindow):
         self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
         self.ask_before_discarding = True  # unsaved settings: ask before closing
         self._discard_confirmed = False
-        self._consent_asked = False
         self._jobs = 0  # running workers, so closing can wait for them without blocking
         self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
         self._syncing_selection = False
@@ -251,7 +250,6 @@ class MainWindow(QMainWindow):
         worker.failed.connect(self._model_failed)
         worker.consent_needed.connect(self._ask_consent)
         worker.finished.connect(self._model_job_done)
-        self._consent_asked = False
         self._start(worker)
 
     def _model_job_done(self) -> None:
@@ -274,7 +272,7 @@ class MainWindow(QMainWindow):
             self._data_timer.start()  # the preview needs the model's tokenizer
 
     def _model_failed(self, message: str, details: str) -> None:
-        if self._consent_asked:  # not an error: the question is on screen
+        if self.consent_box is not None:  # not an error: the question is on screen
             self.picker.info.setText("Waiting for your choice: the model needs something that is off by default.")
             return
         self.picker.info.setText("The model could not be opened. Choose another one.")
@@ -294,7 +292,6 @@ class MainWindow(QMainWindow):
 
     def _ask_consent(self, setting: str, files: list, preview: str, message: str) -> None:
         """Ask, for this model only, whether to unpickle its weights or run its code; open it again if yes."""
-        self._consent_asked = True
         spec = self.store.config.model.source
         if setting == "allow_pickle":
             title = "Load pickle weights?"

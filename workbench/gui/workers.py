@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import queue
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -98,10 +99,6 @@ class Job(QObject):
     def start(self) -> None:
         self._thread.start()
         self._timer.start()
-
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
 
     def _poll(self) -> None:
         worker = self.worker
@@ -263,7 +260,6 @@ def keep_garbage_collection_on_the_gui_thread() -> None:
         return 0
 
     collect.gui_thread_only = True  # type: ignore[attr-defined]
-    collect.real = real_collect  # type: ignore[attr-defined]
     gc.collect = collect
     gc.disable()
 
@@ -284,8 +280,6 @@ class GarbageCollector(QObject):
     #                        quarter) is not visible from Python; a minimum gap keeps full passes rare likewise
 
     def __init__(self, parent: QObject):
-        import time
-
         super().__init__(parent)
         keep_garbage_collection_on_the_gui_thread()
         self._last_full = time.monotonic()
@@ -295,8 +289,6 @@ class GarbageCollector(QObject):
         self._timer.start()
 
     def collect(self) -> None:
-        import time
-
         if _importing.is_set():
             return
         young, young_collections, middle_collections = gc.get_count()
@@ -370,7 +362,6 @@ class OpenModelWorker(Worker):
             self.post("progress", 0.0, 0.0, event.text)
 
 
-
 def _preview_files(files: list[str], setting: str, limit: int = 20_000) -> str:
     """The text of the Python files a model would run (what the user is asked to trust); pickle is not text."""
     if setting != "trust_remote_code":
@@ -390,8 +381,8 @@ def _preview_files(files: list[str], setting: str, limit: int = 20_000) -> str:
 class TrainWorker(Worker):
     """Runs ``core.training.run``; every engine event is re-emitted as ``event(object)`` on the GUI side.
 
-    The signal crosses threads as a queued connection; the training panel batches what arrives and redraws
-    at most 20 times a second, so a fast engine cannot flood the event loop with repaints.
+    Events reach the GUI thread through the worker's outbox (``post``); the training panel batches what arrives
+    and redraws at most 20 times a second, so a fast engine cannot flood the event loop with repaints.
     """
 
     event = Signal(object)
@@ -463,8 +454,6 @@ class ExportWorker(Worker):
         self._last = 0.0
 
     def emit(self, event) -> None:  # merge sink, on the worker thread
-        import time
-
         from workbench.core.events import Progress
 
         if isinstance(event, Progress):
@@ -496,12 +485,15 @@ def inspect_adapter_job(adapter: str, base: str | None):
 
 
 def load_playground(base: str, adapter: str):
-    """The base model once, wrapped with the adapter: base answers come from ``disable_adapter()``."""
+    """The base model once, wrapped with the adapter: base answers come from ``disable_adapter()``. The base is
+    found and loaded as everywhere else (``core.models``): a folder, a Hub id, a GGUF file or ``builtin:``."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
+    from workbench.core.models import load_config, load_model, load_tokenizer, resolve_source
+
+    source = resolve_source(base, download="all")
+    tokenizer = load_tokenizer(source)
+    model = load_model(source, load_config(source))
     model = PeftModel.from_pretrained(model, adapter).eval()
     return {"model": model, "tokenizer": tokenizer}
 

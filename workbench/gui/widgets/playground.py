@@ -7,6 +7,8 @@ inside ``disable_adapter()``, so switching between the two never reloads anythin
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QFont, QTextCursor
 from PySide6.QtWidgets import (
@@ -112,7 +114,7 @@ class Playground(QWidget):
         self.loaded.emit()
 
     def show_error(self, message: str, details: str = "") -> None:
-        self.status.setText(f"<span style='color:#c83232'>{message}</span>")
+        self.status.setText(f"<span style='color:#c83232'>{html.escape(message)}</span>")
         self.status.setToolTip(details)
         self._update_buttons()
 

@@ -199,9 +199,14 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         for plot in self.plot_items:
             self._draw(plot)
 
-    def redraw_next(self) -> bool:
+    @property
+    def stale(self) -> bool:
+        """Whether some plot shows less than its data (or not yet the run's step range)."""
+        return bool(self._stale or self._x_stale)
+
+    def redraw_next(self) -> None:
         """The next plot in turn whose data changed, only: a live run's repaints then cost a fifth as much
-        each. True while other plots still wait for their turn."""
+        each."""
         count = len(self.plot_items)
         for i in range(count):
             plot = self.plot_items[(self._next + i) % count]
@@ -209,7 +214,6 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
                 self._next = (self._next + i + 1) % count
                 self._draw(plot)
                 break
-        return bool(self._stale or self._x_stale)
 
     def _draw(self, plot: pg.PlotItem) -> None:
         if plot in self._x_stale:

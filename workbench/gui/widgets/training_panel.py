@@ -48,7 +48,6 @@ class TrainingPanel(QWidget):
         self.running = False
         self.paused = False
         self._pending: list = []
-        self._plots_stale = False
         self._failure_shown = False
         self._flush_timer = QTimer(self, interval=FLUSH_INTERVAL_MS)
         self._flush_timer.timeout.connect(self.flush)
@@ -191,15 +190,15 @@ class TrainingPanel(QWidget):
                 self._apply(event)
             if last_step is not None:
                 self._show_progress(last_step)
-            self._plots_stale = True
-        if self._plots_stale and not self.running:
-            self._plots_stale = False
+        if not self.plots.stale:
+            return
+        if not self.running:
             self.plots.redraw()
-        elif self._plots_stale:
+        else:
             # One plot per flush, in turn: a repaint of all five stalls the window for tens of milliseconds
             # while the training thread competes for the GIL, one plot costs a fifth of that, and each plot
             # still redraws every 5 × FLUSH_INTERVAL_MS = 250 ms.
-            self._plots_stale = self.plots.redraw_next()
+            self.plots.redraw_next()
 
     def _show_progress(self, e: Step) -> None:
         self.plots.set_total_steps(e.total_steps)
