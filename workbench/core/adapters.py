@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 
-from workbench.core.errors import AdapterError, ModelSourceError, WorkbenchError
+from workbench.core.errors import AdapterError, ModelSourceError, WorkbenchError, first_line
 from workbench.core.events import Progress, as_sink
 
 __all__ = [
@@ -477,12 +477,14 @@ class BaseCheckpoint:
         import transformers
         from transformers.utils import logging as hf_logging
 
+        from workbench.core.models import MAX_LAYERS
+
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
             cfg = transformers.AutoConfig.from_pretrained(self.path, trust_remote_code=False)
             layers = getattr(cfg, "num_hidden_layers", None)
-            if isinstance(layers, int) and not 0 < layers <= 10_000:  # a damaged value must not hang the merge
+            if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:  # a damaged value must not hang the merge
                 raise ValueError(f"config.json says num_hidden_layers = {layers:,}")
             arch = (getattr(cfg, "architectures", None) or [None])[0]
             cls = getattr(transformers, arch, None) if arch else None
@@ -494,7 +496,7 @@ class BaseCheckpoint:
             known = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, ArithmeticError, AssertionError)
             if not isinstance(exc, known) and not type(exc).__module__.startswith("huggingface_hub"):
                 raise
-            detail = str(exc.__cause__ or exc).strip().split("\n")[0]
+            detail = first_line(exc.__cause__ or exc)
             raise ModelSourceError(f"cannot build the structure of the model in {self.path}: {detail}",
                                    "check its config.json against the original (or download the model again); "
                                    "a new architecture may need a newer transformers") from None

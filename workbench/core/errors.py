@@ -15,6 +15,11 @@ class WorkbenchError(Exception):
         super().__init__(message if not hint else f"{message}\n{hint}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text: library errors often append pages of detail."""
+    return str(exc).strip().split("\n")[0]
+
+
 class ModelSourceError(WorkbenchError):
     """The model source cannot be opened (missing, malformed, unsafe, unsupported, offline)."""
 

@@ -28,7 +28,7 @@ from workbench.core.adapters import (
     load_adapter,
 )
 from workbench.core.errors import AdapterError, OutputError
-from workbench.core.fsutil import atomic_directory, disk_full_error
+from workbench.core.fsutil import atomic_directory, disk_full_reported
 
 __all__ = ["make_portable", "export_adapter"]
 
@@ -85,14 +85,9 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
                           "choose a new folder, or remove the old one first")
     adapter = load_adapter(source)
     portable_form = make_portable(adapter) if portable else None
-    try:
-        with atomic_directory(out) as tmp:
-            _write_export(adapter, tmp, portable_form)
-    except Exception as exc:  # a full disk is the user's to fix; atomic_directory has removed what was written
-        full = disk_full_error(out, exc, _folder_bytes(adapter.path))
-        if full is None:
-            raise
-        raise full from None
+    # A full disk is the user's to fix; atomic_directory has removed what was written.
+    with disk_full_reported(out, _folder_bytes(adapter.path)), atomic_directory(out) as tmp:
+        _write_export(adapter, tmp, portable_form)
     return out
 
 

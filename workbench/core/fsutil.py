@@ -43,6 +43,7 @@ __all__ = [
     "mount_point",
     "format_size",
     "disk_full_error",
+    "disk_full_reported",
 ]
 
 TMP_PREFIX = ".tmp-"
@@ -346,6 +347,19 @@ def disk_full_error(out: Path, exc: BaseException, needed: int | None = None):
         room += f"{'; ' if room else ''}the output needs about {format_size(needed)}"
     return OutputError(f"cannot write {out}: {reason} (nothing was written){f'. {room}' if room else ''}",
                        "free some disk space, or write the output to a disk with more room")
+
+
+@contextmanager
+def disk_full_reported(out: Path, needed: int | None = None) -> Iterator[None]:
+    """Around an ``atomic_directory(out)`` write: a full disk becomes ``disk_full_error``'s ``OutputError``;
+    every other exception passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full_error(out, exc, needed)
+        if full is None:
+            raise
+        raise full from None
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

@@ -46,7 +46,7 @@ from workbench.core.adapters import (
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
 from workbench.core.events import Message, Progress, as_sink
-from workbench.core.fsutil import atomic_directory, disk_full_error
+from workbench.core.fsutil import atomic_directory, disk_full_reported
 
 __all__ = ["OUTPUT_DTYPES", "MergeResult", "merged_weight", "merge_adapter"]
 
@@ -225,7 +225,9 @@ def merge_adapter(
     done = written = 0
     sink.emit(Progress("merge", 0, total, detail=shards[0][0] if shards else ""))
     try:
-        with atomic_directory(out) as tmp:
+        # A full disk is the user's to fix; atomic_directory has removed what was written.
+        with disk_full_reported(out, sum(e.out_bytes for _, entries in shards for e in entries)), \
+                atomic_directory(out) as tmp:
             for shard_name, entries in shards:
                 writer = _ShardWriter(tmp / shard_name, entries)
                 try:
@@ -249,11 +251,6 @@ def merge_adapter(
     except _Stopped:
         sink.emit(Message("merge stopped; nothing was written", level="warning"))
         return MergeResult(None, stopped=True)
-    except Exception as exc:  # a full disk is the user's to fix; atomic_directory has removed what was written
-        full = disk_full_error(out, exc, sum(e.out_bytes for _, entries in shards for e in entries))
-        if full is None:
-            raise
-        raise full from None
     return MergeResult(
         out,
         merged_modules=len(fit.targets),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConsentRequired, ModelSourceError
+from .errors import ConsentRequired, ModelSourceError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -331,9 +331,9 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
                 f"{source.gguf_file}: {exc}",
                 f"GGUF files of these architectures can be opened: {', '.join(gguf_architectures())}",
             ) from None
-        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {_first_line(exc)}", _CONFIG_HINT) from None
+        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {first_line(exc)}", _CONFIG_HINT) from None
     except OSError as exc:
-        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {_first_line(exc)}", _CONFIG_HINT) from None
+        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {first_line(exc)}", _CONFIG_HINT) from None
     except struct.error as exc:  # the GGUF reader unpacks fixed-size fields; a short file runs out of bytes
         if source.kind != "gguf":
             raise
@@ -347,21 +347,17 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
                                    _CONFIG_HINT) from None
         if isinstance(exc, (ArithmeticError, AssertionError, KeyError, TypeError)):
             raise ModelSourceError(f"{source.path / 'config.json'} has values transformers cannot use "
-                                   f"({type(exc).__name__}: {_first_line(exc)})", _CONFIG_HINT) from None
+                                   f"({type(exc).__name__}: {first_line(exc)})", _CONFIG_HINT) from None
         raise
 
 
 _CONFIG_HINT = "compare config.json with the model's original one and fix the value, or download the model again"
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n")[0]
-
-
 def _config_problem(exc: BaseException) -> str:
     """The most specific line of a config validation error: the cause says which field and what was found."""
     cause = exc.__cause__ or exc
-    return _first_line(cause) or _first_line(exc) or type(exc).__name__
+    return first_line(cause) or first_line(exc) or type(exc).__name__
 
 
 def _damaged_gguf(message: str) -> bool:
@@ -427,7 +423,7 @@ def _auto_class(task: str):
     return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
 
 
-_MAX_LAYERS = 10_000  # far above any real model (the largest have a few hundred blocks)
+MAX_LAYERS = 10_000  # far above any real model (the largest have a few hundred blocks); the merge checks it too
 
 
 def build_skeleton(config: "PretrainedConfig", task: str = "causal-lm", *, trust_remote_code: bool = False) -> "torch.nn.Module":
@@ -435,7 +431,7 @@ def build_skeleton(config: "PretrainedConfig", task: str = "causal-lm", *, trust
     import torch
 
     layers = getattr(config, "num_hidden_layers", None)
-    if isinstance(layers, int) and not 0 < layers <= _MAX_LAYERS:
+    if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
         # Building the skeleton costs time and memory per module: a damaged value must not hang the window.
         where = getattr(config, "_name_or_path", "") or "the model"
         raise ModelSourceError(f"the config.json of {where} says num_hidden_layers = {layers:,}; "
@@ -455,7 +451,7 @@ def build_skeleton(config: "PretrainedConfig", task: str = "causal-lm", *, trust
         where = getattr(config, "_name_or_path", "") or "the model"
         raise ModelSourceError(
             f"the {config.model_type} model in {where} cannot be built from its config.json: "
-            f"{type(exc).__name__}: {_first_line(exc)}",
+            f"{type(exc).__name__}: {first_line(exc)}",
             _CONFIG_HINT,
         ) from None
 
@@ -482,7 +478,7 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
     except pickle.UnpicklingError as exc:  # pickle allowed, but torch.load(weights_only=True) met more than tensors
         raise ModelSourceError(
             f"refused to load the pickle weights of {source.spec}: they hold objects other than tensors "
-            f"({_first_line(exc)})", "this file is not a plain checkpoint and may run code; do not use it",
+            f"({first_line(exc)})", "this file is not a plain checkpoint and may run code; do not use it",
         ) from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # RuntimeError: shape mismatch in a state dict
         raise ModelSourceError(f"cannot load the weights of {source.spec}: {exc}".split("\n")[0],

@@ -848,18 +848,19 @@ def list_checkpoints(run_dir: PathLike, *, thorough: bool = False) -> list[Check
     (``choose_checkpoint`` does this for the checkpoint a run continues from). Only names of exactly that
     form are listed, so temporary folders (``.tmp-checkpoint-…``) never are.
     """
-    folder = RunFolder(run_dir)
+    return [Checkpoint(step, path, _checkpoint_problem(path, step, thorough=thorough))
+            for step, path in checkpoint_folders(RunFolder(run_dir).checkpoints_dir)]
+
+
+def checkpoint_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-<step>`` folder in ``checkpoints_dir``, oldest first, unchecked:
+    the one rule for what counts as a checkpoint, for ``list_checkpoints`` and the engine's rotation."""
     try:
-        entries = list(os.scandir(folder.checkpoints_dir))
+        entries = list(os.scandir(checkpoints_dir))
     except FileNotFoundError:
         return []
-    found = []
-    for entry in entries:
-        match = _CHECKPOINT_NAME.fullmatch(entry.name)
-        if match and entry.is_dir():
-            step, path = int(match.group(1)), Path(entry.path)
-            found.append(Checkpoint(step, path, _checkpoint_problem(path, step, thorough=thorough)))
-    return sorted(found, key=lambda c: c.step)
+    found = [(int(m.group(1)), Path(e.path)) for e in entries if (m := _CHECKPOINT_NAME.fullmatch(e.name)) and e.is_dir()]
+    return sorted(found, key=lambda f: f[0])
 
 
 def latest_checkpoint(run_dir: PathLike) -> Checkpoint | None:
@@ -908,6 +909,11 @@ def _checkpoint_problem(path: Path, step: int, *, thorough: bool = False) -> str
         missing.append("rng_state.pth")
     if missing:
         return f"no {', '.join(missing)} (the checkpoint was not finished, or was partly deleted)"
+    return _torch_files_problem(path, names, thorough)
+
+
+def _torch_files_problem(path: Path, names: set[str] | list[str], thorough: bool) -> str:
+    """The first problem among the torch state archives (``*.pt``, ``*.pth``) of ``names`` in ``path``."""
     for name in sorted(names):
         if name.endswith((".pt", ".pth")):
             problem = _torch_file_problem(path / name, thorough)
@@ -1000,7 +1006,8 @@ def choose_checkpoint(run_dir: PathLike) -> CheckpointChoice:
     checkpoint = None
     for candidate in reversed(checkpoints):  # the newest complete one, read in full before it is trusted
         if candidate.complete:
-            problem = _crc_problem(candidate.path)  # list_checkpoints made every other check already
+            # list_checkpoints made every other check already: only the CRC-32 reads are left
+            problem = _torch_files_problem(candidate.path, os.listdir(candidate.path), thorough=True)
             if not problem:
                 checkpoint = candidate
                 break
@@ -1025,16 +1032,6 @@ def discard_unfinished_checkpoints(run_dir: PathLike, checkpoints: list[Checkpoi
     if discarded:
         fsync_dir(folder.checkpoints_dir)
     return discarded
-
-
-def _crc_problem(path: Path) -> str:
-    """The thorough part of ``_checkpoint_problem``: every state archive read against its CRC-32s."""
-    for state in sorted(path.iterdir()):
-        if state.name.endswith((".pt", ".pth")):
-            problem = _torch_file_problem(state, True)
-            if problem:
-                return f"{state.name} {problem}"
-    return ""
 
 
 def _temporary_checkpoints(folder: RunFolder) -> list[Path]:

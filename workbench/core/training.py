@@ -33,9 +33,8 @@ from contextlib import nullcontext
 from .config import RunConfig, TrainingConfig
 from .control import RunControl
 from .distributed import Distributed
-from .errors import OutputError, TrainingError, WorkbenchError
+from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
-from .models import _first_line
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -387,7 +386,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
             if full is None:
                 raise
             raise full from exc
-        oom = _first_line(exc)
+        oom = first_line(exc)
     if oom is not None:
         # Raised outside the except block: a chained traceback would keep the failed step's tensors alive.
         raise _OutOfMemory(oom, trainer.state.global_step + 1)
@@ -681,7 +680,7 @@ def _make_trainer_class():
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     from .fsutil import TMP_PREFIX, fsync_dir, publish_directory, remove_directory
-    from .runs import _CHECKPOINT_NAME
+    from .runs import checkpoint_folders
 
     class AtomicCheckpointTrainer(Trainer):
         _staging: str | None = None
@@ -730,10 +729,9 @@ def _make_trainer_class():
             limit = self.args.save_total_limit
             if not limit or limit <= 0:
                 return
-            # The same names as every other reader of the folder (runs.list_checkpoints) counts as checkpoints.
-            steps = sorted((int(m.group(1)), p) for p in root.iterdir()
-                           if (m := _CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir())
-            checkpoints = [p for _, p in steps]  # oldest first, by step: folder times change with renames
+            # The same folders as every other reader of the run counts as checkpoints, oldest first by step
+            # (folder times change with renames).
+            checkpoints = [p for _, p in checkpoint_folders(root)]
             protected = {checkpoints[-1]} if checkpoints else set()
             if self.state.best_model_checkpoint:
                 protected.add(Path(self.state.best_model_checkpoint))
