@@ -28,16 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from datetime import datetime
 
     from workbench.core.config import RunConfig
     from workbench.core.fsutil import atomic_write_text
     from workbench.core.launch import LaunchPlan, render_script
-    from workbench.core.runs import model_short_name
+    from workbench.core.runs import default_run_name
 
     run_file = Path(args.run_file).resolve()
     config = RunConfig.from_toml(run_file)
-    name = config.output.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = default_run_name(config)
     if args.run_dir:
         run_dir = Path(args.run_dir)
     elif config.output.run_dir:

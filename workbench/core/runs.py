@@ -134,6 +134,8 @@ __all__ = [
     "ControlFileWatcher",
     "create_run",
     "load_config",
+    "claim_run_dir",
+    "default_run_name",
     "model_short_name",
     "run_status",
     "summarize_run",
@@ -237,17 +239,30 @@ def model_short_name(source: str) -> str:
 
 
 def create_run(config: RunConfig) -> RunFolder:
-    """Create the folder for a new run and write ``run.toml`` into it (atomically).
+    """Create the folder for a new run (``claim_run_dir``) and write ``run.toml`` into it (atomically).
 
-    The folder is ``config.output.run_dir`` when set (it must be missing or empty), otherwise a new folder
-    under ``config.output.runs_root`` named ``config.output.name`` or ``<model>-<YYYYmmdd-HHMMSS>``, with
-    ``-2``, ``-3``, … appended when that name is taken (also by a concurrent process: the name is claimed
-    with ``mkdir``, which fails if it exists). When ``run.toml`` cannot be written (a full disk, no
-    permission) the folders this call created are removed again before ``OutputError`` is raised, so a
-    failed start leaves no empty run behind.
+    When ``run.toml`` cannot be written (a full disk, no permission) the folders this call created are removed
+    again before ``OutputError`` is raised, so a failed start leaves no empty run behind.
+    """
+    path, created = claim_run_dir(config)
+    try:
+        config.save(path / RUN_FILE)
+    except OSError as exc:
+        remove_empty_dirs(created)
+        raise _cannot_create_run_folder(exc, config) from None
+    return RunFolder(path)
+
+
+def claim_run_dir(config: RunConfig) -> tuple[Path, list[Path]]:
+    """The empty folder a new run of ``config`` uses, and the folders this call created (outermost first).
+
+    ``config.output.run_dir`` when set (it must be missing or empty), otherwise a new folder under
+    ``config.output.runs_root`` named ``config.output.name`` or ``<model>-<YYYYmmdd-HHMMSS>``, with ``-2``,
+    ``-3``, … appended when that name is taken (also by a concurrent process: the name is claimed with
+    ``mkdir``, which fails if it exists). Relative paths are taken from the current folder.
     """
     out = config.output
-    created: list[Path] = []  # folders made here, outermost first: removed again if the run cannot be created
+    created: list[Path] = []
     try:
         if out.run_dir:
             path = Path(out.run_dir)
@@ -262,21 +277,30 @@ def create_run(config: RunConfig) -> RunFolder:
             created += make_dirs(root)
             path = claim_new_run_dir(root, config)
             created.append(path)
-        config.save(path / RUN_FILE)
     except OSError as exc:
         remove_empty_dirs(created)
-        raise OutputError(
-            f"cannot create the run folder: {exc.strerror or exc} ({exc.filename or out.run_dir or out.runs_root})",
-            "choose a folder you can write to (output.runs_root or output.run_dir)",
-        ) from None
-    return RunFolder(path)
+        raise _cannot_create_run_folder(exc, config) from None
+    return path, created
+
+
+def _cannot_create_run_folder(exc: OSError, config: RunConfig) -> OutputError:
+    out = config.output
+    return OutputError(
+        f"cannot create the run folder: {exc.strerror or exc} ({exc.filename or out.run_dir or out.runs_root})",
+        "choose a folder you can write to (output.runs_root or output.run_dir)",
+    )
+
+
+def default_run_name(config: RunConfig) -> str:
+    """A new run's folder name: ``output.name``, or the model's short name and the time."""
+    return config.output.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def claim_new_run_dir(root: Path, config: RunConfig) -> Path:
     """Create and return the empty folder of a new run under ``root``: ``output.name``, or the model's short
     name and the time, with ``-2``, ``-3``… when taken (``mkdir`` claims it, so two starts cannot share it)."""
     # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
-    base = (config.output.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}").lstrip(".")
+    base = default_run_name(config).lstrip(".")
     return _claim_unique_dir(root, base or "run")
 
 

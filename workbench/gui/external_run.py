@@ -56,30 +56,15 @@ LOG_LINES_SHOWN = 20
 
 
 def claim_run_dir(config: RunConfig) -> tuple[Path, bool]:
-    """The absolute run folder a new run of ``config`` will use, created empty; and whether it was created
-    here (so that it can be removed again if the process fails before the engine writes into it).
-
-    The same choice the engine's ``create_run`` makes: ``output.run_dir`` (missing or empty), else
-    ``output.runs_root/<output.name or model-YYYYmmdd-HHMMSS>`` with ``-2``, ``-3``… when taken. Relative
-    paths are taken from the current folder, which is also the process's working folder.
-    """
+    """The absolute run folder a new run of ``config`` will use, created empty (the engine's own choice,
+    ``core.runs.claim_run_dir``, with ``~`` expanded); and whether it was created here, so that it can be removed
+    again if the process fails before the engine writes into it."""
     out = config.output
-    try:
-        if out.run_dir:
-            path = Path(out.run_dir).expanduser().absolute()
-            created = not path.exists()
-            path.mkdir(parents=True, exist_ok=True)
-            if any(path.iterdir()):
-                raise OutputError(f"the run folder {path} is not empty",
-                                  "choose another output.run_dir, or leave it unset to get a new folder under "
-                                  "output.runs_root")
-            return path, created
-        root = Path(out.runs_root).expanduser().absolute()
-        root.mkdir(parents=True, exist_ok=True)
-        return core_runs.claim_new_run_dir(root, config), True
-    except OSError as exc:
-        raise OutputError(f"cannot create the run folder: {exc.strerror or exc} ({exc.filename})",
-                          "choose a folder you can write to (output.runs_root or output.run_dir)") from None
+    expanded = config.copy_with(output={
+        "run_dir": str(Path(out.run_dir).expanduser().absolute()) if out.run_dir else None,
+        "runs_root": str(Path(out.runs_root).expanduser().absolute())})
+    path, created = core_runs.claim_run_dir(expanded)
+    return path, path in created
 
 
 def launch_command(run_file: Path, run_dir: Path, processes: int) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -21,7 +20,7 @@ from PySide6.QtWidgets import (
 
 from workbench.core.config import RunConfig
 from workbench.core.errors import WorkbenchError
-from workbench.core.runs import model_short_name
+from workbench.core.runs import default_run_name, model_short_name
 
 from .export_dialog import _path_row
 
@@ -53,8 +52,7 @@ def default_run_dir(config: RunConfig, base: Path | None = None) -> Path:
     out = config.output
     if out.run_dir:
         return (base / Path(out.run_dir).expanduser()).absolute()
-    name = out.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}"
-    return (base / Path(out.runs_root).expanduser() / name).absolute()
+    return (base / Path(out.runs_root).expanduser() / default_run_name(config)).absolute()
 
 
 def run_file_for(script: Path) -> Path:
