@@ -4,8 +4,8 @@
 recorded as running, its process is gone (same host) or its heartbeat is stale (other host; see ``status``).
 Otherwise it refuses and names the host and process, so two processes never write one run folder. Two resumes
 started at the same instant would both pass that check; the first takes the run's resume lock
-(``.resume.lock``, an exclusive ``flock`` held until its training ends, dropped by the kernel if it dies)
-and the second is refused (``ResumeLock``).
+(``.resume.lock``, an exclusive lock held until its training ends and dropped by the kernel if it dies:
+``core.locks``) and the second is refused (``ResumeLock``).
 
 Resuming keeps ``metrics.jsonl`` append-only with one exception: ``prepare_resume`` truncates the file
 after the last event of the checkpoint's step (and drops a torn last line), so the resumed engine appends
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import locks
 from ..config import RunConfig
 from ..errors import OutputError, TrainingError
 from ..events import Evaluation, Step, event_from_dict
@@ -80,7 +79,7 @@ class ResumePoint:
 def prepare_resume(run_dir: PathLike) -> ResumePoint:
     """Make a stopped, failed or crashed run ready to continue from its newest complete checkpoint.
 
-    First takes the run's resume lock (``.resume.lock`` in the run folder, an exclusive ``flock``), so two resumes
+    First takes the run's resume lock (``.resume.lock`` in the run folder, ``ResumeLock``), so two resumes
     started at the same instant cannot both pass the checks below; the second is refused at once.
     The returned point holds the lock (see ``ResumePoint``). Then refuses unless the run is positively dead
     (see the module docstring), naming the process and host that still write it. Picks the checkpoint and
@@ -137,65 +136,33 @@ def _prepare_resume_locked(folder: RunFolder, lock: "ResumeLock") -> ResumePoint
 
 
 class ResumeLock:
-    """An exclusive, non-blocking ``flock`` on ``RUN_DIR/.resume.lock``, held by the process that resumes
-    the run from ``prepare_resume`` to the end of its training.
+    """The run's resume lock (``core.locks`` on ``RUN_DIR/.resume.lock``), held by the process that resumes the
+    run from ``prepare_resume`` to the end of its training.
 
     The liveness check alone leaves a window: two resumes started at the same instant both find the run
     dead, and both trim it, before either records itself as running. The lock closes it. The kernel drops
-    the lock when its holder dies, however it dies, so it never goes stale; the file stays (removing a lock
-    file that another process may just have opened would let two processes hold "the" lock). It holds
-    ``pid@host`` of the holder, for the refusal message. Where locks are not available (no ``fcntl``:
-    Windows; a file system without locks) resuming goes on without one, guarded by the liveness check only.
+    the lock when its holder dies, however it dies, so it never goes stale; the file stays. The holder's
+    ``pid@host`` is in it, for the refusal message. Where locks are not available (a file system without
+    them, a read-only run folder) resuming goes on without one, guarded by the liveness check only.
     """
 
-    def __init__(self, fd: int | None):
-        self._fd = fd
+    def __init__(self, hold: locks.FileLockHold | None):
+        self._hold = hold
 
     @classmethod
     def acquire(cls, folder: RunFolder) -> "ResumeLock":
         try:
-            import fcntl
-        except ImportError:
-            return cls(None)
-        path = folder.path / RESUME_LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:  # a read-only run folder: the resume fails soon enough with its own error
-            return cls(None)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_small(fd)
-            deadline = time.monotonic() + 0.5
-            while not holder and time.monotonic() < deadline:  # the holder writes its note just after locking
-                time.sleep(0.01)
-                holder = _read_small(fd)
-            os.close(fd)
-            raise TrainingError(*_being_resumed(folder, holder)) from None
-        except OSError:  # ENOLCK, EOPNOTSUPP: this file system has no locks
-            os.close(fd)
-            return cls(None)
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
-        except OSError:
-            pass  # the lock is what counts; the note only improves the message
-        return cls(fd)
+            return cls(locks.acquire(folder.path / RESUME_LOCK, timeout=0))
+        except locks.LockBusy as busy:
+            raise TrainingError(*_being_resumed(folder, busy.holder)) from None
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor releases the flock
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
 
     def __del__(self) -> None:
         self.release()
-
-
-def _read_small(fd: int) -> str:
-    try:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
 
 
 def _being_resumed(folder: RunFolder, holder: str) -> tuple[str, str]:
