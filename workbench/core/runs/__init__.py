@@ -12,7 +12,9 @@ One folder per run, readable by any process on any machine that sees the disk::
       .resume.lock                    locked by the process that resumes the run (see ``resume``)
       adapter/                        the final PEFT adapter: adapter_config.json + adapter_model.safetensors
 
-Who writes what. ``create_run`` makes the folder and ``run.toml``. While training, the engine's main process holds a ``RunRecorder``: it is the event
+Who writes what. ``create_run`` makes the folder and ``run.toml``; where the folder goes, for a relative
+``output.runs_root`` too, is one rule (``layout.output_path``: from the current folder) for the engine, the window
+and ``workbench launch-script``. While training, the engine's main process holds a ``RunRecorder``: it is the event
 sink that appends to ``metrics.jsonl``, keeps ``status.json`` current (with a heartbeat from a background thread,
 so the engine calls nothing extra) and, when given the run's ``RunControl``, applies the commands found in
 ``control.json`` to it. The engine wiring is::
@@ -23,7 +25,7 @@ so the engine calls nothing extra) and, when given the run's ``RunControl``, app
 
 The package, one module per part of that story (each imports only those before it):
 
-* ``layout``       the folder's names (``RunFolder``), creating a new run's folder, reading its run file;
+* ``layout``       the folder's names (``RunFolder``), where a new run goes, creating it, reading its run file;
 * ``metrics``      reading ``metrics.jsonl`` whole or as it grows, tolerating torn lines;
 * ``status``       the status.json record, the heartbeat's age on the file system's clock, judging whether a run
                    lives, summaries and listings, deleting a run;
@@ -62,6 +64,8 @@ from .layout import (
     default_run_name,
     load_config,
     model_short_name,
+    output_path,
+    planned_run_dir,
 )
 from .metrics import MetricsTailer, read_events
 from .recorder import HEARTBEAT_INTERVAL_S, RunRecorder
@@ -94,6 +98,8 @@ __all__ = [
     "claim_run_dir",
     "default_run_name",
     "model_short_name",
+    "output_path",
+    "planned_run_dir",
     "run_status",
     "summarize_run",
     "list_runs",

@@ -1,4 +1,17 @@
-"""Where a run lives: the run folder's file names, creating a new run's folder, and reading its run file."""
+"""Where a run lives: the run folder's file names, the one rule for where a new run's folder goes, and creating it.
+
+Where runs go. A run file's ``output.runs_root`` and ``output.run_dir`` may be relative (the default root is
+``runs``). ``output_path`` is the one rule for what they are relative to, used by the engine (``create_run``),
+the window's launch dialog and ``workbench launch-script`` alike: ``~`` is expanded, and a relative path is taken
+from the *current folder* of the process that reads the run file — the folder the command is started in, the
+window's working folder. It is the base every other relative path in a run file already has (``model.source``,
+``data.train_files``: the engine opens them as given, and ``resources/examples/demo.toml`` is run from the
+repository root), and the base of ``workbench runs`` and the window's Runs tab, so a run always lands where they
+list it; a configuration from the window or from ``--set`` has no run file whose folder could serve instead. A
+launch script fixes the run folder it computed as an absolute ``--run-dir`` (and the run file as an absolute
+path), so where the cluster's job starts plays no part: the script trains into the folder ``workbench train
+RUN.toml`` started in the same place would have created.
+"""
 
 from __future__ import annotations
 
@@ -78,6 +91,30 @@ def default_run_name(config: RunConfig) -> str:
     return config.output.name or f"{model_short_name(config.model.source)}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def _folder_name(name: str) -> str:
+    # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
+    return name.lstrip(".") or "run"
+
+
+def output_path(path: PathLike, base: PathLike | None = None) -> Path:
+    """Where an output path of a run file (``output.runs_root``, ``output.run_dir``) points, as an absolute path:
+    ``~`` expanded, a relative path taken from ``base`` — the current folder unless given (see "Where runs go"
+    in this module's docstring). The one rule for the engine, the window and ``workbench launch-script``."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(base if base is not None else Path.cwd()) / p).absolute()
+
+
+def planned_run_dir(config: RunConfig, base: PathLike | None = None, *, name: str | None = None) -> Path:
+    """The folder a new run of ``config`` will use, computed without creating anything: ``output.run_dir``, else
+    ``runs_root/<name>`` (``name`` defaults to ``default_run_name``), both through ``output_path``. ``create_run``
+    appends ``-2``, ``-3``… to a name that is taken; a launch script passes this folder as ``--run-dir``, which
+    must then be missing or empty."""
+    out = config.output
+    if out.run_dir:
+        return output_path(out.run_dir, base)
+    return output_path(out.runs_root, base) / _folder_name(name or default_run_name(config))
+
+
 def create_run(config: RunConfig) -> RunFolder:
     """Create the folder for a new run (``claim_run_dir``) and write ``run.toml`` into it (atomically).
 
@@ -99,13 +136,13 @@ def claim_run_dir(config: RunConfig) -> tuple[Path, list[Path]]:
     ``config.output.run_dir`` when set (it must be missing or empty), otherwise a new folder under
     ``config.output.runs_root`` named ``config.output.name`` or ``<model>-<YYYYmmdd-HHMMSS>``, with ``-2``,
     ``-3``, … appended when that name is taken (also by a concurrent process: the name is claimed with
-    ``mkdir``, which fails if it exists). Relative paths are taken from the current folder.
+    ``mkdir``, which fails if it exists). Relative paths are taken from the current folder (``output_path``).
     """
     out = config.output
     created: list[Path] = []
     try:
         if out.run_dir:
-            path = Path(out.run_dir)
+            path = output_path(out.run_dir)
             created += make_dirs(path)
             if any(path.iterdir()):
                 raise OutputError(
@@ -113,7 +150,7 @@ def claim_run_dir(config: RunConfig) -> tuple[Path, list[Path]]:
                     "choose another output.run_dir, or leave it unset to get a new folder under output.runs_root",
                 )
         else:
-            root = Path(out.runs_root)
+            root = output_path(out.runs_root)
             created += make_dirs(root)
             path = claim_new_run_dir(root, config)
             created.append(path)
@@ -134,9 +171,7 @@ def _cannot_create_run_folder(exc: OSError, config: RunConfig) -> OutputError:
 def claim_new_run_dir(root: Path, config: RunConfig) -> Path:
     """Create and return the empty folder of a new run under ``root``: ``output.name``, or the model's short
     name and the time, with ``-2``, ``-3``… when taken (``mkdir`` claims it, so two starts cannot share it)."""
-    # A leading dot would hide the run: listings skip dot-folders (temporary and deleted ones).
-    base = default_run_name(config).lstrip(".")
-    return _claim_unique_dir(root, base or "run")
+    return _claim_unique_dir(root, _folder_name(default_run_name(config)))
 
 
 def _claim_unique_dir(root: Path, base: str) -> Path:
