@@ -3,6 +3,9 @@
 import argparse
 import shlex
 import subprocess
+from pathlib import Path
+
+import pytest
 
 from workbench.cli import main
 from workbench.core.config import RunConfig
@@ -61,3 +64,35 @@ def test_bad_launch_values(tmp_path, capsys):
     assert main(["launch-script", str(run_file), "--nodes", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
     assert main(["launch-script", str(tmp_path / "missing.toml")]) == 2
+
+
+def script_run_dir(script: str) -> Path:
+    """The --run-dir of the torchrun line of a plain launch script."""
+    line = next(line for line in script.splitlines() if "torch.distributed.run" in line and not line.startswith("#"))
+    args, _ = torchrun_args(line, NODE_RANK="0", MASTER_ADDR="node0")
+    return Path(args.training_script_args[args.training_script_args.index("--run-dir") + 1])
+
+
+@pytest.mark.parametrize("output, expected", [
+    ({"runs_root": "runs", "name": "exp"}, "elsewhere/runs/exp"),
+    ({"runs_root": "~/wb-runs", "name": "exp"}, "home/wb-runs/exp"),
+    ({"run_dir": "exact-run"}, "elsewhere/exact-run"),
+])
+def test_one_run_file_gives_one_run_folder_to_the_engine_and_launch_script(tmp_path, monkeypatch, capsys, output,
+                                                                           expected):
+    """The run file lies in one folder and the commands run in another: a relative output path is taken from the
+    current folder (and ``~`` expanded) by both, so the script trains into the folder `workbench train` makes."""
+    from workbench.core.runs import create_run
+
+    files, elsewhere, home = tmp_path / "files", tmp_path / "elsewhere", tmp_path / "home"
+    for folder in (files, elsewhere, home):
+        folder.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    RunConfig.from_dict({"model": {"source": "org/model"}, "data": {"train_files": ["/shared/data.jsonl"]},
+                         "output": output}).save(files / "run.toml")
+    monkeypatch.chdir(elsewhere)
+    assert main(["launch-script", str(files / "run.toml"), "--scheduler", "plain"]) == 0
+    from_script = script_run_dir(capsys.readouterr().out)
+    engine = create_run(RunConfig.from_toml(files / "run.toml")).path
+    assert from_script == engine == tmp_path / expected
+    assert (tmp_path / expected / "run.toml").is_file()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from workbench.core import runs
+from workbench.core.runs import status as runs_status
 from workbench.core.errors import TrainingError
 from workbench.core.runs import RunFolder, RunStatus, create_run, heartbeat_age, prepare_resume, run_status, summarize_run
 
@@ -60,7 +60,7 @@ def test_without_write_access_the_writer_clock_is_the_fallback_and_the_detail_sa
     def read_only(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(runs, "_file_system_now", read_only)
+    monkeypatch.setattr(runs_status, "_file_system_now", read_only)
     assert run_status(folder) is RunStatus.CRASHED
     assert "gpu-node-7's clock" in summarize_run(folder).status_detail
 
@@ -151,7 +151,7 @@ def test_resume_refuses_a_run_whose_process_on_this_machine_lives_and_names_it(t
 def test_resume_refuses_a_live_run_on_another_host_despite_its_lagging_clock(tmp_path, monkeypatch):
     """The writer's clock is an hour behind: judged by its updated_at the run looked dead and was resumed
     under a live process. Judged on the file system's clock it is refused until its heartbeat is stale."""
-    monkeypatch.setattr(runs, "STALE_AFTER_S", 1.0)
+    monkeypatch.setattr(runs_status, "STALE_AFTER_S", 1.0)
     folder = create_run(make_config(tmp_path))
     make_checkpoint(folder, 5)
     writer = start_writer(SKEWED_WRITER, folder)

@@ -774,7 +774,7 @@ def test_resume_reads_its_checkpoint_in_full_and_passes_over_a_damaged_one(tmp_p
 
 
 def test_the_recorder_flushes_a_checkpoint_to_disk_before_metrics_names_it(tmp_path, monkeypatch):
-    import workbench.core.runs as runs
+    import workbench.core.runs.recorder as runs
 
     folder = create_run(make_config(tmp_path))
     path = make_checkpoint(folder, 5)

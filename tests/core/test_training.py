@@ -255,7 +255,7 @@ def test_checkpoints_are_written_aside_flushed_and_renamed_into_place(model_dir,
     temporary name; the checkpoint event and the recorder's flush come after the rename; and the Trainer's
     log_history stops growing at LOG_HISTORY_KEEP entries while metrics.jsonl keeps every step."""
     import workbench.core.fsutil as fsutil
-    import workbench.core.runs as runs
+    import workbench.core.runs.recorder as runs
     import workbench.core.training as training
     from workbench.core.runs import list_checkpoints
 

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=int, default=1, help="number of machines (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=1, help="GPUs (processes) per machine (default 1)")
     p.add_argument("--scheduler", choices=["slurm", "plain"], default="slurm", help="sbatch script, or a plain script per node")
-    p.add_argument("--run-dir", help="run folder on shared storage (default: <runs_root>/<name> from the run file)")
+    p.add_argument("--run-dir", help="run folder on shared storage (default: <runs_root>/<name> from the run file; "
+                                     "a relative runs_root is taken from the current folder, as by `workbench train`)")
     p.add_argument("--python", help="Python interpreter on the nodes (default: this one)")
     p.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
     p.add_argument("--time", dest="time_limit", help="Slurm time limit, e.g. 24:00:00")
@@ -32,19 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from workbench.core.config import RunConfig
     from workbench.core.fsutil import atomic_write_text
     from workbench.core.launch import LaunchPlan, render_script
-    from workbench.core.runs import default_run_name
+    from workbench.core.runs import default_run_name, output_path, planned_run_dir
 
     run_file = Path(args.run_file).resolve()
     config = RunConfig.from_toml(run_file)
     name = default_run_name(config)
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-    elif config.output.run_dir:
-        run_dir = Path(config.output.run_dir)
-    else:
-        root = Path(config.output.runs_root)
-        run_dir = (root if root.is_absolute() else run_file.parent / root) / name
-    plan = LaunchPlan(run_file=run_file, run_dir=run_dir.resolve(), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+    # Relative output paths are taken from the current folder, as `workbench train` and the window take them.
+    run_dir = output_path(args.run_dir) if args.run_dir else planned_run_dir(config, name=name)
+    plan = LaunchPlan(run_file=run_file, run_dir=run_dir, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                       scheduler=args.scheduler, python=args.python or sys.executable, port=args.port,
                       job_name=name, time_limit=args.time_limit, partition=args.partition)
     script = render_script(plan)

@@ -20,14 +20,15 @@ from PySide6.QtWidgets import (
 
 from workbench.core.config import RunConfig
 from workbench.core.errors import WorkbenchError
-from workbench.core.runs import default_run_name, model_short_name
+from workbench.core.runs import model_short_name, output_path, planned_run_dir
 
 from .export_dialog import _path_row
 
 
 def portable_config(config: RunConfig, base: Path | None = None) -> RunConfig:
     """``config`` with relative local paths (model folder, data files, runs root) made absolute from ``base``
-    (the current folder, against which the window and its processes read them)."""
+    (the current folder, against which the window and its processes read them; for the runs root that is
+    ``core.runs.output_path``'s rule)."""
     base = base or Path.cwd()
 
     def absolute(p: str) -> str:
@@ -42,17 +43,14 @@ def portable_config(config: RunConfig, base: Path | None = None) -> RunConfig:
         model={"source": source},
         data={"train_files": [absolute(f) for f in data.train_files],
               "validation_files": [absolute(f) for f in data.validation_files]},
-        output={"runs_root": str((base / Path(config.output.runs_root).expanduser()).absolute())},
+        output={"runs_root": str(output_path(config.output.runs_root, base))},
     )
 
 
 def default_run_dir(config: RunConfig, base: Path | None = None) -> Path:
-    """Where a launched run writes: ``output.run_dir``, else ``runs_root/<name or model-time>`` (as the CLI)."""
-    base = base or Path.cwd()
-    out = config.output
-    if out.run_dir:
-        return (base / Path(out.run_dir).expanduser()).absolute()
-    return (base / Path(out.runs_root).expanduser() / default_run_name(config)).absolute()
+    """Where a launched run writes: ``output.run_dir``, else ``runs_root/<name or model-time>`` — the folder the
+    engine and ``workbench launch-script`` choose for the same run file (``core.runs.planned_run_dir``)."""
+    return planned_run_dir(config, base)
 
 
 def run_file_for(script: Path) -> Path:

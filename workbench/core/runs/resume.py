@@ -1,0 +1,255 @@
+"""Resuming a run: the checks that a run is positively dead, its resume lock, and cutting its metrics back.
+
+``prepare_resume`` only continues a run that is positively dead: an outcome was reported, or, for a run
+recorded as running, its process is gone (same host) or its heartbeat is stale (other host; see ``status``).
+Otherwise it refuses and names the host and process, so two processes never write one run folder. Two resumes
+started at the same instant would both pass that check; the first takes the run's resume lock
+(``.resume.lock``, an exclusive lock held until its training ends and dropped by the kernel if it dies:
+``core.locks``) and the second is refused (``ResumeLock``).
+
+Resuming keeps ``metrics.jsonl`` append-only with one exception: ``prepare_resume`` truncates the file
+after the last event of the checkpoint's step (and drops a torn last line), so the resumed engine appends
+step N+1 right after step N, and readers never see a step twice or a gap. Readers stay simple: no
+de-duplication, no session logic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import locks
+from ..config import RunConfig
+from ..errors import OutputError, TrainingError
+from ..events import Evaluation, Step, event_from_dict
+from ..fsutil import TMP_PREFIX
+from . import status
+from .checkpoints import Checkpoint, choose_checkpoint, remove_path
+from .layout import ADAPTER_DIR, RUN_FILE, STATUS_FILE, PathLike, RunFolder, load_config
+from .status import RunStatus, StatusRecord, observe, on_this_host
+
+RESUME_LOCK = ".resume.lock"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the engine needs to continue a run: ``trainer.train(resume_from_checkpoint=str(checkpoint.path))``.
+
+    It holds the run's resume lock (see ``prepare_resume``) until ``release()``, the end of a ``with``
+    block, or the end of the process; the engine keeps it for the whole resumed training."""
+
+    folder: RunFolder
+    config: RunConfig
+    checkpoint: Checkpoint
+    discarded: tuple[Path, ...]  # incomplete checkpoint folders (and temporary ones) that were removed
+    dropped_events: int  # metrics.jsonl lines removed (events after the checkpoint's step, a torn line)
+    problems: tuple[tuple[str, str], ...] = ()  # (checkpoint folder name, why it was incomplete)
+    lock: "ResumeLock | None" = field(default=None, compare=False, repr=False)
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step
+
+    def describe(self) -> str:
+        """One line for the console and the log panel: which checkpoint, and what was thrown away."""
+        total = self.config.training.max_steps
+        text = f"resuming from {self.checkpoint.path.name} (step {self.step}{f' of {total}' if total else ''})"
+        if self.discarded:
+            text += f"; removed incomplete {', '.join(p.name for p in self.discarded)}"
+            text += "".join(f"; {name}: {problem}" for name, problem in self.problems)
+        if self.dropped_events:
+            text += f"; dropped {self.dropped_events} metrics line(s) recorded after step {self.step}"
+        return text
+
+    def release(self) -> None:
+        """Let another process resume this run (once this one has ended)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "ResumePoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def prepare_resume(run_dir: PathLike) -> ResumePoint:
+    """Make a stopped, failed or crashed run ready to continue from its newest complete checkpoint.
+
+    First takes the run's resume lock (``.resume.lock`` in the run folder, ``ResumeLock``), so two resumes
+    started at the same instant cannot both pass the checks below; the second is refused at once.
+    The returned point holds the lock (see ``ResumePoint``). Then refuses unless the run is positively dead
+    (see the module docstring), naming the process and host that still write it. Picks the checkpoint and
+    removes incomplete and temporary checkpoint folders (``choose_checkpoint``), and the temporary files its
+    dead writer may have left in the run folder; truncates ``metrics.jsonl`` at the first line whose
+    ``step`` exceeds the checkpoint's (and drops a torn last line; ``rewind_metrics``); recomputes the
+    summary in ``status.json`` from what is kept. The engine then opens a ``RunRecorder`` on the folder and
+    emits ``RunStarted(resumed_from_step=point.step, ...)``.
+
+    Raises ``TrainingError`` for a run that is running, being resumed by another process, finished, never
+    started, or has no complete checkpoint; ``OutputError`` for a folder that is not a run;
+    ``ConfigError`` for an invalid ``run.toml``.
+    """
+    folder = RunFolder(run_dir)
+    if not folder.run_file.is_file():
+        raise OutputError(
+            f"{folder.path} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`"
+        )
+    _refuse_unless_resumable(folder)  # first without the lock: a refused run is left exactly as it was
+    lock = ResumeLock.acquire(folder)
+    try:
+        _refuse_unless_resumable(folder)  # again under the lock: another resume may have started it meanwhile
+        return _prepare_resume_locked(folder, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _refuse_unless_resumable(folder: RunFolder) -> None:
+    state, detail, record, _ = observe(folder, status.STALE_AFTER_S)
+    if state is RunStatus.RUNNING:
+        raise TrainingError(*_still_running(folder, record, detail))
+    refusals = {
+        RunStatus.FINISHED: ("has already finished", "start a new run to train further"),
+        RunStatus.NEW: ("never started", f"start it with `workbench train {folder.run_file}`"),
+    }
+    refusal = refusals.get(state)
+    if refusal is not None:
+        raise TrainingError(f"the run {folder.name} {refusal[0]}; there is nothing to resume", refusal[1])
+
+
+def _prepare_resume_locked(folder: RunFolder, lock: "ResumeLock") -> ResumePoint:
+    config = load_config(folder)
+    choice = choose_checkpoint(folder)
+    if choice.checkpoint is None:
+        raise TrainingError(
+            f"the run {folder.name} has no complete checkpoint to resume from",
+            "set training.save_steps so that runs save checkpoints, and start the run again",
+        )
+    for path in _dead_writer_litter(folder):
+        remove_path(path)
+    dropped = rewind_metrics(folder, choice.checkpoint.step)
+    return ResumePoint(folder, config, choice.checkpoint, choice.discarded, dropped, choice.problems, lock)
+
+
+class ResumeLock:
+    """The run's resume lock (``core.locks`` on ``RUN_DIR/.resume.lock``), held by the process that resumes the
+    run from ``prepare_resume`` to the end of its training.
+
+    The liveness check alone leaves a window: two resumes started at the same instant both find the run
+    dead, and both trim it, before either records itself as running. The lock closes it. The kernel drops
+    the lock when its holder dies, however it dies, so it never goes stale; the file stays. The holder's
+    ``pid@host`` is in it, for the refusal message. Where locks are not available (a file system without
+    them, a read-only run folder) resuming goes on without one, guarded by the liveness check only.
+    """
+
+    def __init__(self, hold: locks.FileLockHold | None):
+        self._hold = hold
+
+    @classmethod
+    def acquire(cls, folder: RunFolder) -> "ResumeLock":
+        try:
+            return cls(locks.acquire(folder.path / RESUME_LOCK, timeout=0))
+        except locks.LockBusy as busy:
+            raise TrainingError(*_being_resumed(folder, busy.holder)) from None
+
+    def release(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _being_resumed(folder: RunFolder, holder: str) -> tuple[str, str]:
+    """Message and hint refusing a resume because another process holds the run's resume lock."""
+    state, detail, record, _ = observe(folder, status.STALE_AFTER_S)
+    if state is RunStatus.RUNNING:  # the other resume has started training: say who trains it
+        return _still_running(folder, record, detail)
+    pid, _, host = holder.partition("@")
+    who = f" (process {pid} on {host})" if pid.isdigit() and host else ""
+    return (
+        f"another resume is starting the run {folder.name}{who}; only one process may resume a run",
+        "wait for it: `workbench runs` shows the run running once it has started; to resume it here instead, "
+        f"stop that one first (`workbench control {folder.path} stop`)",
+    )
+
+
+def _still_running(folder: RunFolder, record: StatusRecord | None, detail: str) -> tuple[str, str]:
+    """Message and hint refusing to resume a run that a live process may still be writing."""
+    stop = f"stop it first with `workbench control {folder.path} stop` (or the window's Stop button)"
+    if record is None:  # cannot happen for a RUNNING status; kept for safety
+        return f"the run {folder.name} is still running; there is nothing to resume", stop
+    if on_this_host(record):
+        return (
+            f"the run {folder.name} is still running: process {record.pid} on this machine ({record.hostname}) "
+            "is writing it, and resuming now would make two processes write one run folder",
+            f"{stop}, wait until `workbench runs` no longer shows it running, then resume; if that process "
+            f"hangs, end it (kill {record.pid}) and resume",
+        )
+    return (
+        f"the run {folder.name} is still running: {detail}; resuming here now would make two machines write "
+        "one run folder",
+        f"{stop} and resume once it has stopped; if {record.hostname} is down or the process was killed, the run "
+        f"counts as crashed once its heartbeat is {status.STALE_AFTER_S:.0f} s old — resume then",
+    )
+
+
+def _dead_writer_litter(folder: RunFolder) -> list[Path]:
+    """Temporary files and folders of a dead engine in the run folder: a half-written final adapter, the
+    old adapter of an interrupted replacement, the temporary files of status.json and run.toml rewrites
+    (``atomic_write_text`` names them ``.tmp-<name>.<random>``). Control-file writes come from other
+    processes, which may be alive, and are left alone."""
+    prefixes = tuple(f"{TMP_PREFIX}{name}." for name in (ADAPTER_DIR, STATUS_FILE, RUN_FILE))
+    try:
+        return [p for p in folder.path.iterdir() if p.name.startswith(prefixes)]
+    except OSError:
+        return []
+
+
+def rewind_metrics(run_dir: PathLike, step: int | None) -> int:
+    """Cut metrics.jsonl after the events of ``step`` (None: before every event that has a step, the
+    "before" evaluation and samples at step 0 included, for a run that starts again from scratch) and
+    refresh the status summary from what is kept. A torn last line always goes.
+
+    Steps only grow within the file (each resume cuts before appending), so everything from the first
+    line with a later step onwards belongs to work the checkpoint does not contain: the run continues
+    from ``step`` without any step appearing twice. Returns the number of lines removed. Only the process
+    that writes the run may call it (``prepare_resume``, the engine's out-of-memory retry).
+    """
+    folder = RunFolder(run_dir)
+    step = -1 if step is None else step
+    try:
+        data = folder.metrics_file.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    record = StatusRecord.read(folder) or StatusRecord()
+    record.step, record.last_loss, record.best_eval_loss = 0, None, None
+    cut = data.rfind(b"\n") + 1  # at least the torn last line goes
+    offset = 0
+    for line in data[:cut].splitlines(keepends=True):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("step"), int) and obj["step"] > step:
+            cut = offset
+            break
+        offset += len(line)
+        event = event_from_dict(obj) if isinstance(obj, dict) else None
+        if isinstance(event, Step):
+            record.step, record.last_loss = event.step, event.loss
+        elif isinstance(event, Evaluation):
+            record.note_eval_loss(event.eval_loss)
+    dropped = len(data[cut:].splitlines())
+    if cut < len(data):
+        with open(folder.metrics_file, "r+b") as fh:
+            fh.truncate(cut)
+            os.fsync(fh.fileno())
+    record.step = max(record.step, step)  # with logging_steps > 1 the checkpoint's step may not be logged
+    record.write(folder)
+    return dropped
