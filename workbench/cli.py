@@ -29,24 +29,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes: what a script, a scheduler's requeue logic or a CI job can rely on.
+EXIT_OK = 0  # the command did what it was asked; a run reached its target and saved its adapter
+EXIT_BUG = 1  # an unexpected error (a bug): one line on screen, the traceback in a log file
+EXIT_USER = 2  # bad input or a failed run, with a message that names the problem and a hint
+EXIT_STOPPED = 3  # a run stopped before its target (Ctrl-C, SIGTERM, `workbench control stop`): resumable
+EXIT_INTERRUPTED = 130  # aborted (a second Ctrl-C): nothing was saved beyond the last checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["gui", *argv])
+    try:
+        return run_guarded(args)
+    finally:
+        _quiet_closed_streams()
+
+
+def run_guarded(args: argparse.Namespace) -> int:
+    """The one place every command's failure is reported: never a traceback on screen."""
     from workbench.core.errors import WorkbenchError
 
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        say(f"error: {exc.message}")
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head` and closed early: not an error
-        sys.stderr.close()
-        return 0
+            say(f"hint: {exc.hint}")
+        return EXIT_USER
+    except BrokenPipeError:  # output piped into `head` (or a log collector) that closed early: not an error
+        return EXIT_OK
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from workbench.core.crashlog import describe_unexpected, write_crash_log
+
+        what = f"workbench {args.command}"
+        log = write_crash_log(what, exc)
+        say(f"error: {what} failed unexpectedly: {describe_unexpected(exc)}")
+        say(f"the details are in {log} (please include it in a bug report)" if log is not None
+            else "no log could be written (the disk may be full or read-only)")
+        return EXIT_BUG
+
+
+def say(text: str) -> None:
+    """One line to stderr; a closed or broken stderr is not a second error."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # ValueError: the stream was closed by someone
+        pass
+
+
+def _quiet_closed_streams() -> None:
+    """A reader that went away must not turn into Python's "Exception ignored … BrokenPipeError" at exit
+    (and exit code 120): flush now, and point a broken stream at /dev/null."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
