@@ -29,12 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Exit codes: what a script, a scheduler's requeue logic or a CI job can rely on.
-EXIT_OK = 0  # the command did what it was asked; a run reached its target and saved its adapter
-EXIT_BUG = 1  # an unexpected error (a bug): one line on screen, the traceback in a log file
-EXIT_USER = 2  # bad input or a failed run, with a message that names the problem and a hint
-EXIT_STOPPED = 3  # a run stopped before its target (Ctrl-C, SIGTERM, `workbench control stop`): resumable
-EXIT_INTERRUPTED = 130  # aborted (a second Ctrl-C): nothing was saved beyond the last checkpoint
+from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["gui", *argv])
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SurvivingStream(sys.stdout), SurvivingStream(sys.stderr)
     try:
         return run_guarded(args)
     finally:
         _quiet_closed_streams()
+        sys.stdout, sys.stderr = streams
 
 
 def run_guarded(args: argparse.Namespace) -> int:
@@ -84,18 +82,51 @@ def say(text: str) -> None:
         pass
 
 
+class SurvivingStream:
+    """sys.stdout / sys.stderr for the length of a command: when the reader goes away (`| head`, a log collector
+    that died, a closed terminal) the first failed write points the stream's file descriptor at /dev/null, so
+    that nothing else that writes there — a library's progress bar, a warning, our own console — fails the
+    run because of it. What the run does is recorded in its folder; the exit code still tells the outcome."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            _to_devnull(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            _to_devnull(self._stream)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _to_devnull(stream) -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+        stream.flush()  # what was buffered goes to /dev/null now
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture): nothing to do
+        pass
+
+
 def _quiet_closed_streams() -> None:
     """A reader that went away must not turn into Python's "Exception ignored … BrokenPipeError" at exit
     (and exit code 120): flush now, and point a broken stream at /dev/null."""
-    import os
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, stream.fileno())
-                os.close(devnull)
-            except (OSError, ValueError):
-                pass
+            _to_devnull(stream)

@@ -25,8 +25,8 @@ STUB_SRUN = """#!/usr/bin/env bash
 # Records the command it was given (one JSON list per line), then behaves like a job step: it ends with
 # $SRUN_EXIT, or with 3 (a stopped run) when it receives SIGTERM.
 python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$SRUN_LOG"
-trap 'exit 3' TERM
-[ -n "${SRUN_SLEEP:-}" ] && { sleep "$SRUN_SLEEP" & wait $!; }
+trap 'kill "$sleeper" 2>/dev/null; exit 3' TERM
+if [ -n "${SRUN_SLEEP:-}" ]; then sleep "$SRUN_SLEEP" & sleeper=$!; wait "$sleeper"; fi
 exit "${SRUN_EXIT:-0}"
 """
 STUB_SCONTROL = """#!/usr/bin/env bash

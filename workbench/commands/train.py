@@ -69,7 +69,8 @@ STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 def drive(start, quiet: bool) -> int:
     """Run ``start(sink, control)`` with a console face; the exit code is the run's final status."""
-    from workbench.cli import EXIT_OK, EXIT_STOPPED, say
+    from workbench.cli import say
+    from workbench.core.exitcodes import EXIT_OK, EXIT_STOPPED
     from workbench.core.control import RunControl
 
     control = RunControl()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import WorkbenchError
+from .exitcodes import EXIT_STOPPED
 
 Scheduler = Literal["slurm", "plain"]
 DEFAULT_PORT = 29500
@@ -65,10 +66,6 @@ def train_args(plan: LaunchPlan) -> list[str]:
 
 def resume_args(plan: LaunchPlan) -> list[str]:
     return ["resume", str(plan.run_dir)]
-
-
-# The exit code of a run that stopped before its target (``workbench.cli.EXIT_STOPPED``): resumable.
-EXIT_STOPPED = 3
 
 
 def _train_or_resume(plan: LaunchPlan) -> list[str]:
@@ -131,11 +128,9 @@ def render_script(plan: LaunchPlan) -> str:
             f"trap 'requeue=1; {q(plan.python)} -m workbench control {q(str(plan.run_dir))} stop || kill -TERM \"$child\"' USR1",
             "srun --kill-on-bad-exit=1 " + _join(torchrun_command(plan, "$MASTER_ADDR", workbench_args=run_args)) + " &",
             "child=$!",
-            "# A trapped signal interrupts `wait`; keep waiting until srun itself has ended.",
-            "while :; do",
-            '  wait "$child" && status=0 || status=$?',
-            '  kill -0 "$child" 2>/dev/null || break',
-            "done",
+            "# A trapped signal interrupts `wait`: wait again until srun has ended, then take its exit status.",
+            'while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done',
+            'wait "$child" && status=0 || status=$?',
             f'if [ "$requeue" = 1 ] && [ "$status" = {EXIT_STOPPED} ]; then',
             '  echo "stopped before the time limit; requeueing job $SLURM_JOB_ID to resume the run"',
             '  scontrol requeue "$SLURM_JOB_ID"',
