@@ -29,24 +29,104 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["gui", *argv])
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SurvivingStream(sys.stdout), SurvivingStream(sys.stderr)
+    try:
+        return run_guarded(args)
+    finally:
+        _quiet_closed_streams()
+        sys.stdout, sys.stderr = streams
+
+
+def run_guarded(args: argparse.Namespace) -> int:
+    """The one place every command's failure is reported: never a traceback on screen."""
     from workbench.core.errors import WorkbenchError
 
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        say(f"error: {exc.message}")
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head` and closed early: not an error
-        sys.stderr.close()
-        return 0
+            say(f"hint: {exc.hint}")
+        return EXIT_USER
+    except BrokenPipeError:  # output piped into `head` (or a log collector) that closed early: not an error
+        return EXIT_OK
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from workbench.core.crashlog import describe_unexpected, write_crash_log
+
+        what = f"workbench {args.command}"
+        log = write_crash_log(what, exc)
+        say(f"error: {what} failed unexpectedly: {describe_unexpected(exc)}")
+        say(f"the details are in {log} (please include it in a bug report)" if log is not None
+            else "no log could be written (the disk may be full or read-only)")
+        return EXIT_BUG
+
+
+def say(text: str) -> None:
+    """One line to stderr; a closed or broken stderr is not a second error."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # ValueError: the stream was closed by someone
+        pass
+
+
+class SurvivingStream:
+    """sys.stdout / sys.stderr for the length of a command: when the reader goes away (`| head`, a log collector
+    that died, a closed terminal) the first failed write points the stream's file descriptor at /dev/null, so
+    that nothing else that writes there — a library's progress bar, a warning, our own console — fails the
+    run because of it. What the run does is recorded in its folder; the exit code still tells the outcome."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            _to_devnull(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            _to_devnull(self._stream)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _to_devnull(stream) -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+        stream.flush()  # what was buffered goes to /dev/null now
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture): nothing to do
+        pass
+
+
+def _quiet_closed_streams() -> None:
+    """A reader that went away must not turn into Python's "Exception ignored … BrokenPipeError" at exit
+    (and exit code 120): flush now, and point a broken stream at /dev/null."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            _to_devnull(stream)

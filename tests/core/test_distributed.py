@@ -9,6 +9,7 @@ import pytest
 
 from test_training import make_config  # noqa: E402  (tests/core is on sys.path through pytest's rootdir)
 from waiting import wait_until
+from workbench.core.exitcodes import EXIT_STOPPED
 from workbench.core.runs import read_events, run_status, send_control
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -68,7 +69,7 @@ def test_stop_a_separate_process_through_the_run_folder(background_run):
     proc, run_dir = background_run
     wait_for(lambda: step_count(run_dir) >= 2, proc, what="two steps")
     send_control(run_dir, "stop")
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=120) == EXIT_STOPPED, "stopped before its target: the exit code says so"
     assert run_status(run_dir).value == "stopped"
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     last = read_events(run_dir)[-1]
@@ -86,7 +87,7 @@ def test_pause_and_resume_a_separate_process_through_the_run_folder(background_r
     wait_for(lambda: any(e.kind == "resumed" for e in read_events(run_dir)), proc, what="resumed")
     wait_for(lambda: step_count(run_dir) >= paused_at + 2, proc, what="steps after resuming")
     send_control(run_dir, "stop")
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=120) == EXIT_STOPPED, "stopped before its target: the exit code says so"
     kinds = [(e.kind, getattr(e, "step", None)) for e in read_events(run_dir) if e.kind in ("step", "paused", "resumed")]
     i = kinds.index(next(k for k in kinds if k[0] == "paused"))
     assert kinds[i + 1][0] == "resumed", "no step was taken while paused"
@@ -111,7 +112,7 @@ def test_pause_resume_and_stop_a_two_process_run_through_the_run_folder(tiny_mod
         resumed_at = step_count(run_dir)
         wait_for(lambda: step_count(run_dir) >= resumed_at + 2, proc, what="steps after resuming")
         send_control(run_dir, "stop")
-        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
+        assert proc.wait(timeout=120) == EXIT_STOPPED, proc.stderr.read()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

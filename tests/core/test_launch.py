@@ -1,25 +1,59 @@
-"""Launch scripts for clusters, parsed — not grepped — to check world size, rendezvous and command line."""
+"""Launch scripts for clusters, run by bash with stand-ins for srun and scontrol — not grepped — to check world
+size, rendezvous, the command line, train-or-resume and the pre-emption path."""
 
 import argparse
+import json
+import os
 import shlex
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from launch_scripts import plain_script_command, recorder, script_run_dir, torchrun_args
 from workbench.cli import main
 from workbench.core.config import RunConfig
 
 
-def torchrun_args(line: str, **env: str) -> tuple[argparse.Namespace, list[str]]:
-    """Expand the shell variables as the node's shell would, then parse the command as torch.distributed.run does."""
-    from torch.distributed.run import get_args_parser
+STUB_SRUN = """#!/usr/bin/env bash
+# Records the command it was given (one JSON list per line), then behaves like a job step: it ends with
+# $SRUN_EXIT, or with 3 (a stopped run) when it receives SIGTERM.
+python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$SRUN_LOG"
+trap 'kill "$sleeper" 2>/dev/null; exit 3' TERM
+if [ -n "${SRUN_SLEEP:-}" ]; then sleep "$SRUN_SLEEP" & sleeper=$!; wait "$sleeper"; fi
+exit "${SRUN_EXIT:-0}"
+"""
+STUB_SCONTROL = """#!/usr/bin/env bash
+if [ "$1" = show ]; then echo gpu-node-1; echo gpu-node-2; else echo "$@" >> "$SCONTROL_LOG"; fi
+"""
 
-    for name, value in env.items():
-        line = line.replace(f"${name}", value)
-    words = shlex.split(line)
-    start = words.index("torch.distributed.run") + 1
-    return get_args_parser().parse_args(words[start:]), words
+
+def run_slurm_script(script, tmp_path, *, exit_code=0, usr1=False):
+    """Run ``script`` as sbatch would on the first node, with recording stand-ins for srun and scontrol; returns
+    (exit code, the srun command lines, scontrol's requeue calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("srun", STUB_SRUN), ("scontrol", STUB_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    logs = {"SRUN_LOG": tmp_path / "srun.log", "SCONTROL_LOG": tmp_path / "scontrol.log"}
+    for log in logs.values():
+        log.write_text("")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-[1-2]",
+           "SLURM_JOB_ID": "4242", "SRUN_EXIT": str(exit_code), **{k: str(v) for k, v in logs.items()}}
+    if usr1:
+        env["SRUN_SLEEP"] = "60"
+    proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if usr1:  # Slurm's time-limit warning (--signal=B:USR1@120), once srun runs
+        deadline = time.monotonic() + 30
+        while not logs["SRUN_LOG"].read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=90)
+    commands = [json.loads(line) for line in logs["SRUN_LOG"].read_text().splitlines()]
+    return proc.returncode, commands, logs["SCONTROL_LOG"].read_text().split("\n")[:-1], out + err
 
 
 def write_run_file(tmp_path):
@@ -35,25 +69,55 @@ def test_slurm_script_two_nodes_four_gpus(tmp_path, capsys):
     assert main(["launch-script", str(run_file), "--nodes", "2", "--gpus-per-node", "4", "--out", str(out)]) == 0
     script = out.read_text()
     assert subprocess.run(["bash", "-n", str(out)]).returncode == 0, "valid shell syntax"
-    sbatch = dict(line[len("#SBATCH --"):].split("=", 1) for line in script.splitlines() if line.startswith("#SBATCH --"))
+    sbatch = dict(line[len("#SBATCH --"):].split("=", 1) for line in script.splitlines()
+                  if line.startswith("#SBATCH --") and "=" in line)
     assert sbatch["nodes"] == "2" and sbatch["gpus-per-node"] == "4" and sbatch["ntasks-per-node"] == "1"
-    srun = next(line for line in script.splitlines() if line.startswith("srun "))
-    args, words = torchrun_args(srun, MASTER_ADDR="gpu-node-1")
+    assert sbatch["signal"] == "B:USR1@120" and "#SBATCH --requeue" in script
+    code, commands, requeued, _ = run_slurm_script(out, tmp_path)
+    assert code == 0 and requeued == []
+    (words,) = commands
+    assert words[:2] == ["--kill-on-bad-exit=1", os.sys.executable]
+    args = torchrun_args(words)
     world = int(args.nnodes) * int(args.nproc_per_node)
     assert world == 8
     assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "gpu-node-1:29500"
     assert args.module and args.training_script == "workbench"
     assert args.training_script_args == ["train", str(run_file), "--run-dir", "/shared/runs/big-run", "--quiet"]
-    assert "MASTER_ADDR" in script and "scontrol show hostnames" in script
+
+
+def test_slurm_script_resumes_a_requeued_run_and_requeues_itself_on_the_time_limit_warning(tmp_path):
+    cfg = RunConfig.from_dict({"model": {"source": "org/model"}, "data": {"train_files": ["/shared/data.jsonl"]},
+                               "output": {"runs_root": str(tmp_path / "runs"), "name": "big-run"}})
+    cfg.save(tmp_path / "run.toml")
+    out = tmp_path / "job.sh"
+    assert main(["launch-script", str(tmp_path / "run.toml"), "--nodes", "2", "--gpus-per-node", "4", "--out", str(out)]) == 0
+    run_dir = tmp_path / "runs" / "big-run"
+
+    # USR1 while the run is not recording yet (no run folder): `workbench control` refuses, so srun's tasks get
+    # SIGTERM instead; the stopped run (exit 3) is requeued, and the job ends with the run's exit code.
+    code, commands, requeued, output = run_slurm_script(out, tmp_path, usr1=True)
+    assert torchrun_args(commands[0]).training_script_args[0] == "train"
+    assert code == 3 and requeued == ["requeue 4242"], output
+    assert "requeueing job 4242" in output
+
+    # The requeued job finds the run folder and resumes the run instead of starting it again.
+    run_dir.mkdir(parents=True)
+    cfg.save(run_dir / "run.toml")
+    code, commands, requeued, _ = run_slurm_script(out, tmp_path)
+    assert code == 0 and requeued == []
+    assert torchrun_args(commands[0]).training_script_args == ["resume", str(run_dir), "--quiet"]
+
+    # A run that fails is not requeued, and the job reports the failure.
+    code, _, requeued, _ = run_slurm_script(out, tmp_path, exit_code=2)
+    assert code == 2 and requeued == []
 
 
 def test_plain_script_static_rendezvous(tmp_path, capsys):
     run_file = write_run_file(tmp_path)
     assert main(["launch-script", str(run_file), "--nodes", "3", "--gpus-per-node", "2", "--scheduler", "plain",
-                 "--run-dir", "/shared/x", "--port", "29700"]) == 0
-    script = capsys.readouterr().out
-    line = next(line for line in script.splitlines() if "torch.distributed.run" in line and not line.startswith("#"))
-    args, _ = torchrun_args(line, NODE_RANK="2", MASTER_ADDR="node0")
+                 "--run-dir", "/shared/x", "--port", "29700", "--python", str(recorder(tmp_path))]) == 0
+    words = plain_script_command(capsys.readouterr().out, NODE_RANK="2")
+    args = torchrun_args(words)
     assert int(args.nnodes) * int(args.nproc_per_node) == 6
     assert args.node_rank == 2 and args.master_addr == "node0" and args.master_port == 29700
     assert args.training_script_args[:4] == ["train", str(run_file), "--run-dir", "/shared/x"]
@@ -64,13 +128,6 @@ def test_bad_launch_values(tmp_path, capsys):
     assert main(["launch-script", str(run_file), "--nodes", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
     assert main(["launch-script", str(tmp_path / "missing.toml")]) == 2
-
-
-def script_run_dir(script: str) -> Path:
-    """The --run-dir of the torchrun line of a plain launch script."""
-    line = next(line for line in script.splitlines() if "torch.distributed.run" in line and not line.startswith("#"))
-    args, _ = torchrun_args(line, NODE_RANK="0", MASTER_ADDR="node0")
-    return Path(args.training_script_args[args.training_script_args.index("--run-dir") + 1])
 
 
 @pytest.mark.parametrize("output, expected", [
@@ -91,8 +148,20 @@ def test_one_run_file_gives_one_run_folder_to_the_engine_and_launch_script(tmp_p
     RunConfig.from_dict({"model": {"source": "org/model"}, "data": {"train_files": ["/shared/data.jsonl"]},
                          "output": output}).save(files / "run.toml")
     monkeypatch.chdir(elsewhere)
-    assert main(["launch-script", str(files / "run.toml"), "--scheduler", "plain"]) == 0
+    assert main(["launch-script", str(files / "run.toml"), "--scheduler", "plain", "--python",
+                 str(recorder(tmp_path))]) == 0
     from_script = script_run_dir(capsys.readouterr().out)
     engine = create_run(RunConfig.from_toml(files / "run.toml")).path
     assert from_script == engine == tmp_path / expected
     assert (tmp_path / expected / "run.toml").is_file()
+
+
+def test_launch_script_never_replaces_a_file_or_writes_a_folder(tmp_path, capsys):
+    run_file = write_run_file(tmp_path)
+    before = run_file.read_bytes()
+    assert main(["launch-script", str(run_file), "--nodes", "2", "--out", str(run_file)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "nothing was written" in err and "Traceback" not in err
+    assert run_file.read_bytes() == before, "the run file is untouched"
+    assert main(["launch-script", str(run_file), "--out", str(tmp_path)]) == 2
+    assert "already exists (a folder)" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QMessageBox
 
+from workbench.core.exitcodes import EXIT_STOPPED
 from workbench.core.config import RunConfig
 from workbench.core.events import RunStarted
 from workbench.core.runs import read_events, run_status
@@ -105,7 +106,7 @@ def test_pause_checkpoint_leave_running_then_watch_and_stop_from_another_window(
             other.training.stop_button.click()
         outcome = ended.args[0]
         assert outcome.status == "stopped"
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == EXIT_STOPPED
         assert (outcome.adapter_dir / "adapter_model.safetensors").is_file()
         assert "stopped at step" in other.training.status_label.text()
         assert run_status(run_dir).value == "stopped"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
+from launch_scripts import recorder, script_run_dir
 from workbench.cli import main
 from workbench.core.config import RunConfig
 from workbench.core.runs import create_run
@@ -25,10 +24,8 @@ def test_the_dialog_the_engine_and_launch_script_choose_one_run_folder(tmp_path,
     monkeypatch.chdir(elsewhere)  # the window's working folder, not the run file's
     config = RunConfig.from_toml(run_file)
     from_dialog = default_run_dir(config)
-    assert main(["launch-script", str(run_file), "--scheduler", "plain"]) == 0
-    words = shlex.split(next(line for line in capsys.readouterr().out.splitlines()
-                             if "torch.distributed.run" in line and not line.startswith("#")))
-    from_script = words[words.index("--run-dir") + 1]
+    assert main(["launch-script", str(run_file), "--scheduler", "plain", "--python", str(recorder(tmp_path))]) == 0
+    from_script = str(script_run_dir(capsys.readouterr().out))
     engine = create_run(config).path
     assert str(from_dialog) == from_script == str(engine)
     if "runs_root" in output:  # the run file the dialog saves for the nodes points at the same root

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
     p.add_argument("--time", dest="time_limit", help="Slurm time limit, e.g. 24:00:00")
     p.add_argument("--partition", help="Slurm partition")
-    p.add_argument("--out", help="write the script here (default: print it)")
+    p.add_argument("--out", help="write the script to this new file (default: print it); an existing file is never "
+                                 "replaced")
     p.set_defaults(func=run)
 
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.core.config import RunConfig
     from workbench.core.fsutil import atomic_write_text
     from workbench.core.launch import LaunchPlan, render_script
+    from workbench.core.paths import check_new_output, translated_os_errors
     from workbench.core.runs import default_run_name, output_path, planned_run_dir
 
     run_file = Path(args.run_file).resolve()
@@ -45,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
                       job_name=name, time_limit=args.time_limit, partition=args.partition)
     script = render_script(plan)
     if args.out:
-        atomic_write_text(Path(args.out), script)
-        Path(args.out).chmod(0o755)
+        out = check_new_output(args.out, what="--out file", inputs={"the run folder": plan.run_dir})
+        with translated_os_errors(args.out):
+            atomic_write_text(out, script, replace=False)
+            out.chmod(0o755)
         print(f"wrote {args.out} (world size {plan.world_size}); submit with: "
               + (f"sbatch {args.out}" if args.scheduler == "slurm" else f"NODE_RANK=i MASTER_ADDR=node0 bash {args.out} on each node"))
     else:

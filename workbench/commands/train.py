@@ -62,7 +62,15 @@ def run_resume(args: argparse.Namespace) -> int:
     return drive(lambda sink, control: resume(args.run_dir, sink, control), args.quiet)
 
 
+# Signals that mean "stop soon, keep the work": SIGTERM is what Slurm (scancel, time limit), docker stop, systemd
+# and most schedulers send; SIGUSR1 is the pre-emption warning a job can ask for (sbatch --signal=USR1@120).
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
 def drive(start, quiet: bool) -> int:
+    """Run ``start(sink, control)`` with a console face; the exit code is the run's final status."""
+    from workbench.cli import say
+    from workbench.core.exitcodes import EXIT_OK, EXIT_STOPPED
     from workbench.core.control import RunControl
 
     control = RunControl()
@@ -74,18 +82,33 @@ def drive(start, quiet: bool) -> int:
         console.note("stopping after this step (adapter and checkpoint are saved); Ctrl-C again to abort")
         control.request_stop()
 
+    def on_stop_signal(signum, frame):
+        if not control.stop_requested:
+            console.note(f"{signal.Signals(signum).name} received: stopping after this step (adapter and checkpoint "
+                         "are saved; `workbench resume` continues the run)")
+        control.request_stop()
+
     # Under torchrun only rank 0 takes requests (they reach the other ranks through the engine); the other
-    # ranks ignore Ctrl-C so that none of them stops on its own.
+    # ranks ignore Ctrl-C and the stop signals so that none of them stops on its own (torchrun forwards a
+    # SIGTERM to every rank).
     is_main = os.environ.get("RANK", "0") == "0"
-    previous = signal.signal(signal.SIGINT, on_sigint if is_main else signal.SIG_IGN)
+    handlers = {signal.SIGINT: on_sigint if is_main else signal.SIG_IGN}
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):  # SIGUSR1 does not exist on Windows
+            handlers[getattr(signal, name)] = on_stop_signal if is_main else signal.SIG_IGN
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         result = start(console, control)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         console.end_line()
     if is_main:  # under torchrun, one summary line, not one per process
-        print(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}")
-    return 0
+        try:
+            print(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}", flush=True)
+        except (OSError, ValueError):  # stdout went away: the run's outcome is in its folder and the exit code
+            say(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}")
+    return EXIT_OK if result.status == "finished" else EXIT_STOPPED
 
 
 class ConsoleSink:
@@ -94,9 +117,13 @@ class ConsoleSink:
     def __init__(self, quiet: bool = False, stream=None):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = self.stream.isatty()
+        try:
+            self.tty = self.stream.isatty()
+        except (OSError, ValueError):  # already closed
+            self.tty = False
         self._open_line = False
         self._last_print = 0.0
+        self.closed = False  # the stream failed once: written to no more
 
     def emit(self, event) -> None:
         from workbench.core import events as ev
@@ -136,21 +163,30 @@ class ConsoleSink:
         eta = _duration(e.eta_s) if e.eta_s is not None else "–"
         line = f"[{bar}] {e.step}/{e.total_steps}  loss {e.loss:.4f}  lr {e.learning_rate:.2e}  {tps}  ETA {eta}"
         if self.tty:
-            self.stream.write("\r" + line.ljust(100))
+            self._write("\r" + line.ljust(100))
             self._open_line = True
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self._write(line + "\n")
 
     def note(self, text: str) -> None:
         self.end_line()
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text + "\n")
 
     def end_line(self) -> None:
         if self._open_line:
-            self.stream.write("\n")
             self._open_line = False
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        """The console is a courtesy: when it goes away (`| head`, a log collector that died) the run goes on,
+        recorded in its folder, and the console is silent from then on."""
+        if self.closed:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError, EIO from a vanished terminal, a closed file
+            self.closed = True
 
 
 def _duration(seconds: float) -> str:

@@ -146,7 +146,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file and a rename. With ``replace=False`` an
+    existing ``path`` is never replaced (FileExistsError, even if it appeared while writing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
@@ -158,7 +160,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(Path(tmp), path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -168,8 +173,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, replace: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
 # ------------------------------------------------------------------------------------------ folders

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import WorkbenchError
+from .exitcodes import EXIT_STOPPED
 
 Scheduler = Literal["slurm", "plain"]
 DEFAULT_PORT = 29500
@@ -45,15 +46,40 @@ class LaunchPlan:
             raise WorkbenchError(f"port {self.port} is not a TCP port")
 
 
-def torchrun_command(plan: LaunchPlan, rendezvous_host: str, node_rank: str | None = None) -> list[str]:
-    """The per-node launcher command line (a list, so quoting is exact)."""
+def torchrun_command(plan: LaunchPlan, rendezvous_host: str, node_rank: str | None = None,
+                     workbench_args: list[str] | None = None) -> list[str]:
+    """The per-node launcher command line (a list, so quoting is exact). ``workbench_args``: what follows
+    ``-m workbench`` (default: train the run file into the run folder)."""
     cmd = [plan.python, "-m", "torch.distributed.run", f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.gpus_per_node}"]
     if node_rank is None:  # elastic c10d rendezvous: node ranks are assigned on arrival
         cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous_host}:{plan.port}", f"--rdzv_id={plan.job_name}"]
     else:  # static: every node is told its rank and the master's address
         cmd += [f"--node_rank={node_rank}", f"--master_addr={rendezvous_host}", f"--master_port={plan.port}"]
-    cmd += ["-m", "workbench", "train", str(plan.run_file), "--run-dir", str(plan.run_dir), "--quiet"]
-    return cmd
+    if workbench_args is None:
+        workbench_args = [*train_args(plan), "--quiet"]
+    return cmd + ["-m", "workbench", *workbench_args]
+
+
+def train_args(plan: LaunchPlan) -> list[str]:
+    return ["train", str(plan.run_file), "--run-dir", str(plan.run_dir)]
+
+
+def resume_args(plan: LaunchPlan) -> list[str]:
+    return ["resume", str(plan.run_dir)]
+
+
+def _train_or_resume(plan: LaunchPlan) -> list[str]:
+    """Shell lines that set WORKBENCH_ARGS: a first start trains, a restarted or requeued job (the run folder
+    exists) resumes from the newest checkpoint instead of starting the run again."""
+    q = shlex.quote
+    return [
+        "# A first start trains; a restarted or requeued job finds the run folder and resumes it.",
+        f"if [ -f {q(str(plan.run_dir / 'run.toml'))} ]; then",
+        f"  WORKBENCH_ARGS=({' '.join(map(q, resume_args(plan)))} --quiet)",
+        "else",
+        f"  WORKBENCH_ARGS=({' '.join(map(q, train_args(plan)))} --quiet)",
+        "fi",
+    ]
 
 
 def _join(cmd: list[str]) -> str:
@@ -69,6 +95,8 @@ def render_script(plan: LaunchPlan) -> str:
         f"# Run file: {plan.run_file}",
         f"# Run folder (shared storage; watch it from the window: Runs → Open folder): {plan.run_dir}",
     ]
+    run_args = ['"${WORKBENCH_ARGS[@]}"']  # set by _train_or_resume's lines
+    q = shlex.quote
     if plan.scheduler == "slurm":
         sbatch = [
             f"#SBATCH --job-name={plan.job_name}",
@@ -76,6 +104,12 @@ def render_script(plan: LaunchPlan) -> str:
             "#SBATCH --ntasks-per-node=1",  # one torchrun per node; it starts one process per GPU
             f"#SBATCH --gpus-per-node={plan.gpus_per_node}",
             f"#SBATCH --output={plan.run_dir.parent / (plan.job_name + '-%j.log')}",
+            "#SBATCH --open-mode=append",  # a requeued job adds to its log instead of replacing it
+            # Pre-emption warning: 120 s before the time limit the batch shell gets USR1 (trapped below) and asks
+            # the run to stop after its current step, saving a checkpoint and the adapter; the job is then
+            # requeued and resumes from that checkpoint.
+            "#SBATCH --signal=B:USR1@120",
+            "#SBATCH --requeue",
         ]
         if plan.time_limit:
             sbatch.append(f"#SBATCH --time={plan.time_limit}")
@@ -86,8 +120,22 @@ def render_script(plan: LaunchPlan) -> str:
             'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
             f"export MASTER_PORT={plan.port}",
             "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}",
-            f"mkdir -p {shlex.quote(str(plan.run_dir.parent))}",
-            "srun --kill-on-bad-exit=1 " + _join(torchrun_command(plan, "$MASTER_ADDR")),
+            f"mkdir -p {q(str(plan.run_dir.parent))}",
+            *_train_or_resume(plan),
+            "# USR1 (the time-limit warning above, or `scancel --signal=USR1 --batch JOB`): stop after this step through",
+            "# the run folder, which every node sees; if the run is not recording yet, stop srun's tasks instead.",
+            "requeue=0",
+            f"trap 'requeue=1; {q(plan.python)} -m workbench control {q(str(plan.run_dir))} stop || kill -TERM \"$child\"' USR1",
+            "srun --kill-on-bad-exit=1 " + _join(torchrun_command(plan, "$MASTER_ADDR", workbench_args=run_args)) + " &",
+            "child=$!",
+            "# A trapped signal interrupts `wait`: wait again until srun has ended, then take its exit status.",
+            'while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done',
+            'wait "$child" && status=0 || status=$?',
+            f'if [ "$requeue" = 1 ] && [ "$status" = {EXIT_STOPPED} ]; then',
+            '  echo "stopped before the time limit; requeueing job $SLURM_JOB_ID to resume the run"',
+            '  scontrol requeue "$SLURM_JOB_ID"',
+            "fi",
+            'exit "$status"',
         ]
         return "\n".join(header + sbatch + [""] + body) + "\n"
     body = [
@@ -95,8 +143,13 @@ def render_script(plan: LaunchPlan) -> str:
         f"#   MASTER_ADDR=node0.example NODE_RANK=1 bash {plan.job_name}.sh",
         "set -euo pipefail",
         ': "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"',
-        ': "${NODE_RANK:?set NODE_RANK to this node\'s index (0 on the first node)}"',
+        # (no apostrophe in these messages: inside ${...:?...} bash would take it for an opening quote)
+        ': "${NODE_RANK:?set NODE_RANK to the index of this node (0 on the first node)}"',
         "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}",
-        _join(torchrun_command(plan, "$MASTER_ADDR", node_rank="$NODE_RANK")),
+        *_train_or_resume(plan),
+        "# exec: SIGTERM to this script reaches torchrun, which forwards it to the training processes; the run",
+        f"# stops after its current step, saves a checkpoint and the adapter, and exits {EXIT_STOPPED} (run this script",
+        "# again to resume).",
+        "exec " + _join(torchrun_command(plan, "$MASTER_ADDR", node_rank="$NODE_RANK", workbench_args=run_args)),
     ]
     return "\n".join(header + [""] + body) + "\n"

@@ -45,6 +45,7 @@ from workbench.core import runs as core_runs
 from workbench.core.config import RunConfig
 from workbench.core.errors import OutputError
 from workbench.core.events import Failed, Finished, RunStarted
+from workbench.core.exitcodes import EXIT_STOPPED
 
 POLL_INTERVAL_MS = 200  # metrics and log: a few small reads; the panel batches repaints anyway
 STATUS_INTERVAL_S = 2.0  # liveness of an attached run (reads status.json, asks the OS about the process)
@@ -265,7 +266,8 @@ class ExternalRun(QObject):
         last = self._outcome_event
         if isinstance(last, Finished):
             outcome.status = last.status if last.status in ("finished", "stopped") else "finished"
-            if code:  # it reported its end and then failed (on exit): say so, but the adapter is there
+            if code and not (code == EXIT_STOPPED and last.status == "stopped"):
+                # it reported its end and then failed (on exit): say so, but the adapter is there
                 outcome.status, outcome.reason = "crashed", f"The training process {describe_exit(code)} after the run {last.status}."
             return outcome
         if isinstance(last, Failed):
