@@ -1,14 +1,11 @@
 """Launch scripts for clusters, run by bash with stand-ins for srun and scontrol — not grepped — to check world
 size, rendezvous, the command line, train-or-resume and the pre-emption path."""
 
-import argparse
 import json
 import os
-import shlex
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
