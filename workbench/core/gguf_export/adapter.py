@@ -58,11 +58,13 @@ def plan_adapter(adapter: str | Path | LoraAdapter, base: str | Path | BaseCheck
         raise AdapterError(f"{lora.path} is a DoRA adapter, which has no GGUF adapter form: DoRA rescales every output "
                            "row of the merged weight by a learned magnitude over the row's norm, which depends on the "
                            "base weights, so llama.cpp's additive lora_a/lora_b pairs cannot express it", _MERGED_INSTEAD)
-    if lora.replacements:
-        names = ", ".join(sorted(lora.replacements)[:4])
+    checkpoint = base if isinstance(base, BaseCheckpoint) else open_base_model(base)
+    # PEFT saves a targeted embedding's own weight beside its pair; an unchanged copy of the base's is harmless
+    changed = [key for key, rep in lora.replacements.items() if not _same_as_base(checkpoint, key, rep.tensor)]
+    if changed:
+        names = ", ".join(sorted(changed)[:4])
         raise AdapterError(f"{lora.path} carries whole tensors ({names}: modules_to_save or a resized embedding), which "
                            "a GGUF adapter cannot hold", _MERGED_INSTEAD)
-    checkpoint = base if isinstance(base, BaseCheckpoint) else open_base_model(base)
     arch = architecture_for(checkpoint.config, str(checkpoint.path))
     fit = check_adapter(lora, checkpoint)
     tied = checkpoint.tied_embeddings
@@ -137,3 +139,10 @@ def check_against_gguf(plan: AdapterPlan, gguf_path: Path) -> None:
     if problems:
         raise AdapterError(f"the adapter does not fit the GGUF base {gguf_path}:\n  " + "\n  ".join(problems[:8]),
                            "choose the GGUF file of the model the adapter was trained on")
+
+
+def _same_as_base(checkpoint: BaseCheckpoint, key: str, tensor: torch.Tensor) -> bool:
+    stored = checkpoint.stored_key(key)
+    if stored not in checkpoint.tensors or checkpoint.tensors[stored].shape != tuple(tensor.shape):
+        return False
+    return torch.equal(checkpoint.read(stored).to(tensor.dtype), tensor)
