@@ -34,7 +34,7 @@ REQUIRE_GO = os.environ.get("WORKBENCH_REQUIRE_GO") == "1"
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def save_qwen3(folder: Path, seed: int = 0) -> Path:
+def save_qwen3(folder: Path, seed: int = 0, head_dim: int = 128) -> Path:
     """A tiny Qwen3 (q/k norms, explicit head_dim) with the shared tiny tokenizer; tests/tiny.py has no qwen3.
     head_dim is Qwen3's real 128 (≠ hidden / heads): transformers' GGUF loader ignores qwen3.attention.key_length
     and assumes 128, so another value could not be read back by it (llama.cpp reads the key; see the llama.cpp tests)."""
@@ -43,7 +43,7 @@ def save_qwen3(folder: Path, seed: int = 0) -> Path:
 
     tok = tiny.make_tokenizer()
     cfg = AutoConfig.for_model("qwen3", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=128, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+                               num_key_value_heads=2, head_dim=head_dim, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
                                bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
