@@ -390,6 +390,18 @@ SMOLLM2_TEMPLATE = (
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
     "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}")
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif "
+    "message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception("
+    "'Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == "
+    "'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' "
+    "+ role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{'<start_of_turn>model\n'}}{% endif %}")
 TWO_TURNS = [
     [{"role": "user", "content": "Extract the amount: Ana paid $5 on May 2."},
      {"role": "assistant", "content": '{"amount": 5}'},
@@ -414,7 +426,9 @@ def hf_tokenizer(template: str, bos: str | None, eos: str):
     (SMOLLM2_TEMPLATE, None, "<|im_end|>", False, "chatml", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
     (LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>", True, "llama3", None),
     (MISTRAL_TEMPLATE, "<s>", "</s>", True, "mistral", None),
-], ids=["smollm2-chatml-default-system", "llama3-bos", "mistral-inst"])
+    (PHI3_TEMPLATE, "<s>", "<|endoftext|>", False, "phi3", None),
+    (GEMMA_TEMPLATE, "<bos>", "<eos>", True, "gemma", None),
+], ids=["smollm2-chatml-default-system", "llama3-bos", "mistral-inst", "phi3", "gemma-no-system"])
 def test_templates_are_recognised_and_the_go_template_renders_the_same_prompts(template, bos, eos, add_bos, family,
                                                                                system):
     tok = hf_tokenizer(template, bos, eos)
@@ -461,3 +475,21 @@ def test_ollama_modelfile_beside_a_merged_export(base_dir, tmp_path):
         tok = AutoTokenizer.from_pretrained(base)
         prompts = gotemplate.render(modelfile["TEMPLATE"][0], TWO_TURNS)
         assert prompts == [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in TWO_TURNS]
+
+
+def test_cli_gguf_export_merged_with_ollama_and_adapter(base_dir, tmp_path, capsys):
+    from workbench.cli import main
+
+    base = base_dir("llama")
+    adapter = make_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    assert main(["export", str(adapter), "--out", str(tmp_path / "merged"), "--ollama"]) == 0  # base: the adapter's record
+    out = capsys.readouterr().out
+    assert f"GGUF model written to {tmp_path / 'merged' / 'model-Q8_0.gguf'}" in out
+    assert "ollama create merged -f Modelfile" in out
+    assert main(["export", str(adapter), "--out", str(tmp_path / "lora"), "--gguf-adapter", "--type", "f16",
+                 "--base", str(base)]) == 0
+    assert (tmp_path / "lora" / "adapter-F16.gguf").is_file()
+    assert read_gguf(tmp_path / "lora" / "adapter-F16.gguf")[2]["blk.0.attn_q.weight.lora_a"] == "F16"
+    assert main(["export", str(adapter), "--out", str(tmp_path / "x"), "--gguf", "--portable"]) == 2
+    assert "--portable is a PEFT form" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
