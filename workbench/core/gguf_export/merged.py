@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from workbench.core.adapters import BaseCheckpoint, LoraAdapter, check_adapter, load_adapter, open_base_model
+from workbench.core.adapters import (TORCH_DTYPES, BaseCheckpoint, LoraAdapter, check_adapter, load_adapter,
+                                     open_base_model)
 from workbench.core.errors import ModelSourceError
 from workbench.core.merge import merged_weight
 
@@ -180,7 +181,9 @@ def plan_merged(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAda
         produce = _producer(checkpoint, source, replacements.get(key), lora_by_key.get(key),
                             heads_for if arch.permute_qk else None)
         ggml = _tensor_type(shape, intermediate or gtype.tensor_type)
-        tensors.append(PlannedTensor(gguf_name, shape, ggml, stored.nbytes if stored else 0, produce))
+        unchanged = key not in replacements and key not in lora_by_key and not (heads_for and arch.permute_qk)
+        stream = _row_reader(checkpoint, source) if unchanged and len(shape) == 2 else None
+        tensors.append(PlannedTensor(gguf_name, shape, ggml, stored.nbytes if stored else 0, produce, stream))
     if unmapped:
         shown = ", ".join(unmapped[:6]) + (f" and {len(unmapped) - 6} more" if len(unmapped) > 6 else "")
         raise ModelSourceError(f"{where}: {len(unmapped)} tensors have no GGUF name for architecture "
@@ -213,6 +216,32 @@ def _tensor_type(shape: tuple[int, ...], matrix_type: str) -> str:
     if matrix_type in ("Q8_0",) and shape[-1] % 32:
         return "F16"
     return matrix_type
+
+
+_READ_BYTES = 8 << 20
+
+
+def _row_reader(checkpoint: BaseCheckpoint, key: str) -> Callable[[], Iterator[torch.Tensor]] | None:
+    """Blocks of whole rows of a stored tensor, read with positioned reads from its safetensors file (the
+    offsets ``BaseCheckpoint.tensors`` holds), so a large unchanged tensor never sits in memory whole."""
+    info = checkpoint.tensors[key]
+    dtype = TORCH_DTYPES.get(info.dtype)
+    if dtype is None or not info.shape:
+        return None
+    row_bytes = info.nbytes // info.shape[0]
+
+    def rows() -> Iterator[torch.Tensor]:
+        step = max(1, _READ_BYTES // max(1, row_bytes))
+        with open(info.file, "rb") as fh:
+            for start in range(0, info.shape[0], step):
+                n = min(step, info.shape[0] - start)
+                fh.seek(info.offset + start * row_bytes)
+                data = bytearray(fh.read(n * row_bytes))
+                if len(data) != n * row_bytes:
+                    raise ModelSourceError(f"{info.file} is truncated (tensor {key})", "the download may be incomplete")
+                yield torch.frombuffer(data, dtype=dtype).reshape(n, *info.shape[1:])
+
+    return rows
 
 
 def _producer(checkpoint: BaseCheckpoint, source: str, replacement: torch.Tensor | None, lora: tuple[Any, bool] | None,
