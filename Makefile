@@ -1,13 +1,15 @@
 # Two commands for a fresh machine:
 #   make run   — create .venv, install the app, start the window
 #   make test  — create .venv, install the app and test tools, run the whole suite
+# and one for the GGUF export checked by llama.cpp itself (CI runs it as its own step):
+#   make test-gguf — also install llama-cpp-python (compiled once, ~10 minutes on 2 cores) and Go, run those tests
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean gguf-tools test-gguf
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,27 @@ run: $(STAMP)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+# llama-cpp-python is a source package: pip compiles llama.cpp (CPU only, no -march=native so the wheel runs on any
+# x86-64 with AVX2). The wheel is kept in WHEELHOUSE, so the next install on this machine takes seconds; pip's own
+# cache would not find it again for an install from the index. Go (Debian's golang-go) renders the Ollama
+# templates with the text/template engine Ollama uses.
+LLAMA_CPP := llama-cpp-python==0.3.36
+WHEELHOUSE ?= $(HOME)/.cache/lora-workbench/wheels
+
+gguf-tools: $(STAMP)
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { \
+	  ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { \
+	    echo "building $(LLAMA_CPP) (compiles llama.cpp once: about 10 minutes on 2 cores)"; \
+	    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	      $(PIP) wheel -q --no-deps -w $(WHEELHOUSE) $(LLAMA_CPP); }; \
+	  $(PIP) install -q --find-links $(WHEELHOUSE) $(LLAMA_CPP); }
+	@command -v go >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >/dev/null; } \
+	  || echo "Go is not installed: the Ollama template checks will be skipped (apt-get install golang-go)"; }
+
+test-gguf: gguf-tools
+	WORKBENCH_REQUIRE_LLAMA_CPP=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/core/test_gguf_llama_cpp.py tests/core/test_gguf_export.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -484,6 +484,13 @@ def _(ctx):
     return inspect(folder)
 
 
+@case("model-gguf-export-unmapped-architecture", "model", r"architecture 'gpt2' has no GGUF mapping here",
+      r"GGUF export supports these architectures \(config\.json model_type\): llama, mistral, qwen2, qwen3", gui=False)
+def _(ctx):
+    gpt2 = ctx.model("gpt2", arch="gpt2")
+    return export(ctx, ctx.adapter(), None, "--gguf", "--base", str(gpt2), target=gpt2)
+
+
 # ---------------------------------------------------------------------------------------------------- data
 
 
@@ -1083,6 +1090,12 @@ def _(ctx):
     return export(ctx, ctx.adapter(dora=True), None, "--portable")
 
 
+@case("adapter-dora-has-no-gguf-adapter-form", "adapter", r"is a DoRA adapter, which has no GGUF adapter form",
+      r"export the merged model instead: `workbench export RUN --gguf", gui=False)
+def _(ctx):
+    return export(ctx, ctx.adapter(dora=True), None, "--gguf-adapter")  # the base: the adapter's own record
+
+
 # ------------------------------------------------------------------------------------------------- outputs
 
 
@@ -1186,6 +1199,18 @@ def _(ctx):
     folder.mkdir()
     ctx.runfile("old-run/run.toml")
     return Built(folder, ["control", str(folder), "stop"])
+
+
+@case("output-gguf-type-not-writable", "output", r"'q3_x' is not a type a GGUF model can be written in",
+      r"choose one of: f32, f16, bf16, q8_0", gui=False)
+def _(ctx):
+    return export(ctx, ctx.adapter(), None, "--gguf", "--type", "q3_x")
+
+
+@case("output-gguf-disk-full", "output", r"cannot write \S*exported: No space left on device \(nothing was written\)",
+      r"free some disk space", patch="disk-full", gui=False)
+def _(ctx):
+    return export(ctx, ctx.adapter(), None, "--gguf", "--ollama")
 
 
 # ================================================================= every field of the run file, generated
