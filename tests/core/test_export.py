@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from workbench.core.adapters import (
-    ADAPTER_WEIGHTS,
     adapter_problems,
     effective_rank,
     inspect_adapter,
@@ -30,6 +29,7 @@ from workbench.core.control import RunControl
 from workbench.core.errors import AdapterError, OutputError
 from workbench.core.export import export_adapter
 from workbench.core.merge import merge_adapter
+from workbench.core.peft_format import ADAPTER_WEIGHTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

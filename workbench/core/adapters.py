@@ -16,14 +16,14 @@ So every adapted weight is handled as "(out × in), possibly stored transposed" 
 
 The base model is read from the JSON headers of its safetensors files (names, dtypes, shapes, byte
 ranges) plus a model skeleton on the ``meta`` device, which tells the layer type behind every module
-name and whether the output embedding shares its weight with the input embedding. No weight is loaded
-until a caller asks for one tensor, and pickle files are never opened.
+name and whether the output embedding shares its weight with the input embedding (both from
+``core/checkpoint.py``). No weight is loaded until a caller asks for one tensor, and pickle files are
+never opened. PEFT's file names and key prefix come from ``core/peft_format.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections import defaultdict
@@ -34,24 +34,21 @@ from typing import Any, BinaryIO, Literal
 
 import torch
 
-from workbench.core.errors import AdapterError, ModelSourceError, WorkbenchError, first_line
+from workbench.core.checkpoint import TensorInfo, natural_key, read_json_object, read_safetensors_header, weight_files
+from workbench.core.errors import AdapterError, ModelSourceError, first_line
 from workbench.core.events import Progress, as_sink
+from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
 __all__ = [
-    "ADAPTER_CONFIG",
-    "ADAPTER_WEIGHTS",
-    "KEY_PREFIX",
     "Layout",
     "LoraModule",
     "Replacement",
     "LoraAdapter",
     "find_adapter_dir",
     "load_adapter",
-    "TensorInfo",
     "SAFETENSORS_DTYPE",
     "TORCH_DTYPES",
     "FLOAT_DTYPES",
-    "read_safetensors_header",
     "BaseCheckpoint",
     "resolve_base_model",
     "open_base_model",
@@ -68,10 +65,6 @@ __all__ = [
     "inspect_adapter",
 ]
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-KEY_PREFIX = "base_model.model."  # PEFT's prefix for every tensor of a LoRA adapter
-
 Layout = Literal["linear", "conv1d", "embedding"]
 
 # Files that hold weights (or pickled objects) rather than configuration; never copied or unpickled.
@@ -87,21 +80,6 @@ def is_weight_file(name: str) -> bool:
     """True for weight files and their indexes (``*.safetensors``, ``*.bin.index.json``, …)."""
     name = name.removesuffix(".index.json")
     return name.endswith(_WEIGHT_SUFFIXES)
-
-
-def _natural_key(name: str) -> list[Any]:
-    """Sort ``layers.10`` after ``layers.9``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _read_json(path: Path, error: type[WorkbenchError]) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"cannot read {path}: {exc}", "the file is damaged or not JSON") from None
-    if not isinstance(data, dict):
-        raise error(f"{path} does not hold a JSON object", "the file is damaged; copy or download it again")
-    return data
 
 
 # ============================================================================================ adapters
@@ -190,7 +168,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     (``adapter_model.bin``) is refused without opening it: unpickling runs arbitrary code.
     """
     folder = find_adapter_dir(path)
-    config = _read_json(folder / ADAPTER_CONFIG, AdapterError)
+    config = read_json_object(folder / ADAPTER_CONFIG, AdapterError)
     _refuse_unsupported_config(config, folder)
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
@@ -281,7 +259,7 @@ def _parse_adapter(folder: Path, config: dict[str, Any], tensors: dict[str, torc
                            "only PEFT LoRA/DoRA adapters are supported: choose one saved by PEFT's save_pretrained")
 
     modules: dict[str, LoraModule] = {}
-    for name in sorted(parts, key=_natural_key):
+    for name in sorted(parts, key=natural_key):
         modules[name] = _make_module(name, parts[name], config, folder)
     if not modules:
         raise AdapterError(f"{folder / ADAPTER_WEIGHTS} contains no LoRA weights",
@@ -335,79 +313,20 @@ TORCH_DTYPES: dict[str, torch.dtype] = {  # safetensors dtype code → torch dty
 }
 SAFETENSORS_DTYPE = {v: k for k, v in TORCH_DTYPES.items()}  # torch dtype → safetensors code
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_MAX_HEADER = 100 << 20  # the safetensors format's own limit
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lies in a safetensors file, from the file's JSON header."""
-
-    key: str
-    file: Path
-    dtype: str  # safetensors code: "F32", "BF16", …
-    shape: tuple[int, ...]
-    offset: int  # absolute byte offset of the data in the file
-    nbytes: int
-
-
-def read_safetensors_header(path: Path) -> list[TensorInfo]:
-    """The tensors of a safetensors file in file order, from its header alone (the data is not touched)."""
-    try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if not 0 < n <= _MAX_HEADER:
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(n))
-        infos = []
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            begin, end = entry["data_offsets"]
-            infos.append(TensorInfo(key, path, entry["dtype"], tuple(entry["shape"]), 8 + n + begin, end - begin))
-        size = path.stat().st_size
-        needed = max((t.offset + t.nbytes for t in infos), default=8 + n)
-        if needed > size:  # a truncated download: find out now, not after most of a merge was written
-            raise ValueError(f"truncated: the header describes {needed:,} bytes but the file has {size:,}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelSourceError(f"{path} is not a readable safetensors file ({exc})",
-                               "the download or copy may be incomplete: download the model again") from None
-    return sorted(infos, key=lambda t: t.offset)
 
 
 def resolve_base_model(source: str | Path) -> Path:
     """The local folder of a base model: a Hugging Face folder, or a Hub id already in the local cache
     (nothing is downloaded). Its weights must be safetensors: the merge reads them tensor by tensor."""
-    from workbench.core.models import resolve_source
+    from workbench.core.models import gguf_file_of, resolve_source
 
-    resolved = resolve_source(str(source), download="none")
-    if resolved.kind == "gguf":
+    if gguf_file_of(str(source)) is not None:  # refused before resolve_source would convert it
         raise ModelSourceError(f"{source} is a GGUF model; its quantized weights cannot be merged exactly",
                                "merge into the original safetensors model, then convert the result to GGUF")
+    resolved = resolve_source(str(source), download="none")
     if resolved.weights != "safetensors":
         raise ModelSourceError(f"{source} has no safetensors weights", "download the full model in safetensors format")
     return resolved.path
-
-
-def _weight_files(folder: Path) -> tuple[list[Path], bool]:
-    """The safetensors files of a model folder, in shard order, and whether an index lists them."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index, ModelSourceError).get("weight_map") or {}
-        names = sorted(set(weight_map.values()), key=_natural_key)
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise ModelSourceError(f"{folder} is incomplete: {', '.join(missing)} listed in {index.name} but missing",
-                                   "download the missing shards (or the whole model) again")
-        return [folder / n for n in names], True
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"], False
-    pickles = sorted(f.name for f in folder.glob("*.bin"))
-    if pickles:
-        raise ModelSourceError(f"{folder} holds its weights only as pickle files ({pickles[0]}); they are never "
-                               "loaded because unpickling can run arbitrary code",
-                               "use a safetensors version of the model (most Hub models have one)")
-    raise ModelSourceError(f"{folder} has no model.safetensors or model.safetensors.index.json",
-                           "choose a model folder that holds its safetensors weights (download the full model)")
 
 
 @dataclass(frozen=True)
@@ -429,8 +348,8 @@ class BaseCheckpoint:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.config = _read_json(self.path / "config.json", ModelSourceError)
-        self.shard_files, self.indexed = _weight_files(self.path)
+        self.config = read_json_object(self.path / "config.json")
+        self.shard_files, self.indexed = weight_files(self.path)
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self.shard_files:
             for info in read_safetensors_header(shard):
@@ -473,30 +392,27 @@ class BaseCheckpoint:
     # -- structure, from a meta-device skeleton ------------------------------------------------------------
     @cached_property
     def _skeleton(self) -> torch.nn.Module:
-        """The model built on the ``meta`` device: every module's type and shape, no memory, no weights."""
-        import transformers
+        """The model built on the ``meta`` device: every module's type and shape, no memory, no weights.
+
+        Built as the class the checkpoint was saved as (``config.architectures``), from the configuration read
+        the way every model's is (``models.load_config``: its own code is never run)."""
         from transformers.utils import logging as hf_logging
 
-        from workbench.core.models import MAX_LAYERS
+        from workbench.core.checkpoint import build_skeleton
+        from workbench.core.models import ModelSource, load_config
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            cfg = transformers.AutoConfig.from_pretrained(self.path, trust_remote_code=False)
-            layers = getattr(cfg, "num_hidden_layers", None)
-            if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:  # a damaged value must not hang the merge
-                raise ValueError(f"config.json says num_hidden_layers = {layers:,}")
-            arch = (getattr(cfg, "architectures", None) or [None])[0]
-            cls = getattr(transformers, arch, None) if arch else None
-            with torch.device("meta"):
-                return cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)
+            return build_skeleton(load_config(ModelSource(str(self.path), "local", self.path, "safetensors")), None)
         except Exception as exc:
-            # transformers validates config.json with huggingface_hub's strict dataclasses (errors that are no
-            # ValueError), and a model's constructor fails on values it cannot use with bare exceptions.
-            known = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, ArithmeticError, AssertionError)
+            # A configuration or constructor error the shared code does not word (it re-raises what it does not
+            # know) still names this model: the merge must end in a message, not a traceback.
+            known = (ModelSourceError, OSError, ValueError, KeyError, TypeError, AttributeError, ImportError,
+                     ArithmeticError, AssertionError)
             if not isinstance(exc, known) and not type(exc).__module__.startswith("huggingface_hub"):
                 raise
-            detail = first_line(exc.__cause__ or exc)
+            detail = exc.message if isinstance(exc, ModelSourceError) else first_line(exc.__cause__ or exc)
             raise ModelSourceError(f"cannot build the structure of the model in {self.path}: {detail}",
                                    "check its config.json against the original (or download the model again); "
                                    "a new architecture may need a newer transformers") from None
