@@ -29,19 +29,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from workbench.core.adapters import (
-    FLOAT_DTYPES,
-    SAFETENSORS_DTYPE,
-    TORCH_DTYPES,
-    AdapterFit,
-    BaseCheckpoint,
-    LoraAdapter,
-    LoraModule,
-    check_adapter,
-    is_weight_file,
-    load_adapter,
-    open_base_model,
-)
+from workbench.core.adapters import AdapterFit, LoraAdapter, LoraModule, check_adapter, is_weight_file, load_adapter
+from workbench.core.base_model import FLOAT_DTYPES, SAFETENSORS_DTYPE, TORCH_DTYPES, BaseCheckpoint, open_base_model
 from workbench.core.checkpoint import INDEX_FILE, TensorInfo
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
