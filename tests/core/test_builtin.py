@@ -372,6 +372,52 @@ def test_concurrent_conversions_of_one_file_convert_once(tiny_gguf, tmp_path, mo
     assert sinks[1].of(ev.Progress) == [], "the second caller reused the first conversion"
 
 
+# ------------------------------------------------------------------------ a user's GGUF file: the same path
+
+
+def test_a_gguf_file_the_user_opens_is_converted_like_the_builtin_one(tiny_gguf, tmp_path, monkeypatch):
+    """One path for every GGUF file: resolve_source converts it once into the cache and points at the folder,
+    which is what the tree, the tokenizer and training then read."""
+    from workbench.core.models import load_config, load_tokenizer, open_overview, resolve_source
+
+    path, original = tiny_gguf
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    sink = ev.ListSink()
+    source = resolve_source(str(path), sink=sink)
+    assert (source.kind, source.weights, source.gguf_file) == ("gguf", "safetensors", str(path.resolve()))
+    assert source.path == gguf_import.conversion_dir(path) == gguf_import.find_conversion(path)
+    assert [e.done for e in sink.of(ev.Progress)] == [0, 1, 2, 3, 4], "converted with progress, as the built-in is"
+    assert load_config(source).num_hidden_layers == original.config.num_hidden_layers
+    assert load_tokenizer(source).chat_template == tiny.CHATML
+
+    again = ev.ListSink()
+    overview = open_overview(str(path.parent), sink=again)  # the folder holding one .gguf file: the same source
+    assert overview.source.path == source.path and again.of(ev.Progress) == [], "reused, not converted again"
+    assert overview.architecture == "LlamaForCausalLM" and overview.tree.num_blocks == original.config.num_hidden_layers
+
+
+def test_a_gguf_file_of_an_unsupported_architecture_names_the_one_list(tmp_path, monkeypatch):
+    from workbench.core.models import resolve_source
+
+    path = tmp_path / "rwkv.gguf"
+    write_tiny_gguf(path, arch="rwkv6")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(ModelSourceError) as exc:
+        resolve_source(str(path))
+    assert exc.value.hint.split(": ", 1)[1].split(", ") == gguf_import.gguf_architectures()
+    assert conversions(tmp_path / "cache") == []
+
+
+def test_a_gguf_file_is_refused_as_a_merge_base_before_anything_is_converted(tiny_gguf, tmp_path, monkeypatch):
+    from workbench.core.base_model import resolve_base_model
+
+    path, _ = tiny_gguf
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(ModelSourceError, match="is a GGUF model; its quantized weights cannot be merged exactly"):
+        resolve_base_model(str(path))
+    assert conversions(tmp_path / "cache") == []
+
+
 # ------------------------------------------------------------------------------ the real model, fine-tuned
 
 
