@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from workbench.core.builtin import is_builtin_source, resolve_builtin
+    from workbench.core.builtin import is_builtin_source
     from workbench.core.config import RunConfig
     from workbench.core.data import make_collator, prepare
-    from workbench.core.models import load_tokenizer, resolve_source
+    from workbench.core.models import load_tokenizer, resolve_builtin, resolve_source
 
     config = RunConfig.from_toml(args.run_dir / "run.toml")
     spec = config.model.source

@@ -11,10 +11,10 @@ def _private_caches(tmp_path_factory, monkeypatch):
     never the user's either. Both live beside the test's folders, never inside them."""
     import datasets
 
-    from workbench.core import builtin
+    from workbench.core import cache
 
     base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv(builtin.CACHE_ENV, str(base / "workbench-cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(base / "workbench-cache"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", base / "hf-datasets")
 
 

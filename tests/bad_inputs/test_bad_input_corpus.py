@@ -271,7 +271,7 @@ def test_no_traceback_reaches_the_terminal(tmp_path, tiny_model_dir):
     (started together, so the slow imports overlap)."""
     chosen = [c for c in CASES if c.subprocess]
     assert len(chosen) >= 5
-    from workbench.core.builtin import CACHE_ENV
+    from workbench.core.cache import CACHE_ENV
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets"), CACHE_ENV: str(tmp_path / "wb-cache")}

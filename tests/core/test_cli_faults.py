@@ -1,7 +1,6 @@
 """The CLI as a script or a scheduler meets it: unexpected errors, a console that goes away, SIGTERM."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.core import builtin
+from workbench.core import builtin, cache, demo
 from workbench.core.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,8 +105,8 @@ def test_demo_run_file_is_valid_and_its_samples_are_unseen():
 
 def test_demo_config_runs_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = builtin.demo_config(["training.max_steps=3"])
-    assert builtin.demo_run_file() == RUN_FILE
+    config = demo.demo_config(["training.max_steps=3"])
+    assert demo.demo_run_file() == RUN_FILE
     assert config.training.max_steps == 3 and config.model.source == builtin.DEFAULT_SOURCE
     for f in [*config.data.train_files, *config.data.validation_files]:
         assert Path(f).is_absolute() and Path(f).is_file(), f
@@ -139,7 +139,7 @@ def test_demo_data_fits_max_length_and_answers_fit_the_sample_budget(smollm2):
 def test_workbench_demo_reports_the_model_and_the_task(smollm2, tmp_path_factory, monkeypatch, capsys):
     from workbench.cli import main
 
-    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "workbench-cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "workbench-cache"))
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # works from any folder
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
@@ -151,10 +151,10 @@ def test_workbench_demo_reports_the_model_and_the_task(smollm2, tmp_path_factory
 @pytest.mark.slow
 def test_workbench_demo_train_runs_the_demo_headless(smollm2, tmp_path, tmp_path_factory, monkeypatch, capsys):
     """One real step of the demo run through the CLI, from another folder. Needs models.resolve_source to
-    resolve ``builtin:`` sources (through builtin.resolve_builtin)."""
+    resolve ``builtin:`` sources (through models.resolve_builtin)."""
     from workbench.cli import main
 
-    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "workbench-cache"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "workbench-cache"))
     monkeypatch.chdir(tmp_path)
     code = main(["demo", "--train", "--quiet", "--run-dir", str(tmp_path / "run"),
                  "--set", "training.max_steps=1", "--set", "data.max_length=128", "--set", "data.validation_files=[]",

@@ -17,19 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.core.adapters import (
-    ADAPTER_WEIGHTS,
-    adapter_problems,
-    effective_rank,
-    inspect_adapter,
-    load_adapter,
-    lowrank_singular_values,
-    open_base_model,
-)
+from workbench.core.adapter_report import effective_rank, inspect_adapter, lowrank_singular_values
+from workbench.core.adapters import adapter_problems, load_adapter
+from workbench.core.base_model import open_base_model
 from workbench.core.control import RunControl
 from workbench.core.errors import AdapterError, OutputError
 from workbench.core.export import export_adapter
 from workbench.core.merge import merge_adapter
+from workbench.core.peft_format import ADAPTER_WEIGHTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -181,11 +181,12 @@ def test_stop_during_llama_cpp_quantization_leaves_nothing(tmp_path, tiny_model_
 @pytest.fixture(scope="module")
 def trained_demo(smollm2, tmp_path_factory, monkeypatch_module):
     """The demo run trained for 3 steps on the built-in SmolLM2 (short sequences, no evaluation or samples)."""
-    from workbench.core import builtin
+    from workbench.core.cache import CACHE_ENV
+    from workbench.core.demo import demo_config
     from workbench.core.training import run
 
-    monkeypatch_module.setenv(builtin.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "workbench-cache"))
-    config = builtin.demo_config(["training.max_steps=3", "data.max_length=96", "data.validation_files=[]",
+    monkeypatch_module.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "workbench-cache"))
+    config = demo_config(["training.max_steps=3", "data.max_length=96", "data.validation_files=[]",
                                   "training.sample_prompts=[]", "training.learning_rate=0.003"])
     result = run(config, run_dir=tmp_path_factory.mktemp("demo") / "run")
     assert result.status == "finished"
@@ -200,7 +201,7 @@ def monkeypatch_module():
 
 
 def demo_conversations() -> list[list[dict[str, str]]]:
-    from workbench.core.builtin import demo_run_file, resources_dir
+    from workbench.core.demo import demo_run_file, resources_dir
 
     rows = [json.loads(line) for line in (resources_dir() / "demo" / "validation.jsonl").read_text().splitlines()[:6]]
     return [r["messages"] for r in rows]

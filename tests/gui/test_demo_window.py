@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from workbench.core import builtin
+from workbench.core import cache
 
 
 def test_demo_converts_the_builtin_model_with_progress_and_loads_the_demo_run(window, qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path / "fresh-cache"))  # nothing converted yet: the first start
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "fresh-cache"))  # nothing converted yet: the first start
     runs_root = window.store.config.output.runs_root
     shown = []
     original = window.picker.show_progress

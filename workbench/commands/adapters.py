@@ -194,7 +194,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from workbench.core.adapters import inspect_adapter
+    from workbench.core.adapter_report import inspect_adapter
 
     report = inspect_adapter(args.adapter, args.base)
     if args.json:

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from workbench.core.builtin import builtin_model, demo_config, demo_run_file, ensure_builtin, is_builtin_source
+    from workbench.core.builtin import builtin_model, ensure_builtin, is_builtin_source
+    from workbench.core.demo import demo_config, demo_run_file
 
     config = demo_config(args.overrides)
     out = sys.stdout

@@ -1,5 +1,4 @@
-"""Adapters in: read any PEFT LoRA adapter safely, open the base model it belongs to without loading its
-weights, check that the two fit, and measure what the adapter changes.
+"""Adapters in: read any PEFT LoRA adapter safely, and check that it fits the base model it belongs to.
 
 Notation (GUIDE §1). A LoRA module adapts a weight ``W`` of shape (out × in) by ``ΔW = s · B @ A`` with
 ``A`` (r × in), ``B`` (out × r) and ``s = alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA. PEFT stores the
@@ -12,67 +11,42 @@ how ``W`` is laid out on disk:
   and ``lora_embedding_B`` (dim × r): an embedding is the linear map from one-hot rows (in = vocabulary)
   to vectors (out = dim), stored transposed exactly like ``Conv1D``.
 
-So every adapted weight is handled as "(out × in), possibly stored transposed" (``Layout``).
+So every adapted weight is handled as "(out × in), possibly stored transposed" (``base_model.Layout``).
 
-The base model is read from the JSON headers of its safetensors files (names, dtypes, shapes, byte
-ranges) plus a model skeleton on the ``meta`` device, which tells the layer type behind every module
-name and whether the output embedding shares its weight with the input embedding. No weight is loaded
-until a caller asks for one tensor, and pickle files are never opened.
+The base model, opened without loading its weights, is ``core/base_model.py``; what an adapter changes,
+module by module, ``core/adapter_report.py``. PEFT's file names and key prefix come from
+``core/peft_format.py``. Only ``adapter_model.safetensors`` is ever read: pickle files are never opened.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any
 
 import torch
 
-from workbench.core.errors import AdapterError, ModelSourceError, WorkbenchError, first_line
-from workbench.core.events import Progress, as_sink
+from workbench.core.base_model import BaseCheckpoint, Layout
+from workbench.core.checkpoint import natural_key, read_json_object
+from workbench.core.errors import AdapterError
+from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
 __all__ = [
-    "ADAPTER_CONFIG",
-    "ADAPTER_WEIGHTS",
-    "KEY_PREFIX",
-    "Layout",
     "LoraModule",
     "Replacement",
     "LoraAdapter",
     "find_adapter_dir",
     "load_adapter",
-    "TensorInfo",
-    "SAFETENSORS_DTYPE",
-    "TORCH_DTYPES",
-    "FLOAT_DTYPES",
-    "read_safetensors_header",
-    "BaseCheckpoint",
-    "resolve_base_model",
-    "open_base_model",
     "Target",
     "AdapterFit",
     "adapter_problems",
     "check_adapter",
     "is_weight_file",
-    "ModuleStats",
-    "Heatmap",
-    "AdapterReport",
-    "lowrank_singular_values",
-    "effective_rank",
-    "inspect_adapter",
 ]
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-KEY_PREFIX = "base_model.model."  # PEFT's prefix for every tensor of a LoRA adapter
-
-Layout = Literal["linear", "conv1d", "embedding"]
 
 # Files that hold weights (or pickled objects) rather than configuration; never copied or unpickled.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")
@@ -87,21 +61,6 @@ def is_weight_file(name: str) -> bool:
     """True for weight files and their indexes (``*.safetensors``, ``*.bin.index.json``, …)."""
     name = name.removesuffix(".index.json")
     return name.endswith(_WEIGHT_SUFFIXES)
-
-
-def _natural_key(name: str) -> list[Any]:
-    """Sort ``layers.10`` after ``layers.9``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _read_json(path: Path, error: type[WorkbenchError]) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"cannot read {path}: {exc}", "the file is damaged or not JSON") from None
-    if not isinstance(data, dict):
-        raise error(f"{path} does not hold a JSON object", "the file is damaged; copy or download it again")
-    return data
 
 
 # ============================================================================================ adapters
@@ -190,7 +149,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     (``adapter_model.bin``) is refused without opening it: unpickling runs arbitrary code.
     """
     folder = find_adapter_dir(path)
-    config = _read_json(folder / ADAPTER_CONFIG, AdapterError)
+    config = read_json_object(folder / ADAPTER_CONFIG, AdapterError)
     _refuse_unsupported_config(config, folder)
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
@@ -281,7 +240,7 @@ def _parse_adapter(folder: Path, config: dict[str, Any], tensors: dict[str, torc
                            "only PEFT LoRA/DoRA adapters are supported: choose one saved by PEFT's save_pretrained")
 
     modules: dict[str, LoraModule] = {}
-    for name in sorted(parts, key=_natural_key):
+    for name in sorted(parts, key=natural_key):
         modules[name] = _make_module(name, parts[name], config, folder)
     if not modules:
         raise AdapterError(f"{folder / ADAPTER_WEIGHTS} contains no LoRA weights",
@@ -323,237 +282,6 @@ def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], 
         raise AdapterError(f"{folder}: DoRA adapter (use_dora = true) without a magnitude vector for {name}",
                            f"{ADAPTER_WEIGHTS} is incomplete, or use_dora was set by hand: export the adapter again")
     return LoraModule(name, a, b, float(alpha), scale, embedding, magnitude)
-
-
-# ========================================================================================= base model
-
-
-TORCH_DTYPES: dict[str, torch.dtype] = {  # safetensors dtype code → torch dtype
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-SAFETENSORS_DTYPE = {v: k for k, v in TORCH_DTYPES.items()}  # torch dtype → safetensors code
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_MAX_HEADER = 100 << 20  # the safetensors format's own limit
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lies in a safetensors file, from the file's JSON header."""
-
-    key: str
-    file: Path
-    dtype: str  # safetensors code: "F32", "BF16", …
-    shape: tuple[int, ...]
-    offset: int  # absolute byte offset of the data in the file
-    nbytes: int
-
-
-def read_safetensors_header(path: Path) -> list[TensorInfo]:
-    """The tensors of a safetensors file in file order, from its header alone (the data is not touched)."""
-    try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if not 0 < n <= _MAX_HEADER:
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(n))
-        infos = []
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            begin, end = entry["data_offsets"]
-            infos.append(TensorInfo(key, path, entry["dtype"], tuple(entry["shape"]), 8 + n + begin, end - begin))
-        size = path.stat().st_size
-        needed = max((t.offset + t.nbytes for t in infos), default=8 + n)
-        if needed > size:  # a truncated download: find out now, not after most of a merge was written
-            raise ValueError(f"truncated: the header describes {needed:,} bytes but the file has {size:,}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelSourceError(f"{path} is not a readable safetensors file ({exc})",
-                               "the download or copy may be incomplete: download the model again") from None
-    return sorted(infos, key=lambda t: t.offset)
-
-
-def resolve_base_model(source: str | Path) -> Path:
-    """The local folder of a base model: a Hugging Face folder, or a Hub id already in the local cache
-    (nothing is downloaded). Its weights must be safetensors: the merge reads them tensor by tensor."""
-    from workbench.core.models import resolve_source
-
-    resolved = resolve_source(str(source), download="none")
-    if resolved.kind == "gguf":
-        raise ModelSourceError(f"{source} is a GGUF model; its quantized weights cannot be merged exactly",
-                               "merge into the original safetensors model, then convert the result to GGUF")
-    if resolved.weights != "safetensors":
-        raise ModelSourceError(f"{source} has no safetensors weights", "download the full model in safetensors format")
-    return resolved.path
-
-
-def _weight_files(folder: Path) -> tuple[list[Path], bool]:
-    """The safetensors files of a model folder, in shard order, and whether an index lists them."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index, ModelSourceError).get("weight_map") or {}
-        names = sorted(set(weight_map.values()), key=_natural_key)
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise ModelSourceError(f"{folder} is incomplete: {', '.join(missing)} listed in {index.name} but missing",
-                                   "download the missing shards (or the whole model) again")
-        return [folder / n for n in names], True
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"], False
-    pickles = sorted(f.name for f in folder.glob("*.bin"))
-    if pickles:
-        raise ModelSourceError(f"{folder} holds its weights only as pickle files ({pickles[0]}); they are never "
-                               "loaded because unpickling can run arbitrary code",
-                               "use a safetensors version of the model (most Hub models have one)")
-    raise ModelSourceError(f"{folder} has no model.safetensors or model.safetensors.index.json",
-                           "choose a model folder that holds its safetensors weights (download the full model)")
-
-
-@dataclass(frozen=True)
-class ModuleInfo:
-    """What the base model's skeleton says about one module."""
-
-    layout: Layout | None  # None: a layer type that cannot carry a mergeable adapter
-    type_name: str
-    weight_shape: tuple[int, ...]  # stored shape of its ``weight``
-
-
-class BaseCheckpoint:
-    """A local Hugging Face model folder, opened without loading its weights.
-
-    ``tensors`` maps every tensor name to where it lies on disk (from the safetensors headers);
-    ``read`` and ``copy_bytes`` fetch one tensor at a time with plain positioned reads, so memory holds
-    at most one tensor (a memory map of a whole shard would stay resident until it is closed).
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.config = _read_json(self.path / "config.json", ModelSourceError)
-        self.shard_files, self.indexed = _weight_files(self.path)
-        self.tensors: dict[str, TensorInfo] = {}
-        for shard in self.shard_files:
-            for info in read_safetensors_header(shard):
-                self.tensors[info.key] = info
-
-    def shard_tensors(self, shard: Path) -> list[TensorInfo]:
-        return [t for t in self.tensors.values() if t.file == shard]
-
-    def read(self, key: str) -> torch.Tensor:
-        """One tensor, read into fresh memory."""
-        info = self.tensors[key]
-        if info.dtype not in TORCH_DTYPES:
-            raise ModelSourceError(f"tensor {key} in {info.file.name} has dtype {info.dtype}, which cannot be computed on here",
-                                   "use a floating-point (not quantized) copy of the model")
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy())
-        with open(info.file, "rb") as fh:
-            fh.seek(info.offset)
-            filled = 0
-            while filled < info.nbytes:
-                n = fh.readinto(view[filled:])
-                if not n:
-                    raise ModelSourceError(f"{info.file} is truncated (tensor {key})", "the download may be incomplete")
-                filled += n
-        return buf.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
-
-    def copy_bytes(self, key: str, out: BinaryIO, chunk: int = 16 << 20) -> None:
-        """Append the raw bytes of one tensor to ``out`` through a small buffer (no dtype needed)."""
-        info = self.tensors[key]
-        with open(info.file, "rb") as fh:
-            fh.seek(info.offset)
-            left = info.nbytes
-            while left:
-                data = fh.read(min(chunk, left))
-                if not data:
-                    raise ModelSourceError(f"{info.file} is truncated (tensor {key})", "the download may be incomplete")
-                out.write(data)
-                left -= len(data)
-
-    # -- structure, from a meta-device skeleton ------------------------------------------------------------
-    @cached_property
-    def _skeleton(self) -> torch.nn.Module:
-        """The model built on the ``meta`` device: every module's type and shape, no memory, no weights."""
-        import transformers
-        from transformers.utils import logging as hf_logging
-
-        from workbench.core.models import MAX_LAYERS
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            cfg = transformers.AutoConfig.from_pretrained(self.path, trust_remote_code=False)
-            layers = getattr(cfg, "num_hidden_layers", None)
-            if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:  # a damaged value must not hang the merge
-                raise ValueError(f"config.json says num_hidden_layers = {layers:,}")
-            arch = (getattr(cfg, "architectures", None) or [None])[0]
-            cls = getattr(transformers, arch, None) if arch else None
-            with torch.device("meta"):
-                return cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)
-        except Exception as exc:
-            # transformers validates config.json with huggingface_hub's strict dataclasses (errors that are no
-            # ValueError), and a model's constructor fails on values it cannot use with bare exceptions.
-            known = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, ArithmeticError, AssertionError)
-            if not isinstance(exc, known) and not type(exc).__module__.startswith("huggingface_hub"):
-                raise
-            detail = first_line(exc.__cause__ or exc)
-            raise ModelSourceError(f"cannot build the structure of the model in {self.path}: {detail}",
-                                   "check its config.json against the original (or download the model again); "
-                                   "a new architecture may need a newer transformers") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-
-    def module(self, name: str) -> ModuleInfo | None:
-        """The layer behind a module name, or None if the model has no such module."""
-        from transformers.pytorch_utils import Conv1D
-
-        try:
-            mod = self._skeleton.get_submodule(name)
-        except AttributeError:
-            return None
-        layout: Layout | None = (
-            "conv1d" if isinstance(mod, Conv1D) else
-            "linear" if isinstance(mod, torch.nn.Linear) else
-            "embedding" if isinstance(mod, torch.nn.Embedding) else None
-        )
-        weight = getattr(mod, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            return ModuleInfo(None, type(mod).__name__, ())
-        return ModuleInfo(layout, type(mod).__name__, tuple(weight.shape))
-
-    def stored_key(self, key: str) -> str:
-        """The stored tensor that holds ``key``'s values: ``key`` itself, or the input embedding for a tied
-        output embedding that the checkpoint does not store separately."""
-        tied = self.tied_embeddings
-        return tied[0] if tied and key == tied[1] and key not in self.tensors else key
-
-    def parameter_shape(self, key: str) -> tuple[int, ...] | None:
-        """Shape of a tensor by name: from the checkpoint, or from the skeleton for a tied weight not stored."""
-        if key in self.tensors:
-            return self.tensors[key].shape
-        try:
-            return tuple(self._skeleton.get_parameter(key).shape)
-        except AttributeError:
-            return None
-
-    @cached_property
-    def module_order(self) -> dict[str, int]:
-        """Position of every module name in the model, in forward order (q, k, v, o, gate, up, down)."""
-        return {name: i for i, (name, _) in enumerate(self._skeleton.named_modules())}
-
-    @cached_property
-    def tied_embeddings(self) -> tuple[str, str] | None:
-        """``(input_embedding_key, output_embedding_key)`` when the model uses one tensor for both."""
-        model = self._skeleton
-        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
-        if inp is None or out is None or out.weight is not inp.weight:
-            return None
-        names = {id(m): n for n, m in model.named_modules()}
-        return f"{names[id(inp)]}.weight", f"{names[id(out)]}.weight"
-
-
-def open_base_model(source: str | Path) -> BaseCheckpoint:
-    return BaseCheckpoint(resolve_base_model(source))
 
 
 # ======================================================================================= fit / import
@@ -646,136 +374,3 @@ def check_adapter(adapter: LoraAdapter, base: BaseCheckpoint) -> AdapterFit:
             else "use the base model the adapter was trained on")
     raise AdapterError(f"{head}:\n  {shown}", hint)
 
-
-# ========================================================================================= inspection
-
-
-def lowrank_singular_values(lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
-    """Singular values of ``ΔW = scale · B @ A`` (descending, float64) without forming ΔW.
-
-    With ``Aᵀ = Q_A R_A`` and ``B = Q_B R_B`` (thin QR, Q with orthonormal columns),
-    ``ΔW = Q_B (scale · R_B R_Aᵀ) Q_Aᵀ``; multiplying by matrices with orthonormal columns keeps singular
-    values, so ΔW has those of the small r × r core. Cost O((in + out) r²) instead of O(out · in · min).
-    """
-    _, r_a = torch.linalg.qr(lora_A.double().T)
-    _, r_b = torch.linalg.qr(lora_B.double())
-    return torch.linalg.svdvals(scale * (r_b @ r_a.T))
-
-
-def effective_rank(singular_values: torch.Tensor, energy: float = 0.9) -> int:
-    """How many singular values carry ``energy`` of ``||ΔW||_F² = Σ σᵢ²``; 0 for ΔW = 0."""
-    power = singular_values.double() ** 2
-    total = float(power.sum())
-    if total == 0.0:
-        return 0
-    cumulative = torch.cumsum(power, 0) / total
-    return int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64) - 1e-12)) + 1
-
-
-_BLOCK = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<kind>.+)$")
-
-
-@dataclass(frozen=True)
-class ModuleStats:
-    """What the adapter does to one layer. All numbers are of ``ΔW = s · B @ A``; for DoRA this is the
-    directional update, before the learned magnitude rescales each output row."""
-
-    name: str
-    stack: str | None  # "model.layers" for "model.layers.3.self_attn.q_proj"; None outside numbered blocks
-    block: int | None  # 3
-    kind: str  # "self_attn.q_proj" (the whole name outside blocks)
-    rank: int
-    scale: float
-    delta_norm: float  # ||ΔW||_F
-    weight_norm: float | None  # ||W||_F, when the base model was given
-    singular_values: tuple[float, ...]
-    effective_rank: int  # singular values carrying 90 % of the energy
-
-    @property
-    def relative_norm(self) -> float | None:
-        """``||ΔW||_F / ||W||_F``: how large the change is compared to the weight it changes."""
-        if self.weight_norm is None or self.weight_norm == 0.0:
-            return None
-        return self.delta_norm / self.weight_norm
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "singular_values": list(self.singular_values),
-                "relative_norm": self.relative_norm}
-
-
-@dataclass(frozen=True)
-class Heatmap:
-    """One metric over blocks × module kinds: ``values[i][j]`` belongs to ``blocks[i]`` and ``kinds[j]``
-    (None where that block has no adapter of that kind). Modules outside numbered blocks are left out."""
-
-    metric: str
-    blocks: list[int]
-    kinds: list[str]
-    values: list[list[float | None]]
-
-
-HEATMAP_METRICS = ("relative_norm", "delta_norm", "effective_rank")
-
-
-@dataclass(frozen=True)
-class AdapterReport:
-    adapter: str
-    base: str | None
-    method: str
-    modules: list[ModuleStats]
-
-    def heatmap(self, metric: str = "relative_norm") -> Heatmap:
-        """Grid for the window's heatmap. A model with several numbered stacks (encoder and decoder) gets
-        one column per stack and kind, so no two modules share a cell."""
-        if metric not in HEATMAP_METRICS:
-            raise ValueError(f"metric must be one of {HEATMAP_METRICS}, not {metric!r}")
-        in_blocks = [m for m in self.modules if m.block is not None]
-        several = len({m.stack for m in in_blocks}) > 1
-        label = (lambda m: f"{m.stack}.{m.kind}") if several else (lambda m: m.kind)
-        blocks = sorted({m.block for m in in_blocks})
-        kinds = list(dict.fromkeys(label(m) for m in in_blocks))
-        values: list[list[float | None]] = [[None] * len(kinds) for _ in blocks]
-        for m in in_blocks:
-            values[blocks.index(m.block)][kinds.index(label(m))] = getattr(m, metric)
-        return Heatmap(metric, blocks, kinds, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter, "base": self.base, "method": self.method,
-                "modules": [m.to_dict() for m in self.modules]}
-
-
-def inspect_adapter(adapter: str | Path | LoraAdapter, base: str | Path | BaseCheckpoint | None = None,
-                    *, sink: Any = None) -> AdapterReport:
-    """Per adapted module: ``||ΔW||_F``, its singular values and effective rank, and with a base model
-    ``||W||_F`` (read one tensor at a time, after checking that the adapter fits)."""
-    lora = adapter if isinstance(adapter, LoraAdapter) else load_adapter(adapter)
-    fit = None
-    if base is not None:
-        fit = check_adapter(lora, base if isinstance(base, BaseCheckpoint) else open_base_model(base))
-    sink = as_sink(sink)
-    names = list(lora.modules)  # natural order of names, the best guess without the model
-    if fit is not None:
-        names.sort(key=fit.base.module_order.__getitem__)
-    stats = []
-    for i, name in enumerate(names):
-        mod = lora.modules[name]
-        sv = lowrank_singular_values(mod.lora_A, mod.lora_B, mod.scale)
-        weight_norm = None
-        if fit is not None:
-            weight = fit.base.read(fit.base.stored_key(fit.targets[name].weight_key))
-            weight_norm = float(torch.linalg.vector_norm(weight.double()))
-            sink.emit(Progress("inspect", i + 1, len(names), unit="modules", detail=name))
-        m = _BLOCK.match(name)
-        stats.append(ModuleStats(
-            name=name,
-            stack=m["stack"] if m else None,
-            block=int(m["index"]) if m else None,
-            kind=m["kind"] if m else name,
-            rank=mod.rank,
-            scale=mod.scale,
-            delta_norm=float(torch.linalg.vector_norm(sv)),
-            weight_norm=weight_norm,
-            singular_values=tuple(float(s) for s in sv),
-            effective_rank=effective_rank(sv),
-        ))
-    return AdapterReport(str(lora.path), str(fit.base.path) if fit else None, lora.method, stats)

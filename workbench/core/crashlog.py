@@ -28,7 +28,7 @@ KEEP_LOGS = 50  # the newest crash logs kept; older ones are deleted when a new 
 def log_dir() -> Path:
     """``<workbench cache>/logs``; the cache is ``$LORA_WORKBENCH_CACHE`` or the platform's user cache."""
     try:
-        from .builtin import cache_root
+        from .cache import cache_root
 
         return cache_root() / LOGS_DIR_NAME
     except Exception:  # the cache module itself failed to import: still leave a log somewhere

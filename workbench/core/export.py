@@ -19,16 +19,10 @@ from typing import Any
 
 import torch
 
-from workbench.core.adapters import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    KEY_PREFIX,
-    LoraAdapter,
-    is_weight_file,
-    load_adapter,
-)
+from workbench.core.adapters import LoraAdapter, is_weight_file, load_adapter
 from workbench.core.errors import AdapterError, OutputError
 from workbench.core.fsutil import atomic_directory, disk_full_reported
+from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
 __all__ = ["make_portable", "export_adapter"]
 

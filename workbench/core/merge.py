@@ -29,20 +29,9 @@ from typing import Any, BinaryIO
 
 import torch
 
-from workbench.core.adapters import (
-    FLOAT_DTYPES,
-    SAFETENSORS_DTYPE,
-    TORCH_DTYPES,
-    AdapterFit,
-    BaseCheckpoint,
-    LoraAdapter,
-    LoraModule,
-    TensorInfo,
-    check_adapter,
-    is_weight_file,
-    load_adapter,
-    open_base_model,
-)
+from workbench.core.adapters import AdapterFit, LoraAdapter, LoraModule, check_adapter, is_weight_file, load_adapter
+from workbench.core.base_model import FLOAT_DTYPES, SAFETENSORS_DTYPE, TORCH_DTYPES, BaseCheckpoint, open_base_model
+from workbench.core.checkpoint import INDEX_FILE, TensorInfo
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
 from workbench.core.events import Message, Progress, as_sink
@@ -243,7 +232,7 @@ def merge_adapter(
             if checkpoint.indexed:
                 weight_map = {e.key: name for name, entries in shards for e in entries}
                 index = {"metadata": {"total_size": written}, "weight_map": weight_map}
-                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+                (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
             _write_config(checkpoint, tmp, torch_dtype, untie)
             for f in sorted(checkpoint.path.iterdir()):
                 if f.is_file() and f.name != "config.json" and not f.name.startswith(".") and not is_weight_file(f.name):

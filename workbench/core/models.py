@@ -1,27 +1,39 @@
-"""Model sources: a local Hugging Face folder, a Hub id, or a GGUF file.
+"""Model sources: a local Hugging Face folder, a Hub id, a GGUF file, or a built-in model.
 
 ``resolve_source`` turns what the user typed into a ``ModelSource`` (where the files are, which kind,
-which weight format) and refuses unsafe or unusable input with a message that says what to do.
-``load_config`` / ``load_tokenizer`` read the small files; ``build_skeleton`` builds the model on the
-``meta`` device, so every module name, type and shape of a 70B model is known in well under a second
-without reading a byte of weights. ``load_model`` loads real weights for training.
+which weight format) and refuses unsafe or unusable input with a message that says what to do. A GGUF
+file and a built-in model (``builtin:NAME``, itself a GGUF file inside a Python package) take one path:
+``core/gguf_import.py`` converts the file once into a Hugging Face folder in the cache, and the source
+points at that folder. ``load_config`` / ``load_tokenizer`` read the small files; ``checkpoint.build_skeleton``
+builds the model on the ``meta`` device, so every module name, type and shape of a 70B model is known in
+well under a second without reading a byte of weights. ``load_model`` loads real weights for training.
 
-Safety: weights are read from safetensors (or GGUF). Pickle files (``*.bin``, ``*.pt``) are refused
+Safety: weights are read from safetensors (a GGUF file's are read into safetensors once). Pickle files (``*.bin``, ``*.pt``) are refused
 unless the user allows them explicitly (``model.allow_pickle``), and a model's own Python code runs only
 with ``model.trust_remote_code``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .builtin import BUILTIN_PREFIX, ensure_builtin, is_builtin_source
+from .checkpoint import (
+    CONFIG_HINT,
+    INDEX_FILE,
+    auto_class,
+    build_skeleton,
+    read_json_object,
+    safetensors_problem,
+    weight_files,
+)
+from .compat import known_model_types
 from .errors import ConsentRequired, ModelSourceError, first_line
+from .gguf_import import convert_gguf
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,10 +44,11 @@ __all__ = [
     "resolve_source",
     "load_config",
     "load_tokenizer",
-    "build_skeleton",
     "load_model",
     "check_weight_files",
     "model_display_name",
+    "gguf_file_of",
+    "resolve_builtin",
 ]
 
 SourceKind = Literal["local", "hub", "gguf"]
@@ -51,22 +64,15 @@ SMALL_FILES = ["config.json", "generation_config.json", "tokenizer.json", "token
 @dataclass(frozen=True)
 class ModelSource:
     spec: str  # what the user typed
-    kind: SourceKind
-    path: Path  # the model folder (for a GGUF source: the folder holding the file)
+    kind: SourceKind  # "gguf": converted from a GGUF file the user chose ("local" for a built-in model)
+    path: Path  # the Hugging Face model folder (for a GGUF file: its conversion in the cache)
     weights: WeightFormat
-    gguf_file: str | None = None  # file name inside ``path`` for GGUF sources
+    gguf_file: str | None = None  # the GGUF file a "gguf" source was converted from
     revision: str | None = None
 
     @property
     def display_name(self) -> str:
         return model_display_name(self.spec)
-
-    def from_pretrained_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that point transformers' ``from_pretrained`` at this source's files."""
-        kw: dict[str, Any] = {}
-        if self.gguf_file:
-            kw["gguf_file"] = self.gguf_file
-        return kw
 
 
 def model_display_name(spec: str) -> str:
@@ -92,20 +98,17 @@ def resolve_source(
 
     ``download`` applies to Hub ids that are not fully in the local cache: ``"config"`` fetches only
     the small descriptive files (enough to show the tree), ``"all"`` the weights too, ``"none"`` nothing.
-    ``builtin:NAME`` names a model shipped inside a Python package; it is converted once into the cache
-    (``Progress`` events go to ``sink``) and used from there.
+    A ``.gguf`` file, and ``builtin:NAME`` (a model shipped inside a Python package), are converted once
+    into the cache (``Progress`` events go to ``sink``) and used from there.
     """
     spec = (spec or "").strip()
     if not spec:
         raise ModelSourceError("no model chosen", "pick a local model folder, a .gguf file, or type a Hub id such as org/name")
-    # Imported here, not at the top: core/builtin.py is only needed once a model is being resolved.
-    from .builtin import is_builtin_source, resolve_builtin
-
-    if is_builtin_source(spec):  # a model shipped in a Python package, converted once (core/builtin.py)
+    if is_builtin_source(spec):  # a model shipped in a Python package (core/builtin.py)
         return resolve_builtin(spec, sink=sink)
     path = Path(spec).expanduser()
     if path.exists():
-        return _resolve_local(spec, path, allow_pickle)
+        return _resolve_local(spec, path, allow_pickle, sink)
     first_part = Path(spec.split("/")[0]).expanduser()
     if _looks_like_path(spec) or not HUB_ID.match(spec) or ("/" in spec and first_part.is_dir()):
         raise ModelSourceError(
@@ -115,18 +118,35 @@ def resolve_source(
     return _resolve_hub(spec, revision, allow_pickle, download, sink)
 
 
-def _resolve_local(spec: str, path: Path, allow_pickle: bool) -> ModelSource:
+def resolve_builtin(spec: str, *, cache_dir: str | Path | None = None, sink: Any = None) -> ModelSource:
+    """``builtin:NAME`` → a ``ModelSource`` for the converted safetensors folder (converting once)."""
+    folder = ensure_builtin(spec, cache_dir=cache_dir, sink=sink)
+    return ModelSource(spec.strip(), "local", folder, "safetensors")
+
+
+def gguf_file_of(spec: str) -> Path | None:
+    """The GGUF file ``spec`` names — a ``.gguf`` file, or a folder without config.json that holds exactly
+    one — or None. Reads no file, so a caller can refuse GGUF sources before anything is converted."""
+    path = Path((spec or "").strip()).expanduser()
     if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise ModelSourceError(
-                f"{path} is a file, not a model folder or a .gguf file",
-                "choose the folder that holds config.json, or a .gguf file",
-            )
-        return ModelSource(spec, "gguf", path.parent.resolve(), "gguf", gguf_file=path.name)
+        return path if path.suffix.lower() == ".gguf" else None
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        return ggufs[0] if len(ggufs) == 1 else None
+    return None
+
+
+def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: Any = None) -> ModelSource:
+    gguf = gguf_file_of(str(path))
+    if gguf is not None:  # the path every GGUF file takes, the built-in model's too (core/gguf_import.py)
+        return ModelSource(spec, "gguf", convert_gguf(gguf, sink=sink), "safetensors", gguf_file=str(gguf.resolve()))
+    if path.is_file():
+        raise ModelSourceError(
+            f"{path} is a file, not a model folder or a .gguf file",
+            "choose the folder that holds config.json, or a .gguf file",
+        )
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return ModelSource(spec, "gguf", path.resolve(), "gguf", gguf_file=ggufs[0].name)
         detail = f" (it holds {len(ggufs)} .gguf files: choose one of them)" if ggufs else ""
         raise ModelSourceError(
             f"{path} has no config.json, so it is not a Hugging Face model folder{detail}",
@@ -137,7 +157,7 @@ def _resolve_local(spec: str, path: Path, allow_pickle: bool) -> ModelSource:
 
 def _weight_format(folder: Path, allow_pickle: bool) -> WeightFormat:
     names = [p.name for p in folder.iterdir() if p.is_file()]
-    if any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+    if any(n.endswith(".safetensors") or n == INDEX_FILE for n in names):
         return "safetensors"
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     if pickles:
@@ -175,8 +195,6 @@ _SIZE_OR_VARIANT = re.compile(r"^(\d+(\.\d+)?[kmbt]|\d+x\d+[mb]|instruct|chat|ba
 def model_family(spec: str, name_or_path: str = "") -> str:
     """The family part of a model name — "SmolLM2" for SmolLM2-135M-Instruct, "Llama-3.2" for Llama-3.2-1B,
     "Qwen2.5" for Qwen2.5-0.5B-Instruct — to look up its relatives on the Hub. "" when nothing is left."""
-    from .builtin import BUILTIN_PREFIX  # lazily, like resolve_source
-
     name = name_or_path if "/" in name_or_path and not Path(name_or_path).exists() else spec
     if name.lower().startswith(BUILTIN_PREFIX):
         name = name[len(BUILTIN_PREFIX):]
@@ -294,99 +312,49 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
     """Read the model configuration. Unknown architectures and remote code give a clear error."""
     from transformers import AutoConfig
 
-    if source.kind != "gguf":
-        raw = _read_config_json(source.path / "config.json")
-        if "auto_map" in raw and not trust_remote_code and raw.get("model_type") not in _known_model_types():
-            code = remote_code_files(source.path, raw)
-            raise ConsentRequired(
-                f"{source.spec} needs its own Python code to run (config.json has auto_map: "
-                f"{', '.join(sorted(raw['auto_map']))}); it is not run unless you allow it. "
-                f"The code: {', '.join(code) or '(modules named in auto_map, not in the folder)'}",
-                "read the model's .py files, then allow them with model.trust_remote_code = true (CLI: --trust-remote-code)",
-                setting="trust_remote_code", files=code,
-            )
-        if "model_type" not in raw and not trust_remote_code:
-            raise ModelSourceError(
-                f"{source.path / 'config.json'} has no model_type, so the architecture is unknown",
-                'choose a Hugging Face transformers model folder; its config.json names the architecture ("model_type": "llama", …)',
-            )
-        if raw.get("model_type") not in _known_model_types() and not trust_remote_code:
-            raise ModelSourceError(
-                f"unknown model_type {raw.get('model_type')!r} in {source.path / 'config.json'}: "
-                f"this version of transformers does not know that architecture",
-                "upgrade transformers, or if the model ships its own code and you trust it, set model.trust_remote_code = true",
-            )
-    kwargs = source.from_pretrained_kwargs()
-    if num_labels is not None:
-        kwargs["num_labels"] = num_labels
-    try:
-        return AutoConfig.from_pretrained(
-            source.path, revision=None, trust_remote_code=trust_remote_code, **kwargs
+    raw = read_json_object(source.path / "config.json")
+    known = known_model_types()
+    if "auto_map" in raw and not trust_remote_code and raw.get("model_type") not in known:
+        code = remote_code_files(source.path, raw)
+        raise ConsentRequired(
+            f"{source.spec} needs its own Python code to run (config.json has auto_map: "
+            f"{', '.join(sorted(raw['auto_map']))}); it is not run unless you allow it. "
+            f"The code: {', '.join(code) or '(modules named in auto_map, not in the folder)'}",
+            "read the model's .py files, then allow them with model.trust_remote_code = true (CLI: --trust-remote-code)",
+            setting="trust_remote_code", files=code,
         )
-    except ValueError as exc:
-        if source.kind == "gguf":
-            if _damaged_gguf(str(exc)):
-                raise ModelSourceError(f"{source.gguf_file}: {exc}", "the file is damaged or not a GGUF model; download it again") from None
-            raise ModelSourceError(
-                f"{source.gguf_file}: {exc}",
-                f"GGUF files of these architectures can be opened: {', '.join(gguf_architectures())}",
-            ) from None
-        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {first_line(exc)}", _CONFIG_HINT) from None
-    except OSError as exc:
-        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {first_line(exc)}", _CONFIG_HINT) from None
-    except struct.error as exc:  # the GGUF reader unpacks fixed-size fields; a short file runs out of bytes
-        if source.kind != "gguf":
-            raise
-        raise ModelSourceError(f"{source.gguf_file}: the file ends early or is damaged ({exc})",
-                               "the file is damaged or not a GGUF model; download it again") from None
+    if "model_type" not in raw and not trust_remote_code:
+        raise ModelSourceError(
+            f"{source.path / 'config.json'} has no model_type, so the architecture is unknown",
+            'choose a Hugging Face transformers model folder; its config.json names the architecture ("model_type": "llama", …)',
+        )
+    if raw.get("model_type") not in known and not trust_remote_code:
+        raise ModelSourceError(
+            f"unknown model_type {raw.get('model_type')!r} in {source.path / 'config.json'}: "
+            f"this version of transformers does not know that architecture",
+            "upgrade transformers, or if the model ships its own code and you trust it, set model.trust_remote_code = true",
+        )
+    kwargs: dict[str, Any] = {} if num_labels is None else {"num_labels": num_labels}
+    try:
+        return AutoConfig.from_pretrained(source.path, revision=None, trust_remote_code=trust_remote_code, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise ModelSourceError(f"cannot read the configuration of {source.spec}: {first_line(exc)}", CONFIG_HINT) from None
     except Exception as exc:
         # transformers 5 validates config fields with huggingface_hub's strict dataclasses, whose errors are no
         # ValueError ("Field 'hidden_size' expected int, got str"): a damaged or hand-edited config.json.
         if type(exc).__module__.startswith("huggingface_hub"):
             raise ModelSourceError(f"{source.path / 'config.json'} has an invalid value: {_config_problem(exc)}",
-                                   _CONFIG_HINT) from None
+                                   CONFIG_HINT) from None
         if isinstance(exc, (ArithmeticError, AssertionError, KeyError, TypeError)):
             raise ModelSourceError(f"{source.path / 'config.json'} has values transformers cannot use "
-                                   f"({type(exc).__name__}: {first_line(exc)})", _CONFIG_HINT) from None
+                                   f"({type(exc).__name__}: {first_line(exc)})", CONFIG_HINT) from None
         raise
-
-
-_CONFIG_HINT = "compare config.json with the model's original one and fix the value, or download the model again"
 
 
 def _config_problem(exc: BaseException) -> str:
     """The most specific line of a config validation error: the cause says which field and what was found."""
     cause = exc.__cause__ or exc
     return first_line(cause) or first_line(exc) or type(exc).__name__
-
-
-def _damaged_gguf(message: str) -> bool:
-    return any(words in message for words in ("magic", "this reader handles", "truncated", "unexpected end"))
-
-
-def _read_config_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelSourceError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})", "the file is damaged; download it again") from None
-    except UnicodeDecodeError:
-        raise ModelSourceError(f"{path} is not UTF-8 text", "the file is damaged; download it again") from None
-    if not isinstance(data, dict):
-        raise ModelSourceError(f"{path} does not hold a JSON object", "the file is damaged; download it again")
-    return data
-
-
-def _known_model_types() -> set[str]:
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    return set(CONFIG_MAPPING_NAMES)
-
-
-def gguf_architectures() -> list[str]:
-    """GGUF architectures transformers can de-quantise into a PyTorch model."""
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
-
-    return sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
 
 
 def training_weight_dtype(setting: str, device: str, precision: str) -> str:
@@ -406,7 +374,7 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.from_pretrained_kwargs())
+        tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelSourceError(
             f"cannot load the tokenizer of {source.spec}: {exc}",
@@ -417,54 +385,15 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     return tok
 
 
-def _auto_class(task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
-
-
-MAX_LAYERS = 10_000  # far above any real model (the largest have a few hundred blocks); the merge checks it too
-
-
-def build_skeleton(config: "PretrainedConfig", task: str = "causal-lm", *, trust_remote_code: bool = False) -> "torch.nn.Module":
-    """The model with every parameter on the ``meta`` device: structure and shapes, no memory, no weights read."""
-    import torch
-
-    layers = getattr(config, "num_hidden_layers", None)
-    if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
-        # Building the skeleton costs time and memory per module: a damaged value must not hang the window.
-        where = getattr(config, "_name_or_path", "") or "the model"
-        raise ModelSourceError(f"the config.json of {where} says num_hidden_layers = {layers:,}; "
-                               f"a real model has between 1 and a few hundred", _CONFIG_HINT)
-    cls = _auto_class(task)
-    try:
-        with torch.device("meta"):
-            return cls.from_config(config, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        raise ModelSourceError(
-            f"{config.model_type} cannot be built as a {task} model: {exc}".split("\n")[0],
-            "choose the other task (causal-lm or sequence-classification) or another model",
-        ) from None
-    except (ArithmeticError, AssertionError, AttributeError, IndexError, KeyError, TypeError) as exc:
-        # transformers builds whatever config.json describes; values it cannot use (0 attention heads, an
-        # unknown rope_type) fail deep inside the model's constructor with a bare exception.
-        where = getattr(config, "_name_or_path", "") or "the model"
-        raise ModelSourceError(
-            f"the {config.model_type} model in {where} cannot be built from its config.json: "
-            f"{type(exc).__name__}: {first_line(exc)}",
-            _CONFIG_HINT,
-        ) from None
-
-
 def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "causal-lm", dtype: Any = "auto",
                trust_remote_code: bool = False, device_map: Any = None) -> "torch.nn.Module":
-    """Load real weights. Safetensors and GGUF as they are; pickle only when ``resolve_source`` allowed it."""
+    """Load real weights: safetensors (a GGUF file's conversion too); pickle only when ``resolve_source`` allowed it."""
     if source.weights == "none":
         raise ModelSourceError(
             f"{source.spec} has no weight files (no *.safetensors)",
             "download the full model, or choose a folder that holds the weights",
         )
-    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, trust_remote_code=trust_remote_code, **source.from_pretrained_kwargs())
+    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, trust_remote_code=trust_remote_code)
     if source.weights == "safetensors":
         kwargs["use_safetensors"] = True
     if device_map is not None:
@@ -474,7 +403,7 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
     import pickle
 
     try:
-        return _auto_class(task).from_pretrained(source.path, **kwargs)
+        return auto_class(task).from_pretrained(source.path, **kwargs)
     except pickle.UnpicklingError as exc:  # pickle allowed, but torch.load(weights_only=True) met more than tensors
         raise ModelSourceError(
             f"refused to load the pickle weights of {source.spec}: they hold objects other than tensors "
@@ -487,11 +416,11 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
 
 def check_weight_files(source: ModelSource) -> None:
     """Check, from file sizes and safetensors headers only, that the weights ``load_model`` will read are all
-    there: some weight file, every shard the index lists, and each safetensors file as long as its header says.
+    there: the weight files (every shard the index lists) and each one whole (``checkpoint.safetensors_problem``).
 
     Takes milliseconds, so a training run can call it before it creates its run folder: a partial download or a
-    truncated copy is then reported before anything is written. GGUF files, pickle weights and Hub sources whose
-    weights are not downloaded yet are not checked here (loading reports their problems).
+    truncated copy is then reported before anything is written. Pickle weights, Hub sources whose weights are
+    not downloaded yet, and the conversions of GGUF files (complete by construction) are not checked here.
     """
     if source.kind != "local" or source.weights == "pickle":
         return
@@ -500,48 +429,11 @@ def check_weight_files(source: ModelSource) -> None:
             f"{source.spec} has no weight files (no *.safetensors)",
             "download the full model, or choose a folder that holds the weights",
         )
-    folder = source.path
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_config_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelSourceError(f"{index} lists no weights (no weight_map)", "the file is damaged; download the model again")
-        names = sorted(set(map(str, weight_map.values())))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise ModelSourceError(
-                f"{folder} is incomplete: {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} "
-                f"listed in {index.name} but missing",
-                "download the missing shards (or the whole model) again",
-            )
-        files = [folder / n for n in names]
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    for path in files:
-        problem = _safetensors_problem(path)
+    for path in weight_files(source.path)[0]:
+        problem = safetensors_problem(path)
         if problem:
             raise ModelSourceError(f"{path} is damaged or incomplete: {problem}",
                                    "download the model again (an interrupted download or copy leaves a short file)")
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a complete safetensors file (from its header and size), or None."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if size < 8 or not 0 < n <= min(size - 8, 100 << 20):
-                return "its header is missing or cut off"
-            header = json.loads(fh.read(n))
-        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    except OSError as exc:
-        return f"it cannot be read ({exc.strerror or exc})"
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return "its header is not valid safetensors JSON"
-    needed = 8 + n + max(ends, default=0)
-    if needed > size:
-        return f"the header describes {needed:,} bytes but the file has {size:,}"
-    return None
 
 
 @dataclass
@@ -559,7 +451,7 @@ def open_overview(spec: str, *, revision: str | None = None, task: str = "causal
                   trust_remote_code: bool = False, allow_pickle: bool = False, sink: Any = None) -> ModelOverview:
     """Resolve, read the config and build the meta-device tree: the whole 'open a model' step, no weights read.
 
-    ``sink`` receives ``Progress`` events when opening means converting first (a built-in model's first use)."""
+    ``sink`` receives ``Progress`` events when opening means converting first (a GGUF file's first use)."""
     from .layers import build_tree
 
     source = resolve_source(spec, revision, allow_pickle=allow_pickle, sink=sink)

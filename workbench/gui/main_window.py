@@ -588,7 +588,7 @@ class MainWindow(QMainWindow):
         wherever the app was started from). The first time, opening the model converts it (about half a
         minute), with progress under the model picker.
         """
-        from workbench.core.builtin import demo_config
+        from workbench.core.demo import demo_config
         from workbench.core.errors import WorkbenchError
 
         try:

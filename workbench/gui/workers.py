@@ -479,7 +479,8 @@ class ExportWorker(Worker):
 
 def inspect_adapter_job(adapter: str, base: str | None):
     """Per-module norms and effective ranks of any PEFT adapter folder (with ``||W||`` when a base is given)."""
-    from workbench.core.adapters import inspect_adapter, load_adapter
+    from workbench.core.adapter_report import inspect_adapter
+    from workbench.core.adapters import load_adapter
 
     return inspect_adapter(load_adapter(adapter), base or None)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.core.adapters import BaseCheckpoint, LoraAdapter, check_adapter, load_adapter, open_base_model
+from workbench.core.adapters import LoraAdapter, check_adapter, load_adapter
+from workbench.core.base_model import BaseCheckpoint, open_base_model
 from workbench.core.errors import AdapterError, ModelSourceError
 
 from .arch import architecture_for, head_counts, rope_permute

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.core.adapters import BaseCheckpoint, LoraAdapter
+from workbench.core.adapters import LoraAdapter
+from workbench.core.base_model import BaseCheckpoint
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
 from workbench.core.events import Message, as_sink

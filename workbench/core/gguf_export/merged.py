@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from workbench.core.adapters import (TORCH_DTYPES, BaseCheckpoint, LoraAdapter, check_adapter, load_adapter,
-                                     open_base_model)
+from workbench.core.adapters import LoraAdapter, check_adapter, load_adapter
+from workbench.core.base_model import TORCH_DTYPES, BaseCheckpoint, open_base_model
 from workbench.core.errors import ModelSourceError
 from workbench.core.merge import merged_weight
 
@@ -72,8 +72,8 @@ def _elements(shape: tuple[int, ...]) -> int:
 
 def gguf_origin(folder: Path) -> Path | None:
     """The GGUF file a base folder was converted from (the built-in model, a GGUF opened as base), if it still
-    exists: ``core/builtin.py`` records it in the conversion's marker file."""
-    from workbench.core.builtin import MARKER_FILE
+    exists: ``core/gguf_import.py`` records it in the conversion's marker file."""
+    from workbench.core.gguf_import import MARKER_FILE
 
     try:
         source = json.loads((Path(folder) / MARKER_FILE).read_text(encoding="utf-8")).get("source")

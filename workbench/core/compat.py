@@ -1,0 +1,43 @@
+"""Every framework API Workbench reads that the framework does not document as public, behind one module.
+
+Each function here says what it reads and why no public API does the same, imports the framework inside the
+function (this module is imported on short command paths), and has a test in ``tests/core/test_compat_<area>.py``
+that fails when a framework release moves or changes what it reads, so an upgrade breaks there, in CI, and
+not in a user's hands. Sections are named after the area of Workbench that uses them.
+"""
+
+from __future__ import annotations
+
+# --- transformers (models) ---------------------------------------------------------------------------------
+
+
+def known_model_types() -> frozenset[str]:
+    """Every ``model_type`` (``config.json``'s "model_type") this transformers can build a config for.
+
+    Public: ``transformers.CONFIG_MAPPING``, the auto-config mapping keyed by model type (its keys are the
+    private ``CONFIG_MAPPING_NAMES`` plus any registered with ``AutoConfig.register``). Listed here all the
+    same because Workbench relies on it meaning "AutoConfig knows this type", which the test checks.
+    """
+    from transformers import CONFIG_MAPPING
+
+    return frozenset(CONFIG_MAPPING.keys())
+
+
+def gguf_architectures_transformers_reads() -> frozenset[str]:
+    """GGUF architectures (``general.architecture``, as transformers spells them) whose config and weights
+    transformers' GGUF loading turns into a PyTorch model, whatever the task.
+
+    No public API lists them. transformers 5 has two GGUF paths: the original one, driven by
+    ``transformers.integrations.ggml.GGUF_CONFIG_MAPPING`` (metadata key renames per architecture, beside two
+    entries that are no architecture, "general" and "tokenizer"; an architecture's entry is the one that
+    renames ``block_count``), and a newer one for the architectures in
+    ``transformers.integrations.gguf.GGUF_ARCHS``. A file of any other architecture is refused by transformers.
+    """
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    found = {arch for arch, renames in GGUF_CONFIG_MAPPING.items() if "block_count" in renames}
+    try:
+        from transformers.integrations.gguf import GGUF_ARCHS
+    except ImportError:  # a transformers with the original path only
+        GGUF_ARCHS = {}
+    return frozenset(found | set(GGUF_ARCHS))
