@@ -21,19 +21,11 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.core.config import ConfigError, DataConfig, field_help
+from workbench.core.data import DATA_SUFFIXES, FORMAT_ROLES
 
 from .plots import follow_palette
 
-# Column roles per format, as documented in core/data.py (required first, then optional).
-FORMAT_ROLES = {
-    "text": ["text"],
-    "prompt-completion": ["prompt", "completion"],
-    "alpaca": ["instruction", "input", "output"],
-    "chat": ["messages"],
-    "sharegpt": ["conversations"],
-}
-DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.parquet *.txt);;All files (*)"
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+DATA_FILTER = f"Datasets ({' '.join('*' + suffix for suffix in DATA_SUFFIXES)});;All files (*)"
 DEFAULT_COLUMN = "(same name)"
 
 
