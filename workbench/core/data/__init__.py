@@ -1,7 +1,7 @@
 """Training data: reading files, detecting the format, rendering, loss masks, truncation, packing, statistics.
 
 The training engine calls ``prepare`` and ``make_collator``; the window calls ``detect`` right after the user
-picks files and ``preview`` to show what the model will be trained on.
+picks files and ``preview`` to show what the model will be trained on (both through ``inspect_data``).
 
 The package, in the order data flows through it (each module's docstring says the rules of its stage):
 
@@ -15,9 +15,10 @@ The package, in the order data flows through it (each module's docstring says th
     pipeline    ``prepare`` and ``preview``
     collators   batches for the HF Trainer
     results     the dataclasses all of them return
+    inspection  what the window's Data tab shows, with the tokenizer it keeps loaded
 
-``from workbench.core.data import X`` imports only the module that defines ``X``: ``formats``, ``readers`` and
-``results`` need neither ``datasets`` nor torch, so the window can use them at start-up.
+``from workbench.core.data import X`` imports only the module that defines ``X``: ``formats``, ``readers``,
+``results`` and ``inspection`` need neither ``datasets`` nor torch, so the window can use them at start-up.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ _EXPORTS = {
     "preview": "pipeline",
     "make_collator": "collators",
     "supports_padding_free": "packing",
+    "inspect_data": "inspection",
 }
 __all__ = list(_EXPORTS)
 
@@ -70,6 +72,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the same names for type checkers and editors (tests/core/test_data_package.py compares them)
     from .collators import PackedCollator, PaddedCollator, make_collator  # noqa: F401
     from .formats import FORMAT_ROLES  # noqa: F401
+    from .inspection import inspect_data  # noqa: F401
     from .packing import PADDING_FREE_MODEL_TYPES, supports_padding_free  # noqa: F401
     from .pipeline import prepare, preview  # noqa: F401
     from .raw import detect, load_raw  # noqa: F401
