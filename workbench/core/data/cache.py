@@ -87,8 +87,3 @@ def _identity(path: Path) -> list[Any]:
 def _fingerprint(*parts: Any) -> str:
     text = json.dumps([_CODE_VERSION, *parts], default=str, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _dataset_fingerprint(ds: Dataset) -> str:
-    # datasets keeps a deterministic fingerprint per dataset version but exposes it only as this attribute.
-    return ds._fingerprint

@@ -11,8 +11,9 @@ from datasets import Dataset
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..compat import dataset_fingerprint
 from ..events import Message, as_sink
-from .cache import _PACKED, _TOKENIZED, _dataset_fingerprint, _fingerprint
+from .cache import _PACKED, _TOKENIZED, _fingerprint
 from .formats import _CHAT_FORMATS, _detect_file, _normalize
 from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports_padding_free
 from .raw import _bad_rows, _first_bad_error, _problems, _source_field, load_raw
@@ -108,7 +109,7 @@ def _prepare_split(
 ) -> tuple[Dataset, DataStats, list[BadRow]]:
     tokenized = rows.map(
         _tokenize_rows, batched=True, fn_kwargs={"encoder": encoder}, remove_columns=rows.column_names,
-        features=_TOKENIZED, new_fingerprint=_fingerprint("tokens", _dataset_fingerprint(rows), encoder.cache_key),
+        features=_TOKENIZED, new_fingerprint=_fingerprint("tokens", dataset_fingerprint(rows), encoder.cache_key),
         desc=f"Tokenizing {name} data",
     )
     columns = tokenized.select_columns(["length", "full_length", "loss_tokens"]).with_format("numpy")[:]
@@ -134,7 +135,7 @@ def _prepare_split(
         result = result.with_format("numpy").map(
             _pack_rows, batched=True, batch_size=_PACK_CHUNK, fn_kwargs={"capacity": cfg.max_length},
             remove_columns=result.column_names, features=_PACKED,
-            new_fingerprint=_fingerprint("packed", _dataset_fingerprint(result), cfg.max_length),
+            new_fingerprint=_fingerprint("packed", dataset_fingerprint(result), cfg.max_length),
             desc=f"Packing {name} data",
         ).with_format(None)
     skipped = raw.skipped_count[name] + int(bad.sum())

@@ -17,6 +17,7 @@ Rendering and loss masks
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,14 +233,18 @@ def _require_fast(tokenizer: Any) -> None:
                         "masks need.", "Use the model's fast tokenizer (tokenizer.json); most models ship one.")
 
 
+# The conversation a configured template is tried on before any row is: it fails to render only if the template
+# does not parse (or rejects every conversation).
+_PROBE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
 def _chat_template(cfg: DataConfig, tokenizer: Any) -> str | None:
     """The template to pass to apply_chat_template: the configured one, None for the tokenizer's own, or
     the ChatML fallback for a tokenizer without one."""
     if cfg.chat_template is None:
         return None if tokenizer.chat_template else FALLBACK_CHAT_TEMPLATE
-    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     try:
-        tokenizer.apply_chat_template(probe, tokenize=False, chat_template=cfg.chat_template)
+        tokenizer.apply_chat_template(_PROBE, tokenize=False, chat_template=cfg.chat_template)
     except jinja2.TemplateSyntaxError as exc:
         raise _template_syntax_error(exc) from None
     except (jinja2.TemplateError, ValueError, TypeError):
@@ -255,15 +260,23 @@ def _template_syntax_error(exc: jinja2.TemplateSyntaxError) -> DataError:
 
 
 def _check_template_syntax(template: str) -> None:
-    """Parse a configured chat template as transformers will (no tokenizer needed), so ``detect`` reports a
-    syntax error before a run starts."""
+    """Parse a configured chat template as transformers will, before the model's tokenizer is loaded, so
+    ``detect`` reports a syntax error before a run starts."""
     try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-    except ImportError:  # a private helper; without it the template is checked when the data is prepared
-        return
-    try:
-        _compile_jinja_template(template)
+        _stand_in_tokenizer().apply_chat_template(_PROBE, tokenize=False, chat_template=template)
     except jinja2.TemplateSyntaxError as exc:
         raise _template_syntax_error(exc) from None
-    except Exception:  # anything else is left to apply_chat_template, which reports it per row
+    except Exception:  # it parses; anything else is left to the real tokenizer, which reports it per row
         pass
+
+
+@functools.lru_cache(maxsize=1)
+def _stand_in_tokenizer() -> Any:
+    """A tokenizer of one word. Rendering text takes no vocabulary, so with it the public ``apply_chat_template``
+    compiles a template in transformers' own sandbox, with the tag (``{% generation %}``), extensions, filters
+    and globals transformers adds to chat templates; a plain jinja2 environment would reject some templates
+    transformers accepts, and the private compile function behind it may change."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
