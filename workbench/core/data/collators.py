@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .packing import supports_padding_free
+
 
 def make_collator(tokenizer: Any, packing: bool, model_type: str | None = None) -> "PaddedCollator | PackedCollator":
     """The collator for ``PreparedData`` rows: ``PackedCollator`` when the rows are packed, else
@@ -27,7 +29,15 @@ def make_collator(tokenizer: Any, packing: bool, model_type: str | None = None) 
 
 
 class PaddedCollator:
-    """Pads each batch on the right to its longest row: ``attention_mask`` 0 and labels -100 on padding."""
+    """Pads each batch on the right to its longest row: ``attention_mask`` 0 and labels -100 on padding.
+
+    transformers' ``DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)`` builds the same ``input_ids``,
+    ``labels`` and ``attention_mask`` for a tokenizer that has a pad token and pads on the right
+    (tests/core/test_data_collators.py compares them on prepared rows), but it is not used because it also
+    passes every other column of the rows (``length``) on to the model, pads on the left for a tokenizer set
+    up for generation (``padding_side = "left"``, which shifts the positions of a model with absolute position
+    embeddings, GPT-2 say, and so its loss), and refuses a tokenizer without a pad token.
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -42,14 +52,12 @@ class PaddedCollator:
 
 def _pad_right(features: list[dict[str, Any]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` padded with ``pad_token_id`` and ``labels`` with -100, to the longest row of the batch."""
-    width = max(len(f["input_ids"]) for f in features)
-    input_ids = torch.full((len(features), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(features), width), -100, dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        input_ids[i, :n] = torch.as_tensor(f["input_ids"])
-        labels[i, :n] = torch.as_tensor(f["labels"])
-    return input_ids, labels
+
+    def padded(column: str, value: int) -> torch.Tensor:
+        rows = [torch.as_tensor(f[column], dtype=torch.long) for f in features]
+        return pad_sequence(rows, batch_first=True, padding_value=value)
+
+    return padded("input_ids", pad_token_id), padded("labels", -100)
 
 
 class PackedCollator:
@@ -64,6 +72,12 @@ class PackedCollator:
     Rows are not flattened into one: with sdpa and eager attention the mask is dense, so per row it costs
     O(row²) instead of O((batch·row)²). (FlashAttention kernels detect packing only in a batch of one row; this
     collator is verified for sdpa and eager attention, the ones the workbench uses.)
+
+    transformers' ``DataCollatorWithFlattening`` is the padding-free collator for unpacked examples; it differs
+    in all three respects (tests/core/test_data_collators.py shows each): it takes one example per feature, so a
+    packed row's positions would run on across its examples; given the examples themselves it yields the same
+    tokens, labels and positions but as one row of the whole batch; and it leaves the KV cache on, so the
+    examples attend to each other unless the model's ``use_cache`` is off.
     """
 
     def __init__(self, pad_token_id: int):
