@@ -37,7 +37,8 @@ def _modules_loaded_by(code: str) -> set[str]:
 
 
 def test_the_modules_the_window_imports_at_start_up_pull_in_no_ml_stack():
-    loaded = _modules_loaded_by("from workbench.core.data import DATA_SUFFIXES, FORMAT_ROLES, formats, inspect_data, readers, results")
+    loaded = _modules_loaded_by(
+        "from workbench.core.data import DATA_SUFFIXES, FORMAT_ROLES, formats, inspect_data, readers, results")
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 
 

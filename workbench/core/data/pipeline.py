@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from ..compat import dataset_fingerprint
 from ..config import DataConfig
 from ..errors import DataError
-from ..compat import dataset_fingerprint
 from ..events import Message, as_sink
 from .cache import _PACKED, _TOKENIZED, _fingerprint
 from .formats import _CHAT_FORMATS, _detect_file, _normalize
@@ -19,8 +19,11 @@ from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports
 from .raw import _bad_rows, _first_bad_error, _problems, _source_field, load_raw
 from .readers import _iter_records, _open_source, _require_train_files
 from .rendering import _chat_template, _Encoder, _render, _require_fast, _segments, _tokenize_rows
-from .results import _MAX_REPORTED_BAD_ROWS, _SKIP_HINT, BadRow, DataStats, PreparedData, PreviewExample, RawData, _RowProblem
+from .results import (
+    _MAX_REPORTED_BAD_ROWS, _SKIP_HINT, BadRow, DataStats, PreparedData, PreviewExample, RawData, _RowProblem,
+)
 from .stats import _stats
+
 
 def prepare(
     cfg: DataConfig,

@@ -6,6 +6,7 @@ import numpy as np
 
 from .results import DataStats, LengthHistogram
 
+
 def _stats(columns: dict[str, np.ndarray], keep: np.ndarray, rows: int, skipped: int, without_loss: int,
            max_length: int) -> DataStats:
     full = columns["full_length"][keep]
