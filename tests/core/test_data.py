@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from workbench.core import data
+from workbench.core.data import formats, packing, rendering
 from workbench.core.config import DataConfig
 from workbench.core.errors import DataError
 from workbench.core.events import ListSink, Message
@@ -423,7 +424,7 @@ def test_padded_collator_pads_each_batch_to_its_longest_row():
 
 
 def test_best_fit_decreasing_fills_rows():
-    rows = data._best_fit_decreasing([5, 3, 7, 2, 4, 1, 8], capacity=10)
+    rows = packing._best_fit_decreasing([5, 3, 7, 2, 4, 1, 8], capacity=10)
     assert sorted(i for row in rows for i in row) == list(range(7))
     sizes = [sum([5, 3, 7, 2, 4, 1, 8][i] for i in row) for row in rows]
     assert all(s <= 10 for s in sizes) and len(rows) == 3  # 30 tokens need at least 3 rows of 10
@@ -434,7 +435,7 @@ def test_best_fit_decreasing_fills_rows():
 
 def test_second_prepare_is_served_from_the_cache(tmp_path, tok, monkeypatch):
     calls = {"read": 0, "render": 0}
-    normalize, render = data._normalize, data._render
+    normalize, render = formats._normalize, rendering._render
 
     def counting(name, fn):
         def wrapper(*args, **kw):
@@ -442,8 +443,8 @@ def test_second_prepare_is_served_from_the_cache(tmp_path, tok, monkeypatch):
             return fn(*args, **kw)
         return wrapper
 
-    monkeypatch.setattr(data, "_normalize", counting("read", normalize))
-    monkeypatch.setattr(data, "_render", counting("render", render))
+    monkeypatch.setattr(formats, "_normalize", counting("read", normalize))
+    monkeypatch.setattr(rendering, "_render", counting("render", render))
     file = write_jsonl(tmp_path / "d.jsonl", pc_rows(6))
     cfg = config(file, validation_split=0.5)
     first = data.prepare(cfg, tok, cache_dir=tmp_path / "cache")

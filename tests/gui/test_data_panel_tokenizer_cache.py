@@ -8,6 +8,7 @@ import pytest
 
 from workbench.core import models
 from workbench.core.config import DataConfig
+from workbench.core.data import inspection
 from workbench.gui.widgets import data_panel
 
 
@@ -22,9 +23,9 @@ def loads(monkeypatch):
         return real(source, trust_remote_code=trust_remote_code)
 
     monkeypatch.setattr(models, "load_tokenizer", counting)
-    data_panel._preview_tokenizer.cache_clear()
+    inspection._preview_tokenizer.cache_clear()
     yield seen
-    data_panel._preview_tokenizer.cache_clear()
+    inspection._preview_tokenizer.cache_clear()
 
 
 def test_the_preview_loads_a_tokenizer_once_per_model(loads, facts_file, tiny_model_dir, tmp_path):

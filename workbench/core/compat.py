@@ -8,6 +8,11 @@ not in a user's hands. Sections are named after the area of Workbench that uses 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 # --- transformers (models) ---------------------------------------------------------------------------------
 
 
@@ -41,3 +46,17 @@ def gguf_architectures_transformers_reads() -> frozenset[str]:
     except ImportError:  # a transformers with the original path only
         GGUF_ARCHS = {}
     return frozenset(found | set(GGUF_ARCHS))
+
+
+# --- datasets (data) ---------------------------------------------------------------------------------------
+
+
+def dataset_fingerprint(ds: Dataset) -> str:
+    """The fingerprint ``datasets`` names a dataset's state by: the same for the same data and transforms
+    (including a dataset read back from its cache files), different after any transform. The data
+    preparation keys each cached stage on the fingerprint of the stage before it.
+
+    No public API: ``datasets`` keeps it in ``Dataset._fingerprint`` (its own transforms read it there to
+    derive the next one) and documents only the ``new_fingerprint=`` arguments that set it.
+    """
+    return ds._fingerprint

@@ -153,7 +153,8 @@ def warm_up_imports() -> None:
         import transformers  # noqa: F401
         from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401  (lazy modules)
 
-        import workbench.core.data  # noqa: F401
+        import workbench.core.data.collators  # noqa: F401  (the package itself imports its modules lazily)
+        import workbench.core.data.pipeline  # noqa: F401
         import workbench.core.models  # noqa: F401
         import workbench.core.runs  # noqa: F401
         import workbench.core.training  # noqa: F401

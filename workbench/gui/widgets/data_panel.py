@@ -2,13 +2,13 @@
 trained-on text highlighted, and the token-length histogram with the max-length cut.
 
 The panel only displays: reading, detecting, rendering and counting are ``core.data`` calls made by a
-worker the main window starts (``inspect_data``). Every change to the data settings asks for a fresh
-inspection through ``inspectRequested``; the window debounces it.
+worker the main window starts (``core.data.inspection.inspect_data``, which also keeps the model's tokenizer
+loaded between inspections). Every change to the data settings asks for a fresh inspection through
+``inspectRequested``; the window debounces it.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 
@@ -20,70 +20,14 @@ from PySide6.QtWidgets import (
     QSplitter, QTextBrowser, QVBoxLayout, QWidget,
 )
 
-from workbench.core.config import ConfigError, DataConfig, field_help
+from workbench.core.config import ConfigError, field_help
+from workbench.core.data import DATA_SUFFIXES, FORMAT_ROLES
+from workbench.core.data.inspection import inspect_data  # noqa: F401  (the window runs it in a worker)
 
 from .plots import follow_palette
 
-# Column roles per format, as documented in core/data.py (required first, then optional).
-FORMAT_ROLES = {
-    "text": ["text"],
-    "prompt-completion": ["prompt", "completion"],
-    "alpaca": ["instruction", "input", "output"],
-    "chat": ["messages"],
-    "sharegpt": ["conversations"],
-}
-DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.parquet *.txt);;All files (*)"
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+DATA_FILTER = f"Datasets ({' '.join('*' + suffix for suffix in DATA_SUFFIXES)});;All files (*)"
 DEFAULT_COLUMN = "(same name)"
-
-
-def inspect_data(data: DataConfig, model_source, trust_remote_code: bool, seed: int) -> dict:
-    """Worker job: detect, and with a model's tokenizer also preview and length statistics."""
-    from workbench.core import data as core_data
-
-    result: dict = {"info": core_data.detect(data), "previews": None, "stats": None}
-    if model_source is not None:
-        tokenizer = _preview_tokenizer(model_source, trust_remote_code, _tokenizer_files_stamp(model_source))
-        result["previews"] = core_data.preview(data, tokenizer, n=5)
-        result["stats"] = core_data.prepare(data, tokenizer, seed=seed).stats
-    return result
-
-
-# Every change of format, columns or max length inspects again; loading a tokenizer takes up to seconds, so
-# the last few stay loaded. Only the preview uses these: core.data reads a tokenizer and never changes it,
-# and the window runs one inspection at a time, so sharing one between inspections is safe.
-@functools.lru_cache(maxsize=2)
-def _preview_tokenizer(model_source, trust_remote_code: bool, files_stamp: tuple):
-    """The model's tokenizer, loaded once per source (ModelSource holds folder, revision and GGUF file),
-    trust setting and state of its files; ``files_stamp`` only takes part in the cache key."""
-    from workbench.core.models import load_tokenizer
-
-    return load_tokenizer(model_source, trust_remote_code=trust_remote_code)
-
-
-def _tokenizer_files_stamp(model_source) -> tuple:
-    """Name, size and modification time of every file in the model folder a tokenizer may read (all but the
-    weights: tokenizer.json, vocab.txt, spiece.model, added_tokens.json, chat templates, a remote-code
-    tokenizer's .py files...), so that editing one in place (a fixed chat template, say) is seen by the next
-    inspection, as it was before the cache. A GGUF file carries its own tokenizer and counts too."""
-    from workbench.core.adapters import is_weight_file
-
-    folder = Path(model_source.path)
-    stamp = []
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError:  # gone, or not readable: load_tokenizer will report it
-        return ()
-    for path in entries:
-        if is_weight_file(path.name) and path.name != model_source.gguf_file:
-            continue
-        try:
-            info = path.stat()
-        except OSError:  # gone between listing and stat
-            continue
-        if path.is_file():
-            stamp.append((path.name, info.st_size, info.st_mtime_ns))
-    return tuple(stamp)
 
 
 class ThemedPlotWidget(pg.PlotWidget):
