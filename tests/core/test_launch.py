@@ -16,9 +16,10 @@ from workbench.core.config import RunConfig
 
 STUB_SRUN = """#!/usr/bin/env bash
 # Records the command it was given (one JSON list per line), then behaves like a job step: it ends with
-# $SRUN_EXIT, or with 3 (a stopped run) when it receives SIGTERM.
+# $SRUN_EXIT or, when it receives SIGTERM, as torchrun does when its workers stopped a run: the run folder's
+# status.json says "stopped" (or $STUB_STATE) and the exit code is 0.
 python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$SRUN_LOG"
-trap 'kill "$sleeper" 2>/dev/null; exit 3' TERM
+trap 'kill "$sleeper" 2>/dev/null; mkdir -p "$RUN_DIR"; echo "{\"state\": \"${STUB_STATE:-stopped}\"}" > "$RUN_DIR/status.json"; exit 0' TERM
 if [ -n "${SRUN_SLEEP:-}" ]; then sleep "$SRUN_SLEEP" & sleeper=$!; wait "$sleeper"; fi
 exit "${SRUN_EXIT:-0}"
 """
@@ -27,7 +28,7 @@ if [ "$1" = show ]; then echo gpu-node-1; echo gpu-node-2; else echo "$@" >> "$S
 """
 
 
-def run_slurm_script(script, tmp_path, *, exit_code=0, usr1=False):
+def run_slurm_script(script, tmp_path, *, exit_code=0, usr1=False, run_dir=None, state="stopped"):
     """Run ``script`` as sbatch would on the first node, with recording stand-ins for srun and scontrol; returns
     (exit code, the srun command lines, scontrol's requeue calls)."""
     bin_dir = tmp_path / "bin"
@@ -39,7 +40,9 @@ def run_slurm_script(script, tmp_path, *, exit_code=0, usr1=False):
     for log in logs.values():
         log.write_text("")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-[1-2]",
-           "SLURM_JOB_ID": "4242", "SRUN_EXIT": str(exit_code), **{k: str(v) for k, v in logs.items()}}
+           "SLURM_JOB_ID": "4242", "SRUN_EXIT": str(exit_code), "RUN_DIR": str(run_dir or tmp_path / "no-run"),
+           "STUB_STATE": state,
+           **{k: str(v) for k, v in logs.items()}}
     if usr1:
         env["SRUN_SLEEP"] = "60"
     proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,18 +94,23 @@ def test_slurm_script_resumes_a_requeued_run_and_requeues_itself_on_the_time_lim
     run_dir = tmp_path / "runs" / "big-run"
 
     # USR1 while the run is not recording yet (no run folder): `workbench control` refuses, so srun's tasks get
-    # SIGTERM instead; the stopped run (exit 3) is requeued, and the job ends with the run's exit code.
-    code, commands, requeued, output = run_slurm_script(out, tmp_path, usr1=True)
+    # SIGTERM instead; torchrun ends with 0, the run folder says the run stopped, so the job is requeued and ends
+    # with the stopped run's exit code.
+    code, commands, requeued, output = run_slurm_script(out, tmp_path, usr1=True, run_dir=run_dir)
     assert torchrun_args(commands[0]).training_script_args[0] == "train"
     assert code == 3 and requeued == ["requeue 4242"], output
     assert "requeueing job 4242" in output
 
     # The requeued job finds the run folder and resumes the run instead of starting it again.
-    run_dir.mkdir(parents=True)
     cfg.save(run_dir / "run.toml")
-    code, commands, requeued, _ = run_slurm_script(out, tmp_path)
+    code, commands, requeued, _ = run_slurm_script(out, tmp_path, run_dir=run_dir)
     assert code == 0 and requeued == []
     assert torchrun_args(commands[0]).training_script_args == ["resume", str(run_dir), "--quiet"]
+
+    # USR1 near the time limit of a run that then finishes (srun ends with 0, the run folder says finished):
+    # nothing to requeue.
+    code, _, requeued, output = run_slurm_script(out, tmp_path, usr1=True, run_dir=run_dir, state="finished")
+    assert code == 0 and requeued == [], output
 
     # A run that fails is not requeued, and the job reports the failure.
     code, _, requeued, _ = run_slurm_script(out, tmp_path, exit_code=2)

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print a JSON array with one object per run, for scripts")
     p.add_argument("--all", action="store_true", help=f"list every run (default: the {RECENT} most recent)")
+    p.add_argument("--status", metavar="RUN_DIR",
+                   help="print one word, the status of the run in RUN_DIR (new, running, finished, stopped, failed, "
+                        "crashed), for scripts")
     p.set_defaults(func=run)
 
 
@@ -35,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from workbench.core.config import OutputConfig
     from workbench.core.runs import list_runs
 
+    if args.status:
+        from workbench.core.runs import run_status
+
+        print(run_status(args.status).value)
+        return 0
     root = Path(args.root or OutputConfig().runs_root)
     runs = list_runs(root)
     shown = runs if args.all else runs[:RECENT]

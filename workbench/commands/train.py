@@ -108,7 +108,12 @@ def drive(start, quiet: bool) -> int:
             print(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}", flush=True)
         except (OSError, ValueError):  # stdout went away: the run's outcome is in its folder and the exit code
             say(f"{result.status}: step {result.final_step}, adapter in {result.adapter_dir}")
-    return EXIT_OK if result.status == "finished" else EXIT_STOPPED
+    if result.status == "finished":
+        return EXIT_OK
+    # torchrun counts any exit code but 0 as a crashed worker: it prints a ChildFailedError traceback, exits 1
+    # and, with --max-restarts, starts the run again. Under it a stopped run exits 0; its folder says
+    # "stopped" (`workbench runs --status RUN_DIR`, which the Slurm script reads to requeue the job).
+    return EXIT_OK if "TORCHELASTIC_RUN_ID" in os.environ else EXIT_STOPPED
 
 
 class ConsoleSink:

@@ -131,9 +131,13 @@ def render_script(plan: LaunchPlan) -> str:
             "# A trapped signal interrupts `wait`: wait again until srun has ended, then take its exit status.",
             'while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done',
             'wait "$child" && status=0 || status=$?',
-            f'if [ "$requeue" = 1 ] && [ "$status" = {EXIT_STOPPED} ]; then',
+            "# torchrun ends with 0 when its workers stopped cleanly: the run folder tells a stopped run from a",
+            "# finished one.",
+            f'if [ "$requeue" = 1 ] && {{ [ "$status" = 0 ] || [ "$status" = {EXIT_STOPPED} ]; }} && '
+            f'[ "$({q(plan.python)} -m workbench runs --status {q(str(plan.run_dir))} 2>/dev/null)" = stopped ]; then',
             '  echo "stopped before the time limit; requeueing job $SLURM_JOB_ID to resume the run"',
             '  scontrol requeue "$SLURM_JOB_ID"',
+            f"  status={EXIT_STOPPED}",
             "fi",
             'exit "$status"',
         ]
@@ -148,8 +152,8 @@ def render_script(plan: LaunchPlan) -> str:
         "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}",
         *_train_or_resume(plan),
         "# exec: SIGTERM to this script reaches torchrun, which forwards it to the training processes; the run",
-        f"# stops after its current step, saves a checkpoint and the adapter, and exits {EXIT_STOPPED} (run this script",
-        "# again to resume).",
+        "# stops after its current step and saves a checkpoint and the adapter (`workbench runs --status` then says",
+        "# stopped; run this script again to resume).",
         "exec " + _join(torchrun_command(plan, "$MASTER_ADDR", node_rank="$NODE_RANK", workbench_args=run_args)),
     ]
     return "\n".join(header + [""] + body) + "\n"
