@@ -19,7 +19,7 @@ STUB_SRUN = """#!/usr/bin/env bash
 # $SRUN_EXIT or, when it receives SIGTERM, as torchrun does when its workers stopped a run: the run folder's
 # status.json says "stopped" (or $STUB_STATE) and the exit code is 0.
 python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$SRUN_LOG"
-trap 'kill "$sleeper" 2>/dev/null; mkdir -p "$RUN_DIR"; echo "{\"state\": \"${STUB_STATE:-stopped}\"}" > "$RUN_DIR/status.json"; exit 0' TERM
+trap 'kill "$sleeper" 2>/dev/null; mkdir -p "$RUN_DIR"; echo "{\\"state\\": \\"${STUB_STATE:-stopped}\\"}" > "$RUN_DIR/status.json"; exit 0' TERM
 if [ -n "${SRUN_SLEEP:-}" ]; then sleep "$SRUN_SLEEP" & sleeper=$!; wait "$sleeper"; fi
 exit "${SRUN_EXIT:-0}"
 """
