@@ -549,6 +549,40 @@ def _(ctx):
     return ctx.train_data(ctx.jsonl("broken.jsonl", [{"prompt": "a", "completion": " b"}, '{"prompt": "unterminated']))
 
 
+@case("data-fifo", "data", r"train\.jsonl is a FIFO \(named pipe\), not a regular file",
+      r"Give an ordinary data file in data\.train_files", subprocess=True)
+def _(ctx):
+    # open() would wait for a writer forever: refused before it is opened.
+    import os
+
+    os.mkfifo(ctx.path("train.jsonl"))
+    return ctx.train_data(ctx.path("train.jsonl"))
+
+
+@case("data-symlink-loop", "data", r"loop\.jsonl cannot be read: Too many levels of symbolic links", r"data\.train_files")
+def _(ctx):
+    ctx.path("loop.jsonl").symlink_to(ctx.path("loop.jsonl"))
+    return ctx.train_data(ctx.path("loop.jsonl"))
+
+
+@case("data-jsonl-nested-too-deeply", "data", r"deep\.jsonl: line 2: the JSON is nested too deeply", r"Fix the row")
+def _(ctx):
+    deep = "[" * 50_000 + "]" * 50_000
+    return ctx.train_data(ctx.write("deep.jsonl", '{"prompt": "a", "completion": " b"}\n{"prompt": ' + deep + '}\n'))
+
+
+@case("data-json-array-nested-too-deeply", "data", r"deep\.json: the JSON is nested too deeply", r"Flatten the data")
+def _(ctx):
+    return ctx.train_data(ctx.write("deep.json", "[" * 50_000 + "]" * 50_000))
+
+
+@case("data-mixed-formats-in-one-file", "data",
+      r"mixed\.jsonl: line 3 holds a chat row, but line 1 holds a prompt-completion row", r"one file per format")
+def _(ctx):
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    return ctx.train_data(ctx.jsonl("mixed.jsonl", [{"prompt": "a", "completion": " b"}] * 2 + [chat]))
+
+
 @case("data-jsonl-not-an-object", "data", r"list\.jsonl: line 1: expected a JSON object, found a list", r"Fix the row")
 def _(ctx):
     return ctx.train_data(ctx.jsonl("list.jsonl", [["a question", "an answer"]]))

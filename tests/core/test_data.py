@@ -638,3 +638,58 @@ def test_preview_marks_the_trained_text(tmp_path, tok):
     assert example.truncated and example.tokens == len(tok(rendered)["input_ids"])
     assert [text for text, trained in example.segments if trained] == ["Paris.<|im_end|>\n"]
     assert "".join(text for text, _ in example.segments) == tok.decode(tok(rendered)["input_ids"][:cut])
+
+
+# --------------------------------------------------------------------------- the input-path policy and its hints
+
+
+def test_a_fifo_as_training_data_is_refused_at_once(tmp_path):
+    """open() on a FIFO blocks until a writer comes: the reader must refuse it before opening (the test
+    would hang, and the timeout fail it, otherwise)."""
+    import os
+
+    fifo = tmp_path / "train.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"train\.jsonl is a FIFO \(named pipe\), not a regular file"):
+        data.detect(config(fifo))
+
+
+def test_a_symbolic_link_loop_as_training_data_is_named(tmp_path):
+    loop = tmp_path / "train.jsonl"
+    loop.symlink_to(tmp_path / "train.jsonl")
+    with pytest.raises(DataError, match=r"train\.jsonl cannot be read: Too many levels of symbolic links"):
+        data.detect(config(loop))
+
+
+def test_deeply_nested_json_rows_are_bad_rows_not_a_recursion_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(pc_rows(1)[0]) + "\n" + '{"prompt": ' + deep + ', "completion": "x"}\n')
+    with pytest.raises(DataError, match=r"line 2: the JSON is nested too deeply"):
+        data.detect(config(path))
+    array = tmp_path / "train.json"
+    array.write_text(deep)
+    with pytest.raises(DataError, match=r"train\.json: the JSON is nested too deeply"):
+        data.detect(config(array))
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|", ","])
+def test_csv_files_with_other_delimiters_train_the_right_columns(tmp_path, delimiter, tok):
+    rows = pc_rows(4)
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerow(["prompt", "completion"])
+        writer.writerows([[r["prompt"], r["completion"] + ", with a comma; and a semicolon"] for r in rows])
+    info = data.detect(config(path))
+    assert info.format == "prompt-completion" and info.columns == ["prompt", "completion"]
+    assert info.samples[0] == {"prompt": rows[0]["prompt"], "completion": rows[0]["completion"] + ", with a comma; and a semicolon"}
+
+
+def test_a_file_mixing_formats_is_named_at_the_first_row_that_differs(tmp_path):
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [chat] * 6 + pc_rows(1) + [chat])
+    with pytest.raises(DataError, match=r"mixed\.jsonl: line 7 holds a prompt-completion row, but line 1 holds a "
+                                        r"chat row") as err:
+        data.detect(config(path))
+    assert "one format" in err.value.hint

@@ -87,6 +87,8 @@ def _detect_file(src: _Source, cfg: DataConfig, *, check_rows: bool = False) -> 
     if not records:
         raise DataError(f"{src.path}: the file has no rows." if not seen_any else f"{src.path}: no row can be read.",
                         "Add examples to it (a CSV file needs rows below its header line)." if not seen_any else _SKIP_HINT)
+    if src.kind in ("json", "jsonl") and cfg.format == "auto" and not cfg.columns:
+        _refuse_mixed_formats(src, records)
     fmt, mapping = _resolve_format(src, list(columns), cfg)
     # The rows read are checked as training will check them, so a bad row among the first ones is reported now
     # (before a run starts) rather than after the model has loaded.
@@ -98,6 +100,20 @@ def _detect_file(src: _Source, cfg: DataConfig, *, check_rows: bool = False) -> 
                 raise DataError(str(BadRow(str(src.path), record.row, src.unit, problem.field, problem.reason)),
                                 _SKIP_HINT) from None
     return _Detected(fmt, mapping, list(columns), [r.data for r in records[:5]])
+
+
+def _refuse_mixed_formats(src: _Source, records: list[_Record]) -> None:
+    """JSON rows each carry their own keys: a file whose rows are of different formats (chat rows, then
+    prompt/completion rows) is named at the first row that differs from the first one — not at line 1, which
+    is valid, as the union of all columns would have it."""
+    first = _guess_format(list(records[0].data), {})
+    for record in records[1:]:
+        fmt = _guess_format(list(record.data), {})
+        if first and fmt and CANONICAL_COLUMNS[fmt] != CANONICAL_COLUMNS[first]:
+            raise DataError(f"{src.path}: {src.unit} {record.row} holds a {fmt} row, but {src.unit} "
+                            f"{records[0].row} holds a {first} row: a file must hold rows of one format.",
+                            "Split the file into one file per format (each can be a training file of its own run), "
+                            "or convert the rows to one format.")
 
 
 def _resolve_format(src: _Source, columns: list[str], cfg: DataConfig) -> tuple[str, dict[str, str]]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..paths import require_regular_file
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -57,6 +58,8 @@ def _require_train_files(cfg: DataConfig) -> list[str]:
 
 def _open_source(name: str, setting: str) -> _Source:
     path = Path(name).expanduser()
+    # A FIFO, socket or device would block forever in open() or read garbage; a symbolic-link loop never resolves.
+    require_regular_file(path, "data file", DataError, f"Give an ordinary data file in data.{setting}.")
     if not path.exists():
         raise DataError(f"{path}: file not found.", f"Check the path in data.{setting}.")
     if path.is_dir():
@@ -138,6 +141,9 @@ def _read_json_lines(path: Path) -> Iterator[_Record]:
         except json.JSONDecodeError as exc:
             yield _Record(number, None, None, f"not valid JSON: {exc.msg} (column {exc.colno})")
             continue
+        except RecursionError:
+            yield _Record(number, None, None, _TOO_DEEP)
+            continue
         yield _object_record(number, obj)
 
 
@@ -148,9 +154,17 @@ def _read_json_array(path: Path) -> Iterator[_Record]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno}).",
                         "A .json file must hold one array of objects, or one object per line (JSON Lines).") from None
+    except RecursionError:
+        raise DataError(f"{path}: {_TOO_DEEP}.", "Flatten the data: a row is an object of text fields or a list "
+                        "of messages.") from None
     del text
     for number, obj in enumerate(items, start=1):
         yield _object_record(number, obj)
+
+
+# Python's JSON parser recurses once per nesting level and gives up near a thousand; no row of training data is
+# nested that deeply.
+_TOO_DEEP = "the JSON is nested too deeply to read (hundreds of levels of arrays or objects)"
 
 
 def _object_record(number: int, obj: Any) -> _Record:
@@ -162,7 +176,7 @@ def _object_record(number: int, obj: Any) -> _Record:
 def _read_csv(path: Path) -> Iterator[_Record]:
     # The csv module refuses values over 128 KiB by default; a whole document in one cell is ordinary data.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(line for _, line in _lines(path))
+    reader = csv.reader((line for _, line in _lines(path)), delimiter=_csv_delimiter(path))
     try:
         header = next(reader, None)
         if header is None:
@@ -183,6 +197,21 @@ def _read_csv(path: Path) -> Iterator[_Record]:
         raise DataError(f"{path}: line {reader.line_num}: not valid CSV: {exc}.",
                         "Check the quoting there: a value with commas, quotes or line breaks goes in double quotes, "
                         'with quotes inside it doubled ("").') from None
+
+
+CSV_DELIMITERS = ",;\t|"  # comma first: what a header with several candidates most likely uses
+
+
+def _csv_delimiter(path: Path) -> str:
+    """The delimiter of a CSV file, told from its header line: spreadsheets in many locales save ';'-separated
+    "CSV", and tab-separated files are often named .csv. A header with none of them is one column (comma)."""
+    for _, line in _lines(path):
+        header = line.rstrip("\r\n")
+        try:
+            return csv.Sniffer().sniff(header, delimiters=CSV_DELIMITERS).delimiter
+        except csv.Error:  # one column, or no candidate appears in the header
+            return ","
+    return ","
 
 
 def _read_text(path: Path) -> Iterator[_Record]:
