@@ -364,14 +364,14 @@ def _(ctx):
 
 
 @case("model-config-wrong-type", "model",
-      r"config\.json has an invalid value: .*hidden_size.* expected int, got str", r"fix the value|download the model again")
+      r'config\.json has "hidden_size": "sixty-four", which is a string; it must be a whole number',
+      r"fix the value|download the model again")
 def _(ctx):
     return inspect(ctx.edit_config(ctx.model("wrong-type"), hidden_size="sixty-four"))
 
 
 @case("model-config-wrong-type-merge-base", "model",
-      r"cannot build the structure of the model in \S*wrong-type: .*hidden_size.* expected int, got str",
-      r"check its config\.json against the original")
+      r'wrong-type/config\.json: config\.json has "hidden_size": "sixty-four", which is a string', r"fix the value")
 def _(ctx):
     return merge(ctx, ctx.edit_config(ctx.model("wrong-type"), hidden_size="sixty-four"), ctx.adapter())
 
@@ -393,6 +393,69 @@ def _(ctx):
 def _(ctx):
     # Not refused, this would build a hundred million blocks on the meta device: the window would hang.
     return inspect(ctx.edit_config(ctx.model("many-layers"), num_hidden_layers=100_000_000))
+
+
+@case("model-config-field-of-the-wrong-type", "model",
+      r'config\.json has "model_type": \["llama"\], which is a list; it must be a string', r"fix the value")
+def _(ctx):
+    return inspect(ctx.edit_config(ctx.model("list-type"), model_type=["llama"]))
+
+
+@case("model-config-number-as-text-train", "model",
+      r'config\.json has "hidden_size": "64", which is a string; it must be a whole number', r"fix the value")
+def _(ctx):
+    return ctx.train_model(ctx.edit_config(ctx.model("text-size"), hidden_size="64"))
+
+
+@case("model-config-nested-too-deeply", "model", r"config\.json is nested too deeply", r"copy or download it again")
+def _(ctx):
+    folder = ctx.model("deep-config")
+    (folder / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    return inspect(folder)
+
+
+@case("model-config-is-a-fifo", "model", r"config\.json is a FIFO \(named pipe\), not a regular file",
+      r"ordinary file", subprocess=True)
+def _(ctx):
+    import os
+
+    folder = ctx.model("fifo-config")
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    return inspect(folder)
+
+
+@case("model-path-is-a-fifo", "model", r"model path \S*model\.gguf is a FIFO \(named pipe\)",
+      r"choose a model folder or a \.gguf file")
+def _(ctx):
+    import os
+
+    os.mkfifo(ctx.path("model.gguf"))
+    return ctx.train_model(ctx.path("model.gguf"))
+
+
+@case("model-shard-index-escapes-the-folder", "model",
+      r"model\.safetensors\.index\.json: the shard '\.\./elsewhere/x\.safetensors' points outside",
+      r"a model folder's files must lie inside it")
+def _(ctx):
+    folder = ctx.sharded_model("escaping")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "../elsewhere/x.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (ctx.user / "elsewhere").mkdir()
+    (ctx.user / "elsewhere" / "x.safetensors").write_bytes(b"not to be read")
+    return ctx.train_model(folder)
+
+
+@case("model-shard-index-absolute-path-train", "model", r"the shard '/\S*' points outside", r"lie inside it")
+def _(ctx):
+    folder = ctx.sharded_model("absolute")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = str(folder / "model-00001-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return ctx.train_model(folder)
 
 
 @case("model-unknown-architecture", "model", r"unknown model_type 'wizardlm9000' in \S*config\.json",

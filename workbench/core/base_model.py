@@ -21,7 +21,7 @@ from typing import BinaryIO, Literal
 
 import torch
 
-from workbench.core.checkpoint import TensorInfo, read_json_object, read_safetensors_header, weight_files
+from workbench.core.checkpoint import CONFIG_JSON_FIELDS, TensorInfo, read_json_object, read_safetensors_header, weight_files
 from workbench.core.errors import ModelSourceError, first_line
 
 __all__ = [
@@ -79,7 +79,7 @@ class BaseCheckpoint:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.config = read_json_object(self.path / "config.json")
+        self.config = read_json_object(self.path / "config.json", fields=CONFIG_JSON_FIELDS)
         self.shard_files, self.indexed = weight_files(self.path)
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self.shard_files:

@@ -26,9 +26,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import ModelSourceError, WorkbenchError, first_line
+from .paths import require_inside, require_regular_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,6 +42,7 @@ __all__ = [
     "CONFIG_HINT",
     "natural_key",
     "read_json_object",
+    "CONFIG_JSON_FIELDS",
     "weight_files",
     "TensorInfo",
     "SafetensorsProblem",
@@ -66,14 +68,40 @@ def natural_key(name: str) -> list[Any]:
 # ------------------------------------------------------------------------------------------------ JSON
 
 
-def read_json_object(path: Path, error: type[WorkbenchError] = ModelSourceError) -> dict[str, Any]:
+# The config.json fields Workbench reads itself, before transformers does, and the JSON types they must have
+# (null is allowed: transformers treats it as unset). A list where a name should be raised TypeError deep in a
+# set lookup; now the message names the field.
+CONFIG_JSON_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model_type": str,
+    "architectures": list,
+    "auto_map": dict,
+    "torch_dtype": str,
+    "dtype": str,
+    "hidden_size": int,
+    "intermediate_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "num_key_value_heads": int,
+    "vocab_size": int,
+    "tie_word_embeddings": bool,
+    "rope_scaling": dict,
+    "quantization_config": dict,
+}
+_JSON_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "a whole number", bool: "true or false",
+                    float: "a number"}
+
+
+def read_json_object(path: Path, error: type[WorkbenchError] = ModelSourceError, *,
+                     fields: Mapping[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
     """The JSON object in ``path``; ``error`` (with the file named, and what is wrong with it) if there is none.
 
     Every message starts ``cannot read <path>:`` and then names the file again with its problem
     (``config.json is not valid JSON (line 3: Expecting ',' delimiter)``), so it reads the same for a model's
-    configuration, an adapter's and a shard index.
+    configuration, an adapter's and a shard index. ``fields`` maps top-level keys to the JSON type each must
+    have when present and not null (``CONFIG_JSON_FIELDS`` for a model's config.json).
     """
     path = Path(path)
+    require_regular_file(path, path.name, error)
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
@@ -82,9 +110,32 @@ def read_json_object(path: Path, error: type[WorkbenchError] = ModelSourceError)
         raise error(f"cannot read {path}: {path.name} is not UTF-8 text", _JSON_HINT) from None
     except json.JSONDecodeError as exc:
         raise error(f"cannot read {path}: {path.name} is not valid JSON (line {exc.lineno}: {exc.msg})", _JSON_HINT) from None
+    except RecursionError:
+        raise error(f"cannot read {path}: {path.name} is nested too deeply to be a configuration file", _JSON_HINT) from None
     if not isinstance(data, dict):
         raise error(f"cannot read {path}: {path.name} does not hold a JSON object", _JSON_HINT)
+    for key, expected in (fields or {}).items():
+        value = data.get(key)
+        if value is None:
+            continue
+        types = expected if isinstance(expected, tuple) else (expected,)
+        wrong_bool = isinstance(value, bool) and bool not in types  # JSON true is no count of layers
+        if wrong_bool or not isinstance(value, types):
+            want = " or ".join(_JSON_TYPE_NAMES.get(t, t.__name__) for t in types)
+            raise error(f"cannot read {path}: {path.name} has \"{key}\": {_short_json(value)}, which is "
+                        f"{_json_type_name(value)}; it must be {want}", CONFIG_HINT)
     return data
+
+
+def _json_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    return next((name for t, name in _JSON_TYPE_NAMES.items() if type(value) is t), type(value).__name__)
+
+
+def _short_json(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---------------------------------------------------------------------------------------- weight files
@@ -103,7 +154,13 @@ def weight_files(folder: Path) -> tuple[list[Path], bool]:
         weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelSourceError(f"{index} lists no weights (no weight_map)", "the file is damaged; download the model again")
-        names = sorted(set(map(str, weight_map.values())), key=natural_key)
+        if not all(isinstance(name, str) for name in weight_map.values()):
+            raise ModelSourceError(f"{index} is damaged: its weight_map must map tensor names to file names",
+                                   "download the model again")
+        names = sorted(set(weight_map.values()), key=natural_key)
+        for name in names:  # '../elsewhere/x.safetensors', an absolute path, a symbolic link out: never read
+            require_inside(folder, name, f"{INDEX_FILE}: the shard", ModelSourceError)
+            require_regular_file(folder / name, "shard", ModelSourceError)
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise ModelSourceError(
@@ -112,6 +169,7 @@ def weight_files(folder: Path) -> tuple[list[Path], bool]:
                 "download the missing shards (or the whole model) again",
             )
         return [folder / n for n in names], True
+    require_regular_file(folder / SAFETENSORS_FILE, SAFETENSORS_FILE, ModelSourceError)
     if (folder / SAFETENSORS_FILE).is_file():
         return [folder / SAFETENSORS_FILE], False
     pickles = sorted(f.name for f in folder.glob("*.bin"))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .builtin import BUILTIN_PREFIX, ensure_builtin, is_builtin_source
 from .checkpoint import (
     CONFIG_HINT,
+    CONFIG_JSON_FIELDS,
     INDEX_FILE,
     auto_class,
     build_skeleton,
@@ -33,6 +34,7 @@ from .checkpoint import (
 )
 from .compat import known_model_types
 from .errors import ConsentRequired, ModelSourceError, first_line
+from .paths import require_regular_file
 from .gguf_import import convert_gguf
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +109,8 @@ def resolve_source(
     if is_builtin_source(spec):  # a model shipped in a Python package (core/builtin.py)
         return resolve_builtin(spec, sink=sink)
     path = Path(spec).expanduser()
+    # A FIFO or device would block the reader; a symbolic-link loop never resolves.
+    require_regular_file(path, "model path", ModelSourceError, "choose a model folder or a .gguf file")
     if path.exists():
         return _resolve_local(spec, path, allow_pickle, sink)
     first_part = Path(spec.split("/")[0]).expanduser()
@@ -145,6 +149,7 @@ def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: Any = None) 
             f"{path} is a file, not a model folder or a .gguf file",
             "choose the folder that holds config.json, or a .gguf file",
         )
+    require_regular_file(path / "config.json", "config.json", ModelSourceError)
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         detail = f" (it holds {len(ggufs)} .gguf files: choose one of them)" if ggufs else ""
@@ -312,7 +317,7 @@ def load_config(source: ModelSource, *, trust_remote_code: bool = False, num_lab
     """Read the model configuration. Unknown architectures and remote code give a clear error."""
     from transformers import AutoConfig
 
-    raw = read_json_object(source.path / "config.json")
+    raw = read_json_object(source.path / "config.json", fields=CONFIG_JSON_FIELDS)
     known = known_model_types()
     if "auto_map" in raw and not trust_remote_code and raw.get("model_type") not in known:
         code = remote_code_files(source.path, raw)
