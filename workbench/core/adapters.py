@@ -171,7 +171,21 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     except (SafetensorError, OSError) as exc:
         raise AdapterError(f"cannot read {weights}: {exc}",
                            "the file is damaged or incomplete: copy or export the adapter again") from None
+    _refuse_non_finite(weights, tensors)
     return _parse_adapter(folder, config, tensors)
+
+
+def _refuse_non_finite(weights: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """NaN or infinite weights would be merged, exported and served as they are (a merged model that answers
+    NaN), and break the report's SVD: every reader of an adapter refuses them here, naming the tensors."""
+    import torch
+
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        names = ", ".join(sorted(bad, key=natural_key)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise AdapterError(f"{weights} holds NaN or infinite values in {len(bad)} tensor(s): {names}",
+                           "the training that made it diverged: train again from an earlier checkpoint, with a lower "
+                           "learning rate (or max_grad_norm set)")
 
 
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "eva", "loftq", "orthogonal", "lora_ga")

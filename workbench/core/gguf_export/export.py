@@ -23,6 +23,7 @@ from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
 from workbench.core.events import Message, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported, format_size, free_bytes, mount_point
+from workbench.core.paths import check_new_output
 
 from .adapter import AdapterPlan, check_against_gguf, plan_adapter
 from .merged import MergedPlan, gguf_origin, plan_merged
@@ -93,11 +94,14 @@ class AdapterExport:
 
 
 def _new_output(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists():
-        raise OutputError(f"output folder {out} already exists; nothing was written",
-                          "choose a new folder, or remove the old one first")
-    return out
+    return check_new_output(out)
+
+
+def _outside_inputs(out: Path, checkpoint: BaseCheckpoint, adapter: LoraAdapter | None,
+                    gguf_base: Path | None = None) -> None:
+    """Never inside the base model's folder, the adapter's, or the folder of the GGUF base."""
+    check_new_output(out, inputs={"the base model": checkpoint.path, "the adapter": adapter.path if adapter else None,
+                                  "the GGUF base's folder": gguf_base.parent if gguf_base else None})
 
 
 def _check_room(out: Path, needed: int) -> None:
@@ -122,6 +126,7 @@ def prepare_merged_export(base: str | Path | BaseCheckpoint, adapter: str | Path
     """Check a merged export and plan every tensor; raises a ``WorkbenchError`` for anything that would fail."""
     out = _new_output(out)
     plan = plan_merged(base, adapter, type_name, name=name)
+    _outside_inputs(out, plan.checkpoint, plan.adapter)
     template = None
     if ollama:
         template = ollama_template(plan.checkpoint.path, add_bos=plan.vocab.add_bos, chat_template=plan.vocab.chat_template)
@@ -136,6 +141,7 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
     out = _new_output(out)
     plan = plan_adapter(adapter, base, type_name, name=name)
     gguf_base = Path(base_gguf) if base_gguf is not None else gguf_origin(plan.checkpoint.path)
+    _outside_inputs(out, plan.checkpoint, plan.adapter, gguf_base if base_gguf is not None else None)
     messages = []
     if gguf_base is not None:
         if not gguf_base.is_file():
