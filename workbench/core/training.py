@@ -714,7 +714,8 @@ def _make_trainer_class():
         def _publish(self, written: Path, final: Path, staging: Path) -> None:
             if not written.is_dir():
                 if final.is_dir():  # a transformers version that no longer asks _get_output_dir: saved in place
-                    warnings.warn(f"{final} was written in place, not atomically (transformers changed its saving)")
+                    warnings.warn(f"{final} was written in place, not atomically (transformers changed its saving)",
+                                  stacklevel=2)
                     return
                 raise RuntimeError(f"the Trainer wrote no checkpoint into {staging}")
             # Overwrite: a checkpoint of the same step can only be one a resume has passed over (damaged).
