@@ -29,7 +29,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from workbench.core.config import RunConfig
-from workbench.core.events import RunStarted
+from workbench.core.events import RunStarted, SinkLike
 
 POLL_INTERVAL_MS = 10  # how often the GUI thread collects a running job's reports: fast enough to stream tokens
 
@@ -319,7 +319,7 @@ def describe_device(config: RunConfig) -> tuple[str, int | None, str]:
     return f"CPU, {available / 2**30:.1f} GiB RAM available", int(available), "cpu"
 
 
-def open_model(config: RunConfig, sink: Any = None) -> dict[str, Any]:
+def open_model(config: RunConfig, sink: SinkLike = None) -> dict[str, Any]:
     """The 'open a model' job: overview (config + meta skeleton + tree) and the training device."""
     from workbench.core.models import open_overview
 
