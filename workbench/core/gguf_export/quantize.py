@@ -21,6 +21,7 @@ from pathlib import Path
 from workbench.core.control import RunControl
 from workbench.core.errors import WorkbenchError
 from workbench.core.events import Progress, Sink
+from workbench.core.selfcmd import module_command
 
 __all__ = ["quantize_with_llama_cpp"]
 
@@ -35,7 +36,7 @@ def quantize_with_llama_cpp(source: Path, target: Path, file_type: int, *, sink:
 
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
-    cmd = [sys.executable, "-m", "workbench.core.gguf_export.quantize", str(source), str(target), str(file_type)]
+    cmd = module_command("workbench.core.gguf_export.quantize", str(source), str(target), str(file_type))
     tail: deque[bytes] = deque(maxlen=12)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     try:
