@@ -18,7 +18,7 @@ in any way is noticed (its thread is no longer alive), and receivers are ordinar
 Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
 ``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
 reaches a widget. A closing window cancels every job, waits about a second for their threads, and then
-``abandon()``\s the rest: a Python thread cannot be killed, so it runs on to its next check (or, as a
+``abandon()`` the rest: a Python thread cannot be killed, so it runs on to its next check (or, as a
 daemon thread, until the process exits) while the window goes.
 """
 
@@ -28,7 +28,6 @@ import gc
 import queue
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
