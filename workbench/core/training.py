@@ -290,7 +290,18 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         label_names=["labels"],
         ddp_backend="gloo" if dist.world_size > 1 and device == "cpu" else None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
+        **_best_metric_arguments(config, has_eval),
     )
+
+
+def _best_metric_arguments(config: RunConfig, has_eval: bool) -> dict[str, Any]:
+    """With [eval] in use, the Trainer tracks the best checkpoint by eval.best_metric (and its checkpoint rotation
+    keeps that one); the task metrics reach it as eval_<name> (EventCallback.on_evaluate adds them)."""
+    e = config.eval
+    if not has_eval or not (e.scorers or e.early_stopping_patience or e.best_metric != "eval_loss"):
+        return {}
+    metric = e.best_metric if e.best_metric.startswith("eval_") else f"eval_{e.best_metric}"
+    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in ("eval_loss", "perplexity")}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -369,6 +380,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
                               trainable=peft_model.get_nb_trainable_parameters()[0], total=tree.total_params,
                               train_examples=len(data.train), validation_examples=len(data.validation or []),
                               resumed_from=resume_point.step if resume_point else 0, resolved=resolved)
+    if config.eval.scorers and dist.is_main and args.eval_strategy != "no":
+        callback.eval_refs = _task_references(config, tokenizer, sink)
     trainer = _make_trainer_class()(
         model=peft_model,
         args=args,
@@ -395,6 +408,10 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
 
     if callback.failure is not None:  # diverged: the weights in memory are NaN, so no adapter is saved
         raise callback.failure
+    if args.metric_for_best_model and trainer.state.best_model_checkpoint and dist.is_main:
+        best = Path(trainer.state.best_model_checkpoint)
+        sink.emit(Message(f"best checkpoint by {config.eval.best_metric}: {best.name} "
+                          f"({config.eval.best_metric} {trainer.state.best_metric:.4g}), kept in {best.parent}"))
     step = trainer.state.global_step
     stopped = callback.stopped and step < trainer.state.max_steps
     adapter_dir = run_dir / "adapter"
@@ -752,6 +769,17 @@ def _make_trainer_class():
     return AtomicCheckpointTrainer
 
 
+def _task_references(config: RunConfig, tokenizer: Any, sink: Sink) -> list:
+    from .evaluation import eval_references
+    from .scorers import GENERATIVE_SCORERS
+
+    refs = eval_references(config.data, tokenizer, seed=config.training.seed, limit=config.eval.max_examples)
+    if not refs and any(name in GENERATIVE_SCORERS for name in config.eval.scorers):
+        sink.emit(Message("eval.scorers: the validation rows have no prompt to answer (plain text), so only "
+                          "perplexity can be computed", level="warning"))
+    return refs
+
+
 def _make_callback_class():
     """Defined inside a function so that importing this module does not import transformers."""
     from transformers import TrainerCallback
@@ -777,6 +805,10 @@ def _make_callback_class():
             self._last_log_time = self.started
             self._last_tokens = 0
             self._first_step_of_session: int | None = None
+            self.eval_refs: list = []  # (prompt, answer) pairs for the task metrics (core/evaluation.py)
+            self._eval_seconds = 0.0  # spent evaluating: left out of tokens/s and the ETA
+            self._best_task_value: float | None = None
+            self._evals_without_gain = 0
 
         # -- lifecycle ---------------------------------------------------------------------------------
         def on_train_begin(self, args, state, control, model=None, **kw):
@@ -808,7 +840,8 @@ def _make_callback_class():
                     self._first_step_of_session = state.global_step - 1
                 done = state.global_step - self._first_step_of_session
                 elapsed = now - self.started
-                eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+                training_time = elapsed - self._eval_seconds
+                eta = training_time / done * (state.max_steps - state.global_step) if done > 0 else None
                 self.last_loss = loss
                 self.sink.emit(Step(
                     step=state.global_step, total_steps=int(state.max_steps), epoch=float(state.epoch or 0.0),
@@ -828,7 +861,46 @@ def _make_callback_class():
                 if math.isfinite(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
                     self.best_eval_loss = loss
                 extra = {k: float(v) for k, v in metrics.items() if k != "eval_loss" and isinstance(v, (int, float))}
+                spent = float(metrics.get("eval_runtime") or 0.0)
+                if self.config.eval.scorers and self.dist.is_main:
+                    from .evaluation import score_task
+
+                    scores = score_task(kw.get("model"), self.tokenizer, self.eval_refs, self.config.eval, loss)
+                    extra.update(scores.metrics)
+                    # The Trainer picks the best checkpoint from this same dict (eval.best_metric).
+                    metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
+                    spent += scores.seconds
+                self._eval_seconds += spent
+                self._last_log_time += spent  # the next step's tokens/s counts training time only
                 self.sink.emit(Evaluation(step=state.global_step, eval_loss=loss, metrics=extra))
+                self._early_stopping(state, control, loss, extra)
+
+        def _early_stopping(self, state, control, loss: float, extra: dict[str, float]) -> None:
+            patience = self.config.eval.early_stopping_patience
+            if not patience or state.global_step == 0:  # the evaluation before the first step is the baseline
+                if state.global_step == 0:
+                    self._best_task_value = self._metric_value(loss, extra)
+                return
+            value = self._metric_value(loss, extra)
+            if value is None:
+                return
+            if self._best_task_value is None or value > self._best_task_value:
+                self._best_task_value, self._evals_without_gain = value, 0
+                return
+            self._evals_without_gain += 1
+            if self._evals_without_gain >= patience:
+                name = self.config.eval.best_metric
+                self.sink.emit(Message(f"early stopping at step {state.global_step}: {name} has not improved for "
+                                       f"{patience} evaluation(s)"))
+                control.should_training_stop = True
+
+        def _metric_value(self, loss: float, extra: dict[str, float]) -> float | None:
+            """eval.best_metric, signed so that higher is better."""
+            name = self.config.eval.best_metric
+            value = loss if name == "eval_loss" else extra.get(name)
+            if value is None or not math.isfinite(value):
+                return None
+            return -value if name in ("eval_loss", "perplexity") else value
 
         def on_save(self, args, state, control, **kw):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
