@@ -20,6 +20,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import WorkbenchError
+from .paths import not_regular_problem
 
 __all__ = [
     "ConfigError",
@@ -245,6 +246,9 @@ class RunConfig(_Section):
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
+        problem = not_regular_problem(path)  # a FIFO would block read_text forever
+        if problem:
+            raise ConfigError([f"the run file {problem}"], str(path), "choose the .toml run file itself") from None
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
