@@ -225,6 +225,17 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    # -- warnings ------------------------------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will not do what they say: each a sentence naming the fields. The engine
+        sends them as warning events when a run starts (a setting silently ignored looks like a bug)."""
+        out = []
+        d = self.data
+        if self.training.eval_steps is not None and not d.validation_files and d.validation_split == 0:
+            out.append(f"training.eval_steps = {self.training.eval_steps} is set, but there is no validation data, "
+                       "so nothing is evaluated: add data.validation_files or set data.validation_split (e.g. 0.1).")
+        return out
+
     # -- construction --------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":

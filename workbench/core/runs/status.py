@@ -314,13 +314,15 @@ def list_runs(root: PathLike, *, stale_after: float = STALE_AFTER_S) -> list[Run
         raise OutputError(f"cannot read {root}: {exc.strerror or exc}", "give the folder that holds the run folders") from None
     summaries = []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir():  # is_dir() is False for a link loop
+        if entry.name.startswith("."):
             continue
         try:
+            if not entry.is_dir():
+                continue
             summaries.append(summarize_run(entry.path, stale_after=stale_after))
         except FileNotFoundError:  # no run.toml: not a run, or deleted while we looked
             continue
-        except OSError:  # a run.toml that is a symbolic-link loop or unreadable: not a run this listing can show
+        except OSError:  # a symbolic-link loop (the entry or its run.toml), unreadable: not a run to show
             continue
     summaries.sort(key=lambda s: (s.started_at or s.created_at, s.name), reverse=True)
     return summaries
