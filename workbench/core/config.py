@@ -20,6 +20,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import WorkbenchError
+from .paths import not_regular_problem
 
 __all__ = [
     "ConfigError",
@@ -264,6 +265,17 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    # -- warnings ------------------------------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will not do what they say: each a sentence naming the fields. The engine
+        sends them as warning events when a run starts (a setting silently ignored looks like a bug)."""
+        out = []
+        d = self.data
+        if self.training.eval_steps is not None and not d.validation_files and d.validation_split == 0:
+            out.append(f"training.eval_steps = {self.training.eval_steps} is set, but there is no validation data, "
+                       "so nothing is evaluated: add data.validation_files or set data.validation_split (e.g. 0.1).")
+        return out
+
     # -- construction --------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "RunConfig":
@@ -285,6 +297,9 @@ class RunConfig(_Section):
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
+        problem = not_regular_problem(path)  # a FIFO would block read_text forever
+        if problem:
+            raise ConfigError([f"the run file {problem}"], str(path), "choose the .toml run file itself") from None
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

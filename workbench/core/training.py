@@ -233,7 +233,7 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     model.config.use_cache = False
     tree = build_tree(model)
     selection = resolve_selection(tree, config.lora, mc.task)
-    for warning in selection.warnings:
+    for warning in [*config.warnings(), *selection.warnings]:
         sink.emit(Message(warning, level="warning"))
     if config.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
