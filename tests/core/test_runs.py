@@ -15,12 +15,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+import torch
 from safetensors.numpy import save_file
 
 from workbench import cli
@@ -130,16 +130,15 @@ def rewrite_status(folder: RunFolder, written_at: float | None = None, **changes
 
 
 def make_checkpoint(folder: RunFolder, step_: int, name: str | None = None) -> Path:
-    """A checkpoint folder with the files the HF Trainer writes for a PEFT model (torch.save files are
-    zip archives; tiny ones made with zipfile stand in for the optimizer and scheduler states)."""
+    """A checkpoint folder with the files the HF Trainer writes for a PEFT model (tiny torch.save files stand in
+    for the optimizer, scheduler and RNG states: resume loads them with the safe loader before it goes on)."""
     path = folder.checkpoints_dir / (name or f"checkpoint-{step_}")
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
     save_file({"base_model.model.q.lora_A.weight": np.ones((8, 16), dtype=np.float32)},
               str(path / "adapter_model.safetensors"))
     for state in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        with zipfile.ZipFile(path / state, "w") as zf:
-            zf.writestr("archive/data.pkl", b"x" * 64)
+        torch.save({"state": {0: torch.zeros(64)}, "name": state}, path / state)
     (path / "trainer_state.json").write_text(json.dumps({"global_step": step_, "log_history": []}))
     return path
 
@@ -762,7 +761,7 @@ def test_resume_reads_its_checkpoint_in_full_and_passes_over_a_damaged_one(tmp_p
     make_checkpoint(folder, 5)
     damaged = make_checkpoint(folder, 10) / "optimizer.pt"
     data = bytearray(damaged.read_bytes())
-    data[data.index(b"xxxx") + 2] ^= 0xFF
+    data[data.index(b"\x00" * 64) + 2] ^= 0xFF  # inside the stored tensor's bytes
     damaged.write_bytes(bytes(data))
     record_then_crash(folder, [started(), step(5), step(10)])
 
