@@ -197,8 +197,9 @@ _MISSING = object()
 
 
 def _field(config: dict, section: str, name: str) -> Any:
+    """A field of a ``RunConfig.to_dict()``, which leaves unset (None) fields out; _MISSING without the section."""
     part = config.get(section)
-    return part.get(name, _MISSING) if isinstance(part, dict) else _MISSING
+    return part.get(name) if isinstance(part, dict) else _MISSING
 
 
 def _normal(value: Any) -> Any:
