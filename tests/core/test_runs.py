@@ -932,3 +932,40 @@ def test_atomic_directory_never_replaces_a_folder_that_appeared_meanwhile(tmp_pa
             (final / "a").write_text("theirs")
     assert (final / "a").read_text() == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_paused_run_is_listed_as_paused_and_running_again_once_resumed(tmp_path, capsys, runs_cli):
+    from workbench.core.events import Paused, Resumed
+
+    folder = create_run(make_config(tmp_path, name="pausing"))
+    with RunRecorder(folder) as recorder:
+        recorder.emit(started())
+        recorder.emit(step(3))
+        recorder.emit(Paused(step=3))
+        summary = summarize_run(folder)
+        assert (summary.status, summary.shown_status, summary.to_dict()["status"]) == (RunStatus.RUNNING, "paused", "paused")
+        assert run_status(folder) is RunStatus.RUNNING, "alive: resume and delete still refuse it"
+        assert cli.main(["runs", "--root", str(tmp_path)]) == 0
+        assert re.search(r"pausing\s+paused\s+3/10", capsys.readouterr().out)
+        recorder.emit(Resumed(step=3))
+        assert summarize_run(folder).shown_status == "running"
+        recorder.emit(Paused(step=3))
+        recorder.emit(Finished(status="stopped", adapter_path="adapter", step=3))
+    assert summarize_run(folder).shown_status == "stopped"
+
+
+@pytest.mark.parametrize("outcome, status", [(None, RunStatus.CRASHED),
+                                             (Finished(status="finished", adapter_path="adapter", step=4), RunStatus.FINISHED),
+                                             (Failed(reason="the disk is full", step=4), RunStatus.FAILED)])
+def test_a_torn_status_file_is_judged_from_metrics_not_shown_as_new(tmp_path, outcome, status):
+    folder = create_run(make_config(tmp_path, name="torn"))
+    record_then_crash(folder, [started(), step(1), step(2), step(3), step(4)] + ([outcome] if outcome else []))
+    cut_short(folder.status_file)
+    old = time.time() - 3600  # long since written: a live engine would have rewritten status.json meanwhile
+    os.utime(folder.metrics_file, (old, old))
+    summary = summarize_run(folder)
+    assert summary.status is status and summary.step == 4 and summary.started_at is not None
+    if status is RunStatus.CRASHED:
+        assert "status.json" in summary.status_detail and "metrics.jsonl" in summary.status_detail
+        with pytest.raises(TrainingError, match="no complete checkpoint"):  # resumable (crashed), but no checkpoint
+            prepare_resume(folder)
