@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from workbench.core.adapters import LoraAdapter, is_weight_file, load_adapter
-from workbench.core.errors import AdapterError, OutputError
+from workbench.core.adapters import LoraAdapter, input_folders, is_weight_file, load_adapter
+from workbench.core.paths import check_new_output
+from workbench.core.errors import AdapterError
 from workbench.core.fsutil import atomic_directory, disk_full_reported
 from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
@@ -73,10 +74,7 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
     the next export to the same place removes). A full disk raises ``OutputError`` (which folder, that
     nothing was written, the free space) after removing what was written.
     """
-    out = Path(out)
-    if out.exists():
-        raise OutputError(f"output folder {out} already exists; nothing was written",
-                          "choose a new folder, or remove the old one first")
+    out = check_new_output(out, inputs=input_folders(adapter=source))  # before any work: never replace, never inside
     adapter = load_adapter(source)
     portable_form = make_portable(adapter) if portable else None
     # A full disk is the user's to fix; atomic_directory has removed what was written.

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.core.adapters import LoraAdapter
+from workbench.core.adapters import LoraAdapter, input_folders
 from workbench.core.base_model import BaseCheckpoint
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, WorkbenchError
 from workbench.core.events import Message, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported, format_size, free_bytes, mount_point
+from workbench.core.paths import check_new_output
 
 from .adapter import AdapterPlan, check_against_gguf, plan_adapter
 from .merged import MergedPlan, gguf_origin, plan_merged
@@ -92,12 +93,10 @@ class AdapterExport:
         return _run_adapter(self, as_sink(sink), control or RunControl())
 
 
-def _new_output(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists():
-        raise OutputError(f"output folder {out} already exists; nothing was written",
-                          "choose a new folder, or remove the old one first")
-    return out
+def _new_output(out: str | Path, plan: Any) -> Path:
+    """``out`` may be created: nothing under its name, and not inside the base model's folder or the adapter's
+    (or its run's) folder (``paths.check_new_output``)."""
+    return check_new_output(out, inputs=input_folders(adapter=plan.adapter, base=plan.checkpoint))
 
 
 def _check_room(out: Path, needed: int) -> None:
@@ -120,8 +119,9 @@ def _ollama_name(out: Path) -> str:
 def prepare_merged_export(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAdapter | None, out: str | Path,
                           *, type_name: str = "q8_0", ollama: bool = False, name: str | None = None) -> MergedExport:
     """Check a merged export and plan every tensor; raises a ``WorkbenchError`` for anything that would fail."""
-    out = _new_output(out)
+    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))  # before planning: cheap refusals first
     plan = plan_merged(base, adapter, type_name, name=name)
+    out = _new_output(out, plan)
     template = None
     if ollama:
         template = ollama_template(plan.checkpoint.path, add_bos=plan.vocab.add_bos, chat_template=plan.vocab.chat_template)
@@ -133,8 +133,9 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
                            name: str | None = None) -> AdapterExport:
     """Check a GGUF adapter export. ``base_gguf`` is the GGUF model the adapter will be used with (default: the
     GGUF file the base was converted from, if any); it is checked to hold every adapted tensor."""
-    out = _new_output(out)
+    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))
     plan = plan_adapter(adapter, base, type_name, name=name)
+    out = _new_output(out, plan)
     gguf_base = Path(base_gguf) if base_gguf is not None else gguf_origin(plan.checkpoint.path)
     messages = []
     if gguf_base is not None:
