@@ -20,6 +20,7 @@ its weights; a step that runs out of memory fails with the retry settings, or re
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import time
@@ -122,7 +123,8 @@ def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | Non
     def prepare() -> _ResumeInfo:  # raises for running / finished runs and runs without a complete checkpoint
         point = prepare_resume(run_dir)
         held.append(point)
-        return _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe())
+        return _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe(),
+                           point.at_target)
 
     try:
         info = dist.on_main(prepare)
@@ -139,6 +141,7 @@ class _ResumeInfo:
     checkpoint: Path
     step: int
     description: str
+    at_target: bool = False  # the checkpoint holds the last step: finish from it, train nothing (see resume)
 
 
 def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
@@ -152,6 +155,8 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunContro
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
+            if resume_point is not None and resume_point.at_target:
+                return _finish_from_checkpoint(run_dir, sink, resume_point, dist)
             return _train_attempts(run_dir, config, sink, control, resume_point, dist)
         except WorkbenchError as exc:
             sink.emit(Failed(reason=exc.message, hint=exc.hint))
@@ -357,14 +362,15 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
 
     device = choose_device(config.training.device)
     precision = choose_precision(config.training.precision, device)
-    _stop_if_requested(control, "starting")
+    at = resume_point.step if resume_point else 0
+    _stop_if_requested(control, "starting", at)
     set_seed(config.training.seed)
     peft_model, tokenizer, tree, selection = _setup_model(config, device, precision, sink)
-    _stop_if_requested(control, "loading the model")
+    _stop_if_requested(control, "loading the model", at)
     # rank 0 tokenises into the datasets cache, the others then read it
     data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
                                            model_type=tree.model_type))
-    _stop_if_requested(control, "preparing the data")
+    _stop_if_requested(control, "preparing the data", at)
     if len(data.train) == 0:
         raise TrainingError("the training data has no usable rows", "check data.train_files and the column mapping")
 
@@ -439,10 +445,53 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     return TrainResult(run_dir, adapter_dir, status, step, summary)
 
 
-def _stop_if_requested(control: RunControl, phase: str) -> None:
-    """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later."""
-    if control.stop_requested:
-        raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
+def _stop_if_requested(control: RunControl, phase: str, resumed_at: int = 0) -> None:
+    """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later.
+    A resumed run has trained steps before: it is still at its checkpoint, and says so."""
+    if not control.stop_requested:
+        return
+    if resumed_at:
+        raise TrainingError(f"stopped while {phase}, before the resumed run trained its next step",
+                            f"no step was trained in this session; the run is still at step {resumed_at} "
+                            "(its checkpoint is unchanged), and `workbench resume` continues it from there")
+    raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
+
+
+def _finish_from_checkpoint(run_dir: Path, sink: Any, point: "_ResumeInfo", dist: Distributed) -> TrainResult:
+    """Finish a run whose checkpoint holds its last step (it was killed while its final adapter was written):
+    the final adapter is the checkpoint's adapter, copied into ``adapter/`` aside and renamed into place, and
+    the run is marked finished. No model is loaded and no step is trained: training on from the last step
+    would go past the run's target (the Trainer trains one more step when resumed at ``max_steps``)."""
+    from .runs import RunFolder
+    from .runs.status import StatusRecord
+
+    adapter_dir = RunFolder(run_dir).adapter_dir
+    dist.on_main(lambda: _copy_checkpoint_adapter(point.checkpoint, adapter_dir), share_result=False)
+    record = StatusRecord.read(RunFolder(run_dir)) or StatusRecord()
+    try:
+        state = json.loads((point.checkpoint / "trainer_state.json").read_bytes())
+    except (OSError, ValueError):
+        state = {}
+    summary = {"steps": point.step, "train_loss": record.last_loss, "best_eval_loss": record.best_eval_loss,
+               "tokens_seen": int(state.get("num_input_tokens_seen") or 0), "train_seconds": 0.0,
+               "trainable_params": None}
+    sink.emit(Finished(status="finished", adapter_path=str(adapter_dir), step=point.step, summary=summary))
+    return TrainResult(run_dir, adapter_dir, "finished", point.step, summary)
+
+
+# What save_pretrained writes for an adapter: the checkpoint also holds optimizer, scheduler, RNG and tokenizer files.
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
+    import shutil
+
+    from .fsutil import atomic_directory
+
+    with atomic_directory(final, overwrite=True) as tmp:
+        for name in _ADAPTER_FILES:
+            if (checkpoint / name).is_file():
+                shutil.copyfile(checkpoint / name, tmp / name)
 
 
 def _save_adapter(peft_model: Any, run_dir: Path) -> Path:
