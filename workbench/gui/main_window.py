@@ -64,6 +64,9 @@ class MainWindow(QMainWindow):
         self.error_box: QMessageBox | None = None
         self.consent_box: QMessageBox | None = None  # "trust this model's pickle files / code?", while open
         self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
+        self.training_close_box: QMessageBox | None = None  # "stop the run, keep it running, cancel?" on quitting
+        self._training_close_choice = ""  # "stop" or "continue" once answered
+        self.continued_process = None  # the `workbench resume` process a run was handed to on quitting
         self.discard_prompt: QMessageBox | None = None  # "discard unsaved edits?" before New run / Demo / Open
         self._unsaved_name: str | None = None  # the title of a run not saved to a file yet (the demo's)
         self._demo_opening = False  # the next model_opened is the demo's: say what to do next
@@ -528,6 +531,7 @@ class MainWindow(QMainWindow):
 
     def _training_done(self, result) -> None:
         self.training.append_log(f"Run folder: {result.run_dir}")
+        self._continue_elsewhere(result)
         self.training_done.emit(result)
 
     def _training_failed(self, message: str, details: str) -> None:
@@ -785,6 +789,57 @@ class MainWindow(QMainWindow):
         self.save_prompt = box
         box.open()
 
+    def _ask_about_training_before_closing(self) -> None:
+        if self.training_close_box is not None:
+            self.training_close_box.raise_()
+            return
+        box = QMessageBox(QMessageBox.Icon.Question, "A run is training",
+                          "A run is training in the window.\n\nStop it (a checkpoint and the adapter are saved), or "
+                          "keep it running: it is stopped at its next step and continued at once from that checkpoint "
+                          "by a separate process, which goes on without the window (the Runs tab shows it, and can "
+                          "watch and stop it again).", parent=self)
+        stop = box.addButton("Stop the run", QMessageBox.ButtonRole.AcceptRole)
+        keep = box.addButton("Keep it running", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(stop)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.stop_button, box.keep_button = stop, keep  # for tests and scripts
+
+        def answered(button) -> None:
+            self.training_close_box = None
+            if button not in (stop, keep):
+                return
+            self._training_close_choice = "stop" if button is stop else "continue"
+            if not self.training.running:  # it ended while the question was open
+                self.close()
+                return
+            self.training.request_stop()
+            self.training_ended.connect(self.close)
+            self.statusBar().showMessage("Stopping the run before closing…" if button is stop else
+                                         "Handing the run to a separate process before closing…")
+
+        box.buttonClicked.connect(answered)
+        self.training_close_box = box
+        box.open()
+
+    def _continue_elsewhere(self, result) -> None:
+        """The run stopped for "keep it running": resume it in a process that outlives the window."""
+        if self._training_close_choice != "continue" or getattr(result, "status", "") != "stopped":
+            return
+        from .external_run import continue_detached
+
+        try:
+            self.continued_process = continue_detached(Path(result.run_dir))
+        except OSError as exc:
+            self.show_error("Cannot keep the run running", f"The process that continues {result.run_dir} could not "
+                            f"start: {exc}. The run is stopped with a checkpoint; resume it from the Runs tab or with "
+                            f"`workbench resume {result.run_dir}`.")
+            self._training_close_choice = ""
+            try:  # stay open, with the message on screen
+                self.training_ended.disconnect(self.close)
+            except (RuntimeError, TypeError):
+                pass
+
     def closeEvent(self, event) -> None:
         if self.store.dirty and self.ask_before_discarding and not self._discard_confirmed:
             self._ask_to_save_before_closing()
@@ -799,10 +854,10 @@ class MainWindow(QMainWindow):
         if self.export_dialog is not None:
             self.export_dialog.cancel()
         if self.training.running:
-            # Never block or kill the worker: ask the engine to stop (it saves the adapter) and close after.
-            self.training.request_stop()
-            self.training_ended.connect(self.close)
-            self.statusBar().showMessage("Stopping the run before closing…")
+            # Never block or kill the worker: ask whether to stop it or keep it running; either way the engine
+            # stops (it saves a checkpoint and the adapter) and the window closes after.
+            if not self._training_close_choice:
+                self._ask_about_training_before_closing()
             event.ignore()
             return
         if self._jobs:
