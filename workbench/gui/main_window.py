@@ -64,6 +64,12 @@ class MainWindow(QMainWindow):
         self.error_box: QMessageBox | None = None
         self.consent_box: QMessageBox | None = None  # "trust this model's pickle files / code?", while open
         self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
+        self.training_close_box: QMessageBox | None = None  # "stop the run, keep it running, cancel?" on quitting
+        self._training_close_choice = ""  # "stop" or "continue" once answered
+        self.continued_process = None  # the `workbench resume` process a run was handed to on quitting
+        self.discard_prompt: QMessageBox | None = None  # "discard unsaved edits?" before New run / Demo / Open
+        self._unsaved_name: str | None = None  # the title of a run not saved to a file yet (the demo's)
+        self._demo_opening = False  # the next model_opened is the demo's: say what to do next
         self.ask_before_discarding = True  # unsaved settings: ask before closing
         self._discard_confirmed = False
         self._jobs = 0  # running workers, so closing can wait for them without blocking
@@ -107,7 +113,7 @@ class MainWindow(QMainWindow):
         self._data_timer.timeout.connect(self.inspect_data)
 
         self.picker.openRequested.connect(self.open_model)
-        self.picker.demoRequested.connect(self.open_demo)
+        self.picker.demoRequested.connect(self.request_demo)
         self.layers.selectionEdited.connect(self._selection_to_config)
         self.store.changed.connect(self._config_changed)
         self.store.dirtyChanged.connect(lambda _: self._update_title())
@@ -137,9 +143,9 @@ class MainWindow(QMainWindow):
             return a
 
         file_menu = self.menuBar().addMenu("&File")
-        action(file_menu, "&New run", self.new_run, QKeySequence.StandardKey.New)
+        action(file_menu, "&New run", self.request_new_run, QKeySequence.StandardKey.New)
         action(file_menu, "&Open run file…", self.open_run_dialog, QKeySequence.StandardKey.Open)
-        action(file_menu, "Open the &demo run", self.open_demo,
+        action(file_menu, "Open the &demo run", self.request_demo,
                tip="The built-in SmolLM2 learning to extract payments as JSON (offline)")
         self.recent_menu = file_menu.addMenu("Open &recent")
         action(file_menu, "&Save run file", self.save_run, QKeySequence.StandardKey.Save)
@@ -169,7 +175,7 @@ class MainWindow(QMainWindow):
             action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
 
     def _update_title(self) -> None:
-        name = self.store.path.name if self.store.path else "untitled run"
+        name = self.store.path.name if self.store.path else (self._unsaved_name or "untitled run")
         self.setWindowTitle(f"{name}{' •' if self.store.dirty else ''} — LoRA Workbench")
 
     def _restore_settings(self) -> None:
@@ -201,7 +207,8 @@ class MainWindow(QMainWindow):
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
         for path in self._recent("recent/runs"):
-            self.recent_menu.addAction(path, lambda p=path: self.open_run(Path(p)))
+            self.recent_menu.addAction(path, lambda p=path: self.confirm_discard(
+                f"open {Path(p).name}", lambda: self.open_run(Path(p))))
         self.recent_menu.setEnabled(bool(self.recent_menu.actions()))
         self.recent_data_menu.clear()
         for path in self._recent("recent/data"):
@@ -263,6 +270,9 @@ class MainWindow(QMainWindow):
             return
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
+        self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
+                                 + (" The first start converts the built-in model once (about half a minute); the "
+                                    "bar above follows it." if spec.startswith("builtin:") else ""))
         worker = workers.OpenModelWorker(self.store.config)
         worker.progress.connect(self.picker.show_progress)
         worker.result.connect(self._model_ready)
@@ -286,6 +296,10 @@ class MainWindow(QMainWindow):
         self._remember("recent/models", self.store.config.model.source)
         self.picker.set_recent(self._recent("recent/models"))
         self._suggest_relatives()
+        if self._demo_opening:
+            self._demo_opening = False
+            self.statusBar().showMessage("The demo is ready: press Start on the Train tab (Ctrl+Return) to fine-tune "
+                                         "SmolLM2 on it; the loss falls within a minute.")
         self.model_opened.emit()
         if self.store.config.data.train_files:
             self._data_timer.start()  # the preview needs the model's tokenizer
@@ -295,6 +309,8 @@ class MainWindow(QMainWindow):
             self.picker.info.setText("Waiting for your choice: the model needs something that is off by default.")
             return
         self.picker.info.setText("The model could not be opened. Choose another one.")
+        self._demo_opening = False
+        self.layers.show_hint("The model could not be opened. Choose another one (above).")
         self.show_error("Cannot open the model", message, details)
         self.model_failed.emit(message)
 
@@ -515,6 +531,7 @@ class MainWindow(QMainWindow):
 
     def _training_done(self, result) -> None:
         self.training.append_log(f"Run folder: {result.run_dir}")
+        self._continue_elsewhere(result)
         self.training_done.emit(result)
 
     def _training_failed(self, message: str, details: str) -> None:
@@ -593,13 +610,71 @@ class MainWindow(QMainWindow):
         self._start(worker)
 
     # -- run files ----------------------------------------------------------------------------------------
+    def confirm_discard(self, what: str, then) -> None:
+        """Run ``then`` at once, or after asking (without blocking) when it would discard unsaved edits or a run
+        is training in the window. ``what`` says what the user asked for ("start a new run")."""
+        dirty = self.store.dirty and self.ask_before_discarding
+        training = self.training.running
+        if not dirty and not training:
+            then()
+            return
+        if self.discard_prompt is not None:
+            self.discard_prompt.close()
+        name = self.store.path.name if self.store.path else (self._unsaved_name or "this run")
+        text = []
+        if dirty:
+            text.append(f"The settings of {name} have changed since they were saved.")
+        if training:
+            text.append("A run is training in the window; it goes on with the settings it started with (Stop is on "
+                        "the Train tab).")
+        text.append(f"Save them before you {what}?" if dirty else f"{what[:1].upper()}{what[1:]} anyway?")
+        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes" if dirty else "A run is training",
+                          "\n\n".join(text), parent=self)
+        if dirty:
+            box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                   | QMessageBox.StandardButton.Cancel)
+            box.setDefaultButton(QMessageBox.StandardButton.Save)
+        else:
+            box.setStandardButtons(QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel)
+            box.button(QMessageBox.StandardButton.Ok).setText(f"{what[:1].upper()}{what[1:]}")
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def answered(_result: int) -> None:
+            self.discard_prompt = None
+            choice = box.standardButton(box.clickedButton())
+            if choice in (QMessageBox.StandardButton.Discard, QMessageBox.StandardButton.Ok) or (
+                    choice == QMessageBox.StandardButton.Save and self.save_run()):
+                then()
+
+        box.finished.connect(answered)
+        self.discard_prompt = box
+        box.open()
+
+    def request_new_run(self) -> None:
+        self.confirm_discard("start a new run", self.new_run)
+
+    def request_demo(self) -> None:
+        self.confirm_discard("open the demo run", self.open_demo)
+
     def new_run(self) -> None:
+        """An empty run: nothing of the previous one stays on screen (tree, summary, data results, filters)."""
+        self._unsaved_name = None
+        self._demo_opening = False
         self.store.replace(RunConfig())
+        self.overview = None
+        self.layers.clear_model()
+        self.picker.info.setText("Open a model to see its layers.")
+        self.data.clear_results()
+        if self.error_box is not None:  # an error about the previous run's data or model is no longer true
+            self.error_box.close()
 
     def open_run_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
-        if path:
-            self.open_run(Path(path))
+        def choose() -> None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
+            if path:
+                self.open_run(Path(path))
+
+        self.confirm_discard("open another run file", choose)
 
     def open_demo(self) -> bool:
         """The demo run (resources/examples/demo.toml) on the built-in SmolLM2, as an unsaved run.
@@ -616,6 +691,8 @@ class MainWindow(QMainWindow):
         except WorkbenchError as exc:
             self.show_error("Cannot open the demo", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
             return False
+        self._unsaved_name = "demo.toml (the demo run, not saved)"
+        self._demo_opening = True
         self.store.replace(config, None)
         self.open_model(config.model.source)
         return True
@@ -627,6 +704,7 @@ class MainWindow(QMainWindow):
             self.show_error("Cannot open the run file", str(exc))
             return False
         old_source = self.store.config.model.source
+        self._unsaved_name = None
         self.store.replace(config, path)
         self._remember("recent/runs", str(path))
         self._fill_recent_menu()
@@ -678,7 +756,7 @@ class MainWindow(QMainWindow):
         runs = [p for p in paths if p.suffix.lower() == ".toml"]
         models = [p for p in paths if p.is_dir() or p.suffix.lower() == ".gguf"]
         if runs:
-            self.open_run(runs[0])
+            self.confirm_discard(f"open {runs[0].name}", lambda: self.open_run(runs[0]))
         elif models:
             self.open_model(str(models[0]))
         if data:
@@ -711,6 +789,57 @@ class MainWindow(QMainWindow):
         self.save_prompt = box
         box.open()
 
+    def _ask_about_training_before_closing(self) -> None:
+        if self.training_close_box is not None:
+            self.training_close_box.raise_()
+            return
+        box = QMessageBox(QMessageBox.Icon.Question, "A run is training",
+                          "A run is training in the window.\n\nStop it (a checkpoint and the adapter are saved), or "
+                          "keep it running: it is stopped at its next step and continued at once from that checkpoint "
+                          "by a separate process, which goes on without the window (the Runs tab shows it, and can "
+                          "watch and stop it again).", parent=self)
+        stop = box.addButton("Stop the run", QMessageBox.ButtonRole.AcceptRole)
+        keep = box.addButton("Keep it running", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(stop)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.stop_button, box.keep_button = stop, keep  # for tests and scripts
+
+        def answered(button) -> None:
+            self.training_close_box = None
+            if button not in (stop, keep):
+                return
+            self._training_close_choice = "stop" if button is stop else "continue"
+            if not self.training.running:  # it ended while the question was open
+                self.close()
+                return
+            self.training.request_stop()
+            self.training_ended.connect(self.close)
+            self.statusBar().showMessage("Stopping the run before closing…" if button is stop else
+                                         "Handing the run to a separate process before closing…")
+
+        box.buttonClicked.connect(answered)
+        self.training_close_box = box
+        box.open()
+
+    def _continue_elsewhere(self, result) -> None:
+        """The run stopped for "keep it running": resume it in a process that outlives the window."""
+        if self._training_close_choice != "continue" or getattr(result, "status", "") != "stopped":
+            return
+        from .external_run import continue_detached
+
+        try:
+            self.continued_process = continue_detached(Path(result.run_dir))
+        except OSError as exc:
+            self.show_error("Cannot keep the run running", f"The process that continues {result.run_dir} could not "
+                            f"start: {exc}. The run is stopped with a checkpoint; resume it from the Runs tab or with "
+                            f"`workbench resume {result.run_dir}`.")
+            self._training_close_choice = ""
+            try:  # stay open, with the message on screen
+                self.training_ended.disconnect(self.close)
+            except (RuntimeError, TypeError):
+                pass
+
     def closeEvent(self, event) -> None:
         if self.store.dirty and self.ask_before_discarding and not self._discard_confirmed:
             self._ask_to_save_before_closing()
@@ -725,10 +854,10 @@ class MainWindow(QMainWindow):
         if self.export_dialog is not None:
             self.export_dialog.cancel()
         if self.training.running:
-            # Never block or kill the worker: ask the engine to stop (it saves the adapter) and close after.
-            self.training.request_stop()
-            self.training_ended.connect(self.close)
-            self.statusBar().showMessage("Stopping the run before closing…")
+            # Never block or kill the worker: ask whether to stop it or keep it running; either way the engine
+            # stops (it saves a checkpoint and the adapter) and the window closes after.
+            if not self._training_close_choice:
+                self._ask_about_training_before_closing()
             event.ignore()
             return
         if self._jobs:
