@@ -35,6 +35,7 @@ from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
+from .model_card import write_model_card
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -413,6 +414,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunContro
         "trainable_params": callback.trainable,
     }
     status = "stopped" if stopped else "finished"
+    if dist.is_main:  # README.md beside the adapter: settings, data, curves, how to load it
+        write_model_card(adapter_dir, kind="adapter", adapter=adapter_dir, sink=sink)
     sink.emit(Finished(status=status, adapter_path=str(adapter_dir), step=step, summary=summary))
     del trainer
     if device == "cuda":
