@@ -36,6 +36,7 @@ from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
 from .model_card import write_model_card
+from .trackers import check_trackers, tracker_sinks
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -101,6 +102,7 @@ def preflight(config: RunConfig, sink: Any = None) -> None:
             check_weight_files(source)  # headers and sizes only
             load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
     detect(config.data)
+    check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
 
 def resume(run_dir: str | Path, sink: Any = None, control: RunControl | None = None) -> TrainResult:
@@ -147,7 +149,9 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Any, control: RunControl
     # Only rank 0 writes the run folder; the other ranks train silently.
     recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
     with recorder if dist.is_main else nullcontext(NullSink()) as record_sink:
-        sink = _StampWorldSize(MultiSink([record_sink, user_sink]), dist.world_size) if dist.is_main else NullSink()
+        trackers = tracker_sinks(config.output.trackers, run_dir) if dist.is_main else []
+        sinks = MultiSink([record_sink, user_sink, *trackers])
+        sink = _StampWorldSize(sinks, dist.world_size) if dist.is_main else NullSink()
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
