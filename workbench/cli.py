@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo")
+COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "desktop")
 
 
 def build_parser() -> argparse.ArgumentParser:
