@@ -411,7 +411,8 @@ def test_export_copies_the_adapter_of_a_run_folder_as_trained(tiny_model_dir, tm
     assert "adapter_model.safetensors" in files
     assert sorted(p.name for p in out.iterdir()) == files
     for name in files:
-        assert (out / name).read_bytes() == (run / "adapter" / name).read_bytes()
+        if name != "README.md":  # PEFT's empty card template is replaced by a model card (test_model_card.py)
+            assert (out / name).read_bytes() == (run / "adapter" / name).read_bytes()
 
 
 # ----------------------------------------------------------------------------------------- inspection

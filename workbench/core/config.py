@@ -246,6 +246,16 @@ class OutputConfig(_Section):
     run_dir: str | None = Field(None, description="Exact run folder; overrides runs_root/name.")
     group: str | None = Field(None, description="The sweep or series this run belongs to (set by `workbench sweep`); "
                               "runs of one group are listed and compared together.")
+    trackers: list[Literal["tensorboard", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers that also log the run, each to its local store: "
+        "tensorboard (RUN/tensorboard), mlflow (mlflow.db beside the run folders), trackio (its own local store).")
+
+    @field_validator("trackers")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each tracker may be listed once")
+        return v
 
     @field_validator("name", "group")
     @classmethod

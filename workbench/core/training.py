@@ -36,6 +36,8 @@ from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
+from .model_card import write_model_card
+from .trackers import check_trackers, tracker_sinks
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -103,6 +105,7 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
             check_weight_files(source)  # headers and sizes only
             load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
     detect(config.data)
+    check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
 
 def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | None = None) -> TrainResult:
@@ -151,7 +154,9 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunContro
     # Only rank 0 writes the run folder; the other ranks train silently.
     recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
     with recorder if dist.is_main else nullcontext(NullSink()) as record_sink:
-        sink = _StampWorldSize(MultiSink([record_sink, user_sink]), dist.world_size) if dist.is_main else NullSink()
+        trackers = tracker_sinks(config.output.trackers, run_dir) if dist.is_main else []
+        sinks = MultiSink([record_sink, user_sink, *trackers])
+        sink = _StampWorldSize(sinks, dist.world_size) if dist.is_main else NullSink()
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
@@ -438,6 +443,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         "trainable_params": callback.trainable,
     }
     status = "stopped" if stopped else "finished"
+    if dist.is_main:  # README.md beside the adapter: settings, data, curves, how to load it
+        write_model_card(adapter_dir, kind="adapter", adapter=adapter_dir, sink=sink)
     sink.emit(Finished(status=status, adapter_path=str(adapter_dir), step=step, summary=summary))
     del trainer
     if device == "cuda":

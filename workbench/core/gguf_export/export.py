@@ -24,6 +24,7 @@ from workbench.core.errors import ModelSourceError, OutputError, WorkbenchError
 from workbench.core.events import Message, Sink, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported, format_size, free_bytes, mount_point
 from workbench.core.gguf_import import read_gguf_header
+from workbench.core.model_card import write_model_card
 from workbench.core.paths import check_new_output, require_regular_file
 
 from .adapter import AdapterPlan, check_against_gguf, plan_adapter
@@ -211,6 +212,8 @@ def _run_merged(job: MergedExport, sink: Sink, control: RunControl) -> GgufResul
                                       comment=_comment(plan.checkpoint.path, plan.adapter, job.template))
                 (tmp / MODELFILE).write_text(text, encoding="utf-8")
             written = target.stat().st_size
+            write_model_card(tmp, kind="gguf", adapter=plan.adapter.path if plan.adapter else None,
+                             base=plan.checkpoint.path, gguf_files=sorted(f.name for f in tmp.iterdir()), sink=sink)
     except Stopped:
         return _stopped(sink, "GGUF export")
     if job.template is not None:
@@ -234,6 +237,8 @@ def _run_adapter(job: AdapterExport, sink: Sink, control: RunControl) -> GgufRes
                                       comment=_comment(plan.checkpoint.path, plan.adapter, job.template))
                 (tmp / MODELFILE).write_text(text, encoding="utf-8")
             written = target.stat().st_size
+            write_model_card(tmp, kind="gguf-adapter", adapter=plan.adapter.path, base=plan.checkpoint.path,
+                             gguf_files=sorted(f.name for f in tmp.iterdir()), sink=sink)
     except Stopped:
         return _stopped(sink, "GGUF adapter export")
     if job.template is not None:
