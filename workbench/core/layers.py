@@ -463,7 +463,9 @@ def lora_config_from_selection(sel: Selection, lora: LoraSettings, task: str = "
     """The PEFT ``LoraConfig`` that builds exactly this selection."""
     from peft import LoraConfig, TaskType
 
-    init: Any = {"default": True, "gaussian": "gaussian"}[lora.init]
+    from .lora_init import peft_init
+
+    init, init_kwargs = peft_init(lora.init)
     # rank_pattern/alpha_pattern keys are regexes PEFT matches against the end of a module's name;
     # full dotted names only ever match themselves (a '.' can only meet a '.' in real names).
     return LoraConfig(
@@ -477,6 +479,7 @@ def lora_config_from_selection(sel: Selection, lora: LoraSettings, task: str = "
         use_rslora=sel.use_rslora,
         use_dora=sel.use_dora,
         init_lora_weights=init,
+        **init_kwargs,
         bias=sel.bias,
         modules_to_save=[m for m in sel.modules_to_save if m not in ("classifier", "score")] or None
         if task == "sequence-classification" else (list(sel.modules_to_save) or None),

@@ -168,6 +168,7 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
                         weight_dtype: str | None = None, compute_dtype: str | None = None) -> MemoryEstimate:
     """Convenience wrapper: read the sizes from a transformers config and the run configuration."""
     from .models import training_weight_dtype
+    from .quantization import wants_gradient_checkpointing
 
     text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     if weight_dtype is None:  # what the engine will load: see models.training_weight_dtype
@@ -183,7 +184,7 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
         compute_dtype=compute_dtype,
         batch_size=config.training.batch_size,
         seq_len=config.data.max_length,
-        gradient_checkpointing=config.training.gradient_checkpointing,
+        gradient_checkpointing=wants_gradient_checkpointing(config),
         optimizer=config.training.optimizer,
         lora_dropout=config.lora.dropout,
         device=device,
