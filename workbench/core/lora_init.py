@@ -73,12 +73,16 @@ def peft_init(name: str) -> tuple[Any, dict[str, Any]]:
     return name, {}
 
 
-def check_run(config: Any) -> None:
+def check_run(config: Any, device: str = "cpu") -> None:
     """Combinations refused before a run folder exists."""
     init, q = config.lora.init, config.model.quantization
     if init == "loftq" and q != "nf4":
         raise TrainingError(f"lora.init = 'loftq' needs a 4-bit nf4 base (model.quantization is {q!r})",
                             "set model.quantization = 'nf4', or choose lora.init = 'pissa_niter_4' for an unquantized base")
+    if init == "loftq" and device != "cuda":
+        # PEFT 0.21's replace_lora_weights_loftq computes on "cuda" (or "xpu") unconditionally
+        raise TrainingError(f"lora.init = 'loftq' needs a CUDA GPU (PEFT computes it there); this run trains on {device}",
+                            "train on a GPU, or use lora.init = 'default' with the nf4 base")
     if rewrites_base(init) and q != "none":
         raise TrainingError(
             f"lora.init = {init!r} rewrites the base weights, which a {q} base stores rounded: the adapter could not be "

@@ -101,8 +101,9 @@ def preflight(config: RunConfig, sink: Any = None) -> None:
         if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
             check_weight_files(source)  # headers and sizes only
             load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
-    quantization.check_run(config, hf_config, choose_device(config.training.device))  # #17: quantized bases
-    lora_init.check_run(config)
+    device = choose_device(config.training.device)
+    quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
+    lora_init.check_run(config, device)
     detect(config.data)
 
 
