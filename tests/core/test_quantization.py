@@ -137,3 +137,64 @@ def test_int8_optimizer_state_trains(model_dir, tmp_path):
     result = run(make_config(model_dir, tmp_path, model={"quantization": "nf4"}, optimizer="adamw_bnb_8bit"), sink)
     losses = [e.loss for e in sink.of(ev.Step)]
     assert result.status == "finished" and losses[-1] < 0.8 * losses[0], losses
+
+
+def _loaded(model_dir: Path, quant: str):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.core.quantization import load_kwargs, prepare_for_training
+
+    cfg = make_config(model_dir, Path("."), model={"quantization": quant})
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 **load_kwargs(cfg.model, "cpu", torch.float32))
+    return prepare_for_training(model, cfg), cfg
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_layer_tree_marks_quantized_modules_with_their_real_stored_size(quant, model_dir):
+    from workbench.core.layers import build_tree
+    from workbench.core.quantization import mark_tree
+
+    model, cfg = _loaded(model_dir, quant)
+    real = build_tree(model)
+    plain = build_tree(_unquantized(model_dir))
+    assert real.total_params == plain.total_params  # 4-bit weights count as the weights they stand for
+    marked = {n.name: n for n in real.nodes.values() if n.quantized}
+    assert marked and all(n.quantized == quant for n in marked.values())
+    assert "lm_head" not in marked and real["lm_head"].quantized is None
+    assert real["model.layers.0.mlp.up_proj"].shape == plain["model.layers.0.mlp.up_proj"].shape
+    # the window's tree (no weights loaded) marks the same modules with the sizes the real tensors have
+    mark_tree(plain, cfg.model)
+    planned = {n.name: n.stored_bytes for n in plain.nodes.values() if n.quantized}
+    assert planned == {name: n.stored_bytes for name, n in marked.items()}
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_memory_estimate_counts_the_quantized_weights_as_loaded(quant, model_dir, tmp_path):
+    from workbench.core.layers import build_tree, resolve_selection
+    from workbench.core.memory import estimate_for_config
+    from workbench.core.quantization import mark_tree
+
+    model, cfg = _loaded(model_dir, quant)
+    loaded = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    loaded += sum(m.weight.quant_state.absmax.numel() * 4 for m in model.modules()
+                  if getattr(getattr(m, "weight", None), "quant_state", None) is not None and not
+                  m.weight.quant_state.nested)
+    loaded += sum(m.weight.quant_state.absmax.numel() + m.weight.quant_state.state2.absmax.numel() * 4
+                  for m in model.modules() if getattr(getattr(m, "weight", None), "quant_state", None) is not None
+                  and m.weight.quant_state.nested)
+    loaded += sum(m.weight.SCB.numel() * 4 for m in model.modules() if getattr(getattr(m, "weight", None), "SCB", None)
+                  is not None)
+    tree = build_tree(_unquantized(model_dir))
+    mark_tree(tree, cfg.model)
+    sel = resolve_selection(tree, cfg.lora)
+    est = estimate_for_config(tree, sel, model.config, cfg, device="cpu")
+    plain = estimate_for_config(tree, sel, model.config, make_config(model_dir, tmp_path), device="cpu")
+    assert abs(est.weights - loaded) <= 0.02 * loaded, (est.weights, loaded)
+    assert est.weights < plain.weights
+    labels = dict(est.parts())
+    assert f"frozen weights ({quant} linear layers, rest float32)" in labels
+    assert labels["dequantization buffers"] > 0
+    eight = estimate_for_config(tree, sel, model.config, cfg.copy_with(training={"optimizer": "adamw_bnb_8bit"}),
+                                device="cpu")
+    assert eight.optimizer * 3 < est.optimizer and "adamw_bnb_8bit" in eight.parts()[3][0] + eight.parts()[4][0]

@@ -25,7 +25,8 @@ from typing import Any
 from .errors import TrainingError
 
 __all__ = ["QUANTIZATIONS", "BNB_OPTIMIZERS", "PAGED_OPTIMIZERS", "QuantizationError", "BNB_PIN", "check_run",
-           "load_kwargs", "prepare_for_training", "is_quantized", "wants_gradient_checkpointing", "bits_of"]
+           "load_kwargs", "prepare_for_training", "is_quantized", "wants_gradient_checkpointing", "bits_of",
+           "stored_bytes", "quantizable", "mark_tree", "module_mark", "logical_numel"]
 
 BNB_PIN = "bitsandbytes==0.50.2"
 QUANTIZATIONS: dict[str, str] = {
@@ -129,6 +130,64 @@ def prepare_for_training(model: Any, config: Any) -> Any:
     _quiet_int8_casts()
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=wants_gradient_checkpointing(config),
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def stored_bytes(in_features: int, out_features: int, quantization: str, double_quant: bool = True) -> int:
+    """Bytes one quantized weight matrix occupies in bitsandbytes' layout (bias excluded).
+
+    4-bit: two weights per byte, plus one absmax per 64-weight block — a float32 (4 bytes), or with double
+    quantization one byte plus a float32 per 256 blocks. int8: one byte per weight plus a float32 scale per row."""
+    n = in_features * out_features
+    if quantization == "int8":
+        return n + 4 * out_features
+    blocks = -(-n // 64)
+    absmax = blocks + 4 * -(-blocks // 256) if double_quant else 4 * blocks
+    return n // 2 + n % 2 + absmax
+
+
+def quantizable(node: Any) -> bool:
+    """Whether transformers' bitsandbytes integration replaces this module: every Linear / Conv1D except the output
+    head (kept in full precision, like the embeddings, by ``get_keys_to_not_convert``)."""
+    return bool(node.adaptable) and node.kind != "head" and node.type in ("Linear", "Conv1D", "Linear4bit", "Linear8bitLt")
+
+
+def mark_tree(tree: Any, model_config: Any) -> None:
+    """Mark in a layer tree (built from a meta skeleton: nothing loaded) the modules a run with this
+    ``model.quantization`` will hold quantized, with their stored size; a run's real tree is marked by
+    ``layers.build_tree`` itself. The window shows the marks; the memory estimate sums the sizes."""
+    q = model_config.quantization
+    for node in tree.nodes.values():
+        if q != "none" and quantizable(node):
+            node.quantized = q
+            node.stored_bytes = stored_bytes(node.in_features, node.out_features, q, model_config.double_quant)
+        elif node.quantized is None or q == "none":
+            node.quantized, node.stored_bytes = None, 0
+
+
+def module_mark(module: Any) -> tuple[str, int] | None:
+    """(quantization, stored bytes) of a loaded bitsandbytes module, from its real tensors; None for others."""
+    weight = getattr(module, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if state is not None:  # Params4bit: packed data + the quantization state's absmax (and its own, when nested)
+        size = weight.data.numel() * weight.data.element_size() + state.absmax.numel() * state.absmax.element_size()
+        if getattr(state, "nested", False) and state.state2 is not None:
+            size += state.state2.absmax.numel() * state.state2.absmax.element_size()
+        return str(state.quant_type), int(size)
+    if type(module).__name__ == "Linear8bitLt" and weight is not None:
+        scale = getattr(weight, "SCB", None)
+        return "int8", int(weight.numel() + (scale.numel() * scale.element_size() if scale is not None else 0))
+    return None
+
+
+def logical_numel(param: Any) -> int:
+    """Parameters a tensor stands for: a 4-bit weight packs two per byte into a flat uint8 tensor."""
+    state = getattr(param, "quant_state", None)
+    if state is not None:
+        n = 1
+        for d in state.shape:
+            n *= int(d)
+        return n
+    return int(param.numel())
 
 
 def _quiet_int8_casts() -> None:
