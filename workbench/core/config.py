@@ -88,6 +88,11 @@ class ModelConfig(_Section):
     allow_pickle: bool = Field(
         False, description="Allow loading pickle (.bin/.pt) weights. Unpickling can run arbitrary code: only for files you trust."
     )
+    quantization: Literal["none", "nf4", "fp4", "int8"] = Field(
+        "none", description="Hold the frozen base in 4 bits (nf4, fp4) or 8 bits (int8) while the adapter trains (QLoRA): "
+                            "about a quarter / half of bf16's memory. Needs bitsandbytes. Merges still use the original weights."
+    )
+    double_quant: bool = Field(True, description="4-bit bases: quantize the quantization constants too (saves ~0.4 bit per weight).")
 
 
 class LoraSettings(_Section):
@@ -96,10 +101,11 @@ class LoraSettings(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0–0.3).")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r); helps at high ranks.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (learned per-row magnitude); slower, sometimes better.")
-    # PiSSA/OLoRA are not offered: they rewrite the base weights at initialisation, so their adapters only
-    # make sense against that rewritten base — merges and exports against the original model would be wrong.
-    init: Literal["default", "gaussian"] = Field(
-        "default", description="Initialisation of A and B ('default': Kaiming-uniform A, zero B; 'gaussian': Gaussian A)."
+    # PiSSA/OLoRA rewrite the base weights at initialisation; core/lora_init.py saves their adapters converted to a
+    # plain LoRA against the original base, so merges and exports stay right.
+    init: str = Field(
+        "default", description="Initialisation of A and B: default (Kaiming-uniform A, zero B), gaussian, pissa, "
+                               "pissa_niter_N (fast SVD), olora, orthogonal, eva (from a pass over the data), loftq (quantized bases)."
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train alongside the adapter.")
     preset: str = Field(DEFAULT_PRESET, description="Layer preset used when target_modules is empty.")
@@ -118,6 +124,13 @@ class LoraSettings(_Section):
         if v < 1:
             raise ValueError("the rank must be a whole number of at least 1")
         return v
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, v: str) -> str:
+        from .lora_init import check_init_name
+
+        return check_init_name(v)
 
     @field_validator("preset")
     @classmethod
@@ -181,13 +194,20 @@ class TrainingConfig(_Section):
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of the steps spent warming up the learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay on the adapter weights.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping threshold (0 disables clipping).")
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field("adamw_torch", description="Optimizer.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_bnb_8bit", "paged_adamw_8bit",
+                       "paged_adamw_32bit"] = Field(
+        "adamw_torch", description="Optimizer. adamw_bnb_8bit keeps its state in 8 bits (bitsandbytes); paged_* move it to "
+                                   "CPU memory when the GPU runs out (CUDA only).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, le=1000, description="LoRA+: B matrices learn this many times faster than A (typically 16); "
+                                         "often converges faster at the same cost. Unset: one learning rate.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed: same seed and data give the same loss curve.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% slower.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass: less memory, ~30% slower. Unset: on for quantized bases.")
     oom_retry: bool = Field(
         False, description="When a step runs out of memory, halve batch_size and double gradient_accumulation (same effective "
                            "batch) and continue from the last checkpoint, down to batch size 1. One process only (not torchrun)."

@@ -342,7 +342,8 @@ def _tokenizer_code_files(folder: Path) -> list[str]:
 
 
 def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "causal-lm", dtype: Any = "auto",
-               trust_remote_code: bool = False, device_map: Any = None) -> "torch.nn.Module":
+               trust_remote_code: bool = False, device_map: Any = None,
+               quantization_config: Any = None) -> "torch.nn.Module":
     """Load real weights: safetensors (a GGUF file's conversion too); pickle only when ``resolve_source`` allowed it."""
     if source.weights == "none":
         raise ModelSourceError(
@@ -354,6 +355,8 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
         kwargs["use_safetensors"] = True
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if quantization_config is not None:  # core/quantization.py: the base is quantized while it loads
+        kwargs["quantization_config"] = quantization_config
     from safetensors import SafetensorError
 
     import pickle

@@ -32,6 +32,7 @@ from typing import Any
 from contextlib import nullcontext
 
 from .config import RunConfig, TrainingConfig
+from . import lora_init, quantization
 from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
@@ -99,11 +100,15 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     mc = config.model
     choose_precision(config.training.precision, choose_device(config.training.device))  # fp16 on a CPU, bf16 on an old GPU
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
+    hf_config = None
     if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
-        load_config(source, trust_remote_code=mc.trust_remote_code)
+        hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
         if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
             check_weight_files(source)  # headers and sizes only
             load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
+    device = choose_device(config.training.device)
+    quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
+    lora_init.check_run(config, device)
     detect(config.data)
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
@@ -236,8 +241,10 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
     if mc.task == "sequence-classification" and getattr(hf_config, "pad_token_id", None) is None:
         hf_config.pad_token_id = tokenizer.pad_token_id
-    model = load_model(source, hf_config, task=mc.task, dtype=_weight_dtype(config, precision, device),
-                       trust_remote_code=mc.trust_remote_code)
+    dtype = _weight_dtype(config, precision, device)
+    model = load_model(source, hf_config, task=mc.task, dtype=dtype, trust_remote_code=mc.trust_remote_code,
+                       **quantization.load_kwargs(mc, device, dtype))
+    model = quantization.prepare_for_training(model, config)  # no-op for unquantized bases
     # No KV cache while training: it is useless there, and transformers only derives the per-example masks
     # of packed rows (from restarting position_ids) when no cache is being built.
     model.config.use_cache = False
@@ -245,10 +252,12 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     selection = resolve_selection(tree, config.lora, mc.task)
     for warning in [*config.warnings(), *selection.warnings]:
         sink.emit(Message(warning, level="warning"))
-    if config.training.gradient_checkpointing:
+    if quantization.wants_gradient_checkpointing(config) and not quantization.is_quantized(mc):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     peft_model = get_peft_model(model, lora_config_from_selection(selection, config.lora, mc.task))
+    if config.lora.init == "loftq":
+        lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection
 
 
@@ -385,6 +394,11 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
                                       "alpha_pattern": selection.alpha_overrides})
     if resume_point is None and dist.is_main:
         resolved.save(run_dir / "run.toml")
+    collator = make_collator(tokenizer, packing=data.packed, model_type=tree.model_type)
+    if config.lora.init == "eva" and resume_point is None:  # a resumed run loads its trained A and B instead
+        lora_init.run_eva(peft_model, data.train, collator, config.training.batch_size, sink, config.training.seed)
+    if dist.is_main:
+        lora_init.save_initial(peft_model, run_dir, config.lora.init)  # PiSSA/OLoRA: for the conversion at the end
 
     args = _training_arguments(config, run_dir, device, precision, data.validation is not None and len(data.validation) > 0, dist)
     callback = _event_callback(config, sink, control, dist, tokenizer, device, precision, run_dir,
@@ -398,9 +412,10 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation if args.eval_strategy != "no" else None,
-        data_collator=make_collator(tokenizer, packing=data.packed, model_type=tree.model_type),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[callback],
+        optimizers=(lora_init.make_optimizer(peft_model, config), None),  # LoRA+ when asked for, else the Trainer's
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
     oom = None
@@ -428,7 +443,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     adapter_dir = run_dir / "adapter"
     if dist.is_main:
         try:
-            _save_adapter(peft_model, run_dir)
+            _save_adapter(peft_model, run_dir, **lora_init.conversion_source(run_dir, config.lora.init))
         except Exception as exc:
             full = _adapter_disk_full(exc, run_dir, step, _trainable_bytes(peft_model))
             if full is None:
@@ -501,13 +516,14 @@ def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
                 shutil.copyfile(checkpoint / name, tmp / name)
 
 
-def _save_adapter(peft_model: Any, run_dir: Path) -> Path:
-    """PEFT format (adapter_config.json + adapter_model.safetensors), written aside and renamed into place."""
+def _save_adapter(peft_model: Any, run_dir: Path, **save_kwargs: Any) -> Path:
+    """PEFT format (adapter_config.json + adapter_model.safetensors), written aside and renamed into place.
+    ``save_kwargs``: PEFT's conversion of PiSSA/OLoRA adapters to a plain LoRA on the original base."""
     from .fsutil import atomic_directory
 
     final = run_dir / "adapter"
     with atomic_directory(final, overwrite=True) as tmp:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, **save_kwargs)
     return final
 
 
