@@ -271,10 +271,11 @@ class MainWindow(QMainWindow):
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
         self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
-                                 + (" The first start converts the built-in model once (about half a minute); the "
-                                    "bar above follows it." if spec.startswith("builtin:") else ""))
+                                 + (" The first start converts the built-in model once (about half a minute)."
+                                    if spec.startswith("builtin:") else ""))
         worker = workers.OpenModelWorker(self.store.config)
         worker.progress.connect(self.picker.show_progress)
+        worker.progress.connect(self.layers.show_progress)
         worker.result.connect(self._model_ready)
         worker.failed.connect(self._model_failed)
         worker.consent_needed.connect(self._ask_consent)
@@ -422,6 +423,10 @@ class MainWindow(QMainWindow):
                 self._syncing_selection = False
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
+            # The preset box names the file's preset at once, not the previous one until its model has opened.
+            preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
+            if preset_index >= 0:
+                self.layers.preset_combo.setCurrentIndex(preset_index)
             # Only against the model the file names: a different one is being opened and will apply it.
             if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
                 self._selection_from_config(self.layers.model)
