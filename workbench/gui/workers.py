@@ -28,7 +28,6 @@ import gc
 import queue
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
