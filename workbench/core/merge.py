@@ -34,9 +34,9 @@ from workbench.core.base_model import FLOAT_DTYPES, SAFETENSORS_DTYPE, TORCH_DTY
 from workbench.core.checkpoint import INDEX_FILE, TensorInfo
 from workbench.core.control import RunControl
 from workbench.core.errors import WorkbenchError
-from workbench.core.paths import check_new_output
-from workbench.core.events import Message, Progress, as_sink
+from workbench.core.events import Message, Progress, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported
+from workbench.core.paths import check_new_output
 
 __all__ = ["OUTPUT_DTYPES", "MergeResult", "merged_weight", "merge_adapter"]
 
@@ -181,7 +181,7 @@ def merge_adapter(
     out: str | Path,
     *,
     dtype: str | None = None,
-    sink: Any = None,
+    sink: SinkLike = None,
     control: RunControl | None = None,
 ) -> MergeResult:
     """Write ``base`` with ``adapter`` merged into the new folder ``out``.

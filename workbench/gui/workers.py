@@ -18,7 +18,7 @@ in any way is noticed (its thread is no longer alive), and receivers are ordinar
 Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
 ``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
 reaches a widget. A closing window cancels every job, waits about a second for their threads, and then
-``abandon()``\s the rest: a Python thread cannot be killed, so it runs on to its next check (or, as a
+``abandon()`` the rest: a Python thread cannot be killed, so it runs on to its next check (or, as a
 daemon thread, until the process exits) while the window goes.
 """
 
@@ -34,7 +34,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from workbench.core.config import RunConfig
-from workbench.core.events import RunStarted
+from workbench.core.events import RunStarted, SinkLike
 
 POLL_INTERVAL_MS = 10  # how often the GUI thread collects a running job's reports: fast enough to stream tokens
 
@@ -393,7 +393,7 @@ def describe_device(config: RunConfig) -> tuple[str, int | None, str]:
     return f"CPU, {available / 2**30:.1f} GiB RAM available", int(available), "cpu"
 
 
-def open_model(config: RunConfig, sink: Any = None) -> dict[str, Any]:
+def open_model(config: RunConfig, sink: SinkLike = None) -> dict[str, Any]:
     """The 'open a model' job: overview (config + meta skeleton + tree) and the training device."""
     from workbench.core.models import open_overview
 

@@ -115,4 +115,8 @@ __all__ = [
     "heartbeat_age",
     "send_control",
     "delete_run",
+    "checkpoint_folders",
+    "discard_unfinished_checkpoints",
+    "CONTROL_POLL_INTERVAL_S",
+    "claim_new_run_dir",
 ]
