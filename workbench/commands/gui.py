@@ -19,11 +19,6 @@ def run(args: argparse.Namespace) -> int:
             "`xvfb-run -a .venv/bin/workbench` (Debian/Ubuntu: apt-get install xvfb) — or work headless: "
             "`.venv/bin/workbench demo --train`, `workbench train RUN.toml`",
         )
-    from workbench.gui.platform_check import problem
-
-    missing = problem()  # before Qt is imported: a missing X11 library aborts the process inside Qt
-    if missing is not None:
-        raise WorkbenchError(*missing)
     try:
         from workbench.gui.app import main as gui_main
     except ImportError as exc:

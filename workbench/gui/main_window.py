@@ -13,18 +13,19 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QFileDialog, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+    QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
 )
 
-from workbench.core.config import ConfigError, RunConfig
+from workbench.core.config import ConfigError
 from workbench.core.control import RunControl
 
 from . import workers
-from .command_line import NotExpressible, command_line
+from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: part of the window's interface)
 from .config_store import ConfigStore
 from .external_run import ExternalRunController
+from .run_files import RUN_FILE_FILTER, RunFilesMixin  # noqa: F401
 from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
 from .widgets.export_dialog import ExportDialog
 from .widgets.inspection_panel import InspectionPanel
@@ -38,13 +39,9 @@ from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
 
 RECENT_LIMIT = 10
-# A closing window cancels its jobs and waits this long for their threads to end; the rest are abandoned (they
-# stop at their next check, and report to nobody).
-CLOSE_WAIT_MS = 1000
-RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
 
-class MainWindow(QMainWindow):
+class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
     model_opened = Signal()
     model_failed = Signal(str)
     data_inspected = Signal()
@@ -248,12 +245,6 @@ class MainWindow(QMainWindow):
         if self._closing and self._jobs == 0:
             self.close()
 
-    def _abandon_jobs(self) -> None:
-        """Closing: jobs whose threads did not end within ``CLOSE_WAIT_MS`` of being cancelled are left to end
-        on their own; the window goes now."""
-        for job in list(self._running_jobs):
-            job.abandon()
-
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
         self._start(workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries"))
@@ -271,10 +262,11 @@ class MainWindow(QMainWindow):
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
         self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
-                                 + (" The first start converts the built-in model once (about half a minute); the "
-                                    "bar above follows it." if spec.startswith("builtin:") else ""))
+                                 + (" The first start converts the built-in model once (about half a minute)."
+                                    if spec.startswith("builtin:") else ""))
         worker = workers.OpenModelWorker(self.store.config)
         worker.progress.connect(self.picker.show_progress)
+        worker.progress.connect(self.layers.show_progress)
         worker.result.connect(self._model_ready)
         worker.failed.connect(self._model_failed)
         worker.consent_needed.connect(self._ask_consent)
@@ -422,6 +414,10 @@ class MainWindow(QMainWindow):
                 self._syncing_selection = False
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
+            # The preset box names the file's preset at once, not the previous one until its model has opened.
+            preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
+            if preset_index >= 0:
+                self.layers.preset_combo.setCurrentIndex(preset_index)
             # Only against the model the file names: a different one is being opened and will apply it.
             if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
                 self._selection_from_config(self.layers.model)
@@ -609,142 +605,6 @@ class MainWindow(QMainWindow):
         worker.failed.connect(self.playground.show_error)
         self._start(worker)
 
-    # -- run files ----------------------------------------------------------------------------------------
-    def confirm_discard(self, what: str, then) -> None:
-        """Run ``then`` at once, or after asking (without blocking) when it would discard unsaved edits or a run
-        is training in the window. ``what`` says what the user asked for ("start a new run")."""
-        dirty = self.store.dirty and self.ask_before_discarding
-        training = self.training.running
-        if not dirty and not training:
-            then()
-            return
-        if self.discard_prompt is not None:
-            self.discard_prompt.close()
-        name = self.store.path.name if self.store.path else (self._unsaved_name or "this run")
-        text = []
-        if dirty:
-            text.append(f"The settings of {name} have changed since they were saved.")
-        if training:
-            text.append("A run is training in the window; it goes on with the settings it started with (Stop is on "
-                        "the Train tab).")
-        text.append(f"Save them before you {what}?" if dirty else f"{what[:1].upper()}{what[1:]} anyway?")
-        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes" if dirty else "A run is training",
-                          "\n\n".join(text), parent=self)
-        if dirty:
-            box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                                   | QMessageBox.StandardButton.Cancel)
-            box.setDefaultButton(QMessageBox.StandardButton.Save)
-        else:
-            box.setStandardButtons(QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel)
-            box.button(QMessageBox.StandardButton.Ok).setText(f"{what[:1].upper()}{what[1:]}")
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-
-        def answered(_result: int) -> None:
-            self.discard_prompt = None
-            choice = box.standardButton(box.clickedButton())
-            if choice in (QMessageBox.StandardButton.Discard, QMessageBox.StandardButton.Ok) or (
-                    choice == QMessageBox.StandardButton.Save and self.save_run()):
-                then()
-
-        box.finished.connect(answered)
-        self.discard_prompt = box
-        box.open()
-
-    def request_new_run(self) -> None:
-        self.confirm_discard("start a new run", self.new_run)
-
-    def request_demo(self) -> None:
-        self.confirm_discard("open the demo run", self.open_demo)
-
-    def new_run(self) -> None:
-        """An empty run: nothing of the previous one stays on screen (tree, summary, data results, filters)."""
-        self._unsaved_name = None
-        self._demo_opening = False
-        self.store.replace(RunConfig())
-        self.overview = None
-        self.layers.clear_model()
-        self.picker.info.setText("Open a model to see its layers.")
-        self.data.clear_results()
-        if self.error_box is not None:  # an error about the previous run's data or model is no longer true
-            self.error_box.close()
-
-    def open_run_dialog(self) -> None:
-        def choose() -> None:
-            path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
-            if path:
-                self.open_run(Path(path))
-
-        self.confirm_discard("open another run file", choose)
-
-    def open_demo(self) -> bool:
-        """The demo run (resources/examples/demo.toml) on the built-in SmolLM2, as an unsaved run.
-
-        Its runs go to the runs folder the window already uses (the run file's relative "runs" would land
-        wherever the app was started from). The first time, opening the model converts it (about half a
-        minute), with progress under the model picker.
-        """
-        from workbench.core.demo import demo_config
-        from workbench.core.errors import WorkbenchError
-
-        try:
-            config = demo_config().copy_with(output={"runs_root": self.store.config.output.runs_root})
-        except WorkbenchError as exc:
-            self.show_error("Cannot open the demo", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
-            return False
-        self._unsaved_name = "demo.toml (the demo run, not saved)"
-        self._demo_opening = True
-        self.store.replace(config, None)
-        self.open_model(config.model.source)
-        return True
-
-    def open_run(self, path: Path) -> bool:
-        try:
-            config = RunConfig.from_toml(path)
-        except ConfigError as exc:
-            self.show_error("Cannot open the run file", str(exc))
-            return False
-        old_source = self.store.config.model.source
-        self._unsaved_name = None
-        self.store.replace(config, path)
-        self._remember("recent/runs", str(path))
-        self._fill_recent_menu()
-        if config.model.source and (config.model.source != old_source or self.overview is None):
-            self.open_model(config.model.source)
-        return True
-
-    def save_run(self) -> bool:
-        if self.store.path is None:
-            return self.save_run_as()
-        return self._save_to(self.store.path)
-
-    def save_run_as(self) -> bool:
-        path, _ = QFileDialog.getSaveFileName(self, "Save run file", "run.toml", RUN_FILE_FILTER)
-        return bool(path) and self._save_to(Path(path))
-
-    def _save_to(self, path: Path) -> bool:
-        try:
-            self.store.save(path)
-        except OSError as exc:
-            self.show_error("Cannot save the run file", f"{path}: {exc.strerror or exc}")
-            return False
-        self._remember("recent/runs", str(path))
-        self._fill_recent_menu()
-        self._update_title()
-        self.statusBar().showMessage(f"Saved {path}", 4000)
-        return True
-
-    def copy_command_line(self) -> str | None:
-        if self.store.path is None and not self.save_run_as():
-            return None
-        try:
-            text = command_line(self.store.path, self.store.config)
-        except (NotExpressible, ConfigError) as exc:
-            self.show_error("Copy command line", str(exc))
-            return None
-        QGuiApplication.clipboard().setText(text)
-        self.statusBar().showMessage("Copied: " + text, 6000)
-        return text
-
     # -- drag and drop ------------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
@@ -762,115 +622,3 @@ class MainWindow(QMainWindow):
         if data:
             self.data.add_files(data)
             self.tabs.setCurrentWidget(self.data)
-
-    # -- closing ------------------------------------------------------------------------------------------
-    def _ask_to_save_before_closing(self) -> None:
-        """Save / Discard / Cancel for unsaved run settings; asked without blocking, and closing resumes after."""
-        if self.save_prompt is not None:
-            self.save_prompt.raise_()
-            return
-        name = self.store.path.name if self.store.path else "this run"
-        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes",
-                          f"The settings of {name} have changed since they were saved. Save them before closing?",
-                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                          | QMessageBox.StandardButton.Cancel, self)
-        box.setDefaultButton(QMessageBox.StandardButton.Save)
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-
-        def answered(_result: int) -> None:
-            self.save_prompt = None
-            choice = box.standardButton(box.clickedButton())
-            if choice == QMessageBox.StandardButton.Discard or (
-                    choice == QMessageBox.StandardButton.Save and self.save_run()):
-                self._discard_confirmed = True
-                self.close()
-
-        box.finished.connect(answered)
-        self.save_prompt = box
-        box.open()
-
-    def _ask_about_training_before_closing(self) -> None:
-        if self.training_close_box is not None:
-            self.training_close_box.raise_()
-            return
-        box = QMessageBox(QMessageBox.Icon.Question, "A run is training",
-                          "A run is training in the window.\n\nStop it (a checkpoint and the adapter are saved), or "
-                          "keep it running: it is stopped at its next step and continued at once from that checkpoint "
-                          "by a separate process, which goes on without the window (the Runs tab shows it, and can "
-                          "watch and stop it again).", parent=self)
-        stop = box.addButton("Stop the run", QMessageBox.ButtonRole.AcceptRole)
-        keep = box.addButton("Keep it running", QMessageBox.ButtonRole.DestructiveRole)
-        box.addButton(QMessageBox.StandardButton.Cancel)
-        box.setDefaultButton(stop)
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.stop_button, box.keep_button = stop, keep  # for tests and scripts
-
-        def answered(button) -> None:
-            self.training_close_box = None
-            if button not in (stop, keep):
-                return
-            self._training_close_choice = "stop" if button is stop else "continue"
-            if not self.training.running:  # it ended while the question was open
-                self.close()
-                return
-            self.training.request_stop()
-            self.training_ended.connect(self.close)
-            self.statusBar().showMessage("Stopping the run before closing…" if button is stop else
-                                         "Handing the run to a separate process before closing…")
-
-        box.buttonClicked.connect(answered)
-        self.training_close_box = box
-        box.open()
-
-    def _continue_elsewhere(self, result) -> None:
-        """The run stopped for "keep it running": resume it in a process that outlives the window."""
-        if self._training_close_choice != "continue" or getattr(result, "status", "") != "stopped":
-            return
-        from .external_run import continue_detached
-
-        try:
-            self.continued_process = continue_detached(Path(result.run_dir))
-        except OSError as exc:
-            self.show_error("Cannot keep the run running", f"The process that continues {result.run_dir} could not "
-                            f"start: {exc}. The run is stopped with a checkpoint; resume it from the Runs tab or with "
-                            f"`workbench resume {result.run_dir}`.")
-            self._training_close_choice = ""
-            try:  # stay open, with the message on screen
-                self.training_ended.disconnect(self.close)
-            except (RuntimeError, TypeError):
-                pass
-
-    def closeEvent(self, event) -> None:
-        if self.store.dirty and self.ask_before_discarding and not self._discard_confirmed:
-            self._ask_to_save_before_closing()
-            event.ignore()
-            return
-        if not self.external.may_close():  # a separate-process run: asks whether to stop it or leave it running
-            event.ignore()
-            return
-        self._data_timer.stop()  # no new job may start once closing has begun
-        self._data_pending = False
-        self.playground.stop()  # a generation or a merge ends at its next token or tensor
-        if self.export_dialog is not None:
-            self.export_dialog.cancel()
-        if self.training.running:
-            # Never block or kill the worker: ask whether to stop it or keep it running; either way the engine
-            # stops (it saves a checkpoint and the adapter) and the window closes after.
-            if not self._training_close_choice:
-                self._ask_about_training_before_closing()
-            event.ignore()
-            return
-        if self._jobs:
-            # A worker still runs (opening a model, reading data): cancel it, give its thread a second to end,
-            # then go (``_abandon_jobs``). Nothing it reports afterwards reaches a widget.
-            if not self._closing:
-                self._closing = True
-                for job in list(self._running_jobs):
-                    job.cancel()
-                QTimer.singleShot(CLOSE_WAIT_MS, self._abandon_jobs)
-            self.hide()
-            event.ignore()
-            return
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.sync()
-        super().closeEvent(event)

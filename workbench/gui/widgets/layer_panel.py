@@ -103,12 +103,16 @@ class LayerPanel(QWidget):
         self.placeholder_busy = QProgressBar()
         self.placeholder_busy.setRange(0, 0)
         self.placeholder_busy.setTextVisible(False)
-        self.placeholder_busy.setMaximumWidth(360)
+        self.placeholder_busy.setMinimumWidth(360)
+        self.placeholder_detail = QLabel()
+        self.placeholder_detail.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder_detail.setWordWrap(True)
         placeholder = QWidget()
         placeholder_layout = QVBoxLayout(placeholder)
         placeholder_layout.addStretch(1)
         placeholder_layout.addWidget(self.placeholder_label)
         placeholder_layout.addWidget(self.placeholder_busy, 0, Qt.AlignmentFlag.AlignHCenter)
+        placeholder_layout.addWidget(self.placeholder_detail)
         placeholder_layout.addStretch(2)
         self.placeholder_busy.hide()
         self.stack = QStackedWidget()
@@ -152,12 +156,27 @@ class LayerPanel(QWidget):
         """No tree yet: say what is happening, with a busy bar (the first start converts the built-in model)."""
         if self.model is None:
             self.placeholder_label.setText(text)
+            self.placeholder_detail.clear()
+            self.placeholder_busy.setRange(0, 0)
+            self.placeholder_busy.setTextVisible(False)
             self.placeholder_busy.show()
             self.stack.setCurrentIndex(0)
+
+    def show_progress(self, done: float, total: float, detail: str) -> None:
+        """A step of a long open, in the tree's place too (the picker's bar is small and easy to miss)."""
+        if self.model is None and self.placeholder_busy.isVisible():
+            if total > 0:
+                self.placeholder_busy.setRange(0, int(total))
+                self.placeholder_busy.setValue(int(done))
+                self.placeholder_busy.setTextVisible(True)
+                self.placeholder_busy.setFormat("%p%")
+            if detail:
+                self.placeholder_detail.setText(detail)
 
     def show_hint(self, text: str) -> None:
         if self.model is None:
             self.placeholder_label.setText(text)
+            self.placeholder_detail.clear()
             self.placeholder_busy.hide()
             self.stack.setCurrentIndex(0)
 
