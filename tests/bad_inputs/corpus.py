@@ -414,7 +414,7 @@ def _(ctx):
     return inspect(folder)
 
 
-@case("model-config-is-a-fifo", "model", r"config\.json is a FIFO \(named pipe\), not a regular file",
+@case("model-config-is-a-fifo", "model", r"config\.json in \S*fifo-config is a FIFO \(named pipe\), not a regular file",
       r"ordinary file", subprocess=True)
 def _(ctx):
     import os

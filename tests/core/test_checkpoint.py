@@ -247,3 +247,23 @@ def test_weight_shapes_that_disagree_with_config_are_blamed_on_config(tmp_path):
     assert ("vocab_size", stored + 20) in found[0].fields
     assert found[0].describe() == (f"{found[0].key} is [{stored}, 64] in the weight files, but config.json says "
                                    f"vocab_size = {stored + 20}, so the model expects [{stored + 20}, 64]")
+
+
+def test_shards_of_the_hugging_face_cache_may_link_into_their_repositorys_blobs(tmp_path):
+    """The Hub cache stores every file as a link from snapshots/<revision>/ into the repository's blobs/: that is
+    inside the download, not an escape (and a link into another repository's blobs still is one)."""
+    repo = tmp_path / "models--org--name"
+    snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    save_file({"w": torch.zeros(2)}, blobs / "f00d")
+    (snapshot / "model-1-of-1.safetensors").symlink_to(blobs / "f00d")
+    (snapshot / checkpoint.INDEX_FILE).write_text(json.dumps({"weight_map": {"w": "model-1-of-1.safetensors"}}))
+    assert checkpoint.weight_files(snapshot)[0] == [snapshot / "model-1-of-1.safetensors"]
+    other = tmp_path / "models--org--other" / "blobs"
+    other.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, other / "beef")
+    (snapshot / "model-1-of-1.safetensors").unlink()
+    (snapshot / "model-1-of-1.safetensors").symlink_to(other / "beef")
+    with pytest.raises(ModelSourceError, match="points outside"):
+        checkpoint.weight_files(snapshot)

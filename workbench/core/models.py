@@ -353,6 +353,7 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
     kwargs: dict[str, Any] = dict(config=config, dtype=dtype, trust_remote_code=trust_remote_code)
     if source.weights == "safetensors":
         kwargs["use_safetensors"] = True
+        weight_files(source.path)  # transformers follows a shard index anywhere: only shards inside the folder
     if device_map is not None:
         kwargs["device_map"] = device_map
     if quantization_config is not None:  # core/quantization.py: the base is quantized while it loads

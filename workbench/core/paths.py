@@ -148,14 +148,20 @@ def not_regular_problem(path: str | Path) -> str | None:
 
 
 def require_inside(folder: Path, relative: str, what: str, error: type[WorkbenchError] = WorkbenchError) -> Path:
-    """``folder / relative``, refused when it leaves ``folder`` (``..``, an absolute path, a symbolic link out)."""
+    """``folder / relative``, refused when it leaves ``folder`` (``..``, an absolute path, a symbolic link out).
+
+    One exception, because it is how the Hugging Face cache stores every download: in a snapshot folder
+    (``<repo>/snapshots/<revision>/``) the files are links into the same repository's ``blobs/``."""
     candidate = folder / relative
     try:
         resolved, root = candidate.resolve(), folder.resolve()
     except (OSError, RuntimeError) as exc:
         raise error(f"{what} {relative!r} in {folder} cannot be resolved ({_reason(exc)})",
                     "fix the file that names it") from None
-    if Path(relative).is_absolute() or not is_inside(resolved, root):
+    roots = [root]
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        roots.append(root.parent.parent / "blobs")
+    if Path(relative).is_absolute() or not any(is_inside(resolved, r) for r in roots):
         raise error(f"{what} {relative!r} points outside {folder}; it is not read",
                     "a model folder's files must lie inside it: fix the file that names it, or download the model again")
     return candidate
