@@ -2,8 +2,9 @@
 
 Every command with ``--out`` (export as trained and portable, GGUF merged / adapter / Ollama, merge) is run
 through the real CLI against an existing file, an existing folder, and a folder inside each of its inputs (the
-run's adapter, the run folder, the base model folder). Each must exit 2 with a message, and the whole work
-folder — inputs included — must be byte-for-byte and time-for-time as it was.
+run's adapter, the base model folder). Each must exit 2 with a message, and the whole work folder — inputs
+included — must be byte-for-byte and time-for-time as it was. (The run folder itself is no input: exports kept
+beside the run, such as the window's default RUN/merged, are the run's own outputs.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ TARGETS = {  # where --out points, and what the refusal says
     "an existing file": ("taken.txt", "already exists"),
     "an existing folder": ("taken", "already exists"),
     "inside the run's adapter": ("run/adapter/sub", "is inside the adapter folder"),
-    "inside the run folder": ("run/exports/x", "is inside the run folder"),
     "inside the base model": ("base/merged", "is inside the base model folder"),
 }
 
