@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean gguf-tools test-gguf
+.PHONY: run test install clean gguf-tools test-gguf lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+# Lint only: `ruff format` is not applied yet (it would rewrite most files at once); the rules are in pyproject.toml.
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 # llama-cpp-python is a source package: pip compiles llama.cpp (CPU only, no -march=native so the wheel runs on any
 # x86-64 with AVX2). The wheel is kept in WHEELHOUSE, so the next install on this machine takes seconds; pip's own

@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo")
+from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
+
+COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "queue")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"workbench.commands.{name}").register(sub)
     return parser
-
-
-from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

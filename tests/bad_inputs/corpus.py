@@ -1100,6 +1100,40 @@ def _(ctx):
     return inspect_adapter(folder)
 
 
+def _poison(value: float) -> Callable[[dict], dict]:
+    """An adapter edit: one lora_B tensor of block 1 holds ``value`` (NaN or inf), as after a diverged run."""
+    def edit(weights: dict) -> dict:
+        key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+        weights[key] = weights[key].clone()
+        weights[key][0, 0] = value
+        return weights
+    return edit
+
+
+@case("adapter-nan-weights-inspect", "adapter",
+      r"adapter_model\.safetensors holds NaN or infinite values in 1 tensor\(s\): "
+      r"base_model\.model\.model\.layers\.1\.self_attn\.v_proj\.lora_B\.weight", r"diverged")
+def _(ctx):
+    return inspect_adapter(ctx.adapter(tensors=_poison(float("nan"))))
+
+
+@case("adapter-inf-weights-merge", "adapter", r"holds NaN or infinite values in 1 tensor\(s\): \S*v_proj\.lora_B",
+      r"train again from an earlier checkpoint")
+def _(ctx):
+    adapter = ctx.adapter(tensors=_poison(float("inf")))
+    return merge(ctx, ctx.shared_model(), adapter, target=adapter)
+
+
+@case("adapter-nan-weights-export", "adapter", r"holds NaN or infinite values", r"diverged", gui=False)
+def _(ctx):
+    return export(ctx, ctx.adapter(tensors=_poison(float("-inf"))), None, "--portable")
+
+
+@case("adapter-nan-weights-gguf", "adapter", r"holds NaN or infinite values", r"diverged", gui=False)
+def _(ctx):
+    return export(ctx, ctx.adapter(tensors=_poison(float("nan"))), None, "--gguf")
+
+
 @case("adapter-missing-tensor", "adapter",
       r"module model\.layers\.1\.self_attn\.q_proj has an incomplete or inconsistent A/B pair \{'lora_A': \(4, 64\)\}",
       r"damaged or was edited")
@@ -1210,6 +1244,69 @@ def _(ctx):
     return merge(ctx, ctx.shared_model(), ctx.adapter(), ctx.path("taken"), target=ctx.path("taken"))
 
 
+@case("output-export-inside-the-adapter", "output",
+      r"output folder \S*adapter/sub is inside the adapter \(\S*\); nothing was written",
+      r"choose a folder outside the adapter: Workbench never writes into its inputs")
+def _(ctx):
+    adapter = ctx.adapter()
+    return export(ctx, adapter, adapter / "sub", target=adapter)
+
+
+@case("output-merge-inside-the-base-model", "output",
+      r"output folder \S*/merged is inside the base model \(\S*\); nothing was written", r"never writes into its inputs")
+def _(ctx):
+    base = ctx.model("base")
+    return merge(ctx, base, ctx.adapter(base=base), base / "merged", target=base)
+
+
+@case("output-gguf-inside-the-base-model", "output", r"is inside the base model", r"never writes into its inputs",
+      gui=False)
+def _(ctx):
+    base = ctx.model("base")
+    built = export(ctx, ctx.adapter(base=base), base / "gguf", "--gguf", "--type", "f16", target=base)
+    return Built(built.target, built.argv + ["--base", str(base)], {**built.related, "base": base})
+
+
+@case("output-gguf-adapter-inside-the-adapter", "output", r"is inside the adapter", r"never writes into its inputs",
+      gui=False)
+def _(ctx):
+    adapter = ctx.adapter()
+    return export(ctx, adapter, adapter / "gguf", "--gguf-adapter", target=adapter)
+
+
+@case("output-export-onto-a-file", "output", r"output folder \S*mine\.txt already exists \(a file\); nothing was written",
+      r"Workbench never replaces an existing file or folder")
+def _(ctx):
+    mine = ctx.write("mine.txt", "keep me\n")
+    return export(ctx, ctx.adapter(), mine, target=mine)
+
+
+@case("output-merge-onto-a-file", "output", r"output folder \S*mine\.txt already exists \(a file\)", r"never replaces")
+def _(ctx):
+    mine = ctx.write("mine.txt", "keep me\n")
+    return merge(ctx, ctx.shared_model(), ctx.adapter(), mine, target=mine)
+
+
+@case("output-gguf-onto-a-folder", "output", r"output folder \S*taken already exists; nothing was written",
+      r"never replaces", gui=False)
+def _(ctx):
+    ctx.write("taken/keep.txt", "mine\n")
+    return export(ctx, ctx.adapter(), ctx.path("taken"), "--gguf", target=ctx.path("taken"))
+
+
+@case("output-gguf-adapter-onto-a-file", "output", r"output folder \S*mine\.gguf already exists \(a file\)",
+      r"never replaces", gui=False)
+def _(ctx):
+    mine = ctx.write("mine.gguf", "keep me\n")
+    return export(ctx, ctx.adapter(), mine, "--gguf-adapter", target=mine)
+
+
+@case("output-ollama-onto-a-folder", "output", r"output folder \S*taken already exists", r"never replaces", gui=False)
+def _(ctx):
+    ctx.write("taken/Modelfile", "FROM mine\n")
+    return export(ctx, ctx.adapter(), ctx.path("taken"), "--ollama", target=ctx.path("taken"))
+
+
 @case("output-run-dir-not-empty", "output", r"the run folder \S*full is not empty", r"choose another output\.run_dir")
 def _(ctx):
     ctx.write("full/keep.txt", "mine\n")
@@ -1226,8 +1323,8 @@ def _(ctx):
 @case("output-export-under-a-file", "output", r"cannot write \S*: \S*adapter_config\.json is a file, not a folder",
       r"part of the --out path is a file")
 def _(ctx):
-    adapter = ctx.adapter()
-    return export(ctx, adapter, adapter / "adapter_config.json" / "out", target=adapter / "adapter_config.json")
+    notes = ctx.write("notes/adapter_config.json", "x\n")
+    return export(ctx, ctx.adapter(), notes / "out", target=notes)
 
 
 @case("output-merge-under-a-file", "output", r"cannot write \S*: \S*notes\.txt is a file, not a folder",

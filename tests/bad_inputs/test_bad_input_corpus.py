@@ -202,7 +202,7 @@ def test_gui_cases_build_what_the_window_opens(tmp_path, tiny_model_dir):
     for case_id, builder, kind in GUI_CASES:
         first.setdefault(kind, (case_id, builder))
     assert set(first) == set(GUI_KINDS)
-    for kind, (case_id, builder) in first.items():
+    for case_id, builder in first.values():
         built = builder(tmp_path / case_id, tiny_model_dir)
         assert built.target.is_relative_to(tmp_path / case_id / "user"), (case_id, built.target)
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import tiny
@@ -121,7 +121,7 @@ def test_bytes_after_the_data_are_refused_as_the_loaders_refuse_them(whole, tmp_
     padded.write_bytes(whole.read_bytes() + b"\0" * 16)
     problem = checkpoint.safetensors_problem(padded)
     assert problem is not None and not problem.truncated and "the safetensors library refuses it" in str(problem)
-    with pytest.raises(Exception):  # what transformers would meet when loading it
+    with pytest.raises(SafetensorError):  # what transformers would meet when loading it
         with safe_open(str(padded), framework="pt"):
             pass
 

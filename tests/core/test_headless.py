@@ -1,19 +1,30 @@
-"""workbench.core must never import Qt: the engine runs on servers without a display."""
+"""workbench.core must never import Qt: the engine runs on servers without a display.
+
+tests/test_contracts.py checks the import statements (import-linter); this checks what importing really loads.
+"""
 
 import subprocess
 import sys
 
+QT = ("PySide6", "PyQt5", "PyQt6", "pyqtgraph", "shiboken6")
+
 
 def test_core_imports_no_qt():
+    # walk_packages, not iter_modules: core/runs, core/data and core/gguf_export are packages with modules inside.
     code = (
         "import sys, pkgutil, importlib, workbench.core as c\n"
-        "for m in pkgutil.iter_modules(c.__path__):\n"
-        "    importlib.import_module('workbench.core.' + m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('PySide6', 'PyQt5', 'PyQt6', 'pyqtgraph', 'shiboken6'))\n"
+        "names = [m.name for m in pkgutil.walk_packages(c.__path__, 'workbench.core.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        f"bad = sorted(n for n in sys.modules if n.split('.')[0] in {QT!r})\n"
+        "print(len(names))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"workbench.core pulled in Qt modules: {out.stdout}"
+    count, bad = out.stdout.split("\n")[:2]
+    assert bad == "", f"workbench.core pulled in Qt modules: {bad}"
+    # The walk reached the sub-packages' modules, not only the top level (about 30 modules there today).
+    assert int(count) > 50, out.stdout
 
 
 def test_core_import_is_cheap():

@@ -205,6 +205,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
 
 
 def _refuse_non_finite(weights: Path, tensors: dict[str, torch.Tensor]) -> None:
+<<<<<<< HEAD
     """NaN or infinite weights would be merged, exported and inspected as if they were an adapter: every use
     of an adapter loads it here, so this one check keeps them out of every output (and out of an SVD)."""
     bad = []
@@ -221,6 +222,18 @@ def _refuse_non_finite(weights: Path, tensors: dict[str, torch.Tensor]) -> None:
             "the training that saved it diverged: use the adapter of an earlier checkpoint "
             "(RUN/checkpoints/checkpoint-N), or train again with a lower training.learning_rate",
         )
+=======
+    """NaN or infinite weights would be merged, exported and served as they are (a merged model that answers
+    NaN), and break the report's SVD: every reader of an adapter refuses them here, naming the tensors."""
+    import torch
+
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        names = ", ".join(sorted(bad, key=natural_key)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise AdapterError(f"{weights} holds NaN or infinite values in {len(bad)} tensor(s): {names}",
+                           "the training that made it diverged: train again from an earlier checkpoint, with a lower "
+                           "learning rate (or max_grad_norm set)")
+>>>>>>> main
 
 
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "eva", "loftq", "orthogonal", "lora_ga")

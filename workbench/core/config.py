@@ -204,8 +204,10 @@ class OutputConfig(_Section):
     runs_root: str = Field("runs", description="Folder that holds one sub-folder per run.")
     name: str | None = Field(None, description="Run name (default: model name and time stamp).")
     run_dir: str | None = Field(None, description="Exact run folder; overrides runs_root/name.")
+    group: str | None = Field(None, description="The sweep or series this run belongs to (set by `workbench sweep`); "
+                              "runs of one group are listed and compared together.")
 
-    @field_validator("name")
+    @field_validator("name", "group")
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or re.search(r"[/\\\0]", v)):

@@ -53,7 +53,7 @@ from typing import Any, Iterator
 
 from .cache import CACHE_ENV, cache_root
 from .errors import ModelSourceError, first_line
-from .events import Message, Progress, as_sink
+from .events import Message, Progress, Sink, SinkLike, as_sink
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -294,7 +294,7 @@ _STEPS = ("starting the one-time conversion", "reading the configuration and tok
 
 
 def convert_gguf(gguf_path: str | Path, *, name: str | None = None, cache_dir: str | Path | None = None,
-                 sink: Any = None) -> Path:
+                 sink: SinkLike = None) -> Path:
     """Convert a GGUF file into a Hugging Face safetensors folder in the cache, once; return the folder.
 
     A finished conversion is reused at once (its architecture was checked when it was made; checking again
@@ -320,7 +320,7 @@ def convert_gguf(gguf_path: str | Path, *, name: str | None = None, cache_dir: s
 
 
 @contextmanager
-def _exclusive(lock_path: Path, sink: Any, what: str) -> Iterator[None]:
+def _exclusive(lock_path: Path, sink: Sink, what: str) -> Iterator[None]:
     """An exclusive lock on ``lock_path``, held across processes; released by the OS if the holder dies.
 
     The converter's only lock, used once above: to be replaced by ``core/locks.py`` (filelock) as a whole."""
@@ -362,7 +362,7 @@ def _exclusive(lock_path: Path, sink: Any, what: str) -> Iterator[None]:
             unlock()
 
 
-def _convert_locked(info: GgufInfo, final: Path, key: str, sink: Any) -> None:
+def _convert_locked(info: GgufInfo, final: Path, key: str, sink: Sink) -> None:
     from .fsutil import atomic_directory
 
     started = time.time()

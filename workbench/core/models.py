@@ -35,6 +35,7 @@ from .checkpoint import (
 from .compat import known_model_types
 from .errors import ConsentRequired, ModelSourceError, first_line
 from .paths import require_regular_file
+from .events import Sink, SinkLike, as_sink
 from .gguf_import import convert_gguf
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,7 +95,7 @@ def resolve_source(
     *,
     allow_pickle: bool = False,
     download: Literal["none", "config", "all"] = "config",
-    sink: Any = None,
+    sink: SinkLike = None,
 ) -> ModelSource:
     """Find the files behind ``spec`` and check that they can be used safely.
 
@@ -122,7 +123,7 @@ def resolve_source(
     return _resolve_hub(spec, revision, allow_pickle, download, sink)
 
 
-def resolve_builtin(spec: str, *, cache_dir: str | Path | None = None, sink: Any = None) -> ModelSource:
+def resolve_builtin(spec: str, *, cache_dir: str | Path | None = None, sink: SinkLike = None) -> ModelSource:
     """``builtin:NAME`` → a ``ModelSource`` for the converted safetensors folder (converting once)."""
     folder = ensure_builtin(spec, cache_dir=cache_dir, sink=sink)
     return ModelSource(spec.strip(), "local", folder, "safetensors")
@@ -140,7 +141,7 @@ def gguf_file_of(spec: str) -> Path | None:
     return None
 
 
-def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: Any = None) -> ModelSource:
+def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: SinkLike = None) -> ModelSource:
     gguf = gguf_file_of(str(path))
     if gguf is not None:  # the path every GGUF file takes, the built-in model's too (core/gguf_import.py)
         return ModelSource(spec, "gguf", convert_gguf(gguf, sink=sink), "safetensors", gguf_file=str(gguf.resolve()))
@@ -243,7 +244,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def download_progress_class(sink: Any, spec: str, min_interval: float = 0.25):
+def download_progress_class(sink: Sink, spec: str, min_interval: float = 0.25):
     """A tqdm class for ``snapshot_download(tqdm_class=...)`` that turns its byte counts into ``Progress``
     events (task "download", at most every ``min_interval`` seconds, and once at the end) instead of drawing.
 
@@ -284,7 +285,7 @@ def download_progress_class(sink: Any, spec: str, min_interval: float = 0.25):
     return _SinkProgress
 
 
-def _resolve_hub(spec: str, revision: str | None, allow_pickle: bool, download: str, sink: Any = None) -> ModelSource:
+def _resolve_hub(spec: str, revision: str | None, allow_pickle: bool, download: str, sink: SinkLike = None) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -302,7 +303,7 @@ def _resolve_hub(spec: str, revision: str | None, allow_pickle: bool, download: 
             "connect to the internet, or open a local model folder or .gguf file instead",
         )
     patterns = SMALL_FILES if download == "config" else None
-    progress = {"tqdm_class": download_progress_class(sink, spec)} if sink is not None else {}
+    progress = {"tqdm_class": download_progress_class(as_sink(sink), spec)} if sink is not None else {}
     try:
         folder = Path(snapshot_download(spec, revision=revision, allow_patterns=patterns, **progress))
     except Exception as exc:  # the hub client raises many types; all mean "could not get it"
@@ -453,7 +454,7 @@ class ModelOverview:
 
 
 def open_overview(spec: str, *, revision: str | None = None, task: str = "causal-lm", num_labels: int | None = None,
-                  trust_remote_code: bool = False, allow_pickle: bool = False, sink: Any = None) -> ModelOverview:
+                  trust_remote_code: bool = False, allow_pickle: bool = False, sink: SinkLike = None) -> ModelOverview:
     """Resolve, read the config and build the meta-device tree: the whole 'open a model' step, no weights read.
 
     ``sink`` receives ``Progress`` events when opening means converting first (a GGUF file's first use)."""

@@ -48,6 +48,8 @@ from .events import (
     Resumed,
     RunStarted,
     Sample,
+    Sink,
+    SinkLike,
     Step,
     as_sink,
 )
@@ -67,7 +69,7 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ entry points
 
 
-def run(config: RunConfig, sink: Any = None, control: RunControl | None = None, *, run_dir: str | Path | None = None) -> TrainResult:
+def run(config: RunConfig, sink: SinkLike = None, control: RunControl | None = None, *, run_dir: str | Path | None = None) -> TrainResult:
     """Train a new run described by ``config``. Blocks until the run ends; call it from a worker thread.
 
     Raises ``WorkbenchError`` for bad input (after emitting ``Failed``); never leaves the run folder
@@ -85,7 +87,7 @@ def run(config: RunConfig, sink: Any = None, control: RunControl | None = None, 
     return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist)
 
 
-def preflight(config: RunConfig, sink: Any = None) -> None:
+def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     """The checks that take a second or less: the model source resolves and is safe, the data files are
     readable and of a known format. Raises the same ``WorkbenchError`` training itself would. (A built-in
     model is converted here on first use, with ``Progress`` events to ``sink``.)"""
@@ -103,7 +105,7 @@ def preflight(config: RunConfig, sink: Any = None) -> None:
     detect(config.data)
 
 
-def resume(run_dir: str | Path, sink: Any = None, control: RunControl | None = None) -> TrainResult:
+def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | None = None) -> TrainResult:
     """Continue a stopped, failed or crashed run from its newest complete checkpoint.
 
     Optimizer, scheduler, RNG state, data position and step counter continue where the checkpoint left
@@ -142,7 +144,7 @@ class _ResumeInfo:
     at_target: bool = False  # the checkpoint holds the last step: finish from it, train nothing (see resume)
 
 
-def _train(run_dir: Path, config: RunConfig, user_sink: Any, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
            dist: Distributed) -> TrainResult:
     from .runs import RunRecorder
 
@@ -168,7 +170,7 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Any, control: RunControl
 class _StampWorldSize:
     """Every event of a run carries the number of processes that train it."""
 
-    def __init__(self, sink: Any, world_size: int):
+    def __init__(self, sink: Sink, world_size: int):
         self.sink, self.world_size = sink, world_size
 
     def emit(self, event: Any) -> None:
@@ -215,7 +217,7 @@ def _weight_dtype(config: RunConfig, precision: str, device: str):
     return getattr(torch, training_weight_dtype(config.model.dtype, device, precision))
 
 
-def _setup_model(config: RunConfig, device: str, precision: str, sink: Any):
+def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection, resolved lora)."""
     from peft import get_peft_model
 
@@ -299,7 +301,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
 # ------------------------------------------------------------------------------------------- training
 
 
-def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
                     dist: Distributed) -> TrainResult:
     """``_train_inner``, tried again with a smaller micro-batch after a step ran out of memory, if allowed.
 
@@ -340,7 +342,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Any, control: RunCon
             level="warning"))
 
 
-def _train_inner(run_dir: Path, config: RunConfig, sink: Any, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
                  dist: Distributed) -> TrainResult:
     import torch
     from transformers import PrinterCallback, set_seed
@@ -763,7 +765,8 @@ def _make_trainer_class():
         def _publish(self, written: Path, final: Path, staging: Path) -> None:
             if not written.is_dir():
                 if final.is_dir():  # a transformers version that no longer asks _get_output_dir: saved in place
-                    warnings.warn(f"{final} was written in place, not atomically (transformers changed its saving)")
+                    warnings.warn(f"{final} was written in place, not atomically (transformers changed its saving)",
+                                  stacklevel=2)
                     return
                 raise RuntimeError(f"the Trainer wrote no checkpoint into {staging}")
             # Overwrite: a checkpoint of the same step can only be one a resume has passed over (damaged).
@@ -805,7 +808,7 @@ def _make_callback_class():
     class EventCallback(TrainerCallback):
         """Turns the Trainer's life into events, and applies stop / pause / checkpoint requests between steps."""
 
-        def __init__(self, config: RunConfig, sink: Any, control: RunControl, dist: Distributed, tokenizer: Any, device: str, precision: str,
+        def __init__(self, config: RunConfig, sink: Sink, control: RunControl, dist: Distributed, tokenizer: Any, device: str, precision: str,
                      run_dir: Path, *, trainable: int, total: int, train_examples: int, validation_examples: int,
                      resumed_from: int, resolved: RunConfig):
             self.config, self.sink, self.run_control, self.dist, self.tokenizer = config, sink, control, dist, tokenizer

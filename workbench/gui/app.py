@@ -37,7 +37,10 @@ def main(run_file: str | None = None) -> int:
     app = create_app()
     from .main_window import MainWindow
 
+    from . import crash_report
+
     window = MainWindow()
+    crash_report.install(window.report_unexpected)  # a slot that raises: one line and a log, never an abort
     window.show()
     if run_file:
         QTimer.singleShot(0, lambda: window.open_run(Path(run_file)))

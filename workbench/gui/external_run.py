@@ -1,7 +1,7 @@
 """Training in a separate process, watched and driven through its run folder.
 
-The window starts ``python -m workbench train RUN.toml --run-dir DIR`` (under ``python -m
-torch.distributed.run --standalone --nproc_per_node N`` for N > 1) and from then on knows the run only
+The window starts ``workbench train RUN.toml --run-dir DIR`` (under ``torchrun --standalone
+--nproc_per_node N`` for N > 1; ``core.selfcmd`` spells both for a Python install and for the frozen bundle) and from then on knows the run only
 through its folder, exactly as it would know a run started from a terminal or on a cluster:
 
 * the folder is chosen — and claimed, empty, with ``mkdir`` — by the window before the process starts
@@ -32,7 +32,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from workbench.core.config import RunConfig
 from workbench.core.errors import OutputError
 from workbench.core.events import Failed, Finished, RunStarted
 from workbench.core.exitcodes import EXIT_STOPPED
+from workbench.core.selfcmd import local_torchrun_command, workbench_command
 
 POLL_INTERVAL_MS = 200  # metrics and log: a few small reads; the panel batches repaints anyway
 STATUS_INTERVAL_S = 2.0  # liveness of an attached run (reads status.json, asks the OS about the process)
@@ -71,10 +71,8 @@ def claim_run_dir(config: RunConfig) -> tuple[Path, bool]:
 def launch_command(run_file: Path, run_dir: Path, processes: int) -> list[str]:
     """The command line of a separate-process run: ``workbench train``, under torchrun for more than one
     process (``--standalone``: a rendezvous on a free local port, so two such runs can share the machine)."""
-    head = [sys.executable, "-m"]
-    if processes > 1:
-        head += ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m"]
-    return head + ["workbench", "train", str(run_file), "--run-dir", str(run_dir), "--quiet"]
+    args = ("train", str(run_file), "--run-dir", str(run_dir), "--quiet")
+    return local_torchrun_command(processes, *args) if processes > 1 else workbench_command(*args)
 
 
 class FolderControl:

@@ -38,6 +38,9 @@ from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
 
 RECENT_LIMIT = 10
+# A closing window cancels its jobs and waits this long for their threads to end; the rest are abandoned (they
+# stop at their next check, and report to nobody).
+CLOSE_WAIT_MS = 1000
 RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
 
@@ -64,6 +67,7 @@ class MainWindow(QMainWindow):
         self.ask_before_discarding = True  # unsaved settings: ask before closing
         self._discard_confirmed = False
         self._jobs = 0  # running workers, so closing can wait for them without blocking
+        self._running_jobs: set[workers.Job] = set()
         self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
         self._syncing_selection = False
         self._data_pending = False
@@ -217,20 +221,35 @@ class MainWindow(QMainWindow):
         self.error_box = box
         box.open()
 
-    def _start(self, worker: workers.Worker) -> None:
-        self._jobs += 1
-        # Counted down when the job's thread itself has ended (not when the worker says it is done): only
-        # then may the window close for good.
-        workers.start(worker, self).ended.connect(self._job_done)
+    def report_unexpected(self, line: str) -> None:
+        """An exception nobody caught (``crash_report``): one line in the status bar and a message box."""
+        self.statusBar().showMessage(line)
+        self.show_error("Something went wrong", line)
 
-    def _job_done(self) -> None:
+    def _start(self, worker: workers.Worker) -> workers.Job:
+        self._jobs += 1
+        job = workers.start(worker, self)
+        self._running_jobs.add(job)
+        # Counted down when the job's thread itself has ended (not when the worker says it is done), or when
+        # a closing window gave up waiting for it: only then may the window close for good.
+        job.ended.connect(lambda: self._job_done(job))
+        return job
+
+    def _job_done(self, job: workers.Job) -> None:
+        self._running_jobs.discard(job)
         self._jobs -= 1
         if self._closing and self._jobs == 0:
             self.close()
 
+    def _abandon_jobs(self) -> None:
+        """Closing: jobs whose threads did not end within ``CLOSE_WAIT_MS`` of being cancelled are left to end
+        on their own; the window goes now."""
+        for job in list(self._running_jobs):
+            job.abandon()
+
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
-        self._start(workers.FunctionWorker(workers.warm_up_imports))
+        self._start(workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries"))
 
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
@@ -286,7 +305,7 @@ class MainWindow(QMainWindow):
 
         spec = self.store.config.model.source
         origin = str(getattr(self.overview.hf_config, "_name_or_path", "") or "")
-        worker = workers.FunctionWorker(lambda: hub_suggestions(spec, origin))
+        worker = workers.FunctionWorker(lambda: hub_suggestions(spec, origin), "Looking up related models")
         worker.result.connect(self.picker.set_suggestions)
         self._start(worker)
 
@@ -424,7 +443,8 @@ class MainWindow(QMainWindow):
         source = self.overview.source if self.overview is not None else None
         trust = self.store.config.model.trust_remote_code
         seed = self.store.config.training.seed
-        worker = workers.FunctionWorker(lambda: inspect_data(data, source, trust, seed))
+        worker = workers.FunctionWorker(lambda should_stop: inspect_data(data, source, trust, seed, should_stop),
+                                        "Reading the data", stoppable=True)
         worker.result.connect(self._data_ready)
         worker.failed.connect(self._data_failed)
         worker.finished.connect(self._data_job_done)
@@ -556,7 +576,7 @@ class MainWindow(QMainWindow):
         self.inspection.request()
 
     def inspect_adapter(self, adapter: str, base: str) -> None:
-        worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base))
+        worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base), "Inspecting the adapter")
         worker.result.connect(self.inspection.show_report)
         worker.result.connect(self.inspected)
         worker.failed.connect(self._inspect_failed)
@@ -567,7 +587,7 @@ class MainWindow(QMainWindow):
         self.inspect_failed.emit(message)
 
     def load_playground(self, base: str, adapter: str) -> None:
-        worker = workers.FunctionWorker(lambda: workers.load_playground(base, adapter))
+        worker = workers.FunctionWorker(lambda: workers.load_playground(base, adapter), "Loading the playground")
         worker.result.connect(self.playground.show_loaded)
         worker.failed.connect(self.playground.show_error)
         self._start(worker)
@@ -712,8 +732,13 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         if self._jobs:
-            # A worker still runs (opening a model, reading data): its thread must end before the window goes.
-            self._closing = True
+            # A worker still runs (opening a model, reading data): cancel it, give its thread a second to end,
+            # then go (``_abandon_jobs``). Nothing it reports afterwards reaches a widget.
+            if not self._closing:
+                self._closing = True
+                for job in list(self._running_jobs):
+                    job.cancel()
+                QTimer.singleShot(CLOSE_WAIT_MS, self._abandon_jobs)
             self.hide()
             event.ignore()
             return

@@ -14,6 +14,12 @@ an ``emit`` of a finished job's result, so its thread never reported that it had
 window later aborted the process ("QThread: Destroyed while thread is still running"). With a plain
 Python thread and a queue there is no Qt object whose lifetime depends on the job thread, a job that dies
 in any way is noticed (its thread is no longer alive), and receivers are ordinary GUI-thread slots.
+
+Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
+``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
+reaches a widget. A closing window cancels every job, waits about a second for their threads, and then
+``abandon()`` the rest: a Python thread cannot be killed, so it runs on to its next check (or, as a
+daemon thread, until the process exits) while the window goes.
 """
 
 from __future__ import annotations
@@ -22,28 +28,44 @@ import gc
 import queue
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from workbench.core.config import RunConfig
-from workbench.core.events import RunStarted
+from workbench.core.events import RunStarted, SinkLike
 
 POLL_INTERVAL_MS = 10  # how often the GUI thread collects a running job's reports: fast enough to stream tokens
+
+
+class JobCancelled(Exception):
+    """Raised on the job thread (from a progress sink, say) once the job was cancelled: it reports nothing."""
 
 
 class Worker(QObject):
     """A job's inputs, its ``work()`` (run on the job thread) and its signals (emitted on the GUI thread)."""
 
     result = Signal(object)
-    failed = Signal(str, str)  # message (with hint), traceback
+    failed = Signal(str, str)  # message (with hint), details: where the log of an unexpected error is
     finished = Signal()
+    what = "A background job"  # names the job in the one line an unexpected error becomes
 
     def __init__(self) -> None:
         super().__init__()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Any thread: ask the job to stop at its next check. Workers holding a ``RunControl`` stop it too."""
+        self._cancelled.set()
+        control = getattr(self, "_control", None)
+        if control is not None:
+            control.request_stop()
+
+    def should_stop(self) -> bool:
+        """The job thread's check between units of work (a core function's ``should_stop`` callable)."""
+        return self._cancelled.is_set()
 
     def work(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -57,12 +79,15 @@ class Worker(QObject):
         from workbench.core.errors import WorkbenchError
 
         try:
-            self.post("result", self.work())
+            result = self.work()
+            if not self._cancelled.is_set():
+                self.post("result", result)
+        except JobCancelled:
+            pass
         except WorkbenchError as exc:
-            message = exc.message + (f"\n\n{exc.hint}" if exc.hint else "")
-            self.post("failed", message, traceback.format_exc())
-        except BaseException as exc:  # a bug: keep everything so the log can show it
-            self.post("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            self.post("failed", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""), "")
+        except BaseException as exc:  # a bug: one line for the user, the traceback into a log file
+            self.post("failed", *unexpected_error_text(self.what, exc))
         finally:
             self.post("finished")
 
@@ -78,8 +103,28 @@ class Worker(QObject):
             done = done or name == "finished"
 
 
+def unexpected_error_text(what: str, exc: BaseException) -> tuple[str, str]:
+    """(one line naming what failed, the exception and the crash log; the log's path) for a bug's report.
+    The traceback goes into the log (``core.crashlog``, as the CLI's guarded entry point does), never on screen."""
+    from workbench.core.crashlog import describe_unexpected, write_crash_log
+
+    try:
+        log = write_crash_log(what, exc)
+    except Exception:  # noqa: BLE001  (reporting must not fail in turn)
+        log = None
+    where = f"The details are in {log} (please include it in a bug report)." if log is not None else \
+        "No log could be written (the disk may be full or read-only)."
+    return f"{what} failed unexpectedly: {describe_unexpected(exc)}. {where}", str(log or "")
+
+
+# Workers of abandoned jobs, with their threads: kept referenced so that a worker (a QObject) is never freed
+# on its job thread when that thread finally ends; pruned on the GUI thread once their threads are gone.
+_abandoned: list[tuple[threading.Thread, Worker]] = []
+
+
 class Job(QObject):
-    """One worker on one thread, watched from the GUI thread; says ``ended`` once the thread is gone.
+    """One worker on one thread, watched from the GUI thread; says ``ended`` once the thread is gone (or the
+    job was abandoned).
 
     Only then may the window count the job as over, so a window closing with jobs still running waits for
     them (without blocking) instead of leaving a thread behind.
@@ -91,6 +136,7 @@ class Job(QObject):
         super().__init__(parent)
         self.worker: Worker | None = worker
         self._finished = False
+        self._silenced = False  # cancelled: what the job still reports is dropped
         self._thread = threading.Thread(target=worker.run, name=f"job-{type(worker).__name__}", daemon=True)
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -100,17 +146,44 @@ class Job(QObject):
         self._thread.start()
         self._timer.start()
 
+    def cancel(self) -> None:
+        """Ask the job to stop and drop whatever it reports from now on: no slot of a widget runs for it again."""
+        if self.worker is not None:
+            self.worker.cancel()
+        self._silenced = True
+
+    def abandon(self) -> None:
+        """Stop watching a cancelled job whose thread has not ended yet; ``ended`` follows at once."""
+        worker = self.worker
+        if worker is None:
+            return
+        self.cancel()
+        _abandoned[:] = [(t, w) for t, w in _abandoned if t.is_alive()]  # freed here, on the GUI thread
+        _abandoned.append((self._thread, worker))
+        self._end()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _poll(self) -> None:
         worker = self.worker
         if worker is None:
             return
         alive = self._thread.is_alive()  # read before draining: whatever it posted before dying is in the outbox
-        self._finished = worker.deliver() or self._finished
+        if self._silenced:
+            while not worker._outbox.empty():
+                worker._outbox.get_nowait()
+        else:
+            self._finished = worker.deliver() or self._finished
         if alive:
             return
-        if not self._finished:  # the thread died without reporting (it cannot, short of a crash in native code)
+        if not self._finished and not self._silenced:  # the thread died without reporting (a native crash)
             worker.failed.emit("The background job ended without reporting a result.", "")
             worker.finished.emit()
+        self._end()
+
+    def _end(self) -> None:
         self._timer.stop()
         self.worker = None  # drop what the job held (a model, say) now, on the GUI thread
         self.ended.emit()
@@ -127,14 +200,15 @@ def start(worker: Worker, parent: QObject) -> Job:
 
 
 class FunctionWorker(Worker):
-    """Runs one plain function; for short jobs whose whole output is a return value."""
+    """Runs one plain function; for jobs whose whole output is a return value. With ``stoppable`` the function
+    gets the worker's ``should_stop`` (a core function's cancel hook) as its only argument."""
 
-    def __init__(self, fn: Callable[[], Any]):
+    def __init__(self, fn: Callable[..., Any], what: str = "A background job", *, stoppable: bool = False):
         super().__init__()
-        self._fn = fn
+        self._fn, self.what, self._stoppable = fn, what, stoppable
 
     def work(self) -> Any:
-        return self._fn()
+        return self._fn(self.should_stop) if self._stoppable else self._fn()
 
 
 def warm_up_imports() -> None:
@@ -319,7 +393,7 @@ def describe_device(config: RunConfig) -> tuple[str, int | None, str]:
     return f"CPU, {available / 2**30:.1f} GiB RAM available", int(available), "cpu"
 
 
-def open_model(config: RunConfig, sink: Any = None) -> dict[str, Any]:
+def open_model(config: RunConfig, sink: SinkLike = None) -> dict[str, Any]:
     """The 'open a model' job: overview (config + meta skeleton + tree) and the training device."""
     from workbench.core.models import open_overview
 
@@ -334,6 +408,7 @@ class OpenModelWorker(Worker):
     """Opens a model; a built-in model's one-time conversion reports ``progress(done, total, detail)``."""
 
     progress = Signal(float, float, str)
+    what = "Opening the model"
     # The model opens only if the user allows something unsafe by default: (model.* setting, files, what the
     # files say — the code that would run, for remote code — and the refusal's message).
     consent_needed = Signal(str, list, str, str)
@@ -353,6 +428,9 @@ class OpenModelWorker(Worker):
 
     def emit(self, event) -> None:  # conversion sink, on the job thread
         from workbench.core.events import Message, Progress
+
+        if self.should_stop():  # cancelled: the conversion ends at its next step and removes its partial folder
+            raise JobCancelled
 
         if isinstance(event, Progress):
             detail = event.detail or event.task
@@ -387,6 +465,7 @@ class TrainWorker(Worker):
     """
 
     event = Signal(object)
+    what = "Training"
 
     def __init__(self, config: RunConfig, control):
         super().__init__()
@@ -447,6 +526,7 @@ class ExportWorker(Worker):
     """
 
     progress = Signal(float, float, str)  # bytes as floats: a C++ int stops at 2 GiB, a double is exact to 8 PiB
+    what = "The export"
 
     def __init__(self, mode: str, adapter: str, out: str, base: str = "", dtype: str | None = None, control=None):
         super().__init__()
@@ -508,6 +588,7 @@ class GenerateWorker(Worker):
     """
 
     token = Signal(str, str)
+    what = "Generating"
 
     def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float, control):
         super().__init__()

@@ -12,7 +12,7 @@ from datasets import Dataset
 from ..compat import dataset_fingerprint
 from ..config import DataConfig
 from ..errors import DataError
-from ..events import Message, as_sink
+from ..events import Message, Sink, SinkLike, as_sink
 from .cache import _PACKED, _TOKENIZED, _fingerprint
 from .formats import _CHAT_FORMATS, _detect_file, _normalize
 from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports_padding_free
@@ -30,7 +30,7 @@ def prepare(
     tokenizer: Any,
     *,
     seed: int = 42,
-    sink: Any = None,
+    sink: SinkLike = None,
     model_type: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> PreparedData:
@@ -108,7 +108,7 @@ def preview(cfg: DataConfig, tokenizer: Any, n: int = 5) -> list[PreviewExample]
 
 
 def _prepare_split(
-    name: str, rows: Dataset, raw: RawData, encoder: _Encoder, cfg: DataConfig, packed: bool, sink: Any
+    name: str, rows: Dataset, raw: RawData, encoder: _Encoder, cfg: DataConfig, packed: bool, sink: Sink
 ) -> tuple[Dataset, DataStats, list[BadRow]]:
     tokenized = rows.map(
         _tokenize_rows, batched=True, fn_kwargs={"encoder": encoder}, remove_columns=rows.column_names,

@@ -116,5 +116,9 @@ __all__ = [
     "heartbeat_age",
     "send_control",
     "delete_run",
+    "checkpoint_folders",
+    "discard_unfinished_checkpoints",
+    "CONTROL_POLL_INTERVAL_S",
+    "claim_new_run_dir",
     "unsafe_state_file",
 ]
