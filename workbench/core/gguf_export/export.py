@@ -92,12 +92,6 @@ class AdapterExport:
         return _run_adapter(self, as_sink(sink), control or RunControl())
 
 
-<<<<<<< HEAD
-def _new_output(out: str | Path, plan: Any) -> Path:
-    """``out`` may be created: nothing under its name, and not inside the base model's folder or the adapter's
-    (or its run's) folder (``paths.check_new_output``)."""
-    return check_new_output(out, inputs=input_folders(adapter=plan.adapter, base=plan.checkpoint))
-=======
 def _new_output(out: str | Path) -> Path:
     return check_new_output(out)
 
@@ -105,9 +99,7 @@ def _new_output(out: str | Path) -> Path:
 def _outside_inputs(out: Path, checkpoint: BaseCheckpoint, adapter: LoraAdapter | None,
                     gguf_base: Path | None = None) -> None:
     """Never inside the base model's folder, the adapter's, or the folder of the GGUF base."""
-    check_new_output(out, inputs={"the base model": checkpoint.path, "the adapter": adapter.path if adapter else None,
-                                  "the GGUF base's folder": gguf_base.parent if gguf_base else None})
->>>>>>> main
+    check_new_output(out, inputs=input_folders(adapter=adapter, base=checkpoint, gguf_base=gguf_base))
 
 
 def _check_room(out: Path, needed: int) -> None:
@@ -130,13 +122,9 @@ def _ollama_name(out: Path) -> str:
 def prepare_merged_export(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAdapter | None, out: str | Path,
                           *, type_name: str = "q8_0", ollama: bool = False, name: str | None = None) -> MergedExport:
     """Check a merged export and plan every tensor; raises a ``WorkbenchError`` for anything that would fail."""
-    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))  # before planning: cheap refusals first
+    out = _new_output(out)
     plan = plan_merged(base, adapter, type_name, name=name)
-<<<<<<< HEAD
-    out = _new_output(out, plan)
-=======
     _outside_inputs(out, plan.checkpoint, plan.adapter)
->>>>>>> main
     template = None
     if ollama:
         template = ollama_template(plan.checkpoint.path, add_bos=plan.vocab.add_bos, chat_template=plan.vocab.chat_template)
@@ -148,9 +136,8 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
                            name: str | None = None) -> AdapterExport:
     """Check a GGUF adapter export. ``base_gguf`` is the GGUF model the adapter will be used with (default: the
     GGUF file the base was converted from, if any); it is checked to hold every adapted tensor."""
-    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))
+    out = _new_output(out)
     plan = plan_adapter(adapter, base, type_name, name=name)
-    out = _new_output(out, plan)
     gguf_base = Path(base_gguf) if base_gguf is not None else gguf_origin(plan.checkpoint.path)
     _outside_inputs(out, plan.checkpoint, plan.adapter, gguf_base if base_gguf is not None else None)
     messages = []
