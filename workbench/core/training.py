@@ -20,6 +20,7 @@ its weights; a step that runs out of memory fails with the retry settings, or re
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shlex
@@ -426,6 +427,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     except Exception as exc:
         if not _is_out_of_memory(exc):
             full = _checkpoint_disk_full(exc, run_dir, trainer.state.global_step, _trainable_bytes(peft_model))
+            full = full or _write_refused(exc, run_dir, f"checkpoint-{trainer.state.global_step}")
             if full is None:
                 raise
             raise full from exc
@@ -448,6 +450,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
             _save_adapter(peft_model, run_dir, **lora_init.conversion_source(run_dir, config.lora.init))
         except Exception as exc:
             full = _adapter_disk_full(exc, run_dir, step, _trainable_bytes(peft_model))
+            full = full or _write_refused(exc, run_dir, f"the adapter of step {step}")
             if full is None:
                 raise
             raise full from exc
@@ -701,6 +704,33 @@ def _adapter_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_byt
             if checkpoint else "train again: without a checkpoint (training.save_steps) these weights are lost")
     kept = f" The adapter saved earlier in {target} is unchanged." if target.is_dir() else ""
     return OutputError(reason, f"{_room(needed, free, mount)}, then {then}.{kept}")
+
+
+# The file system refusing a write (not for lack of space: that is _checkpoint_disk_full / _adapter_disk_full).
+_WRITE_REFUSALS = {errno.EACCES: "no permission", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
+                   errno.ENOTDIR: "a file is in the way of a folder", errno.EEXIST: "something is in the way",
+                   errno.EIO: "input/output error", errno.ENOENT: "a folder was removed"}
+
+
+def _write_refused(exc: BaseException, run_dir: Path, what: str) -> OutputError | None:
+    """The error for a write into the run folder that the file system refused in the middle of a run (its
+    permissions changed, it became read-only, a folder was removed), or None for another failure. The
+    checkpoint being written was in its temporary folder, so earlier checkpoints are intact."""
+    from .runs import latest_checkpoint
+
+    refused = next((e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in _WRITE_REFUSALS), None)
+    if refused is None:
+        return None
+    path = refused.filename or run_dir
+    if refused.filename2:
+        path = f"{path} → {refused.filename2}"
+    checkpoint = latest_checkpoint(run_dir)
+    then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {checkpoint.path.name}" if checkpoint
+            else "start the run again (it has no complete checkpoint to resume from)")
+    return OutputError(f"the file system refused to write {what}: {path}: {_WRITE_REFUSALS[refused.errno]} "
+                       f"({refused.strerror or refused})",
+                       f"make {run_dir} writable again for this user (check its permissions, its mount and the free "
+                       f"space), then {then}")
 
 
 def _room(needed: int, free: int, mount: Path) -> str:
