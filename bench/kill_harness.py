@@ -142,7 +142,7 @@ def build(work: Path, size: str = "bench", max_steps: int = 40, save_steps: int 
     windows = []
     for dtype in (None, "bf16"):  # time from the first progress event (just before the .partial folder) to the end
         first: list[float] = []
-        sink = lambda e: first.append(time.perf_counter()) if e.kind == "progress" and not first else None  # noqa: E731
+        sink = lambda e, first=first: first.append(time.perf_counter()) if e.kind == "progress" and not first else None  # noqa: E731
         out = work / f"reference-merge-{dtype or 'same'}"
         merges[dtype] = merge_adapter(model, reference, out, dtype=dtype, sink=sink).output
         windows.append(time.perf_counter() - first[0])
@@ -551,7 +551,7 @@ class Harness:
         full = []
         for path in sorted((run_dir / "checkpoints").glob("checkpoint-*")):
             step = int(path.name.split("-")[1])
-            ok = loads(lambda: check_checkpoint(path, step, s.adapter_shapes))
+            ok = loads(lambda path=path, step=step: check_checkpoint(path, step, s.adapter_shapes))
             report.outputs_checked += 1
             verdict = judged.get(path.name)
             if verdict is not None and verdict.complete and not ok:

@@ -49,7 +49,7 @@ def make_data(path: Path) -> Path:
                 "the capital of Italy", "a word for a young cat", "the largest planet", "the boiling point of water"]
     answers = ["Paris.", "Four.", "Blue.", "Cold.", "Rome.", "Kitten.", "Jupiter.", "100 degrees Celsius."]
     rows = []
-    for i in range(160):
+    for _ in range(160):
         k = rng.randrange(len(subjects))
         padding = " Answer briefly." * rng.randrange(0, 4)
         rows.append({"prompt": f"Question: what is {subjects[k]}?{padding}\nAnswer:", "completion": f" {answers[k]}"})

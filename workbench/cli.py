@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "desktop")
+from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
+
+COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "queue", "desktop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,11 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].lower().endswith(".toml") and argv[0] not in COMMAND_MODULES:
+        argv = ["gui", *argv]  # `workbench RUN.toml` opens the window with that run file, as `workbench gui RUN.toml`
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -24,6 +24,7 @@ from workbench.core.control import RunControl
 from workbench.core.events import ListSink, Progress
 from workbench.core.gguf_export import export_gguf, export_gguf_adapter
 
+# base_dir is a fixture: the tests below take it as a parameter, hence the F811 marks on them.
 from test_gguf_export import LLAMA_ALL, base_dir, load_model, make_adapter, read_gguf, save_qwen3  # noqa: F401
 
 if os.environ.get("WORKBENCH_REQUIRE_LLAMA_CPP") == "1":
@@ -94,7 +95,7 @@ def top1(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3-head-dim-16"])
-def test_llama_cpp_computes_the_merged_models_logits_and_tokenizes_alike(arch, base_dir, tmp_path, llama):
+def test_llama_cpp_computes_the_merged_models_logits_and_tokenizes_alike(arch, base_dir, tmp_path, llama):  # noqa: F811
     from transformers import AutoTokenizer
 
     # head_dim 16 ≠ hidden / heads: llama.cpp must read attention.key_length (transformers' loader cannot)
@@ -130,7 +131,7 @@ def test_llama3_rope_scaling_is_written_as_llama_cpps_rope_freqs(tmp_path, llama
          alpha_pattern={"o_proj": 3, "q_proj": 16}),
     dict(r=8, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "k_proj", "embed_tokens", "lm_head"]),
 ], ids=["plain", "rank-alpha-patterns", "rslora-embedding-lm-head"])
-def test_gguf_adapter_on_the_gguf_base_equals_the_merged_gguf_in_llama_cpp(lora, base_dir, tmp_path, llama):
+def test_gguf_adapter_on_the_gguf_base_equals_the_merged_gguf_in_llama_cpp(lora, base_dir, tmp_path, llama):  # noqa: F811
     base = base_dir("llama")
     adapter = make_adapter(base, tmp_path / "adapter", **lora)
     base_gguf = export_gguf(base, None, tmp_path / "base", type_name="f32").gguf
@@ -202,7 +203,7 @@ def monkeypatch_module():
 
 
 def demo_conversations() -> list[list[dict[str, str]]]:
-    from workbench.core.demo import demo_run_file, resources_dir
+    from workbench.core.demo import resources_dir
 
     rows = [json.loads(line) for line in (resources_dir() / "demo" / "validation.jsonl").read_text().splitlines()[:6]]
     return [r["messages"] for r in rows]

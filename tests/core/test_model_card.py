@@ -2,7 +2,6 @@
 renders, whose YAML front matter parses, and that huggingface_hub reads as a model card; a user's README.md stays."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -17,7 +17,7 @@ import torch
 
 from workbench.core.adapters import LoraAdapter, check_adapter, load_adapter
 from workbench.core.base_model import BaseCheckpoint, open_base_model
-from workbench.core.events import Progress, as_sink
+from workbench.core.events import Progress, SinkLike, as_sink
 
 __all__ = [
     "lowrank_singular_values",
@@ -125,7 +125,7 @@ class AdapterReport:
 
 
 def inspect_adapter(adapter: str | Path | LoraAdapter, base: str | Path | BaseCheckpoint | None = None,
-                    *, sink: Any = None) -> AdapterReport:
+                    *, sink: SinkLike = None) -> AdapterReport:
     """Per adapted module: ``||ΔW||_F``, its singular values and effective rank, and with a base model
     ``||W||_F`` (read one tensor at a time, after checking that the adapter fits)."""
     lora = adapter if isinstance(adapter, LoraAdapter) else load_adapter(adapter)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 from .errors import ModelSourceError
+from .events import SinkLike
 from .gguf_import import convert_gguf, find_conversion
 
 __all__ = [
@@ -140,7 +140,7 @@ def builtin_status(spec_or_name: str = DEFAULT_MODEL, *, cache_dir: str | Path |
     return BuiltinStatus(model, gguf_path, converted)
 
 
-def ensure_builtin(spec_or_name: str = DEFAULT_MODEL, *, cache_dir: str | Path | None = None, sink: Any = None) -> Path:
+def ensure_builtin(spec_or_name: str = DEFAULT_MODEL, *, cache_dir: str | Path | None = None, sink: SinkLike = None) -> Path:
     """The converted folder of a built-in model, converting it first if this is the first use."""
     model = builtin_model(spec_or_name)
     return convert_gguf(find_builtin_gguf(model.name), name=model.name, cache_dir=cache_dir, sink=sink)

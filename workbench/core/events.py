@@ -203,7 +203,13 @@ def _json_default(obj: Any) -> Any:
 
 @runtime_checkable
 class Sink(Protocol):
+    """What a long job reports to; job internals take a ``Sink`` (``as_sink`` has already run)."""
+
     def emit(self, event: Event) -> None: ...
+
+
+# What the engine's entry points accept as ``sink=``: a sink, a plain callable, or None (events dropped).
+SinkLike = Sink | Callable[[Event], None] | None
 
 
 class NullSink:
@@ -237,7 +243,7 @@ class CallbackSink:
 class MultiSink:
     """Forwards to several sinks; one failing sink (a closed console, say) does not stop the others."""
 
-    def __init__(self, sinks: Iterable[Any]):
+    def __init__(self, sinks: Iterable[SinkLike]):
         self.sinks = [as_sink(s) for s in sinks]
 
     def emit(self, event: Event) -> None:
@@ -284,7 +290,7 @@ class JsonlSink:
         self.close()
 
 
-def as_sink(obj: Any) -> Sink:
+def as_sink(obj: SinkLike) -> Sink:
     if obj is None:
         return NullSink()
     if hasattr(obj, "emit"):

@@ -60,10 +60,7 @@ def frozen_dispatch(argv: list[str]) -> int | None:
     if len(argv) >= 2 and argv[0] == "-m":
         import runpy
 
-        if argv[1] == "workbench":
-            from workbench.cli import main
-
-            return main(argv[2:])
+        # ``-m workbench`` too: workbench/__main__.py runs the CLI (core never imports the CLI itself).
         sys.argv = [argv[1], *argv[2:]]
         try:
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)

@@ -157,9 +157,9 @@ class _TensorBoard(_Tracker):
         self.writer.flush()
 
     def close(self, status: str) -> None:
-        if getattr(self, "writer", None) is not None:
-            self.writer.close()
-            self.writer = None
+        writer, self.writer = getattr(self, "writer", None), None  # type: ignore[assignment]  # closed: nothing to log to
+        if writer is not None:
+            writer.close()
 
 
 def mlflow_uri(runs_root: Path) -> str:
@@ -220,9 +220,9 @@ class _Trackio(_Tracker):
         self.run.log(metrics, step=step)
 
     def close(self, status: str) -> None:
-        if getattr(self, "run", None) is not None:
-            self.run.finish()
-            self.run = None
+        run, self.run = getattr(self, "run", None), None  # type: ignore[assignment]  # finished: nothing to log to
+        if run is not None:
+            run.finish()
 
 
 # ---------------------------------------------------------------------------------------------- viewers

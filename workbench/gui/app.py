@@ -34,10 +34,21 @@ def create_app(argv: list[str] | None = None) -> QApplication:
 
 
 def main(run_file: str | None = None) -> int:
+    from workbench.core.errors import WorkbenchError
+
+    from .platform_check import problem
+
+    # Before the QApplication loads the platform plugin: a missing X11 library would abort the process inside Qt.
+    missing = problem()
+    if missing is not None:
+        raise WorkbenchError(*missing)
     app = create_app()
     from .main_window import MainWindow
 
+    from . import crash_report
+
     window = MainWindow()
+    crash_report.install(window.report_unexpected)  # a slot that raises: one line and a log, never an abort
     window.show()
     if run_file:
         QTimer.singleShot(0, lambda: window.open_run(Path(run_file)))

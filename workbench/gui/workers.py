@@ -14,6 +14,12 @@ an ``emit`` of a finished job's result, so its thread never reported that it had
 window later aborted the process ("QThread: Destroyed while thread is still running"). With a plain
 Python thread and a queue there is no Qt object whose lifetime depends on the job thread, a job that dies
 in any way is noticed (its thread is no longer alive), and receivers are ordinary GUI-thread slots.
+
+Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
+``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
+reaches a widget. A closing window cancels every job, waits about a second for their threads, and then
+``abandon()`` the rest: a Python thread cannot be killed, so it runs on to its next check (or, as a
+daemon thread, until the process exits) while the window goes.
 """
 
 from __future__ import annotations
@@ -22,28 +28,44 @@ import gc
 import queue
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from workbench.core.config import RunConfig
-from workbench.core.events import RunStarted
+from workbench.core.events import RunStarted, SinkLike
 
 POLL_INTERVAL_MS = 10  # how often the GUI thread collects a running job's reports: fast enough to stream tokens
+
+
+class JobCancelled(Exception):
+    """Raised on the job thread (from a progress sink, say) once the job was cancelled: it reports nothing."""
 
 
 class Worker(QObject):
     """A job's inputs, its ``work()`` (run on the job thread) and its signals (emitted on the GUI thread)."""
 
     result = Signal(object)
-    failed = Signal(str, str)  # message (with hint), traceback
+    failed = Signal(str, str)  # message (with hint), details: where the log of an unexpected error is
     finished = Signal()
+    what = "A background job"  # names the job in the one line an unexpected error becomes
 
     def __init__(self) -> None:
         super().__init__()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Any thread: ask the job to stop at its next check. Workers holding a ``RunControl`` stop it too."""
+        self._cancelled.set()
+        control = getattr(self, "_control", None)
+        if control is not None:
+            control.request_stop()
+
+    def should_stop(self) -> bool:
+        """The job thread's check between units of work (a core function's ``should_stop`` callable)."""
+        return self._cancelled.is_set()
 
     def work(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -57,12 +79,15 @@ class Worker(QObject):
         from workbench.core.errors import WorkbenchError
 
         try:
-            self.post("result", self.work())
+            result = self.work()
+            if not self._cancelled.is_set():
+                self.post("result", result)
+        except JobCancelled:
+            pass
         except WorkbenchError as exc:
-            message = exc.message + (f"\n\n{exc.hint}" if exc.hint else "")
-            self.post("failed", message, traceback.format_exc())
-        except BaseException as exc:  # a bug: keep everything so the log can show it
-            self.post("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            self.post("failed", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""), "")
+        except BaseException as exc:  # a bug: one line for the user, the traceback into a log file
+            self.post("failed", *unexpected_error_text(self.what, exc))
         finally:
             self.post("finished")
 
@@ -78,8 +103,28 @@ class Worker(QObject):
             done = done or name == "finished"
 
 
+def unexpected_error_text(what: str, exc: BaseException) -> tuple[str, str]:
+    """(one line naming what failed, the exception and the crash log; the log's path) for a bug's report.
+    The traceback goes into the log (``core.crashlog``, as the CLI's guarded entry point does), never on screen."""
+    from workbench.core.crashlog import describe_unexpected, write_crash_log
+
+    try:
+        log = write_crash_log(what, exc)
+    except Exception:  # noqa: BLE001  (reporting must not fail in turn)
+        log = None
+    where = f"The details are in {log} (please include it in a bug report)." if log is not None else \
+        "No log could be written (the disk may be full or read-only)."
+    return f"{what} failed unexpectedly: {describe_unexpected(exc)}. {where}", str(log or "")
+
+
+# Workers of abandoned jobs, with their threads: kept referenced so that a worker (a QObject) is never freed
+# on its job thread when that thread finally ends; pruned on the GUI thread once their threads are gone.
+_abandoned: list[tuple[threading.Thread, Worker]] = []
+
+
 class Job(QObject):
-    """One worker on one thread, watched from the GUI thread; says ``ended`` once the thread is gone.
+    """One worker on one thread, watched from the GUI thread; says ``ended`` once the thread is gone (or the
+    job was abandoned).
 
     Only then may the window count the job as over, so a window closing with jobs still running waits for
     them (without blocking) instead of leaving a thread behind.
@@ -91,6 +136,7 @@ class Job(QObject):
         super().__init__(parent)
         self.worker: Worker | None = worker
         self._finished = False
+        self._silenced = False  # cancelled: what the job still reports is dropped
         self._thread = threading.Thread(target=worker.run, name=f"job-{type(worker).__name__}", daemon=True)
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -100,17 +146,44 @@ class Job(QObject):
         self._thread.start()
         self._timer.start()
 
+    def cancel(self) -> None:
+        """Ask the job to stop and drop whatever it reports from now on: no slot of a widget runs for it again."""
+        if self.worker is not None:
+            self.worker.cancel()
+        self._silenced = True
+
+    def abandon(self) -> None:
+        """Stop watching a cancelled job whose thread has not ended yet; ``ended`` follows at once."""
+        worker = self.worker
+        if worker is None:
+            return
+        self.cancel()
+        _abandoned[:] = [(t, w) for t, w in _abandoned if t.is_alive()]  # freed here, on the GUI thread
+        _abandoned.append((self._thread, worker))
+        self._end()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _poll(self) -> None:
         worker = self.worker
         if worker is None:
             return
         alive = self._thread.is_alive()  # read before draining: whatever it posted before dying is in the outbox
-        self._finished = worker.deliver() or self._finished
+        if self._silenced:
+            while not worker._outbox.empty():
+                worker._outbox.get_nowait()
+        else:
+            self._finished = worker.deliver() or self._finished
         if alive:
             return
-        if not self._finished:  # the thread died without reporting (it cannot, short of a crash in native code)
+        if not self._finished and not self._silenced:  # the thread died without reporting (a native crash)
             worker.failed.emit("The background job ended without reporting a result.", "")
             worker.finished.emit()
+        self._end()
+
+    def _end(self) -> None:
         self._timer.stop()
         self.worker = None  # drop what the job held (a model, say) now, on the GUI thread
         self.ended.emit()
@@ -127,14 +200,15 @@ def start(worker: Worker, parent: QObject) -> Job:
 
 
 class FunctionWorker(Worker):
-    """Runs one plain function; for short jobs whose whole output is a return value."""
+    """Runs one plain function; for jobs whose whole output is a return value. With ``stoppable`` the function
+    gets the worker's ``should_stop`` (a core function's cancel hook) as its only argument."""
 
-    def __init__(self, fn: Callable[[], Any]):
+    def __init__(self, fn: Callable[..., Any], what: str = "A background job", *, stoppable: bool = False):
         super().__init__()
-        self._fn = fn
+        self._fn, self.what, self._stoppable = fn, what, stoppable
 
     def work(self) -> Any:
-        return self._fn()
+        return self._fn(self.should_stop) if self._stoppable else self._fn()
 
 
 def warm_up_imports() -> None:
@@ -319,7 +393,7 @@ def describe_device(config: RunConfig) -> tuple[str, int | None, str]:
     return f"CPU, {available / 2**30:.1f} GiB RAM available", int(available), "cpu"
 
 
-def open_model(config: RunConfig, sink: Any = None) -> dict[str, Any]:
+def open_model(config: RunConfig, sink: SinkLike = None) -> dict[str, Any]:
     """The 'open a model' job: overview (config + meta skeleton + tree) and the training device."""
     from workbench.core.models import open_overview
 
@@ -334,6 +408,7 @@ class OpenModelWorker(Worker):
     """Opens a model; a built-in model's one-time conversion reports ``progress(done, total, detail)``."""
 
     progress = Signal(float, float, str)
+    what = "Opening the model"
     # The model opens only if the user allows something unsafe by default: (model.* setting, files, what the
     # files say — the code that would run, for remote code — and the refusal's message).
     consent_needed = Signal(str, list, str, str)
@@ -353,6 +428,9 @@ class OpenModelWorker(Worker):
 
     def emit(self, event) -> None:  # conversion sink, on the job thread
         from workbench.core.events import Message, Progress
+
+        if self.should_stop():  # cancelled: the conversion ends at its next step and removes its partial folder
+            raise JobCancelled
 
         if isinstance(event, Progress):
             detail = event.detail or event.task
@@ -387,6 +465,7 @@ class TrainWorker(Worker):
     """
 
     event = Signal(object)
+    what = "Training"
 
     def __init__(self, config: RunConfig, control):
         super().__init__()
@@ -440,30 +519,45 @@ class ResumeWorker(TrainWorker):
 
 
 class ExportWorker(Worker):
-    """Adapter export (PEFT copy or portable) or a streaming merge into a full model.
+    """Adapter export (PEFT copy or portable), a streaming merge into a full model, or a GGUF export (merged,
+    adapter, or merged with an Ollama Modelfile: modes "gguf", "gguf_adapter", "ollama").
 
-    Merge progress (``Progress`` events, bytes done / total) is re-emitted as ``progress(done, total, detail)``
-    at most every 50 ms, so a merge of many small tensors cannot flood the event loop.
+    Progress (``Progress`` events: bytes done / total, or tensors for llama.cpp's quantizer) is re-emitted as
+    ``progress(done, total, detail)`` at most every 50 ms, so a merge of many small tensors cannot flood the
+    event loop; ``stage(task)`` says when the kind of progress changes ("merge", "gguf", "quantize").
     """
 
     progress = Signal(float, float, str)  # bytes as floats: a C++ int stops at 2 GiB, a double is exact to 8 PiB
+    stage = Signal(str)
+    what = "The export"
 
-    def __init__(self, mode: str, adapter: str, out: str, base: str = "", dtype: str | None = None, control=None):
+    def __init__(self, mode: str, adapter: str, out: str, base: str = "", dtype: str | None = None, control=None,
+                 gguf_type: str | None = None):
         super().__init__()
         self._mode, self._adapter, self._out, self._base, self._dtype = mode, adapter, out, base, dtype
         self._control = control
+        self._gguf_type = gguf_type
         self._last = 0.0
+        self._task = ""
+        self._notes: list[str] = []
 
-    def emit(self, event) -> None:  # merge sink, on the worker thread
-        from workbench.core.events import Progress
+    def emit(self, event) -> None:  # merge / export sink, on the worker thread
+        from workbench.core.events import Message, Progress
 
         if isinstance(event, Progress):
+            if event.task != self._task:
+                self._task = event.task
+                self.post("stage", event.task)
             now = time.monotonic()
             if now - self._last >= 0.05 or event.done >= event.total:
                 self._last = now
                 self.post("progress", float(event.done), float(event.total), event.detail)
+        elif isinstance(event, Message) and "nothing was written" not in event.text:
+            self._notes.append(event.text)
 
     def work(self):
+        if self._mode in ("gguf", "gguf_adapter", "ollama"):
+            return self._gguf()
         if self._mode == "merge":
             from workbench.core.merge import merge_adapter
 
@@ -476,6 +570,56 @@ class ExportWorker(Worker):
 
         out = export_adapter(self._adapter, self._out, portable=self._mode == "portable")
         return {"mode": self._mode, "output": out, "stopped": False}
+
+    def _gguf(self) -> dict:
+        from workbench.core.gguf_export import prepare_adapter_export, prepare_merged_export
+
+        _yield_cpu_to_the_window()
+        if self._mode == "gguf_adapter":
+            job = prepare_adapter_export(self._adapter, self._base, self._out, type_name=self._gguf_type or "f32")
+        else:
+            job = prepare_merged_export(self._base, self._adapter, self._out, type_name=self._gguf_type or "q8_0",
+                                        ollama=self._mode == "ollama")
+        result = job.run(sink=self, control=self._control)
+        return {"mode": self._mode, "output": result.output, "file": result.gguf, "stopped": result.stopped,
+                "bytes": result.bytes_written, "notes": tuple(self._notes),
+                "commands": _next_commands(result) if not result.stopped else ""}
+
+
+def _next_commands(result) -> str:
+    """What to run with the export, as commands to copy: Ollama's with the Modelfile's full path (the core's
+    instructions start with ``cd`` into the folder), llama.cpp's as the core gives them."""
+    if result.modelfile is not None:
+        line = next((x for x in result.instructions.splitlines() if x.startswith("ollama create ")), "")
+        name = line.split()[2] if len(line.split()) > 2 else result.output.name
+        return f"ollama create {name} -f {result.modelfile}\nollama run {name}"
+    return result.instructions
+
+
+def plan_gguf(mode: str, adapter: str, base: str, type_name: str | None) -> dict:
+    """The export dialog's look ahead: ``{"unsupported": reason or "", "size", "exact", "file_name"}``; the
+    base's architecture is checked first (an unsupported one is not an error: the dialog disables the
+    choice); any other problem (a DoRA adapter for a GGUF adapter, say) raises as the export itself would."""
+    from workbench.core.base_model import open_base_model
+    from workbench.core.errors import ModelSourceError
+    from workbench.core.gguf_export.arch import architecture_for
+
+    checkpoint = open_base_model(base)
+    try:
+        architecture_for(checkpoint.config, str(checkpoint.path))
+    except ModelSourceError as exc:
+        return {"unsupported": exc.message, "size": 0, "exact": False, "file_name": ""}
+    if mode == "gguf_adapter":
+        from workbench.core.gguf_export.adapter import plan_adapter
+
+        plan = plan_adapter(adapter, checkpoint, type_name or "f32")
+        label = plan.file.tensors[0].ggml_type if plan.file.tensors else "F32"  # as AdapterExport names it
+        return {"unsupported": "", "size": plan.size, "exact": True, "file_name": f"adapter-{label}.gguf"}
+    from workbench.core.gguf_export.merged import plan_merged
+
+    plan = plan_merged(checkpoint, adapter, type_name or "q8_0")
+    return {"unsupported": "", "size": plan.size, "exact": plan.gtype.writer == "python",
+            "file_name": f"model-{plan.gtype.label}.gguf"}
 
 
 def inspect_adapter_job(adapter: str, base: str | None):
@@ -508,6 +652,7 @@ class GenerateWorker(Worker):
     """
 
     token = Signal(str, str)
+    what = "Generating"
 
     def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_p: float, control):
         super().__init__()

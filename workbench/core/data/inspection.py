@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import DataConfig
 
@@ -18,17 +18,24 @@ if TYPE_CHECKING:
     from ..models import ModelSource
 
 
-def inspect_data(data: DataConfig, model_source: ModelSource | None, trust_remote_code: bool, seed: int) -> dict:
+def inspect_data(data: DataConfig, model_source: ModelSource | None, trust_remote_code: bool, seed: int,
+                 should_stop: Callable[[], bool] | None = None) -> dict:
     """Detect, and with a model's tokenizer also preview and length statistics: ``{"info": DataInfo,
-    "previews": list[PreviewExample] | None, "stats": DataStats | None}``."""
+    "previews": list[PreviewExample] | None, "stats": DataStats | None}``.
+
+    ``should_stop`` (the window's cancel flag) is checked between the steps; once it says yes, the result
+    so far is returned (its caller discards it)."""
     from .pipeline import prepare, preview
     from .raw import detect
 
+    stop = should_stop or (lambda: False)
     result: dict[str, Any] = {"info": detect(data), "previews": None, "stats": None}
-    if model_source is not None:
+    if model_source is not None and not stop():
         tokenizer = _preview_tokenizer(model_source, trust_remote_code, _tokenizer_files_stamp(model_source))
-        result["previews"] = preview(data, tokenizer, n=5)
-        result["stats"] = prepare(data, tokenizer, seed=seed).stats
+        if not stop():
+            result["previews"] = preview(data, tokenizer, n=5)
+        if not stop():
+            result["stats"] = prepare(data, tokenizer, seed=seed).stats
     return result
 
 

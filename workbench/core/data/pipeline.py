@@ -12,9 +12,10 @@ from datasets import Dataset
 from ..compat import dataset_fingerprint
 from ..config import DataConfig
 from ..errors import DataError
-from ..events import Message, as_sink
+from ..events import Message, Sink, SinkLike, as_sink
 from .cache import _PACKED, _TOKENIZED, _fingerprint
 from .formats import _CHAT_FORMATS, _detect_file, _normalize
+from .overlap import overlap_warnings
 from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports_padding_free
 from .raw import _bad_rows, _first_bad_error, _problems, _source_field, load_raw
 from .readers import _iter_records, _open_source, _require_train_files
@@ -30,7 +31,7 @@ def prepare(
     tokenizer: Any,
     *,
     seed: int = 42,
-    sink: Any = None,
+    sink: SinkLike = None,
     model_type: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> PreparedData:
@@ -39,13 +40,15 @@ def prepare(
     ``tokenizer`` must be a fast (Rust-backed) tokenizer: the loss masks come from its character offsets.
     ``model_type`` (``model.config.model_type``) lets packing fall back to unpacked rows for architectures not
     in ``PADDING_FREE_MODEL_TYPES``; ``None`` packs whenever ``cfg.packing`` asks for it. ``seed`` drives the
-    validation split. Warnings (skipped rows, dropped examples, packing fallback) go to ``sink`` as ``Message``
-    events. Pass ``PreparedData.packed`` to ``make_collator``.
+    validation split. Warnings (validation rows shared with training, skipped rows, dropped examples, packing
+    fallback) go to ``sink`` as ``Message`` events. Pass ``PreparedData.packed`` to ``make_collator``.
     """
     sink = as_sink(sink)
     _require_fast(tokenizer)
     template = _chat_template(cfg, tokenizer)
     raw = load_raw(cfg, seed=seed, cache_dir=cache_dir)
+    for warning in overlap_warnings(cfg, raw):
+        sink.emit(Message(warning, level="warning"))
     packed = cfg.packing and (model_type is None or supports_padding_free(model_type))
     if cfg.packing and not packed:
         sink.emit(Message(
@@ -108,7 +111,7 @@ def preview(cfg: DataConfig, tokenizer: Any, n: int = 5) -> list[PreviewExample]
 
 
 def _prepare_split(
-    name: str, rows: Dataset, raw: RawData, encoder: _Encoder, cfg: DataConfig, packed: bool, sink: Any
+    name: str, rows: Dataset, raw: RawData, encoder: _Encoder, cfg: DataConfig, packed: bool, sink: Sink
 ) -> tuple[Dataset, DataStats, list[BadRow]]:
     tokenized = rows.map(
         _tokenize_rows, batched=True, fn_kwargs={"encoder": encoder}, remove_columns=rows.column_names,

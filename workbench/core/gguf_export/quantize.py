@@ -17,11 +17,10 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 from workbench.core.control import RunControl
 from workbench.core.errors import WorkbenchError
-from workbench.core.events import Progress
+from workbench.core.events import Progress, Sink
 from workbench.core.selfcmd import module_command
 
 __all__ = ["quantize_with_llama_cpp"]
@@ -29,7 +28,7 @@ __all__ = ["quantize_with_llama_cpp"]
 _TENSOR_LINE = re.compile(rb"\[\s*(\d+)\s*/\s*(\d+)\]")
 
 
-def quantize_with_llama_cpp(source: Path, target: Path, file_type: int, *, sink: Any, control: RunControl,
+def quantize_with_llama_cpp(source: Path, target: Path, file_type: int, *, sink: Sink, control: RunControl,
                             label: str) -> None:
     """Quantize the GGUF ``source`` into ``target`` (``general.file_type`` = ``file_type``). Raises ``_Stopped``
     (from the writer) when ``control`` asks to stop, ``WorkbenchError`` with llama.cpp's last words if it fails."""

@@ -48,6 +48,7 @@ from .checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     newest_complete,
+    unsafe_state_file,
 )
 from .control_file import CONTROL_COMMANDS, CONTROL_POLL_INTERVAL_S, ControlFileWatcher, send_control
 from .layout import (
@@ -115,4 +116,9 @@ __all__ = [
     "heartbeat_age",
     "send_control",
     "delete_run",
+    "checkpoint_folders",
+    "discard_unfinished_checkpoints",
+    "CONTROL_POLL_INTERVAL_S",
+    "claim_new_run_dir",
+    "unsafe_state_file",
 ]

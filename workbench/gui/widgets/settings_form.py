@@ -195,7 +195,7 @@ class SettingsForm(QScrollArea):
 
     def refresh(self, section: str = "") -> None:
         """Show the store's values; a whole new configuration also clears the marks of refused edits."""
-        for key, editor in self.editors.items():
+        for editor in self.editors.values():
             if section and editor.section != section:
                 continue
             if not section:
