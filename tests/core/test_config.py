@@ -105,3 +105,12 @@ def test_block_spec():
     for bad in ("x", "3-", "", "5-1"):
         with pytest.raises(ValueError):
             parse_block_spec(bad)
+
+
+def test_eval_steps_without_validation_data_is_a_warning_not_silence():
+    lonely = RunConfig.from_dict({"training": {"eval_steps": 5}, "data": {"train_files": ["t.jsonl"]}})
+    assert lonely.warnings() == ["training.eval_steps = 5 is set, but there is no validation data, so nothing is "
+                                 "evaluated: add data.validation_files or set data.validation_split (e.g. 0.1)."]
+    for data in ({"validation_files": ["v.jsonl"]}, {"validation_split": 0.1}):
+        assert RunConfig.from_dict({"training": {"eval_steps": 5}, "data": {"train_files": ["t.jsonl"], **data}}).warnings() == []
+    assert RunConfig.from_dict({"data": {"train_files": ["t.jsonl"]}}).warnings() == []

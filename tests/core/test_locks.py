@@ -41,6 +41,7 @@ def end(proc, *, kill: bool = False) -> None:
     proc.stdout.close()
 
 
+@pytest.mark.subprocess
 def test_a_second_acquire_is_refused_at_once_naming_the_holder(tmp_path):
     path = tmp_path / "x.lock"
     holder = start_holder(path)
@@ -53,6 +54,7 @@ def test_a_second_acquire_is_refused_at_once_naming_the_holder(tmp_path):
         end(holder)
 
 
+@pytest.mark.subprocess
 def test_the_lock_dies_with_a_killed_holder_and_its_file_is_no_obstacle(tmp_path):
     path = tmp_path / "x.lock"
     end(start_holder(path), kill=True)
@@ -89,6 +91,7 @@ def test_a_lock_is_per_acquire_not_per_thread_or_process(tmp_path):
     assert locks.acquire(path).held
 
 
+@pytest.mark.subprocess
 def test_a_waiter_reports_the_holder_then_gets_the_lock_when_it_is_released(tmp_path):
     path = tmp_path / "x.lock"
     holder = start_holder(path)
@@ -108,6 +111,7 @@ def test_a_waiter_reports_the_holder_then_gets_the_lock_when_it_is_released(tmp_
         holder.stdout.close()
 
 
+@pytest.mark.subprocess
 def test_a_wait_that_runs_out_raises_naming_the_holder(tmp_path):
     path = tmp_path / "x.lock"
     holder = start_holder(path)
@@ -152,6 +156,7 @@ FORKING_HOLDER = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.subprocess
 def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
     path = tmp_path / "x.lock"
     proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(path)], stdin=subprocess.PIPE,

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "runs",
         help="list training runs and their status",
-        description="List the runs under a folder, newest first, with their status (new, running, finished, "
+        description="List the runs under a folder, newest first, with their status (new, running, paused, finished, "
         "stopped, failed, crashed), steps, last and best evaluation loss, model and start time.",
     )
     p.add_argument(
@@ -66,7 +66,7 @@ def _table(runs: list[RunSummary]) -> str:
         rows.append(
             (
                 s.name,
-                s.status.value,
+                s.shown_status,
                 f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step),
                 _number(s.last_loss),
                 _number(s.best_eval_loss),

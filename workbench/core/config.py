@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import WorkbenchError
+from .paths import not_regular_problem
 
 __all__ = [
     "ConfigError",
@@ -220,12 +221,61 @@ class TrainingConfig(_Section):
     sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample prompt.")
 
 
+ScorerName = Literal["exact_match", "regex", "json_valid", "json_fields", "label", "perplexity"]
+
+
+class EvalConfig(_Section):
+    scorers: list[ScorerName] = Field(
+        default_factory=list,
+        description="Task metrics computed at each evaluation on the validation rows (see core/scorers.py): "
+                    "exact_match, regex, json_valid, json_fields, label (generate and compare with the reference "
+                    "answer) and perplexity (from the evaluation loss).")
+    regex: str | None = Field(None, description="The pattern the 'regex' scorer looks for in each generated answer.")
+    normalize: bool = Field(False, description="exact_match ignores case and runs of whitespace.")
+    max_examples: int = Field(64, ge=1, le=100_000, description="Validation rows generated for the generative scorers.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Tokens generated per answer (greedy).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Answers generated at once.")
+    best_metric: str = Field("eval_loss", description="The metric that picks the best checkpoint: eval_loss (lower is "
+                                                      "better) or one of the scorers (higher is better; perplexity lower).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when best_metric has not improved for this many evaluations (needs validation data).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvalConfig":
+        if "regex" in self.scorers and not self.regex:
+            raise ValueError("the regex scorer needs eval.regex, the pattern an answer must match")
+        if self.best_metric != "eval_loss" and self.best_metric not in self.scorers:
+            raise ValueError(f"best_metric {self.best_metric!r} must be eval_loss or one of eval.scorers "
+                             f"({', '.join(self.scorers) or 'none set'})")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
 class OutputConfig(_Section):
     runs_root: str = Field("runs", description="Folder that holds one sub-folder per run.")
     name: str | None = Field(None, description="Run name (default: model name and time stamp).")
     run_dir: str | None = Field(None, description="Exact run folder; overrides runs_root/name.")
     group: str | None = Field(None, description="The sweep or series this run belongs to (set by `workbench sweep`); "
                               "runs of one group are listed and compared together.")
+    trackers: list[Literal["tensorboard", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers that also log the run, each to its local store: "
+        "tensorboard (RUN/tensorboard), mlflow (mlflow.db beside the run folders), trackio (its own local store).")
+
+    @field_validator("trackers")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each tracker may be listed once")
+        return v
 
     @field_validator("name", "group")
     @classmethod
@@ -242,7 +292,19 @@ class RunConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    # -- warnings ------------------------------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will not do what they say: each a sentence naming the fields. The engine
+        sends them as warning events when a run starts (a setting silently ignored looks like a bug)."""
+        out = []
+        d = self.data
+        if self.training.eval_steps is not None and not d.validation_files and d.validation_split == 0:
+            out.append(f"training.eval_steps = {self.training.eval_steps} is set, but there is no validation data, "
+                       "so nothing is evaluated: add data.validation_files or set data.validation_split (e.g. 0.1).")
+        return out
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -265,6 +327,9 @@ class RunConfig(_Section):
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
+        problem = not_regular_problem(path)  # a FIFO would block read_text forever
+        if problem:
+            raise ConfigError([f"the run file {problem}"], str(path), "choose the .toml run file itself") from None
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -168,7 +168,7 @@ def module_mark(module: Any) -> tuple[str, int] | None:
     """(quantization, stored bytes) of a loaded bitsandbytes module, from its real tensors; None for others."""
     weight = getattr(module, "weight", None)
     state = getattr(weight, "quant_state", None)
-    if state is not None:  # Params4bit: packed data + the quantization state's absmax (and its own, when nested)
+    if state is not None and weight is not None:  # Params4bit: packed data + the state's absmax (and its own, nested)
         size = weight.data.numel() * weight.data.element_size() + state.absmax.numel() * state.absmax.element_size()
         if getattr(state, "nested", False) and state.state2 is not None:
             size += state.state2.absmax.numel() * state.state2.absmax.element_size()

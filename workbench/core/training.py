@@ -20,6 +20,7 @@ its weights; a step that runs out of memory fails with the retry settings, or re
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import time
@@ -36,6 +37,8 @@ from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
+from .model_card import write_model_card
+from .trackers import check_trackers, tracker_sinks
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -107,6 +110,7 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
     lora_init.check_run(config, device)
     detect(config.data)
+    check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
 
 def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | None = None) -> TrainResult:
@@ -127,7 +131,8 @@ def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | Non
     def prepare() -> _ResumeInfo:  # raises for running / finished runs and runs without a complete checkpoint
         point = prepare_resume(run_dir)
         held.append(point)
-        return _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe())
+        return _ResumeInfo(point.folder.path, point.config, point.checkpoint.path, point.step, point.describe(),
+                           point.at_target)
 
     try:
         info = dist.on_main(prepare)
@@ -144,6 +149,7 @@ class _ResumeInfo:
     checkpoint: Path
     step: int
     description: str
+    at_target: bool = False  # the checkpoint holds the last step: finish from it, train nothing (see resume)
 
 
 def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
@@ -153,10 +159,14 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunContro
     # Only rank 0 writes the run folder; the other ranks train silently.
     recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
     with recorder if dist.is_main else nullcontext(NullSink()) as record_sink:
-        sink = _StampWorldSize(MultiSink([record_sink, user_sink]), dist.world_size) if dist.is_main else NullSink()
+        trackers = tracker_sinks(config.output.trackers, run_dir) if dist.is_main else []
+        sinks = MultiSink([record_sink, user_sink, *trackers])
+        sink = _StampWorldSize(sinks, dist.world_size) if dist.is_main else NullSink()
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
+            if resume_point is not None and resume_point.at_target:
+                return _finish_from_checkpoint(run_dir, sink, resume_point, dist)
             return _train_attempts(run_dir, config, sink, control, resume_point, dist)
         except WorkbenchError as exc:
             sink.emit(Failed(reason=exc.message, hint=exc.hint))
@@ -240,7 +250,7 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     model.config.use_cache = False
     tree = build_tree(model)
     selection = resolve_selection(tree, config.lora, mc.task)
-    for warning in selection.warnings:
+    for warning in [*config.warnings(), *selection.warnings]:
         sink.emit(Message(warning, level="warning"))
     if quantization.wants_gradient_checkpointing(config) and not quantization.is_quantized(mc):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -299,7 +309,18 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         label_names=["labels"],
         ddp_backend="gloo" if dist.world_size > 1 and device == "cpu" else None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
+        **_best_metric_arguments(config, has_eval),
     )
+
+
+def _best_metric_arguments(config: RunConfig, has_eval: bool) -> dict[str, Any]:
+    """With [eval] in use, the Trainer tracks the best checkpoint by eval.best_metric (and its checkpoint rotation
+    keeps that one); the task metrics reach it as eval_<name> (EventCallback.on_evaluate adds them)."""
+    e = config.eval
+    if not has_eval or not (e.scorers or e.early_stopping_patience or e.best_metric != "eval_loss"):
+        return {}
+    metric = e.best_metric if e.best_metric.startswith("eval_") else f"eval_{e.best_metric}"
+    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in ("eval_loss", "perplexity")}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -355,14 +376,15 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
 
     device = choose_device(config.training.device)
     precision = choose_precision(config.training.precision, device)
-    _stop_if_requested(control, "starting")
+    at = resume_point.step if resume_point else 0
+    _stop_if_requested(control, "starting", at)
     set_seed(config.training.seed)
     peft_model, tokenizer, tree, selection = _setup_model(config, device, precision, sink)
-    _stop_if_requested(control, "loading the model")
+    _stop_if_requested(control, "loading the model", at)
     # rank 0 tokenises into the datasets cache, the others then read it
     data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
                                            model_type=tree.model_type))
-    _stop_if_requested(control, "preparing the data")
+    _stop_if_requested(control, "preparing the data", at)
     if len(data.train) == 0:
         raise TrainingError("the training data has no usable rows", "check data.train_files and the column mapping")
 
@@ -383,6 +405,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
                               trainable=peft_model.get_nb_trainable_parameters()[0], total=tree.total_params,
                               train_examples=len(data.train), validation_examples=len(data.validation or []),
                               resumed_from=resume_point.step if resume_point else 0, resolved=resolved)
+    if config.eval.scorers and dist.is_main and args.eval_strategy != "no":
+        callback.eval_refs = _task_references(config, tokenizer, sink)
     trainer = _make_trainer_class()(
         model=peft_model,
         args=args,
@@ -410,6 +434,10 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
 
     if callback.failure is not None:  # diverged: the weights in memory are NaN, so no adapter is saved
         raise callback.failure
+    if args.metric_for_best_model and trainer.state.best_model_checkpoint and dist.is_main:
+        best = Path(trainer.state.best_model_checkpoint)
+        sink.emit(Message(f"best checkpoint by {config.eval.best_metric}: {best.name} "
+                          f"({config.eval.best_metric} {trainer.state.best_metric:.4g}), kept in {best.parent}"))
     step = trainer.state.global_step
     stopped = callback.stopped and step < trainer.state.max_steps
     adapter_dir = run_dir / "adapter"
@@ -430,6 +458,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         "trainable_params": callback.trainable,
     }
     status = "stopped" if stopped else "finished"
+    if dist.is_main:  # README.md beside the adapter: settings, data, curves, how to load it
+        write_model_card(adapter_dir, kind="adapter", adapter=adapter_dir, sink=sink)
     sink.emit(Finished(status=status, adapter_path=str(adapter_dir), step=step, summary=summary))
     del trainer
     if device == "cuda":
@@ -437,10 +467,53 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     return TrainResult(run_dir, adapter_dir, status, step, summary)
 
 
-def _stop_if_requested(control: RunControl, phase: str) -> None:
-    """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later."""
-    if control.stop_requested:
-        raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
+def _stop_if_requested(control: RunControl, phase: str, resumed_at: int = 0) -> None:
+    """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later.
+    A resumed run has trained steps before: it is still at its checkpoint, and says so."""
+    if not control.stop_requested:
+        return
+    if resumed_at:
+        raise TrainingError(f"stopped while {phase}, before the resumed run trained its next step",
+                            f"no step was trained in this session; the run is still at step {resumed_at} "
+                            "(its checkpoint is unchanged), and `workbench resume` continues it from there")
+    raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
+
+
+def _finish_from_checkpoint(run_dir: Path, sink: Any, point: "_ResumeInfo", dist: Distributed) -> TrainResult:
+    """Finish a run whose checkpoint holds its last step (it was killed while its final adapter was written):
+    the final adapter is the checkpoint's adapter, copied into ``adapter/`` aside and renamed into place, and
+    the run is marked finished. No model is loaded and no step is trained: training on from the last step
+    would go past the run's target (the Trainer trains one more step when resumed at ``max_steps``)."""
+    from .runs import RunFolder
+    from .runs.status import StatusRecord
+
+    adapter_dir = RunFolder(run_dir).adapter_dir
+    dist.on_main(lambda: _copy_checkpoint_adapter(point.checkpoint, adapter_dir), share_result=False)
+    record = StatusRecord.read(RunFolder(run_dir)) or StatusRecord()
+    try:
+        state = json.loads((point.checkpoint / "trainer_state.json").read_bytes())
+    except (OSError, ValueError):
+        state = {}
+    summary = {"steps": point.step, "train_loss": record.last_loss, "best_eval_loss": record.best_eval_loss,
+               "tokens_seen": int(state.get("num_input_tokens_seen") or 0), "train_seconds": 0.0,
+               "trainable_params": None}
+    sink.emit(Finished(status="finished", adapter_path=str(adapter_dir), step=point.step, summary=summary))
+    return TrainResult(run_dir, adapter_dir, "finished", point.step, summary)
+
+
+# What save_pretrained writes for an adapter: the checkpoint also holds optimizer, scheduler, RNG and tokenizer files.
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
+    import shutil
+
+    from .fsutil import atomic_directory
+
+    with atomic_directory(final, overwrite=True) as tmp:
+        for name in _ADAPTER_FILES:
+            if (checkpoint / name).is_file():
+                shutil.copyfile(checkpoint / name, tmp / name)
 
 
 def _save_adapter(peft_model: Any, run_dir: Path, **save_kwargs: Any) -> Path:
@@ -768,6 +841,17 @@ def _make_trainer_class():
     return AtomicCheckpointTrainer
 
 
+def _task_references(config: RunConfig, tokenizer: Any, sink: Sink) -> list:
+    from .evaluation import eval_references
+    from .scorers import GENERATIVE_SCORERS
+
+    refs = eval_references(config.data, tokenizer, seed=config.training.seed, limit=config.eval.max_examples)
+    if not refs and any(name in GENERATIVE_SCORERS for name in config.eval.scorers):
+        sink.emit(Message("eval.scorers: the validation rows have no prompt to answer (plain text), so only "
+                          "perplexity can be computed", level="warning"))
+    return refs
+
+
 def _make_callback_class():
     """Defined inside a function so that importing this module does not import transformers."""
     from transformers import TrainerCallback
@@ -793,6 +877,10 @@ def _make_callback_class():
             self._last_log_time = self.started
             self._last_tokens = 0
             self._first_step_of_session: int | None = None
+            self.eval_refs: list = []  # (prompt, answer) pairs for the task metrics (core/evaluation.py)
+            self._eval_seconds = 0.0  # spent evaluating: left out of tokens/s and the ETA
+            self._best_task_value: float | None = None
+            self._evals_without_gain = 0
 
         # -- lifecycle ---------------------------------------------------------------------------------
         def on_train_begin(self, args, state, control, model=None, **kw):
@@ -824,7 +912,8 @@ def _make_callback_class():
                     self._first_step_of_session = state.global_step - 1
                 done = state.global_step - self._first_step_of_session
                 elapsed = now - self.started
-                eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+                training_time = elapsed - self._eval_seconds
+                eta = training_time / done * (state.max_steps - state.global_step) if done > 0 else None
                 self.last_loss = loss
                 self.sink.emit(Step(
                     step=state.global_step, total_steps=int(state.max_steps), epoch=float(state.epoch or 0.0),
@@ -844,7 +933,46 @@ def _make_callback_class():
                 if math.isfinite(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
                     self.best_eval_loss = loss
                 extra = {k: float(v) for k, v in metrics.items() if k != "eval_loss" and isinstance(v, (int, float))}
+                spent = float(metrics.get("eval_runtime") or 0.0)
+                if self.config.eval.scorers and self.dist.is_main:
+                    from .evaluation import score_task
+
+                    scores = score_task(kw.get("model"), self.tokenizer, self.eval_refs, self.config.eval, loss)
+                    extra.update(scores.metrics)
+                    # The Trainer picks the best checkpoint from this same dict (eval.best_metric).
+                    metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
+                    spent += scores.seconds
+                self._eval_seconds += spent
+                self._last_log_time += spent  # the next step's tokens/s counts training time only
                 self.sink.emit(Evaluation(step=state.global_step, eval_loss=loss, metrics=extra))
+                self._early_stopping(state, control, loss, extra)
+
+        def _early_stopping(self, state, control, loss: float, extra: dict[str, float]) -> None:
+            patience = self.config.eval.early_stopping_patience
+            if not patience or state.global_step == 0:  # the evaluation before the first step is the baseline
+                if state.global_step == 0:
+                    self._best_task_value = self._metric_value(loss, extra)
+                return
+            value = self._metric_value(loss, extra)
+            if value is None:
+                return
+            if self._best_task_value is None or value > self._best_task_value:
+                self._best_task_value, self._evals_without_gain = value, 0
+                return
+            self._evals_without_gain += 1
+            if self._evals_without_gain >= patience:
+                name = self.config.eval.best_metric
+                self.sink.emit(Message(f"early stopping at step {state.global_step}: {name} has not improved for "
+                                       f"{patience} evaluation(s)"))
+                control.should_training_stop = True
+
+        def _metric_value(self, loss: float, extra: dict[str, float]) -> float | None:
+            """eval.best_metric, signed so that higher is better."""
+            name = self.config.eval.best_metric
+            value = loss if name == "eval_loss" else extra.get(name)
+            if value is None or not math.isfinite(value):
+                return None
+            return -value if name in ("eval_loss", "perplexity") else value
 
         def on_save(self, args, state, control, **kw):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -48,6 +48,7 @@ from .checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     newest_complete,
+    unsafe_state_file,
 )
 from .control_file import CONTROL_COMMANDS, CONTROL_POLL_INTERVAL_S, ControlFileWatcher, send_control
 from .layout import (
@@ -119,4 +120,5 @@ __all__ = [
     "discard_unfinished_checkpoints",
     "CONTROL_POLL_INTERVAL_S",
     "claim_new_run_dir",
+    "unsafe_state_file",
 ]

@@ -162,6 +162,47 @@ def _torch_file_problem(path: Path, thorough: bool) -> str:
     return ""
 
 
+def newest_sound_checkpoint(run_dir: PathLike) -> Checkpoint | None:
+    """The checkpoint ``choose_checkpoint`` will pick (the newest complete one whose archives pass their CRC
+    reads), found without removing anything: for the refusals a resume makes before it changes the run."""
+    for candidate in reversed(list_checkpoints(run_dir)):
+        if candidate.complete and not torch_files_problem(candidate.path, os.listdir(candidate.path), thorough=True):
+            return candidate
+    return None
+
+
+def unsafe_state_file(path: Path) -> tuple[str, str] | None:
+    """The first torch state file of a checkpoint (optimizer, scheduler, RNG states) that the safe loader refuses,
+    as ``(file name, why)``, or None when all load.
+
+    The same loader the Trainer uses at resume — ``torch.load(weights_only=True)`` with transformers' allowlist
+    of numpy types — so a file refused here would otherwise fail the resume half-way. Read memory-mapped: the
+    optimizer state can be large."""
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    try:
+        names = sorted(n for n in os.listdir(path) if n.endswith((".pt", ".pth")))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with safe_globals():
+                torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, AttributeError, TypeError) as exc:
+            return name, _first_line(exc)
+        except OSError as exc:
+            return name, f"cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class CheckpointChoice:
     """The checkpoint a run continues from (None: from the start), and what was removed to get there."""

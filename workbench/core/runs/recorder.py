@@ -12,7 +12,7 @@ from typing import Any
 
 from ..control import RunControl
 from ..errors import OutputError
-from ..events import CheckpointSaved, Evaluation, Event, Failed, Finished, JsonlSink, RunStarted, Step
+from ..events import CheckpointSaved, Evaluation, Event, Failed, Finished, JsonlSink, Paused, Resumed, RunStarted, Step
 from ..fsutil import fsync_dir, fsync_tree
 from . import status
 from .control_file import CONTROL_POLL_INTERVAL_S, ControlFileWatcher
@@ -98,12 +98,17 @@ class RunRecorder:
             elif isinstance(event, RunStarted):
                 record.total_steps, record.world_size = event.total_steps, event.world_size
                 self._write_status()
+            elif isinstance(event, (Paused, Resumed)):  # `workbench runs` shows "paused" from the record
+                record.paused = isinstance(event, Paused)
+                self._write_status()
             elif isinstance(event, Finished):
+                record.paused = False
                 stopped = event.status == RunStatus.STOPPED.value
                 record.state = (RunStatus.STOPPED if stopped else RunStatus.FINISHED).value
                 record.step, record.ended_at = event.step, time.time()
                 self._write_status()
             elif isinstance(event, Failed):
+                record.paused = False
                 record.state, record.reason, record.ended_at = RunStatus.FAILED.value, event.reason, time.time()
                 self._write_status()
 

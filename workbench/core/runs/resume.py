@@ -24,11 +24,12 @@ from typing import Any
 from .. import locks
 from ..config import RunConfig
 from ..errors import OutputError, TrainingError
-from ..events import Evaluation, Step, event_from_dict
+from ..events import Evaluation, RunStarted, Step, event_from_dict
 from ..fsutil import TMP_PREFIX
 from . import status
-from .checkpoints import Checkpoint, choose_checkpoint, remove_path
+from .checkpoints import Checkpoint, choose_checkpoint, newest_sound_checkpoint, remove_path, unsafe_state_file
 from .layout import ADAPTER_DIR, RUN_FILE, STATUS_FILE, PathLike, RunFolder, load_config
+from .metrics import read_events
 from .status import RunStatus, StatusRecord, observe, on_this_host
 
 RESUME_LOCK = ".resume.lock"
@@ -48,15 +49,26 @@ class ResumePoint:
     dropped_events: int  # metrics.jsonl lines removed (events after the checkpoint's step, a torn line)
     problems: tuple[tuple[str, str], ...] = ()  # (checkpoint folder name, why it was incomplete)
     lock: "ResumeLock | None" = field(default=None, compare=False, repr=False)
+    target: int | None = None  # the step the run ends at (training.max_steps, or the checkpoint's own count)
 
     @property
     def step(self) -> int:
         return self.checkpoint.step
 
+    @property
+    def at_target(self) -> bool:
+        """The checkpoint holds the run's last step: the run was killed while its final adapter was written.
+        It is finished from the checkpoint, with no step trained (training on would go past the target)."""
+        return self.target is not None and self.step >= self.target
+
     def describe(self) -> str:
         """One line for the console and the log panel: which checkpoint, and what was thrown away."""
-        total = self.config.training.max_steps
-        text = f"resuming from {self.checkpoint.path.name} (step {self.step}{f' of {total}' if total else ''})"
+        total = self.target
+        if self.at_target:
+            text = (f"{self.checkpoint.path.name} holds the run's last step ({self.step} of {total}): writing the "
+                    "final adapter from it, no step is trained")
+        else:
+            text = f"resuming from {self.checkpoint.path.name} (step {self.step}{f' of {total}' if total else ''})"
         if self.discarded:
             text += f"; removed incomplete {', '.join(p.name for p in self.discarded)}"
             text += "".join(f"; {name}: {problem}" for name, problem in self.problems)
@@ -99,6 +111,7 @@ def prepare_resume(run_dir: PathLike) -> ResumePoint:
             f"{folder.path} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`"
         )
     _refuse_unless_resumable(folder)  # first without the lock: a refused run is left exactly as it was
+    _refuse_what_cannot_continue(folder)  # a changed run.toml, no checkpoint, an unloadable state file
     lock = ResumeLock.acquire(folder)
     try:
         _refuse_unless_resumable(folder)  # again under the lock: another resume may have started it meanwhile
@@ -121,18 +134,120 @@ def _refuse_unless_resumable(folder: RunFolder) -> None:
         raise TrainingError(f"the run {folder.name} {refusal[0]}; there is nothing to resume", refusal[1])
 
 
+def _refuse_what_cannot_continue(folder: RunFolder) -> None:
+    """The refusals that need no change to the run folder, made before its lock is taken and before anything
+    is removed or cut: run.toml no longer describes the run's adapter, there is no complete checkpoint, or the
+    newest one holds a state file that the safe loader refuses."""
+    config = load_config(folder)
+    _refuse_changed_config(folder, config)
+    checkpoint = newest_sound_checkpoint(folder)
+    if checkpoint is None:
+        raise TrainingError(*_no_checkpoint(folder, config))
+    _refuse_unsafe_states(folder, checkpoint)
+    target = _target_steps(config, checkpoint)
+    if target is not None and checkpoint.step > target:
+        raise TrainingError(
+            f"the run {folder.name}'s {checkpoint.path.name} is past the run's target: {RUN_FILE} sets "
+            f"training.max_steps = {target}, the checkpoint holds step {checkpoint.step}; resuming would not train "
+            "anything the run asks for",
+            f"set training.max_steps in {folder.run_file} to at least {checkpoint.step} (back to what it was), "
+            "or start a new run",
+        )
+
+
 def _prepare_resume_locked(folder: RunFolder, lock: "ResumeLock") -> ResumePoint:
     config = load_config(folder)
     choice = choose_checkpoint(folder)
-    if choice.checkpoint is None:
-        raise TrainingError(
-            f"the run {folder.name} has no complete checkpoint to resume from",
-            "set training.save_steps so that runs save checkpoints, and start the run again",
-        )
+    if choice.checkpoint is None:  # the newest complete checkpoint failed its CRC read, and no older one is left
+        raise TrainingError(*_no_checkpoint(folder, config, choice.problems))
+    _refuse_unsafe_states(folder, choice.checkpoint)  # an older one than the one checked before the lock
     for path in _dead_writer_litter(folder):
         remove_path(path)
     dropped = rewind_metrics(folder, choice.checkpoint.step)
-    return ResumePoint(folder, config, choice.checkpoint, choice.discarded, dropped, choice.problems, lock)
+    target = _target_steps(config, choice.checkpoint)
+    return ResumePoint(folder, config, choice.checkpoint, choice.discarded, dropped, choice.problems, lock, target)
+
+
+# The fields that decide what the adapter in a checkpoint is: resuming with other values would load the
+# checkpoint into a different model (or fail half-way, after the metrics were cut).
+_IDENTITY_FIELDS = (("model", "source"), ("model", "revision"), ("model", "task"), ("lora", "r"),
+                    ("lora", "target_modules"), ("lora", "rank_pattern"), ("lora", "use_dora"))
+
+
+def _refuse_changed_config(folder: RunFolder, config: RunConfig) -> None:
+    """Refuse a run whose run.toml names another model or adapter shape than the one its checkpoints were trained
+    with (the configuration the run's latest ``run_started`` event recorded)."""
+    started = next((e for e in reversed(read_events(folder)) if isinstance(e, RunStarted)), None)
+    if started is None or not isinstance(started.config, dict):
+        return  # never started training: the "no checkpoint" refusal says what to do
+    now = config.to_dict()
+    for section, name in _IDENTITY_FIELDS:
+        before, after = _field(started.config, section, name), _field(now, section, name)
+        if before is _MISSING or _normal(before) == _normal(after):
+            continue
+        raise TrainingError(
+            f"the run {folder.name} cannot be resumed: {RUN_FILE} now sets {section}.{name} = {_show(after)}, but "
+            f"the run was trained with {section}.{name} = {_show(before)}; its checkpoints hold an adapter for that",
+            f"set {section}.{name} back to {_show(before)} in {folder.run_file} to resume, or start a new run "
+            f"(`workbench train {folder.run_file} --run-dir NEW_FOLDER`) to train with the new value",
+        )
+
+
+_MISSING = object()
+
+
+def _field(config: dict, section: str, name: str) -> Any:
+    """A field of a ``RunConfig.to_dict()``, which leaves unset (None) fields out; _MISSING without the section."""
+    part = config.get(section)
+    return part.get(name) if isinstance(part, dict) else _MISSING
+
+
+def _normal(value: Any) -> Any:
+    """Compare as JSON would store it; module lists in any order."""
+    value = json.loads(json.dumps(value))
+    return sorted(value, key=str) if isinstance(value, list) else value
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None or value is _MISSING else json.dumps(value)
+
+
+def _no_checkpoint(folder: RunFolder, config: RunConfig, problems: tuple = ()) -> tuple[str, str]:
+    """Message and hint for a run with no complete checkpoint; the hint depends on whether checkpoints were on."""
+    message = f"the run {folder.name} has no complete checkpoint to resume from"
+    if problems:
+        message += "; " + "; ".join(f"{name}: {problem}" for name, problem in problems)
+    save_steps = config.training.save_steps
+    if not save_steps:
+        return message, "set training.save_steps so that runs save checkpoints, and start the run again"
+    return (message, f"training.save_steps is {save_steps}, but the run stopped before it completed a checkpoint "
+                     f"(none of its first {save_steps} steps was saved): start it again with "
+                     f"`workbench train {folder.run_file} --run-dir NEW_FOLDER`")
+
+
+def _refuse_unsafe_states(folder: RunFolder, checkpoint: Checkpoint) -> None:
+    refused = unsafe_state_file(checkpoint.path)
+    if refused is not None:
+        name, why = refused
+        raise TrainingError(
+            f"the run {folder.name} cannot be resumed: {checkpoint.path / name} does not load safely ({why}); "
+            "nothing was changed",
+            "that file holds more than tensors and plain values, so it is not loaded (it could run code); if you "
+            f"did not put it there, the checkpoint was altered: remove {checkpoint.path} to resume from an earlier "
+            "checkpoint, or start the run again",
+        )
+
+
+def _target_steps(config: RunConfig, checkpoint: Checkpoint) -> int | None:
+    """The step the run ends at: ``training.max_steps`` when set, otherwise the total the Trainer computed from
+    the epochs and recorded in the checkpoint."""
+    if config.training.max_steps:
+        return config.training.max_steps
+    try:
+        total = json.loads((checkpoint.path / "trainer_state.json").read_bytes()).get("max_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return total if isinstance(total, int) and total > 0 else None
 
 
 class ResumeLock:

@@ -96,6 +96,7 @@ class StatusRecord:
     best_eval_loss: float | None = None
     world_size: int = 1
     reason: str = ""
+    paused: bool = False  # set by the recorder on Paused, cleared on Resumed (the process lives, between steps)
 
     @classmethod
     def read(cls, folder: RunFolder) -> "StatusRecord | None":
@@ -124,7 +125,7 @@ def observe(folder: RunFolder, stale_after: float) -> tuple[RunStatus, str, Stat
     """Status, a one-line explanation, the status record, and the tail of metrics.jsonl (read only while
     the record claims the run is running: that is when its last events can tell more)."""
     record = StatusRecord.read(folder)
-    tail = read_tail(folder.metrics_file) if record and record.state not in OUTCOMES else []
+    tail = read_tail(folder.metrics_file) if not record or record.state not in OUTCOMES else []
     status, detail = _judge(folder, record, tail, stale_after)
     return status, detail, record, tail
 
@@ -132,7 +133,7 @@ def observe(folder: RunFolder, stale_after: float) -> tuple[RunStatus, str, Stat
 def _judge(folder: RunFolder, record: StatusRecord | None, tail: list[Event], stale_after: float) -> tuple[RunStatus, str]:
     """Status and a one-line explanation, from the status record and the last events of metrics.jsonl."""
     if record is None:
-        return RunStatus.NEW, "not started"
+        return _judge_without_record(folder, tail, stale_after)
     if record.state in OUTCOMES:
         return RunStatus(record.state), record.reason
     outcome = _last_outcome(tail)
@@ -147,6 +148,31 @@ def _judge(folder: RunFolder, record: StatusRecord | None, tail: list[Event], st
     if age > stale_after:
         return RunStatus.CRASHED, f"no heartbeat from {record.hostname} for {age:.0f} s ({clock}; process state unknown)"
     return RunStatus.RUNNING, f"process {record.pid} on {record.hostname}, heartbeat {age:.0f} s ago ({clock})"
+
+
+def _judge_without_record(folder: RunFolder, tail: list[Event], stale_after: float) -> tuple[RunStatus, str]:
+    """A run without a readable status.json: never started, or its record is torn or damaged (written by a tool
+    that does not replace it atomically, a disk fault). Then metrics.jsonl tells: its last outcome, or else
+    how long ago it was written (a live engine rewrites status.json within one heartbeat)."""
+    if not tail:
+        if os.path.lexists(folder.status_file):
+            return RunStatus.CRASHED, "status.json is damaged and metrics.jsonl holds no events"
+        return RunStatus.NEW, "not started"
+    outcome = _last_outcome(tail)
+    if isinstance(outcome, Failed):
+        return RunStatus.FAILED, outcome.reason
+    if isinstance(outcome, Finished):
+        return (RunStatus.STOPPED if outcome.status == RunStatus.STOPPED.value else RunStatus.FINISHED), ""
+    if not os.path.lexists(folder.status_file):  # events but no record at all: no engine is recording here
+        return RunStatus.CRASHED, "no status.json; judged from metrics.jsonl: no result reported"
+    try:
+        age = max(0.0, _file_system_now(folder.path) - os.stat(folder.metrics_file).st_mtime)
+    except OSError:
+        age = math.inf
+    if age > stale_after:
+        return RunStatus.CRASHED, (f"status.json is unreadable; judged from metrics.jsonl: no result reported, "
+                                   f"last written {age:.0f} s ago")
+    return RunStatus.RUNNING, f"status.json is unreadable; metrics.jsonl was written {age:.0f} s ago"
 
 
 def on_this_host(record: StatusRecord) -> bool:
@@ -231,13 +257,19 @@ class RunSummary:
     created_at: datetime  # when the folder was created (run.toml written)
     started_at: datetime | None  # first start of training; None for a NEW run
     duration_s: float | None  # training wall time, summed over sessions
+    paused: bool = False  # RUNNING, and paused between steps (the process and its model stay)
+
+    @property
+    def shown_status(self) -> str:
+        """The status word for people and scripts: "paused" for a running run that is paused."""
+        return "paused" if self.paused and self.status is RunStatus.RUNNING else self.status.value
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (``workbench runs --json``)."""
         d = asdict(self)
         d.update(
             path=str(self.path),
-            status=self.status.value,
+            status=self.shown_status,
             data_files=list(self.data_files),
             created_at=self.created_at.isoformat(timespec="seconds"),
             started_at=self.started_at.isoformat(timespec="seconds") if self.started_at else None,
@@ -256,6 +288,8 @@ def summarize_run(run_dir: PathLike, *, stale_after: float = STALE_AFTER_S) -> R
     status, detail, record, tail = observe(folder, stale_after)
     step, last_loss = (record.step, record.last_loss) if record else (0, None)
     total_steps = record.total_steps if record else None
+    if record is None:  # a torn status.json: the started time comes from the first event still in the tail
+        record = _record_from_tail(tail)
     last_step = next((e for e in reversed(tail) if isinstance(e, Step)), None)
     if last_step is not None and last_step.step >= step:  # fresher than the last heartbeat
         step, last_loss, total_steps = last_step.step, last_step.loss, last_step.total_steps
@@ -274,7 +308,15 @@ def summarize_run(run_dir: PathLike, *, stale_after: float = STALE_AFTER_S) -> R
         created_at=_local_time(created),
         started_at=_local_time(record.started_at) if record else None,
         duration_s=record.elapsed_s if record else None,
+        paused=bool(record and record.paused),
     )
+
+
+def _record_from_tail(tail: list[Event]) -> "StatusRecord | None":
+    begun = next((e for e in tail if isinstance(e, RunStarted)), None)
+    if begun is None:
+        return None
+    return StatusRecord(started_at=begun.time, total_steps=begun.total_steps)
 
 
 def _run_file_essentials(folder: RunFolder) -> tuple[str, tuple[str, ...]]:
@@ -310,13 +352,19 @@ def list_runs(root: PathLike, *, stale_after: float = STALE_AFTER_S) -> list[Run
         raise OutputError(f"{root} is a file, not a folder of runs", "give the folder that holds the run folders") from None
     except PermissionError:
         raise OutputError(f"no permission to read {root}", "check the folder's permissions") from None
+    except OSError as exc:  # a symbolic-link loop (ELOOP), an I/O error: the folder cannot be listed
+        raise OutputError(f"cannot read {root}: {exc.strerror or exc}", "give the folder that holds the run folders") from None
     summaries = []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
             continue
         try:
+            if not entry.is_dir():
+                continue
             summaries.append(summarize_run(entry.path, stale_after=stale_after))
         except FileNotFoundError:  # no run.toml: not a run, or deleted while we looked
+            continue
+        except OSError:  # a symbolic-link loop (the entry or its run.toml), unreadable: not a run to show
             continue
     summaries.sort(key=lambda s: (s.started_at or s.created_at, s.name), reverse=True)
     return summaries
