@@ -33,6 +33,7 @@ import torch
 from workbench.core.base_model import BaseCheckpoint, Layout
 from workbench.core.checkpoint import natural_key, read_json_object
 from workbench.core.errors import AdapterError
+from workbench.core.paths import require_regular_file
 from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
 __all__ = [
@@ -135,6 +136,7 @@ def find_adapter_dir(path: str | Path) -> Path:
     if not path.is_dir():
         raise AdapterError(f"adapter folder {path} does not exist", "pass a run folder or a PEFT adapter folder")
     for candidate in (path, path / "adapter"):
+        require_regular_file(candidate / ADAPTER_CONFIG, ADAPTER_CONFIG, AdapterError)  # a FIFO is no missing file
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
     nested = sorted(str(c.parent) for c in path.glob(f"*/{ADAPTER_CONFIG}"))
@@ -163,7 +165,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     folder = find_adapter_dir(path)
     config = read_json_object(folder / ADAPTER_CONFIG, AdapterError)
     _refuse_unsupported_config(config, folder)
-    weights = folder / ADAPTER_WEIGHTS
+    weights = require_regular_file(folder / ADAPTER_WEIGHTS, ADAPTER_WEIGHTS, AdapterError)
     if not weights.is_file():
         pickles = sorted(f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
         if pickles:

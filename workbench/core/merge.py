@@ -37,6 +37,7 @@ from workbench.core.control import RunControl
 from workbench.core.errors import WorkbenchError
 from workbench.core.events import Message, Progress, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported
+from workbench.core.model_card import write_model_card
 from workbench.core.paths import check_new_output
 
 __all__ = ["OUTPUT_DTYPES", "MergeResult", "merged_weight", "merge_adapter"]
@@ -238,6 +239,7 @@ def merge_adapter(
             for f in sorted(checkpoint.path.iterdir()):
                 if f.is_file() and f.name != "config.json" and not f.name.startswith(".") and not is_weight_file(f.name):
                     shutil.copy2(f, tmp / f.name)
+            write_model_card(tmp, kind="merged", adapter=lora.path, base=checkpoint.path, sink=sink)
     except _Stopped:
         sink.emit(Message("merge stopped; nothing was written", level="warning"))
         return MergeResult(None, stopped=True)

@@ -19,10 +19,12 @@ from pathlib import Path
 from workbench.core.adapters import LoraAdapter, input_folders
 from workbench.core.base_model import BaseCheckpoint
 from workbench.core.control import RunControl
-from workbench.core.errors import OutputError, WorkbenchError
+from workbench.core.errors import ModelSourceError, OutputError, WorkbenchError
 from workbench.core.events import Message, Sink, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported, format_size, free_bytes, mount_point
-from workbench.core.paths import check_new_output
+from workbench.core.gguf_import import read_gguf_header
+from workbench.core.model_card import write_model_card
+from workbench.core.paths import check_new_output, require_regular_file
 
 from .adapter import AdapterPlan, check_against_gguf, plan_adapter
 from .merged import MergedPlan, gguf_origin, plan_merged
@@ -142,8 +144,10 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
     _outside_inputs(out, plan.checkpoint, plan.adapter, gguf_base if base_gguf is not None else None)
     messages = []
     if gguf_base is not None:
+        require_regular_file(gguf_base, "GGUF base", ModelSourceError, "give the .gguf file of the base model")
         if not gguf_base.is_file():
             raise WorkbenchError(f"GGUF base {gguf_base} does not exist", "give the .gguf file of the base model")
+        read_gguf_header(gguf_base)  # a truncated file is named here, not in GGUFReader's numpy reshape errors
         check_against_gguf(plan, gguf_base)
     template = None
     if ollama:
@@ -209,6 +213,8 @@ def _run_merged(job: MergedExport, sink: Sink, control: RunControl) -> GgufResul
                                       comment=_comment(plan.checkpoint.path, plan.adapter, job.template))
                 (tmp / MODELFILE).write_text(text, encoding="utf-8")
             written = target.stat().st_size
+            write_model_card(tmp, kind="gguf", adapter=plan.adapter.path if plan.adapter else None,
+                             base=plan.checkpoint.path, gguf_files=sorted(f.name for f in tmp.iterdir()), sink=sink)
     except Stopped:
         return _stopped(sink, "GGUF export")
     if job.template is not None:
@@ -232,6 +238,8 @@ def _run_adapter(job: AdapterExport, sink: Sink, control: RunControl) -> GgufRes
                                       comment=_comment(plan.checkpoint.path, plan.adapter, job.template))
                 (tmp / MODELFILE).write_text(text, encoding="utf-8")
             written = target.stat().st_size
+            write_model_card(tmp, kind="gguf-adapter", adapter=plan.adapter.path, base=plan.checkpoint.path,
+                             gguf_files=sorted(f.name for f in tmp.iterdir()), sink=sink)
     except Stopped:
         return _stopped(sink, "GGUF adapter export")
     if job.template is not None:
