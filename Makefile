@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean gguf-tools test-gguf lint
+.PHONY: run test install clean gguf-tools test-gguf lint typecheck test-fast test-core-noqt
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,30 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# mypy over the engine; its configuration (and the modules still excused some checks) is in pyproject.toml.
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+# The edit loop: tests/core without the tests that start processes, load the real model or take ~5 s or more
+# (markers in pyproject.toml), plus the import contracts. CI runs them all through `make test`.
+test-fast: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow" tests/core tests/test_contracts.py
+
+# The engine with Qt not installed: a second environment whose site-packages links every package of $(VENV) except
+# PySide6, shiboken6, pyqtgraph and pytest-qt (.ci/noqt_venv.py; seconds, no download). It runs the fast tier, then
+# the tests that check imports in a fresh interpreter (those start processes, so the fast tier leaves them out).
+NOQT := $(VENV)-noqt
+$(NOQT)/.built: $(STAMP) .ci/noqt_venv.py
+	$(PY) .ci/noqt_venv.py $(VENV) $(NOQT) .
+	touch $@
+
+test-core-noqt: $(NOQT)/.built
+	@$(NOQT)/bin/python -c "import importlib.util as u, sys; q = [m for m in ('PySide6', 'shiboken6', 'pyqtgraph') \
+	  if u.find_spec(m)]; sys.exit(f'{q} importable in $(NOQT)' if q else 0)"
+	$(NOQT)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests/core tests/test_contracts.py
+	$(NOQT)/bin/python -m pytest -q -p no:cacheprovider tests/core/test_headless.py tests/core/test_data_package.py \
+	  tests/core/test_gui_command.py
+
 # llama-cpp-python is a source package: pip compiles llama.cpp (CPU only, no -march=native so the wheel runs on any
 # x86-64 with AVX2). The wheel is kept in WHEELHOUSE, so the next install on this machine takes seconds; pip's own
 # cache would not find it again for an install from the index. Go (Debian's golang-go) renders the Ollama
@@ -60,4 +84,4 @@ test-gguf: gguf-tools
 	WORKBENCH_REQUIRE_LLAMA_CPP=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/core/test_gguf_llama_cpp.py tests/core/test_gguf_export.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV)-noqt build *.egg-info

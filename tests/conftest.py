@@ -14,6 +14,16 @@ os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="workbench-tes
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def pytest_collection_modifyitems(items):
+    """The fast tier (`make test-fast`: -m "not slow") leaves out every test that starts a process or loads the real
+    model; a test that asks for the smollm2 fixture loads it whether or not its author marked it."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_model)
+        if item.get_closest_marker("subprocess") or item.get_closest_marker("real_model"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Factory: tiny_model_dir("llama") → a saved local HF folder, built once per architecture per session."""

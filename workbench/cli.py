@@ -13,7 +13,7 @@ import sys
 
 from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
 
-COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "queue")
+COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "queue", "desktop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].lower().endswith(".toml") and argv[0] not in COMMAND_MODULES:
+        argv = ["gui", *argv]  # `workbench RUN.toml` opens the window with that run file, as `workbench gui RUN.toml`
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

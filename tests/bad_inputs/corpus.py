@@ -414,7 +414,7 @@ def _(ctx):
     return inspect(folder)
 
 
-@case("model-config-is-a-fifo", "model", r"config\.json is a FIFO \(named pipe\), not a regular file",
+@case("model-config-is-a-fifo", "model", r"config\.json in \S*fifo-config is a FIFO \(named pipe\), not a regular file",
       r"ordinary file", subprocess=True)
 def _(ctx):
     import os
@@ -456,6 +456,104 @@ def _(ctx):
     index["weight_map"][first] = str(folder / "model-00001-of-00002.safetensors")
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     return ctx.train_model(folder)
+
+
+@case("model-shard-index-symlink-out-merge", "model",
+      r"the shard 'model-00001-of-00002\.safetensors' points outside", r"lie inside it")
+def _(ctx):
+    # The shard's name is innocent; the file is a symbolic link to another folder's weights.
+    folder = ctx.sharded_model("linked-out")
+    (ctx.user / "elsewhere").mkdir()
+    moved = ctx.user / "elsewhere" / "model-00001-of-00002.safetensors"
+    (folder / "model-00001-of-00002.safetensors").rename(moved)
+    (folder / "model-00001-of-00002.safetensors").symlink_to(moved)
+    return merge(ctx, folder, ctx.adapter(base=folder))
+
+
+@case("model-shard-index-all-shards-outside-train", "model", r"the shard '\.\./\.\./\S*' points outside",
+      r"lie inside it")
+def _(ctx):
+    folder = ctx.sharded_model("escaping")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: "../../" + v for k, v in index["weight_map"].items()}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return ctx.train_model(folder)
+
+
+@case("model-tokenizer-is-a-fifo", "model", r"tokenizer\.json in \S*fifo-tokenizer is a FIFO \(named pipe\)",
+      r"ordinary files only", subprocess=True)
+def _(ctx):
+    import os
+
+    folder = ctx.model("fifo-tokenizer")
+    (folder / "tokenizer.json").unlink()
+    os.mkfifo(folder / "tokenizer.json")
+    return ctx.train_model(folder)
+
+
+@case("model-generation-config-link-loop", "model", r"generation_config\.json in \S* cannot be read: Too many levels",
+      r"ordinary files only")
+def _(ctx):
+    folder = ctx.model("looped")
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    (folder / "generation_config.json").symlink_to(folder / "generation_config.json")
+    return inspect(folder)
+
+
+@case("model-tokenizer-needs-remote-code-train", "model",
+      r"the tokenizer of \S*custom-tokenizer needs its own Python code to run \(\S*tokenization_custom\.py\)",
+      r"model\.trust_remote_code = true \(CLI: --trust-remote-code\)")
+def _(ctx):
+    folder = ctx.model("custom-tokenizer")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="CustomTokenizer", auto_map={"AutoTokenizer": ["tokenization_custom.CustomTokenizer", None]})
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "tokenization_custom.py").write_text("raise SystemExit('this code must never run')\n")
+    return ctx.train_model(folder)
+
+
+@case("model-config-vocab-size-disagrees-with-weights", "model",
+      r"config\.json does not match the weights: \S+ is \[300, 64\] in the weight files, but config\.json says "
+      r"vocab_size = 320, so the model expects \[320, 64\]", r"restore the model's original config\.json")
+def _(ctx):
+    return ctx.train_model(ctx.edit_config(ctx.model("vocab"), vocab_size=320))
+
+
+@case("model-config-layer-size-disagrees-with-weights", "model",
+      r"model\.layers\.0\.mlp\.\w+_proj\.weight is \[\d+, \d+\] in the weight files, but config\.json says "
+      r"intermediate_size = 200", r"the weights are as downloaded", subprocess=True)
+def _(ctx):
+    return ctx.train_model(ctx.edit_config(ctx.model("mlp"), intermediate_size=200))
+
+
+@case("model-gguf-cut-in-half", "model", r"half\.gguf is truncated: expected [\d,]+ bytes, found [\d,]+ \(tensor ",
+      r"download it again")
+def _(ctx):
+    from workbench.core.builtin import find_builtin_gguf
+
+    whole = find_builtin_gguf().read_bytes()
+    return inspect(ctx.write("half.gguf", whole[: len(whole) // 2]))
+
+
+@case("model-gguf-base-cut-in-half-export", "model", r"base\.gguf is truncated: expected [\d,]+ bytes, found",
+      r"download it again", gui=False)
+def _(ctx):
+    from workbench.core.builtin import find_builtin_gguf
+
+    whole = find_builtin_gguf().read_bytes()
+    cut = ctx.write("base.gguf", whole[: len(whole) // 2])
+    return export(ctx, ctx.adapter(), None, "--gguf-adapter", "--base", str(ctx.shared_model()), "--base-gguf", str(cut),
+                  target=cut)
+
+
+@case("model-gguf-base-is-a-fifo-export", "model", r"GGUF base \S*base\.gguf is a FIFO \(named pipe\)",
+      r"the \.gguf file of the base model", gui=False)
+def _(ctx):
+    import os
+
+    os.mkfifo(ctx.path("base.gguf"))
+    return export(ctx, ctx.adapter(), None, "--gguf-adapter", "--base", str(ctx.shared_model()), "--base-gguf",
+                  str(ctx.path("base.gguf")), target=ctx.path("base.gguf"))
 
 
 @case("model-unknown-architecture", "model", r"unknown model_type 'wizardlm9000' in \S*config\.json",
@@ -626,6 +724,24 @@ def _(ctx):
 def _(ctx):
     ctx.path("loop.jsonl").symlink_to(ctx.path("loop.jsonl"))
     return ctx.train_data(ctx.path("loop.jsonl"))
+
+
+@case("data-validation-file-is-a-fifo", "data", r"val\.csv is a FIFO \(named pipe\), not a regular file",
+      r"data\.validation_files")
+def _(ctx):
+    import os
+
+    os.mkfifo(ctx.path("val.csv"))
+    return ctx.train_data(ctx.good_data(), validation_files=[str(ctx.path("val.csv"))])
+
+
+@case("data-parquet-is-a-socket", "data", r"table\.parquet is a socket, not a regular file", r"ordinary data file")
+def _(ctx):
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:  # the socket file stays after the socket is closed
+        sock.bind(str(ctx.path("table.parquet")))
+    return ctx.train_data(ctx.path("table.parquet"))
 
 
 @case("data-jsonl-nested-too-deeply", "data", r"deep\.jsonl: line 2: the JSON is nested too deeply", r"Fix the row")
@@ -855,6 +971,21 @@ def _(ctx):
     return ctx.train(folder)
 
 
+@case("runfile-is-a-fifo", "runfile", r"the run file is a FIFO \(named pipe\), not a regular file",
+      r"choose the \.toml run file itself", subprocess=True)
+def _(ctx):
+    import os
+
+    os.mkfifo(ctx.path("run.toml"))
+    return ctx.train(ctx.path("run.toml"))
+
+
+@case("runfile-symlink-loop", "runfile", r"the run file cannot be read: Too many levels of symbolic links", r"run file")
+def _(ctx):
+    ctx.path("run.toml").symlink_to(ctx.path("run.toml"))
+    return ctx.train(ctx.path("run.toml"))
+
+
 @case("runfile-empty", "runfile", r"^no model chosen", r"pick a local model folder")
 def _(ctx):
     return ctx.train(ctx.runfile(text=""))
@@ -882,7 +1013,7 @@ def _(ctx):
     return ctx.train(ctx.write("utf16.toml", '[model]\nsource = "m"\n'.encode("utf-16")))
 
 
-@case("runfile-unknown-section", "runfile", r"modle: unknown key; allowed: model, lora, data, training, output",
+@case("runfile-unknown-section", "runfile", r"modle: unknown key; allowed: model, lora, data, training, eval, output",
       r"edit \S*run\.toml")
 def _(ctx):
     return ctx.train(ctx.runfile(text='[modle]\nsource = "m"\n'))
@@ -1070,6 +1201,35 @@ def _(ctx):
     return inspect_adapter(folder)
 
 
+@case("adapter-config-nested-too-deeply", "adapter", r"adapter_config\.json is nested too deeply", r"copy or download it again")
+def _(ctx):
+    folder = ctx.adapter()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "x": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    return inspect_adapter(folder)
+
+
+@case("adapter-config-is-a-fifo", "adapter", r"adapter_config\.json \S*adapter_config\.json is a FIFO \(named pipe\)",
+      r"ordinary file")
+def _(ctx):
+    import os
+
+    folder = ctx.adapter()
+    (folder / "adapter_config.json").unlink()
+    os.mkfifo(folder / "adapter_config.json")
+    return inspect_adapter(folder)
+
+
+@case("adapter-weights-are-a-fifo-merge", "adapter", r"adapter_model\.safetensors \S* is a FIFO \(named pipe\)",
+      r"ordinary file")
+def _(ctx):
+    import os
+
+    folder = ctx.adapter()
+    (folder / "adapter_model.safetensors").unlink()
+    os.mkfifo(folder / "adapter_model.safetensors")
+    return merge(ctx, ctx.shared_model(), folder, target=folder)
+
+
 @case("adapter-not-lora", "adapter", r"is a PREFIX_TUNING adapter .*only LoRA and DoRA adapters are supported",
       r"choose a LoRA adapter folder")
 def _(ctx):
@@ -1111,25 +1271,25 @@ def _poison(value: float) -> Callable[[dict], dict]:
 
 
 @case("adapter-nan-weights-inspect", "adapter",
-      r"adapter_model\.safetensors holds NaN or infinite values in 1 tensor\(s\): "
-      r"base_model\.model\.model\.layers\.1\.self_attn\.v_proj\.lora_B\.weight", r"diverged")
+      r"adapter_model\.safetensors holds NaN or infinite weights in 1 tensor\(s\): "
+      r"base_model\.model\.model\.layers\.1\.self_attn\.v_proj\.lora_B\.weight \(1 of 128 values", r"diverged")
 def _(ctx):
     return inspect_adapter(ctx.adapter(tensors=_poison(float("nan"))))
 
 
-@case("adapter-inf-weights-merge", "adapter", r"holds NaN or infinite values in 1 tensor\(s\): \S*v_proj\.lora_B",
-      r"train again from an earlier checkpoint")
+@case("adapter-inf-weights-merge", "adapter", r"holds NaN or infinite weights in 1 tensor\(s\): \S*v_proj\.lora_B",
+      r"use the adapter of an earlier checkpoint")
 def _(ctx):
     adapter = ctx.adapter(tensors=_poison(float("inf")))
     return merge(ctx, ctx.shared_model(), adapter, target=adapter)
 
 
-@case("adapter-nan-weights-export", "adapter", r"holds NaN or infinite values", r"diverged", gui=False)
+@case("adapter-nan-weights-export", "adapter", r"holds NaN or infinite weights", r"diverged", gui=False)
 def _(ctx):
     return export(ctx, ctx.adapter(tensors=_poison(float("-inf"))), None, "--portable")
 
 
-@case("adapter-nan-weights-gguf", "adapter", r"holds NaN or infinite values", r"diverged", gui=False)
+@case("adapter-nan-weights-gguf", "adapter", r"holds NaN or infinite weights", r"diverged", gui=False)
 def _(ctx):
     return export(ctx, ctx.adapter(tensors=_poison(float("nan"))), None, "--gguf")
 
@@ -1245,15 +1405,16 @@ def _(ctx):
 
 
 @case("output-export-inside-the-adapter", "output",
-      r"output folder \S*adapter/sub is inside the adapter \(\S*\); nothing was written",
-      r"choose a folder outside the adapter: Workbench never writes into its inputs")
+      r"output folder \S*adapter/sub is inside the adapter folder \(\S*\); nothing was written",
+      r"choose a folder outside the adapter folder: Workbench never writes into its inputs")
 def _(ctx):
     adapter = ctx.adapter()
     return export(ctx, adapter, adapter / "sub", target=adapter)
 
 
 @case("output-merge-inside-the-base-model", "output",
-      r"output folder \S*/merged is inside the base model \(\S*\); nothing was written", r"never writes into its inputs")
+      r"output folder \S*/merged is inside the base model folder \(\S*\); nothing was written",
+      r"never writes into its inputs")
 def _(ctx):
     base = ctx.model("base")
     return merge(ctx, base, ctx.adapter(base=base), base / "merged", target=base)
@@ -1375,6 +1536,13 @@ def _(ctx):
 def _(ctx):
     path = ctx.write("runs.txt", "a list of runs\n")
     return Built(path, ["runs", "--root", str(path)])
+
+
+@case("output-runs-root-symlink-loop", "output", r"cannot read \S*loop: Too many levels of symbolic links",
+      r"give the folder that holds the run folders", gui=False)
+def _(ctx):
+    ctx.path("loop").symlink_to(ctx.path("loop"))
+    return Built(ctx.path("loop"), ["runs", "--root", str(ctx.path("loop"))])
 
 
 @case("output-runs-root-unreadable", "output", r"no permission to read \S*private", r"check the folder's permissions",

@@ -351,3 +351,39 @@ def test_weight_files_are_checked_from_headers(ctx: Ctx):
     (index_only / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
     with pytest.raises(ModelSourceError, match="lists no weights"):
         check_weight_files(resolve_source(str(index_only)))
+
+
+# ------------------------------------------------------------------- accepted, but the user is told (warnings)
+
+
+def test_warnings_reach_the_terminal_for_eval_steps_and_shared_validation_rows(ctx: Ctx, capsys, monkeypatch):
+    """Valid settings that would not do what the user meant: the run trains, and says so on the console."""
+    from workbench.cli import main
+
+    monkeypatch.chdir(ctx.cwd)
+    train = ctx.good_data()
+    alone = ctx.runfile("alone.toml", training={"max_steps": 1, "batch_size": 1, "device": "cpu", "eval_steps": 1})
+    shared = ctx.runfile("shared.toml", data={"validation_files": [str(train)]})
+    assert main(["train", str(alone)]) == 0
+    out, err = capsys.readouterr()
+    assert "training.eval_steps = 1 is set, but there is no validation data" in out + err
+    assert main(["train", str(shared)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{train} is both a training and a validation file" in out + err
+    assert "4 of the 4 validation rows are also training rows" in out + err
+
+
+def test_runs_lists_the_runs_beside_symbolic_link_loops(ctx: Ctx, capsys, monkeypatch):
+    """A folder walk over link loops (an entry pointing at itself, a run.toml that is a loop) lists what it can."""
+    from workbench.cli import main
+
+    monkeypatch.chdir(ctx.cwd)
+    assert main(["train", str(ctx.runfile()), "--quiet"]) == 0
+    root = ctx.cwd / "runs"
+    (root / "loop").symlink_to(root / "loop")
+    (root / "broken-run").mkdir()
+    (root / "broken-run" / "run.toml").symlink_to(root / "broken-run" / "run.toml")
+    capsys.readouterr()
+    assert main(["runs", "--root", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "finished" in out, out + err

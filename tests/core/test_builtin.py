@@ -294,6 +294,7 @@ gguf_import.convert_gguf(gguf, cache_dir=cache)
 """
 
 
+@pytest.mark.subprocess
 def test_conversion_killed_half_way_is_redone_and_never_loaded(tiny_gguf, tmp_path):
     path, original = tiny_gguf
     cache, ready, log = tmp_path / "cache", tmp_path / "ready", tmp_path / "child.log"

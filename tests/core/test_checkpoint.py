@@ -4,6 +4,7 @@ list, whole safetensors files, header offsets, the meta-device skeleton, and a s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -150,6 +151,7 @@ def test_the_skeleton_is_the_saved_class_or_the_task_head_on_the_meta_device():
 # ------------------------------------------------------------------------------------------- importing
 
 
+@pytest.mark.subprocess
 def test_the_model_file_modules_import_without_the_ml_stack():
     """``workbench inspect`` and the window import these on their short paths; torch comes later, in a worker."""
     modules = ["models", "checkpoint", "builtin", "gguf_import", "demo", "cache", "compat", "peft_format"]
@@ -157,3 +159,111 @@ def test_the_model_file_modules_import_without_the_ml_stack():
             "print(sorted(n for n in ('torch', 'transformers', 'peft', 'datasets', 'gguf') if n in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------- the input-path policy (issue #14)
+
+
+@pytest.mark.parametrize("field, value, found, wanted", [
+    ("model_type", ["llama"], "a list", "a string"),
+    ("hidden_size", "64", "a string", "a whole number"),
+    ("architectures", {"0": "LlamaForCausalLM"}, "an object", "a list"),
+    ("num_hidden_layers", True, "true or false", "a whole number"),
+    ("tie_word_embeddings", 1, "a whole number", "true or false"),
+])
+def test_a_config_field_of_the_wrong_json_type_is_named_with_both_types(tmp_path, field, value, found, wanted):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", field: value}))
+    with pytest.raises(ModelSourceError) as err:
+        checkpoint.read_json_object(path, fields=checkpoint.CONFIG_JSON_FIELDS)
+    assert f'has "{field}": {json.dumps(value)}, which is {found}; it must be {wanted}' in err.value.message
+
+
+def test_null_config_fields_are_allowed_as_transformers_allows_them(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "rope_scaling": None, "architectures": None, "vocab_size": 10}))
+    assert checkpoint.read_json_object(path, fields=checkpoint.CONFIG_JSON_FIELDS)["rope_scaling"] is None
+
+
+@pytest.mark.parametrize("name", ["config.json", "adapter_config.json", "model.safetensors.index.json"])
+def test_deeply_nested_json_is_a_message_not_a_recursion_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(AdapterError, match=re.escape(name) + " is nested too deeply"):
+        checkpoint.read_json_object(path, AdapterError)
+
+
+@pytest.mark.timeout(30)  # the guard against a hang: a FIFO without a writer never opens
+def test_special_files_are_refused_without_being_opened(tmp_path):
+    import os
+    import socket
+
+    from workbench.core.paths import not_regular_problem
+
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(ModelSourceError, match=r"config\.json \S*config\.json is a FIFO \(named pipe\), not a regular file"):
+        checkpoint.read_json_object(tmp_path / "config.json")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "file").write_text("x")
+    assert not_regular_problem(tmp_path / "sock") == "is a socket, not a regular file"
+    assert not_regular_problem("/dev/null") == "is a device, not a regular file"
+    assert not_regular_problem(tmp_path / "loop") == "cannot be read: Too many levels of symbolic links"
+    assert [not_regular_problem(p) for p in (tmp_path / "file", tmp_path, tmp_path / "gone", tmp_path / "file" / "x")] \
+        == [None] * 4  # a file, a folder, nothing, something under a file: the caller's to judge
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_a_shard_index_naming_a_file_outside_the_folder_is_refused(tmp_path, where):
+    folder, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    save_file({"w": torch.zeros(2)}, elsewhere / "x.safetensors")
+    name = {"parent": "../elsewhere/x.safetensors", "absolute": str(elsewhere / "x.safetensors"),
+            "symlink": "model-1-of-1.safetensors"}[where]
+    if where == "symlink":
+        (folder / name).symlink_to(elsewhere / "x.safetensors")
+    (folder / checkpoint.INDEX_FILE).write_text(json.dumps({"weight_map": {"w": name}}))
+    with pytest.raises(ModelSourceError, match=rf"the shard '{re.escape(name)}' points outside {re.escape(str(folder))}"):
+        checkpoint.weight_files(folder)
+    (folder / "inner").mkdir()  # a shard in a sub-folder, even through '..' that comes back, is inside
+    save_file({"w": torch.zeros(2)}, folder / "inner" / "x.safetensors")
+    (folder / checkpoint.INDEX_FILE).write_text(json.dumps({"weight_map": {"w": "inner/../inner/x.safetensors"}}))
+    assert checkpoint.weight_files(folder)[0] == [folder / "inner/../inner/x.safetensors"]
+
+
+def test_weight_shapes_that_disagree_with_config_are_blamed_on_config(tmp_path):
+    from transformers import AutoConfig
+
+    folder = tiny.save_model("llama", tmp_path / "m")
+    config = AutoConfig.from_pretrained(folder)
+    assert checkpoint.weight_shape_mismatches(folder, config) == []
+    config.vocab_size += 20
+    found = checkpoint.weight_shape_mismatches(folder, config)
+    assert {m.key for m in found} == {"lm_head.weight", "model.embed_tokens.weight"}
+    stored = config.vocab_size - 20
+    assert found[0].stored == (stored, 64) and found[0].expected == (stored + 20, 64)
+    assert ("vocab_size", stored + 20) in found[0].fields
+    assert found[0].describe() == (f"{found[0].key} is [{stored}, 64] in the weight files, but config.json says "
+                                   f"vocab_size = {stored + 20}, so the model expects [{stored + 20}, 64]")
+
+
+def test_shards_of_the_hugging_face_cache_may_link_into_their_repositorys_blobs(tmp_path):
+    """The Hub cache stores every file as a link from snapshots/<revision>/ into the repository's blobs/: that is
+    inside the download, not an escape (and a link into another repository's blobs still is one)."""
+    repo = tmp_path / "models--org--name"
+    snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    save_file({"w": torch.zeros(2)}, blobs / "f00d")
+    (snapshot / "model-1-of-1.safetensors").symlink_to(blobs / "f00d")
+    (snapshot / checkpoint.INDEX_FILE).write_text(json.dumps({"weight_map": {"w": "model-1-of-1.safetensors"}}))
+    assert checkpoint.weight_files(snapshot)[0] == [snapshot / "model-1-of-1.safetensors"]
+    other = tmp_path / "models--org--other" / "blobs"
+    other.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, other / "beef")
+    (snapshot / "model-1-of-1.safetensors").unlink()
+    (snapshot / "model-1-of-1.safetensors").symlink_to(other / "beef")
+    with pytest.raises(ModelSourceError, match="points outside"):
+        checkpoint.weight_files(snapshot)

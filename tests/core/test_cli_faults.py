@@ -47,6 +47,7 @@ def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(monkeypatc
     assert "Traceback (most recent call last)" in text and "in broken" in text and "KeyError" in text
 
 
+@pytest.mark.subprocess
 def test_a_closed_console_does_not_fail_the_run_and_the_exit_code_is_the_runs(model_dir, tmp_path):
     cfg = make_config(model_dir, tmp_path, max_steps=3)
     cfg.save(tmp_path / "run.toml")
@@ -66,6 +67,7 @@ def test_a_closed_console_does_not_fail_the_run_and_the_exit_code_is_the_runs(mo
     assert proc.wait(timeout=120) == EXIT_USER
 
 
+@pytest.mark.subprocess
 def test_sigterm_stops_like_ctrl_c_and_resume_reproduces_the_uninterrupted_run(model_dir, tmp_path):
     cfg = make_config(model_dir, tmp_path, max_steps=2000, batch_size=2, save_steps=4).copy_with(
         data={"packing": False})

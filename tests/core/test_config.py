@@ -65,7 +65,7 @@ def test_bad_values_name_field_value_and_allowed(data, field, words):
 
 @pytest.mark.parametrize("data, words", [
     ({"lora": {"rankk": 8}}, "lora.rankk: unknown key in [lora]; allowed: r, alpha"),
-    ({"trainer": {}}, "trainer: unknown key; allowed: model, lora, data, training, output"),
+    ({"trainer": {}}, "trainer: unknown key; allowed: model, lora, data, training, eval, output"),
 ])
 def test_unknown_keys_are_errors(data, words):
     with pytest.raises(ConfigError, match="unknown key") as exc:
@@ -105,3 +105,12 @@ def test_block_spec():
     for bad in ("x", "3-", "", "5-1"):
         with pytest.raises(ValueError):
             parse_block_spec(bad)
+
+
+def test_eval_steps_without_validation_data_is_a_warning_not_silence():
+    lonely = RunConfig.from_dict({"training": {"eval_steps": 5}, "data": {"train_files": ["t.jsonl"]}})
+    assert lonely.warnings() == ["training.eval_steps = 5 is set, but there is no validation data, so nothing is "
+                                 "evaluated: add data.validation_files or set data.validation_split (e.g. 0.1)."]
+    for data in ({"validation_files": ["v.jsonl"]}, {"validation_split": 0.1}):
+        assert RunConfig.from_dict({"training": {"eval_steps": 5}, "data": {"train_files": ["t.jsonl"], **data}}).warnings() == []
+    assert RunConfig.from_dict({"data": {"train_files": ["t.jsonl"]}}).warnings() == []

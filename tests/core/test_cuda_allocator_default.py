@@ -20,10 +20,12 @@ def _run(**env):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="expandable segments are a Linux feature of PyTorch")
+@pytest.mark.subprocess
 def test_expandable_segments_are_on_by_default():
     assert _run() == ["expandable_segments:True", "None"]
 
 
+@pytest.mark.subprocess
 def test_a_users_setting_is_kept_under_either_name():
     assert _run(PYTORCH_CUDA_ALLOC_CONF="max_split_size_mb:128") == ["max_split_size_mb:128", "None"]
     assert _run(PYTORCH_ALLOC_CONF="backend:cudaMallocAsync") == ["None", "backend:cudaMallocAsync"]

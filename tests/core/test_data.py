@@ -693,3 +693,71 @@ def test_a_file_mixing_formats_is_named_at_the_first_row_that_differs(tmp_path):
                                         r"chat row") as err:
         data.detect(config(path))
     assert "one format" in err.value.hint
+
+
+@pytest.mark.timeout(30)  # the guard against a hang: opening a FIFO without a writer never returns
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".txt", ".parquet"])
+@pytest.mark.parametrize("setting", ["train_files", "validation_files"])
+def test_a_fifo_is_refused_before_it_is_opened_for_every_format(tmp_path, suffix, setting):
+    import os
+
+    fifo = tmp_path / f"data{suffix}"
+    os.mkfifo(fifo)
+    good = write_jsonl(tmp_path / "good.jsonl", pc_rows(4))
+    cfg = config(fifo) if setting == "train_files" else config(good, validation_files=[str(fifo)])
+    with pytest.raises(DataError, match=rf"data\{suffix} is a FIFO \(named pipe\), not a regular file") as err:
+        data.load_raw(cfg, cache_dir=tmp_path / "cache")
+    assert f"data.{setting}" in err.value.hint
+
+
+def test_validation_rows_shared_with_training_are_counted_in_a_warning(tmp_path, tok):
+    rows = pc_rows(10)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    # 3 of the 5 validation rows are training rows, one of them written as CSV (rows compare by content)
+    validation = write_jsonl(tmp_path / "val.jsonl", rows[:2] + pc_rows(13)[10:])
+    shared_csv = tmp_path / "more-val.csv"
+    with open(shared_csv, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["prompt", "completion"], [rows[5]["prompt"], rows[5]["completion"]]])
+    sink = ListSink()
+    data.prepare(config(train, validation_files=[str(validation), str(shared_csv)]), tok, sink=sink,
+                 cache_dir=tmp_path / "cache")
+    warnings = [e.text for e in sink.of(Message) if e.level == "warning"]
+    assert any(w.startswith("3 of the 6 validation rows are also training rows") for w in warnings), warnings
+    assert not any("both a training and a validation file" in w for w in warnings)
+
+
+def test_the_same_file_as_training_and_validation_data_is_warned(tmp_path, tok):
+    train = write_jsonl(tmp_path / "train.jsonl", pc_rows(6))
+    sink = ListSink()
+    data.prepare(config(train, validation_files=[str(tmp_path / "." / "train.jsonl")]), tok, sink=sink,
+                 cache_dir=tmp_path / "cache")
+    warnings = [e.text for e in sink.of(Message) if e.level == "warning"]
+    assert any(f"{train} is both a training and a validation file" in w for w in warnings), warnings
+    assert any(w.startswith("6 of the 6 validation rows are also training rows") for w in warnings), warnings
+
+
+def test_separate_validation_rows_and_a_split_give_no_overlap_warning(tmp_path, tok):
+    rows = pc_rows(12)
+    train, validation = write_jsonl(tmp_path / "t.jsonl", rows[:8]), write_jsonl(tmp_path / "v.jsonl", rows[8:])
+    for cfg in (config(train, validation_files=[str(validation)]), config(train, validation_split=0.25)):
+        sink = ListSink()
+        data.prepare(cfg, tok, sink=sink, cache_dir=tmp_path / "cache")
+        assert not [e.text for e in sink.of(Message) if "validation" in e.text and e.level == "warning"]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_semicolon_or_tab_csv_trains_its_completion_column(tmp_path, delimiter, tok):
+    """The sniffed delimiter reaches training: the trained (label) tokens are the completion cell, nothing of the
+    prompt and no delimiter."""
+    rows = [{"prompt": f"Question {i}; part {i}?", "completion": f" Answer {i}, done."} for i in range(3)]
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerow(["prompt", "completion"])
+        writer.writerows([[r["prompt"], r["completion"]] for r in rows])
+    prepared = data.prepare(config(path, packing=False), tok, cache_dir=tmp_path / "cache")
+    assert len(prepared.train) == 3
+    trained = sorted(trained_text(tok, row).removesuffix(EOS) for row in prepared.train)
+    assert trained == sorted(r["completion"] for r in rows)
+    full = sorted(tok.decode(row["input_ids"]) for row in prepared.train)
+    assert full == sorted(r["prompt"] + r["completion"] + EOS for r in rows)

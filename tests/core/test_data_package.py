@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+import pytest
+
 import workbench.core.data as data
 from workbench.core.config import DataFormat
 
@@ -36,12 +38,14 @@ def _modules_loaded_by(code: str) -> set[str]:
     return {name.split(".")[0] for name in out.stdout.split()}
 
 
+@pytest.mark.subprocess
 def test_the_modules_the_window_imports_at_start_up_pull_in_no_ml_stack():
     loaded = _modules_loaded_by(
         "from workbench.core.data import DATA_SUFFIXES, FORMAT_ROLES, formats, inspect_data, readers, results")
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 
 
+@pytest.mark.subprocess
 def test_no_module_of_the_package_imports_qt():
     names = [f"workbench.core.data.{m.name}" for m in pkgutil.iter_modules(data.__path__)]
     assert len(names) >= 10

@@ -24,6 +24,7 @@ def wait_for(predicate, proc, what: str) -> None:
     wait_until(predicate, what, timeout=120.0, proc=proc, interval=0.05)
 
 
+@pytest.mark.subprocess
 def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     model = tiny_model_dir("llama", initializer_range=0.3)
     cfg = make_config(model, tmp_path, max_steps=5, batch_size=2).copy_with(data={"packing": False})
@@ -65,6 +66,7 @@ def step_count(run_dir: Path) -> int:
     return sum(1 for e in read_events(run_dir) if e.kind == "step") if (run_dir / "metrics.jsonl").exists() else 0
 
 
+@pytest.mark.subprocess
 def test_stop_a_separate_process_through_the_run_folder(background_run):
     proc, run_dir = background_run
     wait_for(lambda: step_count(run_dir) >= 2, proc, what="two steps")
@@ -76,6 +78,7 @@ def test_stop_a_separate_process_through_the_run_folder(background_run):
     assert last.kind == "finished" and last.status == "stopped" and last.step < 2000
 
 
+@pytest.mark.subprocess
 def test_pause_and_resume_a_separate_process_through_the_run_folder(background_run):
     proc, run_dir = background_run
     wait_for(lambda: step_count(run_dir) >= 1, proc, what="the first step")
@@ -94,6 +97,7 @@ def test_pause_and_resume_a_separate_process_through_the_run_folder(background_r
     assert kinds[i - 1] == ("step", kinds[i][1]) and kinds[i + 2] == ("step", kinds[i][1] + 1), "training continued at the next step"
 
 
+@pytest.mark.subprocess
 def test_pause_resume_and_stop_a_two_process_run_through_the_run_folder(tiny_model_dir, tmp_path):
     """The control file reaches rank 0; the engine must carry each request to rank 1 at the same step."""
     cfg = make_config(tiny_model_dir("llama", initializer_range=0.3), tmp_path, max_steps=2000, batch_size=1)

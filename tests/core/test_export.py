@@ -245,6 +245,7 @@ merge_adapter(sys.argv[1], sys.argv[2], sys.argv[3], sink=pause_in_second_shard)
 """
 
 
+@pytest.mark.subprocess
 def test_killed_merge_leaves_only_a_named_temp_folder_that_the_next_merge_removes(tiny_model_dir, llama_adapter, tmp_path):
     base = tiny_model_dir("llama", max_shard_size="100KB")
     first_shard = sorted(p.name for p in base.glob("*.safetensors"))[0]
@@ -411,7 +412,8 @@ def test_export_copies_the_adapter_of_a_run_folder_as_trained(tiny_model_dir, tm
     assert "adapter_model.safetensors" in files
     assert sorted(p.name for p in out.iterdir()) == files
     for name in files:
-        assert (out / name).read_bytes() == (run / "adapter" / name).read_bytes()
+        if name != "README.md":  # PEFT's empty card template is replaced by a model card (test_model_card.py)
+            assert (out / name).read_bytes() == (run / "adapter" / name).read_bytes()
 
 
 # ----------------------------------------------------------------------------------------- inspection

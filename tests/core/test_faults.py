@@ -102,6 +102,7 @@ def finite_weights(checkpoint_dir: Path) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
+@pytest.mark.slow
 def test_nan_stops_at_once_and_keeps_the_last_good_checkpoint(kind, model_dir, tmp_path, poison):
     poison(kind, from_call=6)  # step 6 is a checkpoint step: its checkpoint must not be written
     sink = ev.ListSink()
@@ -245,6 +246,7 @@ def test_oom_retry_continues_from_the_last_checkpoint_with_the_same_effective_ba
     assert [e.loss for e in sink.of(ev.Step)] == pytest.approx([e.loss for e in straight.of(ev.Step)], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_oom_retry_restarts_without_a_checkpoint_and_gives_up_at_batch_size_1(model_dir, tmp_path, oom):
     oom(lambda size, step: size > 1)  # only single rows fit
     sink = ev.ListSink()
@@ -366,6 +368,7 @@ def damage_a_member(archive: Path) -> None:
     archive.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_oom_retry_passes_over_a_damaged_checkpoint_as_a_resume_does(model_dir, tmp_path, oom):
     """The retry picks its checkpoint as prepare_resume does, CRC check included: a checkpoint-4 whose optimizer
     state lost a block is not continued from, and is removed."""

@@ -180,7 +180,7 @@ def test_f32_export_holds_peft_merged_weights_under_gguf_names_and_transformers_
     sink = ListSink()
     result = export_gguf(base, adapter, tmp_path / "out", type_name="f32", sink=sink)
     assert result.gguf == tmp_path / "out" / "model-F32.gguf" and result.gguf.is_file()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model-F32.gguf"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "model-F32.gguf"]  # the card
 
     config = json.loads((base / "config.json").read_text())
     meta, values, types = read_gguf(result.gguf)
@@ -463,7 +463,7 @@ def test_an_unknown_template_family_is_refused_with_the_reason():
 def test_ollama_modelfile_beside_a_merged_export(base_dir, tmp_path):
     base = base_dir("qwen2")
     result = export_gguf(base, None, tmp_path / "out", type_name="q8_0", ollama=True)
-    assert sorted(p.name for p in result.output.iterdir()) == ["Modelfile", "model-Q8_0.gguf"]
+    assert sorted(p.name for p in result.output.iterdir()) == ["Modelfile", "README.md", "model-Q8_0.gguf"]
     modelfile = gotemplate.parse_modelfile(result.modelfile.read_text())
     assert modelfile["FROM"] == ["./model-Q8_0.gguf"]
     params = modelfile["PARAMETER"]

@@ -153,7 +153,8 @@ def test_k_quants_are_made_by_llama_cpps_quantizer(type_name, file_type, k_types
                            num_key_value_heads=2, head_dim=64)
     sink = ListSink()
     result = export_gguf(base, None, tmp_path / "out", type_name=type_name, sink=sink)
-    assert sorted(p.name for p in result.output.iterdir()) == [f"model-{type_name.upper()}.gguf"], "no intermediate left"
+    assert sorted(p.name for p in result.output.iterdir()) == ["README.md", f"model-{type_name.upper()}.gguf"], \
+        "no intermediate left"
     meta, _, types = read_gguf(result.gguf)
     assert meta["general.file_type"] == file_type
     assert k_types <= set(types.values()), types

@@ -11,6 +11,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,6 +24,7 @@ def load_harness():
     return module
 
 
+@pytest.mark.subprocess
 def test_sigkill_never_leaves_damaged_output_and_costs_at_most_one_checkpoint_interval(tmp_path):
     kh = load_harness()
     setup = kh.build(tmp_path, "test", max_steps=20, save_steps=4, log=lambda *a: None)

@@ -63,6 +63,7 @@ def write_run_file(tmp_path):
     return tmp_path / "run.toml"
 
 
+@pytest.mark.subprocess
 def test_slurm_script_two_nodes_four_gpus(tmp_path, capsys):
     run_file = write_run_file(tmp_path)
     out = tmp_path / "job.sh"
@@ -85,6 +86,7 @@ def test_slurm_script_two_nodes_four_gpus(tmp_path, capsys):
     assert args.training_script_args == ["train", str(run_file), "--run-dir", "/shared/runs/big-run", "--quiet"]
 
 
+@pytest.mark.subprocess
 def test_slurm_script_resumes_a_requeued_run_and_requeues_itself_on_the_time_limit_warning(tmp_path):
     cfg = RunConfig.from_dict({"model": {"source": "org/model"}, "data": {"train_files": ["/shared/data.jsonl"]},
                                "output": {"runs_root": str(tmp_path / "runs"), "name": "big-run"}})
@@ -117,6 +119,7 @@ def test_slurm_script_resumes_a_requeued_run_and_requeues_itself_on_the_time_lim
     assert code == 2 and requeued == []
 
 
+@pytest.mark.subprocess
 def test_plain_script_static_rendezvous(tmp_path, capsys):
     run_file = write_run_file(tmp_path)
     assert main(["launch-script", str(run_file), "--nodes", "3", "--gpus-per-node", "2", "--scheduler", "plain",

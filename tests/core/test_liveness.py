@@ -113,6 +113,7 @@ def stop(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
+@pytest.mark.subprocess
 def test_a_skewed_writer_on_another_host_is_running_while_it_beats_and_crashed_once_it_stops(tmp_path):
     folder = create_run(make_config(tmp_path))
     writer = start_writer(SKEWED_WRITER, folder)
@@ -131,6 +132,7 @@ def test_a_skewed_writer_on_another_host_is_running_while_it_beats_and_crashed_o
 # ------------------------------------------------------------------------------------------ resume refusals
 
 
+@pytest.mark.subprocess
 def test_resume_refuses_a_run_whose_process_on_this_machine_lives_and_names_it(tmp_path):
     folder = create_run(make_config(tmp_path))
     make_checkpoint(folder, 5)
@@ -148,6 +150,7 @@ def test_resume_refuses_a_run_whose_process_on_this_machine_lives_and_names_it(t
     assert point.step == 5
 
 
+@pytest.mark.subprocess
 def test_resume_refuses_a_live_run_on_another_host_despite_its_lagging_clock(tmp_path, monkeypatch):
     """The writer's clock is an hour behind: judged by its updated_at the run looked dead and was resumed
     under a live process. Judged on the file system's clock it is refused until its heartbeat is stale."""

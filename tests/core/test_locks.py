@@ -41,6 +41,7 @@ def end(proc, *, kill: bool = False) -> None:
     proc.stdout.close()
 
 
+@pytest.mark.subprocess
 def test_a_second_acquire_is_refused_at_once_naming_the_holder(tmp_path):
     path = tmp_path / "x.lock"
     holder = start_holder(path)
@@ -53,6 +54,7 @@ def test_a_second_acquire_is_refused_at_once_naming_the_holder(tmp_path):
         end(holder)
 
 
+@pytest.mark.subprocess
 def test_the_lock_dies_with_a_killed_holder_and_its_file_is_no_obstacle(tmp_path):
     path = tmp_path / "x.lock"
     end(start_holder(path), kill=True)
@@ -89,6 +91,7 @@ def test_a_lock_is_per_acquire_not_per_thread_or_process(tmp_path):
     assert locks.acquire(path).held
 
 
+@pytest.mark.subprocess
 def test_a_waiter_reports_the_holder_then_gets_the_lock_when_it_is_released(tmp_path):
     path = tmp_path / "x.lock"
     holder = start_holder(path)
@@ -108,6 +111,7 @@ def test_a_waiter_reports_the_holder_then_gets_the_lock_when_it_is_released(tmp_
         holder.stdout.close()
 
 
+@pytest.mark.subprocess
 def test_a_wait_that_runs_out_raises_naming_the_holder(tmp_path):
     path = tmp_path / "x.lock"
     holder = start_holder(path)
@@ -144,6 +148,9 @@ FORKING_HOLDER = textwrap.dedent("""
     hold = locks.acquire(sys.argv[1])
     child = os.fork()
     if child == 0:  # a data-loader worker, say: lives on after its parent died
+        # By now the fork handlers have run in this child: only then may the test look at the lock (under load
+        # the child can be scheduled long after its parent died).
+        print("child ready", flush=True)
         sys.stdin.read()
         os._exit(0)
     print(child, flush=True)
@@ -152,11 +159,13 @@ FORKING_HOLDER = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.subprocess
 def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
     path = tmp_path / "x.lock"
     proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    child = int(proc.stdout.readline())
+    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}  # the child's pid and "child ready"
+    child = int(next(line for line in lines if line.isdigit()))
     try:
         proc.wait(timeout=DEADLINE_S)
         os.kill(child, 0)  # still alive: it holds the inherited descriptor, if filelock did not close it

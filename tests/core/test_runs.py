@@ -270,6 +270,7 @@ def test_a_block_that_raises_or_ends_without_an_outcome_is_recorded_as_failed(tm
     assert "without reporting" in summarize_run(silent).status_detail
 
 
+@pytest.mark.subprocess
 def test_a_run_whose_process_died_is_crashed_not_running(tmp_path):
     folder = create_run(make_config(tmp_path))
     pid = record_then_crash(folder, [started(), step(1), step(2)])
@@ -289,6 +290,7 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(tmp_path):
         assert run_status(folder) is RunStatus.CRASHED
 
 
+@pytest.mark.subprocess
 def test_a_run_on_another_host_goes_stale_without_heartbeat(tmp_path):
     folder = create_run(make_config(tmp_path))
     record_then_crash(folder, [started(), step(1)])
@@ -301,6 +303,7 @@ def test_a_run_on_another_host_goes_stale_without_heartbeat(tmp_path):
     assert run_status(folder, stale_after=7200) is RunStatus.RUNNING
 
 
+@pytest.mark.subprocess
 def test_an_outcome_in_metrics_wins_over_a_running_record(tmp_path):
     """The engine wrote Finished to metrics.jsonl and died before status.json was updated."""
     folder = create_run(make_config(tmp_path))
@@ -323,6 +326,7 @@ def test_the_heartbeat_thread_keeps_status_fresh_without_events(tmp_path):
 # ------------------------------------------------------------------------------------------ listing
 
 
+@pytest.mark.subprocess
 def test_list_runs_summarises_each_run_newest_first(tmp_path):
     root = tmp_path / "runs"
     create_run(make_config(root, name="new"))  # never started: listed as new
@@ -392,6 +396,7 @@ TWO_PHASE_WRITER = """
 """
 
 
+@pytest.mark.subprocess
 def test_tailer_leaves_a_partial_line_written_by_another_process_for_the_next_poll(tmp_path):
     folder = create_run(make_config(tmp_path))
     tailer = MetricsTailer(folder)
@@ -424,6 +429,7 @@ FREE_RUNNING_WRITER = """
 """
 
 
+@pytest.mark.subprocess
 def test_tailer_follows_a_writer_process_without_losing_or_repeating_events(tmp_path):
     folder = create_run(make_config(tmp_path))
     tailer = MetricsTailer(folder)
@@ -472,6 +478,7 @@ def test_the_newest_complete_checkpoint_is_picked_and_incomplete_ones_say_why(tm
 # ------------------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.subprocess
 def test_resume_continues_metrics_without_repeating_or_skipping_a_step(tmp_path):
     folder = create_run(make_config(tmp_path))
     make_checkpoint(folder, 5)
@@ -540,6 +547,7 @@ def crashed_run_with_checkpoint(tmp_path: Path, name: str = "crashed") -> RunFol
     return folder
 
 
+@pytest.mark.subprocess
 def test_a_second_resume_is_refused_while_the_first_holds_the_resume_lock(tmp_path):
     folder = crashed_run_with_checkpoint(tmp_path)
     first = prepare_resume(folder)
@@ -668,6 +676,7 @@ RESUMER = """
 """
 
 
+@pytest.mark.subprocess
 def test_two_resumes_started_at_the_same_instant_one_is_refused(tmp_path):
     """Both pass the liveness check (the run is dead); only one may trim and train it."""
     folder = crashed_run_with_checkpoint(tmp_path)
@@ -697,6 +706,7 @@ def test_two_resumes_started_at_the_same_instant_one_is_refused(tmp_path):
     assert prepare_resume(folder).step == 5, "the lock went with its holder"
 
 
+@pytest.mark.subprocess
 def test_rewind_metrics_cuts_after_a_step_or_to_the_start(tmp_path):
     from workbench.core.runs import rewind_metrics
 
@@ -739,6 +749,7 @@ def test_control_file_commands_reach_the_run_control(tmp_path):
         send_control(folder, "restart")
 
 
+@pytest.mark.subprocess
 def test_another_process_stops_a_recording_run_through_the_folder(tmp_path):
     folder = create_run(make_config(tmp_path))
     control = RunControl()
@@ -784,6 +795,7 @@ def runs_cli(monkeypatch):
     return cli.main
 
 
+@pytest.mark.subprocess
 def test_workbench_runs_lists_runs_as_a_table_and_as_json(tmp_path, capsys, monkeypatch, runs_cli):
     root = tmp_path / "runs"
     done = create_run(make_config(root, name="done"))
@@ -838,6 +850,7 @@ def test_a_checkpoint_missing_a_state_file_is_incomplete(tmp_path):
     assert latest_checkpoint(folder).step == 5
 
 
+@pytest.mark.subprocess
 def test_resume_reads_its_checkpoint_in_full_and_passes_over_a_damaged_one(tmp_path):
     """A block lost in a power cut leaves a state file of the right size and structure but wrong content:
     only reading it all (zip members against their CRC-32s) shows it."""
@@ -880,6 +893,7 @@ def test_a_recorder_appending_after_a_torn_line_starts_a_line_of_its_own(tmp_pat
     assert folder.metrics_file.read_bytes().endswith(b"\n")
 
 
+@pytest.mark.subprocess
 def test_prepare_resume_removes_temporary_files_left_by_the_dead_engine(tmp_path):
     folder = create_run(make_config(tmp_path))
     make_checkpoint(folder, 5)

@@ -51,6 +51,7 @@ def _env() -> dict:
             "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.subprocess
 def test_from_source_the_commands_are_python_dash_m():
     assert not selfcmd.is_frozen()
     assert selfcmd.workbench_command("train", "a.toml") == [sys.executable, "-m", "workbench", "train", "a.toml"]
@@ -61,6 +62,7 @@ def test_from_source_the_commands_are_python_dash_m():
     assert out.returncode == 0 and out.stdout.strip() == f"workbench {__version__}"
 
 
+@pytest.mark.subprocess
 def test_frozen_commands_start_the_bundle_itself(fake_bundle):
     assert frozen_commands(fake_bundle, 'selfcmd.workbench_command("train", "a.toml")') == [
         str(fake_bundle), "train", "a.toml"]
@@ -70,6 +72,7 @@ def test_frozen_commands_start_the_bundle_itself(fake_bundle):
     assert out.returncode == 0 and out.stdout.strip() == f"workbench {__version__}"
 
 
+@pytest.mark.subprocess
 def test_frozen_torchrun_restarts_the_bundle_for_each_worker(fake_bundle, tmp_path):
     """torchrun through the bundle's hidden subcommand, its worker the bundle again: a worker's failure must come
     back as torchrun's exit status, so the check is a command that fails in a known way."""
@@ -82,6 +85,7 @@ def test_frozen_torchrun_restarts_the_bundle_for_each_worker(fake_bundle, tmp_pa
     assert bad.returncode != 0 and "invalid choice: 'no-such-command'" in bad.stderr
 
 
+@pytest.mark.subprocess
 def test_frozen_dash_m_runs_a_module(fake_bundle, tmp_path):
     target = tmp_path / "written.txt"
     module = tmp_path / "probe_mod.py"

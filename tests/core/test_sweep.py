@@ -56,6 +56,7 @@ def test_the_pareto_front_keeps_the_runs_no_other_beats_on_both():
     assert pareto_front(points) == [0, 1, 3]
 
 
+@pytest.mark.subprocess
 def test_a_sweep_of_three_ranks_makes_three_runs_and_the_table_reads_them_back(config, tmp_path, capsys):
     config.save(tmp_path / "run.toml")
     assert main(["sweep", str(tmp_path / "run.toml"), "--grid", "lora.r=2,4,8"]) == 0
@@ -82,6 +83,7 @@ def test_a_sweep_of_three_ranks_makes_three_runs_and_the_table_reads_them_back(c
     assert [e.status for e in entries] == ["finished"] * 3 and [e.run_dir for e in entries] == [str(p) for p in runs]
 
 
+@pytest.mark.subprocess
 def test_a_failing_run_does_not_stop_the_queue(config, tmp_path):
     good = run_queue.add_to_queue(config.copy_with(output={"name": "first"}))
     bad = run_queue.add_to_queue(config.copy_with(output={"name": "broken"},
@@ -100,6 +102,7 @@ def test_a_failing_run_does_not_stop_the_queue(config, tmp_path):
     assert state["status"] == "finished" and state["ended_at"] >= state["started_at"]
 
 
+@pytest.mark.subprocess
 def test_stop_on_error_leaves_the_rest_pending(config, tmp_path):
     run_queue.add_to_queue(config.copy_with(output={"name": "broken"}, data={"train_files": [str(tmp_path / "no.jsonl")]}))
     run_queue.add_to_queue(config.copy_with(output={"name": "after"}))

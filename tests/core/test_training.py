@@ -54,6 +54,7 @@ def steps_in(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.slow
 def test_training_learns_and_saves_a_peft_adapter(arch, model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -85,6 +86,7 @@ def test_training_learns_and_saves_a_peft_adapter(arch, model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.slow
 def test_saved_adapter_matches_in_memory_model(arch, model_dir, tmp_path, monkeypatch):
     """Compare with the model as it was at the end of training (captured through the sink)."""
     from peft import PeftModel
@@ -109,6 +111,7 @@ def test_saved_adapter_matches_in_memory_model(arch, model_dir, tmp_path, monkey
         assert (loaded(input_ids=ids).logits - captured["logits"]).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss_curve(model_dir, tmp_path):
     a, b = ev.ListSink(), ev.ListSink()
     run(make_config(model_dir(), tmp_path / "a", max_steps=6), a)
@@ -132,6 +135,7 @@ def test_stop_saves_adapter_and_checkpoint(model_dir, tmp_path):
     assert run_status(result.run_dir).value == "stopped"
 
 
+@pytest.mark.slow
 def test_pause_blocks_between_steps_and_resumes(model_dir, tmp_path):
     control = RunControl()
     seen = []
@@ -166,6 +170,7 @@ def test_resume_continues_step_counter_without_gaps(model_dir, tmp_path):
     assert steps_in(first.run_dir) == list(range(1, 11)), "no step repeated or skipped in metrics.jsonl"
 
 
+@pytest.mark.subprocess
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(model_dir, tmp_path):
     """Killed mid-run, past its last checkpoint: resuming must continue data order, optimizer, schedule and
     dropout exactly, so the loss curve equals that of a run that was never interrupted."""
@@ -230,6 +235,7 @@ def test_gradient_checkpointing_gives_the_same_losses(model_dir, tmp_path):
     assert [e.loss for e in ckpt.of(ev.Step)] == pytest.approx([e.loss for e in plain.of(ev.Step)], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_samples_before_and_during_training_and_eval_events(model_dir, tmp_path):
     sink = ev.ListSink()
     cfg = make_config(model_dir(), tmp_path, max_steps=6, sample_steps=3, sample_prompts=["What is the capital of France?"],
@@ -249,6 +255,7 @@ def test_samples_before_and_during_training_and_eval_events(model_dir, tmp_path)
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_aside_flushed_and_renamed_into_place(model_dir, tmp_path, monkeypatch):
     """Every checkpoint file is written under checkpoints/.tmp-checkpoint-N.partial/, flushed there, and the
     folder appears as checkpoint-N only whole; rotation (save_total_limit) removes old ones through a
@@ -302,6 +309,7 @@ def test_checkpoints_are_written_aside_flushed_and_renamed_into_place(model_dir,
     assert steps_in(result.run_dir) == list(range(1, 9)), "metrics.jsonl keeps every step"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_save_that_fails_leaves_no_folder_and_the_run_resumes(model_dir, tmp_path, monkeypatch):
     """A save that dies half-way (here: an error while writing the scheduler state) leaves the earlier
     checkpoints as they were and nothing under checkpoint-4 or a temporary name."""
@@ -331,6 +339,7 @@ def test_a_checkpoint_save_that_fails_leaves_no_folder_and_the_run_resumes(model
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_holds_the_resume_lock_until_it_ends(model_dir, tmp_path):
     import fcntl
     import os

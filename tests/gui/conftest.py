@@ -48,6 +48,8 @@ def window(qtbot, tmp_path):
     # after the wait; unsaved settings are dropped without the question (test_run_files asks it).
     win.ask_before_discarding = False
     win.close()
+    if win.training_close_box is not None:  # a run still trains in the window: stop it (the question's default)
+        win.training_close_box.stop_button.click()
     # Closing cancels every job and waits about a second (CLOSE_WAIT_MS) for their threads; a run in training
     # saves its adapter first. Generous for a loaded machine, far below the minute it used to take.
     qtbot.waitUntil(lambda: win._jobs == 0, timeout=20_000)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from PySide6.QtWidgets import QMessageBox
+
 from workbench.core import cache
 
 
@@ -16,6 +18,9 @@ def test_demo_converts_the_builtin_model_with_progress_and_loads_the_demo_run(wi
     window.data_inspected.connect(lambda: inspected.append(1))
     with qtbot.waitSignal(window.model_opened, timeout=180_000):
         window.picker.demo_button.click()
+        # The window's settings were edited (the runs folder): the Demo button asks before discarding them.
+        assert window.discard_prompt is not None
+        window.discard_prompt.button(QMessageBox.StandardButton.Discard).click()
     assert not window.picker.progress.isVisible(), "the progress bar goes once the model is open"
     assert [total for _, total, _ in shown if total > 0], f"measurable conversion steps were shown: {shown}"
     assert shown[-1][0] == shown[-1][1], "the conversion reported its last step"

@@ -43,6 +43,8 @@ __all__ = [
     "natural_key",
     "read_json_object",
     "CONFIG_JSON_FIELDS",
+    "ShapeMismatch",
+    "weight_shape_mismatches",
     "weight_files",
     "TensorInfo",
     "SafetensorsProblem",
@@ -314,3 +316,45 @@ def build_skeleton(config: "PretrainedConfig", task: str | None = "causal-lm", *
             f"{type(exc).__name__}: {first_line(exc)}",
             CONFIG_HINT,
         ) from None
+
+
+# -------------------------------------------------------------------------------------- weight shapes
+
+
+@dataclass(frozen=True)
+class ShapeMismatch:
+    """A tensor whose shape in the weight files differs from the one config.json implies."""
+
+    key: str
+    stored: tuple[int, ...]  # in the weight files
+    expected: tuple[int, ...]  # what the model built from config.json holds
+    fields: tuple[tuple[str, int], ...]  # config.json fields whose value is one of the differing sizes
+
+    def describe(self) -> str:
+        blame = ", ".join(f"{name} = {value}" for name, value in self.fields)
+        says = f"config.json says {blame}, so the model expects" if blame else "the model built from config.json expects"
+        return f"{self.key} is {list(self.stored)} in the weight files, but {says} {list(self.expected)}"
+
+
+def weight_shape_mismatches(folder: Path, config: "PretrainedConfig", *, trust_remote_code: bool = False,
+                            limit: int = 3) -> list[ShapeMismatch]:
+    """The first ``limit`` tensors whose stored shape (safetensors headers only) disagrees with the meta-device
+    model built from ``config``. A wrong config.json (vocab_size edited, another model's config copied in) used to
+    surface as transformers' "size mismatch" report blamed on the weights; the weights are what was downloaded."""
+    skeleton = build_skeleton(config, None, trust_remote_code=trust_remote_code)
+    expected = {key: tuple(t.shape) for key, t in skeleton.state_dict().items()}
+    prefix = getattr(skeleton, "base_model_prefix", "") or ""
+    ints = {k: v for k, v in config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    found: list[ShapeMismatch] = []
+    for shard in weight_files(folder)[0]:
+        for info in read_safetensors_header(shard):
+            key = next((k for k in (info.key, f"{prefix}.{info.key}", info.key.removeprefix(f"{prefix}."))
+                        if k in expected), None)
+            if key is None or expected[key] == info.shape:
+                continue  # a tensor the model renames or does not hold is transformers' to judge
+            differing = {e for e, s in zip(expected[key], info.shape) if e != s} or set(expected[key])
+            fields = tuple((name, value) for name, value in ints.items() if value in differing)
+            found.append(ShapeMismatch(info.key, info.shape, expected[key], fields))
+            if len(found) >= limit:
+                return found
+    return found

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import WorkbenchError
+from .paths import not_regular_problem
 
 __all__ = [
     "ConfigError",
@@ -87,6 +88,11 @@ class ModelConfig(_Section):
     allow_pickle: bool = Field(
         False, description="Allow loading pickle (.bin/.pt) weights. Unpickling can run arbitrary code: only for files you trust."
     )
+    quantization: Literal["none", "nf4", "fp4", "int8"] = Field(
+        "none", description="Hold the frozen base in 4 bits (nf4, fp4) or 8 bits (int8) while the adapter trains (QLoRA): "
+                            "about a quarter / half of bf16's memory. Needs bitsandbytes. Merges still use the original weights."
+    )
+    double_quant: bool = Field(True, description="4-bit bases: quantize the quantization constants too (saves ~0.4 bit per weight).")
 
 
 class LoraSettings(_Section):
@@ -95,10 +101,11 @@ class LoraSettings(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0–0.3).")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r); helps at high ranks.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (learned per-row magnitude); slower, sometimes better.")
-    # PiSSA/OLoRA are not offered: they rewrite the base weights at initialisation, so their adapters only
-    # make sense against that rewritten base — merges and exports against the original model would be wrong.
-    init: Literal["default", "gaussian"] = Field(
-        "default", description="Initialisation of A and B ('default': Kaiming-uniform A, zero B; 'gaussian': Gaussian A)."
+    # PiSSA/OLoRA rewrite the base weights at initialisation; core/lora_init.py saves their adapters converted to a
+    # plain LoRA against the original base, so merges and exports stay right.
+    init: str = Field(
+        "default", description="Initialisation of A and B: default (Kaiming-uniform A, zero B), gaussian, pissa, "
+                               "pissa_niter_N (fast SVD), olora, orthogonal, eva (from a pass over the data), loftq (quantized bases)."
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train alongside the adapter.")
     preset: str = Field(DEFAULT_PRESET, description="Layer preset used when target_modules is empty.")
@@ -117,6 +124,13 @@ class LoraSettings(_Section):
         if v < 1:
             raise ValueError("the rank must be a whole number of at least 1")
         return v
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, v: str) -> str:
+        from .lora_init import check_init_name
+
+        return check_init_name(v)
 
     @field_validator("preset")
     @classmethod
@@ -180,13 +194,20 @@ class TrainingConfig(_Section):
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of the steps spent warming up the learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay on the adapter weights.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping threshold (0 disables clipping).")
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field("adamw_torch", description="Optimizer.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_bnb_8bit", "paged_adamw_8bit",
+                       "paged_adamw_32bit"] = Field(
+        "adamw_torch", description="Optimizer. adamw_bnb_8bit keeps its state in 8 bits (bitsandbytes); paged_* move it to "
+                                   "CPU memory when the GPU runs out (CUDA only).")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, le=1000, description="LoRA+: B matrices learn this many times faster than A (typically 16); "
+                                         "often converges faster at the same cost. Unset: one learning rate.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed: same seed and data give the same loss curve.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 where the GPU supports it, fp16 with loss scaling otherwise, fp32 on CPU."
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30% slower.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass: less memory, ~30% slower. Unset: on for quantized bases.")
     oom_retry: bool = Field(
         False, description="When a step runs out of memory, halve batch_size and double gradient_accumulation (same effective "
                            "batch) and continue from the last checkpoint, down to batch size 1. One process only (not torchrun)."
@@ -200,12 +221,67 @@ class TrainingConfig(_Section):
     sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample prompt.")
 
 
+ScorerName = Literal["exact_match", "regex", "json_valid", "json_fields", "label", "perplexity"]
+
+
+class EvalConfig(_Section):
+    scorers: list[ScorerName] = Field(
+        default_factory=list,
+        description="Task metrics computed at each evaluation on the validation rows (see core/scorers.py): "
+                    "exact_match, regex, json_valid, json_fields, label (generate and compare with the reference "
+                    "answer) and perplexity (from the evaluation loss).")
+    regex: str | None = Field(None, description="The pattern the 'regex' scorer looks for in each generated answer.")
+    normalize: bool = Field(False, description="exact_match ignores case and runs of whitespace.")
+    max_examples: int = Field(64, ge=1, le=100_000, description="Validation rows generated for the generative scorers.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Tokens generated per answer (greedy).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Answers generated at once.")
+    best_metric: str = Field("eval_loss", description="The metric that picks the best checkpoint: eval_loss (lower is "
+                                                      "better) or one of the scorers (higher is better; perplexity lower).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when best_metric has not improved for this many evaluations (needs validation data).")
+    retention: bool = Field(False, description="Measure at every evaluation what the base model knew (core/retention.py): "
+                                               "loss on general reference text, agreement with the base's own answers.")
+    retention_file: str | None = Field(None, description="Your own reference texts for the retention meter, one per line "
+                                                         "(default: the general set shipped with the app).")
+    retention_warn_below: float = Field(0.8, gt=0.0, le=1.0, description="Warn when agreement with the base model's "
+                                                                         "own answers falls below this share.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvalConfig":
+        if "regex" in self.scorers and not self.regex:
+            raise ValueError("the regex scorer needs eval.regex, the pattern an answer must match")
+        if self.best_metric != "eval_loss" and self.best_metric not in self.scorers:
+            raise ValueError(f"best_metric {self.best_metric!r} must be eval_loss or one of eval.scorers "
+                             f"({', '.join(self.scorers) or 'none set'})")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
 class OutputConfig(_Section):
     runs_root: str = Field("runs", description="Folder that holds one sub-folder per run.")
     name: str | None = Field(None, description="Run name (default: model name and time stamp).")
     run_dir: str | None = Field(None, description="Exact run folder; overrides runs_root/name.")
     group: str | None = Field(None, description="The sweep or series this run belongs to (set by `workbench sweep`); "
                               "runs of one group are listed and compared together.")
+    trackers: list[Literal["tensorboard", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers that also log the run, each to its local store: "
+        "tensorboard (RUN/tensorboard), mlflow (mlflow.db beside the run folders), trackio (its own local store).")
+
+    @field_validator("trackers")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each tracker may be listed once")
+        return v
 
     @field_validator("name", "group")
     @classmethod
@@ -222,7 +298,19 @@ class RunConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    # -- warnings ------------------------------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will not do what they say: each a sentence naming the fields. The engine
+        sends them as warning events when a run starts (a setting silently ignored looks like a bug)."""
+        out = []
+        d = self.data
+        if self.training.eval_steps is not None and not d.validation_files and d.validation_split == 0:
+            out.append(f"training.eval_steps = {self.training.eval_steps} is set, but there is no validation data, "
+                       "so nothing is evaluated: add data.validation_files or set data.validation_split (e.g. 0.1).")
+        return out
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -245,6 +333,9 @@ class RunConfig(_Section):
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
+        problem = not_regular_problem(path)  # a FIFO would block read_text forever
+        if problem:
+            raise ConfigError([f"the run file {problem}"], str(path), "choose the .toml run file itself") from None
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

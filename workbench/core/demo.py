@@ -11,12 +11,17 @@ __all__ = ["resources_dir", "demo_run_file", "demo_config"]
 
 
 def resources_dir() -> Path:
-    """The project's ``resources/`` folder (a source checkout or an editable install)."""
-    here = Path(__file__).resolve().parents[2] / "resources"
-    if not here.is_dir():
-        raise ModelSourceError(f"the demo resources are not installed ({here} does not exist)",
-                               "run Workbench from a source checkout (git clone …; pip install -e .)")
-    return here
+    """The project's ``resources/`` folder: at the top of a source checkout (or an editable install), or inside
+    the package as ``workbench/resources`` in a wheel install and in the frozen bundle (setup.py maps it there).
+    The run files' relative data paths (``resources/demo/…``) are anchored at its parent in both layouts."""
+    package = Path(__file__).resolve().parents[1]
+    for here in (package.parent / "resources", package / "resources"):
+        if (here / "examples").is_dir():
+            return here
+    raise ModelSourceError(f"the demo resources are not installed (neither {package.parent / 'resources'} nor "
+                           f"{package / 'resources'} exists)",
+                           "reinstall LoRA Workbench (pipx install lora-workbench…whl), or run it from a source "
+                           "checkout")
 
 
 def demo_run_file() -> Path:

@@ -23,6 +23,7 @@ from workbench.core.adapters import LoraAdapter, input_folders, is_weight_file, 
 from workbench.core.errors import AdapterError
 from workbench.core.paths import check_new_output
 from workbench.core.fsutil import atomic_directory, disk_full_reported
+from workbench.core.model_card import write_model_card
 from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
 __all__ = ["make_portable", "export_adapter"]
@@ -74,13 +75,13 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
     the next export to the same place removes). A full disk raises ``OutputError`` (which folder, that
     nothing was written, the free space) after removing what was written.
     """
-    out = check_new_output(out)
+    out = check_new_output(out, inputs=input_folders(adapter=source))  # before any work: never replace, never inside
     adapter = load_adapter(source)
-    check_new_output(out, inputs=input_folders(adapter=adapter))  # RUN/adapter/sub would be read back as part of it
     portable_form = make_portable(adapter) if portable else None
     # A full disk is the user's to fix; atomic_directory has removed what was written.
     with disk_full_reported(out, _folder_bytes(adapter.path)), atomic_directory(out) as tmp:
         _write_export(adapter, tmp, portable_form)
+        write_model_card(tmp, kind="adapter", adapter=adapter.path, portable=portable)
     return out
 
 

@@ -54,6 +54,7 @@ from typing import Any, Iterator
 from .cache import CACHE_ENV, cache_root
 from .errors import ModelSourceError, first_line
 from .events import Message, Progress, Sink, SinkLike, as_sink
+from .paths import not_regular_problem
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -159,6 +160,9 @@ def read_gguf_header(path: str | Path) -> GgufInfo:
 
     path = Path(path)
     hint = _DAMAGED_HINT
+    problem = not_regular_problem(path)  # a FIFO would block open() forever
+    if problem:
+        raise ModelSourceError(f"GGUF file {path} {problem}", "choose a .gguf model file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -205,6 +209,7 @@ def read_gguf_header(path: str | Path) -> GgufInfo:
         raise ModelSourceError(f"cannot read {path}: {exc}", hint) from None
 
     data_end = data_start
+    past_end: list[str] = []
     for name, dims, ttype, offset in tensors:
         try:
             block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
@@ -215,10 +220,12 @@ def read_gguf_header(path: str | Path) -> GgufInfo:
             elements *= d
         end = data_start + offset + elements // block * block_bytes
         if end > size:
-            raise ModelSourceError(
-                f"{path} is truncated: tensor {name} ends at byte {end:,} but the file has {size:,} bytes", hint
-            )
+            past_end.append(name)
         data_end = max(data_end, end)
+    if past_end:  # a cut-off download or copy: the tensor table says how long the whole file must be
+        more = f" and {len(past_end) - 1} more" if len(past_end) > 1 else ""
+        raise ModelSourceError(f"{path} is truncated: expected {data_end:,} bytes, found {size:,} "
+                               f"(tensor {past_end[0]}{more} run{'' if more else 's'} past the end)", hint)
     name = metadata.get("general.name")
     return GgufInfo(path, size, version, metadata["general.architecture"], name if isinstance(name, str) else path.stem,
                     len(tensors), data_start, data_end, metadata)

@@ -73,6 +73,8 @@ class LayerNode:
     kind: str = "other"  # q/k/v/qkv/o, mlp_in/mlp_out, head, embedding, norm, other
     tied_to: str | None = None  # name of the module whose weight this one shares
     shared_params: int = 0  # parameters of tensors owned by another module (tied weights), not in own_params
+    quantized: str | None = None  # "nf4" / "fp4" / "int8": held quantized (core/quantization.py marks it)
+    stored_bytes: int = 0  # bytes of the quantized weight as stored (0 when not quantized)
     children: list["LayerNode"] = field(default_factory=list)
 
     @property
@@ -228,7 +230,10 @@ def _classify(name: str, blocks_prefix: str | None, adaptable: bool, type_name: 
 
 
 def build_tree(model: "torch.nn.Module") -> LayerTree:
-    """Walk the model once. Works on meta-device skeletons (no weights needed)."""
+    """Walk the model once. Works on meta-device skeletons (no weights needed), and on quantized models (their
+    modules marked, parameters counted as the weights they stand for)."""
+    from .quantization import logical_numel, module_mark
+
     blocks_prefix, num_blocks = _find_blocks(model)
     nodes: dict[str, LayerNode] = {}
     owner_of: dict[int, str] = {}  # id(parameter) → first module that holds it (tied weights)
@@ -243,16 +248,18 @@ def build_tree(model: "torch.nn.Module") -> LayerTree:
         for pname, p in own:
             if id(p) in owner_of:
                 node.tied_to = owner_of[id(p)]
-                node.shared_params += p.numel()
+                node.shared_params += logical_numel(p)
                 continue
             owner_of[id(p)] = name
-            node.own_params += p.numel()
+            node.own_params += logical_numel(p)  # a 4-bit weight's tensor packs two parameters per byte
             if pname == "bias":
                 node.has_bias = True
                 node.bias_params = p.numel()
         weight = getattr(module, "weight", None)
         if weight is not None and hasattr(weight, "shape"):
-            node.shape = tuple(int(s) for s in weight.shape)
+            node.shape = tuple(int(s) for s in getattr(getattr(weight, "quant_state", None), "shape", weight.shape))
+        if (mark := module_mark(module)) is not None:
+            node.quantized, node.stored_bytes = mark
         if block_re and (m := block_re.match(name)):
             node.block = int(m.group(1))
         node.kind = _classify(name, blocks_prefix, adaptable, node.type)
@@ -463,7 +470,9 @@ def lora_config_from_selection(sel: Selection, lora: LoraSettings, task: str = "
     """The PEFT ``LoraConfig`` that builds exactly this selection."""
     from peft import LoraConfig, TaskType
 
-    init: Any = {"default": True, "gaussian": "gaussian"}[lora.init]
+    from .lora_init import peft_init
+
+    init, init_kwargs = peft_init(lora.init)
     # rank_pattern/alpha_pattern keys are regexes PEFT matches against the end of a module's name;
     # full dotted names only ever match themselves (a '.' can only meet a '.' in real names).
     return LoraConfig(
@@ -477,6 +486,7 @@ def lora_config_from_selection(sel: Selection, lora: LoraSettings, task: str = "
         use_rslora=sel.use_rslora,
         use_dora=sel.use_dora,
         init_lora_weights=init,
+        **init_kwargs,
         bias=sel.bias,
         modules_to_save=[m for m in sel.modules_to_save if m not in ("classifier", "score")] or None
         if task == "sequence-classification" else (list(sel.modules_to_save) or None),

@@ -3,11 +3,17 @@
 The estimate is the sum of these parts (``P`` = base parameters, ``T`` = trainable parameters,
 ``b`` = micro-batch, ``s`` = sequence length, ``L`` = transformer blocks, ``V`` = vocabulary):
 
-* **weights** — ``P × bytes(dtype)`` for the frozen base model.
+* **weights** — ``P × bytes(dtype)`` for the frozen base model. With a quantized base (``model.quantization``)
+  every Linear but the head is counted at its stored size (``quantization.stored_bytes``: 4-bit = half a byte per
+  weight plus block scales, int8 = a byte plus a row scale) and the rest (embeddings, norms, head, biases) in
+  float32: PEFT's ``prepare_model_for_kbit_training`` upcasts them.
+* **dequantization buffers** (quantized bases) — each quantized matmul dequantizes its weight to the compute
+  dtype first; the estimate holds two of the largest one (forward and the backward's recomputation).
 * **adapter** — ``T × 4``: PEFT keeps adapter weights in float32 even on a half-precision base.
 * **gradients** — ``T × 4``: only adapter weights get gradients.
-* **optimizer** — AdamW keeps two float32 moments (``T × 8``); SGD without momentum none; Adafactor
-  factored second moments (one value per row plus one per column of each matrix).
+* **optimizer** — AdamW keeps two float32 moments (``T × 8``); bitsandbytes' 8-bit AdamW two uint8 moments with a
+  float32 scale per 256 values (``T × 2 × 1.016``; paged_adamw_32bit stays ``T × 8``); SGD without momentum none;
+  Adafactor factored second moments (one value per row plus one per column of each matrix).
 * **activations** — what autograd keeps for the backward pass, per token and block, in the compute
   dtype: the outputs of every linear layer in the block (from the tree, so it fits each architecture),
   the inputs and outputs of the two normalisations (``4h``), the MLP's activation output, and — when
@@ -58,21 +64,29 @@ class MemoryEstimate:
     activations: int
     logits: int
     overhead: int
+    dequant_buffers: int = 0
+    quantization: str = "none"  # what the frozen weights are held in, said in the breakdown
+    optimizer_name: str = "adamw_torch"
 
     @property
     def total(self) -> int:
-        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+        return (self.weights + self.adapter + self.gradients + self.optimizer + self.activations + self.logits
+                + self.overhead + self.dequant_buffers)
 
     def parts(self) -> list[tuple[str, int]]:
-        return [
-            ("frozen weights", self.weights),
+        frozen = "frozen weights" if self.quantization == "none" else f"frozen weights ({self.quantization} linear layers, rest float32)"
+        rows = [
+            (frozen, self.weights),
             ("adapter weights", self.adapter),
             ("gradients", self.gradients),
-            ("optimizer state", self.optimizer),
+            (f"optimizer state ({self.optimizer_name})", self.optimizer),
             ("activations", self.activations),
             ("logits", self.logits),
             ("framework overhead", self.overhead),
         ]
+        if self.quantization != "none":
+            rows.insert(1, ("dequantization buffers", self.dequant_buffers))
+        return rows
 
     def verdict(self, available: int | None) -> str:
         """'fits' (under 85 % of the memory), 'tight' (85–100 %), 'does not fit', or 'unknown'."""
@@ -99,6 +113,8 @@ def estimate_memory(
     device: str = "cuda",
     attn_implementation: str = "sdpa",
     classification: bool = False,
+    quantization: str = "none",
+    double_quant: bool = True,
 ) -> MemoryEstimate:
     from .layers import count_selection
 
@@ -109,6 +125,15 @@ def estimate_memory(
     tokens = batch_size * seq_len
 
     weights = tree.total_params * w_bytes
+    dequant = 0
+    if quantization != "none":
+        from .quantization import quantizable, stored_bytes
+
+        packed = [n for n in tree.nodes.values() if quantizable(n)]
+        matrix = sum(n.in_features * n.out_features for n in packed)
+        weights = (sum(stored_bytes(n.in_features, n.out_features, quantization, double_quant) for n in packed)
+                   + (tree.total_params - matrix) * 4)
+        dequant = 2 * max((n.in_features * n.out_features for n in packed), default=0) * a_bytes
     adapter = trainable * 4
     gradients = trainable * 4
     optimizer_bytes = _optimizer_bytes(tree, sel, optimizer, trainable)
@@ -134,11 +159,14 @@ def estimate_memory(
         overhead = CUDA_FRAMEWORK_BYTES + int(slack)
     else:
         overhead = CPU_FRAMEWORK_BYTES + activations // 10
-    return MemoryEstimate(weights, adapter, gradients, optimizer_bytes, activations, logits, overhead)
+    return MemoryEstimate(weights, adapter, gradients, optimizer_bytes, activations, logits, overhead, dequant,
+                          quantization, optimizer)
 
 
 def _optimizer_bytes(tree: "LayerTree", sel: "Selection", optimizer: str, trainable: int) -> int:
-    if optimizer.startswith("adamw"):
+    if optimizer in ("adamw_bnb_8bit", "paged_adamw_8bit"):
+        return trainable * 2 + (trainable * 2 // 256) * 4
+    if optimizer.startswith("adamw") or optimizer == "paged_adamw_32bit":
         return trainable * 8
     if optimizer == "sgd":
         return 0
@@ -168,6 +196,7 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
                         weight_dtype: str | None = None, compute_dtype: str | None = None) -> MemoryEstimate:
     """Convenience wrapper: read the sizes from a transformers config and the run configuration."""
     from .models import training_weight_dtype
+    from .quantization import wants_gradient_checkpointing
 
     text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     if weight_dtype is None:  # what the engine will load: see models.training_weight_dtype
@@ -183,12 +212,14 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
         compute_dtype=compute_dtype,
         batch_size=config.training.batch_size,
         seq_len=config.data.max_length,
-        gradient_checkpointing=config.training.gradient_checkpointing,
+        gradient_checkpointing=wants_gradient_checkpointing(config),
         optimizer=config.training.optimizer,
         lora_dropout=config.lora.dropout,
         device=device,
         attn_implementation=getattr(hf_config, "_attn_implementation", None) or "sdpa",
         classification=config.model.task == "sequence-classification",
+        quantization=config.model.quantization,
+        double_quant=config.model.double_quant,
     )
 
 

@@ -37,6 +37,7 @@ from workbench.core.control import RunControl
 from workbench.core.errors import WorkbenchError
 from workbench.core.events import Message, Progress, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported
+from workbench.core.model_card import write_model_card
 from workbench.core.paths import check_new_output
 
 __all__ = ["OUTPUT_DTYPES", "MergeResult", "merged_weight", "merge_adapter"]
@@ -193,15 +194,14 @@ def merge_adapter(
     Raises ``OutputError`` if ``out`` exists, or when the disk fills up while writing, and ``AdapterError``
     if the adapter does not fit; in all these cases nothing is left written.
     """
-    out = check_new_output(out)
+    out = check_new_output(out, inputs=input_folders(adapter=adapter, base=base))  # never replace, never inside
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(OUTPUT_DTYPES)}, not {dtype!r}")
     if sys.byteorder != "little":  # safetensors data is little-endian and is written straight from memory
         raise WorkbenchError("merging needs a little-endian machine")
     checkpoint = base if isinstance(base, BaseCheckpoint) else open_base_model(base)
+    check_new_output(out, inputs=input_folders(base=checkpoint))  # a built-in or GGUF base: its converted folder
     lora = adapter if isinstance(adapter, LoraAdapter) else load_adapter(adapter)
-    # BASE/merged would become part of the base model folder (and be read as its files next time).
-    check_new_output(out, inputs=input_folders(adapter=lora, base=checkpoint))
     fit = check_adapter(lora, checkpoint)
     torch_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     shards, untie = _plan(fit, torch_dtype)
@@ -238,6 +238,7 @@ def merge_adapter(
             for f in sorted(checkpoint.path.iterdir()):
                 if f.is_file() and f.name != "config.json" and not f.name.startswith(".") and not is_weight_file(f.name):
                     shutil.copy2(f, tmp / f.name)
+            write_model_card(tmp, kind="merged", adapter=lora.path, base=checkpoint.path, sink=sink)
     except _Stopped:
         sink.emit(Message("merge stopped; nothing was written", level="warning"))
         return MergeResult(None, stopped=True)

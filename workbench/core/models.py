@@ -16,12 +16,11 @@ with ``model.trust_remote_code``.
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .builtin import BUILTIN_PREFIX, ensure_builtin, is_builtin_source
+from .builtin import ensure_builtin, is_builtin_source
 from .checkpoint import (
     CONFIG_HINT,
     CONFIG_JSON_FIELDS,
@@ -31,12 +30,14 @@ from .checkpoint import (
     read_json_object,
     safetensors_problem,
     weight_files,
+    weight_shape_mismatches,
 )
 from .compat import known_model_types
 from .errors import ConsentRequired, ModelSourceError, first_line
-from .paths import require_regular_file
-from .events import Sink, SinkLike, as_sink
+from .paths import not_regular_problem, require_regular_file
+from .events import SinkLike, as_sink
 from .gguf_import import convert_gguf
+from .hub import _hub_reachable, download_progress_class, hub_suggestions, model_family  # noqa: F401  (public here)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -49,6 +50,7 @@ __all__ = [
     "load_tokenizer",
     "load_model",
     "check_weight_files",
+    "check_weight_shapes",
     "model_display_name",
     "gguf_file_of",
     "resolve_builtin",
@@ -150,7 +152,7 @@ def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: SinkLike = N
             f"{path} is a file, not a model folder or a .gguf file",
             "choose the folder that holds config.json, or a .gguf file",
         )
-    require_regular_file(path / "config.json", "config.json", ModelSourceError)
+    _refuse_special_files(path)
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         detail = f" (it holds {len(ggufs)} .gguf files: choose one of them)" if ggufs else ""
@@ -159,6 +161,22 @@ def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: SinkLike = N
             "choose the folder that holds config.json and the weights, or a .gguf file",
         )
     return ModelSource(spec, "local", path.resolve(), _weight_format(path, allow_pickle))
+
+
+def _refuse_special_files(folder: Path) -> None:
+    """transformers opens a model folder's files by name (config.json, tokenizer.json, generation_config.json,
+    a chat template...): a FIFO among them would block it forever, a link loop fail deep inside. One stat each."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise ModelSourceError(f"cannot read the model folder {folder}: {exc.strerror or exc}",
+                               "check the folder's permissions") from None
+    for entry in entries:
+        problem = not_regular_problem(entry)
+        if problem:
+            raise ModelSourceError(f"{entry.name} in {folder} {problem}",
+                                   "a model folder holds ordinary files only: replace it with the real file "
+                                   "(copy or download the model again)")
 
 
 def _weight_format(folder: Path, allow_pickle: bool) -> WeightFormat:
@@ -193,96 +211,6 @@ def remote_code_files(folder: Path, raw_config: dict) -> list[str]:
             if name not in files:
                 files.append(name)
     return files
-
-
-_SIZE_OR_VARIANT = re.compile(r"^(\d+(\.\d+)?[kmbt]|\d+x\d+[mb]|instruct|chat|base|it|hf|gguf|q\d.*|f16|bf16|fp16)$", re.I)
-
-
-def model_family(spec: str, name_or_path: str = "") -> str:
-    """The family part of a model name — "SmolLM2" for SmolLM2-135M-Instruct, "Llama-3.2" for Llama-3.2-1B,
-    "Qwen2.5" for Qwen2.5-0.5B-Instruct — to look up its relatives on the Hub. "" when nothing is left."""
-    name = name_or_path if "/" in name_or_path and not Path(name_or_path).exists() else spec
-    if name.lower().startswith(BUILTIN_PREFIX):
-        name = name[len(BUILTIN_PREFIX):]
-    name = Path(name.rstrip("/")).name if ("/" not in name or Path(name).exists() or name.startswith((".", "/", "~"))) \
-        else name.split("/")[-1]
-    name = re.sub(r"\.gguf$", "", name, flags=re.I)
-    kept: list[str] = []
-    for token in re.split(r"[-_]", name):
-        if _SIZE_OR_VARIANT.match(token):
-            break
-        kept.append(token)
-    return "-".join(kept)
-
-
-def hub_suggestions(spec: str, name_or_path: str = "", limit: int = 8, timeout: float = 5.0) -> list[str]:
-    """Hub models of the same family as the open one, most downloaded first; [] offline or on any Hub error
-    (a suggestion is a convenience: it must never turn into an error message)."""
-    family = model_family(spec, name_or_path)
-    if len(family) < 3 or not _hub_reachable(timeout):
-        return []
-    try:
-        from huggingface_hub import HfApi
-
-        found = HfApi().list_models(search=family, sort="downloads", limit=limit * 2, pipeline_tag="text-generation")
-        ids = [m.id for m in found if m.id != spec]
-    except Exception:  # noqa: BLE001  (network, rate limits, API changes: no suggestions, no error)
-        return []
-    return ids[:limit]
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def download_progress_class(sink: Sink, spec: str, min_interval: float = 0.25):
-    """A tqdm class for ``snapshot_download(tqdm_class=...)`` that turns its byte counts into ``Progress``
-    events (task "download", at most every ``min_interval`` seconds, and once at the end) instead of drawing.
-
-    huggingface_hub sums every file's bytes into one bar made with this class (unit "B", its total growing
-    as files start); the per-file bars and the file-count bar are left out."""
-    import io
-    import time
-
-    from tqdm.auto import tqdm as base
-
-    from .events import Progress
-
-    class _SinkProgress(base):
-        def __init__(self, *args: Any, **kwargs: Any):
-            kwargs["disable"] = False  # the hub disables bars below some log level; the sink still wants them
-            kwargs["file"] = io.StringIO()  # nothing drawn on the terminal
-            super().__init__(*args, **kwargs)
-            self._reported_at = 0.0
-
-        def _report(self, force: bool = False) -> None:
-            if self.unit != "B" or str(self.desc).startswith("Downloading bytes"):  # network-side twin bar
-                return
-            now = time.monotonic()
-            if force or now - self._reported_at >= min_interval:
-                self._reported_at = now
-                sink.emit(Progress("download", int(self.n), int(self.total or 0), unit="bytes", detail=spec))
-
-        def update(self, n: float | None = 1) -> bool | None:
-            shown = super().update(n)
-            self._report(force=bool(self.total) and self.n >= self.total)
-            return shown
-
-        def close(self) -> None:
-            if not self.disable and self.total:
-                self._report(force=True)
-            super().close()
-
-    return _SinkProgress
 
 
 def _resolve_hub(spec: str, revision: str | None, allow_pickle: bool, download: str, sink: SinkLike = None) -> ModelSource:
@@ -382,6 +310,15 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):  # transformers' own verdict: custom code
+            code = _tokenizer_code_files(source.path)
+            raise ConsentRequired(
+                f"the tokenizer of {source.spec} needs its own Python code to run "
+                f"({', '.join(code) or 'named in its auto_map'}); it is not run unless you allow it",
+                "read the tokenizer's .py files, then allow them with model.trust_remote_code = true "
+                "(CLI: --trust-remote-code)",
+                setting="trust_remote_code", files=code,
+            ) from None
         raise ModelSourceError(
             f"cannot load the tokenizer of {source.spec}: {exc}",
             "the model folder needs tokenizer files (tokenizer.json or tokenizer.model)",
@@ -391,8 +328,22 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     return tok
 
 
+def _tokenizer_code_files(folder: Path) -> list[str]:
+    refs: dict = {}
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            auto_map = read_json_object(folder / name).get("auto_map")
+        except ModelSourceError:
+            continue
+        if isinstance(auto_map, dict) and "AutoTokenizer" in auto_map:
+            refs["AutoTokenizer"] = auto_map["AutoTokenizer"]
+            break
+    return remote_code_files(folder, {"auto_map": refs})
+
+
 def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "causal-lm", dtype: Any = "auto",
-               trust_remote_code: bool = False, device_map: Any = None) -> "torch.nn.Module":
+               trust_remote_code: bool = False, device_map: Any = None,
+               quantization_config: Any = None) -> "torch.nn.Module":
     """Load real weights: safetensors (a GGUF file's conversion too); pickle only when ``resolve_source`` allowed it."""
     if source.weights == "none":
         raise ModelSourceError(
@@ -402,8 +353,11 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
     kwargs: dict[str, Any] = dict(config=config, dtype=dtype, trust_remote_code=trust_remote_code)
     if source.weights == "safetensors":
         kwargs["use_safetensors"] = True
+        weight_files(source.path)  # transformers follows a shard index anywhere: only shards inside the folder
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if quantization_config is not None:  # core/quantization.py: the base is quantized while it loads
+        kwargs["quantization_config"] = quantization_config
     from safetensors import SafetensorError
 
     import pickle
@@ -416,6 +370,8 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
             f"({first_line(exc)})", "this file is not a plain checkpoint and may run code; do not use it",
         ) from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # RuntimeError: shape mismatch in a state dict
+        if source.weights == "safetensors":  # a config.json that disagrees with the weights is the config's fault
+            check_weight_shapes(source, config, trust_remote_code=trust_remote_code)
         raise ModelSourceError(f"cannot load the weights of {source.spec}: {exc}".split("\n")[0],
                                "the weight files may be incomplete or damaged") from None
 
@@ -440,6 +396,22 @@ def check_weight_files(source: ModelSource) -> None:
         if problem:
             raise ModelSourceError(f"{path} is damaged or incomplete: {problem}",
                                    "download the model again (an interrupted download or copy leaves a short file)")
+    try:  # a model that needs its own code is built with it, at training, which reports its shapes then
+        config = load_config(source)
+    except ConsentRequired:
+        return
+    check_weight_shapes(source, config)
+
+
+def check_weight_shapes(source: ModelSource, config: "PretrainedConfig", *, trust_remote_code: bool = False) -> None:
+    """Refuse weights whose shapes disagree with ``config`` (safetensors headers and a meta-device model only),
+    blaming config.json and naming the tensor, both shapes and the config value behind them."""
+    mismatches = weight_shape_mismatches(source.path, config, trust_remote_code=trust_remote_code)
+    if mismatches:
+        more = " (other tensors too)" if len(mismatches) > 1 else ""
+        raise ModelSourceError(f"{source.path / 'config.json'} does not match the weights: {mismatches[0].describe()}{more}",
+                               "config.json was edited or comes from another model: restore the model's original "
+                               "config.json (the weights are as downloaded)")
 
 
 @dataclass

@@ -27,8 +27,8 @@ from typing import Iterator, Mapping
 
 from .errors import OutputError, WorkbenchError
 
-__all__ = ["check_new_output", "translated_os_errors", "require_regular_file", "require_inside", "is_inside",
-           "file_kind"]
+__all__ = ["check_new_output", "translated_os_errors", "require_regular_file", "not_regular_problem", "require_inside",
+           "is_inside", "file_kind"]
 
 def check_new_output(out: str | Path, *, what: str = "output folder",
                      inputs: Mapping[str, str | Path | None] | None = None) -> Path:
@@ -125,27 +125,43 @@ def require_regular_file(path: str | Path, what: str, error: type[WorkbenchError
     """``path`` (symbolic links followed) is a regular file; a FIFO, socket or device is refused at once
     instead of blocking forever in ``open``. Missing files are the caller's to report (its wording)."""
     path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return path
-    except OSError as exc:
-        raise error(f"{what} {path} cannot be read: {_reason(exc)}", hint or "check the path and its permissions") from None
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        raise error(f"{what} {path} is {_kind_of_mode(mode)}, not a regular file",
-                    hint or "give the path of an ordinary file")
+    problem = not_regular_problem(path)
+    if problem is not None:
+        default = "give the path of an ordinary file" if "regular" in problem else "check the path and its permissions"
+        raise error(f"{what} {path} {problem}", hint or default)
     return path
 
 
+def not_regular_problem(path: str | Path) -> str | None:
+    """Why ``path`` must not be opened as a file — ``"is a FIFO (named pipe), not a regular file"``, ``"cannot be
+    read: Too many levels of symbolic links"`` — or None for a regular file, a folder, or nothing at all (a missing
+    path, or one under a file, is the caller's to report). Only ``stat`` is called: nothing is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        return f"cannot be read: {_reason(exc)}"
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        return f"is {_kind_of_mode(mode)}, not a regular file"
+    return None
+
+
 def require_inside(folder: Path, relative: str, what: str, error: type[WorkbenchError] = WorkbenchError) -> Path:
-    """``folder / relative``, refused when it leaves ``folder`` (``..``, an absolute path, a symbolic link out)."""
+    """``folder / relative``, refused when it leaves ``folder`` (``..``, an absolute path, a symbolic link out).
+
+    One exception, because it is how the Hugging Face cache stores every download: in a snapshot folder
+    (``<repo>/snapshots/<revision>/``) the files are links into the same repository's ``blobs/``."""
     candidate = folder / relative
     try:
         resolved, root = candidate.resolve(), folder.resolve()
     except (OSError, RuntimeError) as exc:
         raise error(f"{what} {relative!r} in {folder} cannot be resolved ({_reason(exc)})",
                     "fix the file that names it") from None
-    if Path(relative).is_absolute() or not is_inside(resolved, root):
+    roots = [root]
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        roots.append(root.parent.parent / "blobs")
+    if Path(relative).is_absolute() or not any(is_inside(resolved, r) for r in roots):
         raise error(f"{what} {relative!r} points outside {folder}; it is not read",
                     "a model folder's files must lie inside it: fix the file that names it, or download the model again")
     return candidate

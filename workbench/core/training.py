@@ -33,10 +33,13 @@ from typing import Any
 from contextlib import nullcontext
 
 from .config import RunConfig, TrainingConfig
+from . import lora_init, quantization
 from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
+from .model_card import write_model_card
+from .trackers import check_trackers, tracker_sinks
 from .events import (
     CheckpointSaved,
     Evaluation,
@@ -98,12 +101,17 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     mc = config.model
     choose_precision(config.training.precision, choose_device(config.training.device))  # fp16 on a CPU, bf16 on an old GPU
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
+    hf_config = None
     if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
-        load_config(source, trust_remote_code=mc.trust_remote_code)
+        hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
         if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
             check_weight_files(source)  # headers and sizes only
             load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
+    device = choose_device(config.training.device)
+    quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
+    lora_init.check_run(config, device)
     detect(config.data)
+    check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
 
 def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | None = None) -> TrainResult:
@@ -152,7 +160,9 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunContro
     # Only rank 0 writes the run folder; the other ranks train silently.
     recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
     with recorder if dist.is_main else nullcontext(NullSink()) as record_sink:
-        sink = _StampWorldSize(MultiSink([record_sink, user_sink]), dist.world_size) if dist.is_main else NullSink()
+        trackers = tracker_sinks(config.output.trackers, run_dir) if dist.is_main else []
+        sinks = MultiSink([record_sink, user_sink, *trackers])
+        sink = _StampWorldSize(sinks, dist.world_size) if dist.is_main else NullSink()
         if resume_point is not None:
             sink.emit(Message(resume_point.description))
         try:
@@ -232,19 +242,23 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
     if mc.task == "sequence-classification" and getattr(hf_config, "pad_token_id", None) is None:
         hf_config.pad_token_id = tokenizer.pad_token_id
-    model = load_model(source, hf_config, task=mc.task, dtype=_weight_dtype(config, precision, device),
-                       trust_remote_code=mc.trust_remote_code)
+    dtype = _weight_dtype(config, precision, device)
+    model = load_model(source, hf_config, task=mc.task, dtype=dtype, trust_remote_code=mc.trust_remote_code,
+                       **quantization.load_kwargs(mc, device, dtype))
+    model = quantization.prepare_for_training(model, config)  # no-op for unquantized bases
     # No KV cache while training: it is useless there, and transformers only derives the per-example masks
     # of packed rows (from restarting position_ids) when no cache is being built.
     model.config.use_cache = False
     tree = build_tree(model)
     selection = resolve_selection(tree, config.lora, mc.task)
-    for warning in selection.warnings:
+    for warning in [*config.warnings(), *selection.warnings]:
         sink.emit(Message(warning, level="warning"))
-    if config.training.gradient_checkpointing:
+    if quantization.wants_gradient_checkpointing(config) and not quantization.is_quantized(mc):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     peft_model = get_peft_model(model, lora_config_from_selection(selection, config.lora, mc.task))
+    if config.lora.init == "loftq":
+        lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection
 
 
@@ -296,7 +310,18 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         label_names=["labels"],
         ddp_backend="gloo" if dist.world_size > 1 and device == "cpu" else None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
+        **_best_metric_arguments(config, has_eval),
     )
+
+
+def _best_metric_arguments(config: RunConfig, has_eval: bool) -> dict[str, Any]:
+    """With [eval] in use, the Trainer tracks the best checkpoint by eval.best_metric (and its checkpoint rotation
+    keeps that one); the task metrics reach it as eval_<name> (EventCallback.on_evaluate adds them)."""
+    e = config.eval
+    if not has_eval or not (e.scorers or e.early_stopping_patience or e.best_metric != "eval_loss"):
+        return {}
+    metric = e.best_metric if e.best_metric.startswith("eval_") else f"eval_{e.best_metric}"
+    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in ("eval_loss", "perplexity")}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -370,20 +395,30 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
                                       "alpha_pattern": selection.alpha_overrides})
     if resume_point is None and dist.is_main:
         resolved.save(run_dir / "run.toml")
+    collator = make_collator(tokenizer, packing=data.packed, model_type=tree.model_type)
+    if config.lora.init == "eva" and resume_point is None:  # a resumed run loads its trained A and B instead
+        lora_init.run_eva(peft_model, data.train, collator, config.training.batch_size, sink, config.training.seed)
+    if dist.is_main:
+        lora_init.save_initial(peft_model, run_dir, config.lora.init)  # PiSSA/OLoRA: for the conversion at the end
 
     args = _training_arguments(config, run_dir, device, precision, data.validation is not None and len(data.validation) > 0, dist)
     callback = _event_callback(config, sink, control, dist, tokenizer, device, precision, run_dir,
                               trainable=peft_model.get_nb_trainable_parameters()[0], total=tree.total_params,
                               train_examples=len(data.train), validation_examples=len(data.validation or []),
                               resumed_from=resume_point.step if resume_point else 0, resolved=resolved)
+    if config.eval.scorers and dist.is_main and args.eval_strategy != "no":
+        callback.eval_refs = _task_references(config, tokenizer, sink)
+    if config.eval.retention and dist.is_main:
+        callback.retention = _retention_probe(config, peft_model, tokenizer, sink, args.eval_strategy != "no")
     trainer = _make_trainer_class()(
         model=peft_model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.validation if args.eval_strategy != "no" else None,
-        data_collator=make_collator(tokenizer, packing=data.packed, model_type=tree.model_type),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[callback],
+        optimizers=(lora_init.make_optimizer(peft_model, config), None),  # LoRA+ when asked for, else the Trainer's
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
     oom = None
@@ -403,12 +438,16 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
 
     if callback.failure is not None:  # diverged: the weights in memory are NaN, so no adapter is saved
         raise callback.failure
+    if args.metric_for_best_model and trainer.state.best_model_checkpoint and dist.is_main:
+        best = Path(trainer.state.best_model_checkpoint)
+        sink.emit(Message(f"best checkpoint by {config.eval.best_metric}: {best.name} "
+                          f"({config.eval.best_metric} {trainer.state.best_metric:.4g}), kept in {best.parent}"))
     step = trainer.state.global_step
     stopped = callback.stopped and step < trainer.state.max_steps
     adapter_dir = run_dir / "adapter"
     if dist.is_main:
         try:
-            _save_adapter(peft_model, run_dir)
+            _save_adapter(peft_model, run_dir, **lora_init.conversion_source(run_dir, config.lora.init))
         except Exception as exc:
             full = _adapter_disk_full(exc, run_dir, step, _trainable_bytes(peft_model))
             full = full or _write_refused(exc, run_dir, f"the adapter of step {step}")
@@ -424,6 +463,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         "trainable_params": callback.trainable,
     }
     status = "stopped" if stopped else "finished"
+    if dist.is_main:  # README.md beside the adapter: settings, data, curves, how to load it
+        write_model_card(adapter_dir, kind="adapter", adapter=adapter_dir, sink=sink)
     sink.emit(Finished(status=status, adapter_path=str(adapter_dir), step=step, summary=summary))
     del trainer
     if device == "cuda":
@@ -480,13 +521,14 @@ def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
                 shutil.copyfile(checkpoint / name, tmp / name)
 
 
-def _save_adapter(peft_model: Any, run_dir: Path) -> Path:
-    """PEFT format (adapter_config.json + adapter_model.safetensors), written aside and renamed into place."""
+def _save_adapter(peft_model: Any, run_dir: Path, **save_kwargs: Any) -> Path:
+    """PEFT format (adapter_config.json + adapter_model.safetensors), written aside and renamed into place.
+    ``save_kwargs``: PEFT's conversion of PiSSA/OLoRA adapters to a plain LoRA on the original base."""
     from .fsutil import atomic_directory
 
     final = run_dir / "adapter"
     with atomic_directory(final, overwrite=True) as tmp:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, **save_kwargs)
     return final
 
 
@@ -831,6 +873,31 @@ def _make_trainer_class():
     return AtomicCheckpointTrainer
 
 
+def _task_references(config: RunConfig, tokenizer: Any, sink: Sink) -> list:
+    from .evaluation import eval_references
+    from .scorers import GENERATIVE_SCORERS
+
+    refs = eval_references(config.data, tokenizer, seed=config.training.seed, limit=config.eval.max_examples)
+    if not refs and any(name in GENERATIVE_SCORERS for name in config.eval.scorers):
+        sink.emit(Message("eval.scorers: the validation rows have no prompt to answer (plain text), so only "
+                          "perplexity can be computed", level="warning"))
+    return refs
+
+
+def _retention_probe(config: RunConfig, model: Any, tokenizer: Any, sink: Sink, evaluates: bool):
+    from .retention import RetentionProbe, general_prompts, reference_texts
+
+    if not evaluates:
+        sink.emit(Message("eval.retention: the meter runs at each evaluation, and this run has no validation data; "
+                          "add data.validation_files or data.validation_split", level="warning"))
+        return None
+    texts = reference_texts(config.eval.retention_file)
+    probe = RetentionProbe.build(model, tokenizer, texts, general_prompts(), batch_size=config.eval.batch_size)
+    sink.emit(Message(f"retention meter: {len(probe.texts)} reference texts, {len(probe.answers)} answers of the base "
+                      f"model (base loss on the texts {probe.base_text_loss:.4f})"))
+    return probe
+
+
 def _make_callback_class():
     """Defined inside a function so that importing this module does not import transformers."""
     from transformers import TrainerCallback
@@ -856,6 +923,12 @@ def _make_callback_class():
             self._last_log_time = self.started
             self._last_tokens = 0
             self._first_step_of_session: int | None = None
+            self.eval_refs: list = []  # (prompt, answer) pairs for the task metrics (core/evaluation.py)
+            self.retention: Any = None  # core/retention.RetentionProbe when eval.retention is on
+            self._retention_warned = False
+            self._eval_seconds = 0.0  # spent evaluating: left out of tokens/s and the ETA
+            self._best_task_value: float | None = None
+            self._evals_without_gain = 0
 
         # -- lifecycle ---------------------------------------------------------------------------------
         def on_train_begin(self, args, state, control, model=None, **kw):
@@ -887,7 +960,8 @@ def _make_callback_class():
                     self._first_step_of_session = state.global_step - 1
                 done = state.global_step - self._first_step_of_session
                 elapsed = now - self.started
-                eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+                training_time = elapsed - self._eval_seconds
+                eta = training_time / done * (state.max_steps - state.global_step) if done > 0 else None
                 self.last_loss = loss
                 self.sink.emit(Step(
                     step=state.global_step, total_steps=int(state.max_steps), epoch=float(state.epoch or 0.0),
@@ -907,7 +981,64 @@ def _make_callback_class():
                 if math.isfinite(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
                     self.best_eval_loss = loss
                 extra = {k: float(v) for k, v in metrics.items() if k != "eval_loss" and isinstance(v, (int, float))}
+                spent = float(metrics.get("eval_runtime") or 0.0)
+                if self.config.eval.scorers and self.dist.is_main:
+                    from .evaluation import score_task
+
+                    scores = score_task(kw.get("model"), self.tokenizer, self.eval_refs, self.config.eval, loss)
+                    extra.update(scores.metrics)
+                    # The Trainer picks the best checkpoint from this same dict (eval.best_metric).
+                    metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
+                    spent += scores.seconds
+                if self.retention is not None and kw.get("model") is not None:
+                    started = time.monotonic()
+                    extra.update(self.retention.measure(kw["model"]))
+                    spent += time.monotonic() - started
+                    self._warn_about_retention(state.global_step, extra)
+                self._eval_seconds += spent
+                self._last_log_time += spent  # the next step's tokens/s counts training time only
                 self.sink.emit(Evaluation(step=state.global_step, eval_loss=loss, metrics=extra))
+                self._early_stopping(state, control, loss, extra)
+
+        def _warn_about_retention(self, step: int, extra: dict[str, float]) -> None:
+            floor = self.config.eval.retention_warn_below
+            agreement, ratio = extra.get("retention_agreement", math.nan), extra.get("retention_ppl_ratio", 1.0)
+            if self._retention_warned or not (agreement < floor or ratio > 1 / floor):
+                return
+            self._retention_warned = True
+            self.sink.emit(Message(
+                f"retention at step {step}: the model agrees with the base model's own answers on {agreement:.0%} of "
+                f"their tokens and its perplexity on general text is {ratio:.2f}× the base's — it is forgetting what "
+                "it knew. Mitigations: fewer target modules or a lower rank (`workbench sweep` shows the trade-off), "
+                "general data mixed into data.train_files, or stopping earlier (eval.early_stopping_patience).",
+                level="warning"))
+
+        def _early_stopping(self, state, control, loss: float, extra: dict[str, float]) -> None:
+            patience = self.config.eval.early_stopping_patience
+            if not patience or state.global_step == 0:  # the evaluation before the first step is the baseline
+                if state.global_step == 0:
+                    self._best_task_value = self._metric_value(loss, extra)
+                return
+            value = self._metric_value(loss, extra)
+            if value is None:
+                return
+            if self._best_task_value is None or value > self._best_task_value:
+                self._best_task_value, self._evals_without_gain = value, 0
+                return
+            self._evals_without_gain += 1
+            if self._evals_without_gain >= patience:
+                name = self.config.eval.best_metric
+                self.sink.emit(Message(f"early stopping at step {state.global_step}: {name} has not improved for "
+                                       f"{patience} evaluation(s)"))
+                control.should_training_stop = True
+
+        def _metric_value(self, loss: float, extra: dict[str, float]) -> float | None:
+            """eval.best_metric, signed so that higher is better."""
+            name = self.config.eval.best_metric
+            value = loss if name == "eval_loss" else extra.get(name)
+            if value is None or not math.isfinite(value):
+                return None
+            return -value if name in ("eval_loss", "perplexity") else value
 
         def on_save(self, args, state, control, **kw):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -34,6 +34,14 @@ def create_app(argv: list[str] | None = None) -> QApplication:
 
 
 def main(run_file: str | None = None) -> int:
+    from workbench.core.errors import WorkbenchError
+
+    from .platform_check import problem
+
+    # Before the QApplication loads the platform plugin: a missing X11 library would abort the process inside Qt.
+    missing = problem()
+    if missing is not None:
+        raise WorkbenchError(*missing)
     app = create_app()
     from .main_window import MainWindow
 

@@ -442,6 +442,16 @@ class ExternalRunController(QObject):
         self.window.runs.set_busy(run.run_dir, False)
 
 
+def continue_detached(run_dir: Path) -> subprocess.Popen:
+    """Resume a stopped run (``workbench resume``) in a process of its own session that outlives the window; its
+    output goes to a log file beside the other launch logs. Raises ``OSError`` if the process cannot start."""
+    scratch = Path(tempfile.mkdtemp(prefix="workbench-continue-"))
+    command = workbench_command("resume", str(run_dir), "--quiet")
+    with open(scratch / "process.log", "wb") as log:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"}, **_own_session())
+
+
 def _own_session() -> dict:
     """Start the process outside the window's process group: a Ctrl-C in the terminal that started the
     window, or the terminal closing, must not end a run that is meant to outlive the window."""

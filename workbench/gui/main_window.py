@@ -13,18 +13,19 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QFileDialog, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+    QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
 )
 
-from workbench.core.config import ConfigError, RunConfig
+from workbench.core.config import ConfigError
 from workbench.core.control import RunControl
 
 from . import workers
-from .command_line import NotExpressible, command_line
+from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: part of the window's interface)
 from .config_store import ConfigStore
 from .external_run import ExternalRunController
+from .run_files import RUN_FILE_FILTER, RunFilesMixin  # noqa: F401
 from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
 from .widgets.export_dialog import ExportDialog
 from .widgets.inspection_panel import InspectionPanel
@@ -38,13 +39,9 @@ from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
 
 RECENT_LIMIT = 10
-# A closing window cancels its jobs and waits this long for their threads to end; the rest are abandoned (they
-# stop at their next check, and report to nobody).
-CLOSE_WAIT_MS = 1000
-RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
 
-class MainWindow(QMainWindow):
+class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
     model_opened = Signal()
     model_failed = Signal(str)
     data_inspected = Signal()
@@ -64,6 +61,12 @@ class MainWindow(QMainWindow):
         self.error_box: QMessageBox | None = None
         self.consent_box: QMessageBox | None = None  # "trust this model's pickle files / code?", while open
         self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
+        self.training_close_box: QMessageBox | None = None  # "stop the run, keep it running, cancel?" on quitting
+        self._training_close_choice = ""  # "stop" or "continue" once answered
+        self.continued_process = None  # the `workbench resume` process a run was handed to on quitting
+        self.discard_prompt: QMessageBox | None = None  # "discard unsaved edits?" before New run / Demo / Open
+        self._unsaved_name: str | None = None  # the title of a run not saved to a file yet (the demo's)
+        self._demo_opening = False  # the next model_opened is the demo's: say what to do next
         self.ask_before_discarding = True  # unsaved settings: ask before closing
         self._discard_confirmed = False
         self._jobs = 0  # running workers, so closing can wait for them without blocking
@@ -107,7 +110,7 @@ class MainWindow(QMainWindow):
         self._data_timer.timeout.connect(self.inspect_data)
 
         self.picker.openRequested.connect(self.open_model)
-        self.picker.demoRequested.connect(self.open_demo)
+        self.picker.demoRequested.connect(self.request_demo)
         self.layers.selectionEdited.connect(self._selection_to_config)
         self.store.changed.connect(self._config_changed)
         self.store.dirtyChanged.connect(lambda _: self._update_title())
@@ -137,9 +140,9 @@ class MainWindow(QMainWindow):
             return a
 
         file_menu = self.menuBar().addMenu("&File")
-        action(file_menu, "&New run", self.new_run, QKeySequence.StandardKey.New)
+        action(file_menu, "&New run", self.request_new_run, QKeySequence.StandardKey.New)
         action(file_menu, "&Open run file…", self.open_run_dialog, QKeySequence.StandardKey.Open)
-        action(file_menu, "Open the &demo run", self.open_demo,
+        action(file_menu, "Open the &demo run", self.request_demo,
                tip="The built-in SmolLM2 learning to extract payments as JSON (offline)")
         self.recent_menu = file_menu.addMenu("Open &recent")
         action(file_menu, "&Save run file", self.save_run, QKeySequence.StandardKey.Save)
@@ -169,7 +172,7 @@ class MainWindow(QMainWindow):
             action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
 
     def _update_title(self) -> None:
-        name = self.store.path.name if self.store.path else "untitled run"
+        name = self.store.path.name if self.store.path else (self._unsaved_name or "untitled run")
         self.setWindowTitle(f"{name}{' •' if self.store.dirty else ''} — LoRA Workbench")
 
     def _restore_settings(self) -> None:
@@ -201,7 +204,8 @@ class MainWindow(QMainWindow):
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
         for path in self._recent("recent/runs"):
-            self.recent_menu.addAction(path, lambda p=path: self.open_run(Path(p)))
+            self.recent_menu.addAction(path, lambda p=path: self.confirm_discard(
+                f"open {Path(p).name}", lambda: self.open_run(Path(p))))
         self.recent_menu.setEnabled(bool(self.recent_menu.actions()))
         self.recent_data_menu.clear()
         for path in self._recent("recent/data"):
@@ -241,12 +245,6 @@ class MainWindow(QMainWindow):
         if self._closing and self._jobs == 0:
             self.close()
 
-    def _abandon_jobs(self) -> None:
-        """Closing: jobs whose threads did not end within ``CLOSE_WAIT_MS`` of being cancelled are left to end
-        on their own; the window goes now."""
-        for job in list(self._running_jobs):
-            job.abandon()
-
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
         self._start(workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries"))
@@ -263,8 +261,12 @@ class MainWindow(QMainWindow):
             return
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
+        self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
+                                 + (" The first start converts the built-in model once (about half a minute)."
+                                    if spec.startswith("builtin:") else ""))
         worker = workers.OpenModelWorker(self.store.config)
         worker.progress.connect(self.picker.show_progress)
+        worker.progress.connect(self.layers.show_progress)
         worker.result.connect(self._model_ready)
         worker.failed.connect(self._model_failed)
         worker.consent_needed.connect(self._ask_consent)
@@ -286,6 +288,10 @@ class MainWindow(QMainWindow):
         self._remember("recent/models", self.store.config.model.source)
         self.picker.set_recent(self._recent("recent/models"))
         self._suggest_relatives()
+        if self._demo_opening:
+            self._demo_opening = False
+            self.statusBar().showMessage("The demo is ready: press Start on the Train tab (Ctrl+Return) to fine-tune "
+                                         "SmolLM2 on it; the loss falls within a minute.")
         self.model_opened.emit()
         if self.store.config.data.train_files:
             self._data_timer.start()  # the preview needs the model's tokenizer
@@ -295,6 +301,8 @@ class MainWindow(QMainWindow):
             self.picker.info.setText("Waiting for your choice: the model needs something that is off by default.")
             return
         self.picker.info.setText("The model could not be opened. Choose another one.")
+        self._demo_opening = False
+        self.layers.show_hint("The model could not be opened. Choose another one (above).")
         self.show_error("Cannot open the model", message, details)
         self.model_failed.emit(message)
 
@@ -406,6 +414,10 @@ class MainWindow(QMainWindow):
                 self._syncing_selection = False
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
+            # The preset box names the file's preset at once, not the previous one until its model has opened.
+            preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
+            if preset_index >= 0:
+                self.layers.preset_combo.setCurrentIndex(preset_index)
             # Only against the model the file names: a different one is being opened and will apply it.
             if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
                 self._selection_from_config(self.layers.model)
@@ -515,6 +527,7 @@ class MainWindow(QMainWindow):
 
     def _training_done(self, result) -> None:
         self.training.append_log(f"Run folder: {result.run_dir}")
+        self._continue_elsewhere(result)
         self.training_done.emit(result)
 
     def _training_failed(self, message: str, details: str) -> None:
@@ -592,81 +605,6 @@ class MainWindow(QMainWindow):
         worker.failed.connect(self.playground.show_error)
         self._start(worker)
 
-    # -- run files ----------------------------------------------------------------------------------------
-    def new_run(self) -> None:
-        self.store.replace(RunConfig())
-
-    def open_run_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
-        if path:
-            self.open_run(Path(path))
-
-    def open_demo(self) -> bool:
-        """The demo run (resources/examples/demo.toml) on the built-in SmolLM2, as an unsaved run.
-
-        Its runs go to the runs folder the window already uses (the run file's relative "runs" would land
-        wherever the app was started from). The first time, opening the model converts it (about half a
-        minute), with progress under the model picker.
-        """
-        from workbench.core.demo import demo_config
-        from workbench.core.errors import WorkbenchError
-
-        try:
-            config = demo_config().copy_with(output={"runs_root": self.store.config.output.runs_root})
-        except WorkbenchError as exc:
-            self.show_error("Cannot open the demo", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
-            return False
-        self.store.replace(config, None)
-        self.open_model(config.model.source)
-        return True
-
-    def open_run(self, path: Path) -> bool:
-        try:
-            config = RunConfig.from_toml(path)
-        except ConfigError as exc:
-            self.show_error("Cannot open the run file", str(exc))
-            return False
-        old_source = self.store.config.model.source
-        self.store.replace(config, path)
-        self._remember("recent/runs", str(path))
-        self._fill_recent_menu()
-        if config.model.source and (config.model.source != old_source or self.overview is None):
-            self.open_model(config.model.source)
-        return True
-
-    def save_run(self) -> bool:
-        if self.store.path is None:
-            return self.save_run_as()
-        return self._save_to(self.store.path)
-
-    def save_run_as(self) -> bool:
-        path, _ = QFileDialog.getSaveFileName(self, "Save run file", "run.toml", RUN_FILE_FILTER)
-        return bool(path) and self._save_to(Path(path))
-
-    def _save_to(self, path: Path) -> bool:
-        try:
-            self.store.save(path)
-        except OSError as exc:
-            self.show_error("Cannot save the run file", f"{path}: {exc.strerror or exc}")
-            return False
-        self._remember("recent/runs", str(path))
-        self._fill_recent_menu()
-        self._update_title()
-        self.statusBar().showMessage(f"Saved {path}", 4000)
-        return True
-
-    def copy_command_line(self) -> str | None:
-        if self.store.path is None and not self.save_run_as():
-            return None
-        try:
-            text = command_line(self.store.path, self.store.config)
-        except (NotExpressible, ConfigError) as exc:
-            self.show_error("Copy command line", str(exc))
-            return None
-        QGuiApplication.clipboard().setText(text)
-        self.statusBar().showMessage("Copied: " + text, 6000)
-        return text
-
     # -- drag and drop ------------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
@@ -678,70 +616,9 @@ class MainWindow(QMainWindow):
         runs = [p for p in paths if p.suffix.lower() == ".toml"]
         models = [p for p in paths if p.is_dir() or p.suffix.lower() == ".gguf"]
         if runs:
-            self.open_run(runs[0])
+            self.confirm_discard(f"open {runs[0].name}", lambda: self.open_run(runs[0]))
         elif models:
             self.open_model(str(models[0]))
         if data:
             self.data.add_files(data)
             self.tabs.setCurrentWidget(self.data)
-
-    # -- closing ------------------------------------------------------------------------------------------
-    def _ask_to_save_before_closing(self) -> None:
-        """Save / Discard / Cancel for unsaved run settings; asked without blocking, and closing resumes after."""
-        if self.save_prompt is not None:
-            self.save_prompt.raise_()
-            return
-        name = self.store.path.name if self.store.path else "this run"
-        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes",
-                          f"The settings of {name} have changed since they were saved. Save them before closing?",
-                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                          | QMessageBox.StandardButton.Cancel, self)
-        box.setDefaultButton(QMessageBox.StandardButton.Save)
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-
-        def answered(_result: int) -> None:
-            self.save_prompt = None
-            choice = box.standardButton(box.clickedButton())
-            if choice == QMessageBox.StandardButton.Discard or (
-                    choice == QMessageBox.StandardButton.Save and self.save_run()):
-                self._discard_confirmed = True
-                self.close()
-
-        box.finished.connect(answered)
-        self.save_prompt = box
-        box.open()
-
-    def closeEvent(self, event) -> None:
-        if self.store.dirty and self.ask_before_discarding and not self._discard_confirmed:
-            self._ask_to_save_before_closing()
-            event.ignore()
-            return
-        if not self.external.may_close():  # a separate-process run: asks whether to stop it or leave it running
-            event.ignore()
-            return
-        self._data_timer.stop()  # no new job may start once closing has begun
-        self._data_pending = False
-        self.playground.stop()  # a generation or a merge ends at its next token or tensor
-        if self.export_dialog is not None:
-            self.export_dialog.cancel()
-        if self.training.running:
-            # Never block or kill the worker: ask the engine to stop (it saves the adapter) and close after.
-            self.training.request_stop()
-            self.training_ended.connect(self.close)
-            self.statusBar().showMessage("Stopping the run before closing…")
-            event.ignore()
-            return
-        if self._jobs:
-            # A worker still runs (opening a model, reading data): cancel it, give its thread a second to end,
-            # then go (``_abandon_jobs``). Nothing it reports afterwards reaches a widget.
-            if not self._closing:
-                self._closing = True
-                for job in list(self._running_jobs):
-                    job.cancel()
-                QTimer.singleShot(CLOSE_WAIT_MS, self._abandon_jobs)
-            self.hide()
-            event.ignore()
-            return
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.sync()
-        super().closeEvent(event)

@@ -519,31 +519,45 @@ class ResumeWorker(TrainWorker):
 
 
 class ExportWorker(Worker):
-    """Adapter export (PEFT copy or portable) or a streaming merge into a full model.
+    """Adapter export (PEFT copy or portable), a streaming merge into a full model, or a GGUF export (merged,
+    adapter, or merged with an Ollama Modelfile: modes "gguf", "gguf_adapter", "ollama").
 
-    Merge progress (``Progress`` events, bytes done / total) is re-emitted as ``progress(done, total, detail)``
-    at most every 50 ms, so a merge of many small tensors cannot flood the event loop.
+    Progress (``Progress`` events: bytes done / total, or tensors for llama.cpp's quantizer) is re-emitted as
+    ``progress(done, total, detail)`` at most every 50 ms, so a merge of many small tensors cannot flood the
+    event loop; ``stage(task)`` says when the kind of progress changes ("merge", "gguf", "quantize").
     """
 
     progress = Signal(float, float, str)  # bytes as floats: a C++ int stops at 2 GiB, a double is exact to 8 PiB
+    stage = Signal(str)
     what = "The export"
 
-    def __init__(self, mode: str, adapter: str, out: str, base: str = "", dtype: str | None = None, control=None):
+    def __init__(self, mode: str, adapter: str, out: str, base: str = "", dtype: str | None = None, control=None,
+                 gguf_type: str | None = None):
         super().__init__()
         self._mode, self._adapter, self._out, self._base, self._dtype = mode, adapter, out, base, dtype
         self._control = control
+        self._gguf_type = gguf_type
         self._last = 0.0
+        self._task = ""
+        self._notes: list[str] = []
 
-    def emit(self, event) -> None:  # merge sink, on the worker thread
-        from workbench.core.events import Progress
+    def emit(self, event) -> None:  # merge / export sink, on the worker thread
+        from workbench.core.events import Message, Progress
 
         if isinstance(event, Progress):
+            if event.task != self._task:
+                self._task = event.task
+                self.post("stage", event.task)
             now = time.monotonic()
             if now - self._last >= 0.05 or event.done >= event.total:
                 self._last = now
                 self.post("progress", float(event.done), float(event.total), event.detail)
+        elif isinstance(event, Message) and "nothing was written" not in event.text:
+            self._notes.append(event.text)
 
     def work(self):
+        if self._mode in ("gguf", "gguf_adapter", "ollama"):
+            return self._gguf()
         if self._mode == "merge":
             from workbench.core.merge import merge_adapter
 
@@ -556,6 +570,56 @@ class ExportWorker(Worker):
 
         out = export_adapter(self._adapter, self._out, portable=self._mode == "portable")
         return {"mode": self._mode, "output": out, "stopped": False}
+
+    def _gguf(self) -> dict:
+        from workbench.core.gguf_export import prepare_adapter_export, prepare_merged_export
+
+        _yield_cpu_to_the_window()
+        if self._mode == "gguf_adapter":
+            job = prepare_adapter_export(self._adapter, self._base, self._out, type_name=self._gguf_type or "f32")
+        else:
+            job = prepare_merged_export(self._base, self._adapter, self._out, type_name=self._gguf_type or "q8_0",
+                                        ollama=self._mode == "ollama")
+        result = job.run(sink=self, control=self._control)
+        return {"mode": self._mode, "output": result.output, "file": result.gguf, "stopped": result.stopped,
+                "bytes": result.bytes_written, "notes": tuple(self._notes),
+                "commands": _next_commands(result) if not result.stopped else ""}
+
+
+def _next_commands(result) -> str:
+    """What to run with the export, as commands to copy: Ollama's with the Modelfile's full path (the core's
+    instructions start with ``cd`` into the folder), llama.cpp's as the core gives them."""
+    if result.modelfile is not None:
+        line = next((x for x in result.instructions.splitlines() if x.startswith("ollama create ")), "")
+        name = line.split()[2] if len(line.split()) > 2 else result.output.name
+        return f"ollama create {name} -f {result.modelfile}\nollama run {name}"
+    return result.instructions
+
+
+def plan_gguf(mode: str, adapter: str, base: str, type_name: str | None) -> dict:
+    """The export dialog's look ahead: ``{"unsupported": reason or "", "size", "exact", "file_name"}``; the
+    base's architecture is checked first (an unsupported one is not an error: the dialog disables the
+    choice); any other problem (a DoRA adapter for a GGUF adapter, say) raises as the export itself would."""
+    from workbench.core.base_model import open_base_model
+    from workbench.core.errors import ModelSourceError
+    from workbench.core.gguf_export.arch import architecture_for
+
+    checkpoint = open_base_model(base)
+    try:
+        architecture_for(checkpoint.config, str(checkpoint.path))
+    except ModelSourceError as exc:
+        return {"unsupported": exc.message, "size": 0, "exact": False, "file_name": ""}
+    if mode == "gguf_adapter":
+        from workbench.core.gguf_export.adapter import plan_adapter
+
+        plan = plan_adapter(adapter, checkpoint, type_name or "f32")
+        label = plan.file.tensors[0].ggml_type if plan.file.tensors else "F32"  # as AdapterExport names it
+        return {"unsupported": "", "size": plan.size, "exact": True, "file_name": f"adapter-{label}.gguf"}
+    from workbench.core.gguf_export.merged import plan_merged
+
+    plan = plan_merged(checkpoint, adapter, type_name or "q8_0")
+    return {"unsupported": "", "size": plan.size, "exact": plan.gtype.writer == "python",
+            "file_name": f"model-{plan.gtype.label}.gguf"}
 
 
 def inspect_adapter_job(adapter: str, base: str | None):

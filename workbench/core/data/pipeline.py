@@ -15,6 +15,7 @@ from ..errors import DataError
 from ..events import Message, Sink, SinkLike, as_sink
 from .cache import _PACKED, _TOKENIZED, _fingerprint
 from .formats import _CHAT_FORMATS, _detect_file, _normalize
+from .overlap import overlap_warnings
 from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports_padding_free
 from .raw import _bad_rows, _first_bad_error, _problems, _source_field, load_raw
 from .readers import _iter_records, _open_source, _require_train_files
@@ -39,13 +40,15 @@ def prepare(
     ``tokenizer`` must be a fast (Rust-backed) tokenizer: the loss masks come from its character offsets.
     ``model_type`` (``model.config.model_type``) lets packing fall back to unpacked rows for architectures not
     in ``PADDING_FREE_MODEL_TYPES``; ``None`` packs whenever ``cfg.packing`` asks for it. ``seed`` drives the
-    validation split. Warnings (skipped rows, dropped examples, packing fallback) go to ``sink`` as ``Message``
-    events. Pass ``PreparedData.packed`` to ``make_collator``.
+    validation split. Warnings (validation rows shared with training, skipped rows, dropped examples, packing
+    fallback) go to ``sink`` as ``Message`` events. Pass ``PreparedData.packed`` to ``make_collator``.
     """
     sink = as_sink(sink)
     _require_fast(tokenizer)
     template = _chat_template(cfg, tokenizer)
     raw = load_raw(cfg, seed=seed, cache_dir=cache_dir)
+    for warning in overlap_warnings(cfg, raw):
+        sink.emit(Message(warning, level="warning"))
     packed = cfg.packing and (model_type is None or supports_padding_free(model_type))
     if cfg.packing and not packed:
         sink.emit(Message(

@@ -15,14 +15,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from workbench.core.adapters import LoraAdapter, input_folders
 from workbench.core.base_model import BaseCheckpoint
 from workbench.core.control import RunControl
-from workbench.core.errors import OutputError, WorkbenchError
+from workbench.core.errors import ModelSourceError, OutputError, WorkbenchError
 from workbench.core.events import Message, Sink, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported, format_size, free_bytes, mount_point
-from workbench.core.paths import check_new_output
+from workbench.core.gguf_import import read_gguf_header
+from workbench.core.model_card import write_model_card
+from workbench.core.paths import check_new_output, require_regular_file
 
 from .adapter import AdapterPlan, check_against_gguf, plan_adapter
 from .merged import MergedPlan, gguf_origin, plan_merged
@@ -92,14 +95,10 @@ class AdapterExport:
         return _run_adapter(self, as_sink(sink), control or RunControl())
 
 
-def _new_output(out: str | Path) -> Path:
-    return check_new_output(out)
-
-
-def _outside_inputs(out: Path, checkpoint: BaseCheckpoint, adapter: LoraAdapter | None,
-                    gguf_base: Path | None = None) -> None:
-    """Never inside the base model's folder, the adapter's, or the folder of the GGUF base."""
-    check_new_output(out, inputs=input_folders(adapter=adapter, base=checkpoint, gguf_base=gguf_base))
+def _new_output(out: str | Path, plan: Any) -> Path:
+    """``out`` may be created: nothing under its name, and not inside the base model's folder or the adapter's
+    (``paths.check_new_output``)."""
+    return check_new_output(out, inputs=input_folders(adapter=plan.adapter, base=plan.checkpoint))
 
 
 def _check_room(out: Path, needed: int) -> None:
@@ -122,9 +121,9 @@ def _ollama_name(out: Path) -> str:
 def prepare_merged_export(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAdapter | None, out: str | Path,
                           *, type_name: str = "q8_0", ollama: bool = False, name: str | None = None) -> MergedExport:
     """Check a merged export and plan every tensor; raises a ``WorkbenchError`` for anything that would fail."""
-    out = _new_output(out)
+    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))  # before planning: cheap refusals first
     plan = plan_merged(base, adapter, type_name, name=name)
-    _outside_inputs(out, plan.checkpoint, plan.adapter)
+    out = _new_output(out, plan)
     template = None
     if ollama:
         template = ollama_template(plan.checkpoint.path, add_bos=plan.vocab.add_bos, chat_template=plan.vocab.chat_template)
@@ -136,14 +135,18 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
                            name: str | None = None) -> AdapterExport:
     """Check a GGUF adapter export. ``base_gguf`` is the GGUF model the adapter will be used with (default: the
     GGUF file the base was converted from, if any); it is checked to hold every adapted tensor."""
-    out = _new_output(out)
+    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))
     plan = plan_adapter(adapter, base, type_name, name=name)
+    out = _new_output(out, plan)
     gguf_base = Path(base_gguf) if base_gguf is not None else gguf_origin(plan.checkpoint.path)
-    _outside_inputs(out, plan.checkpoint, plan.adapter, gguf_base if base_gguf is not None else None)
+    if base_gguf is not None:  # the GGUF base the user named: nothing goes into its folder either
+        check_new_output(out, inputs={"the GGUF base's folder": gguf_base.parent})
     messages = []
     if gguf_base is not None:
+        require_regular_file(gguf_base, "GGUF base", ModelSourceError, "give the .gguf file of the base model")
         if not gguf_base.is_file():
             raise WorkbenchError(f"GGUF base {gguf_base} does not exist", "give the .gguf file of the base model")
+        read_gguf_header(gguf_base)  # a truncated file is named here, not in GGUFReader's numpy reshape errors
         check_against_gguf(plan, gguf_base)
     template = None
     if ollama:
@@ -209,6 +212,8 @@ def _run_merged(job: MergedExport, sink: Sink, control: RunControl) -> GgufResul
                                       comment=_comment(plan.checkpoint.path, plan.adapter, job.template))
                 (tmp / MODELFILE).write_text(text, encoding="utf-8")
             written = target.stat().st_size
+            write_model_card(tmp, kind="gguf", adapter=plan.adapter.path if plan.adapter else None,
+                             base=plan.checkpoint.path, gguf_files=sorted(f.name for f in tmp.iterdir()), sink=sink)
     except Stopped:
         return _stopped(sink, "GGUF export")
     if job.template is not None:
@@ -232,6 +237,8 @@ def _run_adapter(job: AdapterExport, sink: Sink, control: RunControl) -> GgufRes
                                       comment=_comment(plan.checkpoint.path, plan.adapter, job.template))
                 (tmp / MODELFILE).write_text(text, encoding="utf-8")
             written = target.stat().st_size
+            write_model_card(tmp, kind="gguf-adapter", adapter=plan.adapter.path, base=plan.checkpoint.path,
+                             gguf_files=sorted(f.name for f in tmp.iterdir()), sink=sink)
     except Stopped:
         return _stopped(sink, "GGUF adapter export")
     if job.template is not None:

@@ -352,13 +352,19 @@ def list_runs(root: PathLike, *, stale_after: float = STALE_AFTER_S) -> list[Run
         raise OutputError(f"{root} is a file, not a folder of runs", "give the folder that holds the run folders") from None
     except PermissionError:
         raise OutputError(f"no permission to read {root}", "check the folder's permissions") from None
+    except OSError as exc:  # a symbolic-link loop (ELOOP), an I/O error: the folder cannot be listed
+        raise OutputError(f"cannot read {root}: {exc.strerror or exc}", "give the folder that holds the run folders") from None
     summaries = []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
             continue
         try:
+            if not entry.is_dir():
+                continue
             summaries.append(summarize_run(entry.path, stale_after=stale_after))
         except FileNotFoundError:  # no run.toml: not a run, or deleted while we looked
+            continue
+        except OSError:  # a symbolic-link loop (the entry or its run.toml), unreadable: not a run to show
             continue
     summaries.sort(key=lambda s: (s.started_at or s.created_at, s.name), reverse=True)
     return summaries

@@ -164,6 +164,16 @@ class DataPanel(QWidget):
         self._update(columns=columns)
 
     # -- results --------------------------------------------------------------------------------------
+    def clear_results(self) -> None:
+        """A new run: nothing detected, previewed or refused yet (no error left from the previous run)."""
+        self.detected_label.setText("No data chosen.")
+        self.preview.clear()
+        self.bars.setOpts(x0=[], x1=[], height=[])
+        self.stats_label.clear()
+        while self.columns_form.rowCount():
+            self.columns_form.removeRow(0)
+        self.column_combos.clear()
+
     def show_busy(self) -> None:
         self.detected_label.setText("Reading the data…")
 

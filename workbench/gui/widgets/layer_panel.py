@@ -11,8 +11,8 @@ import re
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QPushButton, QTreeView,
-    QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar, QPushButton,
+    QStackedWidget, QTreeView, QVBoxLayout, QWidget,
 )
 
 from workbench.core.config import PRESETS, parse_block_spec
@@ -95,6 +95,29 @@ class LayerPanel(QWidget):
         self.view.setToolTip("Tick modules to adapt. Double-click Rank or Alpha of a ticked module to override it; "
                              "clear the cell to go back to the global value.")
         self.summary = SummaryBar()
+        # In the tree's place while there is no tree: what is happening (a model opening, with a busy bar) or what
+        # to do, instead of an empty white box.
+        self.placeholder_label = QLabel("Open a model (above) to see its layers here.")
+        self.placeholder_label.setWordWrap(True)
+        self.placeholder_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder_busy = QProgressBar()
+        self.placeholder_busy.setRange(0, 0)
+        self.placeholder_busy.setTextVisible(False)
+        self.placeholder_busy.setMinimumWidth(360)
+        self.placeholder_detail = QLabel()
+        self.placeholder_detail.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder_detail.setWordWrap(True)
+        placeholder = QWidget()
+        placeholder_layout = QVBoxLayout(placeholder)
+        placeholder_layout.addStretch(1)
+        placeholder_layout.addWidget(self.placeholder_label)
+        placeholder_layout.addWidget(self.placeholder_busy, 0, Qt.AlignmentFlag.AlignHCenter)
+        placeholder_layout.addWidget(self.placeholder_detail)
+        placeholder_layout.addStretch(2)
+        self.placeholder_busy.hide()
+        self.stack = QStackedWidget()
+        self.stack.addWidget(placeholder)
+        self.stack.addWidget(self.view)
 
         filter_row = QHBoxLayout()
         filter_row.addWidget(self.filter_edit, 1)
@@ -115,7 +138,7 @@ class LayerPanel(QWidget):
         layout.addLayout(tools_row)
         layout.addLayout(filter_row)
         layout.addWidget(self.problem_label)
-        layout.addWidget(self.view, 1)
+        layout.addWidget(self.stack, 1)
         layout.addWidget(self.summary)
 
         self.filter_edit.textChanged.connect(self._apply_filter)
@@ -129,6 +152,54 @@ class LayerPanel(QWidget):
         self._set_tools_enabled(False)
 
     # -- model ----------------------------------------------------------------------------------------
+    def show_waiting(self, text: str) -> None:
+        """No tree yet: say what is happening, with a busy bar (the first start converts the built-in model)."""
+        if self.model is None:
+            self.placeholder_label.setText(text)
+            self.placeholder_detail.clear()
+            self.placeholder_busy.setRange(0, 0)
+            self.placeholder_busy.setTextVisible(False)
+            self.placeholder_busy.show()
+            self.stack.setCurrentIndex(0)
+
+    def show_progress(self, done: float, total: float, detail: str) -> None:
+        """A step of a long open, in the tree's place too (the picker's bar is small and easy to miss)."""
+        if self.model is None and self.placeholder_busy.isVisible():
+            if total > 0:
+                self.placeholder_busy.setRange(0, int(total))
+                self.placeholder_busy.setValue(int(done))
+                self.placeholder_busy.setTextVisible(True)
+                self.placeholder_busy.setFormat("%p%")
+            if detail:
+                self.placeholder_detail.setText(detail)
+
+    def show_hint(self, text: str) -> None:
+        if self.model is None:
+            self.placeholder_label.setText(text)
+            self.placeholder_detail.clear()
+            self.placeholder_busy.hide()
+            self.stack.setCurrentIndex(0)
+
+    def clear_model(self) -> None:
+        """No model (File → New run): no tree, no summary, and no filter or block range left from the last one."""
+        old, self.model = self.model, None
+        old_selection = self.view.selectionModel()
+        self.view.setModel(None)
+        if old_selection is not None:
+            old_selection.deleteLater()
+        if old is not None:
+            old.deleteLater()
+        self._hidden = set()
+        for edit in (self.filter_edit, self.blocks_edit):
+            edit.blockSignals(True)
+            edit.clear()
+            edit.blockSignals(False)
+        self.name_filter.set_pattern("", False)
+        self._show_problem("")
+        self.summary.clear()
+        self._set_tools_enabled(False)
+        self.show_hint("Open a model (above) to see its layers here.")
+
     def set_model(self, model: LayerTreeModel) -> None:
         old = self.model
         self.model = model
@@ -154,6 +225,7 @@ class LayerPanel(QWidget):
             self.view.setColumnWidth(col, max(n * width + 16, header.sectionSizeHint(col)))
         self._expand_to_blocks()
         self._set_tools_enabled(True)
+        self.stack.setCurrentWidget(self.view)
 
     def _expand_to_blocks(self) -> None:
         """Open the path down to the block list and the first block (the template for all the others)."""

@@ -23,6 +23,7 @@ from workbench.core import runs as core_runs
 from workbench.core.events import Evaluation, RunStarted, Step
 
 from .plots import MetricsPlots, follow_palette
+from .tracker_viewers import TrackerViewers
 
 COLUMNS = ("Run", "Status", "Model", "Data", "Steps", "Best eval loss", "Started")
 STATUS_COLOURS = {"finished": (46, 157, 78), "running": (30, 100, 220), "stopped": (200, 140, 20),
@@ -99,6 +100,7 @@ class RunsPanel(QWidget):
         self.export_button.clicked.connect(lambda: self._with_adapter(self.exportRequested))
         self.inspect_button.clicked.connect(lambda: self._with_adapter(self.inspectRequested))
         self.delete_button.clicked.connect(self.confirm_delete)
+        self.viewers = TrackerViewers(self._one, self)  # "Open in TensorBoard / MLflow UI"
 
         self.plots = MetricsPlots()
         self.overlay = pg.PlotWidget()
@@ -117,7 +119,8 @@ class RunsPanel(QWidget):
         self.views.addTab(self.diff, "Configuration difference")
 
         buttons = QHBoxLayout()
-        for b in (self.resume_button, self.watch_button, self.reveal_button, self.export_button, self.inspect_button, self.delete_button):
+        for b in (self.resume_button, self.watch_button, self.reveal_button, self.export_button, self.inspect_button,
+                  self.viewers.button, self.delete_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(self.root_label)
@@ -240,6 +243,7 @@ class RunsPanel(QWidget):
         self.export_button.setEnabled(has_adapter)
         self.inspect_button.setEnabled(has_adapter)
         self.delete_button.setEnabled(bool(chosen) and all(s.status.value != "running" for s in chosen))
+        self.viewers.update(one.path if one is not None else None)
 
     # -- plots --------------------------------------------------------------------------------------------
     def _selection_changed(self) -> None:

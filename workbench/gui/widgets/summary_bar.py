@@ -53,6 +53,12 @@ class SummaryBar(QFrame):
         )
         self.verdict.setToolTip("fits: under 85 % of the memory · tight: 85–100 % · does not fit: over 100 %")
 
+    def clear(self) -> None:
+        """No model open: no counts, no memory estimate and no verdict left from the previous one."""
+        self.show_problem("No model open")
+        for w in (self.trainable, self.memory):
+            w.setToolTip("")
+
     def show_problem(self, text: str) -> None:
         self.trainable.setText(text)
         for w in (self.adapter, self.memory, self.verdict):
