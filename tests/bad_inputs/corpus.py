@@ -1674,3 +1674,4 @@ def counts() -> dict[str, int]:
     out = {kind: sum(1 for c in CASES if c.kind == kind) for kind in KINDS}
     out["generated run-file fields"] = len(GENERATED_CASES)
     return out
+from bad_inputs import corpus_runs  # noqa: E402,F401  (registers the run/resume/adapter cases)
