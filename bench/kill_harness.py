@@ -1,8 +1,8 @@
-"""Kill harness: SIGKILL training, export and merge at random moments, then resume or rerun, and check
-that nothing damaged ever sits under a final name and that training never loses more than one
-checkpoint interval.
+"""Kill harness: SIGKILL and SIGTERM training, SIGKILL export and merge at random moments, then resume or rerun,
+and check that nothing damaged ever sits under a final name, that training never loses more than one
+checkpoint interval, and that no run ever trains past its target.
 
-    .venv/bin/python bench/kill_harness.py --trials 24            # the full run (~10-15 min on 2 cores)
+    .venv/bin/python bench/kill_harness.py                        # the full run (16 trials, ~6-9 min on 2 cores)
     .venv/bin/python bench/kill_harness.py --trials 6 --seed 3    # a quick one
 
 Each trial starts a real ``workbench`` process (``train RUN.toml``, ``export RUN_DIR --out``, ``merge
@@ -12,7 +12,13 @@ checkpoint folder is being written, while the final adapter, the export or the m
 (the moment its ``.tmp-….partial`` folder appears, plus a random delay up to the time that phase took in
 an uninterrupted reference run), or at a random time during start-up. A killed training is resumed with
 ``workbench resume RUN_DIR`` (which may itself be killed again, up to ``--max-kills`` times), or rerun
-from scratch when it had no complete checkpoint yet; a killed export or merge is rerun.
+from scratch when it had no complete checkpoint yet; a killed export or merge is rerun. A kill during the
+final adapter save leaves the checkpoint of the last step: the resume must finish the run from it without
+training a step (before that rule it trained a step past ``max_steps``).
+
+SIGTERM trials send SIGTERM (what Slurm, ``docker stop`` and systemd send) after a random step: the process
+must finish the step, save a checkpoint at it and the adapter, record the run as stopped and exit 3; the
+resume must continue from exactly that step.
 
 After every kill, independently of the code under test (its own safetensors header parser, ``torch.load``
 and ``json``):
@@ -23,11 +29,12 @@ and ``json``):
   ``checkpoints/.tmp-checkpoint-N.partial/`` and renames it into place when whole, so a half-written
   ``checkpoint-N`` is a violation (before that change the HF Trainer wrote them in place, and such folders
   only had to be judged incomplete); ``status.json``, ``run.toml`` and every whole line of
-  ``metrics.jsonl`` parse;
+  ``metrics.jsonl`` parse, and no step in it is beyond ``max_steps``;
 * ``.tmp-…`` folders are never listed as runs or checkpoints, and are gone after the rerun or resume;
 * the resume continues from the newest checkpoint that loads in full (checked against the
-  ``resumed_from_step`` the resumed engine records), and the steps lost — the last step in
-  ``metrics.jsonl`` at the kill minus the step resumed from — are at most ``save_steps``;
+  ``resumed_from_step`` the resumed engine records, or the step of the ``finished`` event of a run finished
+  from its last checkpoint), and the steps lost — the last step in ``metrics.jsonl`` at the kill minus the
+  step resumed from — are at most ``save_steps``;
 * the finished run has every step 1…N exactly once in ``metrics.jsonl``, its losses equal those of an
   uninterrupted reference run (relative 1e-4), and its adapter equals the reference adapter.
 
@@ -66,7 +73,9 @@ SIZES = {  # llama configs for the trained (and merged) model
     "test": dict(hidden_size=64, intermediate_size=96, shard="100KB"),
     "bench": dict(hidden_size=256, intermediate_size=512, shard="1MB"),
 }
-TRAIN_TRIGGERS = ("step", "checkpoint", "adapter", "startup")
+# The final adapter's save comes twice in each cycle: a kill there is the one that could finish a run past its target.
+TRAIN_TRIGGERS = ("adapter", "step", "checkpoint", "adapter", "startup")
+EXIT_STOPPED = 3  # workbench.core.exitcodes: a run stopped before its target, resumable
 
 
 class Violation(Exception):
@@ -383,6 +392,11 @@ class Report:
     outputs_checked: int = 0  # folders under a final name verified after a kill
     corrupted: int = 0
     adapter_max_diff: float = 0.0
+    past_target: int = 0  # runs whose metrics.jsonl holds a step beyond max_steps (a violation)
+    finished_from_checkpoint: int = 0  # resumes that found the last step's checkpoint and trained nothing
+    sigterms: int = 0
+    sigterm_exits: Counter = field(default_factory=Counter)  # exit code -> SIGTERMed processes
+    sigterm_saved: int = 0  # SIGTERMed runs that saved a checkpoint at the step they stopped at, and the adapter
     failures: list[str] = field(default_factory=list)
     save_steps: int = 0
     seconds: float = 0.0
@@ -407,6 +421,10 @@ class Report:
             f"half-written checkpoint-N folders under their final name: {self.half_written_checkpoints}; "
             f"complete checkpoints judged incomplete: {self.conservative}",
             f"outputs under final names verified after kills: {self.outputs_checked}; corrupted: {self.corrupted}",
+            f"SIGTERMs: {self.sigterms}; exit codes {dict(sorted(self.sigterm_exits.items()))}; stopped with a "
+            f"checkpoint at the stop step and a whole adapter: {self.sigterm_saved}",
+            f"resumes finished from the last step's checkpoint without training: {self.finished_from_checkpoint}; "
+            f"runs past their target step: {self.past_target}",
             f"finished runs vs the uninterrupted reference: adapter max |diff| {self.adapter_max_diff:.2e}",
             f"violations: {len(self.failures)}",
         ]
@@ -536,7 +554,7 @@ class Harness:
                 json.loads((run_dir / "status.json").read_text())
         except Exception as exc:
             raise Violation(f"{run_dir}: run.toml or status.json does not load ({exc})") from None
-        read_metrics(run_dir)
+        self.check_target(run_dir)
         if self.status(run_dir) == "running":
             raise Violation(f"{run_dir}: its process is dead but the run shows as running")
         if (run_dir / "adapter").exists():
@@ -603,11 +621,20 @@ class Harness:
 
     @staticmethod
     def resumed_from(run_dir: Path, since: float) -> int | None:
-        starts = [e for e in read_metrics(run_dir) if e["kind"] == "run_started" and e["time"] >= since]
-        return starts[-1]["resumed_from_step"] if starts else None
+        """The step the resumed engine continued from: its run_started event, or — for a run whose checkpoint
+        holds the last step, finished without training — the step of the finished event it recorded."""
+        events = [e for e in read_metrics(run_dir) if e["time"] >= since]
+        starts = [e for e in events if e["kind"] == "run_started"]
+        if starts:
+            return starts[-1]["resumed_from_step"]
+        finished = [e for e in events if e["kind"] == "finished"]
+        return finished[-1]["step"] if finished else None
 
     def check_resumed_from(self, run_dir: Path, expected: int, pending: list[int], since: float) -> None:
         got = self.resumed_from(run_dir, since)
+        events = [e for e in read_metrics(run_dir) if e["time"] >= since]
+        if got == self.s.max_steps and not any(e["kind"] == "run_started" for e in events):
+            self.report.finished_from_checkpoint += 1
         if got != expected:
             self.violation(f"{run_dir}: resumed from step {got}, but the newest checkpoint that loads is {expected}")
         self.record_lost(pending, got or 0)
@@ -620,9 +647,17 @@ class Harness:
                 self.violation(f"lost {lost} steps (killed at step {at_kill}, resumed from {resumed_from})")
         pending.clear()
 
+    def check_target(self, run_dir: Path) -> None:
+        """No run ever trains past its target: no step beyond max_steps in metrics.jsonl."""
+        beyond = [e["step"] for e in read_metrics(run_dir) if e["kind"] == "step" and e["step"] > self.s.max_steps]
+        if beyond:
+            self.report.past_target += 1
+            raise Violation(f"{run_dir}: trained past its target of {self.s.max_steps} steps (steps {beyond})")
+
     def check_finished_run(self, run_dir: Path) -> None:
         import torch
 
+        self.check_target(run_dir)
         if self.status(run_dir) != "finished":
             raise Violation(f"{run_dir}: the run ended as {self.status(run_dir)}")
         events = read_metrics(run_dir)
@@ -641,6 +676,51 @@ class Harness:
         left = litter(run_dir) + litter(run_dir / "checkpoints")
         if left:
             raise Violation(f"{run_dir}: temporary entries left after the run finished: {left}")
+
+    # -- SIGTERM ---------------------------------------------------------------------------------------
+    def trial_sigterm(self, folder: Path, trigger: str | None) -> None:
+        """SIGTERM (a scheduler's stop, `docker stop`) after a random step: the run must stop like Ctrl-C —
+        finish the step, save a checkpoint at it and the adapter, record "stopped", exit 3 — and resume from
+        exactly that step to the reference result."""
+        s, rng, report = self.s, self.rng, self.report
+        run_dir = folder / "run-1"
+        proc = spawn(["train", str(s.run_file), "--run-dir", str(run_dir), "--quiet"], folder / "log.txt")
+        target = rng.randint(1, s.max_steps - 1)
+        fire = new_step_logged(run_dir, target, time.time())
+        deadline = time.monotonic() + 600
+        while not fire():
+            if proc.poll() is not None:
+                raise Violation(f"{run_dir}: the training ended (exit {proc.returncode}) before step {target}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise Violation(f"{run_dir}: step {target} never came")
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, s.step_s))
+        proc.send_signal(signal.SIGTERM)
+        report.sigterms += 1
+        try:
+            code = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise Violation(f"{run_dir}: still running 300 s after SIGTERM") from None
+        report.sigterm_exits[code] += 1
+        stopped_at = last_step(run_dir)
+        expected = self.check_run_after_kill(run_dir)
+        status = self.status(run_dir)
+        if status == "finished" and code == 0:  # the signal came after the last step: nothing to stop
+            self.check_finished_run(run_dir)
+            return
+        if (code, status) != (EXIT_STOPPED, "stopped"):
+            raise Violation(f"{run_dir}: SIGTERM gave exit {code} and status {status}, not {EXIT_STOPPED} and stopped")
+        if expected != stopped_at or not (run_dir / "adapter").is_dir():
+            raise Violation(f"{run_dir}: stopped at step {stopped_at}, but the newest whole checkpoint is {expected} "
+                            f"and the adapter {'is' if (run_dir / 'adapter').is_dir() else 'is not'} there")
+        report.sigterm_saved += 1
+        report.resumes += 1
+        since = time.time()
+        self.finish(["resume", str(run_dir), "--quiet"], folder)
+        self.check_resumed_from(run_dir, expected, [stopped_at], since)
+        self.check_finished_run(run_dir)
 
     # -- export and merge ------------------------------------------------------------------------------
     def trial_export(self, folder: Path, trigger: str | None) -> None:
@@ -688,21 +768,27 @@ class Harness:
             self.violation(f"{folder}: temporary entries left after the {kind} completed: {left}")
 
 
+# Per 8 trials: 3 SIGKILLed trainings, 2 SIGTERMed ones, 2 exports and 1 merge (merge kills are the cheapest to
+# verify and had the fewest surprises; export and training the most).
+PATTERN = ("train", "export", "sigterm", "train", "merge", "train", "sigterm", "export")
+
+
 def plan(trials: int, rng: random.Random) -> list[tuple[str, str | None]]:
-    """Half training trials (their first kill cycling through the triggers), a quarter each export and merge."""
-    kinds = []
+    """Trials in the order of ``PATTERN``; the SIGKILLed trainings' first kills cycle through the triggers."""
+    kinds, trains = [], 0
     for n in range(trials):
-        slot = n % 4
-        if slot in (0, 2):
-            kinds.append(("train", TRAIN_TRIGGERS[(n // 2) % len(TRAIN_TRIGGERS)]))
+        kind = PATTERN[n % len(PATTERN)]
+        if kind == "train":
+            kinds.append((kind, TRAIN_TRIGGERS[trains % len(TRAIN_TRIGGERS)]))
+            trains += 1
         else:
-            kinds.append(("export" if slot == 1 else "merge", None))
+            kinds.append((kind, None))
     return kinds
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--trials", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=sorted(SIZES), default="bench")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per training run")

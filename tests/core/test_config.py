@@ -65,7 +65,7 @@ def test_bad_values_name_field_value_and_allowed(data, field, words):
 
 @pytest.mark.parametrize("data, words", [
     ({"lora": {"rankk": 8}}, "lora.rankk: unknown key in [lora]; allowed: r, alpha"),
-    ({"trainer": {}}, "trainer: unknown key; allowed: model, lora, data, training, output"),
+    ({"trainer": {}}, "trainer: unknown key; allowed: model, lora, data, training, eval, output"),
 ])
 def test_unknown_keys_are_errors(data, words):
     with pytest.raises(ConfigError, match="unknown key") as exc:

@@ -148,6 +148,9 @@ FORKING_HOLDER = textwrap.dedent("""
     hold = locks.acquire(sys.argv[1])
     child = os.fork()
     if child == 0:  # a data-loader worker, say: lives on after its parent died
+        # By now the fork handlers have run in this child: only then may the test look at the lock (under load
+        # the child can be scheduled long after its parent died).
+        print("child ready", flush=True)
         sys.stdin.read()
         os._exit(0)
     print(child, flush=True)
@@ -161,7 +164,8 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
     path = tmp_path / "x.lock"
     proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    child = int(proc.stdout.readline())
+    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}  # the child's pid and "child ready"
+    child = int(next(line for line in lines if line.isdigit()))
     try:
         proc.wait(timeout=DEADLINE_S)
         os.kill(child, 0)  # still alive: it holds the inherited descriptor, if filelock did not close it

@@ -115,3 +115,40 @@ def test_a_resume_that_is_stopped_before_its_first_step_does_not_say_nothing_was
     assert "nothing was trained" not in stopped.value.hint
     assert "still at step 4" in stopped.value.hint and "workbench resume" in stopped.value.hint
     assert steps_in(first.run_dir) == [1, 2, 3, 4]
+
+
+def test_the_file_system_refusing_a_checkpoint_write_fails_the_run_with_the_path_and_keeps_earlier_ones(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """A permission change under checkpoints/ mid-run (injected at the write: the tests run as root, whom
+    permissions do not stop): the run fails with a message naming the path, status.json says failed, the
+    earlier checkpoint is intact, and once the folder is writable again the run resumes from it."""
+    import errno
+
+    from workbench.core.errors import OutputError
+    from workbench.core.runs import list_checkpoints
+
+    real_save = torch.save
+    refusing = {"on": True}
+
+    def save(obj, f, *args, **kwargs):
+        if refusing["on"] and Path(f).parent.name == "checkpoint-4":
+            raise PermissionError(errno.EACCES, "Permission denied", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    sink = ev.ListSink()
+    cfg = make_config(tiny_model_dir("llama", initializer_range=0.3), tmp_path, save_steps=2)
+    with pytest.raises(OutputError) as refused:
+        run(cfg, sink)
+    run_dir = Path(sink.of(ev.RunStarted)[0].run_dir)
+    assert "the file system refused to write checkpoint-4" in refused.value.message
+    assert "checkpoint-4" in refused.value.message and "no permission" in refused.value.message
+    assert f"make {run_dir} writable again" in refused.value.hint and "continues from checkpoint-2" in refused.value.hint
+    assert sink.of(ev.Failed)[0].reason == refused.value.message and not sink.of(ev.Failed)[0].traceback
+    assert run_status(run_dir) is RunStatus.FAILED, "status.json is not left running"
+    assert [(c.step, c.complete) for c in list_checkpoints(run_dir, thorough=True)] == [(2, True)]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2"]
+
+    refusing["on"] = False
+    result = resume(run_dir)
+    assert (result.status, result.final_step) == ("finished", 6) and steps_in(run_dir) == [1, 2, 3, 4, 5, 6]

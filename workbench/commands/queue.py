@@ -156,11 +156,16 @@ def _sweep_columns(rows, varied) -> str:
 
     from .runs import _duration, _number
 
-    header = ("", "NAME", *varied, "STATUS", "TRAINABLE", "ADAPTER", "TIME", "LOSS", "BEST EVAL")
+    # Task metrics and retention from each run's last evaluation, when the runs computed them ([eval]).
+    shown = [k for k in ("exact_match", "json_fields", "label", "regex", "retention_agreement", "retention_ppl_ratio")
+             if any(k in r.extra for r in rows)]
+    header = ("", "NAME", *varied, "STATUS", "TRAINABLE", "ADAPTER", "TIME", "LOSS", "BEST EVAL",
+              *(k.upper() for k in shown))
     table = [header]
     for r in rows:
         table.append(("*" if r.on_front else "", r.name, *(r.values[k] for k in varied), r.status,
                       f"{r.trainable_params:,}" if r.trainable_params is not None else "-",
                       format_size(r.adapter_bytes) if r.adapter_bytes is not None else "-",
-                      _duration(r.duration_s), _number(r.last_loss), _number(r.best_eval_loss)))
+                      _duration(r.duration_s), _number(r.last_loss), _number(r.best_eval_loss),
+                      *(_number(r.extra.get(k)) for k in shown)))
     return _columns(table) + "\n* on the Pareto front: no other run has fewer trainable parameters and a lower loss"

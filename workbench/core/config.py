@@ -239,6 +239,12 @@ class EvalConfig(_Section):
                                                       "better) or one of the scorers (higher is better; perplexity lower).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop when best_metric has not improved for this many evaluations (needs validation data).")
+    retention: bool = Field(False, description="Measure at every evaluation what the base model knew (core/retention.py): "
+                                               "loss on general reference text, agreement with the base's own answers.")
+    retention_file: str | None = Field(None, description="Your own reference texts for the retention meter, one per line "
+                                                         "(default: the general set shipped with the app).")
+    retention_warn_below: float = Field(0.8, gt=0.0, le=1.0, description="Warn when agreement with the base model's "
+                                                                         "own answers falls below this share.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalConfig":

@@ -58,11 +58,12 @@ def eval_references(cfg: DataConfig, tokenizer: Any, *, seed: int, limit: int) -
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-                     batch_size: int) -> list[str]:
-    """Greedy answers for ``prompts``, ``batch_size`` at a time (left-padded, as decoder-only models need)."""
+                     batch_size: int, token_ids: bool = False) -> list[Any]:
+    """Greedy answers for ``prompts``, ``batch_size`` at a time (left-padded, as decoder-only models need): the
+    decoded texts, or with ``token_ids`` the generated ids of each (up to, not including, the end of sequence)."""
     import torch
 
-    answers: list[str] = []
+    answers: list[Any] = []
     side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -77,7 +78,13 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
             new = out[:, enc["input_ids"].shape[1]:]
-            answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+            if token_ids:
+                stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+                for row in new.tolist():
+                    cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+                    answers.append(row[:cut])
+            else:
+                answers += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side, tokenizer.pad_token = side, pad
         if was_training:

@@ -142,7 +142,7 @@ class SweepRow:
     last_loss: float | None
     best_eval_loss: float | None
     on_front: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the last evaluation's metrics (task scores, retention)
 
     @property
     def quality(self) -> float | None:
@@ -165,14 +165,17 @@ def sweep_table(run_dirs: Sequence[Path], varied: Sequence[str]) -> list[SweepRo
         except ConfigError:
             data = {}
         values = {key: _lookup(data, key) for key in varied}
-        trainable = None
+        trainable, last_metrics = None, {}
         if folder.metrics_file.is_file():
-            started = [e for e in read_events(run_dir) if e.kind == "run_started"]
+            events = read_events(run_dir)
+            started = [e for e in events if e.kind == "run_started"]
             trainable = started[0].trainable_params if started else None
+            evaluations = [e for e in events if e.kind == "evaluation"]
+            last_metrics = dict(evaluations[-1].metrics) if evaluations else {}
         weights = folder.adapter_dir / "adapter_model.safetensors"
         rows.append(SweepRow(summary.name, Path(run_dir), summary.status.value, values, trainable,
                              weights.stat().st_size if weights.is_file() else None, summary.duration_s,
-                             summary.last_loss, summary.best_eval_loss))
+                             summary.last_loss, summary.best_eval_loss, extra=last_metrics))
     front = pareto_front([(r.trainable_params, r.quality) for r in rows])
     for i in front:
         rows[i].on_front = True

@@ -20,6 +20,7 @@ its weights; a step that runs out of memory fails with the retry settings, or re
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shlex
@@ -407,6 +408,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
                               resumed_from=resume_point.step if resume_point else 0, resolved=resolved)
     if config.eval.scorers and dist.is_main and args.eval_strategy != "no":
         callback.eval_refs = _task_references(config, tokenizer, sink)
+    if config.eval.retention and dist.is_main:
+        callback.retention = _retention_probe(config, peft_model, tokenizer, sink, args.eval_strategy != "no")
     trainer = _make_trainer_class()(
         model=peft_model,
         args=args,
@@ -424,6 +427,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     except Exception as exc:
         if not _is_out_of_memory(exc):
             full = _checkpoint_disk_full(exc, run_dir, trainer.state.global_step, _trainable_bytes(peft_model))
+            full = full or _write_refused(exc, run_dir, f"checkpoint-{trainer.state.global_step}")
             if full is None:
                 raise
             raise full from exc
@@ -446,6 +450,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
             _save_adapter(peft_model, run_dir, **lora_init.conversion_source(run_dir, config.lora.init))
         except Exception as exc:
             full = _adapter_disk_full(exc, run_dir, step, _trainable_bytes(peft_model))
+            full = full or _write_refused(exc, run_dir, f"the adapter of step {step}")
             if full is None:
                 raise
             raise full from exc
@@ -701,6 +706,33 @@ def _adapter_disk_full(exc: BaseException, run_dir: Path, step: int, adapter_byt
     return OutputError(reason, f"{_room(needed, free, mount)}, then {then}.{kept}")
 
 
+# The file system refusing a write (not for lack of space: that is _checkpoint_disk_full / _adapter_disk_full).
+_WRITE_REFUSALS = {errno.EACCES: "no permission", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
+                   errno.ENOTDIR: "a file is in the way of a folder", errno.EEXIST: "something is in the way",
+                   errno.EIO: "input/output error", errno.ENOENT: "a folder was removed"}
+
+
+def _write_refused(exc: BaseException, run_dir: Path, what: str) -> OutputError | None:
+    """The error for a write into the run folder that the file system refused in the middle of a run (its
+    permissions changed, it became read-only, a folder was removed), or None for another failure. The
+    checkpoint being written was in its temporary folder, so earlier checkpoints are intact."""
+    from .runs import latest_checkpoint
+
+    refused = next((e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in _WRITE_REFUSALS), None)
+    if refused is None:
+        return None
+    path = refused.filename or run_dir
+    if refused.filename2:
+        path = f"{path} → {refused.filename2}"
+    checkpoint = latest_checkpoint(run_dir)
+    then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {checkpoint.path.name}" if checkpoint
+            else "start the run again (it has no complete checkpoint to resume from)")
+    return OutputError(f"the file system refused to write {what}: {path}: {_WRITE_REFUSALS.get(refused.errno or 0, 'refused')} "
+                       f"({refused.strerror or refused})",
+                       f"make {run_dir} writable again for this user (check its permissions, its mount and the free "
+                       f"space), then {then}")
+
+
 def _room(needed: int, free: int, mount: Path) -> str:
     if needed > free:
         return f"free at least {format_size(needed - free)} on {mount}"
@@ -852,6 +884,20 @@ def _task_references(config: RunConfig, tokenizer: Any, sink: Sink) -> list:
     return refs
 
 
+def _retention_probe(config: RunConfig, model: Any, tokenizer: Any, sink: Sink, evaluates: bool):
+    from .retention import RetentionProbe, general_prompts, reference_texts
+
+    if not evaluates:
+        sink.emit(Message("eval.retention: the meter runs at each evaluation, and this run has no validation data; "
+                          "add data.validation_files or data.validation_split", level="warning"))
+        return None
+    texts = reference_texts(config.eval.retention_file)
+    probe = RetentionProbe.build(model, tokenizer, texts, general_prompts(), batch_size=config.eval.batch_size)
+    sink.emit(Message(f"retention meter: {len(probe.texts)} reference texts, {len(probe.answers)} answers of the base "
+                      f"model (base loss on the texts {probe.base_text_loss:.4f})"))
+    return probe
+
+
 def _make_callback_class():
     """Defined inside a function so that importing this module does not import transformers."""
     from transformers import TrainerCallback
@@ -878,6 +924,8 @@ def _make_callback_class():
             self._last_tokens = 0
             self._first_step_of_session: int | None = None
             self.eval_refs: list = []  # (prompt, answer) pairs for the task metrics (core/evaluation.py)
+            self.retention: Any = None  # core/retention.RetentionProbe when eval.retention is on
+            self._retention_warned = False
             self._eval_seconds = 0.0  # spent evaluating: left out of tokens/s and the ETA
             self._best_task_value: float | None = None
             self._evals_without_gain = 0
@@ -942,10 +990,28 @@ def _make_callback_class():
                     # The Trainer picks the best checkpoint from this same dict (eval.best_metric).
                     metrics.update({f"eval_{k}": v for k, v in scores.metrics.items()})
                     spent += scores.seconds
+                if self.retention is not None and kw.get("model") is not None:
+                    started = time.monotonic()
+                    extra.update(self.retention.measure(kw["model"]))
+                    spent += time.monotonic() - started
+                    self._warn_about_retention(state.global_step, extra)
                 self._eval_seconds += spent
                 self._last_log_time += spent  # the next step's tokens/s counts training time only
                 self.sink.emit(Evaluation(step=state.global_step, eval_loss=loss, metrics=extra))
                 self._early_stopping(state, control, loss, extra)
+
+        def _warn_about_retention(self, step: int, extra: dict[str, float]) -> None:
+            floor = self.config.eval.retention_warn_below
+            agreement, ratio = extra.get("retention_agreement", math.nan), extra.get("retention_ppl_ratio", 1.0)
+            if self._retention_warned or not (agreement < floor or ratio > 1 / floor):
+                return
+            self._retention_warned = True
+            self.sink.emit(Message(
+                f"retention at step {step}: the model agrees with the base model's own answers on {agreement:.0%} of "
+                f"their tokens and its perplexity on general text is {ratio:.2f}× the base's — it is forgetting what "
+                "it knew. Mitigations: fewer target modules or a lower rank (`workbench sweep` shows the trade-off), "
+                "general data mixed into data.train_files, or stopping earlier (eval.early_stopping_patience).",
+                level="warning"))
 
         def _early_stopping(self, state, control, loss: float, extra: dict[str, float]) -> None:
             patience = self.config.eval.early_stopping_patience
