@@ -59,8 +59,9 @@ def test_gguf_merged_ollama_and_adapter_exports_from_the_dialog(window, qtbot, t
     result = _export(dialog, qtbot)
     gguf_file = tmp_path / "gguf" / "model-F16.gguf"
     assert result["file"] == gguf_file and gguf_file.is_file()
-    written = [p.name for p in (tmp_path / "gguf").iterdir()]
-    assert "model-F16.gguf" in written and not [n for n in written if n.endswith(".partial")]  # (+ a model card)
+    # The GGUF file and its model card (README.md with the training curves, core/model_card.py).
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["README.md", "model-F16.gguf",
+                                                                       "training_curves.png"]
     assert str(gguf_file) in dialog.status.text() and "GGUF model written to" in dialog.status.text()
     size = gguf_file.stat().st_size
     from workbench.gui.widgets.summary_bar import human_bytes
@@ -75,7 +76,7 @@ def test_gguf_merged_ollama_and_adapter_exports_from_the_dialog(window, qtbot, t
     _choose(dialog, qtbot, "ollama", "q8_0", tmp_path / "for-ollama")
     _export(dialog, qtbot)
     folder = tmp_path / "for-ollama"
-    assert {"Modelfile", "model-Q8_0.gguf"} <= {p.name for p in folder.iterdir()}
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md", "model-Q8_0.gguf", "training_curves.png"]
     assert "FROM ./model-Q8_0.gguf" in (folder / "Modelfile").read_text()
     assert dialog.next_box.isVisible()
     assert dialog.next_steps.toPlainText().splitlines()[0] == f"ollama create for-ollama -f {folder / 'Modelfile'}"

@@ -136,3 +136,5 @@ class ClosingMixin:
         on their own; the window goes now."""
         for job in list(self._running_jobs):
             job.abandon()
+        if self._jobs:  # counted but not listed: look again shortly rather than stay open
+            QTimer.singleShot(CLOSE_WAIT_MS, self._abandon_jobs)

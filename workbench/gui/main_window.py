@@ -238,6 +238,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         # Counted down when the job's thread itself has ended (not when the worker says it is done), or when
         # a closing window gave up waiting for it: only then may the window close for good.
         job.ended.connect(lambda: self._job_done(job))
+        if self._closing:  # nothing new may run once closing has begun (a slot that ran late started it)
+            job.cancel()
         return job
 
     def _job_done(self, job: workers.Job) -> None:
