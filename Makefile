@@ -3,13 +3,15 @@
 #   make test  — create .venv, install the app and test tools, run the whole suite
 # and one for the GGUF export checked by llama.cpp itself (CI runs it as its own step):
 #   make test-gguf — also install llama-cpp-python (compiled once, ~10 minutes on 2 cores) and Go, run those tests
+# and the frozen desktop bundle (a manual step, see packaging/README.md):
+#   make package smoke — build dist/lora-workbench/ with PyInstaller, then start it under Xvfb and train with it
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean gguf-tools test-gguf lint typecheck test-fast test-core-noqt
+.PHONY: run test install clean gguf-tools test-gguf lint typecheck test-fast test-core-noqt package smoke
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +84,15 @@ gguf-tools: $(STAMP)
 
 test-gguf: gguf-tools
 	WORKBENCH_REQUIRE_LLAMA_CPP=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/core/test_gguf_llama_cpp.py tests/core/test_gguf_export.py
+
+# The frozen one-folder bundle for this platform (PyInstaller; packaging/README.md): dist/lora-workbench/. It carries
+# the torch of .venv, so a CUDA torch installed there makes a CUDA bundle. Not in CI (about 6 minutes, 1 GB+):
+# `make package smoke` is the manual check before a release.
+package: $(STAMP)
+	PYTHON=$(PY) sh packaging/build.sh
+
+smoke:
+	PYTHON=$(PY) sh packaging/smoke_test.sh
 
 clean:
 	rm -rf $(VENV) $(VENV)-noqt build *.egg-info

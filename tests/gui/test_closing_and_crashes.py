@@ -30,10 +30,12 @@ def test_closing_cancels_a_job_that_does_not_end_on_its_own_and_drops_its_report
     assert window._jobs == 2 and len(threads) == 2
 
     window.ask_before_discarding = False  # the unsaved-settings question has tests of its own
-    window.close()
-    assert not window.isVisible(), "the window goes at once"
-    # Closing gives the jobs about a second (CLOSE_WAIT_MS), then leaves the stubborn one behind.
-    qtbot.waitUntil(lambda: window._jobs == 0, timeout=10_000)
+    # Closing gives the jobs about a second (CLOSE_WAIT_MS), then leaves the stubborn one behind; `closed` (which
+    # quits the application: a window hidden meanwhile is no "last window closed" to Qt) follows.
+    with qtbot.waitSignal(window.closed, timeout=10_000):
+        window.close()
+        assert not window.isVisible(), "the window goes at once"
+    assert window._jobs == 0
     assert not window._running_jobs
     assert threads[0].is_alive(), "the stubborn job was abandoned, not waited for"
     threads[1].join(10)

@@ -32,8 +32,8 @@ import torch
 
 from workbench.core.base_model import BaseCheckpoint, Layout
 from workbench.core.checkpoint import natural_key, read_json_object
-from workbench.core.paths import require_regular_file
 from workbench.core.errors import AdapterError
+from workbench.core.paths import require_regular_file
 from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
 
 __all__ = [
@@ -145,29 +145,15 @@ def find_adapter_dir(path: str | Path) -> Path:
     raise AdapterError(f"no adapter in {path}: {ADAPTER_CONFIG} not found", hint)
 
 
-def input_folders(*, adapter: "str | Path | LoraAdapter | None" = None,
-                  base: "str | Path | BaseCheckpoint | None" = None) -> dict[str, Path]:
+def input_folders(*, adapter: "LoraAdapter | None" = None, base: "BaseCheckpoint | None" = None,
+                  gguf_base: Path | None = None) -> dict[str, Path | None]:
     """The folders a merge or export reads, by description, for ``paths.check_new_output``: no output may be
-    written inside them (it would change the input, and be read back as part of it next time).
-
-    The adapter's folder and the base model's folder (for a GGUF file or a built-in model: the folder it was
-    converted into). The run folder around a run's ``adapter/`` is not an input: exports kept beside the run
-    (``RUN/merged``, the window's default) are the run's own outputs. Inputs that do not resolve are left out:
-    the command reports them itself."""
-    folders: dict[str, Path] = {}
-    if adapter is not None:
-        try:
-            folder = adapter.path if isinstance(adapter, LoraAdapter) else find_adapter_dir(adapter)
-        except AdapterError:
-            folder = None
-        if folder is not None:
-            folders["the adapter folder"] = folder
-    if base is not None:
-        if isinstance(base, BaseCheckpoint):
-            folders["the base model folder"] = base.path
-        elif Path(base).expanduser().is_dir():
-            folders["the base model folder"] = Path(base).expanduser()
-    return folders
+    written inside them (it would change the input, and be read back as part of it next time). The one list for
+    every writer: the adapter's folder, the base model's folder, the folder of a GGUF base file. (A run folder
+    itself is not one: the window exports into it by default, beside ``adapter/``.)"""
+    return {"the base model": base.path if base is not None else None,
+            "the adapter": adapter.path if adapter is not None else None,
+            "the GGUF base's folder": gguf_base.parent if gguf_base is not None else None}
 
 
 def load_adapter(path: str | Path) -> LoraAdapter:
@@ -204,22 +190,16 @@ def load_adapter(path: str | Path) -> LoraAdapter:
 
 
 def _refuse_non_finite(weights: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """NaN or infinite weights would be merged, exported and inspected as if they were an adapter: every use
-    of an adapter loads it here, so this one check keeps them out of every output (and out of an SVD)."""
-    bad = []
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point():
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                bad.append(f"{key} ({int((~finite).sum())} of {tensor.numel()} values NaN or infinite)")
+    """NaN or infinite weights would be merged, exported and served as they are (a merged model that answers
+    NaN), and break the report's SVD: every reader of an adapter refuses them here, naming the tensors."""
+    import torch
+
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise AdapterError(
-            f"{weights} holds NaN or infinite weights in {len(bad)} tensor(s): {'; '.join(bad[:5])}{more}; "
-            "nothing was written",
-            "the training that saved it diverged: use the adapter of an earlier checkpoint "
-            "(RUN/checkpoints/checkpoint-N), or train again with a lower training.learning_rate",
-        )
+        names = ", ".join(sorted(bad, key=natural_key)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise AdapterError(f"{weights} holds NaN or infinite values in {len(bad)} tensor(s): {names}",
+                           "the training that made it diverged: train again from an earlier checkpoint, with a lower "
+                           "learning rate (or max_grad_norm set)")
 
 
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "eva", "loftq", "orthogonal", "lora_ga")

@@ -75,8 +75,9 @@ def export_adapter(source: str | Path, out: str | Path, *, portable: bool = Fals
     the next export to the same place removes). A full disk raises ``OutputError`` (which folder, that
     nothing was written, the free space) after removing what was written.
     """
-    out = check_new_output(out, inputs=input_folders(adapter=source))  # before any work: never replace, never inside
+    out = check_new_output(out)
     adapter = load_adapter(source)
+    check_new_output(out, inputs=input_folders(adapter=adapter))  # RUN/adapter/sub would be read back as part of it
     portable_form = make_portable(adapter) if portable else None
     # A full disk is the user's to fix; atomic_directory has removed what was written.
     with disk_full_reported(out, _folder_bytes(adapter.path)), atomic_directory(out) as tmp:

@@ -194,14 +194,15 @@ def merge_adapter(
     Raises ``OutputError`` if ``out`` exists, or when the disk fills up while writing, and ``AdapterError``
     if the adapter does not fit; in all these cases nothing is left written.
     """
-    out = check_new_output(out, inputs=input_folders(adapter=adapter, base=base))  # never replace, never inside
+    out = check_new_output(out)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(OUTPUT_DTYPES)}, not {dtype!r}")
     if sys.byteorder != "little":  # safetensors data is little-endian and is written straight from memory
         raise WorkbenchError("merging needs a little-endian machine")
     checkpoint = base if isinstance(base, BaseCheckpoint) else open_base_model(base)
-    check_new_output(out, inputs=input_folders(base=checkpoint))  # a built-in or GGUF base: its converted folder
     lora = adapter if isinstance(adapter, LoraAdapter) else load_adapter(adapter)
+    # BASE/merged would become part of the base model folder (and be read as its files next time).
+    check_new_output(out, inputs=input_folders(adapter=lora, base=checkpoint))
     fit = check_adapter(lora, checkpoint)
     torch_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     shards, untie = _plan(fit, torch_dtype)

@@ -727,7 +727,7 @@ def _write_refused(exc: BaseException, run_dir: Path, what: str) -> OutputError 
     checkpoint = latest_checkpoint(run_dir)
     then = (f"`workbench resume {shlex.quote(str(run_dir))}` continues from {checkpoint.path.name}" if checkpoint
             else "start the run again (it has no complete checkpoint to resume from)")
-    return OutputError(f"the file system refused to write {what}: {path}: {_WRITE_REFUSALS[refused.errno]} "
+    return OutputError(f"the file system refused to write {what}: {path}: {_WRITE_REFUSALS.get(refused.errno or 0, 'refused')} "
                        f"({refused.strerror or refused})",
                        f"make {run_dir} writable again for this user (check its permissions, its mount and the free "
                        f"space), then {then}")

@@ -49,6 +49,7 @@ def main(run_file: str | None = None) -> int:
 
     window = MainWindow()
     crash_report.install(window.report_unexpected)  # a slot that raises: one line and a log, never an abort
+    window.closed.connect(app.quit)
     window.show()
     if run_file:
         QTimer.singleShot(0, lambda: window.open_run(Path(run_file)))

@@ -127,6 +127,9 @@ class ClosingMixin:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()
         super().closeEvent(event)
+        # A window that was hidden while its jobs ended is not "the last window closed" to Qt, so the application
+        # would run on with no window at all: say so, and the application quits (app.main connects it).
+        self.closed.emit()
 
     def _abandon_jobs(self) -> None:
         """Closing: jobs whose threads did not end within ``CLOSE_WAIT_MS`` of being cancelled are left to end

@@ -42,6 +42,7 @@ RECENT_LIMIT = 10
 
 
 class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
+    closed = Signal()  # closed for good (after any question and the jobs' end): the application may quit
     model_opened = Signal()
     model_failed = Signal(str)
     data_inspected = Signal()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from workbench.core.adapters import LoraAdapter, input_folders
 from workbench.core.base_model import BaseCheckpoint
@@ -95,10 +94,14 @@ class AdapterExport:
         return _run_adapter(self, as_sink(sink), control or RunControl())
 
 
-def _new_output(out: str | Path, plan: Any) -> Path:
-    """``out`` may be created: nothing under its name, and not inside the base model's folder or the adapter's
-    (``paths.check_new_output``)."""
-    return check_new_output(out, inputs=input_folders(adapter=plan.adapter, base=plan.checkpoint))
+def _new_output(out: str | Path) -> Path:
+    return check_new_output(out)
+
+
+def _outside_inputs(out: Path, checkpoint: BaseCheckpoint, adapter: LoraAdapter | None,
+                    gguf_base: Path | None = None) -> None:
+    """Never inside the base model's folder, the adapter's, or the folder of the GGUF base."""
+    check_new_output(out, inputs=input_folders(adapter=adapter, base=checkpoint, gguf_base=gguf_base))
 
 
 def _check_room(out: Path, needed: int) -> None:
@@ -121,9 +124,9 @@ def _ollama_name(out: Path) -> str:
 def prepare_merged_export(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAdapter | None, out: str | Path,
                           *, type_name: str = "q8_0", ollama: bool = False, name: str | None = None) -> MergedExport:
     """Check a merged export and plan every tensor; raises a ``WorkbenchError`` for anything that would fail."""
-    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))  # before planning: cheap refusals first
+    out = _new_output(out)
     plan = plan_merged(base, adapter, type_name, name=name)
-    out = _new_output(out, plan)
+    _outside_inputs(out, plan.checkpoint, plan.adapter)
     template = None
     if ollama:
         template = ollama_template(plan.checkpoint.path, add_bos=plan.vocab.add_bos, chat_template=plan.vocab.chat_template)
@@ -135,12 +138,10 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
                            name: str | None = None) -> AdapterExport:
     """Check a GGUF adapter export. ``base_gguf`` is the GGUF model the adapter will be used with (default: the
     GGUF file the base was converted from, if any); it is checked to hold every adapted tensor."""
-    check_new_output(out, inputs=input_folders(adapter=adapter, base=base))
+    out = _new_output(out)
     plan = plan_adapter(adapter, base, type_name, name=name)
-    out = _new_output(out, plan)
     gguf_base = Path(base_gguf) if base_gguf is not None else gguf_origin(plan.checkpoint.path)
-    if base_gguf is not None:  # the GGUF base the user named: nothing goes into its folder either
-        check_new_output(out, inputs={"the GGUF base's folder": gguf_base.parent})
+    _outside_inputs(out, plan.checkpoint, plan.adapter, gguf_base if base_gguf is not None else None)
     messages = []
     if gguf_base is not None:
         require_regular_file(gguf_base, "GGUF base", ModelSourceError, "give the .gguf file of the base model")
