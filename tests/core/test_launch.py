@@ -5,11 +5,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 from launch_scripts import plain_script_command, recorder, script_run_dir, torchrun_args
+from waiting import wait_until
 from workbench.cli import main
 from workbench.core.config import RunConfig
 
@@ -47,9 +47,7 @@ def run_slurm_script(script, tmp_path, *, exit_code=0, usr1=False, run_dir=None,
         env["SRUN_SLEEP"] = "60"
     proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if usr1:  # Slurm's time-limit warning (--signal=B:USR1@120), once srun runs
-        deadline = time.monotonic() + 30
-        while not logs["SRUN_LOG"].read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: logs["SRUN_LOG"].read_text(), "the stand-in srun to start")
         proc.send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=90)
     commands = [json.loads(line) for line in logs["SRUN_LOG"].read_text().splitlines()]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from workbench.core.fsutil import format_size
+from workbench.core.paths import translated_os_errors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +65,7 @@ def run_export(args: argparse.Namespace) -> int:
                              "add --gguf, --gguf-adapter or --ollama, or leave those options out")
     from workbench.core.export import export_adapter
 
-    with _writing(args.out):
+    with translated_os_errors(args.out):
         out = export_adapter(args.run_dir, args.out, portable=args.portable)
     print(f"{'portable ' if args.portable else ''}adapter written to {out}")
     return 0
@@ -113,7 +112,7 @@ def _run_gguf_export(args: argparse.Namespace) -> int:
     print(f"writing {job.out / job.file_name} ({size})", file=sys.stderr)
     progress = _ConsoleProgress("exporting")
     try:
-        with _writing(args.out):
+        with translated_os_errors(args.out):
             result = job.run(sink=progress)
     finally:
         if progress.tty:
@@ -125,32 +124,6 @@ def _run_gguf_export(args: argparse.Namespace) -> int:
     if result.instructions:
         print("next:\n  " + result.instructions.replace("\n", "\n  "))
     return 0
-
-
-@contextmanager
-def _writing(out: str) -> Iterator[None]:
-    """An operating-system error while an output folder is written (disk full, no permission, a file where a
-    folder should be) is the user's to fix: say so in one message. The engine has removed what it wrote."""
-    try:
-        yield
-    except OSError as exc:
-        from workbench.core.errors import OutputError
-
-        reason = exc.strerror or str(exc)
-        if exc.filename and str(exc.filename) != str(out):
-            reason += f" ({exc.filename})"
-        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename and Path(exc.filename).is_file():
-            reason = f"{exc.filename} is a file, not a folder"
-        if exc.errno == errno.ENOSPC:
-            hint = "free some disk space, or choose --out on a disk with more room"
-        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            hint = "choose an --out folder you can write to"
-        elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
-            hint = "part of the --out path is a file, not a folder: choose another --out"
-        else:
-            hint = "choose another --out folder"
-        written = " (nothing was written)" if not Path(out).exists() else ""
-        raise OutputError(f"cannot write {out}: {reason}{written}", hint) from None
 
 
 class _ConsoleProgress:
@@ -184,7 +157,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
     progress = _ConsoleProgress()
     try:
-        with _writing(args.out):
+        with translated_os_errors(args.out):
             result = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, sink=progress)
     finally:
         if progress.tty:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     script = render_script(plan)
     if args.out:
         out = check_new_output(args.out, what="--out file", inputs={"the run folder": plan.run_dir})
-        with translated_os_errors(args.out):
+        with translated_os_errors(args.out, noun="file"):
             atomic_write_text(out, script, replace=False)
             out.chmod(0o755)
         print(f"wrote {args.out} (world size {plan.world_size}); submit with: "

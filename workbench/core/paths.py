@@ -98,9 +98,10 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def translated_os_errors(out: str | Path, *, flag: str = "--out") -> Iterator[None]:
+def translated_os_errors(out: str | Path, *, flag: str = "--out", noun: str = "folder") -> Iterator[None]:
     """An operating-system error while ``out`` is written (disk full, no permission, a file where a folder
-    should be) is the user's to fix: one ``OutputError`` that says so. The writers remove what they wrote."""
+    should be) is the user's to fix: one ``OutputError`` that says so. The writers remove what they wrote.
+    ``noun`` says what ``out`` is ("folder", "file") in the hint."""
     try:
         yield
     except OSError as exc:
@@ -112,11 +113,11 @@ def translated_os_errors(out: str | Path, *, flag: str = "--out") -> Iterator[No
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             hint = f"free some disk space, or choose {flag} on a disk with more room"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            hint = f"choose {flag} somewhere you can write to"
+            hint = f"choose an {flag} {noun} you can write to"
         elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
             hint = f"part of the {flag} path is a file, not a folder: choose another {flag}"
         else:
-            hint = f"choose another {flag}"
+            hint = f"choose another {flag} {noun}"
         written = " (nothing was written)" if not os.path.lexists(out) else ""
         raise OutputError(f"cannot write {out}: {reason}{written}", hint) from None
 
