@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from .config import DataConfig, EvalConfig
 from .scorers import GENERATIVE_SCORERS, perplexity, score_all
 
-__all__ = ["Reference", "eval_references", "generate_answers", "TaskScores", "score_task"]
+__all__ = ["Reference", "eval_references", "render_user_prompt", "generate_answers", "TaskScores", "score_task"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,15 @@ def eval_references(cfg: DataConfig, tokenizer: Any, *, seed: int, limit: int) -
                                                    chat_template=template)
             refs.append(Reference(prompt, messages[last]["content"]))
     return refs
+
+
+def render_user_prompt(tokenizer: Any, prompt: str) -> str:
+    """A prompt given as a user turn (sample prompts, the retention meter's prompts): rendered with the chat
+    template, up to the generation prompt, when the tokenizer has one; as it is otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,

@@ -72,10 +72,10 @@ class RetentionProbe:
         """Tokenize the texts and let the *base* model (a PEFT model's adapter switched off) answer the prompts."""
         import torch
 
-        from .evaluation import generate_answers
+        from .evaluation import generate_answers, render_user_prompt
 
         encoded = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-        rendered = [_render(tokenizer, p) for p in prompts]
+        rendered = [render_user_prompt(tokenizer, p) for p in prompts]
         with _base_only(model):
             generated = generate_answers(model, tokenizer, rendered, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, token_ids=True)
@@ -110,13 +110,6 @@ class RetentionProbe:
                 model.train()
         ratio = math.exp(min(loss - self.base_text_loss, 700.0))
         return {"retention_text_loss": loss, "retention_ppl_ratio": ratio, "retention_agreement": agreement}
-
-
-def _render(tokenizer: Any, prompt: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt + "\n"
 
 
 class _base_only:

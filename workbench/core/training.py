@@ -1121,13 +1121,15 @@ def _make_callback_class():
         def _samples(self, model, step: int) -> None:
             import torch
 
+            from .evaluation import render_user_prompt
+
             if model is None:
                 return
             was_training = model.training
             model.eval()
             try:
                 for prompt in self.config.training.sample_prompts:
-                    text = _render_prompt(self.tokenizer, prompt)
+                    text = render_user_prompt(self.tokenizer, prompt)
                     enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
                     with torch.no_grad():
                         out = model.generate(**enc, max_new_tokens=self.config.training.sample_max_new_tokens,
@@ -1143,13 +1145,6 @@ def _make_callback_class():
 
 def _event_callback(*args: Any, **kwargs: Any):
     return _make_callback_class()(*args, **kwargs)
-
-
-def _render_prompt(tokenizer: Any, prompt: str) -> str:
-    """Sample prompts are user turns: rendered with the chat template when the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return prompt
 
 
 def _float_or_none(value: Any) -> float | None:
