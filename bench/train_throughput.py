@@ -124,7 +124,7 @@ def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, 
             out["attention_mask"].append([1] * n + [0] * (width - n))
         return {k: torch.tensor(v) for k, v in out.items()}
 
-    # The same weight dtype the engine loads (models.training_weight_dtype): bf16 weights for a bf16 run on a GPU.
+    # The same weight dtype the engine loads (precision.training_weight_dtype): bf16 weights for a bf16 run on a GPU.
     weights = torch.bfloat16 if (device == "cuda" and precision == "bf16") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weights)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))

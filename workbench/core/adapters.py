@@ -278,7 +278,7 @@ def _parse_adapter(folder: Path, config: dict[str, Any], tensors: dict[str, torc
 
 def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], folder: Path) -> LoraModule:
     """Pair A and B, and compute the module's scale exactly as PEFT does (patterns resolved by PEFT's matcher)."""
-    from peft.utils.other import get_pattern_key
+    from .compat import lora_pattern_key
 
     embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
     a, b = (p.get("lora_embedding_A"), p.get("lora_embedding_B")) if embedding else (p.get("lora_A"), p.get("lora_B"))
@@ -298,8 +298,8 @@ def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], 
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise AdapterError(f"{folder / 'adapter_config.json'}: {field_name} must be a positive number, got {value!r}",
                                _MALFORMED_CONFIG_HINT)
-    r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), config.get("r", 8))
-    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
+    r = rank_pattern.get(lora_pattern_key(rank_pattern.keys(), name), config.get("r", 8))
+    alpha = alpha_pattern.get(lora_pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
     if a.shape[0] != r:
         raise AdapterError(f"{folder}: module {name} has rank {a.shape[0]} in its weights but {r} in {ADAPTER_CONFIG}",
                            f"the configuration does not belong to these weights: keep {ADAPTER_CONFIG} and "
