@@ -6,7 +6,7 @@ engine talks to the outside world only through
 
 * ``sink`` — every event (run started, step, evaluation, checkpoint, sample, paused/resumed, finished,
   failed) goes there *and* to the run folder's ``metrics.jsonl`` (through ``runs.RunRecorder``);
-* ``control`` — a ``RunControl`` whose flags are checked after every optimizer step: stop (saves the
+* ``control`` — a ``control.Control`` (a ``RunControl``) whose flags are checked after every optimizer step: stop (saves the
   adapter and a checkpoint, then ends), pause (blocks between steps, model kept in memory), save a
   checkpoint now. The same flags are reachable from another process through the run folder's control file.
 
@@ -34,7 +34,7 @@ from contextlib import nullcontext
 
 from .config import RunConfig, TrainingConfig
 from . import lora_init, quantization
-from .control import RunControl
+from .control import Control, RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
 from .fsutil import exception_chain, format_size, free_bytes, is_disk_full, mount_point
@@ -73,7 +73,7 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ entry points
 
 
-def run(config: RunConfig, sink: SinkLike = None, control: RunControl | None = None, *, run_dir: str | Path | None = None) -> TrainResult:
+def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None, *, run_dir: str | Path | None = None) -> TrainResult:
     """Train a new run described by ``config``. Blocks until the run ends; call it from a worker thread.
 
     Raises ``WorkbenchError`` for bad input (after emitting ``Failed``); never leaves the run folder
@@ -114,7 +114,7 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
 
-def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | None = None) -> TrainResult:
+def resume(run_dir: str | Path, sink: SinkLike = None, control: Control | None = None) -> TrainResult:
     """Continue a stopped, failed or crashed run from its newest complete checkpoint.
 
     Optimizer, scheduler, RNG state, data position and step counter continue where the checkpoint left
@@ -153,7 +153,7 @@ class _ResumeInfo:
     at_target: bool = False  # the checkpoint holds the last step: finish from it, train nothing (see resume)
 
 
-def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
            dist: Distributed) -> TrainResult:
     from .runs import RunRecorder
 
@@ -327,7 +327,7 @@ def _best_metric_arguments(config: RunConfig, has_eval: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- training
 
 
-def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
                     dist: Distributed) -> TrainResult:
     """``_train_inner``, tried again with a smaller micro-batch after a step ran out of memory, if allowed.
 
@@ -368,7 +368,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: RunCo
             level="warning"))
 
 
-def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
                  dist: Distributed) -> TrainResult:
     import torch
     from transformers import PrinterCallback, set_seed
@@ -472,7 +472,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     return TrainResult(run_dir, adapter_dir, status, step, summary)
 
 
-def _stop_if_requested(control: RunControl, phase: str, resumed_at: int = 0) -> None:
+def _stop_if_requested(control: Control, phase: str, resumed_at: int = 0) -> None:
     """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later.
     A resumed run has trained steps before: it is still at its checkpoint, and says so."""
     if not control.stop_requested:
@@ -905,7 +905,7 @@ def _make_callback_class():
     class EventCallback(TrainerCallback):
         """Turns the Trainer's life into events, and applies stop / pause / checkpoint requests between steps."""
 
-        def __init__(self, config: RunConfig, sink: Sink, control: RunControl, dist: Distributed, tokenizer: Any, device: str, precision: str,
+        def __init__(self, config: RunConfig, sink: Sink, control: Control, dist: Distributed, tokenizer: Any, device: str, precision: str,
                      run_dir: Path, *, trainable: int, total: int, train_examples: int, validation_examples: int,
                      resumed_from: int, resolved: RunConfig):
             self.config, self.sink, self.run_control, self.dist, self.tokenizer = config, sink, control, dist, tokenizer
