@@ -1,12 +1,11 @@
-"""The framework facts the engine, the memory estimate, the checkpoint checks and the adapter reader rely on beyond
-their frameworks' documented API (workbench/core/compat.py, "transformers (models)", "transformers (training)",
-"peft (adapters)"): each test fails, naming what changed, when a release moves or changes one of them.
+"""The framework facts the engine, the memory estimate and the checkpoint checks rely on beyond
+their frameworks' documented API (workbench/core/compat.py, "transformers (models)", "transformers (training)"):
+each test fails, naming what changed, when a release moves or changes one of them.
 
 - ``Trainer._save_checkpoint(model, trial)`` and ``Trainer._get_output_dir(trial)``: the atomic checkpoints of
   ``training.trainer.AtomicCheckpointTrainer`` point the second at a staging folder and call the first.
 - ``PretrainedConfig._attn_implementation`` (``compat.attention_implementation``): the attention activations.
 - ``transformers.trainer_pt_utils.safe_globals`` (``compat.trainer_load_allowlist``): the checkpoint load check.
-- ``peft.utils.other.get_pattern_key`` (``compat.lora_pattern_key``): each module's rank and alpha in an adapter.
 """
 
 from __future__ import annotations
@@ -79,24 +78,6 @@ def test_trainer_load_allowlist_admits_the_numpy_rng_state_the_trainer_saves(tmp
     with compat.trainer_load_allowlist():
         state = torch.load(path, weights_only=True)
     assert state["numpy"][0] == "MT19937"
-
-
-# ---------------------------------------------------------------------------------- PEFT pattern matching
-
-
-def test_lora_pattern_key_gives_each_module_the_rank_peft_gives_it():
-    from peft import LoraConfig, get_peft_model
-
-    rank_pattern = {r"layers\.1\.self_attn\.q_proj": 6, "q_proj": 2, "down_proj": 3}  # PEFT: the first key that matches
-    model = get_peft_model(tiny.make_model("llama"), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern=rank_pattern))
-    ranks = {name.removeprefix("base_model.model."): module.r["default"]
-             for name, module in model.named_modules() if hasattr(module, "r") and isinstance(module.r, dict)}
-    assert len(ranks) == 6
-    for name, rank in ranks.items():
-        ours = rank_pattern.get(compat.lora_pattern_key(rank_pattern.keys(), name), 4)
-        assert ours == rank, f"{name}: PEFT gives rank {rank}, compat.lora_pattern_key leads to {ours}"
-    assert ranks["model.layers.1.self_attn.q_proj"] == 6 and ranks["model.layers.0.self_attn.q_proj"] == 2
 
 
 def test_every_private_name_compat_reads_is_named_in_a_test_here():

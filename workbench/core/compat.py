@@ -79,22 +79,6 @@ def trainer_load_allowlist() -> AbstractContextManager[Any]:
     return safe_globals()
 
 
-# --- peft (adapters) ---------------------------------------------------------------------------------------
-
-
-def lora_pattern_key(patterns: Any, module_name: str) -> str:
-    """The key of ``rank_pattern`` / ``alpha_pattern`` that PEFT applies to ``module_name`` (``module_name`` itself
-    when none matches, which the caller's ``dict.get`` then misses).
-
-    Not documented: ``peft.utils.other.get_pattern_key``, PEFT's own matcher for these patterns (a regex matched
-    against a suffix of the module path). Reading adapters with it gives each module the rank and scale PEFT
-    gives it.
-    """
-    from peft.utils.other import get_pattern_key
-
-    return get_pattern_key(patterns, module_name)
-
-
 # --- datasets (data) ---------------------------------------------------------------------------------------
 
 

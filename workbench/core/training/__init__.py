@@ -6,7 +6,7 @@ engine talks to the outside world only through
 
 * ``sink`` — every event (run started, step, evaluation, checkpoint, sample, paused/resumed, finished,
   failed) goes there *and* to the run folder's ``metrics.jsonl`` (through ``runs.RunRecorder``);
-* ``control`` — a ``RunControl`` whose flags are checked after every optimizer step: stop (saves the
+* ``control`` — a ``control.Control`` (a ``RunControl``) whose flags are checked after every optimizer step: stop (saves the
   adapter and a checkpoint, then ends), pause (blocks between steps, model kept in memory), save a
   checkpoint now. The same flags are reachable from another process through the run folder's control file.
 

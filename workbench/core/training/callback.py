@@ -13,7 +13,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..config import RunConfig
-from ..control import RunControl
+from ..control import Control
 from ..distributed import Distributed
 from ..errors import WorkbenchError
 from ..precision import Compute
@@ -28,7 +28,7 @@ class CallbackContext:
     config: RunConfig  # as trained (after any out-of-memory retry)
     resolved: RunConfig  # config with the selection resolved to exact modules: the one RunStarted carries
     sink: Sink
-    control: RunControl
+    control: Control
     dist: Distributed
     tokenizer: Any
     compute: Compute  # device and number formats

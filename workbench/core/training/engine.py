@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import lora_init, quantization
 from ..config import RunConfig
-from ..control import RunControl
+from ..control import Control, RunControl
 from ..distributed import Distributed
 from ..errors import TrainingError, WorkbenchError, first_line
 from ..events import Failed, Finished, Message, MultiSink, NullSink, Sink, SinkLike, as_sink
@@ -46,7 +46,7 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def run(config: RunConfig, sink: SinkLike = None, control: RunControl | None = None, *, run_dir: str | Path | None = None) -> TrainResult:
+def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None, *, run_dir: str | Path | None = None) -> TrainResult:
     """Train a new run described by ``config``. Blocks until the run ends; call it from a worker thread.
 
     Raises ``WorkbenchError`` for bad input (after emitting ``Failed``); never leaves the run folder
@@ -96,7 +96,7 @@ def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | No
     return files
 
 
-def resume(run_dir: str | Path, sink: SinkLike = None, control: RunControl | None = None) -> TrainResult:
+def resume(run_dir: str | Path, sink: SinkLike = None, control: Control | None = None) -> TrainResult:
     """Continue a stopped, failed or crashed run from its newest complete checkpoint.
 
     Optimizer, scheduler, RNG state, data position and step counter continue where the checkpoint left
@@ -134,7 +134,7 @@ class _ResumeInfo:
     at_target: bool = False  # the checkpoint holds the last step: finish from it, train nothing (see resume)
 
 
-def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
            dist: Distributed, compute: Compute, files: setup.ModelFiles | None = None) -> TrainResult:
     # Only rank 0 writes the run folder; the other ranks train silently.
     recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
@@ -167,9 +167,7 @@ class _StampWorldSize:
         self.sink.emit(event if event.world_size == self.world_size else replace(event, world_size=self.world_size))
 
 
-
-
-def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
                     dist: Distributed, compute: Compute, files: setup.ModelFiles | None) -> TrainResult:
     """``_train_inner``, tried again with a smaller micro-batch after a step ran out of memory, if allowed.
 
@@ -211,7 +209,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: RunCo
             level="warning"))
 
 
-def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunControl, resume_point: "_ResumeInfo | None",
+def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
                  dist: Distributed, compute: Compute, files: setup.ModelFiles | None) -> TrainResult:
     import torch
     from transformers import PrinterCallback, set_seed
@@ -316,7 +314,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     return TrainResult(run_dir, adapter_dir, status, step, summary)
 
 
-def _stop_if_requested(control: RunControl, phase: str, resumed_at: int = 0) -> None:
+def _stop_if_requested(control: Control, phase: str, resumed_at: int = 0) -> None:
     """A stop pressed while the model loads or the data is tokenised ends the run there, not a step later.
     A resumed run has trained steps before: it is still at its checkpoint, and says so."""
     if not control.stop_requested:
