@@ -1,7 +1,7 @@
 """What the window says about the machine a run will train on: the device, and how much memory it has free.
 
-A description for people and for the memory estimate, not the engine's device choice (``training.choose_device``
-makes that when the run starts): the window shows it when a model opens, beside the estimate.
+A description for people and for the memory estimate, shown when a model opens, beside the estimate. What "auto"
+means is the engine's own rule (``precision.choose_device``, which the run applies when it starts).
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def describe_device(wanted: str = "auto") -> DeviceInfo:
     import psutil
     import torch
 
-    if wanted in ("auto", "cuda") and torch.cuda.is_available():
+    from .precision import choose_device
+
+    if wanted == "auto":
+        wanted = choose_device("auto")
+    if wanted == "cuda" and torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info()
         return DeviceInfo(f"GPU: {torch.cuda.get_device_name()}, {free / 2**30:.1f} GiB free", int(free), "cuda")
     available = int(psutil.virtual_memory().available)
