@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import lora_init, quantization
+from .. import lora_init, precision, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -20,7 +20,6 @@ from ..errors import TrainingError, WorkbenchError, first_line
 from ..events import Failed, Finished, Message, MultiSink, NullSink, Sink, SinkLike, as_sink
 from ..fsutil import atomic_directory
 from ..model_card import write_model_card
-from .. import precision
 from ..precision import Compute
 from ..runs import (
     RUN_FILE,
@@ -59,10 +58,9 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
     compute = precision.resolve_compute(config)  # once per run: everything below is handed this one
     dist = Distributed.setup(compute.device)
     files = dist.on_main(lambda: preflight(config, sink, compute=compute), share_result=False)
-    if files is not None and files.selection is not None:  # the exact modules, in run.toml from the start
-        config = setup.with_selection(config, files.selection)
-    saved = config  # rank 0 writes it into the new folder; every rank trains the same resolved configuration
-    folder = dist.on_main(lambda: create_run(saved).path)
+    if files is not None and files.selection is not None:  # rank 0: the exact modules, in run.toml from the start
+        config = setup.with_selection(config, files.selection)  # (the other ranks resolve them on the loaded model)
+    folder = dist.on_main(lambda: create_run(config).path)
     return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist, compute, files)
 
 
