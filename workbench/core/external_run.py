@@ -51,14 +51,10 @@ LOG_LINES_KEPT = 200
 
 
 def claim_run_dir(config: RunConfig) -> tuple[Path, bool]:
-    """The absolute run folder a new run of ``config`` will use, created empty (the engine's own choice,
-    ``core.runs.claim_run_dir``, with ``~`` expanded); and whether it was created here, so that it can be removed
-    again if the process fails before the engine writes into it."""
-    out = config.output
-    expanded = config.copy_with(output={
-        "run_dir": str(Path(out.run_dir).expanduser().absolute()) if out.run_dir else None,
-        "runs_root": str(Path(out.runs_root).expanduser().absolute())})
-    path, created = core_runs.claim_run_dir(expanded)
+    """The absolute run folder a new run of ``config`` will use, created empty (the engine's own choice and path
+    rule, ``core.runs.claim_run_dir``); and whether it was created here, so that it can be removed again if the
+    process fails before the engine writes into it."""
+    path, created = core_runs.claim_run_dir(config)
     return path, path in created
 
 
