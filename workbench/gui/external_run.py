@@ -23,10 +23,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from workbench.core.config import RunConfig
 from workbench.core.errors import OutputError
-from workbench.core.external_run import (  # noqa: F401  (claim_run_dir...: part of this module's interface)
-    LogTail, RunOutcome, RunWatch, claim_run_dir, continue_detached, describe_exit, launch_command, launch_run,
-)
-from workbench.core.runs import FolderControl  # noqa: F401  (the Train tab's buttons for such a run)
+from workbench.core.external_run import RunOutcome, RunWatch, launch_run
 
 POLL_INTERVAL_MS = 200  # metrics and log: a few small reads; the panel batches repaints anyway
 LOG_LINES_SHOWN = 20
