@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar, overload
 
 from .control import Control
 from .errors import TrainingError
@@ -63,6 +63,12 @@ class Distributed:
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    @overload
+    def on_main(self, fn: Callable[[], T], *, share_result: Literal[True] = True) -> T: ...
+
+    @overload
+    def on_main(self, fn: Callable[[], T], *, share_result: bool) -> T | None: ...
 
     def on_main(self, fn: Callable[[], T], *, share_result: bool = True) -> T | None:
         """Run ``fn`` on rank 0 only. Every rank gets its result (``share_result``) — or its error.
