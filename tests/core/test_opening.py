@@ -19,6 +19,15 @@ def test_a_cpu_run_is_described_with_the_ram_available():
     assert device.text == f"CPU, {device.available_bytes / 2**30:.1f} GiB RAM available"
 
 
+def test_a_gpu_the_machine_lacks_is_described_as_the_cpu_it_has():
+    import torch
+
+    if torch.cuda.is_available():
+        assert describe_device("cuda").kind == "cuda"
+    else:
+        assert describe_device("cuda").kind == describe_device("auto").kind == "cpu"
+
+
 def test_opening_a_model_gives_its_tree_and_the_device(tiny_model_dir):
     config = RunConfig.from_dict({"model": {"source": str(tiny_model_dir("llama"))}, "training": {"device": "cpu"}})
     opened = open_model(config)
