@@ -161,3 +161,55 @@ def test_counts_of_trained_tokens_and_examples():
     counts.add({"labels": labels, "position_ids": position_ids})
     assert counts.take() == (8, 4)
     assert counts.take() == (0, 0)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_training_run_with_the_chunked_loss_follows_the_plain_losss_curve(tiny_model_dir, tmp_path, monkeypatch, packing):
+    """Two real runs, the engine's chunked loss and the model's own (chunked loss switched off for every model
+    type), with gradient accumulation (the Trainer's token count over micro-batches): the same loss at every
+    step and the same adapter. The Step events count every trained token and example of the epoch."""
+    from safetensors.torch import load_file
+
+    from workbench.core import events as ev
+    from workbench.core.config import RunConfig
+    from workbench.core.models import load_tokenizer, resolve_source
+    from workbench.core.training import run
+
+    model_dir = tiny_model_dir("llama", initializer_range=0.3)
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "completion": f"Answer: {2 * i}." * (1 + i % 3)}
+            for i in range(12)]
+    train_file = tmp_path / "qa.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def train(name: str):
+        cfg = RunConfig.from_dict({
+            "model": {"source": str(model_dir)},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "preset": "all-linear"},
+            "data": {"train_files": [str(train_file)], "max_length": 48, "packing": packing},
+            "training": {"epochs": 1.0, "learning_rate": 1e-2, "batch_size": 2, "gradient_accumulation": 2,
+                         "warmup_ratio": 0.0, "device": "cpu", "logging_steps": 1},
+            "output": {"run_dir": str(tmp_path / name)},
+        })
+        sink = ev.ListSink()
+        result = run(cfg, sink)
+        return cfg, sink.of(ev.Step), load_file(result.adapter_dir / "adapter_model.safetensors")
+
+    cfg, chunked_steps, chunked_adapter = train("chunked")
+    monkeypatch.setattr(loss_module, "CHUNKED_LOSS_MODEL_TYPES", frozenset())
+    _, plain_steps, plain_adapter = train("plain")
+    assert len(chunked_steps) == len(plain_steps) >= 2
+    torch.testing.assert_close([s.loss for s in chunked_steps], [s.loss for s in plain_steps], rtol=1e-5, atol=1e-6)
+    assert chunked_steps[-1].loss != chunked_steps[0].loss  # it trained
+    # AdamW divides by the root of the second moment, so an element whose gradient is near zero turns fp32 rounding
+    # into a visible step: after a dozen steps at lr 1e-2 a few of the weights (~1e-2) differ by ~2e-5.
+    for key in plain_adapter:
+        torch.testing.assert_close(chunked_adapter[key], plain_adapter[key], rtol=1e-3, atol=1e-4)
+
+    tok = load_tokenizer(resolve_source(str(model_dir)))
+    prepared = data.prepare(cfg.data, tok, seed=cfg.training.seed, model_type="llama")
+    assert prepared.packed == packing
+    supervised = sum(sum(1 for y in labels[1:] if y != -100) for labels in prepared.train["labels"])
+    for steps in (chunked_steps, plain_steps):
+        assert steps[-1].trained_tokens_seen == supervised  # every position that carried loss in the epoch
+        assert all(s.trained_tokens_per_second and s.examples_per_second for s in steps)
+        assert steps[-1].trained_tokens_seen < steps[-1].tokens_seen  # prompts carry no loss

@@ -21,7 +21,7 @@ this is the same computation as the model's own loss (tests/core/test_loss.py co
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -184,11 +184,21 @@ class LossCounts:
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         self._examples = examples if self._examples is None else self._examples + examples
 
-    def take(self) -> tuple[int, int]:
-        tokens = int(self._tokens) if self._tokens is not None else 0
-        examples = int(self._examples) if self._examples is not None else 0
+    def take(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             device: torch.device | str | None = None) -> tuple[int, int]:
+        """``(tokens, examples)`` since the last call. ``reduce`` sums them over the processes of a distributed run
+        (every process must call it at the same step); ``device``: where the reduction's tensor must live."""
+        if self._tokens is None or self._examples is None:
+            counts = torch.zeros(2, dtype=torch.long)
+        else:  # both counted from the same batches, on their device
+            counts = torch.stack([self._tokens, self._examples])
         self._tokens = self._examples = None
-        return tokens, examples
+        if device is not None:
+            counts = counts.to(device)
+        if reduce is not None:
+            counts = reduce(counts)
+        tokens, examples = counts.tolist()
+        return int(tokens), int(examples)
 
 
 def count_supervised(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -807,6 +807,29 @@ def _make_trainer_class():
 
     class AtomicCheckpointTrainer(Trainer):
         _staging: str | None = None
+        _loss_head: Any = None  # core/loss.chunked_loss_head of the model, or False: found at the first step
+
+        # -- the loss and what it was computed on (core/loss.py) ------------------------------------------
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from .loss import HeadlessCausalLM, LossCounts, chunked_loss_head
+
+            if model.training and not return_outputs:  # a training step (evaluation asks for the outputs)
+                if not hasattr(self, "loss_counts"):
+                    self.loss_counts = LossCounts()
+                self.loss_counts.add(inputs)
+                if self._loss_head is None:
+                    self._loss_head = chunked_loss_head(self.model) or False
+                if self._loss_head and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+                    # The loss on supervised positions only, without the [batch, seq, vocab] logits; the
+                    # Trainer's own scaling (accumulation, token averaging across processes) applies unchanged.
+                    model = HeadlessCausalLM(model, *self._loss_head)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and hasattr(self, "loss_counts"):  # every process logs the same step: sum over them
+                tokens, examples = self.loss_counts.take(self.accelerator.reduce, self.accelerator.device)
+                logs = {**logs, "trained_tokens": tokens, "trained_examples": examples}
+            super().log(logs, *args, **kwargs)
 
         def _get_output_dir(self, trial):
             return self._staging if self._staging is not None else super()._get_output_dir(trial)
@@ -922,6 +945,7 @@ def _make_callback_class():
             self._trainable_params: list | None = None
             self._last_log_time = self.started
             self._last_tokens = 0
+            self._trained_tokens = 0  # in this session (a resumed run counts again from its checkpoint)
             self._first_step_of_session: int | None = None
             self.eval_refs: list = []  # (prompt, answer) pairs for the task metrics (core/evaluation.py)
             self.retention: Any = None  # core/retention.RetentionProbe when eval.retention is on
@@ -955,6 +979,8 @@ def _make_callback_class():
                 tokens = int(state.num_input_tokens_seen or 0)
                 dt = max(now - self._last_log_time, 1e-9)
                 tps = (tokens - self._last_tokens) / dt if tokens > self._last_tokens else None
+                trained, examples = int(logs.get("trained_tokens", 0)), int(logs.get("trained_examples", 0))
+                self._trained_tokens += trained
                 self._last_log_time, self._last_tokens = now, tokens
                 if self._first_step_of_session is None:
                     self._first_step_of_session = state.global_step - 1
@@ -968,6 +994,8 @@ def _make_callback_class():
                     loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
                     grad_norm=_finite_or_none(logs.get("grad_norm")), tokens_per_second=tps, tokens_seen=tokens,
                     memory_bytes=_device_memory(self.device), elapsed_s=round(elapsed, 3), eta_s=eta,
+                    trained_tokens_per_second=trained / dt if trained else None,
+                    examples_per_second=examples / dt if examples else None, trained_tokens_seen=self._trained_tokens,
                 ))
                 self._check_divergence(state.global_step, loss, _float_or_none(logs.get("grad_norm")))
             if self.failure is not None:
