@@ -22,7 +22,7 @@ Time is the training loop's wall time (the Trainer's start to its last step's en
 tokenisation excluded). Before the rounds, one batch's loss through the engine's loss
 (``core/loss.HeadlessCausalLM``) is compared with the model's own loss, padded and packed, and printed.
 
-    .venv/bin/python bench/train_throughput.py                     # the built-in SmolLM2-135M, ~6 min on 2 cores
+    .venv/bin/python bench/train_throughput.py                     # the built-in SmolLM2-135M
     .venv/bin/python bench/train_throughput.py --model DIR --examples 64 --rounds 5
     python bench/train_throughput.py --model DIR --device cuda --precision bf16 --examples 2000   # on a GPU
 
@@ -180,8 +180,8 @@ def engine(model_dir: Path, data_file: Path, tmp: Path, *, batch_size: int, max_
 
 
 def loss_check(model_dir: Path, data_file: Path, *, max_length: int) -> dict:
-    """One batch of 8 examples, padded and packed (as the engine's collator builds them): the engine's loss
-    against the model's own, and the largest LoRA gradient difference."""
+    """One batch of the 4 shortest examples, padded and packed (as the engine's collators build them): the
+    engine's loss against the model's own, and the largest LoRA gradient difference."""
     import torch
     from datasets import load_dataset
     from peft import LoraConfig, get_peft_model
@@ -191,8 +191,8 @@ def loss_check(model_dir: Path, data_file: Path, *, max_length: int) -> dict:
     from workbench.core.loss import HeadlessCausalLM, chunked_loss_head
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = load_dataset("json", data_files=str(data_file), split="train").select(range(8))
-    encoded = [encode_alpaca(tok, max_length)(r) for r in rows]
+    rows = load_dataset("json", data_files=str(data_file), split="train")
+    encoded = sorted((encode_alpaca(tok, max_length)(r) for r in rows), key=lambda e: len(e["input_ids"]))[:4]
     padded = PaddedCollator(tok.pad_token_id or 0)(encoded)
     packed_row = {"input_ids": sum((e["input_ids"] for e in encoded), []),
                   "labels": sum((e["labels"] for e in encoded), []),
@@ -270,7 +270,7 @@ def load_average() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="local HF model folder (default: the built-in SmolLM2-135M)")
-    ap.add_argument("--examples", type=int, default=48, help="training examples per run (default 48)")
+    ap.add_argument("--examples", type=int, default=32, help="training examples per run (default 32)")
     ap.add_argument("--batch-size", type=int, default=8, help="examples per step for the plain scripts (default 8)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")

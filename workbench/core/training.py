@@ -266,6 +266,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
     from transformers import TrainingArguments
 
     from .runs import RunFolder
+    from .speed import optimizer_for_device
 
     t = config.training
     eval_steps = t.eval_steps
@@ -285,7 +286,7 @@ def _training_arguments(config: RunConfig, run_dir: Path, device: str, precision
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,  # 0 disables clipping (None would crash the Trainer: it compares it with 0)
-        optim=t.optimizer,
+        optim=optimizer_for_device(t.optimizer, device),  # the fused AdamW where the device has it (core/speed.py)
         seed=t.seed,
         data_seed=t.seed,
         bf16=precision == "bf16",
