@@ -233,6 +233,7 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
     from peft import get_peft_model
 
     from .layers import build_tree, lora_config_from_selection, resolve_selection
+    from .lora_forward import install_fused_lora_forward
     from .models import load_config, load_model, load_tokenizer, resolve_source
 
     mc = config.model
@@ -257,6 +258,7 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     peft_model = get_peft_model(model, lora_config_from_selection(selection, config.lora, mc.task))
+    install_fused_lora_forward(peft_model)  # PEFT's modules and adapter, without its full-width mul/add (core/lora_forward.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection
