@@ -39,7 +39,7 @@ def install_fused_lora_forward(model: nn.Module) -> int:
     for module in model.modules():
         if type(module) is LoraLinear and type(module.base_layer) is nn.Linear and not getattr(module, _PEFT_FORWARD, None):
             setattr(module, _PEFT_FORWARD, module.forward)
-            module.forward = types.MethodType(_fused_forward, module)
+            module.forward = types.MethodType(_fused_forward, module)  # type: ignore[method-assign]
             count += 1
     return count
 
