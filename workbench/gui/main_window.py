@@ -124,6 +124,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.inspection.inspectRequested.connect(self.inspect_adapter)
         self.playground.loadRequested.connect(self.load_playground)
         self.playground.generateRequested.connect(self._start)
+        self.playground.compareRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
