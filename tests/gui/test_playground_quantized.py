@@ -5,22 +5,14 @@ thread, preselects what the run was trained on, shows the numbers, and refuses w
 
 import pytest
 
-from trained_runs import make_config
+from trained_runs import qlora_run as trained_qlora_run
 
 pytest.importorskip("bitsandbytes", reason="the quant extra (pip install bitsandbytes==0.50.2) is not installed")
 
 
-@pytest.fixture(scope="module")
-def qlora_run(tmp_path_factory):
-    import tiny
-    from workbench.core.training import run
-
-    root = tmp_path_factory.mktemp("qlora")
-    model = tiny.save_model("llama", root / "model", initializer_range=0.3)
-    config = make_config(model, root, max_steps=4).copy_with(model={"quantization": "nf4", "double_quant": False})
-    result = run(config, None, run_dir=root / "runs" / "nf4")
-    assert result.status == "finished"
-    return {"model": model, "adapter": result.run_dir / "adapter"}
+@pytest.fixture
+def qlora_run(tmp_path_factory, tiny_model_dir):
+    return trained_qlora_run(tmp_path_factory, tiny_model_dir)
 
 
 def test_compare_an_nf4_adapter_on_both_bases(window, qtbot, qlora_run):

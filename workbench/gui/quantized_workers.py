@@ -14,6 +14,19 @@ from __future__ import annotations
 from . import workers
 
 
+def plan_gguf_export(mode: str, adapter: str, base: str, type_name: str | None) -> dict:
+    """The export dialog's look ahead (``workers.plan_gguf``), for the adapter-with-Modelfile choice too, plus
+    ``gguf_origin``: the GGUF file the base was converted from, if any (the default Base GGUF)."""
+    from pathlib import Path
+
+    from workbench.core.gguf_export.merged import gguf_origin
+
+    adapter_alone = mode in ("gguf_adapter", "ollama_adapter")  # the same adapter file, with or without a Modelfile
+    plan = workers.plan_gguf("gguf_adapter" if adapter_alone else mode, adapter, base, type_name)
+    origin = gguf_origin(Path(base)) if Path(base).is_dir() else None
+    return {**plan, "gguf_origin": str(origin) if origin else ""}
+
+
 class CompareQuantizedWorker(workers.Worker):
     what = "The comparison on a quantized base"
 

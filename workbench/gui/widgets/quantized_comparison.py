@@ -83,14 +83,14 @@ class QuantizedComparisonBox(QGroupBox):
 
     def _adapter_changed(self, adapter: str) -> None:
         """A run's adapter: preselect the quantization it was trained on (from its run.toml)."""
-        trained = _trained(adapter.strip())
+        trained = trained_quantization_of(adapter.strip())
         if trained is not None:
             self.quantization.setCurrentIndex(max(self.quantization.findData(trained[0]), 0))
             self.double_quant.setChecked(trained[1])
 
     def loaded_note(self, adapter: str) -> str:
         """A sentence for the playground's status when the loaded adapter was trained on a quantized base."""
-        trained = _trained(adapter)
+        trained = trained_quantization_of(adapter)
         if trained is None:
             return ""
         return (f" This adapter was trained on a {trained[0]} base; these answers come from the unquantized base. "
@@ -147,7 +147,9 @@ class QuantizedComparisonBox(QGroupBox):
         self.compared.emit(comparison)
 
 
-def _trained(adapter: str) -> tuple[str, bool] | None:
+def trained_quantization_of(adapter: str) -> tuple[str, bool] | None:
+    """(quantization, double quant) a run's adapter was trained with; None for an unquantized run or another
+    adapter. Reads one small run.toml (no model), so the GUI thread may call it."""
     if not adapter or not (Path(adapter).parent / "run.toml").is_file():
         return None
     from workbench.core.quantized_eval import trained_quantization
