@@ -86,11 +86,11 @@ def test_merging_an_adapter_trained_on_nf4_says_so_and_merges_the_original_weigh
     run = qlora_run(tmp_path_factory, tiny_model_dir)
     dialog = window.open_export(str(run["adapter"]))
     assert dialog.mode() == "merge"
-    assert dialog.form.isRowVisible(dialog.quantized_note)
-    assert "trained on a nf4 base" in dialog.quantized_note.text()
+    assert not dialog.quantized_note.isHidden()
+    assert "trained on a base quantized to nf4" in dialog.quantized_note.text()
     assert "original, unquantized weights" in dialog.quantized_note.text()
     dialog.mode_buttons["gguf_adapter"].click()
-    assert not dialog.form.isRowVisible(dialog.quantized_note), "nothing is merged into the base there"
+    assert dialog.quantized_note.isHidden(), "nothing is merged into the base there"
     dialog.mode_buttons["merge"].click()
 
     dialog.out_edit.setText(str(tmp_path / "merged"))
@@ -105,7 +105,7 @@ def test_merging_an_adapter_trained_on_nf4_says_so_and_merges_the_original_weigh
 
     runs = trained_runs(tmp_path_factory, tiny_model_dir)
     dialog.adapter_edit.setText(str(runs["done"] / "adapter"))
-    assert not dialog.form.isRowVisible(dialog.quantized_note), "an unquantized run: no note"
+    assert dialog.quantized_note.isHidden(), "an unquantized run: no note"
 
 
 def test_the_default_base_gguf_of_a_base_converted_from_gguf_is_shown(window, qtbot, tmp_path, tmp_path_factory,

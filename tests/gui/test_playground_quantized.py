@@ -25,7 +25,7 @@ def test_compare_an_nf4_adapter_on_both_bases(window, qtbot, qlora_run):
 
     with qtbot.waitSignal(pg.loaded, timeout=60_000):
         pg.load_button.click()
-    assert "trained on a nf4 base" in pg.status.text()
+    assert "trained on a base quantized to nf4" in pg.status.text()
 
     box.compare_button.click()
     assert "Type a prompt first" in box.result.text() and not box.running

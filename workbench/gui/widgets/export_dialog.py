@@ -119,7 +119,6 @@ class ExportDialog(QDialog):
         form.addRow("Base model", _path_row(self.base_edit, lambda: self._choose_dir(self.base_edit)))
         self.base_gguf_row = _path_row(self.base_gguf_edit, self._choose_base_gguf)
         form.addRow("Base GGUF", self.base_gguf_row)
-        form.addRow("", self.quantized_note)
         form.addRow("Weights dtype", self.dtype_combo)
         form.addRow("GGUF type", self.type_combo)
         form.addRow("", self.type_note)
@@ -160,6 +159,7 @@ class ExportDialog(QDialog):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.quantized_note)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.next_box)
@@ -231,11 +231,11 @@ class ExportDialog(QDialog):
         """An adapter trained on a quantized base: say what a merge does with it (and why)."""
         trained = trained_quantization_of(self.adapter_edit.text().strip())
         merging = self.mode() in ("merge", "gguf", "ollama")
-        self.form.setRowVisible(self.quantized_note, bool(trained) and merging)
+        self.quantized_note.setVisible(bool(trained) and merging)
         if trained and merging:
             self.quantized_note.setText(
-                f"<i>This adapter was trained on a {trained[0]} base. The merge adds it to the base's original, "
-                "unquantized weights in their own dtype, never to the rounded ones, so nothing is lost twice; the "
+                f"<i>This adapter was trained on a base quantized to {trained[0]}. The merge adds it to the base's "
+                "original, unquantized weights in their own dtype, never to the rounded ones, so nothing is lost twice; the "
                 "merged model answers as the adapter on the unquantized base does, a little differently from "
                 "training (the Playground's comparison shows by how much).</i>")
 

@@ -93,8 +93,8 @@ class QuantizedComparisonBox(QGroupBox):
         trained = trained_quantization_of(adapter)
         if trained is None:
             return ""
-        return (f" This adapter was trained on a {trained[0]} base; these answers come from the unquantized base. "
-                "Compare (below) shows the difference.")
+        return (f" This adapter was trained on a base quantized to {trained[0]}; these answers come from the "
+                "unquantized base. Compare (below) shows the difference.")
 
     def compare(self) -> None:
         if self.running or not self.available:
