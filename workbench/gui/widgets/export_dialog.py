@@ -1,12 +1,13 @@
 """Export / merge dialog: the adapter as trained (PEFT), a portable adapter, a merged full model, or a GGUF file
-for llama.cpp / Ollama / LM Studio (the merged model, the adapter, or the merged model with an Ollama Modelfile).
+for llama.cpp / Ollama / LM Studio (the merged model, the adapter, the merged model with an Ollama Modelfile, or
+the adapter with a Modelfile whose FROM is the user's base GGUF, the Base GGUF field).
 
 The dialog only gathers choices and shows progress; the job is an ``ExportWorker`` (``core.export``,
 ``core.merge``, ``core.gguf_export``) on its own thread. A merge or a GGUF export reports bytes done / total,
 from which the dialog shows an ETA; Cancel asks the job to stop between tensors, and the core then removes its
 partial folder (``.tmp-NAME.partial``, renamed into place only when complete), so nothing half-written is ever
 left at the destination. For the GGUF choices a background plan (``workers.plan_gguf``) checks the base's
-architecture (an unsupported one disables the three choices, with the reason) and gives the resulting size.
+architecture (an unsupported one disables the GGUF choices, with the reason) and gives the resulting size.
 """
 
 from __future__ import annotations
