@@ -109,16 +109,20 @@ def test_merging_an_adapter_trained_on_nf4_says_so_and_merges_the_original_weigh
 
 
 def test_the_default_base_gguf_of_a_base_converted_from_gguf_is_shown(window, qtbot, tmp_path, tmp_path_factory,
-                                                                      tiny_model_dir, monkeypatch):
-    from workbench.gui import quantized_workers
+                                                                      tiny_model_dir):
+    """A base opened from a GGUF file (converted by core.gguf_import, as the built-in model is): its GGUF is the
+    adapter's default base, named in the field's placeholder and used by the export without typing it."""
+    from workbench.core.gguf_export.planning import plan_gguf
+    from workbench.core.gguf_import import convert_gguf
 
     runs = trained_runs(tmp_path_factory, tiny_model_dir)
-    origin = tmp_path / "original.gguf"
-    monkeypatch.setattr("workbench.core.gguf_export.merged.gguf_origin",
-                        lambda folder: origin if Path(folder) == Path(runs["model"]) else None)
-    plan = quantized_workers.plan_gguf_export("ollama_adapter", str(runs["done"] / "adapter"), str(runs["model"]),
-                                              "f32")
+    origin = _base_gguf(tmp_path_factory, runs["model"])
+    converted = convert_gguf(origin, cache_dir=tmp_path / "cache")
+    plan = plan_gguf("ollama_adapter", str(runs["done"] / "adapter"), str(converted), "f32")
     assert plan["gguf_origin"] == str(origin) and plan["file_name"] == "adapter-F32.gguf"
+
     dialog = window.open_export(str(runs["done"] / "adapter"))
-    dialog.mode_buttons["gguf_adapter"].click()
-    qtbot.waitUntil(lambda: str(origin) in dialog.base_gguf_edit.placeholderText(), timeout=60_000)
+    dialog.base_edit.setText(str(converted))
+    _start(dialog, qtbot, "ollama_adapter", tmp_path / "ollama")
+    assert f"default: {origin}" == dialog.base_gguf_edit.placeholderText()
+    assert f"FROM {origin.resolve()}" in (tmp_path / "ollama" / "Modelfile").read_text()

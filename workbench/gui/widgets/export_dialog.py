@@ -223,7 +223,7 @@ class ExportDialog(QDialog):
 
     def _show_base_gguf_default(self, origin: str = "") -> None:
         """The base's own GGUF file when it was converted from one (the built-in model, a GGUF opened as base):
-        the plan finds it (``quantized_workers.plan_gguf_export``)."""
+        the plan finds it (``core.gguf_export.planning.plan_gguf``)."""
         self.base_gguf_edit.setPlaceholderText(
             f"default: {origin}" if origin else
             "the base model's .gguf file (needed for Ollama; for llama.cpp it checks the adapter fits it)")
@@ -264,9 +264,7 @@ class ExportDialog(QDialog):
         self._planning = True
         self.size_label.setText("Working out the size…")
         type_name = self.type_combo.currentData()
-        from ..quantized_workers import plan_gguf_export
-
-        worker = workers.FunctionWorker(lambda: plan_gguf_export(mode, adapter, base, type_name),
+        worker = workers.FunctionWorker(lambda: workers.plan_gguf(mode, adapter, base, type_name),
                                         "Planning the GGUF export")
         worker.result.connect(lambda plan: self._planned(plan, (mode, adapter, base, type_name)))
         worker.failed.connect(lambda message, _details: self.size_label.setText(
