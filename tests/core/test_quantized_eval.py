@@ -135,3 +135,29 @@ def test_bad_requests_are_refused_with_what_to_do(model_dir, adapter_dir):
 def test_a_stop_request_returns_none(model_dir, adapter_dir):
     assert compare_on_quantized_base(str(model_dir), adapter_dir, PROMPTS, quantization="nf4", device="cpu",
                                      should_stop=lambda: True) is None
+
+
+def test_an_evaluation_during_a_qlora_run_leaves_the_training_path_as_it_was(tiny_model_dir, tmp_path):
+    """Measured on this machine (AVX512-BF16): without the workaround the first eval-mode pass repacks every 4-bit
+    weight with bfloat16 scales for good, and the training loss after an evaluation is no longer the one before
+    it. ``prepare_for_training`` (what a run applies to a quantized base) keeps it exact. On a CPU without that
+    instruction set bitsandbytes has no such path and this holds either way."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from workbench.core.quantization import prepare_for_training
+
+    base = tiny_model_dir("llama", initializer_range=0.3, intermediate_size=128)  # widths the repacking accepts
+    config = RunConfig.from_dict({"model": {"source": str(base), "quantization": "nf4"},
+                                  "training": {"gradient_checkpointing": False}})
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, device_map={"": "cpu"},
+                                                 quantization_config=_bnb("nf4", True))
+    torch.manual_seed(0)
+    model = get_peft_model(prepare_for_training(model, config),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 120, 11]])
+    before = model.train()(ids, labels=ids).loss.item()
+    with torch.no_grad():
+        evaluated = model.eval()(ids, labels=ids).loss.item()
+    after = model.train()(ids, labels=ids).loss.item()
+    assert evaluated == before and after == before
