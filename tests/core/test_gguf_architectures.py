@@ -1,10 +1,11 @@
-"""GGUF export of the architectures beyond the llama family: Phi-3 (fused qkv and gate/up projections), Gemma and
-Gemma 2 (norm weights written as 1 + w, tied embeddings, Gemma 2's soft-capping and extra norms), each a tiny
-random model with a LoRA adapter on every linear layer.
+"""GGUF export of the architectures beyond the llama family: Phi-3 (fused qkv and gate/up projections), Gemma,
+Gemma 2 and Gemma 3 (norm weights written as 1 + w, tied embeddings, Gemma 2's soft-capping and extra norms, Gemma 3's
+q/k norms and its every-6th-layer global attention), each a tiny random model with a LoRA adapter on every linear
+layer.
 
 Checked three ways, none of them the code under test: the ``gguf`` package's reader against PEFT's merge (names,
 layout, the +1 of Gemma's norms); transformers' own GGUF loader, which reads phi3 and gemma2 files back and
-undoes the +1 itself (its ``Gemma2TensorProcessor``); and llama.cpp (llama-cpp-python), which must compute the
+undoes the +1 itself (its ``Gemma2TensorProcessor``); gemma3 files too; and llama.cpp (llama-cpp-python), which must compute the
 merged model's logits from the merged GGUF and from the base GGUF with the GGUF adapter. The llama.cpp part is
 skipped without llama-cpp-python and required under ``make test-gguf`` (WORKBENCH_REQUIRE_LLAMA_CPP=1).
 """
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 TARGETS = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
            "gemma": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-TARGETS["gemma2"] = TARGETS["gemma"]
+TARGETS["gemma2"] = TARGETS["gemma3_text"] = TARGETS["gemma"]
+ARCHS = ["phi3", "gemma", "gemma2", "gemma3_text"]
+GGUF_ARCH = {"gemma3_text": "gemma3"}  # config.json model_type → general.architecture, where they differ
 # Hugging Face module → GGUF tensor, per architecture (written out here, not taken from gguf's TensorNameMap)
 BLOCK_NAMES = {
     "phi3": {"self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output", "mlp.gate_up_proj": "ffn_up",
@@ -39,6 +42,8 @@ BLOCK_NAMES = {
 }
 BLOCK_NAMES["gemma2"] = {**BLOCK_NAMES["gemma"], "post_attention_layernorm": "post_attention_norm",
                          "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+BLOCK_NAMES["gemma3_text"] = {**BLOCK_NAMES["gemma2"], "self_attn.q_norm": "attn_q_norm",
+                              "self_attn.k_norm": "attn_k_norm"}
 
 
 def gguf_name(arch: str, key: str) -> str:
@@ -63,7 +68,10 @@ def save_model(arch: str, folder: Path, **overrides) -> Path:
     kw = {"phi3": dict(num_key_value_heads=4, tie_word_embeddings=False),
           "gemma": dict(num_key_value_heads=2, head_dim=16),
           # query_pre_attn_scalar = head_dim: the scale llama.cpp uses (see the refusal test)
-          "gemma2": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=128)}[arch]
+          "gemma2": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=128),
+          # 6 blocks: the last attends globally with its own rotary base (1e6 against the sliding layers' 1e4)
+          "gemma3_text": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=128,
+                              num_hidden_layers=6)}[arch]
     cfg = AutoConfig.for_model(arch, **{**common, **kw, **overrides})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -91,15 +99,16 @@ def models(tmp_path_factory):
 
 
 def test_the_new_architectures_are_listed():
-    assert {"phi3", "gemma", "gemma2"} <= set(supported_architectures())
+    assert {"phi3", "gemma", "gemma2", "gemma3_text"} <= set(supported_architectures())
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma", "gemma2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_f32_export_holds_peft_merged_weights_under_the_architectures_gguf_names(arch, models, tmp_path):
     base, adapter = models(arch)
     result = export_gguf(base, adapter, tmp_path / "out", type_name="f32")
     meta, values, types = read_gguf(result.gguf)
-    assert meta["general.architecture"] == arch
+    gguf_arch = GGUF_ARCH.get(arch, arch)
+    assert meta["general.architecture"] == gguf_arch
     expected = peft_merged_state(base, adapter)
     tied = arch != "phi3"
     mapped = {gguf_name(arch, k): k for k in expected if not (tied and k == "lm_head.weight")}
@@ -109,17 +118,20 @@ def test_f32_export_holds_peft_merged_weights_under_the_architectures_gguf_names
         want = expected[key].float() + (offset if key.endswith("norm.weight") else 0.0)
         torch.testing.assert_close(torch.from_numpy(values[name].copy()), want, rtol=0, atol=2e-6, msg=key)
     config = json.loads((base / "config.json").read_text())
-    assert meta[f"{arch}.rope.dimension_count"] == 16 and meta[f"{arch}.attention.head_count_kv"] == (
+    assert meta[f"{gguf_arch}.rope.dimension_count"] == 16 and meta[f"{gguf_arch}.attention.head_count_kv"] == (
         config["num_key_value_heads"])
     if arch != "phi3":
-        assert meta[f"{arch}.attention.key_length"] == meta[f"{arch}.attention.value_length"] == 16
+        assert meta[f"{gguf_arch}.attention.key_length"] == meta[f"{gguf_arch}.attention.value_length"] == 16
+    if arch == "gemma3_text":
+        assert meta["gemma3.attention.sliding_window"] == 128
+        assert meta["gemma3.rope.freq_base"] == config["rope_parameters"]["full_attention"]["rope_theta"] == 1e6
     if arch == "gemma2":
         assert meta["gemma2.attn_logit_softcapping"] == pytest.approx(config["attn_logit_softcapping"])
         assert meta["gemma2.final_logit_softcapping"] == pytest.approx(config["final_logit_softcapping"])
         assert meta["gemma2.attention.sliding_window"] == 128
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma2"])
+@pytest.mark.parametrize("arch", ["phi3", "gemma2", "gemma3_text"])
 def test_transformers_reads_the_merged_gguf_back(arch, models, tmp_path):
     base, adapter = models(arch)
     result = export_gguf(base, adapter, tmp_path / "out", type_name="f32")
@@ -128,17 +140,18 @@ def test_transformers_reads_the_merged_gguf_back(arch, models, tmp_path):
     for key, tensor in back.state_dict().items():
         if key in expected:
             torch.testing.assert_close(tensor, expected[key].float(), rtol=0, atol=2e-6, msg=key)
-    if arch == "phi3":  # gemma2: transformers' GGUF config has no query_pre_attn_scalar, so only the weights
+    assert set(expected) - {"lm_head.weight"} <= set(back.state_dict()), "every tensor read back"
+    if arch == "phi3":  # gemma2/3: transformers' GGUF config has no query_pre_attn_scalar, so only the weights
         with torch.no_grad():
             torch.testing.assert_close(back(IDS).logits[0], peft_logits(base, adapter), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma", "gemma2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_gguf_adapter_has_a_pair_for_every_adapted_module(arch, models, tmp_path):
     base, adapter = models(arch)
     result = export_gguf_adapter(adapter, base, tmp_path / "lora", type_name="f32")
     meta, values, _ = read_gguf(result.gguf)
-    assert meta["general.type"] == "adapter" and meta["general.architecture"] == arch
+    assert meta["general.type"] == "adapter" and meta["general.architecture"] == GGUF_ARCH.get(arch, arch)
     modules = sum(1 for k in peft_merged_state(base, adapter) if any(f".{t}." in k for t in TARGETS[arch]))
     assert sum(n.endswith(".lora_a") for n in values) == sum(n.endswith(".lora_b") for n in values) == modules
 
@@ -148,6 +161,19 @@ def test_gemma2_with_an_attention_scale_llama_cpp_does_not_use_is_refused_before
     with pytest.raises(ModelSourceError) as info:
         export_gguf(base, None, tmp_path / "out", type_name="f32")
     assert "query_pre_attn_scalar" in info.value.message and info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change,named", [
+    (dict(layer_types=["full_attention"] * 6), "layer_types"),
+    (dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                           "sliding_attention": {"rope_type": "default", "rope_theta": 5e4}}), "rotary base"),
+    (dict(final_logit_softcapping=30.0), "soft-capping"),
+])
+def test_gemma3_settings_llama_cpp_fixes_otherwise_are_refused_before_writing(change, named, tmp_path):
+    base = save_model("gemma3_text", tmp_path / "model", **change)
+    with pytest.raises(ModelSourceError, match=named):
+        export_gguf(base, None, tmp_path / "out", type_name="f32")
     assert not (tmp_path / "out").exists()
 
 
@@ -174,7 +200,7 @@ def _llama_cpp_logits(llama_cpp, path: Path, tokens: list[int], lora: Path | Non
         llm.close()
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma", "gemma2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_llama_cpp_computes_the_merged_models_logits_from_the_merged_gguf_and_from_the_adapter(arch, models,
                                                                                               tmp_path):
     llama_cpp = _llama_cpp()

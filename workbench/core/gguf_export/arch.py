@@ -78,17 +78,46 @@ def _gemma2_hparams(config: dict[str, Any]) -> list[tuple[str, Any, str]]:
     return out
 
 
-def _gemma2_refuse(config: dict[str, Any]) -> str:
-    """llama.cpp scales Gemma 2's attention by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 46-layer 27B,
-    whatever ``query_pre_attn_scalar`` says."""
+def _attention_scale_problem(config: dict[str, Any], big_layers: int, name: str) -> str:
+    """llama.cpp scales Gemma 2/3 attention by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B models (known
+    to it by their layer count), whatever ``query_pre_attn_scalar`` says."""
     scalar = config.get("query_pre_attn_scalar")
     if scalar is None:
         return ""
     heads, _, head_dim = head_counts(config)
-    llama_cpp = int(config["hidden_size"]) // heads if int(config["num_hidden_layers"]) == 46 else head_dim
+    llama_cpp = int(config["hidden_size"]) // heads if int(config["num_hidden_layers"]) == big_layers else head_dim
     if float(scalar) != float(llama_cpp):
-        return (f"query_pre_attn_scalar = {scalar} but llama.cpp's gemma2 scales attention by 1/sqrt({llama_cpp}) for "
-                "this shape")
+        return (f"query_pre_attn_scalar = {scalar} but llama.cpp's {name} scales attention by 1/sqrt({llama_cpp}) "
+                "for this shape")
+    return ""
+
+
+def _gemma2_refuse(config: dict[str, Any]) -> str:
+    return _attention_scale_problem(config, 46, "gemma2")
+
+
+GEMMA3_PATTERN = 6  # llama.cpp's gemma3: every 6th layer attends globally, the others over the sliding window
+GEMMA3_LOCAL_THETA = 10000.0  # and its sliding layers' rotary base, both fixed in llama.cpp
+
+
+def _gemma3_refuse(config: dict[str, Any]) -> str:
+    problem = _attention_scale_problem(config, 62, "gemma3")
+    if problem:
+        return problem
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if config.get(key) is not None:
+            return f"{key} = {config[key]} but llama.cpp's gemma3 has no soft-capping"
+    blocks = int(config["num_hidden_layers"])
+    pattern = ["full_attention" if (i + 1) % GEMMA3_PATTERN == 0 else "sliding_attention" for i in range(blocks)]
+    if config.get("layer_types") is not None and list(config["layer_types"]) != pattern:
+        return f"layer_types differ from llama.cpp's fixed gemma3 pattern (every {GEMMA3_PATTERN}th layer global)"
+    if not isinstance(config.get("sliding_window"), int):
+        return "config.json has no sliding_window, which llama.cpp's gemma3 requires"
+    local = (config.get("rope_parameters") or {}).get("sliding_attention")
+    theta = (local or {}).get("rope_theta", config.get("rope_local_base_freq", GEMMA3_LOCAL_THETA))
+    if float(theta) != GEMMA3_LOCAL_THETA or (local or {}).get("rope_type", "default") != "default":
+        return (f"the sliding layers' rotary base is {theta} (or scaled) but llama.cpp's gemma3 fixes it at "
+                f"{GEMMA3_LOCAL_THETA:g}, unscaled")
     return ""
 
 
@@ -97,7 +126,10 @@ _PHI3 = GgufArchitecture(("phi3",), "phi3", "Phi-3, Phi-3.5, Phi-4 (llama.cpp: p
 _GEMMA = GgufArchitecture(("gemma",), "gemma", "Gemma", permute_qk=False, norm_offset=1.0)
 _GEMMA2 = GgufArchitecture(("gemma2",), "gemma2", "Gemma 2", permute_qk=False, norm_offset=1.0,
                            extra_hparams=_gemma2_hparams, refuse=_gemma2_refuse)
-ARCHITECTURES: dict[str, GgufArchitecture] = {t: a for a in (_LLAMA, _QWEN2, _QWEN3, _PHI3, _GEMMA, _GEMMA2)
+# Gemma 3's text model (config.json model_type gemma3_text); the multimodal gemma3 folders nest it in text_config
+_GEMMA3 = GgufArchitecture(("gemma3_text",), "gemma3", "Gemma 3 (text)", permute_qk=False, norm_offset=1.0,
+                           extra_hparams=_sliding_window, refuse=_gemma3_refuse)
+ARCHITECTURES: dict[str, GgufArchitecture] = {t: a for a in (_LLAMA, _QWEN2, _QWEN3, _PHI3, _GEMMA, _GEMMA2, _GEMMA3)
                                               for t in a.model_types}
 
 
