@@ -126,6 +126,8 @@ def compare_on_quantized_base(base: str, adapter: str | Path, prompts: list[str]
         plain = logits(full)
     del full
     gc.collect()
+    if device == "cuda":  # hand the unquantized model's memory back before the quantized one loads
+        torch.cuda.empty_cache()
     if stop():
         return None
 
