@@ -124,6 +124,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.inspection.inspectRequested.connect(self.inspect_adapter)
         self.playground.loadRequested.connect(self.load_playground)
         self.playground.generateRequested.connect(self._start)
+        self.playground.compareRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
@@ -285,6 +286,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.device_kind = result["device_kind"]
         lora = self.store.config.lora
         model = LayerTreeModel(self.overview.tree, lora.r, lora.alpha)
+        model.set_quantization(self.store.config.model)
         self._selection_from_config(model)  # before the view sees the model: no per-row repaint signals
         self.layers.set_model(model)
         self.picker.show_overview(self.overview, self.device_text)
@@ -415,6 +417,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
                 self.layers.model.set_defaults(lora.r, lora.alpha)
             finally:
                 self._syncing_selection = False
+            if section in ("", "model"):
+                self.layers.model.set_quantization(self.store.config.model)
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
             # The preset box names the file's preset at once, not the previous one until its model has opened.
