@@ -31,8 +31,8 @@ def detect(cfg: DataConfig) -> DataInfo:
     is needed. Raises ``DataError`` for missing, empty or unreadable files, a bad row among the first rows
     (unless ``skip_bad_rows``), files of different formats, or columns that fit no format.
     """
-    train = [_open_source(p, "train_files") for p in _require_train_files(cfg)]
-    validation = [_open_source(p, "validation_files") for p in cfg.validation_files]
+    train = [_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)]
+    validation = [_open_source(p, "validation_files", cfg.text_split) for p in cfg.validation_files]
     if cfg.chat_template is not None:
         _check_template_syntax(cfg.chat_template)
     first = _detect_file(train[0], cfg, check_rows=True)
@@ -52,7 +52,7 @@ def detect(cfg: DataConfig) -> DataInfo:
     else:
         validation_rows = 0
     return DataInfo(first.format, first.columns, first.mapping, train_summaries, validation_summaries, train_rows,
-                    validation_rows, first.samples)
+                    validation_rows, first.samples, first.mapping_file)
 
 
 def load_raw(cfg: DataConfig, *, seed: int = 42, cache_dir: str | Path | None = None) -> RawData:
@@ -62,8 +62,8 @@ def load_raw(cfg: DataConfig, *, seed: int = 42, cache_dir: str | Path | None = 
     Bad rows raise ``DataError`` (naming the first one and counting the rest) or, with ``skip_bad_rows``, are
     left out and listed. Without validation files, ``validation_split`` holds out a seeded random fraction.
     """
-    train_sources = [_open_source(p, "train_files") for p in _require_train_files(cfg)]
-    sources = train_sources + [_open_source(p, "validation_files") for p in cfg.validation_files]
+    train_sources = [_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)]
+    sources = train_sources + [_open_source(p, "validation_files", cfg.text_split) for p in cfg.validation_files]
     detected = [_detect_file(src, cfg) for src in sources]
     fmt = detected[0].format
     files = [SourceFile(str(src.path), src.kind, src.unit, d.mapping) for src, d in zip(sources, detected)]

@@ -48,6 +48,7 @@ class DataInfo:
     train_rows: int  # rows that will train (after a validation split, before rows are checked)
     validation_rows: int
     samples: list[dict[str, Any]]  # the first rows as read, for display
+    mapping_file: str | None = None  # a LLaMA-Factory dataset_info.json the format and columns came from
 
 
 @dataclass(frozen=True)
