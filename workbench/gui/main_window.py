@@ -473,8 +473,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data_inspected.emit()
 
     def _data_failed(self, message: str, details: str) -> None:
-        self.data.show_error(message)
-        self.show_error("Cannot use the data", message, details)
+        self.data.show_error(message)  # beside the control it concerns, not a box that returns after every edit
+        if details:  # an unexpected error: the box says where its log is
+            self.show_error("Cannot use the data", message, details)
         self.data_failed.emit(message)
 
     def _data_job_done(self) -> None:
