@@ -113,7 +113,8 @@ class DataPanel(QWidget):
         self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=(90, 140, 220))
         self.histogram.addItem(self.bars)
         self.cut_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((217, 83, 79), width=2), label="max length",
-                                        labelOpts={"position": 0.95, "color": (217, 83, 79), "anchors": [(0, 0), (0, 0)]})
+                                        # The label ends at the line (left of it), so it is not cut when the cut sits at the right edge.
+                                        labelOpts={"position": 0.95, "color": (217, 83, 79), "anchors": [(1, 0), (1, 0)]})
         self.histogram.addItem(self.cut_line)
         self.stats_label = QLabel()
         self.stats_label.setWordWrap(True)
@@ -158,8 +159,11 @@ class DataPanel(QWidget):
         hold_out_row.addStretch(1)
         left = QWidget()
         left_layout = QVBoxLayout(left)
-        left_layout.addWidget(self.train_box, 3)
-        left_layout.addWidget(self.validation_box, 2)
+        # A few rows each: the settings below stay in view; more files scroll.
+        self.train_box.files.setMaximumHeight(150)
+        self.validation_box.files.setMaximumHeight(100)
+        left_layout.addWidget(self.train_box)
+        left_layout.addWidget(self.validation_box)
         left_layout.addLayout(hold_out_row)
         left_layout.addWidget(self.hold_out_problem)
         line = QFrame()
@@ -240,6 +244,8 @@ class DataPanel(QWidget):
         self._settings_form.setRowVisible(self.split_combo, fmt == "text")
         plain = fmt == "text"
         self.train_on_combo.setEnabled(not plain)
+        # Greyed, it shows what happens (every token trained), not the setting that has no effect here.
+        self.train_on_combo.setCurrentText("all" if plain else self._data().train_on)
         self.train_on_combo.setToolTip(PLAIN_TEXT_TRAIN_ON if plain else field_help()["data.train_on"])
         self.train_on_note.setText(PLAIN_TEXT_TRAIN_ON if plain else "")
         self.train_on_note.setVisible(plain)
@@ -317,7 +323,7 @@ class DataPanel(QWidget):
         self._clear_problems()
         self.detected_label.setText("No data chosen.")
         self.preview.clear()
-        self.bars.setOpts(x0=[], x1=[], height=[])
+        self._clear_histogram()
         self.stats_label.clear()
         while self.columns_form.rowCount():
             self.columns_form.removeRow(0)
@@ -332,10 +338,17 @@ class DataPanel(QWidget):
         problem = describe(message, self._data())
         self._clear_problems()
         self.problems[problem.setting].show_problem(problem.message, problem.hint)
+        for box in (self.train_box, self.validation_box):
+            box.mark_problem(problem.message)
         self.detected_label.setText("The data cannot be used yet: see the message in red.")
-        self.preview.clear()
-        self.bars.setOpts(x0=[], x1=[], height=[])
+        self.preview.setHtml("<p style='color:gray'><i>The preview appears once the data can be read.</i></p>")
+        self._clear_histogram()
         self.stats_label.clear()
+
+    def _clear_histogram(self) -> None:
+        self.bars.setOpts(x0=[], x1=[], height=[])
+        # Axes of their own, not the previous data's: up to the cut, and no counts.
+        self.histogram.getPlotItem().setRange(xRange=(0, self._data().max_length * 1.05), yRange=(0, 1))
 
     def show_result(self, result: dict) -> None:
         info = result["info"]
@@ -409,6 +422,7 @@ class DataPanel(QWidget):
     def _show_stats(self, stats) -> None:
         hist = stats.length_histogram
         edges = np.asarray(hist.edges, dtype=float)
+        self.histogram.getPlotItem().enableAutoRange()  # this data's axes (an error state fixed them)
         if len(edges) > 1:
             self.bars.setOpts(x0=edges[:-1], x1=edges[1:], height=np.asarray(hist.counts, dtype=float))
         self.cut_line.setValue(stats.max_length)

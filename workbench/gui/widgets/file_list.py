@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
-from .inline_problem import InlineProblem
+from .inline_problem import PROBLEM_COLOUR, InlineProblem
 
 
 class FileListBox(QWidget):
@@ -60,6 +61,14 @@ class FileListBox(QWidget):
 
     def selected(self) -> list[str]:
         return [item.data(Qt.ItemDataRole.UserRole) for item in self.files.selectedItems()]
+
+    def mark_problem(self, message: str) -> None:
+        """Show the file a problem starts with in the problem colour (the others as usual)."""
+        for i in range(self.files.count()):
+            item = self.files.item(i)
+            path = str(Path(item.data(Qt.ItemDataRole.UserRole)).expanduser())
+            bad = message.startswith((f"{path}:", f"{path} "))
+            item.setForeground(QColor(PROBLEM_COLOUR) if bad else self.files.palette().text().color())
 
     def set_rows(self, rows: dict[str, str]) -> None:
         """What was found in each file ("jsonl, 120 rows"), shown after the path and in its tooltip."""
