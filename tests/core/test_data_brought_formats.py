@@ -222,3 +222,39 @@ def test_alpaca_evaluation_prompts_are_rendered_as_training_renders_them(tmp_pat
         "<|im_start|>user\nAdd the numbers.\n\n2 and 2<|im_end|>\n<|im_start|>assistant\n", "four")
     classic = eval_references(cfg.model_copy(update={"alpaca_template": "classic"}), tok, seed=0, limit=1)[0]
     assert classic.prompt.startswith("Below is an instruction") and classic.prompt.endswith("### Response:\n")
+
+
+def test_a_hold_out_fraction_of_whole_text_files_says_to_give_a_validation_file(tmp_path):
+    file = tmp_path / "play.txt"
+    file.write_text(PLAIN)
+    with pytest.raises(DataError, match="leaves none of the 1 rows") as failed:
+        data.detect(DataConfig(train_files=[str(file)], text_split="chunks", validation_split=0.1))
+    assert "data.validation_files" in failed.value.hint
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_llamafactory_v1_rows_with_the_real_smollm2_template(tmp_path, smollm2):
+    """SmolLM2's template adds a default system turn of its own; the weight-0 assistant turn still trains
+    nothing and the weight-1 turn trains exactly its text and the end of its turn."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    row = {"messages": [lf_message("user", "hi", 0.0), lf_message("assistant", "Hello there.", 0.0),
+                        lf_message("user", "Who are you?", 0.0), lf_message("assistant", "An assistant.", 1.0)]}
+    (prepared,) = prepared_rows(tokenizer, tmp_path, write_jsonl(tmp_path / "v1.jsonl", [row]))
+    assert "<|im_start|>system\n" in tokenizer.decode(prepared["input_ids"])
+    assert trained_runs(tokenizer, prepared) == ["An assistant.<|im_end|>\n"]
+
+
+def test_the_preview_of_a_long_text_in_chunks_reads_only_its_start_and_shows_the_trained_chunks(tmp_path, tok):
+    text = "".join(f"Line {i} of a long play.\n" for i in range(400))  # far more than the preview reads
+    file = tmp_path / "long.txt"
+    file.write_text(text)
+    cfg = DataConfig(train_files=[str(file)], text_split="chunks", max_length=8, packing=False)
+    trained = [list(r["input_ids"]) for r in data.prepare(cfg, tok, cache_dir=tmp_path / "cache").train]
+    previews = data.preview(cfg, tok, n=3)
+    assert len(previews) == 3
+    for shown, ids in zip(previews, trained):
+        assert "".join(t for t, _ in shown.segments) == tok.decode(ids)
+        assert (shown.tokens, shown.trained_tokens) == (8, 7)

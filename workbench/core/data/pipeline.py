@@ -19,7 +19,7 @@ from .overlap import overlap_warnings
 from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports_padding_free
 from .raw import _bad_rows, _first_bad_error, _problems, _source_field, load_raw
 from .readers import _iter_records, _open_source, _require_train_files
-from .rendering import _chat_template, _Encoder, _require_fast, _segments, _tokenize_rows
+from .rendering import _chat_template, _Encoder, _Rendered, _require_fast, _segments, _tokenize_rows
 from .results import (
     _MAX_REPORTED_BAD_ROWS, _SKIP_HINT, BadRow, DataStats, PreparedData, PreviewExample, RawData, _RowProblem,
 )
@@ -97,7 +97,11 @@ def preview(cfg: DataConfig, tokenizer: Any, n: int = 5) -> list[PreviewExample]
                 field_name = _source_field(problem.field or "", found.mapping) or None
                 raise DataError(str(BadRow(str(src.path), record.row, src.unit, field_name, problem.reason)),
                                 _SKIP_HINT) from None
-            for k, encoded in enumerate(encoder.encode_pieces([rendered])[0]):
+            part = _preview_part(rendered, n - len(examples), cfg.max_length) if encoder.chunks else rendered
+            pieces = encoder.encode_pieces([part])[0]
+            if part is not rendered:
+                pieces = pieces[:-1]  # ends where the prefix was cut, not where the file ends
+            for k, encoded in enumerate(pieces):
                 line = record.row + (rendered.text.count("\n", 0, int(encoded.offsets[0][0]))
                                      if k and len(encoded.offsets) else 0)
                 examples.append(PreviewExample(
@@ -110,6 +114,20 @@ def preview(cfg: DataConfig, tokenizer: Any, n: int = 5) -> list[PreviewExample]
                 if len(examples) == n:
                     return examples
     return examples
+
+
+# Characters per token are far fewer than this in any text; a prefix this long holds the chunks a preview shows.
+_CHARS_PER_TOKEN_BOUND = 16
+
+
+def _preview_part(rendered: _Rendered, chunks: int, max_length: int) -> _Rendered:
+    """The start of a plain text cut into chunks, long enough for the first ``chunks`` chunks (and one more, which
+    the caller drops when the prefix cut it): a preview need not tokenize a whole book. Tokens far from the cut
+    are the same as in the whole text's tokens, so the chunks shown are the chunks trained on."""
+    length = (chunks + 1) * max_length * _CHARS_PER_TOKEN_BOUND
+    if len(rendered.text) <= length:
+        return rendered
+    return _Rendered(rendered.text[:length], ((0, length),), add_eos=False)
 
 
 def _prepare_split(

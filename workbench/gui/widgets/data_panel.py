@@ -356,8 +356,7 @@ class DataPanel(QWidget):
         self._detected_format = info.format
         self._show_format_choices()
         for box, summaries in ((self.train_box, info.train_files), (self.validation_box, info.validation_files)):
-            box.set_rows({f.path: f"{f.kind}, {f.rows:,} {'paragraphs' if self._paragraphs(info) else 'rows'}"
-                          for f in summaries})
+            box.set_rows({f.path: self._file_note(f, info) for f in summaries})
         lines = [f"Detected format: <b>{info.format}</b> · {info.train_rows:,} training rows"
                  + (f", {info.validation_rows:,} validation rows" if info.validation_rows else "")]
         if info.mapping_file:
@@ -373,8 +372,12 @@ class DataPanel(QWidget):
         if result["stats"] is not None:
             self._show_stats(result["stats"])
 
-    def _paragraphs(self, info) -> bool:
-        return info.format == "text" and self._data().text_split == "paragraphs"
+    def _file_note(self, summary, info) -> str:
+        if info.format != "text":
+            return f"{summary.kind}, {summary.rows:,} rows"
+        if self._data().text_split == "paragraphs":
+            return f"text, {summary.rows:,} paragraphs"
+        return "text, read whole"
 
     def _text_split_note(self, info) -> str:
         """Plain text is split one way or another; say which, and that it can be changed."""
