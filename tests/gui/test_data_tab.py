@@ -161,3 +161,16 @@ def test_long_file_names_are_elided_in_the_middle_and_whole_in_the_tooltip(windo
     item = window.data.files.item(0)
     assert window.data.files.textElideMode() == Qt.TextElideMode.ElideMiddle
     assert item.toolTip().startswith(str(file))
+
+
+def test_removing_the_last_file_leaves_nothing_of_it_on_screen(opened, qtbot, tmp_path):
+    panel = opened.data
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"prompt": "unterminated\n')
+    with qtbot.waitSignal(opened.data_failed, timeout=60_000):
+        panel.add_files([str(bad)])
+    assert "train_files" in panel.shown_problems()
+    panel.files.item(0).setSelected(True)
+    panel.remove_button.click()
+    assert opened.store.config.data.train_files == []
+    assert panel.shown_problems() == {} and panel.detected_label.text() == "No data chosen."

@@ -289,6 +289,8 @@ class DataPanel(QWidget):
             fields.update(format="auto", columns={})
             self._detected_format = None
         self._update(**fields)
+        if not paths:  # nothing will be inspected: nothing of the removed files may stay on screen
+            self.clear_results()
 
     def remove_files(self, doomed: list[str]) -> None:
         self.set_files([p for p in self._data().train_files if p not in doomed])
