@@ -137,6 +137,7 @@ def test_openai_parts_and_a_dataset_info_mapping_load_in_the_window(opened, qtbo
     inspect(opened, qtbot, lambda: opened.data.add_files([str(file)]))
     assert "from dataset_info.json (LLaMA-Factory)" in opened.data.detected_label.text()
     assert opened.data.column_combos["conversations"].currentText() == "dialog"
+    assert not opened.data.column_combos["conversations"].isEnabled(), "the list's columns and tags go together"
     assert trained_text_on_screen(opened.data) == ["Four.<|im_end|>\n"]
 
 

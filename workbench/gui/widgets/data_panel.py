@@ -403,6 +403,9 @@ class DataPanel(QWidget):
             combo.addItems([DEFAULT_COLUMN, *info.columns])
             combo.setCurrentText(chosen.get(role) or info.mapping.get(role) or DEFAULT_COLUMN)
             combo.setToolTip(f"Column that holds the {role!r} of each example.")
+            if info.mapping_file:  # its columns and message tags go together: mapping one column here would drop the tags
+                combo.setEnabled(False)
+                combo.setToolTip(f"Set by {info.mapping_file}. Choose a format to map the columns yourself.")
             combo.activated.connect(lambda _=0, r=role, c=combo: self._set_column(r, c))
             self.columns_form.addRow(f"{role}:", combo)
             self.column_combos[role] = combo
