@@ -1,5 +1,5 @@
 """Screenshots of the Data tab in its states a newcomer meets, with the real built-in SmolLM2 model: the demo chat
-data with its validation file, LLaMA-Factory v1 rows with per-message loss_weight, plain text and its split, and
+data with its validation file (and its tokens shown), LLaMA-Factory v1 rows with per-message loss_weight, plain text and its split, and
 a bad validation row shown beside its list.
 
     .venv/bin/python packaging/data_tab_screenshots.py [OUT_FOLDER]   (default: a temporary folder, printed)
@@ -97,6 +97,9 @@ def main() -> int:
         settle_data(lambda: window.data.add_files([str(DEMO / "train.jsonl")]))
         settle_data(lambda: window.data.add_validation_files([str(DEMO / "validation.jsonl")]))
         shoot("data-chat")
+        window.data.show_tokens.setChecked(True)
+        shoot("data-tokens")
+        window.data.show_tokens.setChecked(False)
 
         bad = folder / "held-out-by-hand.jsonl"
         bad.write_text((DEMO / "validation.jsonl").read_text() + '{"messages": [{"role": "user", "content": 3}]}\n')

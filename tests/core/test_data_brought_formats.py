@@ -258,3 +258,19 @@ def test_the_preview_of_a_long_text_in_chunks_reads_only_its_start_and_shows_the
     for shown, ids in zip(previews, trained):
         assert "".join(t for t, _ in shown.segments) == tok.decode(ids)
         assert (shown.tokens, shown.trained_tokens) == (8, 7)
+
+
+def test_the_preview_cuts_the_same_text_where_tokens_begin(tmp_path, tok):
+    file = write_jsonl(tmp_path / "a.jsonl", ALPACA)
+    (example,) = data.preview(DataConfig(train_files=[str(file)]), tok, n=1)
+    assert "".join(t for t, _ in example.token_pieces) == "".join(t for t, _ in example.segments)
+    assert len(example.token_pieces) == example.tokens  # one piece per token: each spells text of its own
+    ids = tok(tok.apply_chat_template(_alpaca_chat(ALPACA[0]), tokenize=False), add_special_tokens=False)["input_ids"]
+    assert [t for t, _ in example.token_pieces] == [tok.decode([i]) for i in ids]
+    trained = "".join(t for t, flag in example.token_pieces if flag)
+    assert trained == "four<|im_end|>\n"
+
+
+def _alpaca_chat(row):
+    return [{"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"},
+            {"role": "assistant", "content": row["output"]}]

@@ -175,3 +175,15 @@ def test_removing_the_last_file_leaves_nothing_of_it_on_screen(opened, qtbot, tm
     panel.remove_button.click()
     assert opened.store.config.data.train_files == []
     assert panel.shown_problems() == {} and panel.detected_label.text() == "No data chosen."
+
+
+def test_show_tokens_shades_every_token_and_keeps_the_text(opened, qtbot, tmp_path):
+    panel = opened.data
+    inspect(opened, qtbot, lambda: panel.add_files([str(write_facts(tmp_path))]))
+    text = panel.preview.toPlainText()
+    merged_runs = panel.preview.toHtml().count("background-color")
+    panel.show_tokens.setChecked(True)
+    assert panel.preview.toPlainText() == text
+    assert panel.preview.toHtml().count("background-color") > 3 * merged_runs, "one shaded span per token"
+    panel.show_tokens.setChecked(False)
+    assert panel.preview.toHtml().count("background-color") == merged_runs

@@ -110,6 +110,7 @@ def preview(cfg: DataConfig, tokenizer: Any, n: int = 5) -> list[PreviewExample]
                     tokens=encoded.full_length,
                     trained_tokens=encoded.loss_tokens,
                     truncated=encoded.full_length > cfg.max_length,
+                    token_pieces=_segments(rendered.text, encoded, tokenizer, chunk=encoder.chunks, per_token=True),
                 ))
                 if len(examples) == n:
                     return examples

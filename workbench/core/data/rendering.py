@@ -262,10 +262,12 @@ def _tokenize_rows(batch: dict[str, list], encoder: _Encoder) -> dict[str, list]
     return out
 
 
-def _segments(text: str, encoded: _Encoded, tokenizer: Any, chunk: bool = False) -> list[tuple[str, bool]]:
-    """(text, trained) pieces in token order, merged where the flag does not change. Each token shows the text
-    from the end of the previous one to its own end, so whitespace that a tokenizer leaves out of its offsets
-    is shown too. A ``chunk`` of a longer text shows its own tokens' text only."""
+def _segments(text: str, encoded: _Encoded, tokenizer: Any, chunk: bool = False,
+              per_token: bool = False) -> list[tuple[str, bool]]:
+    """(text, trained) pieces in token order, merged where the flag does not change (``per_token``: one piece
+    per token, for showing where tokens begin). Each token shows the text from the end of the previous one to
+    its own end, so whitespace that a tokenizer leaves out of its offsets is shown too. A ``chunk`` of a longer
+    text shows its own tokens' text only."""
     added = set(tokenizer.added_tokens_decoder)  # BOS, EOS and other tokens that are not spelled out in text
     segments: list[tuple[str, bool]] = []
     cursor = int(encoded.offsets[0][0]) if chunk and len(encoded.offsets) else 0
@@ -285,7 +287,7 @@ def _segments(text: str, encoded: _Encoded, tokenizer: Any, chunk: bool = False)
         else:  # several byte-level tokens share one character, which is already shown
             continue
         trained = label != -100
-        if segments and segments[-1][1] == trained:
+        if segments and segments[-1][1] == trained and not per_token:
             segments[-1] = (segments[-1][0] + piece, trained)
         else:
             segments.append((piece, trained))

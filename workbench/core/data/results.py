@@ -4,7 +4,7 @@ these without importing ``datasets``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ class PreviewExample:
     tokens: int  # before truncation
     trained_tokens: int  # after truncation
     truncated: bool
+    # The same text cut where tokens begin: one (text, trained) piece per token that shows text of its own.
+    token_pieces: list[tuple[str, bool]] = field(default_factory=list)
 
 
 class _RowProblem(Exception):

@@ -102,6 +102,9 @@ class DataPanel(QWidget):
         self.column_combos: dict[str, QComboBox] = {}
         self.columns_problem = InlineProblem()
         self.general_problem = InlineProblem()
+        self.show_tokens = QCheckBox("Show tokens")
+        self.show_tokens.setToolTip("Shade every other token, to see where the tokenizer cuts the text.")
+        self._previews: list = []
         self.preview = QTextBrowser()
         self.preview.setOpenLinks(False)
         self.preview.document().setDefaultFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
@@ -135,6 +138,7 @@ class DataPanel(QWidget):
         self.split_combo.activated.connect(lambda: self._update(text_split=self.split_combo.currentData()))
         self.train_on_combo.activated.connect(lambda: self._update(train_on=self.train_on_combo.currentText()))
         self.skip_bad_rows.toggled.connect(lambda checked: self._update(skip_bad_rows=checked))
+        self.show_tokens.toggled.connect(lambda: self._show_previews(self._previews))
         store.changed.connect(self.refresh)
         self.refresh()
 
@@ -185,8 +189,11 @@ class DataPanel(QWidget):
         preview_box = QWidget()
         preview_layout = QVBoxLayout(preview_box)
         preview_layout.setContentsMargins(0, 0, 0, 0)
-        preview_layout.addWidget(QLabel(f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained on; "
-                                        "<span style='color:gray'>grey</span> marks template tokens:"))
+        preview_header = QHBoxLayout()
+        preview_header.addWidget(QLabel(f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained "
+                                        "on; <span style='color:gray'>grey</span> marks template tokens:"), 1)
+        preview_header.addWidget(self.show_tokens)
+        preview_layout.addLayout(preview_header)
         preview_layout.addWidget(self.preview)
         histogram_box = QWidget()
         histogram_layout = QVBoxLayout(histogram_box)
@@ -322,6 +329,7 @@ class DataPanel(QWidget):
     def clear_results(self) -> None:
         """A new run: nothing detected, previewed or refused yet (no error left from the previous run)."""
         self._detected_format = None
+        self._previews = []
         self._clear_problems()
         self.detected_label.setText("No data chosen.")
         self.preview.clear()
@@ -342,6 +350,7 @@ class DataPanel(QWidget):
         self.problems[problem.setting].show_problem(problem.message, problem.hint)
         for box in (self.train_box, self.validation_box):
             box.mark_problem(problem.message)
+        self._previews = []
         self.detected_label.setText("The data cannot be used yet: see the message in red.")
         self.preview.setHtml("<p style='color:gray'><i>The preview appears once the data can be read.</i></p>")
         self._clear_histogram()
@@ -412,13 +421,17 @@ class DataPanel(QWidget):
         self.columns_box.setVisible(bool(self.column_combos) and info.format != "text")
 
     def _show_previews(self, previews) -> None:
+        self._previews = list(previews)
         parts = []
         for example in previews:
-            body = "".join(
-                f"<span style='{TRAINED_STYLE}'>{_mark_special(html.escape(text))}</span>" if trained
-                else _mark_special(html.escape(text))
-                for text, trained in example.segments
-            )
+            if self.show_tokens.isChecked() and example.token_pieces:
+                body = "".join(_token_html(text, trained, i) for i, (text, trained) in enumerate(example.token_pieces))
+            else:
+                body = "".join(
+                    f"<span style='{TRAINED_STYLE}'>{_mark_special(html.escape(text))}</span>" if trained
+                    else _mark_special(html.escape(text))
+                    for text, trained in example.segments
+                )
             note = " · <b>truncated</b>" if example.truncated else ""
             path, _, where = example.source.rpartition(": ")
             source = f"{Path(path).name}: {where}" if path else example.source
@@ -441,6 +454,15 @@ class DataPanel(QWidget):
             + (f" · {stats.without_loss} dropped: nothing left to train on after truncation" if stats.without_loss else "")
             + (f" · {stats.skipped} bad rows skipped" if stats.skipped else "")
         )
+
+
+# Every other token is shaded a little darker: trained tokens stay green, the others grey.
+_TOKEN_SHADES = {True: ("rgba(46,157,78,0.30)", "rgba(46,157,78,0.55)"),
+                 False: ("rgba(128,128,128,0.10)", "rgba(128,128,128,0.28)")}
+
+
+def _token_html(text: str, trained: bool, index: int) -> str:
+    return f"<span style='background:{_TOKEN_SHADES[trained][index % 2]}'>{html.escape(text)}</span>"
 
 
 def _mark_special(escaped: str) -> str:
