@@ -274,3 +274,35 @@ def test_the_preview_cuts_the_same_text_where_tokens_begin(tmp_path, tok):
 def _alpaca_chat(row):
     return [{"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"},
             {"role": "assistant", "content": row["output"]}]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llamafactory-v1", "text-chunks"])
+def test_the_engine_trains_on_the_brought_formats(kind, tmp_path, tiny_model_dir):
+    """Three real optimizer steps on a tiny model: the new columns (untrained turns) and the rows a chunked text
+    becomes go through the collator and the Trainer like any other."""
+    from workbench.core.config import RunConfig
+    from workbench.core.training import run
+
+    if kind == "llamafactory-v1":
+        rows = [{"messages": [lf_message("user", f"Question {i}?", 0.0), lf_message("assistant", "Skip.", 0.0),
+                              lf_message("user", "Again?", 0.0), lf_message("assistant", f"Answer {i}.", 1.0)]}
+                for i in range(8)]
+        file, extra = write_jsonl(tmp_path / "v1.jsonl", rows), {}
+    else:
+        file = tmp_path / "play.txt"
+        file.write_text("".join(f"Line {i} of the play, spoken slowly.\n" for i in range(60)))
+        extra = {"text_split": "chunks"}
+    config = RunConfig.from_dict({
+        "model": {"source": str(tiny_model_dir("llama"))},
+        "lora": {"r": 4, "alpha": 8, "preset": "all-linear"},
+        "data": {"train_files": [str(file)], "max_length": 128 if kind == "llamafactory-v1" else 32, **extra},
+        "training": {"max_steps": 3, "batch_size": 2, "device": "cpu", "logging_steps": 1},
+        "output": {"runs_root": str(tmp_path / "runs")},
+    })
+    result = run(config)
+    assert (result.status, result.final_step) == ("finished", 3)
+    steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in steps if e["kind"] == "step"]
+    assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses)
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
