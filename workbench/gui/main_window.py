@@ -158,6 +158,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         action(model_menu, "Open &GGUF file…", self.picker.choose_gguf)
         data_menu = self.menuBar().addMenu("&Data")
         action(data_menu, "&Add training files…", self.data.choose_files, "Ctrl+D")
+        action(data_menu, "Add &validation files…", self.data.choose_validation_files)
         self.recent_data_menu = data_menu.addMenu("Add &recent file")
         train_menu = self.menuBar().addMenu("&Train")
         action(train_menu, "&Start", self.start_training, "Ctrl+Return")
