@@ -12,7 +12,6 @@ loaded between inspections). Every change to the data settings asks for a fresh 
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,12 @@ from workbench.core.data.inspection import inspect_data  # noqa: F401  (the wind
 from workbench.core.data.problems import describe
 
 from .file_list import FileListBox
+from .data_preview import TRAINED_STYLE, preview_html
 from .inline_problem import InlineProblem
 from .plots import follow_palette
 
 DATA_FILTER = f"Datasets ({' '.join('*' + suffix for suffix in DATA_SUFFIXES)});;All files (*)"
 DEFAULT_COLUMN = "(same name)"
-TRAINED_STYLE = "background:rgba(46,157,78,0.35)"
-# Template and special tokens (<|im_end|>, <s>, </s>, [INST]) are set apart so the text around them reads.
-_SPECIAL = re.compile(r"(&lt;\|[^|&]*\|&gt;|&lt;/?s&gt;|\[/?INST\])")
 TEXT_SPLITS = {"paragraphs": "one example per paragraph", "chunks": "fixed-length chunks (max length tokens)",
                "whole": "the whole file as one example"}
 ALPACA_TEMPLATES = {"auto": "the model's chat template (classic without one)", "chat": "the chat template",
@@ -422,23 +419,7 @@ class DataPanel(QWidget):
 
     def _show_previews(self, previews) -> None:
         self._previews = list(previews)
-        parts = []
-        for example in previews:
-            if self.show_tokens.isChecked() and example.token_pieces:
-                body = "".join(_token_html(text, trained, i) for i, (text, trained) in enumerate(example.token_pieces))
-            else:
-                body = "".join(
-                    f"<span style='{TRAINED_STYLE}'>{_mark_special(html.escape(text))}</span>" if trained
-                    else _mark_special(html.escape(text))
-                    for text, trained in example.segments
-                )
-            note = " · <b>truncated</b>" if example.truncated else ""
-            path, _, where = example.source.rpartition(": ")
-            source = f"{Path(path).name}: {where}" if path else example.source
-            parts.append(f"<p style='margin-top:10px'><b>{html.escape(source)}</b> · {example.tokens} tokens, "
-                         f"{example.trained_tokens} trained{note}</p>"
-                         f"<pre style='white-space: pre-wrap; margin-left:8px'>{body}</pre>")
-        self.preview.setHtml("<hr>".join(parts) or "<i>No usable example.</i>")
+        self.preview.setHtml(preview_html(self._previews, show_tokens=self.show_tokens.isChecked()))
 
     def _show_stats(self, stats) -> None:
         hist = stats.length_histogram
@@ -454,16 +435,3 @@ class DataPanel(QWidget):
             + (f" · {stats.without_loss} dropped: nothing left to train on after truncation" if stats.without_loss else "")
             + (f" · {stats.skipped} bad rows skipped" if stats.skipped else "")
         )
-
-
-# Every other token is shaded a little darker: trained tokens stay green, the others grey.
-_TOKEN_SHADES = {True: ("rgba(46,157,78,0.30)", "rgba(46,157,78,0.55)"),
-                 False: ("rgba(128,128,128,0.10)", "rgba(128,128,128,0.28)")}
-
-
-def _token_html(text: str, trained: bool, index: int) -> str:
-    return f"<span style='background:{_TOKEN_SHADES[trained][index % 2]}'>{html.escape(text)}</span>"
-
-
-def _mark_special(escaped: str) -> str:
-    return _SPECIAL.sub(r"<span style='color:gray'>\1</span>", escaped)
