@@ -159,6 +159,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         action(model_menu, "Open &GGUF file…", self.picker.choose_gguf)
         data_menu = self.menuBar().addMenu("&Data")
         action(data_menu, "&Add training files…", self.data.choose_files, "Ctrl+D")
+        action(data_menu, "Add &validation files…", self.data.choose_validation_files)
         self.recent_data_menu = data_menu.addMenu("Add &recent file")
         train_menu = self.menuBar().addMenu("&Train")
         action(train_menu, "&Start", self.start_training, "Ctrl+Return")
@@ -477,8 +478,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data_inspected.emit()
 
     def _data_failed(self, message: str, details: str) -> None:
-        self.data.show_error(message)
-        self.show_error("Cannot use the data", message, details)
+        self.data.show_error(message)  # beside the control it concerns, not a box that returns after every edit
+        if details:  # an unexpected error: the box says where its log is
+            self.show_error("Cannot use the data", message, details)
         self.data_failed.emit(message)
 
     def _data_job_done(self) -> None:
