@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import WorkbenchError
 
-__all__ = ["DEFAULT_LAMBDAS", "TradeOffPoint", "TradeOff", "reduce_intruders", "task_loss", "intruder_trade_off",
+__all__ = ["DEFAULT_LAMBDAS", "TradeOffPoint", "TradeOff", "reduce_intruders", "task_loss", "intruder_trade_off", "run_trade_off",
            "load_run_model", "save_reduced_adapter"]
 
 DEFAULT_LAMBDAS = (1.0, 0.75, 0.5, 0.25, 0.0)
@@ -152,9 +152,9 @@ class LoadedRun:
     config: Any  # RunConfig
 
 
-def load_run_model(run_dir: str | Path, *, max_examples: int = 64) -> LoadedRun:
+def load_run_model(run_dir: str | Path, *, max_examples: int | None = None) -> LoadedRun:
     """The run's base model (float32) with its final adapter, and the (prompt, answer) token pairs of its
-    validation rows."""
+    validation rows (at most ``max_examples``, default: the run's own eval.max_examples)."""
     import torch
     from peft import PeftModel
 
@@ -174,7 +174,8 @@ def load_run_model(run_dir: str | Path, *, max_examples: int = 64) -> LoadedRun:
     base = load_model(source, load_config(source, trust_remote_code=m.trust_remote_code), dtype=torch.float32,
                       trust_remote_code=m.trust_remote_code)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    refs = eval_references(config.data, tokenizer, seed=config.training.seed, limit=max_examples)
+    refs = eval_references(config.data, tokenizer, seed=config.training.seed,
+                           limit=max_examples or config.eval.max_examples)
     pairs = []
     for ref in refs:
         prompt = tokenizer(ref.prompt, add_special_tokens=True)["input_ids"]
@@ -207,3 +208,20 @@ def save_reduced_adapter(peft_model: Any, out: str | Path, *, mitigation_lambda:
         peft_model.set_adapter("default")
         peft_model.delete_adapter(REDUCED)
     return out
+
+
+def run_trade_off(run_dir: str | Path, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS, top_k: int = 10,
+                  threshold_epsilon: float = 0.5, should_stop: Callable[[], bool] = lambda: False
+                  ) -> tuple[LoadedRun, TradeOff]:
+    """The trade-off of a run's final adapter: its model loaded (kept, so the chosen λ can be saved without loading
+    again), the retention meter built on its base with the run's own reference texts, and every λ measured."""
+    from .retention import RetentionProbe, general_prompts, reference_texts
+
+    loaded = load_run_model(run_dir)
+    e = loaded.config.eval
+    probe = RetentionProbe.build(loaded.model, loaded.tokenizer, reference_texts(e.retention_file), general_prompts(),
+                                 batch_size=e.batch_size)
+    trade = intruder_trade_off(loaded.model, loaded.tokenizer, probe, loaded.task_pairs, lambdas=lambdas, top_k=top_k,
+                               threshold_epsilon=threshold_epsilon, batch_size=e.batch_size, should_stop=should_stop)
+    return loaded, trade
+
