@@ -157,7 +157,9 @@ class QueuePanel(QWidget):
         try:
             self.status.setText(action())
         except WorkbenchError as exc:
-            self.status.setText(exc.message.splitlines()[0] + (f" — {exc.hint}" if exc.hint else ""))
+            # A ConfigError lists its problems on the lines after its heading: all of them, on one line.
+            text = " ".join(line.strip() for line in exc.message.splitlines() if line.strip())
+            self.status.setText(text + (f" — {exc.hint}" if exc.hint else ""))
         self.refresh()
 
     # -- editing ----------------------------------------------------------------------------------------
