@@ -84,6 +84,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data = DataPanel(self.store)
         self.training = TrainingPanel()
         self.runs = RunsPanel()
+        # The queue adds the window's settings and runs as one of the window's jobs (cancelled when it closes).
+        self.runs.queue.config_source, self.runs.queue.start_job = (lambda: self.store.config), self._start
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
