@@ -324,7 +324,7 @@ def _stop_if_requested(control: Control, phase: str, resumed_at: int = 0) -> Non
     raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
 
 
-def _finish_from_checkpoint(run_dir: Path, sink: Any, point: "_ResumeInfo", dist: Distributed) -> TrainResult:
+def _finish_from_checkpoint(run_dir: Path, sink: Sink, point: "_ResumeInfo", dist: Distributed) -> TrainResult:
     """Finish a run whose checkpoint holds its last step (it was killed while its final adapter was written):
     the final adapter is the checkpoint's adapter, copied into ``adapter/`` aside and renamed into place, and
     the run is marked finished. No model is loaded and no step is trained: training on from the last step
