@@ -144,7 +144,9 @@ def _loaded(model_dir: Path, quant: str):
 
     from workbench.core.quantization import load_kwargs, prepare_for_training
 
-    cfg = make_config(model_dir, Path("."), model={"quantization": quant})
+    scratch = model_dir.parent / "quantized-loading"  # under pytest's temporary folder: never the repository
+    scratch.mkdir(exist_ok=True)
+    cfg = make_config(model_dir, scratch, model={"quantization": quant})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                  **load_kwargs(cfg.model, "cpu", torch.float32))
     return prepare_for_training(model, cfg), cfg
