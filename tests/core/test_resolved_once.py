@@ -20,8 +20,10 @@ from workbench.core import events as ev
 from workbench.core.config import RunConfig
 from workbench.core.control import RunControl
 from workbench.core.runs import RUN_FILE
+from workbench.core.cache import CACHE_ENV
 from workbench.core.training import resume, run
-from test_training import make_config  # noqa: E402  (tests/core is on sys.path through pytest's rootdir)
+from test_builtin import write_tiny_gguf  # noqa: E402  (tests/core is on sys.path through pytest's rootdir)
+from test_training import make_config  # noqa: E402
 
 
 def count_calls(monkeypatch, module, name: str) -> list:
@@ -106,3 +108,18 @@ def test_a_resume_resolves_once_and_leaves_run_toml_alone(tiny_model_dir, tmp_pa
         "resolve_source": 1, "load_config": 1, "load_tokenizer": 1, "choose_device": 1, "choose_precision": 1}
     assert [p for p in saved if p.name == RUN_FILE] == []
     assert (first.run_dir / RUN_FILE).read_bytes() == before
+
+
+def test_a_run_from_a_gguf_file_resolves_once_and_writes_run_toml_once(tmp_path, counted, monkeypatch):
+    """A GGUF file is converted into the cache by resolve_source; from there it is a model folder like any other."""
+    counts, saved, reset = counted
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "model" / "tiny-llama.F32.gguf"
+    gguf.parent.mkdir()
+    write_tiny_gguf(gguf)
+    result = run(make_config(gguf, tmp_path, max_steps=1), ev.ListSink())
+
+    assert {name: len(calls) for name, calls in counts.items()} == {
+        "resolve_source": 1, "load_config": 1, "load_tokenizer": 1, "choose_device": 1, "choose_precision": 1}
+    assert [p.name for p in saved if p.name == RUN_FILE] == [RUN_FILE]
+    assert RunConfig.from_toml(result.run_dir / RUN_FILE).lora.target_modules

@@ -77,16 +77,16 @@ def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | No
     mc = config.model
     compute = compute or precision.resolve_compute(config)  # fp16 on a CPU, bf16 on an old GPU: refused here
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
-    files = setup.ModelFiles(source)
-    if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
-        hf_config = setup.load_base_config(config, source)
-        files = replace(files, hf_config=hf_config, selection=setup.planned_selection(config, hf_config))
-        if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
-            # headers and sizes only; the config read above is the one it would read, except for a model with its
-            # own code (which it leaves to the training) or a classification head (which changes the shapes)
-            plain = not mc.trust_remote_code and mc.task == "causal-lm"
-            check_weight_files(source, hf_config if plain else None)
-            files = replace(files, tokenizer=load_tokenizer(source, trust_remote_code=mc.trust_remote_code))
+    # A GGUF file's source is its conversion in the cache (made by resolve_source): a model folder like any other.
+    hf_config = setup.load_base_config(config, source)
+    files = setup.ModelFiles(source, hf_config, selection=setup.planned_selection(config, hf_config))
+    if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
+        # headers and sizes only; the config read above is the one it would read, except for a model with its
+        # own code (which it leaves to the training) or a classification head (which changes the shapes)
+        plain = not mc.trust_remote_code and mc.task == "causal-lm"
+        check_weight_files(source, hf_config if plain else None)
+    if source.kind != "hub":  # a Hub model's tokenizer files come with its download, at the set-up
+        files = replace(files, tokenizer=load_tokenizer(source, trust_remote_code=mc.trust_remote_code))
     quantization.check_run(config, files.hf_config, compute.device)  # #17: quantized bases, LoRA inits
     lora_init.check_run(config, compute.device)
     detect(config.data)
