@@ -94,6 +94,7 @@ class ExportDialog(QDialog):
         self.size_label.setWordWrap(True)
         self.size_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._gguf_unsupported = ""  # why the base's architecture cannot be written to GGUF, once known
+        self._gguf_origin: str | None = None  # the GGUF the base was converted from ("" none), once the plan knows
         self._plan_timer = QTimer(self, singleShot=True, interval=300)  # debounce typing in the path boxes
         self._plan_timer.timeout.connect(self._plan)
         self._planning = False
@@ -244,6 +245,7 @@ class ExportDialog(QDialog):
         self._show_base_gguf_default()
         self._show_quantized_note()
         self._gguf_unsupported = ""  # another base: its architecture is checked again
+        self._gguf_origin = None
         for key in GGUF_MODES:
             self.mode_buttons[key].setEnabled(True)
             self.mode_buttons[key].setToolTip("")
@@ -285,7 +287,8 @@ class ExportDialog(QDialog):
                 self.mode_buttons[key].setEnabled(False)
             self._show(f"GGUF export is not available for this base model: {plan['unsupported']}")
             return
-        self._show_base_gguf_default(plan.get("gguf_origin", ""))
+        self._gguf_origin = plan.get("gguf_origin", "")
+        self._show_base_gguf_default(self._gguf_origin)
         size = human_bytes(plan["size"])
         self.size_label.setText(f"{plan['file_name']}: {size if plan['exact'] else 'about ' + size}"
                                 + ("" if plan["exact"] else " (llama.cpp chooses a type per tensor)"))
@@ -320,6 +323,9 @@ class ExportDialog(QDialog):
             p.append("Choose the adapter folder.")
         if self.mode() in ("merge", *GGUF_MODES) and not self.base_edit.text().strip():
             p.append("Choose the base model folder for a merged model or a GGUF file.")
+        if self.mode() == "ollama_adapter" and not self.base_gguf_edit.text().strip() and self._gguf_origin == "":
+            p.append("Choose the Base GGUF: the .gguf file of the base model that the Modelfile's FROM line names "
+                     "(this base was not converted from one).")
         out = self.out_edit.text().strip()
         if not out:
             p.append("Choose a destination folder.")

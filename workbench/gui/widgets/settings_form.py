@@ -183,6 +183,7 @@ class SettingsForm(QScrollArea):
             if title == "LoRA":  # lora.init and QLoRA's choices: a group of their own (quantization_settings.py)
                 self.quantization = QuantizationSettings(store)
                 left.addWidget(self.quantization)
+        self.quantization.mark_optimizers(self.editors["training.optimizer"].widget)
         left.addStretch(1)
         right.addStretch(1)
         self.setWidget(body)
