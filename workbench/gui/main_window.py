@@ -507,6 +507,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         problems = self.preflight_problems()
         if problems:
             self.show_error("Cannot start training", "\n".join(problems))
+            if self.form.first_problem():  # behind the message: the field to fix, with the cursor in it
+                self.tabs.setCurrentWidget(self.form)
+                self.form.focus_field(self.form.first_problem())
             return
         if self.training.location.separate:
             self.external.start(self.store.config, self.training.location.process_count)
