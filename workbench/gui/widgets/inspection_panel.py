@@ -11,11 +11,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-    QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from .names import natural_key, short_kind_labels
+from .path_edit import PathEdit
 from .plots import follow_palette
 
 METRICS = (("relative_norm", "||ΔW|| / ||W||"), ("delta_norm", "||ΔW||"), ("effective_rank", "effective rank"))
@@ -35,9 +35,9 @@ class InspectionPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.report = None
-        self.adapter_edit = QLineEdit()
+        self.adapter_edit = PathEdit()
         self.adapter_edit.setPlaceholderText("a PEFT LoRA adapter folder")
-        self.base_edit = QLineEdit()
+        self.base_edit = PathEdit()
         self.base_edit.setPlaceholderText("its base model folder (optional; needed for ||ΔW|| / ||W||)")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._choose)
