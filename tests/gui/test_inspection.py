@@ -72,6 +72,5 @@ def test_natural_key_and_short_labels():
     assert sorted(["layers.10.q", "layers.2.q", "layers.1.q"], key=natural_key) == \
         ["layers.1.q", "layers.2.q", "layers.10.q"]
     assert short_kind_labels(["self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"]) == ["q", "gate", "down"]
-    assert short_kind_labels(["attn.c_attn", "attn.c_proj", "mlp.c_proj"]) == \
-        ["attn.c_attn", "attn.c_proj", "mlp.c_proj"]
+    assert short_kind_labels(["attn.c_attn", "attn.c_proj", "mlp.c_proj"]) == ["c_attn", "attn.c_proj", "mlp.c_proj"]
     assert short_kind_labels(["a.fc1", "b.fc2"]) == ["fc1", "fc2"]

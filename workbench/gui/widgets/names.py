@@ -16,14 +16,16 @@ def natural_key(text: str) -> tuple:
 
 def short_kind_labels(kinds: list[str]) -> list[str]:
     """The last part of each module kind without the "_proj" most architectures append ("self_attn.q_proj" →
-    "q"), falling back to longer forms where two kinds would read the same."""
-    def shortest(kind: str) -> list[str]:
+    "q"); a kind whose short form another kind shares gets a longer one ("attn.c_proj" beside "mlp.c_proj")."""
+    def forms(kind: str) -> list[str]:
         last = kind.rsplit(".", 1)[-1]
-        stripped = re.sub(r"_?proj$", "", last) or last
-        return [stripped, last, kind]
+        return [re.sub(r"_?proj$", "", last) or last, last, kind]
 
-    for level in range(3):
-        labels = [shortest(k)[level] for k in kinds]
-        if len(set(labels)) == len(labels):
+    levels = [0] * len(kinds)
+    while True:
+        labels = [forms(k)[level] for k, level in zip(kinds, levels)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and levels[i] < 2]
+        if not clashing:
             return labels
-    return list(kinds)
+        for i in clashing:
+            levels[i] += 1
