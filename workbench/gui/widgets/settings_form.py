@@ -180,6 +180,7 @@ class SettingsForm(QScrollArea):
         columns.addSpacing(24)
         columns.addLayout(right)
         columns.addStretch(1)
+        labels_by_column: dict[bool, list[QLabel]] = {}
         for title, keys in GROUPS:
             box = QGroupBox(title)
             form = QFormLayout(box)
@@ -199,7 +200,13 @@ class SettingsForm(QScrollArea):
                 holder_layout.addWidget(editor.error)
                 form.addRow(label, holder)
                 self.editors[key] = editor
+                labels_by_column.setdefault(title in RIGHT_COLUMN, []).append(label)
             (right if title in RIGHT_COLUMN else left).addWidget(box)
+        # One label width per column, so the editors of its groups line up instead of each group's own.
+        for labels in labels_by_column.values():
+            width = max(label.sizeHint().width() for label in labels)
+            for label in labels:
+                label.setMinimumWidth(width)
         left.addStretch(1)
         right.addStretch(1)
         self.setWidget(body)
