@@ -124,12 +124,12 @@ def main() -> int:
         window.tabs.setCurrentIndex(0)
         shoot(window, "model-and-layers")
 
-        # A CPU-sized run of the 135M model: long enough for curves, short enough for a laptop.
-        window.store.update("training", max_steps=30, learning_rate=1e-3, batch_size=4, eval_steps=10,
-                            sample_steps=15, sample_max_new_tokens=12, warmup_ratio=0.05,
+        # A CPU-sized run of the 135M model (a step takes seconds on a laptop, a minute on a shared 2-core box).
+        window.store.update("training", max_steps=10, learning_rate=1e-3, batch_size=2, eval_steps=5,
+                            sample_steps=10, sample_max_new_tokens=8, warmup_ratio=0.1,
                             sample_prompts=["Question: what is the capital of France?\nAnswer:",
                                             "Question: what is the largest planet?\nAnswer:"])
-        window.store.update("data", max_length=64, validation_split=0.1)
+        window.store.update("data", max_length=48, validation_split=0.05)
         window.tabs.setCurrentIndex(1)
         shoot(window, "settings")
 
@@ -158,7 +158,7 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     """Runs comparison, export/merge, adapter inspection and playground (window part 2)."""
     # A second run with other settings, so the comparison has two curves and a configuration difference.
     window.store.update("lora", r=16, alpha=16)
-    window.store.update("training", max_steps=20, learning_rate=3e-4, sample_steps=None)
+    window.store.update("training", max_steps=5, learning_rate=3e-4, sample_steps=None)
     ended.clear()
     window.start_training()
     wait(lambda: ended, timeout=900)
@@ -170,7 +170,7 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     settle(1200)
     shoot(window, "runs-comparison")
 
-    first = runs.summaries[-1].path  # the oldest: the 30-step run
+    first = runs.summaries[-1].path  # the oldest: the 10-step run
     done = []
     dialog = window.open_export(str(first / "adapter"))
     dialog.out_edit.setText(str(folder / "demo-merged"))
@@ -197,7 +197,7 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     pg.request_load()
     wait(lambda: loaded)
     pg.prompt.setPlainText("Question: what is the capital of France?\nAnswer:")
-    pg.max_tokens.setValue(24)
+    pg.max_tokens.setValue(12)
     pg.generate()
     wait(lambda: generated and window._jobs == 0)
     shoot(window, "playground")

@@ -137,3 +137,31 @@ def test_the_map_and_the_window_agree_with_peft_on_trainable_parameters(opened, 
     qtbot.waitUntil(lambda: f"{trainable:,} trainable" in window.layers.summary.trainable.toolTip())
     caption = re.sub("<[^>]+>", "", window.layers.map_caption.text())
     assert f"{len(expected)} of {len(LLAMA_KINDS) * grid.blocks.__len__()} adapted" in caption
+
+
+def test_the_map_shows_what_an_inspected_adapter_changed(qtbot, tree):
+    from workbench.core.adapter_report import AdapterReport, ModuleStats
+
+    model, block_map = bound(qtbot, tree)
+    grid = block_map.grid
+    small, large = grid.names[0][0], grid.names[2][1]
+    model.replace_selection([small, large])
+
+    def stats(name: str, delta: float) -> ModuleStats:
+        block = int(name.split(".")[2])
+        return ModuleStats(name=name, stack=tree.blocks_prefix, block=block, kind=name.split(".", 3)[3], rank=8,
+                           scale=2.0, delta_norm=delta, weight_norm=10.0, singular_values=(delta,), effective_rank=1)
+
+    report = AdapterReport(adapter="/a", base="/b", method="LoRA", modules=[stats(small, 0.1), stats(large, 2.0)])
+    ranks = colour_at(block_map, 0, 0), colour_at(block_map, 2, 1)
+    assert ranks[0] == ranks[1], "the same rank: the same shade"
+    assert block_map.show_change(report) == 2
+    block_map.set_colour_by_change(True)
+    changed = colour_at(block_map, 0, 0), colour_at(block_map, 2, 1)
+    assert changed[0] != changed[1] and changed[0] != ranks[0], "coloured by ‖ΔW‖/‖W‖ now"
+    assert "‖ΔW‖ / ‖W‖ of the inspected adapter: 0.2" in block_map.card(large)
+    other = AdapterReport(adapter="/a", base="/b", method="LoRA", modules=[
+        ModuleStats(name="transformer.h.0.attn.c_attn", stack="transformer.h", block=0, kind="attn.c_attn", rank=8,
+                    scale=2.0, delta_norm=1.0, weight_norm=1.0, singular_values=(1.0,), effective_rank=1)])
+    assert block_map.show_change(other) == 0 and not block_map.colour_by_change, "another model's adapter"
+    assert colour_at(block_map, 0, 0) == ranks[0]

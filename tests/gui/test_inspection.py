@@ -74,3 +74,17 @@ def test_natural_key_and_short_labels():
     assert short_kind_labels(["self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"]) == ["q", "gate", "down"]
     assert short_kind_labels(["attn.c_attn", "attn.c_proj", "mlp.c_proj"]) == ["c_attn", "attn.c_proj", "mlp.c_proj"]
     assert short_kind_labels(["a.fc1", "b.fc2"]) == ["fc1", "fc2"]
+
+
+def test_an_inspected_adapter_colours_the_block_map_of_its_model(opened, qtbot, tmp_path_factory, tiny_model_dir):
+    runs = trained_runs(tmp_path_factory, tiny_model_dir)
+    layers = opened.layers
+    assert not layers.map_colour.isEnabled(), "nothing inspected yet"
+    with qtbot.waitSignal(opened.inspected, timeout=60_000) as got:
+        opened.inspect_from_runs(str(runs["done"] / "adapter"))
+    report = got.args[0]
+    assert layers.map_colour.isEnabled()
+    layers.map_colour.setCurrentIndex(1)
+    assert layers.block_map.colour_by_change
+    expected = {m.name: m.relative_norm for m in report.modules}
+    assert layers.block_map.change == expected and len(expected) == 14

@@ -586,6 +586,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
     def inspect_adapter(self, adapter: str, base: str) -> None:
         worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base), "Inspecting the adapter")
         worker.result.connect(self.inspection.show_report)
+        worker.result.connect(self.layers.show_change)  # "what changed" on the block map, for the open model
         worker.result.connect(self.inspected)
         worker.failed.connect(self._inspect_failed)
         self._start(worker)

@@ -6,6 +6,10 @@ for a higher rank, with the rank written in it when there is room. Click a cell 
 (every cell the drag crosses takes the state the first one took), click a row label or a block number to
 toggle the whole row or column; hovering shows the module's shape, parameters and LoRA parameters.
 
+For a trained adapter the map can instead be coloured by what changed (``show_change``: ‖ΔW‖/‖W‖ per module
+from the Inspect tab's report, on the same grid), so "what I chose" and "what changed" are one picture; clicks
+still edit the selection.
+
 The map edits the same ``LayerSelection`` as the tree; it keeps no state of its own beyond the grid's layout,
 and repaints when the selection says it changed, whoever changed it. It paints a few hundred rectangles (80
 blocks × 7 kinds = 560), so a whole repaint costs well under a millisecond.
@@ -71,6 +75,9 @@ class BlockMap(QWidget):
         super().__init__(parent)
         self.selection: LayerSelection | None = None
         self.grid: BlockGrid | None = None
+        self.change: dict[str, float] = {}  # module → ‖ΔW‖/‖W‖ (or ‖ΔW‖) of an inspected adapter
+        self.change_metric = ""
+        self.colour_by_change = False
         self._paint_to: bool | None = None  # a drag's state: what every crossed cell becomes
         self._painted: set[str] = set()
         self.setMouseTracking(True)
@@ -89,6 +96,29 @@ class BlockMap(QWidget):
         self.update()
 
     def _selection_changed(self, *_names) -> None:
+        self.update()
+
+    def show_change(self, report) -> int:
+        """Keep an adapter report's per-module change (``core.adapter_report.AdapterReport``): ‖ΔW‖/‖W‖ when it
+        was measured against the base, else ‖ΔW‖. Returns how many of its modules are cells of this map (0: the
+        adapter is for another model, and nothing is kept)."""
+        metric = "relative_norm" if report.base else "delta_norm"
+        values = {m.name: getattr(m, metric) for m in report.modules if getattr(m, metric) is not None}
+        cells = {n for row in (self.grid.names if self.grid else []) for n in row if n}
+        matched = len(cells & set(values))
+        self.change = values if matched else {}
+        self.change_metric = ("‖ΔW‖ / ‖W‖" if metric == "relative_norm" else "‖ΔW‖") if matched else ""
+        if not matched:
+            self.colour_by_change = False
+        self.update()
+        return matched
+
+    def clear_change(self) -> None:
+        self.change, self.change_metric, self.colour_by_change = {}, "", False
+        self.update()
+
+    def set_colour_by_change(self, on: bool) -> None:
+        self.colour_by_change = bool(on and self.change)
         self.update()
 
     # -- geometry ----------------------------------------------------------------------------------------
@@ -150,6 +180,12 @@ class BlockMap(QWidget):
         selection = self.selection
         ranks = [selection.rank_of(n) for n in selection.selected] or [selection.rank]
         top_rank = max(ranks)
+        by_change = self.colour_by_change and bool(self.change)
+        if by_change:
+            import pyqtgraph as pg  # the colour map the Inspect tab's heatmap uses
+
+            colours = pg.colormap.get("viridis")
+            top_change = max(self.change.values()) or 1.0
         w = self.cell_width()
         metrics = self.fontMetrics()
         painter.setPen(text)
@@ -167,7 +203,16 @@ class BlockMap(QWidget):
                 rect = self.cell_rect(r, c)
                 if name is None:
                     continue
-                if name in selection.selected:
+                if by_change:
+                    value = self.change.get(name)
+                    if value is None:
+                        painter.fillRect(rect, empty)
+                    else:
+                        painter.fillRect(rect, colours.map(value / top_change, mode="qcolor"))
+                    if name in selection.selected:  # the choice, as a frame around what changed
+                        painter.setPen(text)
+                        painter.drawRect(rect.adjusted(0, 0, -1, -1))
+                elif name in selection.selected:
                     rank = selection.rank_of(name)
                     colour = QColor(SELECTED)
                     # Lighter for a lower rank than the highest in the choice, never so light it reads as unset.
@@ -227,7 +272,9 @@ class BlockMap(QWidget):
             state = f"adapted: rank {rank}, alpha {alpha:g} → {lora:,} LoRA parameters ({human_count(lora)})"
         else:
             state = f"not adapted (at rank {rank} it would add {lora:,} LoRA parameters)"
-        return f"<b>{name}</b><br>{node.type} · weight {shape} · {node.params:,} parameters<br>{state}"
+        changed = (f"<br>{self.change_metric} of the inspected adapter: {self.change[name]:.4g}"
+                   if name in self.change else "")
+        return f"<b>{name}</b><br>{node.type} · weight {shape} · {node.params:,} parameters<br>{state}{changed}"
 
     def _show_card(self, name: str | None, where: QPoint) -> None:
         self.hovered.emit(name or "")

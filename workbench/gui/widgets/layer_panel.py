@@ -120,10 +120,21 @@ class LayerPanel(QWidget):
         self.block_map = BlockMap()
         self.map_caption = QLabel()
         self.map_caption.setWordWrap(True)
+        self.map_colour = QComboBox()
+        self.map_colour.addItem("Colour: chosen rank", False)
+        self.map_colour.addItem("Colour: what the inspected adapter changed", True)
+        self.map_colour.setToolTip("After Inspect adapter (for this model): colour the cells by ‖ΔW‖/‖W‖; "
+                                   "the chosen modules are framed.")
+        self.map_colour.setEnabled(False)
+        self.map_colour.currentIndexChanged.connect(
+            lambda _: self.block_map.set_colour_by_change(self.map_colour.currentData()))
+        caption_row = QHBoxLayout()
+        caption_row.addWidget(self.map_caption, 1)
+        caption_row.addWidget(self.map_colour)
         map_box = QWidget()
         map_layout = QVBoxLayout(map_box)
         map_layout.setContentsMargins(0, 0, 0, 4)
-        map_layout.addWidget(self.map_caption)
+        map_layout.addLayout(caption_row)
         map_layout.addWidget(self.block_map)
         self.map_box = map_box
         self.tree_page = QSplitter(Qt.Orientation.Vertical)
@@ -229,6 +240,9 @@ class LayerPanel(QWidget):
             self._hide_filtered()
         model.selection.edited.connect(self.selectionEdited)  # loads (a run file, a re-opened model) are not edits
         self.block_map.set_selection(model.selection)
+        self.block_map.clear_change()  # an adapter inspected for the previous model says nothing about this one
+        self.map_colour.setCurrentIndex(0)
+        self.map_colour.setEnabled(False)
         model.selection.changed.connect(self._update_map_caption)
         self.map_box.setVisible(bool(self.block_map.grid.blocks))
         self._update_map_caption()
@@ -247,6 +261,13 @@ class LayerPanel(QWidget):
         self._expand_to_blocks()
         self._set_tools_enabled(True)
         self.stack.setCurrentWidget(self.tree_page)
+
+    def show_change(self, report) -> None:
+        """An inspected adapter's change per module, offered as the map's colouring when it fits this model."""
+        matched = self.block_map.show_change(report) if self.model is not None else 0
+        self.map_colour.setEnabled(bool(matched))
+        if not matched:
+            self.map_colour.setCurrentIndex(0)
 
     def _update_map_caption(self, *_changed) -> None:
         grid = self.block_map.grid
