@@ -151,3 +151,22 @@ def test_a_resumed_run_shows_its_history(qtbot, tmp_path):
     assert panel.plots.series["eval_loss"].x.tolist() == [4]
     assert panel.plots.series["smoothed"].n == 6
     assert "Plotted the run's history: 5 logged steps" in panel.log.toPlainText()
+
+
+def test_a_watched_runs_replayed_history_is_not_plotted_twice(qtbot, tmp_path):
+    """A run watched from its folder replays metrics.jsonl from the start, the resumed session's RunStarted
+    included: the history read for it finds every step plotted already."""
+    run_dir = tmp_path / "run"
+    with JsonlSink(run_dir / "metrics.jsonl") as sink:
+        for n in range(1, 4):
+            sink.emit(step(n))
+    panel = live_panel(qtbot)
+    for n in range(1, 4):
+        panel.handle(step(n))
+    panel.handle(started(str(run_dir), resumed=3))
+    panel.handle(step(4))
+    panel.end_run()
+    qtbot.waitUntil(lambda: not panel._reading_history() and not panel._pending, timeout=5000)
+    panel.flush()
+    assert panel.plots.series["loss"].x.tolist() == [1, 2, 3, 4]
+    assert "Plotted the run's history" not in panel.log.toPlainText()

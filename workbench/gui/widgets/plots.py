@@ -273,9 +273,10 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             plot.enableAutoRange()
         self.redraw()
 
-    def add_history(self, steps: list, evaluations: list) -> None:
+    def add_history(self, steps: list, evaluations: list) -> int:
         """A resumed run's earlier ``Step`` and ``Evaluation`` events, put in front of what is plotted already
-        (the live steps after the checkpoint may have arrived first)."""
+        (the live steps after the checkpoint may have arrived first). Steps already plotted (a watched run's
+        file replayed from its start) are skipped. Returns how many training steps were added."""
         first = {name: (self.series[name].x[0] if self.series[name].n else np.inf) for name in self.series}
         columns: dict[str, tuple[list, list]] = {name: ([], []) for name in self.series}
         for e in steps:
@@ -294,6 +295,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
                 self.series[name].prepend(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float))
                 self._stale.add(name)
         self.set_smoothing(self.smoothing)  # the moving average over the whole loss curve, and a redraw
+        return len(columns["loss"][0])
 
     def points(self, name: str) -> int:
         return self.series[name].n

@@ -177,6 +177,7 @@ class TrainingPanel(QWidget):
         self.flush()  # not running any more: draws whatever is left at once
         if not self._reading_history():  # else flush stops the timer once the history has been drawn
             self._flush_timer.stop()
+            self.flush()  # what a history reader queued just before it ended
         self.control = None
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
@@ -252,7 +253,8 @@ class TrainingPanel(QWidget):
         return self._history_reader is not None and self._history_reader.is_alive()
 
     def flush(self) -> None:
-        if not self.running and not self._pending and not self._reading_history():
+        # The reader first: once it has ended, whatever it queued is in _pending already.
+        if not self.running and not self._reading_history() and not self._pending:
             self._flush_timer.stop()
         if self._pending:
             events, self._pending = self._pending, []
@@ -321,11 +323,10 @@ class TrainingPanel(QWidget):
             self.append_log(f"Step {event.step}: resumed.")
             self._update_buttons()
         elif isinstance(event, _History):
-            if event.run is self._run_token:
-                self.plots.add_history(event.steps, event.evaluations)
-                if event.steps:
-                    self.append_log(f"Plotted the run's history: {len(event.steps)} logged steps before "
-                                    f"step {event.steps[-1].step + 1}.")
+            added = self.plots.add_history(event.steps, event.evaluations) if event.run is self._run_token else 0
+            if added:
+                self.append_log(f"Plotted the run's history: {added} logged steps before step "
+                                f"{event.steps[-1].step + 1}.")
         elif isinstance(event, Finished):
             self.progress.setValue(event.step)
             self._show_ended_time()
