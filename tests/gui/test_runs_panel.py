@@ -117,8 +117,10 @@ def test_legend_labels_say_what_differs():
     names = ["smollm2-20261203-084512-facts", "smollm2-20261203-091007-facts"]
     assert distinct_parts(names) == ["084512", "091007"]
     assert distinct_parts(["run-1", "run-2"]) == ["1", "2"] and distinct_parts(["x", "y"]) == ["x", "y"]
-    difference = [("lora.r", [8, 16]), ("output.name", names), ("training.learning_rate", [0.001, 0.0002]),
-                  ("training.seed", [1, 2])]
+    difference = [("lora.alpha", [16, 32]), ("lora.r", [8, 16]), ("output.name", names),
+                  ("training.eval_steps", [None, 2]), ("training.learning_rate", [0.001, 0.0002])]
     assert legend_labels(names, difference) == ["084512 (r 8, learning_rate 0.001)",
-                                                "091007 (r 16, learning_rate 0.0002)"]
+                                                "091007 (r 16, learning_rate 0.0002)"], "rank and rate first"
+    assert legend_labels(names, difference[3:], settings=3) == ["084512 (learning_rate 0.001, eval_steps None)",
+                                                                "091007 (learning_rate 0.0002, eval_steps 2)"]
     assert legend_labels(["only"], []) == ["only"]

@@ -73,10 +73,20 @@ def distinct_parts(names: list[str]) -> list[str]:
     return [o or n for o, n in zip(out, names)]
 
 
+# The settings people compare runs by, named first in a legend when they differ; others follow alphabetically.
+LEGEND_FIRST = ("lora.r", "training.learning_rate", "lora.alpha", "lora.preset", "lora.target_modules",
+                "lora.use_dora", "lora.use_rslora", "training.max_steps", "training.epochs", "training.batch_size",
+                "data.train_files", "model.source")
+
+
 def legend_labels(names: list[str], difference: list[tuple[str, list[object]]], settings: int = 2) -> list[str]:
-    """A legend entry per run that says what sets it apart: the distinct part of its name and the first few
-    settings that differ (not the output folder, which differs by construction)."""
-    shown = [(key, values) for key, values in difference if not key.startswith("output.")][:settings]
+    """A legend entry per run that says what sets it apart: the distinct part of its name and the settings that
+    differ, the usual suspects (rank, learning rate, …) first; not the output folder, which differs by
+    construction."""
+    ranked = sorted((row for row in difference if not row[0].startswith("output.")),
+                    key=lambda row: (LEGEND_FIRST.index(row[0]) if row[0] in LEGEND_FIRST else len(LEGEND_FIRST),
+                                     row[0]))
+    shown = ranked[:settings]
     labels = []
     for i, part in enumerate(distinct_parts(names)):
         settings_text = ", ".join(f"{key.split('.')[-1]} {values[i]}" for key, values in shown)
