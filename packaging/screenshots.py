@@ -125,10 +125,9 @@ def main() -> int:
         shoot(window, "model-and-layers")
 
         # A CPU-sized run of the 135M model (a step takes seconds on a laptop, a minute on a shared 2-core box).
-        window.store.update("training", max_steps=10, learning_rate=1e-3, batch_size=2, eval_steps=5,
-                            sample_steps=10, sample_max_new_tokens=8, warmup_ratio=0.1,
-                            sample_prompts=["Question: what is the capital of France?\nAnswer:",
-                                            "Question: what is the largest planet?\nAnswer:"])
+        window.store.update("training", max_steps=4, learning_rate=1e-3, batch_size=2, eval_steps=2,
+                            sample_steps=4, sample_max_new_tokens=8, warmup_ratio=0.0,
+                            sample_prompts=["Question: what is the capital of France?\nAnswer:"])
         window.store.update("data", max_length=48, validation_split=0.05)
         window.tabs.setCurrentIndex(1)
         shoot(window, "settings")
@@ -143,7 +142,7 @@ def main() -> int:
         ended = []
         window.training_ended.connect(lambda: ended.append(1))
         window.start_training()
-        wait(lambda: ended, timeout=900)
+        wait(lambda: ended, timeout=1800)
         window.training.log.parentWidget().parentWidget().setCurrentIndex(0)  # the Samples tab
         shoot(window, "training")
         shoot_part2(window, folder, model_dir, ended)
@@ -158,10 +157,10 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     """Runs comparison, export/merge, adapter inspection and playground (window part 2)."""
     # A second run with other settings, so the comparison has two curves and a configuration difference.
     window.store.update("lora", r=16, alpha=16)
-    window.store.update("training", max_steps=5, learning_rate=3e-4, sample_steps=None)
+    window.store.update("training", max_steps=3, learning_rate=3e-4, sample_steps=None, eval_steps=None)
     ended.clear()
     window.start_training()
-    wait(lambda: ended, timeout=900)
+    wait(lambda: ended, timeout=1800)
     runs = window.runs
     window.tabs.setCurrentWidget(runs)
     wait(lambda: len(runs.summaries) >= 2)
@@ -170,7 +169,7 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     settle(1200)
     shoot(window, "runs-comparison")
 
-    first = runs.summaries[-1].path  # the oldest: the 10-step run
+    first = runs.summaries[-1].path  # the oldest: the first run
     done = []
     dialog = window.open_export(str(first / "adapter"))
     dialog.out_edit.setText(str(folder / "demo-merged"))
@@ -187,6 +186,11 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     window.inspect_from_runs(str(first / "adapter"))
     wait(lambda: got)
     shoot(window, "inspection")
+    # The same change on the block map of the open model ("what I chose" framed, "what changed" in colour).
+    window.layers.map_colour.setCurrentIndex(1)
+    window.tabs.setCurrentIndex(0)
+    shoot(window, "block-map-change")
+    window.layers.map_colour.setCurrentIndex(0)
 
     pg = window.playground
     window.tabs.setCurrentWidget(pg)

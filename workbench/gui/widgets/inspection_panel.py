@@ -147,7 +147,9 @@ class InspectionPanel(QWidget):
         # Every block's number while they fit, then every few: pyqtgraph draws a level's labels only if all fit.
         every = max(1, -(-len(hm.blocks) // 32))
         self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(hm.blocks) if i % every == 0]])
-        self.plot.setTitle(dict(METRICS)[hm.metric] + " per block and module")
+        title = dict(METRICS)[hm.metric] + " per block and module kind"
+        self.plot.setProperty("plot_title", title)  # follow_palette colours it (pyqtgraph's default is a pale grey)
+        follow_palette(self.plot_widget, [self.plot])
         self.plot.setRange(xRange=(0, len(hm.kinds)), yRange=(0, len(hm.blocks)), padding=0)
 
     def _fill_table(self) -> None:
