@@ -21,8 +21,10 @@ from PySide6.QtWidgets import (
 
 from workbench.core.config import ConfigError, RunConfig, field_help
 
+from .quantization_settings import QuantizationSettings
+
 GROUPS: list[tuple[str, list[str]]] = [
-    ("LoRA", ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.use_dora", "lora.init", "lora.bias"]),
+    ("LoRA", ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.use_dora", "lora.bias"]),
     ("Optimisation", ["training.learning_rate", "training.epochs", "training.max_steps", "training.batch_size",
                       "training.gradient_accumulation", "data.max_length", "data.packing", "training.scheduler",
                       "training.warmup_ratio", "training.weight_decay", "training.max_grad_norm", "training.optimizer",
@@ -202,6 +204,9 @@ class SettingsForm(QScrollArea):
                 self.editors[key] = editor
                 labels_by_column.setdefault(title in RIGHT_COLUMN, []).append(label)
             (right if title in RIGHT_COLUMN else left).addWidget(box)
+            if title == "LoRA":  # lora.init and QLoRA's choices: a group of their own (quantization_settings.py)
+                self.quantization = QuantizationSettings(store)
+                left.addWidget(self.quantization)
         # One label width per column, so the editors of its groups line up instead of each group's own.
         for labels in labels_by_column.values():
             width = max(label.sizeHint().width() for label in labels)
@@ -217,12 +222,13 @@ class SettingsForm(QScrollArea):
 
     @property
     def valid(self) -> bool:
-        return not any(e.error.text() for e in self.editors.values())
+        return not any(e.error.text() for e in self.editors.values()) and self.quantization.valid
 
     def problems(self) -> list[str]:
         """Each refused value as "Label (section.name): message": the label is what the form shows, the key
         what the run file and the command line call it."""
-        return [f"{e.label} ({k}): {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
+        return ([f"{e.label} ({k}): {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
+                + ([self.quantization.problem.text()] if not self.quantization.valid else []))
 
     def first_problem(self) -> str | None:
         return next((k for k, e in self.editors.items() if e.error.text()), None)

@@ -25,6 +25,7 @@ from workbench.core.events import (
     CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Progress, Resumed, RunStarted, Sample, Step,
 )
 
+from .eval_plots import EvaluationPlots
 from .plots import MetricsPlots
 from .run_location import RunLocation
 from .summary_bar import human_bytes
@@ -63,6 +64,14 @@ def before_first_step(e: RunStarted) -> str:
     work.append("running the first optimizer step")
     where = f"Step {e.resumed_from_step} of {e.total_steps}" if e.total_steps else f"Step {e.resumed_from_step}"
     return f"{where}: {', then '.join(work)}… The first loss appears after step {e.resumed_from_step + 1}."
+
+
+def evaluation_summary(metrics: dict[str, float]) -> str:
+    """The task metrics and retention of one evaluation, for the log line ("; exact_match 0.25, …")."""
+    from .eval_plots import LABELS
+
+    shown = [f"{LABELS[k]} {v:.3g}" for k, v in metrics.items() if k in LABELS and isinstance(v, (int, float))]
+    return "; " + ", ".join(shown) if shown else ""
 
 
 def human_duration(seconds: float | None) -> str:
@@ -108,6 +117,8 @@ class TrainingPanel(QWidget):
         self.smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.99, singleStep=0.05, decimals=2, value=0.6)
         self.smoothing.setToolTip("Weight of the exponential moving average drawn over the raw loss (0 = none).")
         self.plots = MetricsPlots()
+        self.eval_plots = EvaluationPlots()  # task metrics and retention, shown beside the loss once they arrive
+        self.eval_plots.hide()
         self.samples = QPlainTextEdit(readOnly=True)
         self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
                                         "(set sample prompts and a sample interval in Settings).")
@@ -133,7 +144,12 @@ class TrainingPanel(QWidget):
         # against a minimum size hint: a small minimum lets the user drag the samples pane up as far as wanted.
         self.plots.setMinimumHeight(200)
         splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(self.plots)
+        curves = QSplitter(Qt.Orientation.Horizontal)
+        curves.addWidget(self.plots)
+        curves.addWidget(self.eval_plots)
+        curves.setStretchFactor(0, 2)
+        curves.setStretchFactor(1, 1)
+        splitter.addWidget(curves)
         splitter.addWidget(bottom)
         splitter.setChildrenCollapsible(False)
         splitter.setStretchFactor(0, 3)
@@ -163,6 +179,8 @@ class TrainingPanel(QWidget):
         self._run_token = object()
         self._elapsed = None
         self.plots.reset()
+        self.eval_plots.reset()
+        self.eval_plots.hide()
         self.samples.clear()
         self.progress.setRange(0, 0)  # busy until the engine says how many steps
         self.status_label.setText("Preparing the model and the data…")
@@ -286,6 +304,8 @@ class TrainingPanel(QWidget):
         self.progress.setValue(e.step)
         memory = f" · memory {human_bytes(e.memory_bytes)}" if e.memory_bytes else ""
         speed = f" · {e.tokens_per_second:,.0f} tokens/s" if e.tokens_per_second else ""
+        if e.trained_tokens_per_second:  # the tokens that carry loss, and examples: what users compare across tools
+            speed += f" ({e.trained_tokens_per_second:,.0f} trained · {e.examples_per_second or 0:,.1f} examples/s)"
         if not self.paused:
             self.status_label.setText(f"Training — epoch {e.epoch:.2f} · loss {e.loss:.4f}{speed}{memory}")
         self._elapsed = e.elapsed_s
@@ -300,10 +320,13 @@ class TrainingPanel(QWidget):
                             f"{event.trainable_params:,} trainable parameters, {event.total_steps} steps, "
                             f"{event.train_examples} training examples.")
             self.status_label.setText(before_first_step(event))
+            self.eval_plots.set_run_config(event.config)
             self._show_batch(event)
         elif isinstance(event, Evaluation):
             self.plots.add("eval_loss", event.step, event.eval_loss)
-            self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}")
+            if self.eval_plots.add_evaluation(event.step, event.metrics):
+                self.eval_plots.show()
+            self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}" + evaluation_summary(event.metrics))
             if self.plots.points("loss") == 0 and not self.paused:  # the baseline, before any step
                 self.status_label.setText(f"Baseline evaluation loss {event.eval_loss:.4f}; running the first "
                                           f"optimizer step…")
