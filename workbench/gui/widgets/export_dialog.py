@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from workbench.core.control import RunControl
 
 from .. import workers
+from .path_edit import PathEdit
 from .quantized_comparison import trained_quantization_of
 from .summary_bar import human_bytes
 from .training_panel import human_duration
@@ -68,9 +69,9 @@ class ExportDialog(QDialog):
         self._started_at = 0.0
         self._stage = "merge"  # what the progress counts: "merge"/"gguf" bytes, "quantize" tensors
 
-        self.adapter_edit = QLineEdit(adapter)
+        self.adapter_edit = PathEdit(adapter)
         self.adapter_edit.setPlaceholderText("adapter folder (a run's adapter/ or any PEFT LoRA adapter)")
-        self.base_edit = QLineEdit(base)
+        self.base_edit = PathEdit(base)
         self.base_edit.setPlaceholderText("base model folder (needed for a merged model)")
         # The GGUF model the adapter will run on (llama-cli -m, Ollama's FROM); checked to hold every adapted tensor.
         self.base_gguf_edit = QLineEdit()
@@ -80,7 +81,7 @@ class ExportDialog(QDialog):
         # What a merge of an adapter trained on a quantized base does (from the original weights), when it is one.
         self.quantized_note = QLabel()
         self.quantized_note.setWordWrap(True)
-        self.out_edit = QLineEdit(str(Path(adapter).parent / "merged") if adapter else "")
+        self.out_edit = PathEdit(str(Path(adapter).parent / "merged") if adapter else "")
         self._default_out = self.out_edit.text()
         self.out_edit.setPlaceholderText("new folder to create")
         self.dtype_combo = QComboBox()
@@ -183,13 +184,18 @@ class ExportDialog(QDialog):
         self.form.setRowVisible(self.base_gguf_row, mode in ADAPTER_MODES)
         self._show_base_gguf_default()
         self._show_quantized_note()
-        adapter = self.adapter_edit.text().strip()
-        if adapter and self.out_edit.text() == self._default_out:  # the user's own choice of folder stays
-            self._default_out = str(Path(adapter).parent / DEFAULT_FOLDERS[mode])
-            self.out_edit.setText(self._default_out)
+        self._follow_default_destination()
         if gguf:
             self._fill_types(mode)
             self._plan_timer.start()
+
+    def _follow_default_destination(self) -> None:
+        """The destination beside the adapter, named after the choice, while it is still the default one (the
+        user's own choice of folder stays): also when the adapter is chosen after the kind."""
+        adapter = self.adapter_edit.text().strip()
+        if adapter and self.out_edit.text() == self._default_out:
+            self._default_out = str(Path(adapter).parent / DEFAULT_FOLDERS[self.mode()])
+            self.out_edit.setText(self._default_out)
 
     def _fill_types(self, mode: str) -> None:
         """The GGUF types for this choice; the ones this machine cannot write are listed, disabled, with why."""
@@ -242,6 +248,7 @@ class ExportDialog(QDialog):
                 "training (the Playground's comparison shows by how much).</i>")
 
     def _paths_changed(self) -> None:
+        self._follow_default_destination()
         self._show_base_gguf_default()
         self._show_quantized_note()
         self._gguf_unsupported = ""  # another base: its architecture is checked again
