@@ -86,7 +86,7 @@ class SweepView(QWidget):
 
     def __init__(self, parent=None, start_job: Callable | None = None):
         super().__init__(parent)
-        self._start_job = start_job or (lambda w: workers.start(w, self))
+        self.start_job = start_job or (lambda w: workers.start(w, self))
         self.run_dirs: list[Path] = []
         self.data = SweepData([], None, [], [])
         self._reading = False
@@ -164,7 +164,7 @@ class SweepView(QWidget):
         worker.result.connect(self._show)
         worker.failed.connect(lambda message, _details: self.message.setText(message.splitlines()[0]))
         worker.finished.connect(self._read_done)
-        self._start_job(worker)
+        self.start_job(worker)
 
     def _read_done(self) -> None:
         self._reading = False
