@@ -222,6 +222,8 @@ class TrainingPanel(QWidget):
         self.progress.setValue(e.step)
         memory = f" · memory {human_bytes(e.memory_bytes)}" if e.memory_bytes else ""
         speed = f" · {e.tokens_per_second:,.0f} tokens/s" if e.tokens_per_second else ""
+        if e.trained_tokens_per_second:  # the tokens that carry loss, and examples: what users compare across tools
+            speed += f" ({e.trained_tokens_per_second:,.0f} trained · {e.examples_per_second or 0:,.1f} examples/s)"
         if not self.paused:
             self.status_label.setText(f"Training — epoch {e.epoch:.2f} · loss {e.loss:.4f}{speed}{memory}")
         self.eta_label.setText(f"elapsed {human_duration(e.elapsed_s)} · ETA {human_duration(e.eta_s)}")
