@@ -202,6 +202,8 @@ class SweepView(QWidget):
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
+        for col in range(len(headers) - len(metrics), len(headers)):
+            self.table.horizontalHeaderItem(col).setToolTip("From the run's last evaluation: the adapter it saved.")
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
             cells = ["★" if r.on_front else "", r.name, *(r.values.get(k, "?") for k in varied), r.status,
