@@ -83,8 +83,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data = DataPanel(self.store)
         self.training = TrainingPanel()
         self.runs = RunsPanel()
-        # The queue adds the window's settings and runs as one of the window's jobs (cancelled when it closes).
-        self.runs.queue.config_source, self.runs.queue.start_job = (lambda: self.store.config), self._start
+        # The queue adds the window's settings; the Runs tab's jobs are the window's (closing waits for them).
+        self.runs.queue.config_source = lambda: self.store.config
+        self.runs.start_job = self.runs.sweep.start_job = self.runs.queue.start_job = self._start
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from workbench.core import runs as core_runs
 from workbench.core.events import Evaluation, RunStarted, Step
 
+from .eval_plots import EvaluationPlots
 from .plots import MetricsPlots, follow_palette
 from .queue_panel import QueuePanel
 from .sweep_view import SweepView
@@ -137,6 +138,7 @@ class RunsPanel(QWidget):
         self.intruders_button.setToolTip("Measure what scaling down the adapter's intruder dimensions gives back of the "
                                          "base model's knowledge and costs the task, then save a reduced copy.")
         self.intruder_dialog = None
+        self.start_job = None  # how the intruder dialog starts its jobs: the window's, so closing waits for them
         self.root_label = QLabel()
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.resume_button.clicked.connect(self._resume)
@@ -163,6 +165,8 @@ class RunsPanel(QWidget):
         self.detail.setWordWrap(True)
         self.views = QTabWidget()
         self.views.addTab(self.plots, "Plots")
+        self.eval_plots = EvaluationPlots()  # the selected run's task metrics and retention
+        self.views.addTab(self.eval_plots, "Evaluation")
         self.views.addTab(self.overlay, "Compare loss")
         self.views.addTab(self.diff, "Configuration difference")
         self.sweep = SweepView()  # a group of runs: table and rank trade-off plot
@@ -326,6 +330,7 @@ class RunsPanel(QWidget):
             curve.setPen(pg.mkPen(OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)], width=2))
             self.overlay.plotItem.legend.addItem(curve, labels.get(s.name, s.name))
         self.plots.reset()
+        self.eval_plots.reset()
         self._update_buttons()
         self._show_detail(chosen)
         self._show_difference(configs)
@@ -389,6 +394,7 @@ class RunsPanel(QWidget):
                 self._plotted_step.pop(path, None)  # cut back by a resume: the steps it had are gone
                 if single:
                     self.plots.reset()
+                    self.eval_plots.reset()
             if not events:
                 continue
             changed = True
@@ -403,8 +409,10 @@ class RunsPanel(QWidget):
                         self.plots.add_step(e)
                 elif isinstance(e, Evaluation) and single:
                     self.plots.add("eval_loss", e.step, e.eval_loss)
+                    self.eval_plots.add_evaluation(e.step, e.metrics)
                 elif isinstance(e, RunStarted) and single:
                     self.plots.set_total_steps(e.total_steps)
+                    self.eval_plots.set_run_config(e.config)
             self.overlay_curves[path].setData(xs, ys)
         if changed and single:
             self.plots.redraw()
@@ -457,7 +465,7 @@ class RunsPanel(QWidget):
         one = self._one()
         if one is None:
             return None
-        self.intruder_dialog = IntruderDialog(one.path, self)
+        self.intruder_dialog = IntruderDialog(one.path, self, start_job=self.start_job)
         self.intruder_dialog.open()
         self.intruder_dialog.start()
         return self.intruder_dialog

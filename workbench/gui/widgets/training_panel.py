@@ -144,12 +144,10 @@ class TrainingPanel(QWidget):
         # against a minimum size hint: a small minimum lets the user drag the samples pane up as far as wanted.
         self.plots.setMinimumHeight(200)
         splitter = QSplitter(Qt.Orientation.Vertical)
-        curves = QSplitter(Qt.Orientation.Horizontal)
-        curves.addWidget(self.plots)
-        curves.addWidget(self.eval_plots)
-        curves.setStretchFactor(0, 2)
-        curves.setStretchFactor(1, 1)
-        splitter.addWidget(curves)
+        self.curves_split = QSplitter(Qt.Orientation.Horizontal)
+        self.curves_split.addWidget(self.plots)
+        self.curves_split.addWidget(self.eval_plots)
+        splitter.addWidget(self.curves_split)
         splitter.addWidget(bottom)
         splitter.setChildrenCollapsible(False)
         splitter.setStretchFactor(0, 3)
@@ -324,8 +322,10 @@ class TrainingPanel(QWidget):
             self._show_batch(event)
         elif isinstance(event, Evaluation):
             self.plots.add("eval_loss", event.step, event.eval_loss)
-            if self.eval_plots.add_evaluation(event.step, event.metrics):
+            if self.eval_plots.add_evaluation(event.step, event.metrics) and self.eval_plots.isHidden():
                 self.eval_plots.show()
+                width = self.curves_split.width()
+                self.curves_split.setSizes([width * 2 // 3, width // 3])  # a widget shown late gets no room else
             self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}" + evaluation_summary(event.metrics))
             if self.plots.points("loss") == 0 and not self.paused:  # the baseline, before any step
                 self.status_label.setText(f"Baseline evaluation loss {event.eval_loss:.4f}; running the first "
