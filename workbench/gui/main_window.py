@@ -2,7 +2,7 @@
 
 The window wires panels to the store and to background workers; it holds no logic of its own beyond
 deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
-background threads (``workers.py``); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
+background threads (the ``workers`` package); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
 Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
 outcome of each job instead of sleeping.
 """
