@@ -2,7 +2,7 @@
 
 The window wires panels to the store and to background workers; it holds no logic of its own beyond
 deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
-background threads (``workers.py``); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
+background threads (the ``workers`` package); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
 Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
 outcome of each job instead of sleeping.
 """
@@ -387,18 +387,23 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
                               rank_pattern={}, alpha_pattern={})
             self.statusBar().showMessage(f"The layer choice did not fit this model ({exc.message}); "
                                          f"selected the {preset} preset instead.", 10_000)
-        preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
-        if preset_index >= 0:  # the preset box names the configuration's preset, not the last one applied
-            self.layers.preset_combo.setCurrentIndex(preset_index)
+        # The preset box names the configuration's preset (not the last one applied) when the ticks are exactly
+        # its modules; patterns, blocks or exact names that differ from it are a "custom selection".
+        preset = self.store.config.lora.preset
+        self.layers.show_preset(preset if set(model.selection.ordered()) == set(model.tree.preset(preset)) else None)
         self._summary_timer.start()
 
     def _selection_to_config(self) -> None:
         """A user's edit of the selection (tree or block map), written to the configuration."""
         model = self.layers.model
         names = model.selection.ordered()
-        preset = self.store.config.lora.preset if names else "none"
+        # The run file names the preset the ticks are exactly (an applied preset, or the same modules by hand);
+        # a hand-made selection keeps the file's preset beside its exact names, and the box says "custom".
+        matched = self.layers.matching_preset(names)
+        preset = matched or (self.store.config.lora.preset if names else "none")
         self.store.update("lora", target_modules=names, include=[], blocks=None, preset=preset,
                           rank_pattern=dict(model.rank_overrides), alpha_pattern=dict(model.alpha_overrides))
+        self.layers.show_preset(matched)
 
     def _config_changed(self, section: str) -> None:
         self._discard_confirmed = False  # an edit after "Discard" (and a cancelled close) is asked about again

@@ -77,6 +77,9 @@ class LayerPanel(QWidget):
             self.preset_combo.addItem(name, name)
             self.preset_combo.setItemData(self.preset_combo.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.addItem("none", "none")
+        # Shown (current index -1) once the ticks are no longer the named preset's: the box never claims a preset
+        # that is not what will be trained.
+        self.preset_combo.setPlaceholderText("custom selection")
         self.preset_button = QPushButton("Apply preset")
         self.preset_button.setToolTip("Replace the selection with the preset's modules.")
         self.blocks_edit = QLineEdit(placeholderText="e.g. 8-15 or 0,2,4-6")
@@ -341,9 +344,26 @@ class LayerPanel(QWidget):
         self.model.set_selected(names, checked)
 
     def apply_preset(self) -> None:
-        if self.model is None:
+        if self.model is None or self.preset_combo.currentData() is None:  # "custom selection": nothing to apply
             return
         self.model.replace_selection(self.model.tree.preset(self.preset_combo.currentData()))
+
+    def matching_preset(self, names: list[str]) -> str | None:
+        """The preset whose modules are exactly ``names`` (the one in the box first), or None for a hand-made
+        selection."""
+        if self.model is None:
+            return None
+        current = self.preset_combo.currentData()
+        candidates = [current] if current else []
+        candidates += [self.preset_combo.itemData(i) for i in range(self.preset_combo.count())]
+        wanted = set(names)
+        return next((p for p in candidates if set(self.model.tree.preset(p)) == wanted), None)
+
+    def show_preset(self, preset: str | None) -> None:
+        """Name ``preset`` in the box, or "custom selection" for None."""
+        index = self.preset_combo.findData(preset) if preset else -1
+        if index != self.preset_combo.currentIndex():
+            self.preset_combo.setCurrentIndex(index)
 
     def keep_blocks(self) -> None:
         if self.model is None:

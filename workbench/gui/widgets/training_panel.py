@@ -4,7 +4,7 @@ Engine events arrive through ``handle`` (a signal the training worker's job emit
 and are only queued; a 50 ms timer applies the queue in one go — at most 20 repaints a second however fast
 the engine reports. The panel starts no job itself: the main window checks the setup and calls
 ``start_run``, and the panel turns clicks into ``RunControl`` requests, which the engine reads between
-optimizer steps (for a run in another process, ``external_run.FolderControl`` writes them to the run
+optimizer steps (for a run in another process, ``core.runs.control_file.FolderControl`` writes them to the run
 folder's control file instead).
 """
 
