@@ -73,7 +73,6 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self._jobs = 0  # running workers, so closing can wait for them without blocking
         self._running_jobs: set[workers.Job] = set()
         self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
-        self._syncing_selection = False
         self._data_pending = False
         self._data_running = False
         self._closing = False
@@ -84,6 +83,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data = DataPanel(self.store)
         self.training = TrainingPanel()
         self.runs = RunsPanel()
+        # The queue adds the window's settings and runs as one of the window's jobs (cancelled when it closes).
+        self.runs.queue.config_source, self.runs.queue.start_job = (lambda: self.store.config), self._start
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
@@ -124,6 +125,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.inspection.inspectRequested.connect(self.inspect_adapter)
         self.playground.loadRequested.connect(self.load_playground)
         self.playground.generateRequested.connect(self._start)
+        self.playground.compareRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
@@ -158,6 +160,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         action(model_menu, "Open &GGUF file…", self.picker.choose_gguf)
         data_menu = self.menuBar().addMenu("&Data")
         action(data_menu, "&Add training files…", self.data.choose_files, "Ctrl+D")
+        action(data_menu, "Add &validation files…", self.data.choose_validation_files)
         self.recent_data_menu = data_menu.addMenu("Add &recent file")
         train_menu = self.menuBar().addMenu("&Train")
         action(train_menu, "&Start", self.start_training, "Ctrl+Return")
@@ -285,6 +288,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.device_kind = result["device_kind"]
         lora = self.store.config.lora
         model = LayerTreeModel(self.overview.tree, lora.r, lora.alpha)
+        model.set_quantization(self.store.config.model)
         self._selection_from_config(model)  # before the view sees the model: no per-row repaint signals
         self.layers.set_model(model)
         self.picker.show_overview(self.overview, self.device_text)
@@ -371,32 +375,26 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         from workbench.core.layers import resolve_selection
 
         config = self.store.config
-        self._syncing_selection = True
+        # Loaded, not edited: the selection does not announce it as an edit, so nothing is written back.
         try:
             sel = resolve_selection(model.tree, config.lora, config.model.task)
-            model.replace_selection(sel.targets)
-            model.set_overrides(sel.rank_overrides, sel.alpha_overrides)
+            model.selection.load(sel.targets, sel.rank_overrides, sel.alpha_overrides)
         except SelectionError as exc:
             preset = config.lora.preset if config.lora.preset != "none" else DEFAULT_PRESET
-            model.replace_selection(model.tree.preset(preset))
-            model.set_overrides({}, {})
+            model.selection.load(model.tree.preset(preset), {}, {})
             self.store.update("lora", target_modules=[], include=[], blocks=None, preset=preset,
                               rank_pattern={}, alpha_pattern={})
             self.statusBar().showMessage(f"The layer choice did not fit this model ({exc.message}); "
                                          f"selected the {preset} preset instead.", 10_000)
-        finally:
-            self._syncing_selection = False
         preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
         if preset_index >= 0:  # the preset box names the configuration's preset, not the last one applied
             self.layers.preset_combo.setCurrentIndex(preset_index)
         self._summary_timer.start()
 
     def _selection_to_config(self) -> None:
-        if self._syncing_selection:
-            return
+        """A user's edit of the selection (tree or block map), written to the configuration."""
         model = self.layers.model
-        tree = model.tree
-        names = sorted(model.selected, key=tree._order)
+        names = model.selection.ordered()
         preset = self.store.config.lora.preset if names else "none"
         self.store.update("lora", target_modules=names, include=[], blocks=None, preset=preset,
                           rank_pattern=dict(model.rank_overrides), alpha_pattern=dict(model.alpha_overrides))
@@ -408,13 +406,11 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
             self.runs.set_root(self.store.config.output.runs_root)
         if self.layers.model is not None:
             lora = self.store.config.lora
-            # New default rank/alpha for the columns: not a selection edit. Without the guard the open tree's
-            # ticks were written back into a just-opened run file (or the demo) meant for another model.
-            self._syncing_selection = True
-            try:
-                self.layers.model.set_defaults(lora.r, lora.alpha)
-            finally:
-                self._syncing_selection = False
+            # New default rank/alpha for the columns: never a selection edit (see LayerSelection), so the open
+            # tree's ticks are not written back into a just-opened run file meant for another model.
+            self.layers.model.set_defaults(lora.r, lora.alpha)
+            if section in ("", "model"):
+                self.layers.model.set_quantization(self.store.config.model)
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
             # The preset box names the file's preset at once, not the previous one until its model has opened.
@@ -473,8 +469,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data_inspected.emit()
 
     def _data_failed(self, message: str, details: str) -> None:
-        self.data.show_error(message)
-        self.show_error("Cannot use the data", message, details)
+        self.data.show_error(message)  # beside the control it concerns, not a box that returns after every edit
+        if details:  # an unexpected error: the box says where its log is
+            self.show_error("Cannot use the data", message, details)
         self.data_failed.emit(message)
 
     def _data_job_done(self) -> None:
@@ -507,6 +504,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         problems = self.preflight_problems()
         if problems:
             self.show_error("Cannot start training", "\n".join(problems))
+            if self.form.first_problem():  # behind the message: the field to fix, with the cursor in it
+                self.tabs.setCurrentWidget(self.form)
+                self.form.focus_field(self.form.first_problem())
             return
         if self.training.location.separate:
             self.external.start(self.store.config, self.training.location.process_count)
@@ -594,6 +594,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
     def inspect_adapter(self, adapter: str, base: str) -> None:
         worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base), "Inspecting the adapter")
         worker.result.connect(self.inspection.show_report)
+        worker.result.connect(self.layers.show_change)  # "what changed" on the block map, for the open model
         worker.result.connect(self.inspected)
         worker.failed.connect(self._inspect_failed)
         self._start(worker)

@@ -15,6 +15,10 @@ an ``emit`` of a finished job's result, so its thread never reported that it had
 window later aborted the process ("QThread: Destroyed while thread is still running"). With a plain
 Python thread and a queue there is no Qt object whose lifetime depends on the job thread, a job that dies
 in any way is noticed (its thread is no longer alive), and receivers are ordinary GUI-thread slots.
+Tried again with the garbage collector kept on the GUI thread (``process_switches``): a runner QObject moved to
+a QThread, reports as queued signals. Two window tests then never saw their jobs end when the window closed, and
+a job that ignores cancelling (its QThread freed while still running) aborted the process ("QThread: Destroyed
+while thread is still running"); a Python thread that outlives its window only runs on.
 
 Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
 ``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
@@ -103,15 +107,10 @@ class Worker(QObject):
 def unexpected_error_text(what: str, exc: BaseException) -> tuple[str, str]:
     """(one line naming what failed, the exception and the crash log; the log's path) for a bug's report.
     The traceback goes into the log (``core.crashlog``, as the CLI's guarded entry point does), never on screen."""
-    from workbench.core.crashlog import describe_unexpected, write_crash_log
+    from workbench.core.crashlog import report_unexpected
 
-    try:
-        log = write_crash_log(what, exc)
-    except Exception:  # noqa: BLE001  (reporting must not fail in turn)
-        log = None
-    where = f"The details are in {log} (please include it in a bug report)." if log is not None else \
-        "No log could be written (the disk may be full or read-only)."
-    return f"{what} failed unexpectedly: {describe_unexpected(exc)}. {where}", str(log or "")
+    line, where, log = report_unexpected(what, exc)
+    return f"{line}. {where[0].upper()}{where[1:]}.", str(log or "")
 
 
 # Workers of abandoned jobs, with their threads: kept referenced so that a worker (a QObject) is never freed
