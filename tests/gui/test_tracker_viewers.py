@@ -43,3 +43,28 @@ def test_open_in_tensorboard_serves_the_runs_scalars(qtbot, tmp_path):
     assert process is None or process.poll() is not None
     viewers.update(None)
     assert not viewers.button.isEnabled()
+
+
+def test_the_windows_viewer_jobs_are_counted_by_the_window(window, qtbot, tmp_path, monkeypatch):
+    """Starting a viewer is one of the window's jobs, so a closing window waits for it like any other."""
+    import threading
+
+    release = threading.Event()
+    started = types.SimpleNamespace(kind="tensorboard", url="http://127.0.0.1:1/", stop=lambda: None,
+                                    process=types.SimpleNamespace(poll=lambda: 0))
+
+    def slow_start(kind, run_dir):  # stands in for the TensorBoard process start-up, which takes seconds
+        release.wait(30)
+        return started
+
+    monkeypatch.setattr(trackers, "start_viewer", slow_start)
+    viewers = window.runs.viewers
+    viewers.open_browser = False
+    chosen = types.SimpleNamespace(path=tmp_path / "runs" / "one")
+    viewers._selected = lambda: chosen
+    before = window._jobs
+    with qtbot.waitSignal(viewers.opened, timeout=30_000):
+        viewers.open("tensorboard")
+        assert window._jobs == before + 1
+        release.set()
+    qtbot.waitUntil(lambda: window._jobs == before, timeout=30_000)

@@ -86,6 +86,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         # The queue adds the window's settings; the Runs tab's jobs are the window's (closing waits for them).
         self.runs.queue.config_source = lambda: self.store.config
         self.runs.start_job = self.runs.sweep.start_job = self.runs.queue.start_job = self._start
+        self.runs.viewers.start_job = self._start
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None

@@ -29,6 +29,8 @@ class TrackerViewers(QObject):
     def __init__(self, selected, parent: QWidget, open_browser: bool = True):
         super().__init__(parent)
         self._selected, self.open_browser = selected, open_browser
+        # How a viewer's start-up job runs: the window sets its own, so that closing waits for it like any job.
+        self.start_job = lambda worker: workers.start(worker, self)
         self.viewers: dict[tuple[str, Path], trackers.Viewer] = {}
         self.button = QPushButton("Open in…")
         self.button.setToolTip("Start TensorBoard or the MLflow UI on this computer (localhost) for the selected run "
@@ -64,7 +66,7 @@ class TrackerViewers(QObject):
         worker.failed.connect(lambda message, _tb: self.failed.emit(message))
         self.button.setEnabled(False)
         worker.finished.connect(lambda: self.update(self._run_dir()))
-        workers.start(worker, self)
+        self.start_job(worker)
 
     def _started(self, key, viewer: trackers.Viewer) -> None:
         self.viewers[key] = viewer
