@@ -81,7 +81,14 @@ class ModelConfig(_Section):
     task: Literal["causal-lm", "sequence-classification"] = Field(
         "causal-lm", description="Causal language modelling, or a classification head on an encoder (BERT-style)."
     )
-    num_labels: int = Field(2, ge=2, le=100_000, description="Classes for sequence classification.")
+    num_labels: int = Field(2, ge=2, le=100_000, description="Classes for sequence classification (set from model.labels "
+                                                            "or from the labels found in the training data).")
+    problem_type: Literal["single-label", "multi-label", "regression"] = Field(
+        "single-label", description="Sequence classification: one class per text (single-label), any number of classes "
+                                    "per text (multi-label: the label is a list), or a number to predict (regression).")
+    labels: list[str] = Field(
+        default_factory=list, description="Class names in id order. Empty: the labels found in the training data, sorted "
+                                          "(numerically when they are numbers).")
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Off unless you have read that code."
     )
@@ -173,7 +180,8 @@ class DataConfig(_Section):
     format: DataFormat = Field("auto", description="Row format; 'auto' detects it from the columns.")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Column mapping {role: column}, roles: text, prompt, completion, instruction, input, output, messages, conversations.",
+        description="Column mapping {role: column}, roles: text, prompt, completion, instruction, input, output, messages, "
+                    "conversations; for sequence classification text, text_pair (optional) and label.",
     )
     max_length: int = Field(1024, ge=8, le=1_048_576, description="Maximum tokens per example; longer ones are truncated and counted.")
     packing: bool = Field(True, description="Pack short examples into full rows without attention across example boundaries.")
