@@ -293,6 +293,28 @@ def apply_to_model_config(hf_config: Any, labels: LabelSet) -> None:
     hf_config.problem_type = TRANSFORMERS_PROBLEM_TYPES[labels.problem_type]
 
 
+# The head of *ForSequenceClassification models; PEFT's SEQ_CLS task trains and saves it in full (modules_to_save).
+HEAD_MODULES = ("classifier", "score")
+
+
+def configure_model(hf_config: Any, tokenizer: Any, labels: LabelSet) -> None:
+    """The label set in the model configuration, and a padding token the model knows (a decoder's head reads the
+    last token that is not padding, so the model must know which id pads)."""
+    apply_to_model_config(hf_config, labels)
+    ensure_pad_token(tokenizer)
+    if getattr(hf_config, "pad_token_id", None) is None:
+        hf_config.pad_token_id = tokenizer.pad_token_id
+
+
+def freshly_initialised_modules(loading_info: dict[str, Any], module_names: Any) -> list[str]:
+    """Modules outside the head whose weights the base checkpoint lacks (or has in another shape), so transformers
+    initialised them at random: BERT's pooler when the base was saved as a masked LM, say. They must be trained
+    and saved with the adapter like the head, or the adapter gives other logits on a freshly loaded base."""
+    keys = [*loading_info.get("missing_keys", ()), *(k[0] for k in loading_info.get("mismatched_keys", ()))]
+    modules = {key.rsplit(".", 1)[0] for key in keys}
+    return sorted(m for m in modules if m in module_names and m.split(".")[-1] not in HEAD_MODULES)
+
+
 def write_label_file(folder: Path, labels: LabelSet) -> Path:
     path = Path(folder) / LABELS_FILE
     atomic_write_text(path, json.dumps(labels.to_json(), indent=2, ensure_ascii=False) + "\n")
