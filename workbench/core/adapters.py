@@ -336,11 +336,25 @@ class AdapterFit:
     adapter: LoraAdapter
     base: BaseCheckpoint
     targets: dict[str, Target]  # by module name
+    # A classification adapter's tensors the base checkpoint lacks or holds in another shape: the head (and
+    # any module the base did not have, BERT's pooler under a masked-LM base), added to the merged model whole.
+    added: tuple[str, ...] = ()
+
+
+def _is_classification(adapter: LoraAdapter) -> bool:
+    return adapter.config.get("task_type") == "SEQ_CLS"
 
 
 def _match(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target], list[str], int]:
     """Targets, problems (each naming its module), and how many adapted modules the base lacks."""
+    targets, problems, missing, _ = _match_all(adapter, base)
+    return targets, problems, missing
+
+
+def _match_all(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target], list[str], int, list[str]]:
+    """``_match`` plus the tensors a classification adapter adds to the base."""
     problems: list[str] = []
+    added: list[str] = []
     targets: dict[str, Target] = {}
     missing = 0
     tied_out = base.tied_embeddings[1] if base.tied_embeddings else None
@@ -374,12 +388,17 @@ def _match(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target
         targets[name] = Target(name, info.layout, key)
     for key, rep in adapter.replacements.items():
         shape = base.parameter_shape(key)
-        if shape is None:
+        # A classification head is trained in full for the task's classes: the base has none, or one of
+        # another size (a checkpoint fine-tuned for other classes), and the adapter's copy is the head.
+        head = _is_classification(adapter) and key.split(".")[-2] in ("classifier", "score")
+        if _is_classification(adapter) and (shape is None or (head and shape != tuple(rep.tensor.shape))):
+            added.append(key)
+        elif shape is None:
             problems.append(f"{key}: the adapter replaces this tensor (modules_to_save) but the base model has no such tensor")
         elif shape != tuple(rep.tensor.shape):
             problems.append(f"{key}: shape mismatch: the adapter's copy is {tuple(rep.tensor.shape)}, the base's {shape}"
                             + (" (trained with a resized vocabulary?)" if "embed" in key or "lm_head" in key else ""))
-    return targets, problems, missing
+    return targets, problems, missing, added
 
 
 def adapter_problems(adapter: LoraAdapter, base: BaseCheckpoint) -> list[str]:
@@ -389,9 +408,9 @@ def adapter_problems(adapter: LoraAdapter, base: BaseCheckpoint) -> list[str]:
 
 def check_adapter(adapter: LoraAdapter, base: BaseCheckpoint) -> AdapterFit:
     """Check that ``adapter`` fits ``base`` and say where each module's weight is; raise AdapterError if not."""
-    targets, problems, missing = _match(adapter, base)
+    targets, problems, missing, added = _match_all(adapter, base)
     if not problems:
-        return AdapterFit(adapter, base, targets)
+        return AdapterFit(adapter, base, targets, tuple(added))
     shown = "\n  ".join(problems[:12]) + (f"\n  … and {len(problems) - 12} more" if len(problems) > 12 else "")
     if missing == len(adapter.modules):
         head = f"the adapter {adapter.path} does not belong to the base model {base.path}: none of its {missing} adapted modules exists there"

@@ -376,6 +376,29 @@ def prepare_classification(model: ModelConfig, cfg: DataConfig, tokenizer: Any, 
     return ClassificationData(train, validation, labels, truncated)
 
 
+def data_messages(data: ClassificationData) -> list[str]:
+    """What the log says about classification data: rows, classes with their counts, the majority-class rate
+    (the accuracy to beat) and truncation."""
+    labels = data.labels
+    lines = [f"{len(data.train)} training and {len(data.validation or [])} validation examples"]
+    if labels.problem_type != "regression":
+        counts = ", ".join(f"{name} {labels.counts.get(name, 0)}" for name in labels.names)
+        lines.append(f"{labels.num_labels} classes ({labels.problem_type}): {counts}")
+        share = labels.majority_share()
+        if share is not None:
+            lines.append(f"the commonest class is {share:.0%} of the training rows: accuracy must beat that")
+    if data.truncated:
+        lines.append(f"{data.truncated} examples are longer than data.max_length and were cut to it")
+    return lines
+
+
+def resolved_model_fields(labels: LabelSet) -> dict[str, Any]:
+    """The [model] fields a run records once its label set is known: the classes in id order."""
+    if labels.problem_type == "regression":
+        return {"labels": []}
+    return {"labels": list(labels.names), "num_labels": labels.num_labels}
+
+
 def _label_value(label: Any, labels: LabelSet) -> Any:
     if labels.problem_type == "regression":
         return float(label)

@@ -33,7 +33,7 @@ from typing import Any
 from contextlib import nullcontext
 
 from .config import RunConfig, TrainingConfig
-from . import lora_init, quantization
+from . import classification, lora_init, quantization
 from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
@@ -110,7 +110,10 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     device = choose_device(config.training.device)
     quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
     lora_init.check_run(config, device)
-    detect(config.data)
+    if mc.task == "sequence-classification":  # text and label columns, and a usable label set
+        classification.label_set_for(mc, config.data)
+    else:
+        detect(config.data)
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
 
 
@@ -228,8 +231,9 @@ def _weight_dtype(config: RunConfig, precision: str, device: str):
     return getattr(torch, training_weight_dtype(config.model.dtype, device, precision))
 
 
-def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
-    """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection, resolved lora)."""
+def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink, labels: Any = None):
+    """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection, resolved lora).
+    ``labels``: the ``classification.LabelSet`` of a sequence-classification run (it shapes the head)."""
     from peft import get_peft_model
 
     from .layers import build_tree, lora_config_from_selection, resolve_selection
@@ -237,26 +241,30 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink):
 
     mc = config.model
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="all", sink=sink)
-    hf_config = load_config(source, trust_remote_code=mc.trust_remote_code,
-                            num_labels=mc.num_labels if mc.task == "sequence-classification" else None)
+    hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
-    if mc.task == "sequence-classification" and getattr(hf_config, "pad_token_id", None) is None:
-        hf_config.pad_token_id = tokenizer.pad_token_id
+    if labels is not None:
+        classification.configure_model(hf_config, tokenizer, labels)
     dtype = _weight_dtype(config, precision, device)
+    loading_info: dict[str, Any] | None = {} if labels is not None else None
     model = load_model(source, hf_config, task=mc.task, dtype=dtype, trust_remote_code=mc.trust_remote_code,
-                       **quantization.load_kwargs(mc, device, dtype))
+                       loading_info=loading_info, **quantization.load_kwargs(mc, device, dtype))
     model = quantization.prepare_for_training(model, config)  # no-op for unquantized bases
     # No KV cache while training: it is useless there, and transformers only derives the per-example masks
     # of packed rows (from restarting position_ids) when no cache is being built.
     model.config.use_cache = False
     tree = build_tree(model)
-    selection = resolve_selection(tree, config.lora, mc.task)
+    lora_settings = config.lora
+    if loading_info is not None:  # weights the base lacks were initialised at random: train and save them in full
+        fresh = classification.freshly_initialised_modules(loading_info, tree.nodes)
+        lora_settings = lora_settings.model_copy(update={"modules_to_save": [*lora_settings.modules_to_save, *fresh]})
+    selection = resolve_selection(tree, lora_settings, mc.task)
     for warning in [*config.warnings(), *selection.warnings]:
         sink.emit(Message(warning, level="warning"))
     if quantization.wants_gradient_checkpointing(config) and not quantization.is_quantized(mc):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
-    peft_model = get_peft_model(model, lora_config_from_selection(selection, config.lora, mc.task))
+    peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection
@@ -380,11 +388,19 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     at = resume_point.step if resume_point else 0
     _stop_if_requested(control, "starting", at)
     set_seed(config.training.seed)
-    peft_model, tokenizer, tree, selection = _setup_model(config, device, precision, sink)
+    # A classification run reads its label set first: it decides the shape of the head the model is built with.
+    labels = classification.label_set_for(config.model, config.data) if config.model.task == "sequence-classification" else None
+    peft_model, tokenizer, tree, selection = _setup_model(config, device, precision, sink, labels)
     _stop_if_requested(control, "loading the model", at)
-    # rank 0 tokenises into the datasets cache, the others then read it
-    data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
-                                           model_type=tree.model_type))
+    data: Any
+    if labels is not None:
+        data = classification.prepare_classification(config.model, config.data, tokenizer, labels, seed=config.training.seed)
+        for line in classification.data_messages(data):
+            sink.emit(Message(line))
+    else:
+        # rank 0 tokenises into the datasets cache, the others then read it
+        data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
+                                               model_type=tree.model_type))
     _stop_if_requested(control, "preparing the data", at)
     if len(data.train) == 0:
         raise TrainingError("the training data has no usable rows", "check data.train_files and the column mapping")
@@ -393,9 +409,14 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     # even if a later version changes what a preset means.
     resolved = config.copy_with(lora={"target_modules": selection.targets, "rank_pattern": selection.rank_overrides,
                                       "alpha_pattern": selection.alpha_overrides})
+    if labels is not None:  # and the classes in id order, so a resume or a re-run builds the same head
+        resolved = resolved.copy_with(model=classification.resolved_model_fields(labels),
+                                      lora={"modules_to_save": [m for m in selection.modules_to_save
+                                                                if m.split(".")[-1] not in classification.HEAD_MODULES]})
     if resume_point is None and dist.is_main:
         resolved.save(run_dir / "run.toml")
-    collator = make_collator(tokenizer, packing=data.packed, model_type=tree.model_type)
+    collator = (classification.make_classification_collator(tokenizer) if labels is not None
+                else make_collator(tokenizer, packing=data.packed, model_type=tree.model_type))
     if config.lora.init == "eva" and resume_point is None:  # a resumed run loads its trained A and B instead
         lora_init.run_eva(peft_model, data.train, collator, config.training.batch_size, sink, config.training.seed)
     if dist.is_main:
@@ -410,6 +431,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         callback.eval_refs = _task_references(config, tokenizer, sink)
     if config.eval.retention and dist.is_main:
         callback.retention = _retention_probe(config, peft_model, tokenizer, sink, args.eval_strategy != "no")
+    metrics = classification.ClassificationMetrics(labels) if labels is not None else None
     trainer = _make_trainer_class()(
         model=peft_model,
         args=args,
@@ -419,6 +441,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         processing_class=tokenizer,
         callbacks=[callback],
         optimizers=(lora_init.make_optimizer(peft_model, config), None),  # LoRA+ when asked for, else the Trainer's
+        compute_metrics=metrics,
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
     oom = None
@@ -443,11 +466,13 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
         sink.emit(Message(f"best checkpoint by {config.eval.best_metric}: {best.name} "
                           f"({config.eval.best_metric} {trainer.state.best_metric:.4g}), kept in {best.parent}"))
     step = trainer.state.global_step
+    if metrics is not None and metrics.confusion is not None:
+        sink.emit(Message(metrics.confusion_text()))
     stopped = callback.stopped and step < trainer.state.max_steps
     adapter_dir = run_dir / "adapter"
     if dist.is_main:
         try:
-            _save_adapter(peft_model, run_dir, **lora_init.conversion_source(run_dir, config.lora.init))
+            _save_adapter(peft_model, run_dir, labels, **lora_init.conversion_source(run_dir, config.lora.init))
         except Exception as exc:
             full = _adapter_disk_full(exc, run_dir, step, _trainable_bytes(peft_model))
             full = full or _write_refused(exc, run_dir, f"the adapter of step {step}")
@@ -507,7 +532,7 @@ def _finish_from_checkpoint(run_dir: Path, sink: Any, point: "_ResumeInfo", dist
 
 
 # What save_pretrained writes for an adapter: the checkpoint also holds optimizer, scheduler, RNG and tokenizer files.
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "labels.json")
 
 
 def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
@@ -521,14 +546,17 @@ def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
                 shutil.copyfile(checkpoint / name, tmp / name)
 
 
-def _save_adapter(peft_model: Any, run_dir: Path, **save_kwargs: Any) -> Path:
+def _save_adapter(peft_model: Any, run_dir: Path, labels: Any = None, **save_kwargs: Any) -> Path:
     """PEFT format (adapter_config.json + adapter_model.safetensors), written aside and renamed into place.
-    ``save_kwargs``: PEFT's conversion of PiSSA/OLoRA adapters to a plain LoRA on the original base."""
+    ``save_kwargs``: PEFT's conversion of PiSSA/OLoRA adapters to a plain LoRA on the original base.
+    ``labels``: a classification run's label set, saved beside the adapter as labels.json."""
     from .fsutil import atomic_directory
 
     final = run_dir / "adapter"
     with atomic_directory(final, overwrite=True) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True, **save_kwargs)
+        if labels is not None:
+            classification.write_label_file(tmp, labels)
     return final
 
 
