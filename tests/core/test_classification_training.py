@@ -170,3 +170,24 @@ def test_validation_label_unknown_to_training_stops_the_run(base_dir, tmp_path):
             sink)
     failed = sink.of(ev.Failed)[0]
     assert "plants" in failed.reason and not failed.traceback  # a message for the user, not a traceback
+
+
+def test_cli_trains_a_classifier_from_a_run_file(base_dir, tmp_path, capsys):
+    from workbench.cli import main
+
+    rows = labelled()
+    make_config(base_dir("bert"), tmp_path, rows, validation=rows).save(tmp_path / "run.toml")
+    code = main(["train", str(tmp_path / "run.toml"), "--set", "training.max_steps=4", "--run-dir", str(tmp_path / "r")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "finished: step 4" in out.out
+    assert "2 classes (single-label): animals 6, travel 6" in out.out + out.err
+    assert "confusion matrix" in out.out + out.err
+    assert (tmp_path / "r" / "adapter" / LABELS_FILE).is_file()
+
+    # a bad label: one line naming the row and what to do, exit code 2, no traceback
+    write_rows(tmp_path / "train.jsonl", [*rows, {"sentence": "a fox", "category": 0.5}])
+    code = main(["train", str(tmp_path / "run.toml"), "--run-dir", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2 and "line 13: the label 0.5 (column 'category') is a fractional number" in err, err
+    assert "Traceback" not in err
