@@ -20,7 +20,6 @@ module by module, ``core/adapter_report.py``. PEFT's file names and key prefix c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections import defaultdict
@@ -34,7 +33,8 @@ from workbench.core.base_model import BaseCheckpoint, Layout
 from workbench.core.checkpoint import natural_key, read_json_object
 from workbench.core.errors import AdapterError
 from workbench.core.paths import require_regular_file
-from workbench.core.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX
+from workbench.core.peft_format import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX, LORA_VARIANT_FIELDS,
+                                        LORA_VARIANT_INITS, pattern_key)
 
 __all__ = [
     "LoraModule",
@@ -208,26 +208,19 @@ _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "eva", "loftq", "orthogonal"
 def _refuse_unsupported_config(config: dict[str, Any], folder: Path) -> None:
     """Refuse what the merge cannot reproduce exactly: other PEFT methods and LoRA variants other than DoRA.
 
-    The list of variants comes from PEFT's own ``LoraConfig`` field metadata (the same flags PEFT uses to
-    pick a variant layer), so a variant added to PEFT later is refused rather than merged wrongly.
+    The list of variants is PEFT's own ``LoraConfig`` field metadata (the same flags PEFT uses to pick a variant
+    layer), written out in ``peft_format`` and checked against the installed PEFT by a test, so a variant added
+    to PEFT later fails the suite rather than being merged wrongly; reading an adapter does not import PEFT.
     """
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
         raise AdapterError(f"{folder} is a {peft_type or 'non-PEFT'} adapter (adapter_config.json: peft_type = "
                            f"{peft_type!r}); only LoRA and DoRA adapters are supported",
                            "choose a LoRA adapter folder (peft_type \"LORA\"), such as a run folder's adapter/")
-    from peft import LoraConfig
-
-    found = []
-    for f in dataclasses.fields(LoraConfig):
-        value = config.get(f.name)
-        if f.metadata.get("is_lora_variant") and f.name != "use_dora" and value:
-            found.append(f.name)
-        elif f.name == "init_lora_weights" and isinstance(value, str):
-            variant_prefixes = tuple(f.metadata.get("lora_variants", ()))  # values (or their prefixes) naming a variant
-            if variant_prefixes and value.startswith(variant_prefixes):
-                found.append(f"init_lora_weights={value!r}")
+    found = [name for name in LORA_VARIANT_FIELDS if config.get(name)]
     init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.startswith(LORA_VARIANT_INITS):
+        found.append(f"init_lora_weights={init!r}")
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS) and f"init_lora_weights={init!r}" not in found:
         # These initialisations subtract the initial adapter from the base weights; the adapter is only
         # correct against that modified base, so merging or exporting it against the original is wrong.
@@ -278,8 +271,6 @@ def _parse_adapter(folder: Path, config: dict[str, Any], tensors: dict[str, torc
 
 def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], folder: Path) -> LoraModule:
     """Pair A and B, and compute the module's scale exactly as PEFT does (patterns resolved by PEFT's matcher)."""
-    from peft.utils.other import get_pattern_key
-
     embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
     a, b = (p.get("lora_embedding_A"), p.get("lora_embedding_B")) if embedding else (p.get("lora_A"), p.get("lora_B"))
     if a is None or b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
@@ -298,8 +289,8 @@ def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], 
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise AdapterError(f"{folder / 'adapter_config.json'}: {field_name} must be a positive number, got {value!r}",
                                _MALFORMED_CONFIG_HINT)
-    r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), config.get("r", 8))
-    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
+    r = rank_pattern.get(pattern_key(rank_pattern.keys(), name), config.get("r", 8))
+    alpha = alpha_pattern.get(pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
     if a.shape[0] != r:
         raise AdapterError(f"{folder}: module {name} has rank {a.shape[0]} in its weights but {r} in {ADAPTER_CONFIG}",
                            f"the configuration does not belong to these weights: keep {ADAPTER_CONFIG} and "

@@ -1,0 +1,170 @@
+"""How long short commands and the window take to start, against the bare imports they cannot avoid.
+
+    python bench/startup.py             # 3 interleaved rounds (about 2 minutes on 2 cores)
+    python bench/startup.py --rounds 5
+
+Each measurement is a fresh interpreter, timed from the parent (whole process, as a user waits for it):
+
+- ``workbench inspect`` on a Llama-3-70B-shaped config.json (no weights) against a bare
+  ``python -c "import torch, transformers"``. Target: ≤ 1.3×.
+- the window's first paint (the main window shown and one event-loop turn done) against a bare PySide6
+  ``QMainWindow`` shown the same way. Target: ≤ 1.5×.
+- ``workbench export`` (copy a trained adapter) and ``workbench runs`` against ``python -c "import torch"``
+  and a bare interpreter.
+
+Rounds are interleaved (A B C D …, repeated), and the median and minimum of each are printed with the ratios,
+because the machine may be shared. After the timings, one profile of a small streaming merge prints how many
+seconds of it went to importing PEFT (the target is none).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Running a file puts its folder first on sys.path, where bench/inspect.py would shadow the standard module
+# that pstats and torch import: drop it before anything else is imported.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import json  # noqa: E402
+import pstats  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+LLAMA_70B = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
+    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "dtype": "bfloat16",
+}
+
+FIRST_PAINT = """
+import sys, time
+from PySide6.QtCore import QSettings, QTimer
+from workbench.gui.app import create_app
+app = create_app()
+from workbench.gui.main_window import MainWindow
+window = MainWindow(QSettings(sys.argv[1], QSettings.Format.IniFormat))
+window.show()
+QTimer.singleShot(0, app.quit)
+app.exec()
+"""
+
+BARE_PAINT = """
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QMainWindow
+app = QApplication([])
+window = QMainWindow()
+window.resize(1280, 860)
+window.show()
+QTimer.singleShot(0, app.quit)
+app.exec()
+"""
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    return seconds
+
+
+def train_tiny_run(root: Path) -> Path:
+    """A real run folder to export: a tiny llama trained for one step."""
+    code = f"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {str(REPO / 'tests')!r})
+import tiny
+from workbench.core.config import RunConfig
+from workbench.core.training import run
+root = Path({str(root)!r})
+model = tiny.save_model("llama", root / "model")
+data = root / "train.jsonl"
+data.write_text("".join(json.dumps({{"prompt": f"Q{{i}}?", "completion": f" A{{i}}."}}) + "\\n" for i in range(4)))
+config = RunConfig.from_dict({{"model": {{"source": str(model)}}, "lora": {{"r": 4, "alpha": 8}},
+    "data": {{"train_files": [str(data)], "max_length": 32}}, "training": {{"max_steps": 1, "batch_size": 2}},
+    "output": {{"runs_root": str(root / "runs")}}}})
+print(run(config, None, run_dir=root / "runs" / "done").run_dir)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"could not train the tiny run: {done.stderr.strip()[-800:]}")
+    return root / "runs" / "done"
+
+
+def merge_peft_import_seconds(run_dir: Path, out: Path) -> tuple[float, float]:
+    """(seconds spent importing peft, total seconds) of one profiled in-process merge of the tiny run."""
+    from workbench.core.merge import merge_adapter
+
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    merge_adapter(run_dir.parent.parent / "model", run_dir, out)
+    profile.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profile)
+    peft_seconds = max((ct for (file, _, func), (_, _, _, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
+                        if func == "<module>" and f"{os.sep}peft{os.sep}__init__.py" in file), default=0.0)
+    return peft_seconds, total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3; the median is reported)")
+    args = ap.parse_args()
+    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "offscreen"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        model70 = tmp_path / "llama-70b"
+        model70.mkdir()
+        (model70 / "config.json").write_text(json.dumps(LLAMA_70B))
+        run_dir = train_tiny_run(tmp_path / "tiny")
+        cases: dict[str, list[str]] = {
+            "bare: import torch, transformers": [py, "-c", "import torch, transformers"],
+            "workbench inspect (70B config)": [py, "-m", "workbench", "inspect", str(model70)],
+            "bare: PySide6 window shown": [py, "-c", BARE_PAINT],
+            "workbench window first paint": [py, "-c", FIRST_PAINT, str(tmp_path / "settings.ini")],
+            "bare: import torch": [py, "-c", "import torch"],
+            "workbench export (tiny adapter)": [py, "-m", "workbench", "export", str(run_dir)],
+            "bare: python": [py, "-c", "pass"],
+            "workbench runs": [py, "-m", "workbench", "runs", "--root", str(run_dir.parent)],
+        }
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for round_no in range(args.rounds):
+            for name, argv in cases.items():
+                if "export" in name:
+                    argv = [*argv, "--out", str(tmp_path / f"exported-{round_no}")]
+                times[name].append(timed(argv, env))
+            print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
+        median = {name: statistics.median(t) for name, t in times.items()}
+        print(f"{'':36s} {'median s':>9s} {'min s':>7s}")
+        for name, t in times.items():
+            print(f"{name:36s} {median[name]:9.2f} {min(t):7.2f}")
+        print()
+        for what, bare, target in (("workbench inspect (70B config)", "bare: import torch, transformers", 1.3),
+                                   ("workbench window first paint", "bare: PySide6 window shown", 1.5),
+                                   ("workbench export (tiny adapter)", "bare: import torch", None),
+                                   ("workbench runs", "bare: python", None)):
+            ratio = median[what] / median[bare]
+            goal = f"   (target ≤ {target}×: {'met' if ratio <= target else 'NOT met'})" if target else ""
+            print(f"{what} / {bare}: {ratio:.2f}×{goal}")
+        sys.path.insert(0, str(REPO))
+        peft_s, total_s = merge_peft_import_seconds(run_dir, tmp_path / "merged")
+        print(f"\nmerge of the tiny model: {total_s:.2f} s in all, {peft_s:.3f} s importing peft "
+              f"(peft imported: {'yes' if 'peft' in sys.modules else 'no'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Short commands import only what they need: each runs in a fresh interpreter and must leave the heavy
+modules it has no use for unimported (a list per command). Not a timing test: a module list is exact and
+does not depend on the machine's load; bench/startup.py measures the seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
+HEAVY = ("torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "bitsandbytes", "trl", "PySide6",
+         "pyqtgraph", "transformers.generation", "torch._dynamo")
+NO_ML = {"torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "bitsandbytes", "trl", "PySide6", "pyqtgraph"}
+
+RUNNER = """
+import json, sys
+from workbench.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def loaded_by(*argv: str, exit_code: int = 0) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True, text=True, timeout=300)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (report["code"] or 0) == exit_code, (argv, out.stderr[-2000:])
+    return report["loaded"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    from workbench.core.config import RunConfig
+    from workbench.core.training import run
+
+    root = tmp_path_factory.mktemp("budget")
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}?", "completion": f" A{i}."}) + "\n" for i in range(4)))
+    model = tiny_model_dir("llama")
+    config = RunConfig.from_dict({
+        "model": {"source": str(model)}, "lora": {"r": 4, "alpha": 8, "preset": "attention"},
+        "data": {"train_files": [str(data)], "max_length": 32},
+        "training": {"max_steps": 1, "batch_size": 2, "logging_steps": 1},
+        "output": {"runs_root": str(root / "runs")},
+    })
+    result = run(config, None, run_dir=root / "runs" / "done")
+    assert result.status == "finished"
+    return {"model": model, "root": root, "run": result.run_dir}
+
+
+def test_help_and_bookkeeping_commands_import_no_ml_library(finished_run):
+    run_dir, root = finished_run["run"], finished_run["root"]
+    for argv in (["--help"], ["runs", "--root", str(root / "runs")], ["runs", "--status", str(run_dir)],
+                 ["launch-script", str(run_dir / "run.toml"), "--out", str(root / "launch.sh")]):
+        assert not set(loaded_by(*argv)) & NO_ML, argv
+    # A control request to a finished run is refused (exit 2), after reading the run's status: the same path.
+    assert not set(loaded_by("control", str(run_dir), "checkpoint", exit_code=2)) & NO_ML
+
+
+def test_export_and_adapter_report_read_the_adapter_without_peft_or_transformers(finished_run):
+    run_dir, root = finished_run["run"], finished_run["root"]
+    for argv in (["export", str(run_dir), "--out", str(root / "exported")], ["inspect-adapter", str(run_dir)]):
+        loaded = set(loaded_by(*argv))
+        assert "torch" in loaded, argv  # the tensors are read: the test would pass vacuously if nothing ran
+        assert not loaded & {"peft", "transformers", "datasets", "bitsandbytes", "PySide6", "pyqtgraph"}, (argv, loaded)
+
+
+def test_merge_does_not_import_peft(finished_run):
+    root = finished_run["root"]
+    loaded = set(loaded_by("merge", "--base", str(finished_run["model"]), "--adapter", str(finished_run["run"]),
+                           "--out", str(root / "merged")))
+    assert (root / "merged" / "config.json").is_file()
+    assert not loaded & {"peft", "datasets", "bitsandbytes", "PySide6", "pyqtgraph"}, loaded
+
+
+def test_inspect_imports_no_peft_data_or_window_library(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256}))
+    loaded = set(loaded_by("inspect", str(tmp_path)))
+    assert "transformers" in loaded
+    assert not loaded & {"peft", "datasets", "pyarrow", "bitsandbytes", "trl", "PySide6", "pyqtgraph"}, loaded
