@@ -43,6 +43,7 @@ __all__ = [
     "read_labelled_rows",
     "discover_labels",
     "label_set_for",
+    "inspect_labels",
     "apply_to_model_config",
     "prepare_classification",
     "ClassificationMetrics",
@@ -283,6 +284,26 @@ def label_set_for(model: ModelConfig, data: DataConfig) -> LabelSet:
                         f"classes ({', '.join(labels.names)}).",
                         "Remove model.num_labels (it is set from the data), or list the classes in model.labels.")
     return labels
+
+
+def inspect_labels(model: ModelConfig, data: DataConfig) -> dict[str, Any]:
+    """What the window's Data tab shows for a classification run: ``{"labels": LabelSet, "train_rows",
+    "validation_rows", "columns", "samples"}`` (``columns``: those of the first training file, for the role mapping;
+    ``samples``: the first rows as (text, label, where)). Raises the
+    ``DataError`` training would raise (a bad label, a single class, a validation label not in training)."""
+    from .data.readers import _iter_records, _open_source, _require_train_files
+
+    files = _require_train_files(data)
+    first = next((r.data for r in _iter_records(_open_source(files[0], "train_files")) if r.data), None) or {}
+    rows = read_labelled_rows(data, files, "train_files", model.problem_type)
+    if not rows:
+        raise DataError("The training files have no usable rows.", _LABEL_HINT)
+    labels = discover_labels(rows, model.problem_type, model.labels)
+    validation = read_labelled_rows(data, data.validation_files, "validation_files", model.problem_type)
+    check_validation_labels(validation, labels)
+    samples = [(r.text if r.text_pair is None else f"{r.text}\n{r.text_pair}", r.label, r.where) for r in rows[:5]]
+    return {"labels": labels, "train_rows": len(rows), "validation_rows": len(validation), "columns": list(first),
+            "samples": samples}
 
 
 def apply_to_model_config(hf_config: Any, labels: LabelSet) -> None:

@@ -425,6 +425,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
             if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
                 self._selection_from_config(self.layers.model)
             self._data_timer.start()
+        elif section == "model":  # the task, problem type or classes decide what the Data tab reads
+            self._data_timer.start()
         self._summary_timer.start()
 
     def update_summary(self) -> None:
@@ -458,15 +460,25 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         source = self.overview.source if self.overview is not None else None
         trust = self.store.config.model.trust_remote_code
         seed = self.store.config.training.seed
-        worker = workers.FunctionWorker(lambda should_stop: inspect_data(data, source, trust, seed, should_stop),
-                                        "Reading the data", stoppable=True)
+        if self.store.config.model.task == "sequence-classification":  # texts and labels, not a chat format
+            from workbench.core.classification import inspect_labels
+
+            model = self.store.config.model
+            worker = workers.FunctionWorker(lambda should_stop: inspect_labels(model, data), "Reading the data",
+                                            stoppable=True)
+        else:
+            worker = workers.FunctionWorker(lambda should_stop: inspect_data(data, source, trust, seed, should_stop),
+                                            "Reading the data", stoppable=True)
         worker.result.connect(self._data_ready)
         worker.failed.connect(self._data_failed)
         worker.finished.connect(self._data_job_done)
         self._start(worker)
 
     def _data_ready(self, result: dict) -> None:
-        self.data.show_result(result)
+        if "labels" in result:
+            self.data.show_labels(result)
+        else:
+            self.data.show_result(result)
         for path in self.store.config.data.train_files:
             self._remember("recent/data", path)
         self._fill_recent_menu()

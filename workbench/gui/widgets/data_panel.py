@@ -184,6 +184,8 @@ class DataPanel(QWidget):
         self.stats_label.clear()
 
     def show_result(self, result: dict) -> None:
+        for combo in (self.format_combo, self.train_on_combo):
+            combo.setEnabled(True)
         info = result["info"]
         files = ", ".join(f"{Path(f.path).name} ({f.kind}, {f.rows} rows)" for f in info.train_files)
         self.detected_label.setText(
@@ -228,7 +230,61 @@ class DataPanel(QWidget):
                          f"<pre style='white-space: pre-wrap'>{body}</pre><hr>")
         self.preview.setHtml("".join(parts) or "<i>No usable example.</i>")
 
+    def show_labels(self, result: dict) -> None:
+        """A classification run's data (``core.classification.inspect_labels``): rows, the text/label column
+        mapping, and one bar per class, so class imbalance shows before training."""
+        labels = result["labels"]
+        for combo in (self.format_combo, self.train_on_combo):  # chat formats and loss masks: not for a classifier
+            combo.setEnabled(False)
+        self.detected_label.setText(
+            f"Labelled rows for <b>{labels.problem_type}</b> classification · {result['train_rows']} training rows"
+            + (f", {result['validation_rows']} validation rows" if result["validation_rows"] else ""))
+        while self.columns_form.rowCount():
+            self.columns_form.removeRow(0)
+        self.column_combos.clear()
+        chosen = self.store.config.data.columns
+        for role in ("text", "text_pair", "label"):
+            combo = QComboBox()
+            combo.addItems([DEFAULT_COLUMN, *result["columns"]])
+            combo.setCurrentText(chosen.get(role) or DEFAULT_COLUMN)
+            combo.setToolTip(f"Column that holds the {role!r} of each example" + (" (optional: the second text of a "
+                             "sentence pair)" if role == "text_pair" else "") + ".")
+            combo.activated.connect(lambda _=0, r=role, c=combo: self._set_column(r, c))
+            self.columns_form.addRow(f"{role}:", combo)
+            self.column_combos[role] = combo
+        self.preview.setHtml("".join(
+            f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: {html.escape(where.rpartition(': ')[2])}"
+            f" · label <b>{html.escape(str(label))}</b></small></p><pre style='white-space: pre-wrap'>"
+            f"{html.escape(text)}</pre><hr>" for text, label, where in result.get("samples", []))
+            or "<i>No usable example.</i>")
+        axis = self.histogram.getPlotItem().getAxis("bottom")
+        self._set_plot_title("Classes")
+        self.cut_line.hide()
+        if labels.problem_type == "regression":
+            self.bars.setOpts(x0=[], x1=[], height=[])
+            self.stats_label.setText("Regression: each label is a number the model learns to predict.")
+            return
+        counts = [labels.counts.get(name, 0) for name in labels.names]
+        positions = np.arange(len(counts), dtype=float)
+        self.bars.setOpts(x0=positions - 0.4, x1=positions + 0.4, height=np.asarray(counts, dtype=float))
+        axis.setTicks([[(float(i), name) for i, name in enumerate(labels.names)]])
+        self.histogram.setLabel("bottom", "class")
+        self.histogram.setLabel("left", "training rows")
+        share = labels.majority_share()
+        self.stats_label.setText(
+            f"{labels.num_labels} classes · the commonest is {max(counts)} of {sum(counts)} rows"
+            + (f" ({share:.0%}): accuracy must beat that" if share is not None else ""))
+
+    def _set_plot_title(self, title: str) -> None:
+        self.histogram.getPlotItem().setProperty("plot_title", title)
+        follow_palette(self.histogram, [self.histogram.getPlotItem()])  # draws the title in the palette's colour
+
     def _show_stats(self, stats) -> None:
+        self.histogram.getPlotItem().getAxis("bottom").setTicks(None)  # back from the class bars
+        self._set_plot_title("Token lengths")
+        self.histogram.setLabel("bottom", "tokens per example")
+        self.histogram.setLabel("left", "examples")
+        self.cut_line.show()
         hist = stats.length_histogram
         edges = np.asarray(hist.edges, dtype=float)
         if len(edges) > 1:

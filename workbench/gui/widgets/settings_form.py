@@ -31,9 +31,10 @@ GROUPS: list[tuple[str, list[str]]] = [
                                              "training.save_total_limit", "training.sample_steps",
                                              "training.sample_prompts", "training.sample_max_new_tokens"]),
     ("Output", ["output.runs_root", "output.name"]),
+    ("Task", ["model.task", "model.problem_type", "model.labels"]),
 ]
 
-RIGHT_COLUMN = {"Optimisation", "Output"}
+RIGHT_COLUMN = {"Optimisation", "Output", "Task"}
 EDITOR_WIDTH = 260
 
 LABELS = {
@@ -42,6 +43,7 @@ LABELS = {
     "data.max_length": "Max length (tokens)", "model.dtype": "Base weights dtype", "output.runs_root": "Runs folder",
     "output.name": "Run name", "training.sample_prompts": "Sample prompts (one per line)",
     "training.oom_retry": "Retry out-of-memory steps",
+    "model.labels": "Classes (one per line; empty: from the data)",
 }
 ERROR_STYLE = "color: #d9534f"
 
