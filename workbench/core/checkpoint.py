@@ -272,9 +272,11 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
 
 
 def auto_class(task: str):
-    """transformers' auto class for ``task``: sequence classification, or (anything else) a causal LM."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """transformers' auto class for ``task``: sequence or image classification, or (anything else) a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
+    if task == "image-classification":
+        return AutoModelForImageClassification
     return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
 
 

@@ -333,7 +333,9 @@ def freshly_initialised_modules(loading_info: dict[str, Any], module_names: Any)
     and saved with the adapter like the head, or the adapter gives other logits on a freshly loaded base."""
     keys = [*loading_info.get("missing_keys", ()), *(k[0] for k in loading_info.get("mismatched_keys", ()))]
     modules = {key.rsplit(".", 1)[0] for key in keys}
-    return sorted(m for m in modules if m in module_names and m.split(".")[-1] not in HEAD_MODULES)
+    # Not the head itself nor anything inside it (ResNet's head is classifier.1 in a Sequential): the head is
+    # saved whole, and PEFT cannot save a module inside another saved one.
+    return sorted(m for m in modules if m in module_names and not set(m.split(".")) & set(HEAD_MODULES))
 
 
 def write_label_file(folder: Path, labels: LabelSet) -> Path:
@@ -367,17 +369,7 @@ def prepare_classification(model: ModelConfig, cfg: DataConfig, tokenizer: Any, 
 
     train_rows = read_labelled_rows(cfg, _require_train_files(cfg), "train_files", model.problem_type)
     validation_rows = read_labelled_rows(cfg, cfg.validation_files, "validation_files", model.problem_type)
-    if not cfg.validation_files and cfg.validation_split > 0:
-        import random
-
-        order = list(range(len(train_rows)))
-        random.Random(seed).shuffle(order)
-        held = max(1, round(len(train_rows) * cfg.validation_split))
-        if held >= len(train_rows):
-            raise DataError(f"validation_split = {cfg.validation_split} leaves none of the {len(train_rows)} rows "
-                            "for training.", "Lower data.validation_split or add rows.")
-        validation_rows = [train_rows[i] for i in sorted(order[:held])]
-        train_rows = [train_rows[i] for i in sorted(order[held:])]
+    train_rows, validation_rows = split_validation(train_rows, validation_rows, cfg, seed)
     check_validation_labels(validation_rows, labels)
 
     truncated = 0
@@ -395,6 +387,22 @@ def prepare_classification(model: ModelConfig, cfg: DataConfig, tokenizer: Any, 
     train = encode(train_rows)
     validation = encode(validation_rows) if validation_rows else None
     return ClassificationData(train, validation, labels, truncated)
+
+
+def split_validation(train_rows: list[LabelledRow], validation_rows: list[LabelledRow], cfg: DataConfig,
+                     seed: int) -> tuple[list[LabelledRow], list[LabelledRow]]:
+    """Without validation files, ``validation_split`` holds out a seeded random share of the training rows."""
+    if cfg.validation_files or cfg.validation_split <= 0:
+        return train_rows, validation_rows
+    import random
+
+    order = list(range(len(train_rows)))
+    random.Random(seed).shuffle(order)
+    held = max(1, round(len(train_rows) * cfg.validation_split))
+    if held >= len(train_rows):
+        raise DataError(f"validation_split = {cfg.validation_split} leaves none of the {len(train_rows)} rows "
+                        "for training.", "Lower data.validation_split or add rows.")
+    return [train_rows[i] for i in sorted(order[held:])], [train_rows[i] for i in sorted(order[:held])]
 
 
 def data_messages(data: ClassificationData) -> list[str]:

@@ -40,6 +40,8 @@ PRESETS: dict[str, str] = {
     "attention": "every attention projection (q, k, v, output)",
     "mlp": "every MLP / feed-forward projection",
     "all-linear": "every linear layer in the transformer blocks (attention and MLP), not the output head",
+    "conv": "every 2-D convolution (vision models such as ResNet and ConvNeXt); the rank is the number of filters of "
+            "the adapter's own convolution, which has the layer's kernel and is followed by a 1×1 convolution",
 }
 DEFAULT_PRESET = "all-linear"
 
@@ -78,8 +80,10 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Dtype of the frozen base weights. 'auto': float32 on CPU; on a GPU the training precision (bf16 or fp16)."
     )
-    task: Literal["causal-lm", "sequence-classification"] = Field(
-        "causal-lm", description="Causal language modelling, or a classification head on an encoder (BERT-style)."
+    task: Literal["causal-lm", "sequence-classification", "image-classification"] = Field(
+        "causal-lm", description="Causal language modelling; a classification head on a text model (BERT-style encoders, "
+                                 "Llama/Qwen decoders); or an image classifier (ViT, DeiT, ConvNeXt, ResNet, Swin, …) "
+                                 "trained on an image folder with one sub-folder per class."
     )
     num_labels: int = Field(2, ge=2, le=100_000, description="Classes for sequence classification (set from model.labels "
                                                             "or from the labels found in the training data).")

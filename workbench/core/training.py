@@ -33,7 +33,7 @@ from typing import Any
 from contextlib import nullcontext
 
 from .config import RunConfig, TrainingConfig
-from . import classification, lora_init, quantization
+from . import classification, images, lora_init, quantization
 from .control import RunControl
 from .distributed import Distributed
 from .errors import OutputError, TrainingError, WorkbenchError, first_line
@@ -106,12 +106,15 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
         hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
         if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
             check_weight_files(source)  # headers and sizes only
-            load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
+            if mc.task == "image-classification":
+                images.load_image_processor(source, mc.trust_remote_code)
+            else:
+                load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
     device = choose_device(config.training.device)
     quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
     lora_init.check_run(config, device)
-    if mc.task == "sequence-classification":  # text and label columns, and a usable label set
-        classification.label_set_for(mc, config.data)
+    if mc.task in ("sequence-classification", "image-classification"):  # texts or images with a usable label set
+        _label_set(config)
     else:
         detect(config.data)
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
@@ -231,6 +234,15 @@ def _weight_dtype(config: RunConfig, precision: str, device: str):
     return getattr(torch, training_weight_dtype(config.model.dtype, device, precision))
 
 
+def _label_set(config: RunConfig) -> Any:
+    """A classification run's ``LabelSet``, read from the training data (it shapes the head); None otherwise."""
+    if config.model.task == "image-classification":
+        return images.image_label_set(config.model, config.data)
+    if config.model.task == "sequence-classification":
+        return classification.label_set_for(config.model, config.data)
+    return None
+
+
 def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink, labels: Any = None):
     """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection, resolved lora).
     ``labels``: the ``classification.LabelSet`` of a sequence-classification run (it shapes the head)."""
@@ -242,8 +254,12 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink, lab
     mc = config.model
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="all", sink=sink)
     hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
-    tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
-    if labels is not None:
+    if mc.task == "image-classification":  # the "tokenizer" of an image model is its image processor
+        tokenizer = images.load_image_processor(source, mc.trust_remote_code)
+        classification.apply_to_model_config(hf_config, labels)
+    else:
+        tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
+    if labels is not None and mc.task == "sequence-classification":
         classification.configure_model(hf_config, tokenizer, labels)
     dtype = _weight_dtype(config, precision, device)
     loading_info: dict[str, Any] | None = {} if labels is not None else None
@@ -257,6 +273,8 @@ def _setup_model(config: RunConfig, device: str, precision: str, sink: Sink, lab
     lora_settings = config.lora
     if loading_info is not None:  # weights the base lacks were initialised at random: train and save them in full
         fresh = classification.freshly_initialised_modules(loading_info, tree.nodes)
+        if mc.task == "image-classification":
+            fresh += images.batch_norm_modules(model)
         lora_settings = lora_settings.model_copy(update={"modules_to_save": [*lora_settings.modules_to_save, *fresh]})
     selection = resolve_selection(tree, lora_settings, mc.task)
     for warning in [*config.warnings(), *selection.warnings]:
@@ -389,11 +407,16 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     _stop_if_requested(control, "starting", at)
     set_seed(config.training.seed)
     # A classification run reads its label set first: it decides the shape of the head the model is built with.
-    labels = classification.label_set_for(config.model, config.data) if config.model.task == "sequence-classification" else None
+    labels = _label_set(config)
     peft_model, tokenizer, tree, selection = _setup_model(config, device, precision, sink, labels)
     _stop_if_requested(control, "loading the model", at)
     data: Any
-    if labels is not None:
+    if labels is not None and config.model.task == "image-classification":
+        data = images.prepare_images(config.model, config.data, tokenizer, labels, seed=config.training.seed,
+                                     num_channels=getattr(peft_model.config, "num_channels", 3))
+        for line in classification.data_messages(data):
+            sink.emit(Message(line))
+    elif labels is not None:
         data = classification.prepare_classification(config.model, config.data, tokenizer, labels, seed=config.training.seed)
         for line in classification.data_messages(data):
             sink.emit(Message(line))
@@ -412,11 +435,15 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: RunContr
     if labels is not None:  # and the classes in id order, so a resume or a re-run builds the same head
         resolved = resolved.copy_with(model=classification.resolved_model_fields(labels),
                                       lora={"modules_to_save": [m for m in selection.modules_to_save
-                                                                if m.split(".")[-1] not in classification.HEAD_MODULES]})
+                                                                if not set(m.split(".")) & set(classification.HEAD_MODULES)]})
     if resume_point is None and dist.is_main:
         resolved.save(run_dir / "run.toml")
-    collator = (classification.make_classification_collator(tokenizer) if labels is not None
-                else make_collator(tokenizer, packing=data.packed, model_type=tree.model_type))
+    if config.model.task == "image-classification":
+        collator = images.make_image_collator()
+    elif labels is not None:
+        collator = classification.make_classification_collator(tokenizer)
+    else:
+        collator = make_collator(tokenizer, packing=data.packed, model_type=tree.model_type)
     if config.lora.init == "eva" and resume_point is None:  # a resumed run loads its trained A and B instead
         lora_init.run_eva(peft_model, data.train, collator, config.training.batch_size, sink, config.training.seed)
     if dist.is_main:
