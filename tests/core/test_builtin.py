@@ -444,6 +444,7 @@ def test_fine_tuned_smollm2_adapter_reloads_with_peft_to_the_same_logits(smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import workbench.core.training as training
+    from workbench.core.training import engine
     from workbench.core.config import RunConfig
 
     root = Path(__file__).resolve().parents[2]
@@ -462,14 +463,14 @@ def test_fine_tuned_smollm2_adapter_reloads_with_peft_to_the_same_logits(smollm2
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
     captured = {}
-    save_adapter = training._save_adapter
+    save_adapter = engine.save_adapter
 
     def save_and_capture(peft_model, run_dir):
         with torch.no_grad():
             captured["logits"] = peft_model.eval()(input_ids=ids).logits.clone()
         return save_adapter(peft_model, run_dir)
 
-    monkeypatch.setattr(training, "_save_adapter", save_and_capture)
+    monkeypatch.setattr(engine, "save_adapter", save_and_capture)
     result = training.run(config)
     assert result.status == "finished" and result.final_step == 2
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.core import events as ev
-from workbench.core import training
+from workbench.core.training import faults, setup
 from workbench.core.config import RunConfig
 from workbench.core.control import RunControl
 from workbench.core.errors import OutputError, TrainingError
@@ -70,7 +70,7 @@ def poison(monkeypatch):
     NaN (``"loss"``) or the gradients infinite with a finite loss (``"grad"``); ``poison(None)`` stops it. With
     one micro-batch per step, forward n of a session is its n-th optimizer step."""
     state = {"kind": None, "from": 1, "calls": 0}
-    setup = training._setup_model
+    setup_model = setup.setup_model
 
     def hook(module, args, output):
         if not module.training:
@@ -85,11 +85,11 @@ def poison(monkeypatch):
         return output
 
     def setup_with_hook(*args, **kwargs):
-        peft_model, *rest = setup(*args, **kwargs)
+        peft_model, *rest = setup_model(*args, **kwargs)
         peft_model.get_base_model().get_output_embeddings().register_forward_hook(hook)
         return (peft_model, *rest)
 
-    monkeypatch.setattr(training, "_setup_model", setup_with_hook)
+    monkeypatch.setattr(setup, "setup_model", setup_with_hook)
 
     def arm(kind, from_call=1):
         state.update({"kind": kind, "from": from_call, "calls": 0})
@@ -150,12 +150,12 @@ def test_nan_leaves_an_adapter_saved_earlier_untouched(model_dir, tmp_path, pois
 
 def test_divergence_hint_fits_the_settings(model_dir, tmp_path):
     cfg = make_config(model_dir, tmp_path, max_grad_norm=0.0, learning_rate=1e-3)
-    err = training._divergence_error(cfg, "fp16", tmp_path / "no-run", 7, float("inf"), None)
+    err = faults.divergence_error(cfg, "fp16", tmp_path / "no-run", 7, float("inf"), None)
     assert err.message.startswith("the loss became inf at step 7")
     assert "the run has no checkpoint" in err.message and "workbench resume" not in err.hint
     assert "bf16 or fp32 instead of fp16" in err.hint
     assert "turn gradient clipping on (training.max_grad_norm = 1.0)" in err.hint
-    assert "fp16" not in training._divergence_error(cfg, "bf16", tmp_path, 7, float("nan"), 3.0).hint
+    assert "fp16" not in faults.divergence_error(cfg, "bf16", tmp_path, 7, float("nan"), 3.0).hint
 
 
 def test_training_without_gradient_clipping(model_dir, tmp_path):
@@ -199,8 +199,8 @@ def test_oom_without_retry_fails_with_the_command_to_retry(model_dir, tmp_path, 
     from workbench.cli import main
 
     freed = []
-    free = training._free_device_memory
-    monkeypatch.setattr(training, "_free_device_memory", lambda: (freed.append(1), free()))
+    free = faults.free_device_memory
+    monkeypatch.setattr(faults, "free_device_memory", lambda: (freed.append(1), free()))
     oom(lambda size, step: size > 2 and step >= 2)  # 4 rows fit in steps 1 and 2, not in step 3
     sink = ev.ListSink()
     with pytest.raises(TrainingError) as err:
@@ -272,7 +272,7 @@ def test_oom_retry_restarts_without_a_checkpoint_and_gives_up_at_batch_size_1(mo
 def test_smaller_batch_keeps_the_effective_batch():
     from workbench.core.config import TrainingConfig
 
-    retries = [training._smaller_batch(TrainingConfig(batch_size=b, gradient_accumulation=2)) for b in (1, 2, 3, 4, 6, 7, 12)]
+    retries = [faults.smaller_batch(TrainingConfig(batch_size=b, gradient_accumulation=2)) for b in (1, 2, 3, 4, 6, 7, 12)]
     assert retries == [None, (1, 4), (1, 6), (2, 4), (3, 4), (1, 14), (6, 4)]
 
 

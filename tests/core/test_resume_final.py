@@ -30,6 +30,7 @@ KILLED_IN_ADAPTER_SAVE = """
     import os, signal, sys
     from pathlib import Path
     from workbench.core import training
+    from workbench.core.training import engine
     from workbench.core.config import RunConfig
 
     def save_then_die(peft_model, run_dir):
@@ -40,7 +41,7 @@ KILLED_IN_ADAPTER_SAVE = """
         (partial / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])  # the write in flight
         os.kill(os.getpid(), signal.SIGKILL)
 
-    training._save_adapter = save_then_die
+    engine.save_adapter = save_then_die
     training.run(RunConfig.from_toml(sys.argv[1]), run_dir=sys.argv[2])
 """
 

@@ -92,18 +92,18 @@ def test_saved_adapter_matches_in_memory_model(arch, model_dir, tmp_path, monkey
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import workbench.core.training as training
+    from workbench.core.training import engine
 
     captured = {}
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
-    save_adapter = training._save_adapter
+    save_adapter = engine.save_adapter
 
     def save_and_capture(peft_model, run_dir):  # record the trained model's logits, then save as usual
         with torch.no_grad():
             captured["logits"] = peft_model.eval()(input_ids=ids).logits.clone()
         return save_adapter(peft_model, run_dir)
 
-    monkeypatch.setattr(training, "_save_adapter", save_and_capture)
+    monkeypatch.setattr(engine, "save_adapter", save_and_capture)
     result = run(make_config(model_dir(arch), tmp_path, max_steps=8))
     base = AutoModelForCausalLM.from_pretrained(model_dir(arch), dtype=torch.float32).eval()
     loaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
@@ -263,10 +263,10 @@ def test_checkpoints_are_written_aside_flushed_and_renamed_into_place(model_dir,
     log_history stops growing at LOG_HISTORY_KEEP entries while metrics.jsonl keeps every step."""
     import workbench.core.fsutil as fsutil
     import workbench.core.runs.recorder as runs
-    import workbench.core.training as training
+    from workbench.core.training import callback
     from workbench.core.runs import list_checkpoints
 
-    monkeypatch.setattr(training, "LOG_HISTORY_KEEP", 3)
+    monkeypatch.setattr(callback, "LOG_HISTORY_KEEP", 3)
     written, synced, sealed, seen_at_event = [], [], [], []
     real_save, real_sync, real_seal = torch.save, fsutil.fsync_tree, runs.fsync_tree
 

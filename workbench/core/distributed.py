@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar, overload
 
-from .control import RunControl
+from .control import Control
 from .errors import TrainingError
 
 T = TypeVar("T")
@@ -64,6 +64,12 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @overload
+    def on_main(self, fn: Callable[[], T], *, share_result: Literal[True] = True) -> T: ...
+
+    @overload
+    def on_main(self, fn: Callable[[], T], *, share_result: bool) -> T | None: ...
+
     def on_main(self, fn: Callable[[], T], *, share_result: bool = True) -> T | None:
         """Run ``fn`` on rank 0 only. Every rank gets its result (``share_result``) — or its error.
 
@@ -93,7 +99,7 @@ class Distributed:
         result = self.on_main(fn, share_result=False)
         return result if self.is_main else fn()
 
-    def requests(self, control: RunControl) -> Requests:
+    def requests(self, control: Control) -> Requests:
         """One snapshot of the control flags, taken on rank 0 and agreed by every rank.
 
         Every decision of a step (pause, save, stop) is made on this snapshot, never on the live flags,
@@ -117,7 +123,7 @@ class Distributed:
         stop, pause, checkpoint = (bool(x) for x in flags.tolist())
         return Requests(stop, pause, checkpoint)
 
-    def await_resume(self, control: RunControl, timeout: float = 0.5) -> Requests:
+    def await_resume(self, control: Control, timeout: float = 0.5) -> Requests:
         """One round of a pause: rank 0 waits (up to ``timeout``) for resume or stop; every rank gets the new snapshot."""
         if self.is_main:
             control.wait_while_paused(timeout)

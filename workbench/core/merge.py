@@ -33,7 +33,7 @@ from workbench.core.adapters import (AdapterFit, LoraAdapter, LoraModule, check_
                                      load_adapter)
 from workbench.core.base_model import FLOAT_DTYPES, SAFETENSORS_DTYPE, TORCH_DTYPES, BaseCheckpoint, open_base_model
 from workbench.core.checkpoint import INDEX_FILE, TensorInfo
-from workbench.core.control import RunControl
+from workbench.core.control import Control, RunControl
 from workbench.core.errors import WorkbenchError
 from workbench.core.events import Message, Progress, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported
@@ -192,7 +192,7 @@ def merge_adapter(
     *,
     dtype: str | None = None,
     sink: SinkLike = None,
-    control: RunControl | None = None,
+    control: Control | None = None,
 ) -> MergeResult:
     """Write ``base`` with ``adapter`` merged into the new folder ``out``.
 

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import WorkbenchError
 from .events import Evaluation, Event, Failed, Finished, RunStarted, Step
@@ -49,12 +49,12 @@ class TrackerError(WorkbenchError):
     """A tracker that cannot be used: its package is missing, or its viewer did not start."""
 
 
-def missing_packages(trackers: list[str]) -> dict[str, str]:
+def missing_packages(trackers: Sequence[str]) -> dict[str, str]:
     """{tracker: pip command} for every chosen tracker whose library is not installed."""
     return {t: TRACKERS[t][1] for t in trackers if any(importlib.util.find_spec(m) is None for m in TRACKERS[t][0])}
 
 
-def check_trackers(trackers: list[str]) -> None:
+def check_trackers(trackers: Sequence[str]) -> None:
     """Part of the run's preflight: a missing tracker package is named with the command that installs it."""
     missing = missing_packages(trackers)
     if missing:
@@ -78,7 +78,7 @@ def step_metrics(event: Event) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def tracker_sinks(trackers: list[str], run_dir: Path) -> list[Any]:
+def tracker_sinks(trackers: Sequence[str], run_dir: Path) -> list[Any]:
     """One sink per chosen tracker, for the training run in ``run_dir``."""
     kinds = {"tensorboard": _TensorBoard, "mlflow": _MLflow, "trackio": _Trackio}
     return [_Guarded(kinds[t](Path(run_dir))) for t in trackers]

@@ -14,6 +14,8 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
+from .process_switches import apply_process_switches
+
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -27,9 +29,7 @@ def create_app(argv: list[str] | None = None) -> QApplication:
         app.setWindowIcon(QIcon(str(icon)))
     # No style sheet and no fixed colours on the window: Qt's platform theme supplies the system's light
     # or dark palette, and the widgets read their colours from it.
-    # Workers run Python (the Trainer's loop, tokenisation) while the GUI thread waits for the GIL; a
-    # 1 ms switch interval (default 5 ms) hands it over sooner, at no measurable cost to the workers.
-    sys.setswitchinterval(0.001)
+    apply_process_switches()  # the GIL switch interval, the garbage collector's thread: see process_switches
     return app
 
 

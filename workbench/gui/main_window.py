@@ -460,12 +460,13 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         source = self.overview.source if self.overview is not None else None
         trust = self.store.config.model.trust_remote_code
         seed = self.store.config.training.seed
-        if self.store.config.model.task == "sequence-classification":  # texts and labels, not a chat format
+        if self.store.config.model.task in ("sequence-classification", "image-classification"):  # labelled rows
             from workbench.core.classification import inspect_labels
+            from workbench.core.images import inspect_images
 
             model = self.store.config.model
-            worker = workers.FunctionWorker(lambda should_stop: inspect_labels(model, data), "Reading the data",
-                                            stoppable=True)
+            read = inspect_images if model.task == "image-classification" else inspect_labels
+            worker = workers.FunctionWorker(lambda should_stop: read(model, data), "Reading the data", stoppable=True)
         else:
             worker = workers.FunctionWorker(lambda should_stop: inspect_data(data, source, trust, seed, should_stop),
                                             "Reading the data", stoppable=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from workbench.core.adapters import LoraAdapter, input_folders
 from workbench.core.base_model import BaseCheckpoint
-from workbench.core.control import RunControl
+from workbench.core.control import Control, RunControl
 from workbench.core.errors import ModelSourceError, OutputError, WorkbenchError
 from workbench.core.events import Message, Sink, SinkLike, as_sink
 from workbench.core.fsutil import atomic_directory, disk_full_reported, format_size, free_bytes, mount_point
@@ -68,7 +68,7 @@ class MergedExport:
     def size_is_exact(self) -> bool:
         return self.plan.gtype.writer == "python"
 
-    def run(self, *, sink: SinkLike = None, control: RunControl | None = None) -> GgufResult:
+    def run(self, *, sink: SinkLike = None, control: Control | None = None) -> GgufResult:
         return _run_merged(self, as_sink(sink), control or RunControl())
 
 
@@ -90,7 +90,7 @@ class AdapterExport:
 
     size_is_exact = True
 
-    def run(self, *, sink: SinkLike = None, control: RunControl | None = None) -> GgufResult:
+    def run(self, *, sink: SinkLike = None, control: Control | None = None) -> GgufResult:
         return _run_adapter(self, as_sink(sink), control or RunControl())
 
 
@@ -165,7 +165,7 @@ def prepare_adapter_export(adapter: str | Path | LoraAdapter, base: str | Path |
 
 def export_gguf(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAdapter | None, out: str | Path, *,
                 type_name: str = "q8_0", ollama: bool = False, name: str | None = None, sink: SinkLike = None,
-                control: RunControl | None = None) -> GgufResult:
+                control: Control | None = None) -> GgufResult:
     """``base`` with ``adapter`` merged (or ``adapter=None``: the base alone) as one GGUF file in the new folder
     ``out``, plus a ``Modelfile`` with ``ollama``."""
     return prepare_merged_export(base, adapter, out, type_name=type_name, ollama=ollama, name=name).run(
@@ -174,7 +174,7 @@ def export_gguf(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAda
 
 def export_gguf_adapter(adapter: str | Path | LoraAdapter, base: str | Path | BaseCheckpoint, out: str | Path, *,
                         type_name: str = "f32", base_gguf: str | Path | None = None, ollama: bool = False,
-                        name: str | None = None, sink: SinkLike = None, control: RunControl | None = None) -> GgufResult:
+                        name: str | None = None, sink: SinkLike = None, control: Control | None = None) -> GgufResult:
     """``adapter`` in llama.cpp's GGUF adapter format in the new folder ``out``, plus a ``Modelfile`` (``FROM`` the
     GGUF base, ``ADAPTER`` the new file) with ``ollama``."""
     return prepare_adapter_export(adapter, base, out, type_name=type_name, base_gguf=base_gguf, ollama=ollama,
@@ -186,7 +186,7 @@ def _stopped(sink: Sink, what: str) -> GgufResult:
     return GgufResult(None, stopped=True)
 
 
-def _run_merged(job: MergedExport, sink: Sink, control: RunControl) -> GgufResult:
+def _run_merged(job: MergedExport, sink: Sink, control: Control) -> GgufResult:
     plan, out = job.plan, job.out
     for text in job.messages:
         sink.emit(Message(text))
@@ -223,7 +223,7 @@ def _run_merged(job: MergedExport, sink: Sink, control: RunControl) -> GgufResul
                       instructions=ollama_instructions(out, _ollama_name(out)) if modelfile else "")
 
 
-def _run_adapter(job: AdapterExport, sink: Sink, control: RunControl) -> GgufResult:
+def _run_adapter(job: AdapterExport, sink: Sink, control: Control) -> GgufResult:
     plan, out = job.plan, job.out
     _check_room(out, plan.size)
     modelfile = None

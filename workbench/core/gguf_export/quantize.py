@@ -18,7 +18,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from workbench.core.control import RunControl
+from workbench.core.control import Control
 from workbench.core.errors import WorkbenchError
 from workbench.core.events import Progress, Sink
 from workbench.core.selfcmd import module_command
@@ -28,7 +28,7 @@ __all__ = ["quantize_with_llama_cpp"]
 _TENSOR_LINE = re.compile(rb"\[\s*(\d+)\s*/\s*(\d+)\]")
 
 
-def quantize_with_llama_cpp(source: Path, target: Path, file_type: int, *, sink: Sink, control: RunControl,
+def quantize_with_llama_cpp(source: Path, target: Path, file_type: int, *, sink: Sink, control: Control,
                             label: str) -> None:
     """Quantize the GGUF ``source`` into ``target`` (``general.file_type`` = ``file_type``). Raises ``_Stopped``
     (from the writer) when ``control`` asks to stop, ``WorkbenchError`` with llama.cpp's last words if it fails."""

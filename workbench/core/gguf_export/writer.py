@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter, quants
 
-from workbench.core.control import RunControl
+from workbench.core.control import Control
 from workbench.core.events import Progress, Sink
 
 __all__ = ["PlannedTensor", "GgufPlan", "Stopped", "tensor_bytes", "encode"]
@@ -125,7 +125,7 @@ class GgufPlan:
     def read_bytes(self) -> int:
         return sum(t.read_bytes for t in self.tensors)
 
-    def write(self, path: Path, *, sink: Sink, control: RunControl, task: str, done: int = 0, total: int | None = None) -> int:
+    def write(self, path: Path, *, sink: Sink, control: Control, task: str, done: int = 0, total: int | None = None) -> int:
         """Write the file; ``Progress(task, bytes_read, total)`` after each tensor. Returns the bytes read."""
         total = self.read_bytes if total is None else total
         w = self._writer(path)

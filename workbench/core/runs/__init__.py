@@ -29,7 +29,7 @@ The package, one module per part of that story (each imports only those before i
 * ``metrics``      reading ``metrics.jsonl`` whole or as it grows, tolerating torn lines;
 * ``status``       the status.json record, the heartbeat's age on the file system's clock, judging whether a run
                    lives, summaries and listings, deleting a run;
-* ``control_file`` control.json: ``send_control`` and the engine's ``ControlFileWatcher``;
+* ``control_file`` control.json: ``send_control``, the engine's ``ControlFileWatcher``, ``FolderControl``;
 * ``checkpoints``  which checkpoint folders are whole, and which one a run continues from;
 * ``recorder``     ``RunRecorder``, the writer while the engine runs;
 * ``resume``       ``prepare_resume``, its lock, and cutting ``metrics.jsonl`` back to the checkpoint.
@@ -50,7 +50,7 @@ from .checkpoints import (
     newest_complete,
     unsafe_state_file,
 )
-from .control_file import CONTROL_COMMANDS, CONTROL_POLL_INTERVAL_S, ControlFileWatcher, send_control
+from .control_file import CONTROL_COMMANDS, CONTROL_POLL_INTERVAL_S, ControlFileWatcher, FolderControl, send_control
 from .layout import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -94,6 +94,7 @@ __all__ = [
     "RunRecorder",
     "MetricsTailer",
     "ControlFileWatcher",
+    "FolderControl",
     "create_run",
     "load_config",
     "claim_run_dir",

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..control import RunControl
+from ..control import Control
 from ..fsutil import atomic_write_text
 from .layout import PathLike, RunFolder
 
@@ -74,7 +74,7 @@ def send_control(run_dir: PathLike, command: str) -> None:
 
 
 class ControlFileWatcher:
-    """Applies commands from a run's control.json to a ``RunControl`` (the engine side of ``send_control``).
+    """Applies commands from a run's control.json to a ``Control`` (a ``RunControl``: the engine side of ``send_control``).
 
     Creating it resets the file (see the module docstring). ``poll()`` costs one ``stat`` when the file has
     not changed; otherwise it applies the differences from the last state seen — stop, pause or resume,
@@ -83,7 +83,7 @@ class ControlFileWatcher:
     ``RunRecorder`` runs one from its thread; a caller without a recorder polls it each step.
     """
 
-    def __init__(self, run_dir: PathLike, control: RunControl):
+    def __init__(self, run_dir: PathLike, control: Control):
         self.path = RunFolder(run_dir).control_file
         self.control = control
         self._seen = _ControlState(checkpoint_requests=_ControlState.read(self.path).checkpoint_requests)
@@ -108,6 +108,88 @@ class ControlFileWatcher:
             applied.append("checkpoint")
         self._seen = state
         return applied
+
+
+class FolderControl:
+    """The ``Control`` protocol for a run in another process: requests go to its folder's control.json
+    (``send_control``), and the state is read back from there (what a ``ControlFileWatcher`` would apply).
+
+    The engine's watcher resets the file when it starts, so with ``hold_until_running`` a request made before the
+    run's recorder exists (while the process still imports torch) is held back and sent once ``status.json``
+    shows that the recorder — and its watcher — is there (``flush``, which every request and every state read
+    calls); held requests count in the state meanwhile. Checkpoint requests already in the file when this
+    object is made are not taken again; several made before one is taken are taken as one, as by a ``RunControl``.
+    """
+
+    def __init__(self, run_dir: PathLike, *, hold_until_running: bool = True):
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.path
+        self.hold_until_running = hold_until_running
+        self._held: list[str] = []
+        self._checkpoints_taken = _ControlState.read(self.folder.control_file).checkpoint_requests
+
+    # -- requests (any thread) ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._send("stop")
+
+    def request_pause(self) -> None:
+        self._send("pause")
+
+    def request_resume(self) -> None:
+        self._send("resume")
+
+    def request_checkpoint(self) -> None:
+        self._send("checkpoint")
+
+    def _send(self, command: str) -> None:
+        self._held.append(command)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the held requests if the run's recorder is there (or nothing is held back)."""
+        if self._held and (not self.hold_until_running or self.folder.status_file.is_file()):
+            held, self._held = self._held, []
+            for command in held:
+                send_control(self.run_dir, command)
+
+    # -- state -------------------------------------------------------------------------------------------
+    def _state(self) -> _ControlState:
+        self.flush()
+        state = _ControlState.read(self.folder.control_file)
+        for command in self._held:  # not in the file yet, but asked for
+            if command == "stop":
+                state.stop = True
+            elif command in ("pause", "resume"):
+                state.pause = command == "pause"
+            else:
+                state.checkpoint_requests += 1
+        return state
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._state().stop
+
+    @property
+    def pause_requested(self) -> bool:
+        state = self._state()
+        return state.pause and not state.stop
+
+    def take_checkpoint_request(self) -> bool:
+        requests = self._state().checkpoint_requests
+        if requests > self._checkpoints_taken:  # requests made since the last one taken: one checkpoint, as a
+            self._checkpoints_taken = requests  # RunControl (and the watcher's poll) makes of them
+            return True
+        return False
+
+    def wait_while_paused(self, timeout: float | None = None) -> bool:
+        """Poll the file (every ``CONTROL_POLL_INTERVAL_S``, as the engine's watcher does) until resumed or stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pause_requested:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(CONTROL_POLL_INTERVAL_S if left is None else min(CONTROL_POLL_INTERVAL_S, left))
+        return True
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:

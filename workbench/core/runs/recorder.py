@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..control import RunControl
+from ..control import Control
 from ..errors import OutputError
 from ..events import CheckpointSaved, Evaluation, Event, Failed, Finished, JsonlSink, Paused, Resumed, RunStarted, Step
 from ..fsutil import fsync_dir, fsync_tree
@@ -44,7 +44,7 @@ class RunRecorder:
         self,
         run_dir: PathLike,
         *,
-        control: RunControl | None = None,
+        control: Control | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
     ):
         self.folder = RunFolder(run_dir)

@@ -237,13 +237,15 @@ class DataPanel(QWidget):
         for combo in (self.format_combo, self.train_on_combo):  # chat formats and loss masks: not for a classifier
             combo.setEnabled(False)
         self.detected_label.setText(
-            f"Labelled rows for <b>{labels.problem_type}</b> classification · {result['train_rows']} training rows"
+            ("Images" if result.get("images") else "Labelled rows")
+            + f" for <b>{labels.problem_type}</b> classification · {result['train_rows']} training rows"
             + (f", {result['validation_rows']} validation rows" if result["validation_rows"] else ""))
         while self.columns_form.rowCount():
             self.columns_form.removeRow(0)
         self.column_combos.clear()
         chosen = self.store.config.data.columns
-        for role in ("text", "text_pair", "label"):
+        roles = ("image", "label") if result.get("images") else ("text", "text_pair", "label")
+        for role in roles if result["columns"] else ():  # an image folder has no columns: its sub-folders are the classes
             combo = QComboBox()
             combo.addItems([DEFAULT_COLUMN, *result["columns"]])
             combo.setCurrentText(chosen.get(role) or DEFAULT_COLUMN)
@@ -252,11 +254,17 @@ class DataPanel(QWidget):
             combo.activated.connect(lambda _=0, r=role, c=combo: self._set_column(r, c))
             self.columns_form.addRow(f"{role}:", combo)
             self.column_combos[role] = combo
-        self.preview.setHtml("".join(
-            f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: {html.escape(where.rpartition(': ')[2])}"
-            f" · label <b>{html.escape(str(label))}</b></small></p><pre style='white-space: pre-wrap'>"
-            f"{html.escape(text)}</pre><hr>" for text, label, where in result.get("samples", []))
-            or "<i>No usable example.</i>")
+        if result.get("images"):  # one thumbnail per class, drawn large enough to see (the files may be 8 × 8)
+            self.preview.setHtml("<p>" + "".join(
+                f"<span style='display:inline-block'><img src='{html.escape(Path(path).as_uri())}' width='64' "
+                f"height='64'><br><small>{html.escape(str(label))}</small></span>&nbsp;&nbsp;"
+                for path, label, _ in result.get("samples", [])) + "</p>")
+        else:
+            self.preview.setHtml("".join(
+                f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: "
+                f"{html.escape(where.rpartition(': ')[2])} · label <b>{html.escape(str(label))}</b></small></p>"
+                f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre><hr>"
+                for text, label, where in result.get("samples", [])) or "<i>No usable example.</i>")
         axis = self.histogram.getPlotItem().getAxis("bottom")
         self._set_plot_title("Classes")
         self.cut_line.hide()

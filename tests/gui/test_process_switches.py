@@ -1,0 +1,76 @@
+"""The process-wide switches (gui/process_switches.py): set once at start-up, idempotent, and doing what they say."""
+
+import gc
+import sys
+import threading
+import weakref
+
+from workbench.gui import process_switches
+from workbench.gui.app import create_app
+
+
+class _Node:
+    """A reference cycle only the cyclic garbage collector can free."""
+
+    def __init__(self):
+        self.me = self
+
+
+def _cycle() -> weakref.ref:
+    node = _Node()
+    ref = weakref.ref(node)
+    del node
+    return ref
+
+
+def test_create_app_applies_every_switch_and_applying_again_changes_nothing(qapp):
+    create_app()
+    assert sys.getswitchinterval() == process_switches.SWITCH_INTERVAL_S
+    assert not gc.isenabled()  # automatic collection is off: it would run on whichever thread allocates
+    collect = gc.collect
+    process_switches.apply_process_switches()
+    assert gc.collect is collect  # not wrapped twice
+    assert sys.getswitchinterval() == process_switches.SWITCH_INTERVAL_S
+
+
+def test_a_collection_asked_for_on_a_job_thread_happens_on_the_gui_thread(qapp):
+    process_switches.apply_process_switches()
+    ref = _cycle()
+    process_switches._collection_requested.clear()
+    job = threading.Thread(target=gc.collect)  # as accelerate does at the start of a run
+    job.start()
+    job.join()
+    assert ref() is not None  # nothing was freed on the job thread
+    assert process_switches._collection_requested.is_set()
+
+    collector = process_switches.GarbageCollector(None)
+    try:
+        collector.collect()  # what its timer runs on the GUI thread
+    finally:
+        collector._timer.stop()
+        collector.deleteLater()
+    assert ref() is None
+    assert not process_switches._collection_requested.is_set()
+
+
+def test_gui_thread_collections_still_collect(qapp):
+    process_switches.apply_process_switches()
+    ref = _cycle()
+    assert gc.collect() >= 1
+    assert ref() is None
+
+
+def test_nothing_is_collected_while_the_ml_stack_imports_and_it_is_frozen_afterwards(qapp):
+    process_switches.apply_process_switches()
+    collector = process_switches.GarbageCollector(None)
+    collector._timer.stop()
+    try:
+        with process_switches.importing_the_ml_stack():
+            ref = _cycle()
+            process_switches._collection_requested.set()
+            collector.collect()
+            assert ref() is not None  # the collector skipped its turn during the import
+        assert gc.get_freeze_count() > 0  # what the import created is out of later collections
+    finally:
+        gc.unfreeze()  # leave the test process as the other tests expect it
+        collector.deleteLater()
