@@ -74,6 +74,8 @@ def merged_weight(weight: torch.Tensor, module: LoraModule, transposed: bool) ->
     weight beside the weight as read.
     """
     merged = _transpose(module.lora_B.float() @ module.lora_A.float(), transposed).contiguous().mul_(module.scale)
+    if weight.ndim == 4:  # a Conv2d: the update over the flattened kernel, back in the (out, in, kh, kw) layout
+        merged = merged.view(weight.shape)
     merged.add_(weight)  # promotes a bf16/fp16 weight to fp32 element by element, without a copy
     if module.magnitude is not None:
         norm = torch.linalg.norm(_transpose(merged, transposed), dim=1)
@@ -289,17 +291,22 @@ def _classification_fields(adapter: LoraAdapter, config: dict[str, Any]) -> dict
     (from the labels.json saved beside the adapter), so the merged folder loads as the trained classifier."""
     from workbench.core.classification import TRANSFORMERS_PROBLEM_TYPES, read_label_file
 
-    labels = read_label_file(adapter.path) if adapter.config.get("task_type") == "SEQ_CLS" else None
+    labels = read_label_file(adapter.path)
     if labels is None:
         return {}
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
     fields: dict[str, Any] = {"id2label": {str(i): n for i, n in labels.id2label.items()}, "label2id": labels.label2id,
                               "problem_type": TRANSFORMERS_PROBLEM_TYPES[labels.problem_type]}
-    architecture = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.get("model_type", ""))
+    text = adapter.config.get("task_type") == "SEQ_CLS"
+    mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES if text else MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    architecture = mapping.get(config.get("model_type", ""))
+    if isinstance(architecture, tuple):  # a few model types list several classes: the first is the plain one
+        architecture = architecture[0]
     if architecture:
         fields["architectures"] = [architecture]
-    if config.get("pad_token_id") is None and config.get("eos_token_id") is not None:
+    if text and config.get("pad_token_id") is None and config.get("eos_token_id") is not None:
         eos = config["eos_token_id"]  # as training did: a decoder's head needs to know which token pads
         fields["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
     return fields
