@@ -52,3 +52,21 @@ def test_data_tab_shows_classes_and_training_writes_labels(window, qtbot, tmp_pa
     labels = json.loads((result.adapter_dir / "labels.json").read_text())
     assert labels["id2label"] == {"0": "animals", "1": "travel"}
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+
+
+def test_data_tab_shows_a_thumbnail_and_a_bar_per_image_class(window, qtbot, tmp_path):
+    import tiny
+
+    model = tiny.save_vision_model("resnet", tmp_path / "resnet")
+    window.store.update("model", task="image-classification")  # the tree is built for the task's model class
+    with qtbot.waitSignal(window.model_opened, timeout=60_000):
+        window.open_model(str(model))
+    assert any(n.type == "Conv2d" and n.adaptable for n in window.overview.tree.nodes.values())
+    digits = tiny.save_digit_images(tmp_path / "digits", per_class=3, classes=4)
+    with qtbot.waitSignal(window.data_inspected, timeout=60_000):
+        window.data.set_files([str(digits)])
+    panel = window.data
+    assert "Images for" in panel.detected_label.text() and "12 training rows" in panel.detected_label.text()
+    assert panel.preview.toHtml().count("<img") == 4
+    assert list(panel.bars.opts["height"]) == [3.0, 3.0, 3.0, 3.0]
+    assert not panel.columns_box.isVisible(), "an image folder has no columns to map"

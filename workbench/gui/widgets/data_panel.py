@@ -186,6 +186,7 @@ class DataPanel(QWidget):
     def show_result(self, result: dict) -> None:
         for combo in (self.format_combo, self.train_on_combo):
             combo.setEnabled(True)
+        self.columns_box.setVisible(True)
         info = result["info"]
         files = ", ".join(f"{Path(f.path).name} ({f.kind}, {f.rows} rows)" for f in info.train_files)
         self.detected_label.setText(
@@ -245,6 +246,7 @@ class DataPanel(QWidget):
         self.column_combos.clear()
         chosen = self.store.config.data.columns
         roles = ("image", "label") if result.get("images") else ("text", "text_pair", "label")
+        self.columns_box.setVisible(bool(result["columns"]))
         for role in roles if result["columns"] else ():  # an image folder has no columns: its sub-folders are the classes
             combo = QComboBox()
             combo.addItems([DEFAULT_COLUMN, *result["columns"]])
@@ -255,10 +257,11 @@ class DataPanel(QWidget):
             self.columns_form.addRow(f"{role}:", combo)
             self.column_combos[role] = combo
         if result.get("images"):  # one thumbnail per class, drawn large enough to see (the files may be 8 × 8)
-            self.preview.setHtml("<p>" + "".join(
-                f"<span style='display:inline-block'><img src='{html.escape(Path(path).as_uri())}' width='64' "
-                f"height='64'><br><small>{html.escape(str(label))}</small></span>&nbsp;&nbsp;"
-                for path, label, _ in result.get("samples", [])) + "</p>")
+            # (Qt's rich text has no inline blocks: a one-row table lays the thumbnails side by side)
+            self.preview.setHtml("<p>One image of each class:</p><table cellspacing='8'><tr>" + "".join(
+                f"<td align='center'><img src='{html.escape(Path(path).as_uri())}' width='64' height='64'><br>"
+                f"<small>{html.escape(str(label))}</small></td>"
+                for path, label, _ in result.get("samples", [])) + "</tr></table>")
         else:
             self.preview.setHtml("".join(
                 f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: "
