@@ -25,7 +25,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import DataConfig, ModelConfig
 from .errors import DataError
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 LABELS_FILE = "labels.json"
+_Row = TypeVar("_Row")
 # model.problem_type → transformers' PretrainedConfig.problem_type (which picks the loss in *ForSequenceClassification)
 TRANSFORMERS_PROBLEM_TYPES = {
     "single-label": "single_label_classification",
@@ -389,8 +390,8 @@ def prepare_classification(model: ModelConfig, cfg: DataConfig, tokenizer: Any, 
     return ClassificationData(train, validation, labels, truncated)
 
 
-def split_validation(train_rows: list[LabelledRow], validation_rows: list[LabelledRow], cfg: DataConfig,
-                     seed: int) -> tuple[list[LabelledRow], list[LabelledRow]]:
+def split_validation(train_rows: list[_Row], validation_rows: list[_Row], cfg: DataConfig,
+                     seed: int) -> tuple[list[_Row], list[_Row]]:
     """Without validation files, ``validation_split`` holds out a seeded random share of the training rows."""
     if cfg.validation_files or cfg.validation_split <= 0:
         return train_rows, validation_rows

@@ -195,6 +195,12 @@ class DataConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    method: Literal["sft", "dpo", "orpo", "kto"] = Field(
+        "sft", description="sft: learn the completions (supervised fine-tuning). dpo / orpo: learn to prefer the chosen "
+                           "answer over the rejected one ({prompt, chosen, rejected} rows); kto: from answers marked "
+                           "good or bad ({prompt, completion, label}). Preference methods need the trl package.")
+    beta: float = Field(0.1, gt=0, le=100, description="Preference methods: how strongly the adapter may move away "
+                                                       "from the base model (DPO/KTO) or weigh the odds ratio (ORPO).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (LoRA: 1e-5 – 1e-3, typically 2e-4).")

@@ -92,6 +92,8 @@ class Step(Event):
     memory_bytes: int | None = None
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    # The training method's own numbers for the step (preference training: rewards/margins, rewards/chosen, …).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

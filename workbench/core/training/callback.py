@@ -134,6 +134,7 @@ class EventCallback(TrainerCallback):
                 loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
                 grad_norm=_finite_or_none(logs.get("grad_norm")), tokens_per_second=tps, tokens_seen=tokens,
                 memory_bytes=_device_memory(self.ctx.device), elapsed_s=round(elapsed, 3), eta_s=eta,
+                metrics=_method_metrics(logs),
             ))
             self._check_divergence(state.global_step, loss, _float_or_none(logs.get("grad_norm")))
         if self.failure is not None:
@@ -316,3 +317,12 @@ def _finite_or_none(value: Any) -> float | None:
         return None
     v = float(value)
     return v if math.isfinite(v) else None
+
+
+# What preference trainers (TRL's DPO, ORPO, KTO) log beside the loss, passed on with each step.
+_METHOD_METRIC_PREFIXES = ("rewards/", "logps/", "logits/", "log_odds", "nll_loss", "kl")
+
+
+def _method_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in logs.items()
+            if k.startswith(_METHOD_METRIC_PREFIXES) and isinstance(v, (int, float)) and math.isfinite(v)}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import classification, images, lora_init, quantization
+from .. import classification, images, lora_init, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -85,6 +85,9 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     lora_init.check_run(config, device)
     if mc.task in ("sequence-classification", "image-classification"):  # texts or images with a usable label set
         setup.label_set(config)
+    elif config.training.method != "sft":  # trl installed, and rows with the method's roles
+        preference.require_trl(config.training.method)
+        preference.prepare_preference(config.data, config.training.method, seed=config.training.seed)
     else:
         detect(config.data)
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
@@ -226,6 +229,9 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     elif labels is not None:
         data = classification.prepare_classification(config.model, config.data, tokenizer, labels,
                                                      seed=config.training.seed)
+    elif config.training.method != "sft":  # TRL tokenizes the pairs itself
+        preference.require_trl(config.training.method)
+        data = preference.prepare_preference(config.data, config.training.method, seed=config.training.seed)
     else:
         # rank 0 tokenises into the datasets cache, the others then read it
         data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
@@ -247,7 +253,10 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
                                                                 if not set(m.split(".")) & set(classification.HEAD_MODULES)]})
     if resume_point is None and dist.is_main:
         resolved.save(run_dir / "run.toml")
-    if config.model.task == "image-classification":
+    collator: Any
+    if config.training.method != "sft":
+        collator = None  # TRL's own collator for its tokenized pairs
+    elif config.model.task == "image-classification":
         collator = images.make_image_collator()
     elif labels is not None:
         collator = classification.make_classification_collator(tokenizer)
@@ -269,7 +278,12 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     if config.eval.retention and dist.is_main:
         callback.retention = setup.retention_probe(config, peft_model, tokenizer, sink, args.eval_strategy != "no")
     metrics = classification.ClassificationMetrics(labels) if labels is not None else None
-    trainer = AtomicCheckpointTrainer(
+    trainer_cls: Any = AtomicCheckpointTrainer
+    if config.training.method != "sft":
+        # The PEFT model and no ref_model: TRL's reference is the base with the adapter disabled (no second copy).
+        trainer_cls = preference.trainer_class(config.training.method, AtomicCheckpointTrainer)
+        args = preference.trainer_arguments(config.training.method, args, config.training.beta, config.data.max_length)
+    trainer = trainer_cls(
         model=peft_model,
         args=args,
         train_dataset=data.train,

@@ -31,7 +31,7 @@ GROUPS: list[tuple[str, list[str]]] = [
                                              "training.save_total_limit", "training.sample_steps",
                                              "training.sample_prompts", "training.sample_max_new_tokens"]),
     ("Output", ["output.runs_root", "output.name"]),
-    ("Task", ["model.task", "model.problem_type", "model.labels"]),
+    ("Task", ["model.task", "model.problem_type", "model.labels", "training.method", "training.beta"]),
 ]
 
 RIGHT_COLUMN = {"Optimisation", "Output", "Task"}
