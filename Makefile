@@ -83,7 +83,8 @@ gguf-tools: $(STAMP)
 	  || echo "Go is not installed: the Ollama template checks will be skipped (apt-get install golang-go)"; }
 
 test-gguf: gguf-tools
-	WORKBENCH_REQUIRE_LLAMA_CPP=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/core/test_gguf_llama_cpp.py tests/core/test_gguf_export.py
+	WORKBENCH_REQUIRE_LLAMA_CPP=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests/core/test_gguf_llama_cpp.py tests/core/test_gguf_export.py \
+	  tests/core/test_gguf_architectures.py
 
 # The frozen one-folder bundle for this platform (PyInstaller; packaging/README.md): dist/lora-workbench/. It carries
 # the torch of .venv, so a CUDA torch installed there makes a CUDA bundle. Not in CI (about 6 minutes, 1 GB+):

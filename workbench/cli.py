@@ -65,13 +65,11 @@ def run_guarded(args: argparse.Namespace) -> int:
         say("interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from workbench.core.crashlog import describe_unexpected, write_crash_log
+        from workbench.core.crashlog import report_unexpected
 
-        what = f"workbench {args.command}"
-        log = write_crash_log(what, exc)
-        say(f"error: {what} failed unexpectedly: {describe_unexpected(exc)}")
-        say(f"the details are in {log} (please include it in a bug report)" if log is not None
-            else "no log could be written (the disk may be full or read-only)")
+        line, where, _log = report_unexpected(f"workbench {args.command}", exc)
+        say(f"error: {line}")
+        say(where)
         return EXIT_BUG
 
 

@@ -157,11 +157,11 @@ def test_prompt_completion_labels_are_exactly_the_completion_and_eos(tmp_path, t
         assert row["length"] == len(row["input_ids"])
 
 
-def test_alpaca_uses_the_standard_template(tmp_path, tok):
+def test_alpaca_classic_uses_the_standard_template(tmp_path, tok):
     rows = [{"instruction": "Add the numbers.", "input": "2 and 2", "output": "four"},
             {"instruction": "Name the capital of France.", "input": "", "output": "Paris"}]
-    prepared = data.prepare(config(write_jsonl(tmp_path / "a.jsonl", rows), packing=False), tok,
-                            cache_dir=tmp_path / "cache")
+    prepared = data.prepare(config(write_jsonl(tmp_path / "a.jsonl", rows), packing=False,
+                                   alpaca_template="classic"), tok, cache_dir=tmp_path / "cache")
     with_input, without_input = prepared.train
     assert tok.decode(with_input["input_ids"]) == (
         "Below is an instruction that describes a task, paired with an input that provides further context. "

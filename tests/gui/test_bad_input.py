@@ -31,8 +31,8 @@ def test_broken_dataset_shows_a_message(opened, qtbot, tmp_path):
     with qtbot.waitSignal(opened.data_failed, timeout=60_000) as failed:
         opened.data.add_files([str(broken)])
     assert "broken.jsonl" in failed.args[0]
-    close_error(opened)
-    assert "broken.jsonl" in opened.data.detected_label.text()
+    assert opened.error_box is None, "shown beside the files, not in a box that returns after every edit"
+    assert "broken.jsonl" in opened.data.shown_problems()["train_files"]
 
     # Replacing the file with a good one works without restarting anything.
     good = write_facts(tmp_path)

@@ -29,13 +29,16 @@ def test_panel_batches_events_and_draws_them(qtbot):
     curve = panel.plots.raw_curve
     for step in range(1, 51):
         panel.handle(Step(step=step, total_steps=100, epoch=step / 100, loss=1 / step, learning_rate=1e-4,
-                          grad_norm=0.5, tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=step, eta_s=100 - step))
+                          grad_norm=0.5, tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=step, eta_s=100 - step,
+                          trained_tokens_per_second=640.0, examples_per_second=4.5))
     panel.handle(Evaluation(step=50, eval_loss=0.3))
     assert panel.plots.points("loss") == 0, "nothing is drawn until the next flush"
     panel.flush()
     assert panel.plots.raw_curve is curve, "curves are created once"
     assert panel.plots.points("loss") == 50 and panel.plots.points("eval_loss") == 1
     assert len(curve.xData) == 50
+    assert panel.plots.points("trained_tokens_per_second") == 50  # beside real tokens/s, on the same plot
+    assert "1,000 tokens/s (640 trained · 4.5 examples/s)" in panel.status_label.text()
     assert panel.progress.value() == 50 and panel.progress.maximum() == 100
     assert "ETA 0:50" in panel.eta_label.text()
 
@@ -53,7 +56,7 @@ def test_100k_points_draw_a_number_of_points_bounded_by_the_width(qtbot):
     steps = np.arange(100_000, dtype=float)
     loss = 2 + np.sin(steps / 500) + np.random.default_rng(0).normal(0, 0.1, len(steps))
     loss[54_321] = 9.0  # one spike: peak-preserving downsampling must keep it
-    for name in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "memory"):
+    for name in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens_per_second", "memory"):
         plots.series[name].extend(steps, loss)
     plots.series["smoothed"].extend(steps, smooth(loss, 0.6))
     plots.redraw()
@@ -101,15 +104,16 @@ def test_a_live_run_draws_one_plot_per_flush_in_turn(qtbot):
 
     for step in range(1, 4):
         panel.handle(Step(step=step, total_steps=10, epoch=step / 10, loss=1 / step, learning_rate=1e-4,
-                          grad_norm=0.5, tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=step, eta_s=10 - step))
+                          grad_norm=0.5, tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=step, eta_s=10 - step,
+                          trained_tokens_per_second=700.0))
     panel.flush()
     assert drawn() == {"loss": 3, "smoothed": 3, "learning_rate": 0, "grad_norm": 0, "tokens_per_second": 0,
-                       "memory": 0}, "the first flush draws the loss plot only"
+                       "trained_tokens_per_second": 0, "memory": 0}, "the first flush draws the loss plot only"
     for _ in range(4):
         panel.flush()
     assert set(drawn().values()) == {3}
     assert all(plot.viewRange()[0][1] >= 10 for plot in plots.plot_items), "the step axis spans the whole run"
     panel.handle(Step(step=4, total_steps=10, epoch=0.4, loss=0.25, learning_rate=1e-4, grad_norm=0.5,
-                      tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=4, eta_s=6))
+                      tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=4, eta_s=6, trained_tokens_per_second=700.0))
     panel.end_run()
     assert set(drawn().values()) == {4}, "a finished run is drawn in full at once"

@@ -42,7 +42,7 @@ def test_new_run_leaves_nothing_of_the_previous_model_and_data(opened, qtbot, tm
         window.data.add_files([str(bad)])
     if window.error_box is not None:
         window.error_box.close()
-    assert "color:#d9534f" in window.data.detected_label.text(), "the data error is on screen"
+    assert "bad.jsonl" in window.data.shown_problems()["train_files"], "the data error is on screen"
     window.layers.blocks_edit.setText("0-1")
     window.layers.filter_edit.setText("q_proj")
     qtbot.waitUntil(lambda: "Memory estimate" in window.layers.summary.memory.text())
@@ -56,6 +56,7 @@ def test_new_run_leaves_nothing_of_the_previous_model_and_data(opened, qtbot, tm
     assert layers.summary.memory.text() == "" and layers.summary.verdict.text() == "", "no memory verdict"
     assert layers.filter_edit.text() == "" and layers.blocks_edit.text() == "", "no stale filter or block range"
     assert window.data.detected_label.text() == "No data chosen." and window.data.files.count() == 0
+    assert window.data.shown_problems() == {}, "no error of the previous run's data"
     assert window.overview is None
     assert window.windowTitle() == "untitled run — LoRA Workbench"
 

@@ -49,3 +49,17 @@ def trained_runs(tmp_path_factory, tiny_model_dir) -> dict:
         assert done.status == "finished" and stopped.status == "stopped"
         _cache["runs"] = {"model": model, "root": root / "runs", "done": done.run_dir, "stopped": stopped.run_dir}
     return _cache["runs"]
+
+
+def qlora_run(tmp_path_factory, tiny_model_dir) -> dict:
+    """{"model", "adapter"}: a 4-step run on an nf4 base (no double quantization) of the same tiny llama."""
+    if "qlora" not in _cache:
+        from workbench.core.training import run
+
+        model = tiny_model_dir("llama", initializer_range=0.3)
+        root = tmp_path_factory.mktemp("qlora")
+        config = make_config(model, root, max_steps=4).copy_with(model={"quantization": "nf4", "double_quant": False})
+        result = run(config, None, run_dir=root / "runs" / "nf4")
+        assert result.status == "finished"
+        _cache["qlora"] = {"model": model, "adapter": result.run_dir / "adapter"}
+    return _cache["qlora"]

@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (only for files you trust)")
     p.add_argument("--full", action="store_true", help="print every block instead of folding identical ones")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-cache", action="store_true",
+                   help="build the tree afresh instead of reusing the one remembered for this config.json")
     p.set_defaults(func=run)
 
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from workbench.core.config import ConfigError, LoraSettings, RunConfig
     from workbench.core.layers import count_selection, resolve_selection
     from workbench.core.memory import estimate_for_config
-    from workbench.core.models import open_overview
+    from workbench.core.tree_cache import open_overview_cached
 
     try:
         lora = LoraSettings(
@@ -88,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         from workbench.core.config import describe_validation_error
 
         raise ConfigError(describe_validation_error(exc, prefix="lora."), "command line") from None
-    ov = open_overview(args.model, revision=args.revision, task=args.task,
-                       trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    # The tree of a config.json seen before comes from the cache: no modeling code is imported (see tree_cache).
+    ov, _ = open_overview_cached(args.model, revision=args.revision, task=args.task, trust_remote_code=args.trust_remote_code,
+                                 allow_pickle=args.allow_pickle, use_cache=not args.no_cache)
     tree = ov.tree
     sel = resolve_selection(tree, lora, args.task)
     counts = count_selection(tree, sel)

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     remove = qsub.add_parser("remove", help="take an entry off the queue (its run folder is kept)")
     remove.add_argument("number", type=int)
     remove.add_argument("--root", metavar="DIR")
+    move = qsub.add_parser("move", help="move a pending entry up or down the queue")
+    move.add_argument("number", type=int)
+    move.add_argument("--by", type=int, required=True, metavar="N", help="places to move: negative is earlier")
+    move.add_argument("--root", metavar="DIR")
     q.set_defaults(func=run_queue_command)
 
     s = sub.add_parser("sweep", help="run a grid of runs over any fields and compare them (the rank trade-off)",
@@ -87,6 +91,10 @@ def run_queue_command(args: argparse.Namespace) -> int:
     if args.queue_command == "remove":
         entry = run_queue.remove_entry(root, args.number)
         print(f"removed {entry.id} {entry.name}")
+        return 0
+    if args.queue_command == "move":
+        order = run_queue.move_entry(root, args.number, args.by)
+        print("queue order: " + " ".join(e.id for e in order))
         return 0
     ran = _drive(root, None, stop_on_error=args.stop_on_error)
     failed = sum(e.status == run_queue.FAILED for e in ran)

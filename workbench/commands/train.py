@@ -165,6 +165,8 @@ class ConsoleSink:
         filled = int(width * e.step / max(e.total_steps, 1))
         bar = "█" * filled + "·" * (width - filled)
         tps = f"{e.tokens_per_second:,.0f} tok/s" if e.tokens_per_second else "– tok/s"
+        if e.trained_tokens_per_second:  # padding and template tokens flatter tok/s: what carries loss, and examples
+            tps += f" ({e.trained_tokens_per_second:,.0f} trained, {e.examples_per_second or 0:,.1f} ex/s)"
         eta = _duration(e.eta_s) if e.eta_s is not None else "–"
         line = f"[{bar}] {e.step}/{e.total_steps}  loss {e.loss:.4f}  lr {e.learning_rate:.2e}  {tps}  ETA {eta}"
         if self.tty:

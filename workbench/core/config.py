@@ -192,6 +192,13 @@ class DataConfig(_Section):
     train_on: Literal["completion", "all"] = Field("completion", description="Compute the loss on completions/assistant turns only, or on every token.")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the tokenizer's.")
     skip_bad_rows: bool = Field(False, description="Skip malformed rows (and report how many) instead of stopping.")
+    alpaca_template: Literal["auto", "chat", "classic"] = Field(
+        "auto", description="How Alpaca rows are rendered: 'chat' as a user turn and an assistant turn of the chat "
+                            "template, 'classic' with the Stanford '### Instruction' prompt; 'auto': chat when the "
+                            "model has a chat template, classic otherwise.")
+    text_split: Literal["paragraphs", "chunks", "whole"] = Field(
+        "paragraphs", description="How a .txt file becomes examples: one per paragraph (blank-line separated), "
+                                  "the whole file cut into max_length-token chunks, or the whole file as one example.")
 
 
 class TrainingConfig(_Section):

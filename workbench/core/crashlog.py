@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["LOGS_DIR_NAME", "KEEP_LOGS", "log_dir", "write_crash_log", "describe_unexpected"]
+__all__ = ["LOGS_DIR_NAME", "KEEP_LOGS", "log_dir", "write_crash_log", "describe_unexpected", "report_unexpected"]
 
 LOGS_DIR_NAME = "logs"
 KEEP_LOGS = 50  # the newest crash logs kept; older ones are deleted when a new one is written
@@ -39,6 +39,20 @@ def describe_unexpected(exc: BaseException) -> str:
     """``TypeName: first line of its text`` — what the one-line report names."""
     text = str(exc).strip().split("\n")[0]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def report_unexpected(what: str, exc: BaseException) -> tuple[str, str, Path | None]:
+    """Write the crash log of a bug and say it in words: (``"<what> failed unexpectedly: <Type>: <first line>"``,
+    where the details are — ``"the details are in <log> (please include it in a bug report)"`` or that no log
+    could be written —, the log's path or None). The CLI prints the two as lines, the window as one sentence.
+    Never raises: reporting must not fail in turn."""
+    try:
+        log = write_crash_log(what, exc)
+    except Exception:  # noqa: BLE001
+        log = None
+    where = (f"the details are in {log} (please include it in a bug report)" if log is not None
+             else "no log could be written (the disk may be full or read-only)")
+    return f"{what} failed unexpectedly: {describe_unexpected(exc)}", where, log
 
 
 def write_crash_log(what: str, exc: BaseException) -> Path | None:

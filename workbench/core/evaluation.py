@@ -33,7 +33,7 @@ def eval_references(cfg: DataConfig, tokenizer: Any, *, seed: int, limit: int) -
     """Up to ``limit`` (prompt, reference answer) pairs from the validation rows; [] without validation data or
     for plain-text rows."""
     from .data.raw import load_raw
-    from .data.rendering import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, _chat_template
+    from .data.rendering import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, _alpaca_messages, _alpaca_uses_chat, _chat_template
 
     raw = load_raw(cfg, seed=seed)
     if raw.validation is None or raw.format == "text":
@@ -43,6 +43,10 @@ def eval_references(cfg: DataConfig, tokenizer: Any, *, seed: int, limit: int) -
     for row in raw.validation.select(range(min(limit, len(raw.validation)))):
         if raw.format == "prompt-completion":
             refs.append(Reference(row["prompt"], row["completion"]))
+        elif raw.format == "alpaca" and _alpaca_uses_chat(cfg, tokenizer):  # as training renders it
+            prompt = tokenizer.apply_chat_template(_alpaca_messages(row)[:1], tokenize=False,
+                                                   add_generation_prompt=True, chat_template=template)
+            refs.append(Reference(prompt, row["output"]))
         elif raw.format == "alpaca":
             text = ALPACA_PROMPT if row["input"].strip() else ALPACA_PROMPT_NO_INPUT
             refs.append(Reference(text.format(instruction=row["instruction"], input=row["input"]), row["output"]))

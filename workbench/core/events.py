@@ -87,11 +87,15 @@ class Step(Event):
     loss: float
     learning_rate: float
     grad_norm: float | None = None
-    tokens_per_second: float | None = None
+    tokens_per_second: float | None = None  # real (non-padding) tokens, template and prompt tokens included
     tokens_seen: int = 0
     memory_bytes: int | None = None
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    # What users compare across tools: tokens that carry loss, and examples trained on (core/loss.LossCounts).
+    trained_tokens_per_second: float | None = None
+    examples_per_second: float | None = None
+    trained_tokens_seen: int = 0
     # The training method's own numbers for the step (preference training: rewards/margins, rewards/chosen, …).
     metrics: dict[str, float] = field(default_factory=dict)
 

@@ -15,11 +15,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .config import RunConfig
 from .errors import WorkbenchError
 from .exitcodes import EXIT_STOPPED
 
 Scheduler = Literal["slurm", "plain"]
 DEFAULT_PORT = 29500
+
+
+def portable_config(config: RunConfig, base: Path | None = None) -> RunConfig:
+    """``config`` with relative local paths (model folder, data files, runs root) made absolute from ``base``
+    (the current folder, against which the window and its processes read them; for the runs root that is
+    ``core.runs.output_path``'s rule), so that the run file reads the same from any folder on any node.
+    A relative path that does not exist from ``base`` is left as written (it may name something elsewhere)."""
+    from .runs import output_path
+
+    base = base or Path.cwd()
+
+    def absolute(p: str) -> str:
+        path = Path(p).expanduser()
+        return str(base / path) if not path.is_absolute() and (base / path).exists() else str(path)
+
+    source = config.model.source
+    if source and ":" not in source.split("/")[0]:  # not builtin:…, not a URL
+        source = absolute(source)
+    data = config.data
+    return config.copy_with(
+        model={"source": source},
+        data={"train_files": [absolute(f) for f in data.train_files],
+              "validation_files": [absolute(f) for f in data.validation_files]},
+        output={"runs_root": str(output_path(config.output.runs_root, base))},
+    )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .errors import TrainingError
 
 __all__ = ["QUANTIZATIONS", "BNB_OPTIMIZERS", "PAGED_OPTIMIZERS", "QuantizationError", "BNB_PIN", "check_run",
            "load_kwargs", "prepare_for_training", "is_quantized", "wants_gradient_checkpointing", "bits_of",
-           "stored_bytes", "quantizable", "mark_tree", "module_mark", "logical_numel"]
+           "stored_bytes", "quantizable", "mark_tree", "module_mark", "logical_numel", "disable_cpu_fast_path"]
 
 BNB_PIN = "bitsandbytes==0.50.2"
 QUANTIZATIONS: dict[str, str] = {
@@ -128,8 +128,28 @@ def prepare_for_training(model: Any, config: Any) -> Any:
     from peft import prepare_model_for_kbit_training
 
     _quiet_int8_casts()
+    disable_cpu_fast_path(model)  # the run's evaluations and samples run in eval mode without gradients
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=wants_gradient_checkpointing(config),
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_cpu_fast_path(model: Any) -> int:
+    """Switch off bitsandbytes' CPU inference path for 4-bit layers; returns how many layers it was on for.
+
+    bitsandbytes 0.50.x, on a CPU with AVX512-BF16, repacks a ``Linear4bit``'s weight the first time it runs in
+    eval mode without gradients (``_convert_weight_packed_for_cpu``). Measured on a tiny llama (tests/core/
+    test_quantized_eval.py): for any 4-bit type, with or without double quantization, the repacking fails with a
+    reshape error when a layer's input width is not a multiple of the 64-weight block, and where it works, its
+    bfloat16 scales and compute move the logits by ~0.1–0.2 from those of the path training uses. The repacking is
+    permanent: after a run's first evaluation the training steps themselves would compute with the rounded scales
+    (the loss of the same batch moved from 8.5127 to 8.5073 in the test). With it off, eval-mode logits equal the
+    training path's exactly, so an evaluation or a comparison measures the model that was trained."""
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def stored_bytes(in_features: int, out_features: int, quantization: str, double_quant: bool = True) -> int:

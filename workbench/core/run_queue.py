@@ -7,7 +7,9 @@ The queue lives beside the runs it makes, in ``<runs_root>/.queue/`` (a dot fold
       0001.json   its state: name, group, status (pending, running, finished, stopped, failed), run folder,
                   exit code, the one-line message of a failure, times — replaced atomically
       0001.log    what the run printed
-      .lock       held while an entry is added (numbers stay unique) ; .runner.lock: held by the one runner
+      order.json  the order of the entries, once one was moved (``move_entry``); entries it does not list come
+                  after the listed ones, by number
+      .lock       held while an entry is added or moved (numbers stay unique) ; .runner.lock: held by the one runner
 
 Each run is started as its own process (``workbench train FILE --run-dir DIR``): a run that fails, runs out of
 memory or crashes cannot take the queue down with it, every run starts with a clean process (no memory carried
@@ -31,10 +33,11 @@ from .errors import WorkbenchError
 from .exitcodes import EXIT_OK, EXIT_STOPPED
 from .fsutil import atomic_write_text
 
-__all__ = ["QUEUE_DIR", "QueueEntry", "queue_dir", "add_to_queue", "queue_entries", "remove_entry", "run_queue",
-           "QueueBusy"]
+__all__ = ["QUEUE_DIR", "QueueEntry", "queue_dir", "add_to_queue", "queue_entries", "remove_entry", "move_entry",
+           "run_queue", "QueueBusy"]
 
 QUEUE_DIR = ".queue"
+ORDER_FILE = "order.json"
 PENDING, RUNNING, FINISHED, STOPPED, FAILED = "pending", "running", "finished", "stopped", "failed"
 
 
@@ -102,6 +105,38 @@ def queue_entries(runs_root: str | Path) -> list[QueueEntry]:
             entries.append(QueueEntry(**{k: v for k, v in data.items() if k in known}))
         except (OSError, ValueError, TypeError):
             continue
+    rank = {number: i for i, number in enumerate(_read_order(folder))}
+    entries.sort(key=lambda e: (rank.get(e.number, len(rank)), e.number))
+    return entries
+
+
+def _read_order(folder: Path) -> list[int]:
+    """The moved order (a list of entry numbers); [] when nothing was moved or the file is unreadable."""
+    try:
+        order = json.loads((folder / ORDER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [n for n in order if isinstance(n, int)] if isinstance(order, list) else []
+
+
+def move_entry(runs_root: str | Path, number: int, offset: int) -> list[QueueEntry]:
+    """Move a pending entry ``offset`` places up (negative) or down the queue; returns the queue in its new order.
+    Only the order file is written, never an entry's state, so a runner updating an entry meanwhile loses nothing;
+    the runner picks the first pending entry in this order each time it starts one."""
+    from .locks import acquire
+
+    folder = queue_dir(runs_root)
+    with acquire(folder / ".lock", timeout=30):
+        entries = queue_entries(runs_root)
+        index = next((i for i, e in enumerate(entries) if e.number == number), None)
+        if index is None:
+            raise WorkbenchError(f"the queue in {folder} has no entry {number}", "see `workbench queue list`")
+        if entries[index].status != PENDING:
+            raise WorkbenchError(f"entry {number} ({entries[index].name}) is {entries[index].status}",
+                                 "only pending entries can be moved")
+        moved = entries.pop(index)
+        entries.insert(max(0, min(len(entries), index + offset)), moved)
+        atomic_write_text(folder / ORDER_FILE, json.dumps([e.number for e in entries]) + "\n")
     return entries
 
 

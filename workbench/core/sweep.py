@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from .config import ConfigError, RunConfig
 
-__all__ = ["SweepPoint", "SweepRow", "parse_axes", "expand", "sweep_table", "pareto_front", "MAX_RUNS"]
+__all__ = ["SweepPoint", "SweepRow", "parse_axes", "expand", "sweep_table", "pareto_front", "sweep_groups", "varied_fields",
+           "MAX_RUNS"]
 
 MAX_RUNS = 256  # a grid past this is almost surely a typo (4 fields × 5 values is 625 runs)
 
@@ -201,3 +202,48 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[in
         if not beaten:
             front.append(i)
     return front
+
+
+# ------------------------------------------------------------------------------------------------ groups
+
+IGNORED_DIFFERENCES = ("output.name", "output.run_dir")  # differ in every run of a sweep by construction
+
+
+def sweep_groups(run_dirs: Sequence[Path]) -> dict[str, list[Path]]:
+    """The run folders of each group (``output.group``, set by ``workbench sweep``), in the order given; runs
+    without a group or with an unreadable run file are left out."""
+    from .runs import RunFolder
+
+    groups: dict[str, list[Path]] = {}
+    for run_dir in run_dirs:
+        try:
+            group = RunConfig.from_toml(RunFolder(run_dir).run_file).output.group
+        except (ConfigError, OSError):
+            continue
+        if group:
+            groups.setdefault(group, []).append(Path(run_dir))
+    return groups
+
+
+def varied_fields(run_dirs: Sequence[Path]) -> list[str]:
+    """The dotted fields (``lora.r``) whose value is not the same in every run: what a sweep varied."""
+    from .runs import RunFolder
+
+    flat: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        try:
+            flat.append(_flatten(RunConfig.from_toml(RunFolder(run_dir).run_file).model_dump(mode="json")))
+        except (ConfigError, OSError):
+            continue
+    keys = sorted(set().union(*flat)) if flat else []
+    return [k for k in keys if k not in IGNORED_DIFFERENCES and len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -69,6 +69,8 @@ def step_metrics(event: Event) -> dict[str, float]:
     if isinstance(event, Step):
         values = {"train/loss": event.loss, "train/learning_rate": event.learning_rate,
                   "train/grad_norm": event.grad_norm, "train/tokens_per_second": event.tokens_per_second,
+                  "train/trained_tokens_per_second": event.trained_tokens_per_second,
+                  "train/examples_per_second": event.examples_per_second,
                   "train/memory_bytes": event.memory_bytes, "train/epoch": event.epoch}
     elif isinstance(event, Evaluation):
         values = {"eval/loss": event.eval_loss,

@@ -79,7 +79,7 @@ class ClosingMixin:
         """The run stopped for "keep it running": resume it in a process that outlives the window."""
         if self._training_close_choice != "continue" or getattr(result, "status", "") != "stopped":
             return
-        from .external_run import continue_detached
+        from workbench.core.external_run import continue_detached
 
         try:
             self.continued_process = continue_detached(Path(result.run_dir))

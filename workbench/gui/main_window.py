@@ -84,6 +84,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data = DataPanel(self.store)
         self.training = TrainingPanel()
         self.runs = RunsPanel()
+        # The queue adds the window's settings and runs as one of the window's jobs (cancelled when it closes).
+        self.runs.queue.config_source, self.runs.queue.start_job = (lambda: self.store.config), self._start
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
@@ -124,6 +126,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.inspection.inspectRequested.connect(self.inspect_adapter)
         self.playground.loadRequested.connect(self.load_playground)
         self.playground.generateRequested.connect(self._start)
+        self.playground.compareRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
@@ -158,6 +161,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         action(model_menu, "Open &GGUF file…", self.picker.choose_gguf)
         data_menu = self.menuBar().addMenu("&Data")
         action(data_menu, "&Add training files…", self.data.choose_files, "Ctrl+D")
+        action(data_menu, "Add &validation files…", self.data.choose_validation_files)
         self.recent_data_menu = data_menu.addMenu("Add &recent file")
         train_menu = self.menuBar().addMenu("&Train")
         action(train_menu, "&Start", self.start_training, "Ctrl+Return")
@@ -285,6 +289,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.device_kind = result["device_kind"]
         lora = self.store.config.lora
         model = LayerTreeModel(self.overview.tree, lora.r, lora.alpha)
+        model.set_quantization(self.store.config.model)
         self._selection_from_config(model)  # before the view sees the model: no per-row repaint signals
         self.layers.set_model(model)
         self.picker.show_overview(self.overview, self.device_text)
@@ -415,6 +420,8 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
                 self.layers.model.set_defaults(lora.r, lora.alpha)
             finally:
                 self._syncing_selection = False
+            if section in ("", "model"):
+                self.layers.model.set_quantization(self.store.config.model)
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
             # The preset box names the file's preset at once, not the previous one until its model has opened.
@@ -486,8 +493,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data_inspected.emit()
 
     def _data_failed(self, message: str, details: str) -> None:
-        self.data.show_error(message)
-        self.show_error("Cannot use the data", message, details)
+        self.data.show_error(message)  # beside the control it concerns, not a box that returns after every edit
+        if details:  # an unexpected error: the box says where its log is
+            self.show_error("Cannot use the data", message, details)
         self.data_failed.emit(message)
 
     def _data_job_done(self) -> None:

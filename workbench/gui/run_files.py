@@ -11,8 +11,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from workbench.core.config import ConfigError, RunConfig
-
-from .command_line import NotExpressible, command_line
+from workbench.core.run_overrides import NotExpressible, command_line
 
 RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 

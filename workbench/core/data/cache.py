@@ -23,8 +23,9 @@ from .readers import _Source
 _TEXT = Value("string")
 _MESSAGES = List({"role": _TEXT, "content": _TEXT})
 # The Arrow types of each format's canonical columns: text, or a list of messages.
+_TURNS = List(Value("int32"))
 _CANONICAL: dict[str, dict[str, Any]] = {
-    fmt: {name: _MESSAGES if name == "messages" else _TEXT for name in columns}
+    fmt: {name: {"messages": _MESSAGES, "untrained_turns": _TURNS}.get(name, _TEXT) for name in columns}
     for fmt, columns in CANONICAL_COLUMNS.items()
 }
 # Where each raw row came from: index into RawData.files and the 1-based line/row number; and what is wrong
@@ -63,14 +64,15 @@ _CODE_VERSION = _code_version()
 def _read_file(src: _Source, index: int, detected: _Detected, cache_dir: str | Path | None) -> Dataset:
     """All rows of one file as a cached Arrow dataset: canonical columns, origin, and what is wrong (if anything)."""
     features = Features({**_CANONICAL[detected.format], **_ORIGIN, **_PROBLEM})
-    fingerprint = _fingerprint("rows", str(src.path.resolve()), _identity(src.path), src.kind, detected.format,
-                               detected.mapping, index)
+    fingerprint = _fingerprint("rows", str(src.path.resolve()), _identity(src.path), src.kind, src.text_split,
+                               detected.format, detected.mapping, detected.tags, index)
     try:
         return Dataset.from_generator(
             _generate_rows, features=features, cache_dir=str(cache_dir) if cache_dir else None,
             fingerprint=fingerprint,
             gen_kwargs={"path": str(src.path), "kind": src.kind, "fmt": detected.format,
-                        "mapping": detected.mapping, "source": index},
+                        "mapping": detected.mapping, "source": index, "tags": detected.tags,
+                        "text_split": src.text_split},
         )
     except DatasetGenerationError as exc:  # datasets wraps what the generator raises
         if isinstance(exc.__cause__, DataError):

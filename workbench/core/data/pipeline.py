@@ -19,7 +19,7 @@ from .overlap import overlap_warnings
 from .packing import _PACK_CHUNK, PADDING_FREE_MODEL_TYPES, _pack_rows, supports_padding_free
 from .raw import _bad_rows, _first_bad_error, _problems, _source_field, load_raw
 from .readers import _iter_records, _open_source, _require_train_files
-from .rendering import _chat_template, _Encoder, _render, _require_fast, _segments, _tokenize_rows
+from .rendering import _chat_template, _Encoder, _Rendered, _require_fast, _segments, _tokenize_rows
 from .results import (
     _MAX_REPORTED_BAD_ROWS, _SKIP_HINT, BadRow, DataStats, PreparedData, PreviewExample, RawData, _RowProblem,
 )
@@ -59,7 +59,7 @@ def prepare(
     if tokenizer.eos_token_id is None and raw.format not in _CHAT_FORMATS:
         sink.emit(Message("The tokenizer has no EOS token, so examples end without one and the model will not "
                           "learn where to stop.", level="warning"))
-    encoder = _Encoder(tokenizer, raw.format, template, cfg.max_length, cfg.train_on)
+    encoder = _Encoder.for_config(cfg, tokenizer, raw.format, template)
     train, stats, rejected = _prepare_split("train", raw.train, raw, encoder, cfg, packed, sink)
     validation = validation_stats = None
     if raw.validation is not None:
@@ -82,32 +82,53 @@ def preview(cfg: DataConfig, tokenizer: Any, n: int = 5) -> list[PreviewExample]
     _require_fast(tokenizer)
     template = _chat_template(cfg, tokenizer)
     examples: list[PreviewExample] = []
-    for src in (_open_source(p, "train_files") for p in _require_train_files(cfg)):
+    for src in (_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)):
         found = _detect_file(src, cfg)
-        encoder = _Encoder(tokenizer, found.format, template, cfg.max_length, cfg.train_on)
+        encoder = _Encoder.for_config(cfg, tokenizer, found.format, template)
         for record in _iter_records(src):
             try:
                 if record.problem:
                     raise _RowProblem(record.field, record.problem)
-                row = _normalize(record.data, found.format, found.mapping)
-                rendered = _render(row, found.format, tokenizer, template, cfg.train_on)
+                row = _normalize(record.data, found.format, found.mapping, found.tags)
+                rendered = encoder.render(row)
             except _RowProblem as problem:
                 if cfg.skip_bad_rows:
                     continue
                 field_name = _source_field(problem.field or "", found.mapping) or None
                 raise DataError(str(BadRow(str(src.path), record.row, src.unit, field_name, problem.reason)),
                                 _SKIP_HINT) from None
-            encoded = encoder.encode([rendered])[0]
-            examples.append(PreviewExample(
-                source=f"{src.path}: {src.unit} {record.row}",
-                segments=_segments(rendered.text, encoded, tokenizer),
-                tokens=encoded.full_length,
-                trained_tokens=encoded.loss_tokens,
-                truncated=encoded.full_length > cfg.max_length,
-            ))
-            if len(examples) == n:
-                return examples
+            part = _preview_part(rendered, n - len(examples), cfg.max_length) if encoder.chunks else rendered
+            pieces = encoder.encode_pieces([part])[0]
+            if part is not rendered:
+                pieces = pieces[:-1]  # ends where the prefix was cut, not where the file ends
+            for k, encoded in enumerate(pieces):
+                line = record.row + (rendered.text.count("\n", 0, int(encoded.offsets[0][0]))
+                                     if k and len(encoded.offsets) else 0)
+                examples.append(PreviewExample(
+                    source=f"{src.path}: {src.unit} {line}" + (f" (chunk {k + 1})" if encoder.chunks else ""),
+                    segments=_segments(rendered.text, encoded, tokenizer, chunk=encoder.chunks),
+                    tokens=encoded.full_length,
+                    trained_tokens=encoded.loss_tokens,
+                    truncated=encoded.full_length > cfg.max_length,
+                    token_pieces=_segments(rendered.text, encoded, tokenizer, chunk=encoder.chunks, per_token=True),
+                ))
+                if len(examples) == n:
+                    return examples
     return examples
+
+
+# Characters per token are far fewer than this in any text; a prefix this long holds the chunks a preview shows.
+_CHARS_PER_TOKEN_BOUND = 16
+
+
+def _preview_part(rendered: _Rendered, chunks: int, max_length: int) -> _Rendered:
+    """The start of a plain text cut into chunks, long enough for the first ``chunks`` chunks (and one more, which
+    the caller drops when the prefix cut it): a preview need not tokenize a whole book. Tokens far from the cut
+    are the same as in the whole text's tokens, so the chunks shown are the chunks trained on."""
+    length = (chunks + 1) * max_length * _CHARS_PER_TOKEN_BOUND
+    if len(rendered.text) <= length:
+        return rendered
+    return _Rendered(rendered.text[:length], ((0, length),), add_eos=False)
 
 
 def _prepare_split(

@@ -31,8 +31,8 @@ def detect(cfg: DataConfig) -> DataInfo:
     is needed. Raises ``DataError`` for missing, empty or unreadable files, a bad row among the first rows
     (unless ``skip_bad_rows``), files of different formats, or columns that fit no format.
     """
-    train = [_open_source(p, "train_files") for p in _require_train_files(cfg)]
-    validation = [_open_source(p, "validation_files") for p in cfg.validation_files]
+    train = [_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)]
+    validation = [_open_source(p, "validation_files", cfg.text_split) for p in cfg.validation_files]
     if cfg.chat_template is not None:
         _check_template_syntax(cfg.chat_template)
     first = _detect_file(train[0], cfg, check_rows=True)
@@ -48,11 +48,11 @@ def detect(cfg: DataConfig) -> DataInfo:
         train_rows -= validation_rows
         if train_rows <= 0:
             raise DataError(f"validation_split = {cfg.validation_split} leaves none of the {train_rows + validation_rows} "
-                            "rows for training.", "Lower data.validation_split or add rows.")
+                            "rows for training.", _split_hint(cfg))
     else:
         validation_rows = 0
     return DataInfo(first.format, first.columns, first.mapping, train_summaries, validation_summaries, train_rows,
-                    validation_rows, first.samples)
+                    validation_rows, first.samples, first.mapping_file)
 
 
 def load_raw(cfg: DataConfig, *, seed: int = 42, cache_dir: str | Path | None = None) -> RawData:
@@ -62,8 +62,8 @@ def load_raw(cfg: DataConfig, *, seed: int = 42, cache_dir: str | Path | None = 
     Bad rows raise ``DataError`` (naming the first one and counting the rest) or, with ``skip_bad_rows``, are
     left out and listed. Without validation files, ``validation_split`` holds out a seeded random fraction.
     """
-    train_sources = [_open_source(p, "train_files") for p in _require_train_files(cfg)]
-    sources = train_sources + [_open_source(p, "validation_files") for p in cfg.validation_files]
+    train_sources = [_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)]
+    sources = train_sources + [_open_source(p, "validation_files", cfg.text_split) for p in cfg.validation_files]
     detected = [_detect_file(src, cfg) for src in sources]
     fmt = detected[0].format
     files = [SourceFile(str(src.path), src.kind, src.unit, d.mapping) for src, d in zip(sources, detected)]
@@ -92,7 +92,7 @@ def load_raw(cfg: DataConfig, *, seed: int = 42, cache_dir: str | Path | None = 
         held_out = _validation_size(len(train), cfg.validation_split)
         if held_out >= len(train):
             raise DataError(f"validation_split = {cfg.validation_split} leaves none of the {len(train)} rows "
-                            "for training.", "Lower data.validation_split or add rows.")
+                            "for training.", _split_hint(cfg))
         split = train.train_test_split(test_size=held_out, seed=seed)
         train, validation = split["train"], split["test"]
     return RawData(train, validation, fmt, files, skipped[:_MAX_REPORTED_BAD_ROWS], skipped_count)
@@ -128,6 +128,14 @@ def _first_bad_error(bad: list[BadRow], count: int) -> DataError:
 
 def _concatenate(parts: list[Dataset]) -> Dataset:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _split_hint(cfg: DataConfig) -> str:
+    whole_files = cfg.text_split != "paragraphs" and all(Path(p).suffix.lower() == ".txt" for p in cfg.train_files)
+    if whole_files:  # a plain-text file read whole is one row, however long it is
+        return ("With data.text_split = 'chunks' or 'whole' each text file is one row: give a validation file in "
+                "data.validation_files instead, or set data.validation_split = 0.")
+    return "Lower data.validation_split or add rows."
 
 
 def _validation_size(rows: int, fraction: float) -> int:

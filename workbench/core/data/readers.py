@@ -4,8 +4,9 @@ that yields numbered records (the row number a bad row is reported by). Nothing 
 
 Files
     ``.jsonl`` (one JSON object per line), ``.json`` (an array of objects, or JSON Lines), ``.csv`` (UTF-8 with
-    a header row), ``.parquet``, ``.txt`` (plain text: one example per paragraph, paragraphs separated by a
-    blank line, so multi-line documents stay whole) and folders written by ``datasets.save_to_disk`` (a
+    a header row), ``.parquet``, ``.txt`` (plain text; ``DataConfig.text_split``: one example per paragraph,
+    paragraphs separated by a blank line, so multi-line documents stay whole; or the whole file, as one example
+    or cut into ``max_length``-token chunks by the rendering stage) and folders written by ``datasets.save_to_disk`` (a
     ``Dataset``, or a ``DatasetDict`` with a ``train`` split or a single split). Several files are
     concatenated. Validation rows come from ``validation_files`` or, when there are none, from a seeded random
     ``validation_split`` fraction of the training rows.
@@ -40,6 +41,7 @@ class _Source:
     path: Path
     kind: str
     unit: str  # "line" or "row"
+    text_split: str = "paragraphs"  # DataConfig.text_split; used by plain-text files only
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def _require_train_files(cfg: DataConfig) -> list[str]:
     return cfg.train_files
 
 
-def _open_source(name: str, setting: str) -> _Source:
+def _open_source(name: str, setting: str, text_split: str = "paragraphs") -> _Source:
     path = Path(name).expanduser()
     # A FIFO, socket or device would block forever in open() or read garbage; a symbolic-link loop never resolves.
     require_regular_file(path, "data file", DataError, f"Give an ordinary data file in data.{setting}.")
@@ -81,9 +83,23 @@ def _open_source(name: str, setting: str) -> _Source:
         raise DataError(f"{path}: the file is empty.", f"Put examples in it, or check the path in data.{setting}.")
     if problem:
         raise DataError(f"{path}: {problem}.", _ENCODING_HINT)
+    if kind == "json" and path.name == "dataset_info.json" and first == b"{":
+        raise _dataset_list_error(path)
     if kind == "json":  # an array of objects, or JSON Lines under a .json name
         return _Source(path, "json", "row") if first == b"[" else _Source(path, "jsonl", "line")
-    return _Source(path, kind, "row" if kind == "parquet" else "line")
+    return _Source(path, kind, "row" if kind == "parquet" else "line", text_split)
+
+
+def _dataset_list_error(path: Path) -> DataError:
+    """LLaMA-Factory's dataset_info.json lists data files and their columns; it holds no examples itself."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        names = sorted({e["file_name"] for e in entries.values() if isinstance(e, dict) and "file_name" in e})
+    except (OSError, ValueError, AttributeError):
+        names = []
+    listed = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
+    return DataError(f"{path}: this is a LLaMA-Factory dataset list, not training data.",
+                     f"Add the data files it lists{listed}: their format and columns are read from it.")
 
 
 _ENCODING_HINT = ("Data files must be UTF-8 text (JSONL, JSON, CSV, TXT) or Parquet: save it as UTF-8 "
@@ -120,7 +136,13 @@ def _first_byte(path: Path) -> bytes | None:
 
 
 def _iter_records(src: _Source) -> Iterator[_Record]:
-    return _READERS[src.kind](src.path)
+    return _read(src.kind, src.path, src.text_split)
+
+
+def _read(kind: str, path: Path, text_split: str = "paragraphs") -> Iterator[_Record]:
+    if kind == "text" and text_split != "paragraphs":
+        return _read_whole_text(path)
+    return _READERS[kind](path)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -228,6 +250,13 @@ def _read_text(path: Path) -> Iterator[_Record]:
             paragraph = []
     if paragraph:
         yield _Record(start, {"text": "\n".join(paragraph)})
+
+
+def _read_whole_text(path: Path) -> Iterator[_Record]:
+    """The whole file as one record (``text_split`` "whole" or "chunks"), line endings kept as they are."""
+    text = "".join(line for _, line in _lines(path))
+    if text.strip():
+        yield _Record(1, {"text": text})
 
 
 def _read_parquet(path: Path) -> Iterator[_Record]:

@@ -4,7 +4,7 @@ these without importing ``datasets``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class DataInfo:
     train_rows: int  # rows that will train (after a validation split, before rows are checked)
     validation_rows: int
     samples: list[dict[str, Any]]  # the first rows as read, for display
+    mapping_file: str | None = None  # a LLaMA-Factory dataset_info.json the format and columns came from
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class PreviewExample:
     tokens: int  # before truncation
     trained_tokens: int  # after truncation
     truncated: bool
+    # The same text cut where tokens begin: one (text, trained) piece per token that shows text of its own.
+    token_pieces: list[tuple[str, bool]] = field(default_factory=list)
 
 
 class _RowProblem(Exception):

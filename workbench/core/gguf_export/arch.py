@@ -10,7 +10,12 @@ the table does not say, and each architecture here spells out:
   *halves* of each head (``rotate_half``); llama.cpp's ``llama`` architecture rotates *adjacent pairs*. The
   same model therefore stores the rows of ``q_proj`` / ``k_proj`` (and their biases, and a LoRA ``lora_B``)
   in another order in GGUF: within each head, row ``c·half + i`` of the Hugging Face layout becomes row
-  ``2i + c``. Qwen2/3 use llama.cpp's NEOX rotation, which is Hugging Face's, and are stored as they are.
+  ``2i + c``. Qwen2/3, Phi-3 and Gemma use llama.cpp's NEOX rotation, which is Hugging Face's, and are stored
+  as they are;
+* Gemma's RMSNorm computes ``x · (1 + w)`` and stores ``w``; llama.cpp's gemma graphs multiply by the weight as
+  stored, so (as llama.cpp's converter does) every norm weight is written as ``w + 1`` (``norm_offset``);
+* hyper-parameters only some architectures have (Gemma 2's logit soft-capping, sliding windows), and settings
+  llama.cpp hard-codes that a checkpoint could set otherwise (Gemma 2's attention scale), checked per architecture.
 
 An architecture that is not in ``ARCHITECTURES`` is refused before anything is written, with the list.
 """
@@ -39,6 +44,11 @@ class GgufArchitecture:
     ignored: tuple[str, ...] = ("rotary_emb.inv_freq",)
     # config.json keys whose non-default values llama.cpp would not reproduce: (key, allowed(value) -> bool, why)
     unsupported: tuple[tuple[str, Callable[[Any], bool], str], ...] = field(default=())
+    norm_offset: float = 0.0  # added to every "*norm.weight" tensor (Gemma: see the module docstring)
+    # the <arch>.* keys beyond the common ones, from config.json: (key suffix, value, kind)
+    extra_hparams: Callable[[dict[str, Any]], list[tuple[str, Any, str]]] | None = None
+    # a reason llama.cpp would compute something else for this config.json, or "" (checks across several keys)
+    refuse: Callable[[dict[str, Any]], str] | None = None
 
     def gguf_arch(self):
         import gguf
@@ -53,7 +63,74 @@ _QWEN2 = GgufArchitecture(("qwen2",), "qwen2", "Qwen2, Qwen2.5", permute_qk=Fals
 _QWEN3 = GgufArchitecture(("qwen3",), "qwen3", "Qwen3", permute_qk=False,
                           unsupported=(("use_sliding_window", lambda v: not v,
                                         "llama.cpp's qwen3 attends over the whole context"),))
-ARCHITECTURES: dict[str, GgufArchitecture] = {t: a for a in (_LLAMA, _QWEN2, _QWEN3) for t in a.model_types}
+
+
+def _sliding_window(config: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    window = config.get("sliding_window")
+    return [("attention.sliding_window", int(window), "uint32")] if isinstance(window, int) and window > 0 else []
+
+
+def _gemma2_hparams(config: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    out = _sliding_window(config)
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if config.get(key) is not None:
+            out.append((key, float(config[key]), "float32"))
+    return out
+
+
+def _attention_scale_problem(config: dict[str, Any], big_layers: int, name: str) -> str:
+    """llama.cpp scales Gemma 2/3 attention by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B models (known
+    to it by their layer count), whatever ``query_pre_attn_scalar`` says."""
+    scalar = config.get("query_pre_attn_scalar")
+    if scalar is None:
+        return ""
+    heads, _, head_dim = head_counts(config)
+    llama_cpp = int(config["hidden_size"]) // heads if int(config["num_hidden_layers"]) == big_layers else head_dim
+    if float(scalar) != float(llama_cpp):
+        return (f"query_pre_attn_scalar = {scalar} but llama.cpp's {name} scales attention by 1/sqrt({llama_cpp}) "
+                "for this shape")
+    return ""
+
+
+def _gemma2_refuse(config: dict[str, Any]) -> str:
+    return _attention_scale_problem(config, 46, "gemma2")
+
+
+GEMMA3_PATTERN = 6  # llama.cpp's gemma3: every 6th layer attends globally, the others over the sliding window
+GEMMA3_LOCAL_THETA = 10000.0  # and its sliding layers' rotary base, both fixed in llama.cpp
+
+
+def _gemma3_refuse(config: dict[str, Any]) -> str:
+    problem = _attention_scale_problem(config, 62, "gemma3")
+    if problem:
+        return problem
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if config.get(key) is not None:
+            return f"{key} = {config[key]} but llama.cpp's gemma3 has no soft-capping"
+    blocks = int(config["num_hidden_layers"])
+    pattern = ["full_attention" if (i + 1) % GEMMA3_PATTERN == 0 else "sliding_attention" for i in range(blocks)]
+    if config.get("layer_types") is not None and list(config["layer_types"]) != pattern:
+        return f"layer_types differ from llama.cpp's fixed gemma3 pattern (every {GEMMA3_PATTERN}th layer global)"
+    if not isinstance(config.get("sliding_window"), int):
+        return "config.json has no sliding_window, which llama.cpp's gemma3 requires"
+    local = (config.get("rope_parameters") or {}).get("sliding_attention")
+    theta = (local or {}).get("rope_theta", config.get("rope_local_base_freq", GEMMA3_LOCAL_THETA))
+    if float(theta) != GEMMA3_LOCAL_THETA or (local or {}).get("rope_type", "default") != "default":
+        return (f"the sliding layers' rotary base is {theta} (or scaled) but llama.cpp's gemma3 fixes it at "
+                f"{GEMMA3_LOCAL_THETA:g}, unscaled")
+    return ""
+
+
+_PHI3 = GgufArchitecture(("phi3",), "phi3", "Phi-3, Phi-3.5, Phi-4 (llama.cpp: phi3)", permute_qk=False,
+                         extra_hparams=_sliding_window)
+_GEMMA = GgufArchitecture(("gemma",), "gemma", "Gemma", permute_qk=False, norm_offset=1.0)
+_GEMMA2 = GgufArchitecture(("gemma2",), "gemma2", "Gemma 2", permute_qk=False, norm_offset=1.0,
+                           extra_hparams=_gemma2_hparams, refuse=_gemma2_refuse)
+# Gemma 3's text model (config.json model_type gemma3_text); the multimodal gemma3 folders nest it in text_config
+_GEMMA3 = GgufArchitecture(("gemma3_text",), "gemma3", "Gemma 3 (text)", permute_qk=False, norm_offset=1.0,
+                           extra_hparams=_sliding_window, refuse=_gemma3_refuse)
+ARCHITECTURES: dict[str, GgufArchitecture] = {t: a for a in (_LLAMA, _QWEN2, _QWEN3, _PHI3, _GEMMA, _GEMMA2, _GEMMA3)
+                                              for t in a.model_types}
 
 
 def supported_architectures() -> list[str]:
@@ -75,6 +152,10 @@ def architecture_for(config: dict[str, Any], where: str) -> GgufArchitecture:
         if key in config and not allowed(config[key]):
             raise ModelSourceError(f"{where}: {key} = {config[key]!r} cannot be written to GGUF: {why}",
                                    "export for PEFT or merge instead; llama.cpp would compute something else")
+    reason = arch.refuse(config) if arch.refuse is not None else ""
+    if reason:
+        raise ModelSourceError(f"{where}: cannot be written to GGUF: {reason}",
+                               "export for PEFT or merge instead; llama.cpp would compute something else")
     return arch
 
 
@@ -123,7 +204,9 @@ def hparams_metadata(arch: GgufArchitecture, config: dict[str, Any], where: str)
             (f"{name}.attention.head_count", heads, "uint32"),
             (f"{name}.attention.head_count_kv", kv_heads, "uint32"),
             (f"{name}.attention.layer_norm_rms_epsilon", float(config.get("rms_norm_eps", 1e-6)), "float32"),
-            (f"{name}.rope.dimension_count", head_dim, "uint32"),
+            # Phi-3 and others rotate only part of each head (partial_rotary_factor; 1 for most models)
+            (f"{name}.rope.dimension_count", int(head_dim * float(config.get("partial_rotary_factor") or 1.0)),
+             "uint32"),
             (f"{name}.vocab_size", int(config["vocab_size"]), "uint32"),
         ]
     except (KeyError, TypeError, ValueError) as exc:
@@ -132,6 +215,8 @@ def hparams_metadata(arch: GgufArchitecture, config: dict[str, Any], where: str)
     if head_dim * heads != int(config["hidden_size"]) or "head_dim" in config:
         out += [(f"{name}.attention.key_length", head_dim, "uint32"),
                 (f"{name}.attention.value_length", head_dim, "uint32")]
+    if arch.extra_hparams is not None:
+        out += [(f"{name}.{key}", value, kind) for key, value, kind in arch.extra_hparams(config)]
     rope = _rope(config)
     if rope.get("rope_theta") is not None:
         out.append((f"{name}.rope.freq_base", float(rope["rope_theta"]), "float32"))

@@ -178,10 +178,12 @@ def plan_merged(base: str | Path | BaseCheckpoint, adapter: str | Path | LoraAda
         heads_for = heads if ".attn_q." in gguf_name else kv_heads if ".attn_k." in gguf_name else None
         # the output embedding of a tied model that the adapter unties starts from the input embedding's values
         source = tied[0] if untie and key == tied[1] else checkpoint.stored_key(key)
+        offset = arch.norm_offset if key.endswith("norm.weight") else 0.0
         produce = _producer(checkpoint, source, replacements.get(key), lora_by_key.get(key),
-                            heads_for if arch.permute_qk else None)
+                            heads_for if arch.permute_qk else None, offset)
         ggml = _tensor_type(shape, intermediate or gtype.tensor_type)
-        unchanged = key not in replacements and key not in lora_by_key and not (heads_for and arch.permute_qk)
+        unchanged = (key not in replacements and key not in lora_by_key and not (heads_for and arch.permute_qk)
+                     and not offset)
         stream = _row_reader(checkpoint, source) if unchanged and len(shape) == 2 else None
         tensors.append(PlannedTensor(gguf_name, shape, ggml, stored.nbytes if stored else 0, produce, stream))
     if unmapped:
@@ -245,9 +247,11 @@ def _row_reader(checkpoint: BaseCheckpoint, key: str) -> Callable[[], Iterator[t
 
 
 def _producer(checkpoint: BaseCheckpoint, source: str, replacement: torch.Tensor | None, lora: tuple[Any, bool] | None,
-              heads: int | None) -> Callable[[], torch.Tensor]:
+              heads: int | None, offset: float = 0.0) -> Callable[[], torch.Tensor]:
     def produce() -> torch.Tensor:
         t = replacement if replacement is not None else checkpoint.read(source)
+        if offset:  # in float32, as llama.cpp's converter adds it: 1 + w in bf16 would round w away
+            t = t.float() + offset
         if lora is not None:
             module, transposed = lora
             t = merged_weight(t, module, transposed)

@@ -88,6 +88,7 @@ class EventCallback(TrainerCallback):
         self._trainable_params: list | None = None
         self._last_log_time = self.started
         self._last_tokens = 0
+        self._trained_tokens = 0  # in this session (a resumed run counts again from its checkpoint)
         self._first_step_of_session: int | None = None
         self.eval_refs: list = []  # (prompt, answer) pairs for the task metrics (core/evaluation.py)
         self.retention: Any = None  # core/retention.RetentionProbe when eval.retention is on
@@ -121,6 +122,8 @@ class EventCallback(TrainerCallback):
             tokens = int(state.num_input_tokens_seen or 0)
             dt = max(now - self._last_log_time, 1e-9)
             tps = (tokens - self._last_tokens) / dt if tokens > self._last_tokens else None
+            trained, examples = int(logs.get("trained_tokens", 0)), int(logs.get("trained_examples", 0))
+            self._trained_tokens += trained
             self._last_log_time, self._last_tokens = now, tokens
             if self._first_step_of_session is None:
                 self._first_step_of_session = state.global_step - 1
@@ -134,6 +137,8 @@ class EventCallback(TrainerCallback):
                 loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
                 grad_norm=_finite_or_none(logs.get("grad_norm")), tokens_per_second=tps, tokens_seen=tokens,
                 memory_bytes=_device_memory(self.ctx.device), elapsed_s=round(elapsed, 3), eta_s=eta,
+                trained_tokens_per_second=trained / dt if trained else None,
+                examples_per_second=examples / dt if examples else None, trained_tokens_seen=self._trained_tokens,
                 metrics=_method_metrics(logs),
             ))
             self._check_divergence(state.global_step, loss, _float_or_none(logs.get("grad_norm")))

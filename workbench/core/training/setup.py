@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..distributed import Distributed
 from ..events import Message, Sink
 from ..runs import RunFolder
+from ..speed import optimizer_for_device
 
 
 def weight_dtype(config: RunConfig, precision: str, device: str):
@@ -38,6 +39,7 @@ def setup_model(config: RunConfig, device: str, precision: str, sink: Sink, labe
     from peft import get_peft_model
 
     from ..layers import build_tree, lora_config_from_selection, resolve_selection
+    from ..lora_forward import install_fused_lora_forward
     from ..models import load_config, load_model, load_tokenizer, resolve_source
 
     mc = config.model
@@ -72,6 +74,7 @@ def setup_model(config: RunConfig, device: str, precision: str, sink: Sink, labe
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
+    install_fused_lora_forward(peft_model)  # PEFT's modules and adapter, without its full-width mul/add (core/lora_forward.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection
@@ -98,7 +101,7 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,  # 0 disables clipping (None would crash the Trainer: it compares it with 0)
-        optim=t.optimizer,
+        optim=optimizer_for_device(t.optimizer, device),  # the fused AdamW where the device has it (core/speed.py)
         seed=t.seed,
         data_seed=t.seed,
         bf16=precision == "bf16",

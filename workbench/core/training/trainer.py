@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -34,6 +35,29 @@ class AtomicCheckpointTrainer(Trainer):
     """
 
     _staging: str | None = None
+    _loss_head: Any = None  # core/loss.chunked_loss_head of the model, or False: found at the first step
+
+    # -- the loss and what it was computed on (core/loss.py) ----------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from ..loss import HeadlessCausalLM, LossCounts, chunked_loss_head
+
+        if model.training and not return_outputs:  # a training step (evaluation asks for the outputs)
+            if not hasattr(self, "loss_counts"):
+                self.loss_counts = LossCounts()
+            self.loss_counts.add(inputs)
+            if self._loss_head is None:
+                self._loss_head = chunked_loss_head(self.model) or False
+            if self._loss_head and "labels" in inputs and self.label_smoother is None and self.compute_loss_func is None:
+                # The loss on supervised positions only, without the [batch, seq, vocab] logits; the
+                # Trainer's own scaling (accumulation, token averaging across processes) applies unchanged.
+                model = HeadlessCausalLM(model, *self._loss_head)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and hasattr(self, "loss_counts"):  # every process logs the same step: sum over them
+            tokens, examples = self.loss_counts.take(self.accelerator.reduce, self.accelerator.device)
+            logs = {**logs, "trained_tokens": tokens, "trained_examples": examples}
+        super().log(logs, *args, **kwargs)
 
     def _get_output_dir(self, trial):
         return self._staging if self._staging is not None else super()._get_output_dir(trial)

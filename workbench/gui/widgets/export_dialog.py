@@ -1,12 +1,13 @@
 """Export / merge dialog: the adapter as trained (PEFT), a portable adapter, a merged full model, or a GGUF file
-for llama.cpp / Ollama / LM Studio (the merged model, the adapter, or the merged model with an Ollama Modelfile).
+for llama.cpp / Ollama / LM Studio (the merged model, the adapter, the merged model with an Ollama Modelfile, or
+the adapter with a Modelfile whose FROM is the user's base GGUF, the Base GGUF field).
 
 The dialog only gathers choices and shows progress; the job is an ``ExportWorker`` (``core.export``,
 ``core.merge``, ``core.gguf_export``) on its own thread. A merge or a GGUF export reports bytes done / total,
 from which the dialog shows an ETA; Cancel asks the job to stop between tensors, and the core then removes its
 partial folder (``.tmp-NAME.partial``, renamed into place only when complete), so nothing half-written is ever
 left at the destination. For the GGUF choices a background plan (``workers.plan_gguf``) checks the base's
-architecture (an unsupported one disables the three choices, with the reason) and gives the resulting size.
+architecture (an unsupported one disables the GGUF choices, with the reason) and gives the resulting size.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 from workbench.core.control import RunControl
 
 from .. import workers
+from .quantized_comparison import trained_quantization_of
 from .summary_bar import human_bytes
 from .training_panel import human_duration
 
@@ -31,11 +33,13 @@ MODES = (("peft", "Adapter (PEFT, as trained)"), ("portable", "Adapter (portable
          ("merge", "Merged model (base + adapter, no extra latency)"),
          ("gguf", "GGUF (merged): one file for llama.cpp, LM Studio, llamafile"),
          ("gguf_adapter", "GGUF adapter: llama.cpp's LoRA format, for llama-cli --lora or Ollama's ADAPTER"),
-         ("ollama", "Ollama Modelfile: the merged GGUF with a Modelfile (chat template, stop tokens)"))
-GGUF_MODES = ("gguf", "gguf_adapter", "ollama")
+         ("ollama", "Ollama Modelfile: the merged GGUF with a Modelfile (chat template, stop tokens)"),
+         ("ollama_adapter", "Ollama Modelfile for the adapter: FROM your base GGUF, ADAPTER the GGUF adapter"))
+GGUF_MODES = ("gguf", "gguf_adapter", "ollama", "ollama_adapter")
+ADAPTER_MODES = ("gguf_adapter", "ollama_adapter")  # the adapter alone, for a GGUF base file (the Base GGUF field)
 # The destination's default follows the choice (a merged model is not written to ".../portable").
 DEFAULT_FOLDERS = {"peft": "exported", "portable": "portable", "merge": "merged", "gguf": "gguf",
-                   "gguf_adapter": "gguf-adapter", "ollama": "ollama"}
+                   "gguf_adapter": "gguf-adapter", "ollama": "ollama", "ollama_adapter": "ollama-adapter"}
 
 
 def _path_row(edit: QLineEdit, choose) -> QWidget:
@@ -68,6 +72,14 @@ class ExportDialog(QDialog):
         self.adapter_edit.setPlaceholderText("adapter folder (a run's adapter/ or any PEFT LoRA adapter)")
         self.base_edit = QLineEdit(base)
         self.base_edit.setPlaceholderText("base model folder (needed for a merged model)")
+        # The GGUF model the adapter will run on (llama-cli -m, Ollama's FROM); checked to hold every adapted tensor.
+        self.base_gguf_edit = QLineEdit()
+        self.base_gguf_edit.setToolTip("The .gguf file of the base model that llama.cpp or Ollama will load the "
+                                       "adapter onto. It is checked to hold every tensor the adapter changes.")
+        self.base_gguf_edit.textChanged.connect(self._paths_changed)
+        # What a merge of an adapter trained on a quantized base does (from the original weights), when it is one.
+        self.quantized_note = QLabel()
+        self.quantized_note.setWordWrap(True)
         self.out_edit = QLineEdit(str(Path(adapter).parent / "merged") if adapter else "")
         self._default_out = self.out_edit.text()
         self.out_edit.setPlaceholderText("new folder to create")
@@ -106,6 +118,8 @@ class ExportDialog(QDialog):
         form.addRow("Export", mode_box)
         form.addRow("Adapter", _path_row(self.adapter_edit, lambda: self._choose_dir(self.adapter_edit)))
         form.addRow("Base model", _path_row(self.base_edit, lambda: self._choose_dir(self.base_edit)))
+        self.base_gguf_row = _path_row(self.base_gguf_edit, self._choose_base_gguf)
+        form.addRow("Base GGUF", self.base_gguf_row)
         form.addRow("Weights dtype", self.dtype_combo)
         form.addRow("GGUF type", self.type_combo)
         form.addRow("", self.type_note)
@@ -146,6 +160,7 @@ class ExportDialog(QDialog):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.quantized_note)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.next_box)
@@ -164,6 +179,9 @@ class ExportDialog(QDialog):
         for widget in (self.type_combo, self.type_note, self.size_label):
             self.form.setRowVisible(widget, gguf)
         self.form.setRowVisible(self.dtype_combo, not gguf)
+        self.form.setRowVisible(self.base_gguf_row, mode in ADAPTER_MODES)
+        self._show_base_gguf_default()
+        self._show_quantized_note()
         adapter = self.adapter_edit.text().strip()
         if adapter and self.out_edit.text() == self._default_out:  # the user's own choice of folder stays
             self._default_out = str(Path(adapter).parent / DEFAULT_FOLDERS[mode])
@@ -176,7 +194,7 @@ class ExportDialog(QDialog):
         """The GGUF types for this choice; the ones this machine cannot write are listed, disabled, with why."""
         from workbench.core.gguf_export.types import ADAPTER_TYPES, DEFAULT_TYPE, GGUF_TYPES, llama_cpp_available
 
-        adapter = mode == "gguf_adapter"
+        adapter = mode in ADAPTER_MODES
         names = ADAPTER_TYPES if adapter else tuple(GGUF_TYPES)
         wanted = self.type_combo.currentData() if self.type_combo.count() else None
         with_llama = llama_cpp_available()
@@ -203,7 +221,28 @@ class ExportDialog(QDialog):
                                    "need llama-cpp-python, which is not installed (pip install llama-cpp-python; it "
                                    "compiles llama.cpp, about 10 minutes). F32 / F16 / BF16 / Q8_0 need nothing more.")
 
+    def _show_base_gguf_default(self, origin: str = "") -> None:
+        """The base's own GGUF file when it was converted from one (the built-in model, a GGUF opened as base):
+        the plan finds it (``core.gguf_export.planning.plan_gguf``)."""
+        self.base_gguf_edit.setPlaceholderText(
+            f"default: {origin}" if origin else
+            "the base model's .gguf file (needed for Ollama; for llama.cpp it checks the adapter fits it)")
+
+    def _show_quantized_note(self) -> None:
+        """An adapter trained on a quantized base: say what a merge does with it (and why)."""
+        trained = trained_quantization_of(self.adapter_edit.text().strip())
+        merging = self.mode() in ("merge", "gguf", "ollama")
+        self.quantized_note.setVisible(bool(trained) and merging)
+        if trained and merging:
+            self.quantized_note.setText(
+                f"<i>This adapter was trained on a base quantized to {trained[0]}. The merge adds it to the base's "
+                "original, unquantized weights in their own dtype, never to the rounded ones, so nothing is lost twice; the "
+                "merged model answers as the adapter on the unquantized base does, a little differently from "
+                "training (the Playground's comparison shows by how much).</i>")
+
     def _paths_changed(self) -> None:
+        self._show_base_gguf_default()
+        self._show_quantized_note()
         self._gguf_unsupported = ""  # another base: its architecture is checked again
         for key in GGUF_MODES:
             self.mode_buttons[key].setEnabled(True)
@@ -246,6 +285,7 @@ class ExportDialog(QDialog):
                 self.mode_buttons[key].setEnabled(False)
             self._show(f"GGUF export is not available for this base model: {plan['unsupported']}")
             return
+        self._show_base_gguf_default(plan.get("gguf_origin", ""))
         size = human_bytes(plan["size"])
         self.size_label.setText(f"{plan['file_name']}: {size if plan['exact'] else 'about ' + size}"
                                 + ("" if plan["exact"] else " (llama.cpp chooses a type per tensor)"))
@@ -255,6 +295,12 @@ class ExportDialog(QDialog):
         if self._plan_pending:
             self._plan_pending = False
             self._plan()
+
+    def _choose_base_gguf(self) -> None:
+        path = QFileDialog.getOpenFileName(self, "The base model's GGUF file", self.base_gguf_edit.text(),
+                                           "GGUF models (*.gguf)")[0]
+        if path:
+            self.base_gguf_edit.setText(path)
 
     def _choose_dir(self, edit: QLineEdit, new: bool = False) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text()) if not new else \
@@ -290,9 +336,16 @@ class ExportDialog(QDialog):
             return
         self.control = RunControl()
         mode = self.mode()
-        worker = workers.ExportWorker(mode, self.adapter_edit.text().strip(), self.out_edit.text().strip(),
-                                      base=self.base_edit.text().strip(), dtype=self.dtype_combo.currentData(),
-                                      control=self.control, gguf_type=self.type_combo.currentData())
+        if mode in ADAPTER_MODES:
+            from ..quantized_workers import GgufAdapterWorker
+
+            worker = GgufAdapterWorker(mode, self.adapter_edit.text().strip(), self.out_edit.text().strip(),
+                                       base=self.base_edit.text().strip(), base_gguf=self.base_gguf_edit.text().strip(),
+                                       control=self.control, gguf_type=self.type_combo.currentData())
+        else:
+            worker = workers.ExportWorker(mode, self.adapter_edit.text().strip(), self.out_edit.text().strip(),
+                                          base=self.base_edit.text().strip(), dtype=self.dtype_combo.currentData(),
+                                          control=self.control, gguf_type=self.type_combo.currentData())
         worker.progress.connect(self._progress)
         worker.stage.connect(self._stage_changed)
         worker.result.connect(self._succeeded)
@@ -339,7 +392,8 @@ class ExportDialog(QDialog):
             self.progress.setValue(1000)
             self.progress.setFormat("done")
             what = {"merge": "Merged model", "gguf": "GGUF model", "ollama": "GGUF model and Ollama Modelfile",
-                    "gguf_adapter": "GGUF adapter"}.get(result["mode"], "Adapter")
+                    "gguf_adapter": "GGUF adapter", "ollama_adapter": "GGUF adapter and Ollama Modelfile"}.get(
+                        result["mode"], "Adapter")
             where = result.get("file") or result["output"]
             size = f" ({human_bytes(result['bytes'])})" if result.get("bytes") else ""
             notes = "".join(f"<br><i>{note}</i>" for note in result.get("notes", ()))

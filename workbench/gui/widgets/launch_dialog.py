@@ -20,31 +20,10 @@ from PySide6.QtWidgets import (
 
 from workbench.core.config import RunConfig
 from workbench.core.errors import WorkbenchError
-from workbench.core.runs import model_short_name, output_path, planned_run_dir
+from workbench.core.launch import portable_config
+from workbench.core.runs import model_short_name, planned_run_dir
 
 from .export_dialog import _path_row
-
-
-def portable_config(config: RunConfig, base: Path | None = None) -> RunConfig:
-    """``config`` with relative local paths (model folder, data files, runs root) made absolute from ``base``
-    (the current folder, against which the window and its processes read them; for the runs root that is
-    ``core.runs.output_path``'s rule)."""
-    base = base or Path.cwd()
-
-    def absolute(p: str) -> str:
-        path = Path(p).expanduser()
-        return str(base / path) if not path.is_absolute() and (base / path).exists() else str(path)
-
-    source = config.model.source
-    if source and ":" not in source.split("/")[0]:  # not builtin:…, not a URL
-        source = absolute(source)
-    data = config.data
-    return config.copy_with(
-        model={"source": source},
-        data={"train_files": [absolute(f) for f in data.train_files],
-              "validation_files": [absolute(f) for f in data.validation_files]},
-        output={"runs_root": str(output_path(config.output.runs_root, base))},
-    )
 
 
 def default_run_dir(config: RunConfig, base: Path | None = None) -> Path:

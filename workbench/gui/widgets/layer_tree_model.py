@@ -151,14 +151,16 @@ class LayerTreeModel(QAbstractItemModel):
                 return node.name
             if col in (COL_RANK, COL_ALPHA) and node.name in self.selected:
                 return "Double-click to override for this module; clear the cell to use the global value."
+            if col == COL_TYPE and node.quantized:
+                return quantized_tooltip(node)
             return None
         return self._cell(node, col, edit=True)  # EditRole
 
     def _cell(self, node: LayerNode, col: int, edit: bool) -> Any:
         if col == COL_NAME:
             return node.short
-        if col == COL_TYPE:
-            return node.type
+        if col == COL_TYPE:  # a quantized base's modules say what they are held in (core.quantization.mark_tree)
+            return f"{node.type} · {node.quantized}" if node.quantized else node.type
         if col == COL_SHAPE:
             return " × ".join(str(d) for d in node.shape) if node.shape else ""
         if col == COL_PARAMS:
@@ -255,6 +257,19 @@ class LayerTreeModel(QAbstractItemModel):
             self._rank, self._alpha = rank, alpha
             self._changed(sorted(self.selected))
 
+    def set_quantization(self, model_config) -> None:
+        """Mark the modules a run with these ``model.*`` settings holds quantized, with their stored size
+        (``core.quantization.mark_tree``), and repaint the Type cells. Selection and counts are untouched: the
+        trainable parameters of a quantized base are the same."""
+        from workbench.core.quantization import mark_tree
+
+        before = {name: (node.quantized, node.stored_bytes) for name, node in self.tree.nodes.items()}
+        mark_tree(self.tree, model_config)
+        if any((node.quantized, node.stored_bytes) != before[name] for name, node in self.tree.nodes.items()):
+            # One repaint of every row (a whole-model change); no persistent index moves.
+            self.layoutAboutToBeChanged.emit()
+            self.layoutChanged.emit()
+
     def set_overrides(self, ranks: dict[str, int], alphas: dict[str, float]) -> None:
         ranks = {k: v for k, v in ranks.items() if k in self.selected}
         alphas = {k: v for k, v in alphas.items() if k in self.selected}
@@ -288,3 +303,14 @@ class LayerTreeModel(QAbstractItemModel):
             parent_index = QModelIndex() if parent is self.tree.root else self.index_of(parent_name)
             self.dataChanged.emit(self.index(first, 0, parent_index), self.index(last, last_column, parent_index))
         self.selectionChanged.emit()
+
+
+def quantized_tooltip(node: LayerNode) -> str:
+    """What a quantized module costs as stored, against the same weights in 16 bits."""
+    from .summary_bar import human_bytes
+
+    weights = node.in_features * node.out_features
+    bits = 8 * node.stored_bytes / weights if weights else 0.0
+    return (f"Held in {node.quantized} while training: {human_bytes(node.stored_bytes)} as stored "
+            f"({bits:.2f} bits per weight with its scales), against {human_bytes(2 * weights)} in bfloat16. "
+            "The adapter trains in full precision; merges use the original weights.")

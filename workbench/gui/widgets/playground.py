@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 from workbench.core.control import RunControl
 
 from .. import workers
+from .quantized_comparison import QuantizedComparisonBox
 
 
 class Playground(QWidget):
@@ -26,6 +27,7 @@ class Playground(QWidget):
     generateRequested = Signal(object)  # a GenerateWorker, for the window to start
     generated = Signal(dict)  # {"base": text, "adapter": text}
     loaded = Signal()
+    compareRequested = Signal(object)  # a CompareQuantizedWorker, for the window to start
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -86,6 +88,11 @@ class Playground(QWidget):
         layout.addLayout(settings)
         layout.addWidget(self.status)
         layout.addLayout(answer_row, 1)
+        # The adapter on the unquantized base (above) against the same adapter on a quantized base.
+        self.comparison = QuantizedComparisonBox(self)
+        self.comparison.compareRequested.connect(self.compareRequested)
+        self.comparison.busyChanged.connect(lambda _busy: self._update_buttons())
+        layout.addWidget(self.comparison)
         self._update_buttons()
 
     def set_paths(self, base: str, adapter: str) -> None:
@@ -93,9 +100,12 @@ class Playground(QWidget):
         self.adapter_edit.setText(adapter)
 
     def _update_buttons(self) -> None:
-        self.generate_button.setEnabled(self.model is not None and not self.running)
+        comparing = getattr(self, "comparison", None) is not None and self.comparison.running
+        self.generate_button.setEnabled(self.model is not None and not self.running and not comparing)
         self.stop_button.setEnabled(self.running)
         self.load_button.setEnabled(not self.running)
+        if getattr(self, "comparison", None) is not None:
+            self.comparison.set_generating(self.running)
 
     def request_load(self) -> None:
         base, adapter = self.base_edit.text().strip(), self.adapter_edit.text().strip()
@@ -109,7 +119,7 @@ class Playground(QWidget):
     def show_loaded(self, result: dict) -> None:
         self.model, self.tokenizer = result["model"], result["tokenizer"]
         self.status.setText("Ready. The base answer is generated with the adapter switched off, from the same "
-                            "model in memory.")
+                            "model in memory." + self.comparison.loaded_note(self.adapter_edit.text().strip()))
         self._update_buttons()
         self.loaded.emit()
 

@@ -92,7 +92,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.series = {name: Series() for name in (*self.NAMES, "eval_loss", "smoothed")}
+        self.series = {name: Series() for name in (*self.NAMES, "trained_tokens_per_second", "eval_loss", "smoothed")}
         self.smoothing = 0.6
         self._ema_last, self._ema_debias = 0.0, 1.0
         self._total_steps = 0
@@ -116,8 +116,13 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             ("tokens_per_second", "Tokens / s"), ("memory", "Device memory (GiB)"),
         )):
             plot = self._plot(title, row=1 + i // 2, col=i % 2)
-            self.curves[name] = self._curve(plot, (60, 170, 110), None)
+            if name == "tokens_per_second":  # real tokens (template and prompt included) beside those that carry loss
+                plot.addLegend(offset=(-10, 10))
+            self.curves[name] = self._curve(plot, (60, 170, 110), "real" if name == "tokens_per_second" else None)
             self._plot_curves[plot] = (name,)
+            if name == "tokens_per_second":
+                self.curves["trained_tokens_per_second"] = self._curve(plot, (200, 90, 160), "trained")
+                self._plot_curves[plot] = (name, "trained_tokens_per_second")
         self._plot_curves[self.loss_plot] = ("loss", "smoothed", "eval_loss")
         tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
         for plot in self.plot_items:
@@ -169,6 +174,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         """The curves one engine ``Step`` event feeds."""
         for name, value in (("loss", e.loss), ("learning_rate", e.learning_rate), ("grad_norm", e.grad_norm),
                             ("tokens_per_second", e.tokens_per_second),
+                            ("trained_tokens_per_second", getattr(e, "trained_tokens_per_second", None)),
                             ("memory", None if e.memory_bytes is None else e.memory_bytes / 2**30)):
             self.add(name, e.step, value)
 

@@ -23,6 +23,8 @@ from workbench.core import runs as core_runs
 from workbench.core.events import Evaluation, RunStarted, Step
 
 from .plots import MetricsPlots, follow_palette
+from .queue_panel import QueuePanel
+from .sweep_view import SweepView
 from .tracker_viewers import TrackerViewers
 
 COLUMNS = ("Run", "Status", "Model", "Data", "Steps", "Best eval loss", "Started")
@@ -92,6 +94,10 @@ class RunsPanel(QWidget):
         self.export_button = QPushButton("Export / merge…")
         self.inspect_button = QPushButton("Inspect adapter")
         self.delete_button = QPushButton("Delete…")
+        self.intruders_button = QPushButton("Reduce intruders…")
+        self.intruders_button.setToolTip("Measure what scaling down the adapter's intruder dimensions gives back of the "
+                                         "base model's knowledge and costs the task, then save a reduced copy.")
+        self.intruder_dialog = None
         self.root_label = QLabel()
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.resume_button.clicked.connect(self._resume)
@@ -100,6 +106,7 @@ class RunsPanel(QWidget):
         self.export_button.clicked.connect(lambda: self._with_adapter(self.exportRequested))
         self.inspect_button.clicked.connect(lambda: self._with_adapter(self.inspectRequested))
         self.delete_button.clicked.connect(self.confirm_delete)
+        self.intruders_button.clicked.connect(self.open_intruders)
         self.viewers = TrackerViewers(self._one, self)  # "Open in TensorBoard / MLflow UI"
 
         self.plots = MetricsPlots()
@@ -117,10 +124,14 @@ class RunsPanel(QWidget):
         self.views.addTab(self.plots, "Plots")
         self.views.addTab(self.overlay, "Compare loss")
         self.views.addTab(self.diff, "Configuration difference")
+        self.sweep = SweepView()  # a group of runs: table and rank trade-off plot
+        self.views.addTab(self.sweep, "Sweep")
+        self.queue = QueuePanel()  # the queue of runs under this runs folder
+        self.views.addTab(self.queue, "Queue")
 
         buttons = QHBoxLayout()
         for b in (self.resume_button, self.watch_button, self.reveal_button, self.export_button, self.inspect_button,
-                  self.viewers.button, self.delete_button):
+                  self.intruders_button, self.viewers.button, self.delete_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(self.root_label)
@@ -153,6 +164,7 @@ class RunsPanel(QWidget):
         if root != self.root:
             self.root = root
             self.root_label.setText(f"Runs folder: {root}")
+            self.queue.set_root(root)
             self.refresh()
 
     def start_watching(self) -> None:
@@ -179,6 +191,7 @@ class RunsPanel(QWidget):
             return
         selected = set(self.selected_paths())
         self.summaries = summaries
+        self.sweep.set_runs([s.path for s in summaries])
         self.table.blockSignals(True)
         self.table.setRowCount(len(summaries))
         for row, s in enumerate(summaries):
@@ -242,6 +255,7 @@ class RunsPanel(QWidget):
         has_adapter = one is not None and (one.path / core_runs.ADAPTER_DIR / "adapter_config.json").is_file()
         self.export_button.setEnabled(has_adapter)
         self.inspect_button.setEnabled(has_adapter)
+        self.intruders_button.setEnabled(has_adapter and one.status.value != "running")
         self.delete_button.setEnabled(bool(chosen) and all(s.status.value != "running" for s in chosen))
         self.viewers.update(one.path if one is not None else None)
 
@@ -373,6 +387,18 @@ class RunsPanel(QWidget):
         one = self._one()
         if one is not None:
             signal.emit(str(one.path / core_runs.ADAPTER_DIR))
+
+    def open_intruders(self):
+        """The intruder-dimension trade-off of the selected run (a dialog that measures, then saves on request)."""
+        from .intruder_dialog import IntruderDialog
+
+        one = self._one()
+        if one is None:
+            return None
+        self.intruder_dialog = IntruderDialog(one.path, self)
+        self.intruder_dialog.open()
+        self.intruder_dialog.start()
+        return self.intruder_dialog
 
     def reveal(self) -> None:
         one = self._one()

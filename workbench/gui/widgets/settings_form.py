@@ -19,8 +19,10 @@ from PySide6.QtWidgets import (
 
 from workbench.core.config import ConfigError, RunConfig, field_help
 
+from .quantization_settings import QuantizationSettings
+
 GROUPS: list[tuple[str, list[str]]] = [
-    ("LoRA", ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.use_dora", "lora.init", "lora.bias"]),
+    ("LoRA", ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.use_dora", "lora.bias"]),
     ("Optimisation", ["training.learning_rate", "training.epochs", "training.max_steps", "training.batch_size",
                       "training.gradient_accumulation", "data.max_length", "data.packing", "training.scheduler",
                       "training.warmup_ratio", "training.weight_decay", "training.max_grad_norm", "training.optimizer",
@@ -180,6 +182,9 @@ class SettingsForm(QScrollArea):
                 form.addRow(label, holder)
                 self.editors[key] = editor
             (right if title in RIGHT_COLUMN else left).addWidget(box)
+            if title == "LoRA":  # lora.init and QLoRA's choices: a group of their own (quantization_settings.py)
+                self.quantization = QuantizationSettings(store)
+                left.addWidget(self.quantization)
         left.addStretch(1)
         right.addStretch(1)
         self.setWidget(body)
@@ -190,10 +195,11 @@ class SettingsForm(QScrollArea):
 
     @property
     def valid(self) -> bool:
-        return not any(e.error.text() for e in self.editors.values())
+        return not any(e.error.text() for e in self.editors.values()) and self.quantization.valid
 
     def problems(self) -> list[str]:
-        return [f"{k}: {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
+        return ([f"{k}: {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
+                + ([self.quantization.problem.text()] if not self.quantization.valid else []))
 
     def refresh(self, section: str = "") -> None:
         """Show the store's values; a whole new configuration also clears the marks of refused edits."""

@@ -23,11 +23,20 @@ from workbench.core.events import (
     CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Progress, Resumed, RunStarted, Sample, Step,
 )
 
+from .eval_plots import EvaluationPlots
 from .plots import MetricsPlots
 from .run_location import RunLocation
 from .summary_bar import human_bytes
 
 FLUSH_INTERVAL_MS = 50  # progress and labels: ≤ 20 GUI updates per second; plots: one of them per flush
+
+
+def evaluation_summary(metrics: dict[str, float]) -> str:
+    """The task metrics and retention of one evaluation, for the log line ("; exact_match 0.25, …")."""
+    from .eval_plots import LABELS
+
+    shown = [f"{LABELS[k]} {v:.3g}" for k, v in metrics.items() if k in LABELS and isinstance(v, (int, float))]
+    return "; " + ", ".join(shown) if shown else ""
 
 
 def human_duration(seconds: float | None) -> str:
@@ -68,6 +77,8 @@ class TrainingPanel(QWidget):
         self.smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.99, singleStep=0.05, decimals=2, value=0.6)
         self.smoothing.setToolTip("Weight of the exponential moving average drawn over the raw loss (0 = none).")
         self.plots = MetricsPlots()
+        self.eval_plots = EvaluationPlots()  # task metrics and retention, shown beside the loss once they arrive
+        self.eval_plots.hide()
         self.samples = QPlainTextEdit(readOnly=True)
         self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
                                         "(set sample prompts and a sample interval in Settings).")
@@ -89,7 +100,12 @@ class TrainingPanel(QWidget):
         bottom.addTab(self.samples, "Samples")
         bottom.addTab(self.log, "Log")
         splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(self.plots)
+        curves = QSplitter(Qt.Orientation.Horizontal)
+        curves.addWidget(self.plots)
+        curves.addWidget(self.eval_plots)
+        curves.setStretchFactor(0, 2)
+        curves.setStretchFactor(1, 1)
+        splitter.addWidget(curves)
         splitter.addWidget(bottom)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
@@ -114,6 +130,8 @@ class TrainingPanel(QWidget):
         self._failure_shown = False
         self._pending.clear()
         self.plots.reset()
+        self.eval_plots.reset()
+        self.eval_plots.hide()
         self.samples.clear()
         self.progress.setRange(0, 0)  # busy until the engine says how many steps
         self.status_label.setText("Preparing the model and the data…")
@@ -206,6 +224,8 @@ class TrainingPanel(QWidget):
         self.progress.setValue(e.step)
         memory = f" · memory {human_bytes(e.memory_bytes)}" if e.memory_bytes else ""
         speed = f" · {e.tokens_per_second:,.0f} tokens/s" if e.tokens_per_second else ""
+        if e.trained_tokens_per_second:  # the tokens that carry loss, and examples: what users compare across tools
+            speed += f" ({e.trained_tokens_per_second:,.0f} trained · {e.examples_per_second or 0:,.1f} examples/s)"
         if not self.paused:
             self.status_label.setText(f"Training — epoch {e.epoch:.2f} · loss {e.loss:.4f}{speed}{memory}")
         self.eta_label.setText(f"elapsed {human_duration(e.elapsed_s)} · ETA {human_duration(e.eta_s)}")
@@ -219,10 +239,13 @@ class TrainingPanel(QWidget):
                             f"{event.trainable_params:,} trainable parameters, {event.total_steps} steps, "
                             f"{event.train_examples} training examples.")
             self.status_label.setText("Training…")
+            self.eval_plots.set_run_config(event.config)
             self._show_batch(event)
         elif isinstance(event, Evaluation):
             self.plots.add("eval_loss", event.step, event.eval_loss)
-            self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}")
+            if self.eval_plots.add_evaluation(event.step, event.metrics):
+                self.eval_plots.show()
+            self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}" + evaluation_summary(event.metrics))
         elif isinstance(event, CheckpointSaved):
             self.append_log(f"Step {event.step}: checkpoint saved to {event.path}")
         elif isinstance(event, Sample):

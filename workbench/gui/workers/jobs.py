@@ -103,15 +103,10 @@ class Worker(QObject):
 def unexpected_error_text(what: str, exc: BaseException) -> tuple[str, str]:
     """(one line naming what failed, the exception and the crash log; the log's path) for a bug's report.
     The traceback goes into the log (``core.crashlog``, as the CLI's guarded entry point does), never on screen."""
-    from workbench.core.crashlog import describe_unexpected, write_crash_log
+    from workbench.core.crashlog import report_unexpected
 
-    try:
-        log = write_crash_log(what, exc)
-    except Exception:  # noqa: BLE001  (reporting must not fail in turn)
-        log = None
-    where = f"The details are in {log} (please include it in a bug report)." if log is not None else \
-        "No log could be written (the disk may be full or read-only)."
-    return f"{what} failed unexpectedly: {describe_unexpected(exc)}. {where}", str(log or "")
+    line, where, log = report_unexpected(what, exc)
+    return f"{line}. {where[0].upper()}{where[1:]}.", str(log or "")
 
 
 # Workers of abandoned jobs, with their threads: kept referenced so that a worker (a QObject) is never freed

@@ -1,8 +1,9 @@
-"""The headless command that reproduces what the window would train: ``workbench train RUN.toml --set …``.
+"""The headless command that reproduces a configuration edited since its run file was saved:
+``workbench train RUN.toml --set …`` (the window's "Copy command line").
 
-The run file on disk is the base; every setting changed in the window since it was saved becomes one
-``--set section.field=value`` (values written as TOML literals, exactly what ``RunConfig.with_overrides``
-parses back).
+The run file on disk is the base; every setting changed since it was saved becomes one ``--set
+section.field=value`` (values written as TOML literals, exactly what ``RunConfig.with_overrides`` parses back;
+written here rather than by ``tomli_w``, which writes documents, not one inline value).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from workbench.core.config import RunConfig
+from .config import RunConfig
 
 
 class NotExpressible(ValueError):

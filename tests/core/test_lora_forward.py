@@ -1,0 +1,96 @@
+"""core/lora_forward.py: the fused LoRA forward against PEFT's own — the same outputs and gradients (input and
+adapter weights), the same state dict, and PEFT's forward wherever PEFT's flags ask for something else."""
+
+from __future__ import annotations
+
+import pytest
+import tiny
+import torch
+from peft import LoraConfig, get_peft_model
+
+from workbench.core.lora_forward import install_fused_lora_forward, remove_fused_lora_forward
+
+
+def lora_model(arch: str, dropout: float = 0.0, **lora):
+    model = tiny.make_model(arch)
+    model.config.use_cache = False
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=dropout,
+                                                  **lora))
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)  # B = 0 at init: the LoRA path would add nothing
+    return peft_model.train()
+
+
+def loss_and_grads(model, ids):
+    model.zero_grad()
+    torch.manual_seed(3)  # the same dropout masks on both paths
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt_neox", "opt"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_outputs_and_gradients_equal_pefts_forward(arch, dropout):
+    model = lora_model(arch, dropout)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    peft_loss, peft_grads = loss_and_grads(model, ids)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert install_fused_lora_forward(model) > 0
+    fused_loss, fused_grads = loss_and_grads(model, ids)
+    torch.testing.assert_close(fused_loss, peft_loss, rtol=1e-6, atol=1e-6)
+    assert fused_grads.keys() == peft_grads.keys()
+    for name in peft_grads:
+        torch.testing.assert_close(fused_grads[name], peft_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert any(g.abs().max() > 0 for n, g in peft_grads.items() if "lora_A" in n)
+    new_state = model.state_dict()  # the same modules and tensors: still a PEFT model and a PEFT adapter
+    assert new_state.keys() == state.keys() and all(torch.equal(new_state[k], state[k]) for k in state)
+    remove_fused_lora_forward(model)
+    again_loss, _ = loss_and_grads(model, ids)
+    torch.testing.assert_close(again_loss, peft_loss, rtol=0, atol=0)
+
+
+def test_input_gradient_of_one_layer_equals_pefts():
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model = lora_model("llama")
+    layer = next(m for m in model.modules() if type(m) is LoraLinear)
+    x = torch.randn(3, 5, layer.in_features, requires_grad=True)
+    g = torch.randn(3, 5, layer.out_features)
+    peft_out = layer(x)
+    (peft_dx,) = torch.autograd.grad(peft_out, x, g)
+    install_fused_lora_forward(model)
+    fused_out = layer(x)
+    (fused_dx,) = torch.autograd.grad(fused_out, x, g)
+    torch.testing.assert_close(fused_out, peft_out)
+    torch.testing.assert_close(fused_dx, peft_dx)
+
+
+def test_pefts_flags_still_decide_disabled_merged_and_variants():
+    model = lora_model("llama")
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    model.eval()
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        adapted = model(input_ids=ids).logits
+        install_fused_lora_forward(model)
+        with model.disable_adapter():
+            torch.testing.assert_close(model(input_ids=ids).logits, base)
+        torch.testing.assert_close(model(input_ids=ids).logits, adapted)
+        model.merge_adapter()  # merged: the base layer alone, as PEFT does
+        torch.testing.assert_close(model(input_ids=ids).logits, adapted, rtol=1e-5, atol=1e-5)
+        model.unmerge_adapter()
+    assert not torch.allclose(base, adapted)
+
+    dora = lora_model("llama", use_dora=True)  # DoRA's forward is PEFT's variant: left to PEFT
+    with torch.no_grad():
+        expected = dora(input_ids=ids).logits
+        install_fused_lora_forward(dora)
+        torch.testing.assert_close(dora(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+
+def test_gpt2_conv1d_layers_keep_pefts_forward():
+    assert install_fused_lora_forward(lora_model("gpt2")) == 0  # Conv1D base layers (stored in × out)
