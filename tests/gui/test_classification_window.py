@@ -1,6 +1,7 @@
 """The window with a classification task: the Data tab reads texts and labels (one bar per class), a bad label
 is a message, and the Train button trains a classifier whose adapter carries its classes."""
 
+import html
 import json
 
 from PySide6.QtCore import Qt
@@ -37,7 +38,16 @@ def test_data_tab_shows_classes_and_training_writes_labels(window, qtbot, tmp_pa
     with qtbot.waitSignal(window.data_failed, timeout=60_000) as failed:
         window.data.set_files([str(data)])
     assert "only the class 'travel'" in failed.args[0]
-    window.error_box.close()
+    assert window.error_box is None, "a bad label is said beside the data, not in a box"
+
+    # other column names: the tab names what is missing and offers the file's columns to map
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("".join(json.dumps({"review": t, "category": label}) + "\n" for t, label in ROWS))
+    with qtbot.waitSignal(window.data_inspected, timeout=60_000):
+        window.data.set_files([str(renamed)])
+    assert "has no column 'text' for the text, nor 'label' for the label" in html.unescape(panel.detected_label.text())
+    assert [panel.column_combos["label"].itemText(i) for i in range(panel.column_combos["label"].count())][1:] == [
+        "review", "category"]
 
     write_labelled(data, ROWS)
     with qtbot.waitSignal(window.data_inspected, timeout=60_000):

@@ -296,6 +296,13 @@ def inspect_labels(model: ModelConfig, data: DataConfig) -> dict[str, Any]:
 
     files = _require_train_files(data)
     first = next((r.data for r in _iter_records(_open_source(files[0], "train_files")) if r.data), None) or {}
+    unmapped = [f"'{column}' for the {role}" for role, column in
+                (("text", data.columns.get("text", "text")), ("label", data.columns.get("label", "label")))
+                if first and column not in first]
+    if unmapped:  # not an error yet: the tab offers the file's columns to map
+        return {"labels": None, "train_rows": 0, "validation_rows": 0, "columns": list(first), "samples": [],
+                "problem": f"{Path(files[0]).name} has no column {', nor '.join(unmapped)}: choose the columns below "
+                           f"(the file has {', '.join(map(str, first))})."}
     rows = read_labelled_rows(data, files, "train_files", model.problem_type)
     if not rows:
         raise DataError("The training files have no usable rows.", _LABEL_HINT)

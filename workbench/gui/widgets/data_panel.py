@@ -430,10 +430,13 @@ class DataPanel(QWidget):
         labels = result["labels"]
         for combo in (self.format_combo, self.train_on_combo):  # chat formats and loss masks: not for a classifier
             combo.setEnabled(False)
-        self.detected_label.setText(
-            ("Images" if result.get("images") else "Labelled rows")
-            + f" for <b>{labels.problem_type}</b> classification · {result['train_rows']} training rows"
-            + (f", {result['validation_rows']} validation rows" if result["validation_rows"] else ""))
+        if labels is None:  # the text or label column is not mapped yet: the combos below say which columns exist
+            self.detected_label.setText(f"<span style='color:#d9534f'>{html.escape(result['problem'])}</span>")
+        else:
+            self.detected_label.setText(
+                ("Images" if result.get("images") else "Labelled rows")
+                + f" for <b>{labels.problem_type}</b> classification · {result['train_rows']} training rows"
+                + (f", {result['validation_rows']} validation rows" if result["validation_rows"] else ""))
         while self.columns_form.rowCount():
             self.columns_form.removeRow(0)
         self.column_combos.clear()
@@ -464,6 +467,10 @@ class DataPanel(QWidget):
         axis = self.histogram.getPlotItem().getAxis("bottom")
         self._set_plot_title("Classes")
         self.cut_line.hide()
+        if labels is None:
+            self.bars.setOpts(x0=[], x1=[], height=[])
+            self.stats_label.clear()
+            return
         if labels.problem_type == "regression":
             self.bars.setOpts(x0=[], x1=[], height=[])
             self.stats_label.setText("Regression: each label is a number the model learns to predict.")
