@@ -19,7 +19,10 @@ ROWS = [("Paris is the capital of France.", "travel"), ("the lazy dog", "animals
 def test_data_tab_shows_classes_and_training_writes_labels(window, qtbot, tmp_path, tiny_model_dir):
     with qtbot.waitSignal(window.model_opened, timeout=60_000):
         window.open_model(str(tiny_model_dir("bert")))
-    window.store.update("model", task="sequence-classification")
+    assert window.overview.tree.root.type == "BertLMHeadModel"
+    with qtbot.waitSignal(window.model_opened, timeout=60_000):  # another task: the model opens again with its head
+        window.store.update("model", task="sequence-classification")
+    assert window.overview.tree.root.type == "BertForSequenceClassification" and "classifier" in window.overview.tree.nodes
     task = window.form.editors["model.task"]
     assert task.widget.currentText() == "sequence-classification"
 

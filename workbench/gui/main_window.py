@@ -266,6 +266,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         except ConfigError as exc:
             self.show_error("Model", "\n".join(exc.problems))
             return
+        self._opened_task = self.store.config.model.task  # the tree's model class: causal LM or a classifier
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
         self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
@@ -434,6 +435,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
             self._data_timer.start()
         elif section == "model":  # the task, problem type or classes decide what the Data tab reads
             self._data_timer.start()
+            model = self.store.config.model
+            if self.overview is not None and model.task != getattr(self, "_opened_task", model.task):
+                self.open_model(model.source)  # another task is another model class: its head shows in the tree
         self._summary_timer.start()
 
     def update_summary(self) -> None:
