@@ -191,3 +191,26 @@ def test_cli_trains_a_classifier_from_a_run_file(base_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "line 13: the label 0.5 (column 'category') is a fractional number" in err, err
     assert "Traceback" not in err
+
+
+def test_a_stopped_classifier_resumes_onto_the_uninterrupted_curve(base_dir, tmp_path):
+    """Stopped at step 4 after its checkpoint there, resumed to the end: the same losses as a run never stopped,
+    and the same classes (run.toml keeps them, so the head is rebuilt the same)."""
+    from workbench.core.control import RunControl
+    from workbench.core.training import resume
+
+    rows = labelled()
+    config = make_config(base_dir("bert"), tmp_path, rows).copy_with(training={"max_steps": 8, "save_steps": 2})
+    control = RunControl()
+    stopped = run(config, ev.CallbackSink(lambda e: e.kind == "step" and e.step == 4 and control.request_stop()),
+                  control, run_dir=tmp_path / "stopped")
+    assert stopped.status == "stopped" and stopped.final_step == 4
+    resumed = resume(stopped.run_dir, ev.ListSink())
+    straight = run(config, ev.ListSink(), run_dir=tmp_path / "straight")
+
+    def losses(d):
+        return [e["loss"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if e["kind"] == "step"]
+
+    assert resumed.final_step == 8 and len(losses(stopped.run_dir)) == 8
+    assert losses(stopped.run_dir) == pytest.approx(losses(straight.run_dir), rel=1e-5)
+    assert (resumed.adapter_dir / LABELS_FILE).read_text() == (straight.adapter_dir / LABELS_FILE).read_text()
