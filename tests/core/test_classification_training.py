@@ -214,3 +214,15 @@ def test_a_stopped_classifier_resumes_onto_the_uninterrupted_curve(base_dir, tmp
     assert resumed.final_step == 8 and len(losses(stopped.run_dir)) == 8
     assert losses(stopped.run_dir) == pytest.approx(losses(straight.run_dir), rel=1e-5)
     assert (resumed.adapter_dir / LABELS_FILE).read_text() == (straight.adapter_dir / LABELS_FILE).read_text()
+
+
+def test_accuracy_picks_the_best_checkpoint(base_dir, tmp_path):
+    rows = labelled()
+    config = make_config(base_dir("llama"), tmp_path, rows, validation=rows).copy_with(
+        training={"max_steps": 8, "eval_steps": 2, "save_steps": 2}, eval={"best_metric": "accuracy"})
+    sink = ev.ListSink()
+    run(config, sink)
+    chosen = [m.text for m in sink.of(ev.Message) if m.text.startswith("best checkpoint by accuracy")]
+    assert chosen, [m.text for m in sink.of(ev.Message)]
+    with pytest.raises(Exception, match="without a scorer it is computed for classifiers only"):
+        RunConfig.from_dict({"model": {"source": "x"}, "eval": {"best_metric": "accuracy"}})

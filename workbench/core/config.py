@@ -247,6 +247,10 @@ class TrainingConfig(_Section):
 
 
 ScorerName = Literal["exact_match", "regex", "json_valid", "json_fields", "label", "perplexity"]
+# What a classification run's evaluation computes (core/classification.ClassificationMetrics); any of them can pick
+# the best checkpoint. mse and mae (regression) are better when lower.
+CLASSIFIER_METRICS = ("accuracy", "f1", "exact_match", "mse", "mae")
+LOWER_IS_BETTER = ("eval_loss", "perplexity", "mse", "mae")
 
 
 class EvalConfig(_Section):
@@ -275,9 +279,11 @@ class EvalConfig(_Section):
     def _consistent(self) -> "EvalConfig":
         if "regex" in self.scorers and not self.regex:
             raise ValueError("the regex scorer needs eval.regex, the pattern an answer must match")
-        if self.best_metric != "eval_loss" and self.best_metric not in self.scorers:
+        if self.best_metric != "eval_loss" and self.best_metric not in self.scorers \
+                and self.best_metric not in CLASSIFIER_METRICS:
             raise ValueError(f"best_metric {self.best_metric!r} must be eval_loss or one of eval.scorers "
-                             f"({', '.join(self.scorers) or 'none set'})")
+                             f"({', '.join(self.scorers) or 'none set'}); a classifier also has "
+                             f"{', '.join(CLASSIFIER_METRICS)}")
         return self
 
     @field_validator("regex")
@@ -325,6 +331,15 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _classifier_metric_needs_a_classifier(self) -> "RunConfig":
+        e = self.eval
+        if e.best_metric in CLASSIFIER_METRICS and e.best_metric not in e.scorers and self.model.task == "causal-lm":
+            raise ValueError(f"eval.best_metric {e.best_metric!r} must be eval_loss or one of eval.scorers "
+                             f"({', '.join(e.scorers) or 'none set'}): without a scorer it is computed for classifiers "
+                             "only (model.task = sequence-classification or image-classification)")
+        return self
 
     # -- warnings ------------------------------------------------------------------------------------
     def warnings(self) -> list[str]:
@@ -469,6 +484,9 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[st
     for err in exc.errors():
         loc = prefix + ".".join(str(p) for p in err["loc"])
         kind = err["type"]
+        if not err["loc"] and err["msg"].startswith("Value error, "):  # a rule across sections: it names its fields
+            problems.append(err["msg"].removeprefix("Value error, "))
+            continue
         value = err.get("input")
         if kind == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..config import RunConfig
+from ..config import LOWER_IS_BETTER, RunConfig
 from ..control import Control
 from ..distributed import Distributed
 from ..errors import WorkbenchError
@@ -207,10 +207,11 @@ class EventCallback(TrainerCallback):
     def _metric_value(self, loss: float, extra: dict[str, float]) -> float | None:
         """eval.best_metric, signed so that higher is better."""
         name = self.ctx.config.eval.best_metric
-        value = loss if name == "eval_loss" else extra.get(name)
+        # a scorer's value is named as the scorer; a classifier's metric as the Trainer logs it (eval_accuracy)
+        value = loss if name == "eval_loss" else extra.get(name, extra.get(f"eval_{name}"))
         if value is None or not math.isfinite(value):
             return None
-        return -value if name in ("eval_loss", "perplexity") else value
+        return -value if name in LOWER_IS_BETTER else value
 
     def on_save(self, args, state, control, **kw):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import classification, images, lora_init, quantization
-from ..config import RunConfig
+from ..config import LOWER_IS_BETTER, RunConfig
 from ..distributed import Distributed
 from ..events import Message, Sink
 from ..runs import RunFolder
@@ -137,7 +137,7 @@ def _best_metric_arguments(config: RunConfig, has_eval: bool) -> dict[str, Any]:
     if not has_eval or not (e.scorers or e.early_stopping_patience or e.best_metric != "eval_loss"):
         return {}
     metric = e.best_metric if e.best_metric.startswith("eval_") else f"eval_{e.best_metric}"
-    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in ("eval_loss", "perplexity")}
+    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in LOWER_IS_BETTER}
 
 
 
