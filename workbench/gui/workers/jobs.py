@@ -15,6 +15,10 @@ an ``emit`` of a finished job's result, so its thread never reported that it had
 window later aborted the process ("QThread: Destroyed while thread is still running"). With a plain
 Python thread and a queue there is no Qt object whose lifetime depends on the job thread, a job that dies
 in any way is noticed (its thread is no longer alive), and receivers are ordinary GUI-thread slots.
+Tried again with the garbage collector kept on the GUI thread (``process_switches``): a runner QObject moved to
+a QThread, reports as queued signals. Two window tests then never saw their jobs end when the window closed, and
+a job that ignores cancelling (its QThread freed while still running) aborted the process ("QThread: Destroyed
+while thread is still running"); a Python thread that outlives its window only runs on.
 
 Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
 ``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
