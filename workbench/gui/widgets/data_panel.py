@@ -42,6 +42,10 @@ ALPACA_TEMPLATES = {"auto": "the model's chat template (classic without one)", "
 PLAIN_TEXT_TRAIN_ON = "Plain text has no prompt or answer: every token is trained."
 
 
+PREVIEW_TITLE = (f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained on; "
+                 "<span style='color:gray'>grey</span> marks template tokens:")
+
+
 class ThemedPlotWidget(pg.PlotWidget):
     def changeEvent(self, event) -> None:
         # The first palette event arrives from the base class constructor, before the plot exists.
@@ -187,8 +191,8 @@ class DataPanel(QWidget):
         preview_layout = QVBoxLayout(preview_box)
         preview_layout.setContentsMargins(0, 0, 0, 0)
         preview_header = QHBoxLayout()
-        preview_header.addWidget(QLabel(f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained "
-                                        "on; <span style='color:gray'>grey</span> marks template tokens:"), 1)
+        self.preview_title = QLabel(PREVIEW_TITLE)
+        preview_header.addWidget(self.preview_title, 1)
         preview_header.addWidget(self.show_tokens)
         preview_layout.addLayout(preview_header)
         preview_layout.addWidget(self.preview)
@@ -362,6 +366,8 @@ class DataPanel(QWidget):
         for combo in (self.format_combo, self.train_on_combo):
             combo.setEnabled(True)
         self.columns_box.setVisible(True)
+        self.preview_title.setText(PREVIEW_TITLE)
+        self.show_tokens.show()
         info = result["info"]
         self._clear_problems()
         self._detected_format = info.format
@@ -430,6 +436,8 @@ class DataPanel(QWidget):
         labels = result["labels"]
         for combo in (self.format_combo, self.train_on_combo):  # chat formats and loss masks: not for a classifier
             combo.setEnabled(False)
+        self.preview_title.setText("Preview — the first examples and their labels:")
+        self.show_tokens.hide()
         if labels is None:  # the text or label column is not mapped yet: the combos below say which columns exist
             self.detected_label.setText(f"<span style='color:#d9534f'>{html.escape(result['problem'])}</span>")
         else:
