@@ -99,3 +99,17 @@ def test_a_stopped_dpo_run_resumes_onto_the_uninterrupted_curve(tiny_model_dir, 
 
     assert len(margins(stopped.run_dir)) == 6
     assert margins(stopped.run_dir) == pytest.approx(margins(straight.run_dir), rel=1e-4, abs=1e-6)
+
+
+def test_kto_learns_from_answers_marked_good_or_bad(tiny_model_dir, tmp_path):
+    rows = [{"question": p, "completion": c, "label": True} for p, c, _ in PAIRS]
+    rows += [{"question": p, "completion": r, "label": "false"} for p, _, r in PAIRS]
+    sink = ev.ListSink()
+    result = run(make_config(tiny_model_dir("llama", initializer_range=0.3), tmp_path, "kto", rows=rows)
+                 .copy_with(training={"batch_size": 8}), sink)
+    assert result.status == "finished"
+    losses = [s.loss for s in sink.of(ev.Step)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(DataError, match="the label 'maybe' .* must be true"):
+        run(make_config(tiny_model_dir("llama"), tmp_path, "kto",
+                        rows=[{"question": "a", "completion": "b", "label": "maybe"}]), ev.ListSink())

@@ -139,6 +139,10 @@ def trainer_arguments(method: str, args: Any, beta: float, max_length: int) -> A
               if f.init and hasattr(args, f.name)}
     values.update(beta=beta, max_length=max_length)
     values["label_names"] = None  # a preference batch has no "labels": TRL computes the loss from the pairs
+    if method == "kto":
+        # KTO's KL term pairs each example with a neighbour of its batch, precomputed in a fixed order: TRL refuses
+        # a random sampler for it, so a KTO run reads its rows in file order
+        values["train_sampling_strategy"] = "sequential"
     return config_cls(**values)
 
 
