@@ -96,11 +96,13 @@ def default_model() -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="local HF model folder (default: the built-in SmolLM2-135M)")
-    ap.add_argument("--rounds", type=int, default=3, help="training segments, each followed by an evaluation (≥ 3)")
-    ap.add_argument("--eval-every", type=int, default=4, help="optimizer steps per training segment (default 4)")
+    ap.add_argument("--rounds", type=int, default=5, help="training segments, each followed by an evaluation (≥ 3)")
+    # Short segments and a small validation set: A and B alternate every few seconds on an idle machine, so a
+    # change in load (other jobs on a shared machine) reaches both sides of a round alike.
+    ap.add_argument("--eval-every", type=int, default=2, help="optimizer steps per training segment (default 2)")
     ap.add_argument("--batch-size", type=int, default=4, help="rows per step, for training and evaluation alike")
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--validation-examples", type=int, default=32)
+    ap.add_argument("--validation-examples", type=int, default=12)
     ap.add_argument("--no-packing", action="store_true", help="train and evaluate on padded rows instead of packed ones")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

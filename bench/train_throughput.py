@@ -138,7 +138,7 @@ def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, 
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    # The same weight dtype the engine loads (models.training_weight_dtype): bf16 weights for a bf16 run on a GPU.
+    # The same weight dtype the engine loads (precision.training_weight_dtype): bf16 weights for a bf16 run on a GPU.
     weights = torch.bfloat16 if (device == "cuda" and precision == "bf16") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=weights)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",

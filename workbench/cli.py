@@ -13,7 +13,7 @@ import sys
 
 from workbench.core.exitcodes import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, EXIT_USER  # noqa: F401
 
-COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "queue", "desktop")
+COMMAND_MODULES = ("gui", "inspect", "train", "runs", "launch", "adapters", "demo", "queue", "desktop", "intruders")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -647,7 +647,7 @@ def _(ctx):
 
 @case("model-gguf-export-unmapped-architecture", "model", r"architecture 'gpt2' has no GGUF mapping here",
       r"GGUF export supports these architectures \(config\.json model_type\): gemma, gemma2, gemma3_text, llama, mistral, "
-      r"phi3, qwen2, qwen3", gui=False)
+      r"phi3, qwen2, qwen3, stablelm, starcoder2", gui=False)
 def _(ctx):
     gpt2 = ctx.model("gpt2", arch="gpt2")
     return export(ctx, ctx.adapter(), None, "--gguf", "--base", str(gpt2), target=gpt2)

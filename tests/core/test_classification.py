@@ -98,12 +98,13 @@ def test_label_only_in_validation_is_refused(tmp_path):
         check_validation_labels(validation, labels)
 
 
-def test_num_labels_set_by_hand_must_agree(tmp_path):
+def test_the_label_set_decides_num_labels(tmp_path):
     data = DataConfig(train_files=[write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": "x"},
-                                                                      {"text": "b", "label": "y"}])])
-    assert label_set_for(ModelConfig(), data).num_labels == 2
-    with pytest.raises(DataError, match="num_labels = 3, but the training data has 2 classes"):
-        label_set_for(ModelConfig(num_labels=3), data)
+                                                                      {"text": "b", "label": "y"},
+                                                                      {"text": "c", "label": "z"}])])
+    assert label_set_for(ModelConfig(), data).num_labels == 3
+    assert label_set_for(ModelConfig(problem_type="regression"), DataConfig(
+        train_files=[write_jsonl(tmp_path / "r.jsonl", [{"text": "a", "label": 1.5}])])).num_labels == 1
 
 
 def test_label_file_round_trip(tmp_path):

@@ -66,7 +66,7 @@ def run_dir_of(sink: ev.ListSink) -> Path:
 
 @pytest.fixture
 def poison(monkeypatch):
-    """``poison(kind, from_call)``: from the ``from_call``-th training forward on, the output head makes the loss
+    """``poison(kind, from_call)``: from the ``from_call``-th training forward on, the last hidden states make the loss
     NaN (``"loss"``) or the gradients infinite with a finite loss (``"grad"``); ``poison(None)`` stops it. With
     one micro-batch per step, forward n of a session is its n-th optimizer step."""
     state = {"kind": None, "from": 1, "calls": 0}
@@ -86,7 +86,9 @@ def poison(monkeypatch):
 
     def setup_with_hook(*args, **kwargs):
         peft_model, *rest = setup_model(*args, **kwargs)
-        peft_model.get_base_model().get_output_embeddings().register_forward_hook(hook)
+        # On the decoder's final norm, the last module every training forward calls: the chunked loss
+        # (core/loss.py) multiplies by the output head's weight without calling the head module.
+        peft_model.get_base_model().get_decoder().norm.register_forward_hook(hook)
         return (peft_model, *rest)
 
     monkeypatch.setattr(setup, "setup_model", setup_with_hook)

@@ -1,11 +1,11 @@
 """GGUF export of the architectures beyond the llama family: Phi-3 (fused qkv and gate/up projections), Gemma,
 Gemma 2 and Gemma 3 (norm weights written as 1 + w, tied embeddings, Gemma 2's soft-capping and extra norms, Gemma 3's
-q/k norms and its every-6th-layer global attention), each a tiny random model with a LoRA adapter on every linear
-layer.
+q/k norms and its every-6th-layer global attention), StableLM 2 (partial rotary, biases, LayerNorm) and StarCoder2
+(a plain MLP with biases), each a tiny random model with a LoRA adapter on every linear layer.
 
 Checked three ways, none of them the code under test: the ``gguf`` package's reader against PEFT's merge (names,
 layout, the +1 of Gemma's norms); transformers' own GGUF loader, which reads phi3 and gemma2 files back and
-undoes the +1 itself (its ``Gemma2TensorProcessor``); gemma3 files too; and llama.cpp (llama-cpp-python), which must compute the
+undoes the +1 itself (its ``Gemma2TensorProcessor``); gemma3, stablelm and starcoder2 files too; and llama.cpp (llama-cpp-python), which must compute the
 merged model's logits from the merged GGUF and from the base GGUF with the GGUF adapter. The llama.cpp part is
 skipped without llama-cpp-python and required under ``make test-gguf`` (WORKBENCH_REQUIRE_LLAMA_CPP=1).
 """
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TARGETS = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
            "gemma": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 TARGETS["gemma2"] = TARGETS["gemma3_text"] = TARGETS["gemma"]
-ARCHS = ["phi3", "gemma", "gemma2", "gemma3_text"]
+TARGETS["stablelm"] = TARGETS["gemma"]
+TARGETS["starcoder2"] = ["q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"]
+ARCHS = ["phi3", "gemma", "gemma2", "gemma3_text", "stablelm", "starcoder2"]
 GGUF_ARCH = {"gemma3_text": "gemma3"}  # config.json model_type → general.architecture, where they differ
 # Hugging Face module → GGUF tensor, per architecture (written out here, not taken from gguf's TensorNameMap)
 BLOCK_NAMES = {
@@ -42,13 +44,15 @@ BLOCK_NAMES = {
 }
 BLOCK_NAMES["gemma2"] = {**BLOCK_NAMES["gemma"], "post_attention_layernorm": "post_attention_norm",
                          "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+BLOCK_NAMES["stablelm"] = BLOCK_NAMES["gemma"]
+BLOCK_NAMES["starcoder2"] = {**BLOCK_NAMES["gemma"], "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
 BLOCK_NAMES["gemma3_text"] = {**BLOCK_NAMES["gemma2"], "self_attn.q_norm": "attn_q_norm",
                               "self_attn.k_norm": "attn_k_norm"}
 
 
 def gguf_name(arch: str, key: str) -> str:
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
+             "model.norm.bias": "output_norm.bias", "lm_head.weight": "output.weight"}
     if key in fixed:
         return fixed[key]
     parts = key.split(".")
@@ -71,13 +75,16 @@ def save_model(arch: str, folder: Path, **overrides) -> Path:
           "gemma2": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=128),
           # 6 blocks: the last attends globally with its own rotary base (1e6 against the sliding layers' 1e4)
           "gemma3_text": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=128,
-                              num_hidden_layers=6)}[arch]
+                              num_hidden_layers=6),
+          # a quarter of each head rotated, qkv biases and LayerNorm with bias (StableLM 2 1.6B's layout)
+          "stablelm": dict(num_key_value_heads=4, use_qkv_bias=True, tie_word_embeddings=False),
+          "starcoder2": dict(num_key_value_heads=2, sliding_window=256)}[arch]  # = the context: no window
     cfg = AutoConfig.for_model(arch, **{**common, **kw, **overrides})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight") or name.endswith("norm.bias") or name.endswith("proj.bias"):
                 param.copy_(0.5 * torch.randn_like(param))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -110,17 +117,22 @@ def test_f32_export_holds_peft_merged_weights_under_the_architectures_gguf_names
     gguf_arch = GGUF_ARCH.get(arch, arch)
     assert meta["general.architecture"] == gguf_arch
     expected = peft_merged_state(base, adapter)
-    tied = arch != "phi3"
+    tied = arch not in ("phi3", "stablelm")
     mapped = {gguf_name(arch, k): k for k in expected if not (tied and k == "lm_head.weight")}
     assert set(values) == set(mapped), "every checkpoint tensor (a tied output layer once), nothing else"
-    offset = 0.0 if arch == "phi3" else 1.0  # Gemma's RMSNorm multiplies by 1 + w; llama.cpp by the stored weight
+    offset = 1.0 if arch.startswith("gemma") else 0.0  # Gemma's RMSNorm multiplies by 1 + w; llama.cpp by w
     for name, key in mapped.items():
         want = expected[key].float() + (offset if key.endswith("norm.weight") else 0.0)
+        assert values[name].shape == tuple(want.shape), key
         torch.testing.assert_close(torch.from_numpy(values[name].copy()), want, rtol=0, atol=2e-6, msg=key)
     config = json.loads((base / "config.json").read_text())
-    assert meta[f"{gguf_arch}.rope.dimension_count"] == 16 and meta[f"{gguf_arch}.attention.head_count_kv"] == (
-        config["num_key_value_heads"])
-    if arch != "phi3":
+    rotated = 4 if arch == "stablelm" else 16  # StableLM rotates a quarter of each 16-wide head
+    assert meta[f"{gguf_arch}.rope.dimension_count"] == rotated
+    assert meta[f"{gguf_arch}.attention.head_count_kv"] == config["num_key_value_heads"]
+    if arch in ("stablelm", "starcoder2"):  # LayerNorm: llama.cpp reads another key than for RMSNorm
+        eps = config["layer_norm_eps" if arch == "stablelm" else "norm_epsilon"]
+        assert meta[f"{arch}.attention.layer_norm_epsilon"] == pytest.approx(eps)
+    if arch.startswith("gemma"):
         assert meta[f"{gguf_arch}.attention.key_length"] == meta[f"{gguf_arch}.attention.value_length"] == 16
     if arch == "gemma3_text":
         assert meta["gemma3.attention.sliding_window"] == 128
@@ -131,7 +143,7 @@ def test_f32_export_holds_peft_merged_weights_under_the_architectures_gguf_names
         assert meta["gemma2.attention.sliding_window"] == 128
 
 
-@pytest.mark.parametrize("arch", ["phi3", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["phi3", "gemma2", "gemma3_text", "stablelm", "starcoder2"])
 def test_transformers_reads_the_merged_gguf_back(arch, models, tmp_path):
     base, adapter = models(arch)
     result = export_gguf(base, adapter, tmp_path / "out", type_name="f32")
@@ -141,7 +153,7 @@ def test_transformers_reads_the_merged_gguf_back(arch, models, tmp_path):
         if key in expected:
             torch.testing.assert_close(tensor, expected[key].float(), rtol=0, atol=2e-6, msg=key)
     assert set(expected) - {"lm_head.weight"} <= set(back.state_dict()), "every tensor read back"
-    if arch == "phi3":  # gemma2/3: transformers' GGUF config has no query_pre_attn_scalar, so only the weights
+    if not arch.startswith("gemma"):  # gemma2/3: transformers' GGUF config has no query_pre_attn_scalar: weights only
         with torch.no_grad():
             torch.testing.assert_close(back(IDS).logits[0], peft_logits(base, adapter), rtol=1e-4, atol=1e-4)
 
@@ -152,7 +164,8 @@ def test_gguf_adapter_has_a_pair_for_every_adapted_module(arch, models, tmp_path
     result = export_gguf_adapter(adapter, base, tmp_path / "lora", type_name="f32")
     meta, values, _ = read_gguf(result.gguf)
     assert meta["general.type"] == "adapter" and meta["general.architecture"] == GGUF_ARCH.get(arch, arch)
-    modules = sum(1 for k in peft_merged_state(base, adapter) if any(f".{t}." in k for t in TARGETS[arch]))
+    modules = sum(1 for k in peft_merged_state(base, adapter)
+                  if k.endswith(".weight") and any(f".{t}." in k for t in TARGETS[arch]))
     assert sum(n.endswith(".lora_a") for n in values) == sum(n.endswith(".lora_b") for n in values) == modules
 
 
@@ -218,3 +231,15 @@ def test_llama_cpp_computes_the_merged_models_logits_from_the_merged_gguf_and_fr
     lora = export_gguf_adapter(adapter, base, tmp_path / "lora", type_name="f32", base_gguf=base_gguf).gguf
     with_adapter = _llama_cpp_logits(llama_cpp, base_gguf, TOKENS, lora=lora)
     assert np.abs(with_adapter - merged).max() < 2e-3
+
+
+@pytest.mark.parametrize("arch,change,named", [
+    ("stablelm", dict(qk_layernorm=True), "qk_layernorm"),
+    ("stablelm", dict(use_parallel_residual=True), "use_parallel_residual"),
+    ("starcoder2", dict(sliding_window=64), "sliding_window"),
+])
+def test_layouts_the_export_does_not_write_are_refused_before_writing(arch, change, named, tmp_path):
+    base = save_model(arch, tmp_path / "model", **change)
+    with pytest.raises(ModelSourceError, match=named) as info:
+        export_gguf(base, None, tmp_path / "out", type_name="f32")
+    assert info.value.hint and not (tmp_path / "out").exists()

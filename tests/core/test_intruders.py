@@ -112,3 +112,19 @@ def test_bad_lambdas_and_missing_adapters_are_refused(trained_run, tmp_path):
         intruder_trade_off(loaded.model, loaded.tokenizer, None, [], lambdas=(1.5,))
     with pytest.raises(WorkbenchError, match="has no final adapter"):
         load_run_model(tmp_path)
+
+
+def test_the_command_prints_the_trade_off_and_saves_the_chosen_lambda(trained_run, tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.core.intruders import run_trade_off
+
+    out = tmp_path / "reduced"
+    assert main(["reduce-intruders", str(trained_run), "--lambdas", "1,0", "--out", str(out), "--save-lambda", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    _, trade = run_trade_off(trained_run, lambdas=(1.0, 0.0))
+    rows = [line.split() for line in printed if line[:1] in "10" and "in" in line.split()]
+    assert [(float(r[0]), int(r[1]), float(r[4])) for r in rows] == [
+        (p.mitigation_lambda, p.intruders, float(f"{p.task_loss:.4g}")) for p in trade.points]
+    assert (out / "adapter_model.safetensors").is_file() and f"saved the adapter reduced at λ = 0 to {out}" in printed[-1]
+    assert main(["reduce-intruders", str(trained_run), "--lambdas", "1,x"]) == 2
+    assert "--lambdas '1,x': not a list of numbers" in capsys.readouterr().err

@@ -139,23 +139,23 @@ def test_int8_optimizer_state_trains(model_dir, tmp_path):
     assert result.status == "finished" and losses[-1] < 0.8 * losses[0], losses
 
 
-def _loaded(model_dir: Path, quant: str):
+def _loaded(model_dir: Path, quant: str, folder: Path):
     from transformers import AutoModelForCausalLM
 
     from workbench.core.quantization import load_kwargs, prepare_for_training
 
-    cfg = make_config(model_dir, Path("."), model={"quantization": quant})
+    cfg = make_config(model_dir, folder, model={"quantization": quant})  # writes its data file there
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                  **load_kwargs(cfg.model, "cpu", torch.float32))
     return prepare_for_training(model, cfg), cfg
 
 
 @pytest.mark.parametrize("quant", ["nf4", "int8"])
-def test_layer_tree_marks_quantized_modules_with_their_real_stored_size(quant, model_dir):
+def test_layer_tree_marks_quantized_modules_with_their_real_stored_size(quant, model_dir, tmp_path):
     from workbench.core.layers import build_tree
     from workbench.core.quantization import mark_tree
 
-    model, cfg = _loaded(model_dir, quant)
+    model, cfg = _loaded(model_dir, quant, tmp_path)
     real = build_tree(model)
     plain = build_tree(_unquantized(model_dir))
     assert real.total_params == plain.total_params  # 4-bit weights count as the weights they stand for
@@ -175,7 +175,7 @@ def test_memory_estimate_counts_the_quantized_weights_as_loaded(quant, model_dir
     from workbench.core.memory import estimate_for_config
     from workbench.core.quantization import mark_tree
 
-    model, cfg = _loaded(model_dir, quant)
+    model, cfg = _loaded(model_dir, quant, tmp_path)
     loaded = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     loaded += sum(m.weight.quant_state.absmax.numel() * 4 for m in model.modules()
                   if getattr(getattr(m, "weight", None), "quant_state", None) is not None and not

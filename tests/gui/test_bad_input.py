@@ -1,6 +1,7 @@
 """Bad input never breaks the window: a message appears and everything stays usable."""
 
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
 
 from conftest import write_facts
 
@@ -54,10 +55,31 @@ def test_impossible_settings_are_marked_inline_and_block_the_start(opened, qtbot
     assert "not a number" in lr.error.text()
     assert not form.valid
 
+    assert form.problem_banner.isVisibleTo(form) and "2 settings not accepted" in form.problem_banner.text()
+    assert "<a href='lora.r'>Rank</a>" in form.problem_banner.text()
+    # The message under a field is given the height of all its lines (it was cut to one line).
+    opened.tabs.setCurrentWidget(form)
+    qtbot.waitUntil(lambda: lr.error.isVisible())
+    QApplication.processEvents()
+    long_text = " ".join(["much-too-fast"] * 12)
+    lr.widget.setText(long_text)
+    lr.widget.textEdited.emit(long_text)
+    QApplication.processEvents()
+    needed = lr.error.heightForWidth(lr.error.width())
+    assert needed > 2 * lr.error.fontMetrics().height(), f"expected a message of several lines: {lr.error.text()!r}"
+    assert lr.error.height() >= needed
+    lr.widget.setText("fast")
+    lr.widget.textEdited.emit("fast")
+
+    opened.activateWindow()
     opened.training.start_button.click()
+    assert opened.tabs.currentWidget() is form, "a refused start shows the field to fix"
+    assert form.focusWidget() is rank.widget, "… with the cursor in the first refused one"
     text = close_error(opened)
-    assert "lora.r" in text and "Choose training data" in text
+    assert "Rank (lora.r)" in text and "Choose training data" in text
     assert not opened.training.running
+    form.problem_banner.linkActivated.emit("training.learning_rate")  # what a click on the banner's link sends
+    assert form.focusWidget() is lr.widget and lr.widget.selectedText() == "fast"
 
     rank.widget.clear()
     qtbot.keyClicks(rank.widget, "8")

@@ -86,3 +86,40 @@ def test_progress_of_a_merge_over_2_gib_reaches_the_dialog(qtbot):
     worker.deliver()  # the GUI thread's side: emits what the job posted
     assert dialog.progress.value() == 750
     assert dialog.progress.format().startswith("3.00 GiB of 4.00 GiB")
+
+
+def test_the_destination_follows_the_choice_until_the_user_picks_one(qtbot, tmp_path):
+    from workbench.gui.widgets.export_dialog import ExportDialog
+
+    dialog = ExportDialog()
+    qtbot.addWidget(dialog)
+    assert dialog.out_edit.text() == ""
+    dialog.adapter_edit.setText(str(tmp_path / "run" / "adapter"))  # chosen after the dialog opened
+    assert dialog.out_edit.text() == str(tmp_path / "run" / "merged")
+    dialog.mode_buttons["portable"].setChecked(True)
+    assert dialog.out_edit.text() == str(tmp_path / "run" / "portable"), "not …/merged for a portable adapter"
+    dialog.mode_buttons["peft"].setChecked(True)
+    assert dialog.out_edit.text() == str(tmp_path / "run" / "exported")
+    dialog.out_edit.setText(str(tmp_path / "mine"))  # the user's own folder stays
+    dialog.mode_buttons["merge"].setChecked(True)
+    assert dialog.out_edit.text() == str(tmp_path / "mine")
+
+
+def test_long_paths_are_elided_in_the_middle(qtbot):
+    from workbench.gui.widgets.export_dialog import ExportDialog
+
+    long_path = "/home/someone/projects/" + "very-long-folder-name/" * 12 + "run-0312/adapter"
+    dialog = ExportDialog(adapter=long_path)
+    qtbot.addWidget(dialog)
+    dialog.resize(640, 400)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    edit = dialog.out_edit
+    shown = edit.displayed_text()
+    assert shown != edit.text() and "…" in shown
+    assert shown.startswith("/home/some") and shown.endswith("run-0312/merged"), shown
+    assert edit.toolTip() == edit.text()
+    edit.grab()  # paints the elided text without error
+    edit.setFocus()
+    qtbot.waitUntil(edit.hasFocus)
+    assert edit.displayed_text() == edit.text(), "while editing, the whole path"

@@ -66,11 +66,21 @@ def test_ollama_for_an_adapter_without_a_gguf_base_is_refused_and_writes_nothing
                                                                                  tmp_path_factory, tiny_model_dir):
     runs = trained_runs(tmp_path_factory, tiny_model_dir)
     dialog = window.open_export(str(runs["done"] / "adapter"))
-    _start(dialog, qtbot, "ollama_adapter", tmp_path / "ollama")
+    dialog.mode_buttons["ollama_adapter"].click()
+    dialog.out_edit.setText(str(tmp_path / "ollama"))
+    qtbot.waitUntil(lambda: ".gguf:" in dialog.size_label.text(), timeout=60_000)  # the plan: no GGUF origin
+    dialog.start_button.click()
+    assert not dialog.running and "Choose the Base GGUF" in dialog.status.text(), "refused before any job starts"
+    assert not (tmp_path / "ollama").exists()
+    assert "the base model's .gguf file" in dialog.base_gguf_edit.placeholderText()
+
+    # Should the plan not have answered yet, the core refuses it the same way, before writing.
+    dialog._gguf_origin = None
+    with qtbot.waitSignal(dialog.ended, timeout=120_000):
+        dialog.start_button.click()
     assert "Failed" in dialog.status.text() and "needs the base model as a GGUF file" in dialog.status.text()
     assert "Traceback" not in dialog.status.text()
     assert not (tmp_path / "ollama").exists()
-    assert "the base model's .gguf file" in dialog.base_gguf_edit.placeholderText()
 
     dialog.base_gguf_edit.setText(str(tmp_path / "elsewhere" / "missing.gguf"))
     with qtbot.waitSignal(dialog.ended, timeout=120_000):

@@ -49,7 +49,8 @@ def sweep_runs(tmp_path_factory, tiny_model_dir) -> list[Path]:
         from workbench.core.training import run
 
         root = tmp_path_factory.mktemp("sweep")
-        config = config_for(tiny_model_dir("llama", initializer_range=0.3), root)
+        config = config_for(tiny_model_dir("llama", initializer_range=0.3), root,
+                            eval={"retention": True, "max_new_tokens": 8})
         _sweep_cache["runs"] = [run(p.config, None).run_dir for p in expand(config, parse_axes(["lora.r=2,4,8"]))]
     return _sweep_cache["runs"]
 
@@ -122,6 +123,36 @@ def test_the_sweep_table_and_trade_off_plot_show_the_runs_recorded_numbers(qtbot
     view.quality_box.setCurrentIndex(view.quality_box.findData("last_loss"))
     view.draw()
     assert [y for _, y, _ in view.plotted] == [r.last_loss for r in rows]
+    # Retention from each run's last evaluation, as metrics.jsonl has it; higher agreement is better for the front.
+    last_agreement = [[e for e in read_events(d) if e.kind == "evaluation"][-1].metrics["retention_agreement"]
+                      for d in sweep_runs]
+    view.quality_box.setCurrentIndex(view.quality_box.findData("retention_agreement"))
+    view.draw()
+    assert [y for _, y, _ in view.plotted] == last_agreement
+    assert view.front == [view.plotted[i] for i in pareto_front([(x, -y) for x, y, _ in view.plotted])]
+
+
+def test_the_window_runs_tab_shows_a_runs_evaluation_curves_and_queues_the_settings(window, qtbot, sweep_runs):
+    runs = window.runs
+    root = sweep_runs[0].parent
+    window.store.update("output", runs_root=str(root))
+    window.tabs.setCurrentWidget(runs)
+    qtbot.waitUntil(lambda: runs.row_of(sweep_runs[1].name) >= 0, timeout=10_000)
+    runs.select(sweep_runs[1].name)
+    evaluations = [e for e in read_events(sweep_runs[1]) if e.kind == "evaluation"]
+    qtbot.waitUntil(lambda: len(runs.eval_plots.values("retention_agreement")[0]) == len(evaluations), timeout=10_000)
+    assert runs.eval_plots.values("retention_agreement") == (
+        [float(e.step) for e in evaluations], [e.metrics["retention_agreement"] for e in evaluations])
+    assert runs.eval_plots.warn_line.isVisible()
+
+    runs.views.setCurrentWidget(runs.queue)
+    assert runs.queue.add_button.isEnabled()
+    runs.queue.add_button.click()
+    entry = run_queue.queue_entries(root)[-1]
+    assert entry.status == "pending" and len(run_queue.queue_entries(root)) == 1
+    queued = RunConfig.from_toml(run_queue.queue_dir(root) / f"{entry.id}.toml")
+    assert queued.lora == window.store.config.lora and queued.training == window.store.config.training
+    run_queue.remove_entry(root, entry.number)
 
 
 @pytest.mark.subprocess

@@ -31,6 +31,8 @@ def test_compare_an_nf4_adapter_on_both_bases(window, qtbot, qlora_run):
     assert "Type a prompt first" in box.result.text() and not box.running
 
     pg.prompt.setPlainText("What is the capital of France?")
+    stages = []  # the worker's stage reports arrive on the GUI thread after this connection (they are polled)
+    box.compareRequested.connect(lambda worker: worker.stage.connect(stages.append))
     with qtbot.waitSignal(box.compared, timeout=120_000) as got:
         box.compare_button.click()
         assert box.running and not pg.generate_button.isEnabled(), "one job on the prompt at a time"
@@ -44,6 +46,8 @@ def test_compare_an_nf4_adapter_on_both_bases(window, qtbot, qlora_run):
     text = box.result.text()
     assert f"{prompt.max_abs_diff:.4g}" in text and f"{prompt.top1_agreement:.1%}" in text
     assert f"{prompt.adapter_effect:.4g}" in text and "<b>nf4</b>" in text
+    assert [s.split(",")[0] for s in stages] == ["loading the base as stored", "loading the base quantized to nf4",
+                                                 "running the prompts on the quantized base"]
 
 
 def test_a_failed_comparison_is_one_line_in_the_box(window, qtbot, qlora_run, tmp_path):

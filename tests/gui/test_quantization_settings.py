@@ -115,16 +115,28 @@ def test_an_opened_run_file_shows_its_settings(window, tmp_path, tiny_model_dir)
 
 def test_without_bitsandbytes_the_choice_is_disabled_with_the_reason(qtbot, monkeypatch):
     from workbench.gui.config_store import ConfigStore
+    from workbench.gui.widgets.settings_form import SettingsForm
 
     monkeypatch.setattr(quantization_settings, "backend_available", lambda: False)
-    store = ConfigStore()
-    box = quantization_settings.QuantizationSettings(store)
-    qtbot.addWidget(box)
-    box.show()
+    form = SettingsForm(ConfigStore())
+    qtbot.addWidget(form)
+    form.show()
+    box = form.quantization
     assert not box.quantization.isEnabled() and not box.double_quant.isEnabled()
     assert box.unavailable.isVisible()
     assert "bitsandbytes" in box.unavailable.text() and "pip install bitsandbytes==" in box.unavailable.text()
     assert box.init.isEnabled(), "the initialisations do not need bitsandbytes"
+    optimizers = form.editors["training.optimizer"].widget
+    items = {optimizers.itemText(i): optimizers.model().item(i) for i in range(optimizers.count())}
+    assert not items["adamw_bnb_8bit"].isEnabled() and "Needs bitsandbytes" in items["adamw_bnb_8bit"].toolTip()
+    assert not items["paged_adamw_8bit"].isEnabled() and items["adamw_torch"].isEnabled()
+
+
+def test_with_bitsandbytes_its_optimizers_say_what_they_do(window):
+    optimizers = window.form.editors["training.optimizer"].widget
+    items = {optimizers.itemText(i): optimizers.model().item(i) for i in range(optimizers.count())}
+    assert items["adamw_bnb_8bit"].isEnabled() and "8-bit optimizer state" in items["adamw_bnb_8bit"].toolTip()
+    assert "CUDA only" in items["paged_adamw_32bit"].toolTip()
 
 
 @pytest.mark.parametrize("value", [v for v, _ in quantization_settings.QUANT_CHOICES])

@@ -71,7 +71,7 @@ def test_the_title_names_the_run_and_the_demo_says_what_to_do_next(window, qtbot
     assert "Opening builtin:" in window.layers.placeholder_label.text()
     with qtbot.waitSignal(window.model_opened, timeout=180_000):
         pass
-    assert window.layers.stack.currentWidget() is window.layers.view
+    assert window.layers.stack.currentWidget() is window.layers.tree_page  # the block map above the tree
     assert "press Start on the Train tab" in window.statusBar().currentMessage()
 
     path = tmp_path / "mine.toml"

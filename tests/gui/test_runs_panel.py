@@ -61,12 +61,19 @@ def test_overlay_difference_and_resume(window, qtbot, tmp_path_factory, tiny_mod
     keys = [panel.diff.item(r, 0).text() for r in range(panel.diff.rowCount())]
     assert "training.learning_rate" in keys and "training.save_steps" in keys
     assert "model.source" not in keys  # the same in both
+    legend = [label.text for _sample, label in panel.overlay.getPlotItem().legend.items]
+    assert sorted(legend) == ["done (learning_rate 0.01, save_steps —)",
+                              "stopped (learning_rate 0.003, save_steps 2)"], "the legend says what differs"
+    left = panel.overlay.getPlotItem().getAxis("left")
+    assert left.labelString().count("×") == 0 and "training loss" in left.labelString()
 
     panel.select("stopped")
     assert panel.resume_button.isEnabled()
     with qtbot.waitSignal(window.training_done, timeout=120_000) as done:
         panel.resume_button.click()
     assert done.args[0].status == "finished" and done.args[0].final_step == 30
+    loss = window.training.plots.series["loss"]
+    assert loss.x.tolist() == list(range(1, 31)), "the resumed run is drawn with the steps before its stop"
     assert window.tabs.currentWidget() is window.training  # the resumed run is watched in the Train tab
     window.tabs.setCurrentWidget(panel)  # back in Runs, the list is refreshed on showing
     qtbot.waitUntil(lambda: panel.status_of("stopped") == "finished", timeout=10_000)
@@ -102,3 +109,18 @@ def test_a_selected_run_is_followed_by_one_tailer(window, qtbot, tmp_path_factor
     assert [s.name for s in panel.selected()] == ["done"]
     assert built == ["done", "done", "stopped", "done"]
     assert panel.plots.points("loss") == 30
+
+
+def test_legend_labels_say_what_differs():
+    from workbench.gui.widgets.runs_panel import distinct_parts, legend_labels
+
+    names = ["smollm2-20261203-084512-facts", "smollm2-20261203-091007-facts"]
+    assert distinct_parts(names) == ["084512", "091007"]
+    assert distinct_parts(["run-1", "run-2"]) == ["1", "2"] and distinct_parts(["x", "y"]) == ["x", "y"]
+    difference = [("lora.alpha", [16, 32]), ("lora.r", [8, 16]), ("output.name", names),
+                  ("training.eval_steps", [None, 2]), ("training.learning_rate", [0.001, 0.0002])]
+    assert legend_labels(names, difference) == ["084512 (r 8, learning_rate 0.001)",
+                                                "091007 (r 16, learning_rate 0.0002)"], "rank and rate first"
+    assert legend_labels(names, difference[3:], settings=3) == ["084512 (learning_rate 0.001, eval_steps None)",
+                                                                "091007 (learning_rate 0.0002, eval_steps 2)"]
+    assert legend_labels(["only"], []) == ["only"]

@@ -154,11 +154,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _device(choice: str) -> str:
+    """The device to estimate for: the one named (a GPU may be planned for on a machine without one), or the
+    one training would choose here."""
     if choice != "auto":
         return choice
-    import torch
+    from workbench.core.precision import choose_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return choose_device("auto")
 
 
 def _tree_lines(tree, sel, folded: bool) -> list[str]:

@@ -292,7 +292,7 @@ def build_skeleton(config: "PretrainedConfig", task: str | None = "causal-lm", *
     import transformers
 
     layers = getattr(config, "num_hidden_layers", None)
-    where = getattr(config, "_name_or_path", "") or "the model"
+    where = getattr(config, "name_or_path", "") or "the model"
     if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
         # Building the skeleton costs time and memory per module: a damaged value must not hang the window.
         raise ModelSourceError(f"the config.json of {where} says num_hidden_layers = {layers:,}; "

@@ -278,13 +278,9 @@ def label_set_for(model: ModelConfig, data: DataConfig) -> LabelSet:
     rows = read_labelled_rows(data, _require_train_files(data), "train_files", model.problem_type)
     if not rows:
         raise DataError("The training files have no usable rows.", _LABEL_HINT)
-    labels = discover_labels(rows, model.problem_type, model.labels)
-    if "num_labels" in model.model_fields_set and not model.labels and labels.num_labels != model.num_labels \
-            and model.problem_type != "regression":
-        raise DataError(f"model.num_labels = {model.num_labels}, but the training data has {labels.num_labels} "
-                        f"classes ({', '.join(labels.names)}).",
-                        "Remove model.num_labels (it is set from the data), or list the classes in model.labels.")
-    return labels
+    # model.num_labels is not compared: the label set decides it (run.toml records the count found), and a copied
+    # configuration cannot tell a count the user wrote from the default
+    return discover_labels(rows, model.problem_type, model.labels)
 
 
 def inspect_labels(model: ModelConfig, data: DataConfig) -> dict[str, Any]:

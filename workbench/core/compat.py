@@ -8,7 +8,8 @@ not in a user's hands. Sections are named after the area of Workbench that uses 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -46,6 +47,36 @@ def gguf_architectures_transformers_reads() -> frozenset[str]:
     except ImportError:  # a transformers with the original path only
         GGUF_ARCHS = {}
     return frozenset(found | set(GGUF_ARCHS))
+
+
+def attention_implementation(hf_config: Any) -> str | None:
+    """The attention kernel a model built from ``hf_config`` uses ("sdpa", "eager", "flash_attention_2"…), or None
+    when the config does not say (transformers then picks one when the model is built).
+
+    No public API: transformers keeps the choice in ``PretrainedConfig._attn_implementation`` (set from the
+    ``attn_implementation=`` argument of ``from_pretrained`` / ``from_config``, and read by every attention
+    module). The memory estimate sizes the attention activations by it.
+    """
+    value = getattr(hf_config, "_attn_implementation", None)
+    return value if isinstance(value, str) and value else None
+
+
+# --- transformers (training) -------------------------------------------------------------------------------
+#
+# ``training.trainer.AtomicCheckpointTrainer`` overrides two private Trainer methods, which cannot be wrapped
+# here: ``Trainer._save_checkpoint(model, trial)`` (writes checkpoint-N) and ``Trainer._get_output_dir(trial)``,
+# which ``_save_checkpoint`` asks for the folder it saves into. tests/core/test_compat_training.py checks both.
+
+
+def trainer_load_allowlist() -> AbstractContextManager[Any]:
+    """The context in which ``torch.load(weights_only=True)`` accepts what the Trainer's checkpoints hold (the numpy
+    RNG state): the same allowlist the Trainer itself loads them under at resume.
+
+    Not documented: ``transformers.trainer_pt_utils.safe_globals``, the Trainer's own helper.
+    """
+    from transformers.trainer_pt_utils import safe_globals
+
+    return safe_globals()
 
 
 # --- datasets (data) ---------------------------------------------------------------------------------------

@@ -195,14 +195,15 @@ def _block_activation_elements(tree: "LayerTree", sel: "Selection", hidden: int,
 def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, config: Any, *, device: str = "cuda",
                         weight_dtype: str | None = None, compute_dtype: str | None = None) -> MemoryEstimate:
     """Convenience wrapper: read the sizes from a transformers config and the run configuration."""
-    from .models import training_weight_dtype
+    from .compat import attention_implementation
+    from .precision import planned_compute
     from .quantization import wants_gradient_checkpointing
 
     text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-    if weight_dtype is None:  # what the engine will load: see models.training_weight_dtype
-        weight_dtype = training_weight_dtype(config.model.dtype, device, config.training.precision)
-    if compute_dtype is None:  # the precision activations are computed in (autocast), whatever the weights hold
-        compute_dtype = _compute_dtype(config.training.precision, device, weight_dtype)
+    planned = planned_compute(config, device)  # the engine's rule (core/precision.py) for this device
+    # What the engine will load the weights in, and compute activations in (autocast), unless told otherwise.
+    weight_dtype = planned.weight_dtype if weight_dtype is None else weight_dtype
+    compute_dtype = planned.compute_dtype if compute_dtype is None else compute_dtype
     return estimate_memory(
         tree, sel,
         hidden_size=int(getattr(text_cfg, "hidden_size", 0) or 0),
@@ -216,16 +217,8 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
         optimizer=config.training.optimizer,
         lora_dropout=config.lora.dropout,
         device=device,
-        attn_implementation=getattr(hf_config, "_attn_implementation", None) or "sdpa",
+        attn_implementation=attention_implementation(hf_config) or "sdpa",
         classification=config.model.task == "sequence-classification",
         quantization=config.model.quantization,
         double_quant=config.model.double_quant,
     )
-
-
-def _compute_dtype(precision: str, device: str, weight_dtype: str) -> str:
-    """What training.run computes in: bf16/fp16 runs autocast to half precision even over float32 weights
-    ('auto' is half precision on a GPU, see choose_precision); an fp32 run computes in the weights' dtype."""
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
-    return {"bf16": "bfloat16", "fp16": "float16"}.get(precision, weight_dtype)

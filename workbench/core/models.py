@@ -291,19 +291,6 @@ def _config_problem(exc: BaseException) -> str:
     return first_line(cause) or first_line(exc) or type(exc).__name__
 
 
-def training_weight_dtype(setting: str, device: str, precision: str) -> str:
-    """The dtype the frozen base weights are held in while training — one rule for the engine and the estimates.
-
-    An explicit ``model.dtype`` wins. Otherwise: float32 on the CPU (half-precision matmuls there are slow and
-    imprecise); on a GPU the compute precision (bf16 or fp16; bf16 when still 'auto'), or float32 for fp32 runs.
-    """
-    if setting != "auto":
-        return setting
-    if device == "cpu":
-        return "float32"
-    return {"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16"}.get(precision, "float32")
-
-
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -386,13 +373,15 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
                                "the weight files may be incomplete or damaged") from None
 
 
-def check_weight_files(source: ModelSource) -> None:
+def check_weight_files(source: ModelSource, config: "PretrainedConfig | None" = None) -> None:
     """Check, from file sizes and safetensors headers only, that the weights ``load_model`` will read are all
     there: the weight files (every shard the index lists) and each one whole (``checkpoint.safetensors_problem``).
 
     Takes milliseconds, so a training run can call it before it creates its run folder: a partial download or a
     truncated copy is then reported before anything is written. Pickle weights, Hub sources whose weights are
     not downloaded yet, and the conversions of GGUF files (complete by construction) are not checked here.
+    ``config``: the model's config when the caller has read it already (``load_config(source)``), so it is not
+    read twice.
     """
     if source.kind != "local" or source.weights == "pickle":
         return
@@ -406,10 +395,11 @@ def check_weight_files(source: ModelSource) -> None:
         if problem:
             raise ModelSourceError(f"{path} is damaged or incomplete: {problem}",
                                    "download the model again (an interrupted download or copy leaves a short file)")
-    try:  # a model that needs its own code is built with it, at training, which reports its shapes then
-        config = load_config(source)
-    except ConsentRequired:
-        return
+    if config is None:
+        try:  # a model that needs its own code is built with it, at training, which reports its shapes then
+            config = load_config(source)
+        except ConsentRequired:
+            return
     check_weight_shapes(source, config)
 
 

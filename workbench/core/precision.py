@@ -1,15 +1,61 @@
-"""Where a run trains and in which precision: one rule for the engine, the estimates and the window.
+"""Where a run trains and in which number formats: one rule for the engine, the estimates and the window.
 
-Resolved once per run (``training.engine``) and carried from there; everything that needs the device or the
-precision of a run takes the resolved values instead of asking torch again.
+``resolve_compute`` decides it once per run (``training.engine``), asking torch which devices and formats this
+machine has, and the engine carries the resulting ``Compute`` from there: nothing downstream asks torch again.
+``planned_compute`` applies the same rule to a device that is only being planned for (the memory estimate for
+a GPU the window may not have), without asking the hardware or refusing anything.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 from .errors import TrainingError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+# training.precision → the torch dtype a mixed-precision run computes in (autocast); fp32 computes in the weights'.
+_HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A run's device and number formats, resolved: no field is ever "auto"."""
+
+    device: str  # "cuda", "mps", "cpu", …
+    precision: str  # "bf16" | "fp16" | "fp32": the Trainer's mixed-precision mode
+    weight_dtype: str  # torch dtype name the frozen base weights are held in
+    compute_dtype: str  # torch dtype name activations are computed in
+
+    def torch_weight_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.weight_dtype)
+
+
+def resolve_compute(config: RunConfig) -> Compute:
+    """The device and formats ``config`` trains with on this machine. Raises ``TrainingError`` for a device or a
+    precision this machine does not have (fp16 on a CPU, bf16 on an old GPU, cuda without a GPU)."""
+    device = choose_device(config.training.device)
+    precision = choose_precision(config.training.precision, device)
+    return _compute(config.model.dtype, device, precision)
+
+
+def planned_compute(config: RunConfig, device: str) -> Compute:
+    """The same rule for a device that is planned for, not asked about: 'auto' precision on a GPU is taken to be
+    bf16 (what every GPU of the last generations runs), and nothing is refused."""
+    return _compute(config.model.dtype, device, effective_precision(config.training.precision, device))
+
+
+def _compute(model_dtype: str, device: str, precision: str) -> Compute:
+    weights = training_weight_dtype(model_dtype, device, precision)
+    return Compute(device, precision, weights, _HALF_DTYPES.get(precision, weights))
 
 
 def choose_device(requested: str) -> str:
+    """training.device on this machine: 'auto' is the CUDA GPU, else Apple's MPS, else the CPU."""
     import torch
 
     if requested == "auto":
@@ -33,6 +79,26 @@ def choose_precision(requested: str, device: str) -> str:
         if requested == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
             raise TrainingError("this GPU does not support bf16", "set training.precision = 'fp16' or 'auto'")
         return requested
+    return effective_precision(requested, device, bf16_supported=device == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def effective_precision(requested: str, device: str, *, bf16_supported: bool = True) -> str:
+    """What 'auto' means on ``device``: bf16 on a CUDA GPU that has it (fp16 on one that has not), fp32 elsewhere."""
+    if requested != "auto":
+        return requested
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if bf16_supported else "fp16"
     return "fp32"
+
+
+def training_weight_dtype(setting: str, device: str, precision: str) -> str:
+    """The dtype the frozen base weights are held in while training.
+
+    An explicit ``model.dtype`` wins. Otherwise: float32 on the CPU (half-precision matmuls there are slow and
+    imprecise); on a GPU the compute precision (bf16 or fp16; bf16 when still 'auto'), or float32 for fp32 runs.
+    """
+    if setting != "auto":
+        return setting
+    if device == "cpu":
+        return "float32"
+    return {"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16"}.get(precision, "float32")

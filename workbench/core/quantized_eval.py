@@ -88,9 +88,11 @@ def _check(quantization: str, prompts: list[str], device: str) -> None:
 
 def compare_on_quantized_base(base: str, adapter: str | Path, prompts: list[str], *, quantization: str = "nf4",
                               double_quant: bool = True, device: str = "auto",
-                              should_stop: Callable[[], bool] | None = None) -> QuantizedComparison | None:
+                              should_stop: Callable[[], bool] | None = None,
+                              on_stage: Callable[[str], None] | None = None) -> QuantizedComparison | None:
     """The adapter's logits on ``base`` as stored and on ``base`` quantized with ``quantization``, for each prompt
-    (the raw prompt text, as the playground feeds it). Returns None when ``should_stop`` asked to stop."""
+    (the raw prompt text, as the playground feeds it). Returns None when ``should_stop`` asked to stop.
+    ``on_stage`` hears a short line as each of the slow steps starts (loading a model takes most of the time)."""
     import gc
 
     import torch
@@ -104,6 +106,7 @@ def compare_on_quantized_base(base: str, adapter: str | Path, prompts: list[str]
         device = "cuda" if torch.cuda.is_available() else "cpu"
     _check(quantization, prompts, device)
     stop = should_stop or (lambda: False)
+    stage = on_stage or (lambda _text: None)
     # float32 on the CPU (bitsandbytes' CPU kernels compute in it), bfloat16 on a GPU: the same for both models,
     # so the difference is the base's rounding only.
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
@@ -120,6 +123,7 @@ def compare_on_quantized_base(base: str, adapter: str | Path, prompts: list[str]
                 out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits[0].float().cpu())
         return out
 
+    stage("loading the base as stored, with the adapter")
     full = PeftModel.from_pretrained(load_model(source, load_config(source), dtype=dtype).to(device), str(adapter)).eval()
     adapted = logits(full)
     with full.disable_adapter():
@@ -131,10 +135,12 @@ def compare_on_quantized_base(base: str, adapter: str | Path, prompts: list[str]
     if stop():
         return None
 
+    stage(f"loading the base quantized to {quantization}, with the adapter")
     model_config = _ModelSettings(quantization, double_quant)
     quantized_base = load_model(source, load_config(source), dtype=dtype, **load_kwargs(model_config, device, dtype))
     disable_cpu_fast_path(quantized_base)
     quantized = PeftModel.from_pretrained(quantized_base, str(adapter)).eval()
+    stage("running the prompts on the quantized base")
     on_quantized = logits(quantized)
     del quantized, quantized_base
     gc.collect()

@@ -2,7 +2,7 @@
 
 The window wires panels to the store and to background workers; it holds no logic of its own beyond
 deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
-background threads (``workers.py``); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
+background threads (the ``workers`` package); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
 Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
 outcome of each job instead of sleeping.
 """
@@ -73,7 +73,6 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self._jobs = 0  # running workers, so closing can wait for them without blocking
         self._running_jobs: set[workers.Job] = set()
         self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
-        self._syncing_selection = False
         self._data_pending = False
         self._data_running = False
         self._closing = False
@@ -84,8 +83,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self.data = DataPanel(self.store)
         self.training = TrainingPanel()
         self.runs = RunsPanel()
-        # The queue adds the window's settings and runs as one of the window's jobs (cancelled when it closes).
-        self.runs.queue.config_source, self.runs.queue.start_job = (lambda: self.store.config), self._start
+        # The queue adds the window's settings; the Runs tab's jobs are the window's (closing waits for them).
+        self.runs.queue.config_source = lambda: self.store.config
+        self.runs.start_job = self.runs.sweep.start_job = self.runs.queue.start_job = self._start
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
@@ -377,35 +377,34 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         from workbench.core.layers import resolve_selection
 
         config = self.store.config
-        self._syncing_selection = True
+        # Loaded, not edited: the selection does not announce it as an edit, so nothing is written back.
         try:
             sel = resolve_selection(model.tree, config.lora, config.model.task)
-            model.replace_selection(sel.targets)
-            model.set_overrides(sel.rank_overrides, sel.alpha_overrides)
+            model.selection.load(sel.targets, sel.rank_overrides, sel.alpha_overrides)
         except SelectionError as exc:
             preset = config.lora.preset if config.lora.preset != "none" else DEFAULT_PRESET
-            model.replace_selection(model.tree.preset(preset))
-            model.set_overrides({}, {})
+            model.selection.load(model.tree.preset(preset), {}, {})
             self.store.update("lora", target_modules=[], include=[], blocks=None, preset=preset,
                               rank_pattern={}, alpha_pattern={})
             self.statusBar().showMessage(f"The layer choice did not fit this model ({exc.message}); "
                                          f"selected the {preset} preset instead.", 10_000)
-        finally:
-            self._syncing_selection = False
-        preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
-        if preset_index >= 0:  # the preset box names the configuration's preset, not the last one applied
-            self.layers.preset_combo.setCurrentIndex(preset_index)
+        # The preset box names the configuration's preset (not the last one applied) when the ticks are exactly
+        # its modules; patterns, blocks or exact names that differ from it are a "custom selection".
+        preset = self.store.config.lora.preset
+        self.layers.show_preset(preset if set(model.selection.ordered()) == set(model.tree.preset(preset)) else None)
         self._summary_timer.start()
 
     def _selection_to_config(self) -> None:
-        if self._syncing_selection:
-            return
+        """A user's edit of the selection (tree or block map), written to the configuration."""
         model = self.layers.model
-        tree = model.tree
-        names = sorted(model.selected, key=tree._order)
-        preset = self.store.config.lora.preset if names else "none"
+        names = model.selection.ordered()
+        # The run file names the preset the ticks are exactly (an applied preset, or the same modules by hand);
+        # a hand-made selection keeps the file's preset beside its exact names, and the box says "custom".
+        matched = self.layers.matching_preset(names)
+        preset = matched or (self.store.config.lora.preset if names else "none")
         self.store.update("lora", target_modules=names, include=[], blocks=None, preset=preset,
                           rank_pattern=dict(model.rank_overrides), alpha_pattern=dict(model.alpha_overrides))
+        self.layers.show_preset(matched)
 
     def _config_changed(self, section: str) -> None:
         self._discard_confirmed = False  # an edit after "Discard" (and a cancelled close) is asked about again
@@ -414,13 +413,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
             self.runs.set_root(self.store.config.output.runs_root)
         if self.layers.model is not None:
             lora = self.store.config.lora
-            # New default rank/alpha for the columns: not a selection edit. Without the guard the open tree's
-            # ticks were written back into a just-opened run file (or the demo) meant for another model.
-            self._syncing_selection = True
-            try:
-                self.layers.model.set_defaults(lora.r, lora.alpha)
-            finally:
-                self._syncing_selection = False
+            # New default rank/alpha for the columns: never a selection edit (see LayerSelection), so the open
+            # tree's ticks are not written back into a just-opened run file meant for another model.
+            self.layers.model.set_defaults(lora.r, lora.alpha)
             if section in ("", "model"):
                 self.layers.model.set_quantization(self.store.config.model)
         if section == "":  # a new or opened run file
@@ -532,6 +527,9 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         problems = self.preflight_problems()
         if problems:
             self.show_error("Cannot start training", "\n".join(problems))
+            if self.form.first_problem():  # behind the message: the field to fix, with the cursor in it
+                self.tabs.setCurrentWidget(self.form)
+                self.form.focus_field(self.form.first_problem())
             return
         if self.training.location.separate:
             self.external.start(self.store.config, self.training.location.process_count)
@@ -619,6 +617,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
     def inspect_adapter(self, adapter: str, base: str) -> None:
         worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base), "Inspecting the adapter")
         worker.result.connect(self.inspection.show_report)
+        worker.result.connect(self.layers.show_change)  # "what changed" on the block map, for the open model
         worker.result.connect(self.inspected)
         worker.failed.connect(self._inspect_failed)
         self._start(worker)

@@ -11,11 +11,14 @@ Like every worker here they get their inputs up front, return plain data and nev
 
 from __future__ import annotations
 
+from PySide6.QtCore import Signal
+
 from . import workers
 from .process_switches import lower_this_threads_priority
 
 
 class CompareQuantizedWorker(workers.Worker):
+    stage = Signal(str)  # which slow step has started (loading each model)
     what = "The comparison on a quantized base"
 
     def __init__(self, base: str, adapter: str, prompts: list[str], quantization: str, double_quant: bool):
@@ -29,7 +32,8 @@ class CompareQuantizedWorker(workers.Worker):
         lower_this_threads_priority()
         base, adapter, prompts = self._args
         return compare_on_quantized_base(base, adapter, prompts, quantization=self._quantization,
-                                         double_quant=self._double_quant, should_stop=self.should_stop)
+                                         double_quant=self._double_quant, should_stop=self.should_stop,
+                                         on_stage=lambda text: self.post("stage", text))
 
 
 class GgufAdapterWorker(workers.ExportWorker):

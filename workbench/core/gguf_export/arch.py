@@ -45,6 +45,8 @@ class GgufArchitecture:
     # config.json keys whose non-default values llama.cpp would not reproduce: (key, allowed(value) -> bool, why)
     unsupported: tuple[tuple[str, Callable[[Any], bool], str], ...] = field(default=())
     norm_offset: float = 0.0  # added to every "*norm.weight" tensor (Gemma: see the module docstring)
+    # (GGUF key suffix, config.json key) of the norms' epsilon: RMSNorm for most, LayerNorm for StableLM/StarCoder2
+    norm_eps: tuple[str, str] = ("attention.layer_norm_rms_epsilon", "rms_norm_eps")
     # the <arch>.* keys beyond the common ones, from config.json: (key suffix, value, kind)
     extra_hparams: Callable[[dict[str, Any]], list[tuple[str, Any, str]]] | None = None
     # a reason llama.cpp would compute something else for this config.json, or "" (checks across several keys)
@@ -126,11 +128,28 @@ _PHI3 = GgufArchitecture(("phi3",), "phi3", "Phi-3, Phi-3.5, Phi-4 (llama.cpp: p
 _GEMMA = GgufArchitecture(("gemma",), "gemma", "Gemma", permute_qk=False, norm_offset=1.0)
 _GEMMA2 = GgufArchitecture(("gemma2",), "gemma2", "Gemma 2", permute_qk=False, norm_offset=1.0,
                            extra_hparams=_gemma2_hparams, refuse=_gemma2_refuse)
+def _window_problem(config: dict[str, Any], name: str) -> str:
+    """A sliding window shorter than the context, which llama.cpp's ``name`` does not apply (it attends over the
+    whole context): answers would differ beyond the window."""
+    window, context = config.get("sliding_window"), config.get("max_position_embeddings")
+    if isinstance(window, int) and isinstance(context, int) and window < context:
+        return f"sliding_window = {window} (< {context} positions) but llama.cpp's {name} attends over the whole context"
+    return ""
+
+
+_STABLELM = GgufArchitecture(
+    ("stablelm",), "stablelm", "StableLM 2 (1.6B, 3B; llama.cpp: stablelm)", permute_qk=False,
+    norm_eps=("attention.layer_norm_epsilon", "layer_norm_eps"),
+    unsupported=(("qk_layernorm", lambda v: not v, "per-head q/k layer norms (StableLM 2 12B) are not written here"),
+                 ("use_parallel_residual", lambda v: not v, "the parallel residual (StableLM 2 12B) is not written here")))
+_STARCODER2 = GgufArchitecture(
+    ("starcoder2",), "starcoder2", "StarCoder2 (llama.cpp: starcoder2)", permute_qk=False,
+    norm_eps=("attention.layer_norm_epsilon", "norm_epsilon"), refuse=lambda config: _window_problem(config, "starcoder2"))
 # Gemma 3's text model (config.json model_type gemma3_text); the multimodal gemma3 folders nest it in text_config
 _GEMMA3 = GgufArchitecture(("gemma3_text",), "gemma3", "Gemma 3 (text)", permute_qk=False, norm_offset=1.0,
                            extra_hparams=_sliding_window, refuse=_gemma3_refuse)
-ARCHITECTURES: dict[str, GgufArchitecture] = {t: a for a in (_LLAMA, _QWEN2, _QWEN3, _PHI3, _GEMMA, _GEMMA2, _GEMMA3)
-                                              for t in a.model_types}
+ARCHITECTURES: dict[str, GgufArchitecture] = {
+    t: a for a in (_LLAMA, _QWEN2, _QWEN3, _PHI3, _GEMMA, _GEMMA2, _GEMMA3, _STABLELM, _STARCODER2) for t in a.model_types}
 
 
 def supported_architectures() -> list[str]:
@@ -183,6 +202,13 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _partial_rotary(config: dict[str, Any]) -> float:
+    factor = config.get("partial_rotary_factor")
+    if factor is None:
+        factor = _rope(config).get("partial_rotary_factor")
+    return float(factor) if factor is not None else 1.0
+
+
 def head_counts(config: dict[str, Any]) -> tuple[int, int, int]:
     """(attention heads, key/value heads, head dimension)."""
     heads = int(config["num_attention_heads"])
@@ -203,10 +229,10 @@ def hparams_metadata(arch: GgufArchitecture, config: dict[str, Any], where: str)
             (f"{name}.feed_forward_length", int(config["intermediate_size"]), "uint32"),
             (f"{name}.attention.head_count", heads, "uint32"),
             (f"{name}.attention.head_count_kv", kv_heads, "uint32"),
-            (f"{name}.attention.layer_norm_rms_epsilon", float(config.get("rms_norm_eps", 1e-6)), "float32"),
-            # Phi-3 and others rotate only part of each head (partial_rotary_factor; 1 for most models)
-            (f"{name}.rope.dimension_count", int(head_dim * float(config.get("partial_rotary_factor") or 1.0)),
-             "uint32"),
+            (f"{name}.{arch.norm_eps[0]}", float(config.get(arch.norm_eps[1], 1e-6)), "float32"),
+            # StableLM and others rotate only part of each head (partial_rotary_factor, which transformers 5 keeps
+            # in rope_parameters; 1 for most models)
+            (f"{name}.rope.dimension_count", int(head_dim * _partial_rotary(config)), "uint32"),
             (f"{name}.vocab_size", int(config["vocab_size"]), "uint32"),
         ]
     except (KeyError, TypeError, ValueError) as exc:

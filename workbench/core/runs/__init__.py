@@ -73,9 +73,6 @@ from .recorder import HEARTBEAT_INTERVAL_S, RunRecorder
 from .resume import RESUME_LOCK, ResumeLock, ResumePoint, prepare_resume, rewind_metrics
 from .status import STALE_AFTER_S, RunStatus, RunSummary, delete_run, heartbeat_age, list_runs, run_status, summarize_run
 
-# training.py imports the newest-complete rule under its old private name.
-_newest_complete = newest_complete
-
 __all__ = [
     "RUN_FILE",
     "METRICS_FILE",
@@ -108,6 +105,7 @@ __all__ = [
     "read_events",
     "list_checkpoints",
     "latest_checkpoint",
+    "newest_complete",
     "prepare_resume",
     "choose_checkpoint",
     "CheckpointChoice",

@@ -181,7 +181,8 @@ def unsafe_state_file(path: Path) -> tuple[str, str] | None:
     import pickle
 
     import torch
-    from transformers.trainer_pt_utils import safe_globals
+
+    from ..compat import trainer_load_allowlist
 
     try:
         names = sorted(n for n in os.listdir(path) if n.endswith((".pt", ".pth")))
@@ -189,7 +190,7 @@ def unsafe_state_file(path: Path) -> tuple[str, str] | None:
         return None
     for name in names:
         try:
-            with safe_globals():
+            with trainer_load_allowlist():
                 torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
         except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, AttributeError, TypeError) as exc:
             return name, _first_line(exc)

@@ -16,6 +16,7 @@ from ..config import LOWER_IS_BETTER, RunConfig
 from ..control import Control
 from ..distributed import Distributed
 from ..errors import WorkbenchError
+from ..precision import Compute
 from ..events import CheckpointSaved, Evaluation, Message, Paused, Resumed, RunStarted, Sample, Sink, Step
 from .faults import abandon, divergence_error
 
@@ -30,8 +31,7 @@ class CallbackContext:
     control: Control
     dist: Distributed
     tokenizer: Any
-    device: str
-    precision: str
+    compute: Compute  # device and number formats
     run_dir: Path
     trainable: int  # trainable parameters (the adapter)
     total: int  # parameters of the base model
@@ -102,8 +102,8 @@ class EventCallback(TrainerCallback):
         world = self.ctx.dist.world_size
         self._last_tokens = int(state.num_input_tokens_seen or 0)
         self.ctx.sink.emit(RunStarted(
-            run_dir=str(self.ctx.run_dir), config=self.ctx.resolved.to_dict(), device=self.ctx.device,
-            device_name=_device_name(self.ctx.device), precision=self.ctx.precision, trainable_params=self.ctx.trainable,
+            run_dir=str(self.ctx.run_dir), config=self.ctx.resolved.to_dict(), device=self.ctx.compute.device,
+            device_name=_device_name(self.ctx.compute.device), precision=self.ctx.compute.precision, trainable_params=self.ctx.trainable,
             total_params=self.ctx.total, total_steps=int(state.max_steps),  # world_size: stamped by the sink
             global_batch=args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
             resumed_from_step=self.ctx.resumed_from, train_examples=self.ctx.train_examples,
@@ -136,7 +136,7 @@ class EventCallback(TrainerCallback):
                 step=state.global_step, total_steps=int(state.max_steps), epoch=float(state.epoch or 0.0),
                 loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)),
                 grad_norm=_finite_or_none(logs.get("grad_norm")), tokens_per_second=tps, tokens_seen=tokens,
-                memory_bytes=_device_memory(self.ctx.device), elapsed_s=round(elapsed, 3), eta_s=eta,
+                memory_bytes=_device_memory(self.ctx.compute.device), elapsed_s=round(elapsed, 3), eta_s=eta,
                 trained_tokens_per_second=trained / dt if trained else None,
                 examples_per_second=examples / dt if examples else None, trained_tokens_seen=self._trained_tokens,
                 metrics=_method_metrics(logs),
@@ -228,7 +228,7 @@ class EventCallback(TrainerCallback):
             # evaluates (it does both after this callback); log the step even between logging steps, so
             # that on_log can put its loss and gradient norm into the error.
             self._diverged_at = state.global_step
-            self.failure = divergence_error(self.ctx.config, self.ctx.precision, self.ctx.run_dir, state.global_step, None, None)
+            self.failure = divergence_error(self.ctx.config, self.ctx.compute.precision, self.ctx.run_dir, state.global_step, None, None)
             control.should_log = True
         if self.failure is not None:
             return abandon(control)
@@ -261,10 +261,10 @@ class EventCallback(TrainerCallback):
             return  # already failed at an earlier step
         # Under fp16 loss scaling an infinite gradient norm is routine: the GradScaler skips that update and
         # lowers the scale. Elsewhere the update it feeds poisons the weights.
-        bad_grad = grad_norm is not None and not math.isfinite(grad_norm) and self.ctx.precision != "fp16"
+        bad_grad = grad_norm is not None and not math.isfinite(grad_norm) and self.ctx.compute.precision != "fp16"
         if step == self._diverged_at or not math.isfinite(loss) or bad_grad:
             self._diverged_at = step
-            self.failure = divergence_error(self.ctx.config, self.ctx.precision, self.ctx.run_dir, step, loss, grad_norm)
+            self.failure = divergence_error(self.ctx.config, self.ctx.compute.precision, self.ctx.run_dir, step, loss, grad_norm)
 
     def _apply_requests(self, state, control):
         rc, dist = self.ctx.control, self.ctx.dist

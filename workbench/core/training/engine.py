@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import classification, images, lora_init, preference, quantization
+from .. import classification, images, lora_init, precision, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -20,7 +20,7 @@ from ..errors import TrainingError, WorkbenchError, first_line
 from ..events import Failed, Finished, Message, MultiSink, NullSink, Sink, SinkLike, as_sink
 from ..fsutil import atomic_directory
 from ..model_card import write_model_card
-from ..precision import choose_device, choose_precision
+from ..precision import Compute
 from ..runs import (
     RUN_FILE,
     RunFolder,
@@ -55,34 +55,40 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
     """
     if run_dir is not None:
         config = config.copy_with(output={"run_dir": str(run_dir)})
-    dist = Distributed.setup(choose_device(config.training.device))
-    dist.on_main(lambda: preflight(config, sink), share_result=False)
+    compute = precision.resolve_compute(config)  # once per run: everything below is handed this one
+    dist = Distributed.setup(compute.device)
+    files = dist.on_main(lambda: preflight(config, sink, compute=compute), share_result=False)
+    if files is not None and files.selection is not None:  # rank 0: the exact modules, in run.toml from the start
+        config = setup.with_selection(config, files.selection)  # (the other ranks resolve them on the loaded model)
     folder = dist.on_main(lambda: create_run(config).path)
-    return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist)
+    return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist, compute, files)
 
 
-def preflight(config: RunConfig, sink: SinkLike = None) -> None:
+def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | None = None) -> setup.ModelFiles:
     """The checks that take a second or less: the model source resolves and is safe, the data files are
     readable and of a known format. Raises the same ``WorkbenchError`` training itself would. (A built-in
-    model is converted here on first use, with ``Progress`` events to ``sink``.)"""
+    model is converted here on first use, with ``Progress`` events to ``sink``.)
+
+    Returns what it resolved and loaded of the model, which ``run`` hands on to the set-up instead of loading
+    it again. ``compute``: the run's device and precision when already resolved (else resolved here)."""
     from ..data import detect
-    from ..models import check_weight_files, load_config, load_tokenizer, resolve_source
+    from ..models import check_weight_files, resolve_source
 
     mc = config.model
-    choose_precision(config.training.precision, choose_device(config.training.device))  # fp16 on a CPU, bf16 on an old GPU
+    compute = compute or precision.resolve_compute(config)  # fp16 on a CPU, bf16 on an old GPU: refused here
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
-    hf_config = None
-    if source.kind != "gguf":  # reading a GGUF's metadata takes seconds; training reports its problems soon enough
-        hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
-        if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
-            check_weight_files(source)  # headers and sizes only
-            if mc.task == "image-classification":
-                images.load_image_processor(source, mc.trust_remote_code)
-            else:
-                load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
-    device = choose_device(config.training.device)
-    quantization.check_run(config, hf_config, device)  # #17: quantized bases, LoRA inits
-    lora_init.check_run(config, device)
+    # A GGUF file's source is its conversion in the cache (made by resolve_source): a model folder like any other.
+    hf_config = setup.load_base_config(config, source)
+    files = setup.ModelFiles(source, hf_config, selection=setup.planned_selection(config, hf_config))
+    if source.kind == "local":  # a Hub model's weights may not be downloaded yet; a local one's must all be there
+        # headers and sizes only; the config read above is the one it would read, except for a model with its
+        # own code (which it leaves to the training) or a classification head (which changes the shapes)
+        plain = not mc.trust_remote_code and mc.task == "causal-lm"
+        check_weight_files(source, hf_config if plain else None)
+    if source.kind != "hub":  # a Hub model's tokenizer files come with its download, at the set-up
+        files = replace(files, tokenizer=setup.load_processing(config, source))  # an image model: its processor
+    quantization.check_run(config, files.hf_config, compute.device)  # #17: quantized bases, LoRA inits
+    lora_init.check_run(config, compute.device)
     if mc.task in ("sequence-classification", "image-classification"):  # texts or images with a usable label set
         setup.label_set(config)
     elif config.training.method != "sft":  # trl installed, and rows with the method's roles
@@ -91,6 +97,7 @@ def preflight(config: RunConfig, sink: SinkLike = None) -> None:
     else:
         detect(config.data)
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
+    return files
 
 
 def resume(run_dir: str | Path, sink: SinkLike = None, control: Control | None = None) -> TrainResult:
@@ -102,7 +109,8 @@ def resume(run_dir: str | Path, sink: SinkLike = None, control: Control | None =
     """
     if not (Path(run_dir) / RUN_FILE).is_file():
         raise TrainingError(f"{run_dir} is not a run folder (no {RUN_FILE})", "pick a folder listed by `workbench runs`")
-    dist = Distributed.setup(choose_device(load_run_config(run_dir).training.device))
+    compute = precision.resolve_compute(load_run_config(run_dir))  # once per run, as in run()
+    dist = Distributed.setup(compute.device)
 
     held: list = []  # rank 0's ResumePoint: it holds the run's resume lock until the training ends
 
@@ -114,7 +122,7 @@ def resume(run_dir: str | Path, sink: SinkLike = None, control: Control | None =
 
     try:
         info = dist.on_main(prepare)
-        return _train(info.run_dir, info.config, as_sink(sink), control or RunControl(), info, dist)
+        return _train(info.run_dir, info.config, as_sink(sink), control or RunControl(), info, dist, compute)
     finally:
         for point in held:
             point.release()
@@ -131,7 +139,7 @@ class _ResumeInfo:
 
 
 def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
-           dist: Distributed) -> TrainResult:
+           dist: Distributed, compute: Compute, files: setup.ModelFiles | None = None) -> TrainResult:
     # Only rank 0 writes the run folder; the other ranks train silently.
     recorder = dist.on_main(lambda: RunRecorder(run_dir, control=control), share_result=False)
     with recorder if recorder is not None else nullcontext(NullSink()) as record_sink:
@@ -143,7 +151,7 @@ def _train(run_dir: Path, config: RunConfig, user_sink: Sink, control: Control, 
         try:
             if resume_point is not None and resume_point.at_target:
                 return _finish_from_checkpoint(run_dir, sink, resume_point, dist)
-            return _train_attempts(run_dir, config, sink, control, resume_point, dist)
+            return _train_attempts(run_dir, config, sink, control, resume_point, dist, compute, files)
         except WorkbenchError as exc:
             sink.emit(Failed(reason=exc.message, hint=exc.hint))
             raise
@@ -163,10 +171,8 @@ class _StampWorldSize:
         self.sink.emit(event if event.world_size == self.world_size else replace(event, world_size=self.world_size))
 
 
-
-
 def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
-                    dist: Distributed) -> TrainResult:
+                    dist: Distributed, compute: Compute, files: setup.ModelFiles | None) -> TrainResult:
     """``_train_inner``, tried again with a smaller micro-batch after a step ran out of memory, if allowed.
 
     Each retry halves ``batch_size`` and doubles ``gradient_accumulation`` (the effective batch, and with it
@@ -177,12 +183,15 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: Contr
     while True:
         faults.reset_peak_memory()
         try:
-            return _train_inner(run_dir, config, sink, control, resume_point, dist)
+            return _train_inner(run_dir, config, sink, control, resume_point, dist, compute, files)
         except faults.OutOfMemory as exc:
             step, detail = exc.step, exc.detail
         # Out of the except block, the traceback that held the trainer, the model and the step's activations
         # is gone: only now can their memory be given back.
         faults.free_device_memory()
+        # The next attempt keeps the resolved source and the tokenizer; the config object went into the model
+        # that failed (and was changed there), so it is read afresh.
+        files = None if files is None else replace(files, hf_config=None)
         t = config.training
         retry = faults.smaller_batch(t)
         # Under torchrun the other processes are blocked in a collective and cannot follow a retry.
@@ -205,7 +214,7 @@ def _train_attempts(run_dir: Path, config: RunConfig, sink: Sink, control: Contr
 
 
 def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control, resume_point: "_ResumeInfo | None",
-                 dist: Distributed) -> TrainResult:
+                 dist: Distributed, compute: Compute, files: setup.ModelFiles | None) -> TrainResult:
     import torch
     from transformers import PrinterCallback, set_seed
 
@@ -213,14 +222,12 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     from .callback import CallbackContext, EventCallback  # these two import transformers' Trainer: only now
     from .trainer import AtomicCheckpointTrainer
 
-    device = choose_device(config.training.device)
-    precision = choose_precision(config.training.precision, device)
     at = resume_point.step if resume_point else 0
     _stop_if_requested(control, "starting", at)
     set_seed(config.training.seed)
     # A classification run reads its label set first: it decides the shape of the head the model is built with.
     labels = setup.label_set(config)
-    peft_model, tokenizer, tree, selection = setup.setup_model(config, device, precision, sink, labels)
+    peft_model, tokenizer, tree, selection = setup.setup_model(config, compute, sink, files, labels)
     _stop_if_requested(control, "loading the model", at)
     data: Any
     if labels is not None and config.model.task == "image-classification":
@@ -243,16 +250,16 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     if len(data.train) == 0:
         raise TrainingError("the training data has no usable rows", "check data.train_files and the column mapping")
 
-    # run.toml keeps the exact modules the selection resolved to, so a re-run builds the same adapter
-    # even if a later version changes what a preset means.
-    resolved = config.copy_with(lora={"target_modules": selection.targets, "rank_pattern": selection.rank_overrides,
-                                      "alpha_pattern": selection.alpha_overrides})
+    resolved = setup.with_selection(config, selection)
     if labels is not None:  # and the classes in id order, so a resume or a re-run builds the same head
         resolved = resolved.copy_with(model=classification.resolved_model_fields(labels),
                                       lora={"modules_to_save": [m for m in selection.modules_to_save
                                                                 if not set(m.split(".")) & set(classification.HEAD_MODULES)]})
-    if resume_point is None and dist.is_main:
-        resolved.save(run_dir / "run.toml")
+    # run.toml is written once, by create_run, with the selection already resolved on the meta skeleton
+    # (preflight). Only when that could not be done (a GGUF source, a skeleton that did not build) or came
+    # out otherwise does the loaded model's selection replace it here.
+    if resume_point is None and dist.is_main and (resolved.lora != config.lora or resolved.model != config.model):
+        resolved.save(run_dir / RUN_FILE)
     collator: Any
     if config.training.method != "sft":
         collator = None  # TRL's own collator for its tokenized pairs
@@ -267,10 +274,10 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     if dist.is_main:
         lora_init.save_initial(peft_model, run_dir, config.lora.init)  # PiSSA/OLoRA: for the conversion at the end
 
-    args = setup.training_arguments(config, run_dir, device, precision, data.validation is not None and len(data.validation) > 0, dist)
+    args = setup.training_arguments(config, run_dir, compute, data.validation is not None and len(data.validation) > 0, dist)
     callback = EventCallback(CallbackContext(
-        config=config, resolved=resolved, sink=sink, control=control, dist=dist, tokenizer=tokenizer, device=device,
-        precision=precision, run_dir=run_dir, trainable=peft_model.get_nb_trainable_parameters()[0],
+        config=config, resolved=resolved, sink=sink, control=control, dist=dist, tokenizer=tokenizer, compute=compute,
+        run_dir=run_dir, trainable=peft_model.get_nb_trainable_parameters()[0],
         total=tree.total_params, train_examples=len(data.train), validation_examples=len(data.validation or []),
         resumed_from=resume_point.step if resume_point else 0))
     if config.eval.scorers and dist.is_main and args.eval_strategy != "no":
@@ -343,7 +350,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         write_model_card(adapter_dir, kind="adapter", adapter=adapter_dir, sink=sink)
     sink.emit(Finished(status=status, adapter_path=str(adapter_dir), step=step, summary=summary))
     del trainer
-    if device == "cuda":
+    if compute.device == "cuda":
         torch.cuda.empty_cache()
     return TrainResult(run_dir, adapter_dir, status, step, summary)
 
@@ -360,7 +367,7 @@ def _stop_if_requested(control: Control, phase: str, resumed_at: int = 0) -> Non
     raise TrainingError(f"stopped while {phase}, before the first training step", "nothing was trained")
 
 
-def _finish_from_checkpoint(run_dir: Path, sink: Any, point: "_ResumeInfo", dist: Distributed) -> TrainResult:
+def _finish_from_checkpoint(run_dir: Path, sink: Sink, point: "_ResumeInfo", dist: Distributed) -> TrainResult:
     """Finish a run whose checkpoint holds its last step (it was killed while its final adapter was written):
     the final adapter is the checkpoint's adapter, copied into ``adapter/`` aside and renamed into place, and
     the run is marked finished. No model is loaded and no step is trained: training on from the last step

@@ -4,23 +4,34 @@ the Trainer's arguments, and the references the task metrics and the retention m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import classification, images, lora_init, quantization
 from ..config import LOWER_IS_BETTER, RunConfig
 from ..distributed import Distributed
+from ..errors import WorkbenchError
 from ..events import Message, Sink
+from ..precision import Compute
 from ..runs import RunFolder
 from ..speed import optimizer_for_device
 
+if TYPE_CHECKING:
+    from ..layers import Selection
+    from ..models import ModelSource
 
-def weight_dtype(config: RunConfig, precision: str, device: str):
-    import torch
 
-    from ..models import training_weight_dtype
+@dataclass(frozen=True)
+class ModelFiles:
+    """What ``preflight`` resolved and loaded of the base model, handed on to ``setup_model`` so that a run resolves
+    its source, reads its config and loads its tokenizer once. ``hf_config`` and ``tokenizer`` are None where
+    preflight did not read them (a GGUF file's metadata, a Hub model's tokenizer before its download)."""
 
-    return getattr(torch, training_weight_dtype(config.model.dtype, device, precision))
+    source: ModelSource
+    hf_config: Any | None = None
+    tokenizer: Any | None = None
+    selection: Selection | None = None  # resolved on the meta skeleton: what run.toml records from the start
 
 
 def label_set(config: RunConfig) -> Any:
@@ -32,30 +43,42 @@ def label_set(config: RunConfig) -> Any:
     return None
 
 
-def setup_model(config: RunConfig, device: str, precision: str, sink: Sink, labels: Any = None):
-    """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection, resolved lora).
+def load_processing(config: RunConfig, source: ModelSource) -> Any:
+    """The tokenizer, or for an image model its image processor (resizing and normalising its images)."""
+    from ..models import load_tokenizer
+
+    if config.model.task == "image-classification":
+        return images.load_image_processor(source, config.model.trust_remote_code)
+    return load_tokenizer(source, trust_remote_code=config.model.trust_remote_code)
+
+
+def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFiles | None = None, labels: Any = None):
+    """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection).
     ``labels``: the ``classification.LabelSet`` of a classification run (it shapes the head). An image model's
     "tokenizer" is its image processor."""
     from peft import get_peft_model
 
     from ..layers import build_tree, lora_config_from_selection, resolve_selection
     from ..lora_forward import install_fused_lora_forward
-    from ..models import load_config, load_model, load_tokenizer, resolve_source
+    from ..models import load_model, resolve_source
 
     mc = config.model
-    source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="all", sink=sink)
-    hf_config = load_config(source, trust_remote_code=mc.trust_remote_code)
-    if mc.task == "image-classification":
-        tokenizer = images.load_image_processor(source, mc.trust_remote_code)
-        classification.apply_to_model_config(hf_config, labels)
+    if files is None or files.source.kind == "hub":  # preflight fetched only a Hub model's config files
+        source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="all", sink=sink)
     else:
-        tokenizer = load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
+        source = files.source
+    hf_config = files.hf_config if files is not None and files.hf_config is not None else load_base_config(config, source)
+    tokenizer = files.tokenizer if files is not None and files.tokenizer is not None else load_processing(config, source)
     if labels is not None and mc.task == "sequence-classification":
         classification.configure_model(hf_config, tokenizer, labels)
-    dtype = weight_dtype(config, precision, device)
+    elif labels is not None:
+        classification.apply_to_model_config(hf_config, labels)
+    elif mc.task == "sequence-classification" and getattr(hf_config, "pad_token_id", None) is None:
+        hf_config.pad_token_id = tokenizer.pad_token_id
+    dtype = compute.torch_weight_dtype()
     loading_info: dict[str, Any] | None = {} if labels is not None else None
     model = load_model(source, hf_config, task=mc.task, dtype=dtype, trust_remote_code=mc.trust_remote_code,
-                       loading_info=loading_info, **quantization.load_kwargs(mc, device, dtype))
+                       loading_info=loading_info, **quantization.load_kwargs(mc, compute.device, dtype))
     model = quantization.prepare_for_training(model, config)  # no-op for unquantized bases
     # No KV cache while training: it is useless there, and transformers only derives the per-example masks
     # of packed rows (from restarting position_ids) when no cache is being built.
@@ -80,7 +103,37 @@ def setup_model(config: RunConfig, device: str, precision: str, sink: Sink, labe
     return peft_model, tokenizer, tree, selection
 
 
-def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, has_eval: bool, dist: Distributed):
+def load_base_config(config: RunConfig, source: ModelSource) -> Any:
+    """The base model's transformers config, with the label count of a classification run."""
+    from ..models import load_config
+
+    mc = config.model
+    return load_config(source, trust_remote_code=mc.trust_remote_code,
+                       num_labels=mc.num_labels if mc.task == "sequence-classification" else None)
+
+
+def planned_selection(config: RunConfig, hf_config: Any) -> Selection | None:
+    """The selection resolved on the model's meta skeleton (no weights read; well under a second), so that the
+    run file can record the exact modules from the start. None when the skeleton cannot tell: the set-up then
+    resolves it on the loaded model and reports any problem there, as it always has."""
+    from ..layers import build_tree, resolve_selection
+    from ..checkpoint import build_skeleton
+
+    try:
+        skeleton = build_skeleton(hf_config, config.model.task, trust_remote_code=config.model.trust_remote_code)
+        return resolve_selection(build_tree(skeleton), config.lora, config.model.task)
+    except WorkbenchError:
+        return None
+
+
+def with_selection(config: RunConfig, selection: Selection) -> RunConfig:
+    """``config`` with the exact modules the selection resolved to: what run.toml keeps, so that a re-run or a
+    resume builds the same adapter even if a later version changes what a preset means."""
+    return config.copy_with(lora={"target_modules": selection.targets, "rank_pattern": selection.rank_overrides,
+                                  "alpha_pattern": selection.alpha_overrides})
+
+
+def training_arguments(config: RunConfig, run_dir: Path, compute: Compute, has_eval: bool, dist: Distributed):
     from transformers import TrainingArguments
 
     t = config.training
@@ -101,12 +154,12 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,  # 0 disables clipping (None would crash the Trainer: it compares it with 0)
-        optim=optimizer_for_device(t.optimizer, device),  # the fused AdamW where the device has it (core/speed.py)
+        optim=optimizer_for_device(t.optimizer, compute.device),  # the fused AdamW where the device has it (core/speed.py)
         seed=t.seed,
         data_seed=t.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
+        bf16=compute.precision == "bf16",
+        fp16=compute.precision == "fp16",
+        use_cpu=compute.device == "cpu",
         logging_steps=t.logging_steps,
         logging_first_step=True,
         # By default the Trainer leaves NaN/inf losses out of the logged average, which hides a diverged run
@@ -124,7 +177,7 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         label_names=["labels"],
-        ddp_backend="gloo" if dist.world_size > 1 and device == "cpu" else None,
+        ddp_backend="gloo" if dist.world_size > 1 and compute.device == "cpu" else None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
         **_best_metric_arguments(config, has_eval),
     )

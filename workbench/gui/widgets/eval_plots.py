@@ -30,27 +30,29 @@ class EvaluationPlots(pg.GraphicsLayoutWidget):
         self.series: dict[str, Series] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.task_plot = self._plot("Task metrics (validation)", 0, "share of rows")
-        self.retention_plot = self._plot("Retention (base model = 1)", 1, "vs base")
-        self.perplexity_plot = self._plot("Perplexity (validation)", 2, "")
+        self.retention_plot = self._plot("Retention (base model = 1)", 1, "vs base", legend=(10, -10))  # bottom left:
+        # agreement falls and the perplexity ratio rises from 1, so the top right is where the curves are
+        self.perplexity_plot: pg.PlotItem | None = None  # made when a run reports perplexity (eval.scorers)
         self.task_plot.setYRange(0, 1, padding=0.05)
         self.warn_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen((200, 50, 50), style=pg.QtCore.Qt.PenStyle.DashLine))
         self.warn_line.setToolTip("The engine warns when agreement falls below this (eval.retention_warn_below).")
         self.warn_line.hide()
         self.retention_plot.addItem(self.warn_line)
 
-    def _plot(self, title: str, row: int, unit: str) -> pg.PlotItem:
+    def _plot(self, title: str, row: int, unit: str, legend=(-10, 10)) -> pg.PlotItem:
         plot = self.addPlot(row=row, col=0)
         plot.setLabel("bottom", "step")
         if unit:
             plot.setLabel("left", unit)
+        plot.getAxis("left").enableAutoSIPrefix(False)
         plot.setProperty("plot_title", title)
-        plot.addLegend(offset=(-10, 10))
+        plot.addLegend(offset=legend)
         follow_palette(self, [plot])
         return plot
 
     def changeEvent(self, event) -> None:
         if event.type() == pg.QtCore.QEvent.Type.PaletteChange and hasattr(self, "perplexity_plot"):
-            follow_palette(self, [self.task_plot, self.retention_plot, self.perplexity_plot])
+            follow_palette(self, [p for p in (self.task_plot, self.retention_plot, self.perplexity_plot) if p])
         super().changeEvent(event)
 
     @property
@@ -92,6 +94,8 @@ class EvaluationPlots(pg.GraphicsLayoutWidget):
         if name in RETENTION_METRICS:
             return self.retention_plot
         if name == "perplexity":
+            if self.perplexity_plot is None:
+                self.perplexity_plot = self._plot("Perplexity (validation)", 2, "")
             return self.perplexity_plot
         return None  # eval_runtime, retention_text_loss …: in metrics.jsonl, not drawn
 

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from workbench.core.control import RunControl
 
 from .. import workers
+from .path_edit import PathEdit
 from .quantized_comparison import trained_quantization_of
 from .summary_bar import human_bytes
 from .training_panel import human_duration
@@ -68,9 +69,9 @@ class ExportDialog(QDialog):
         self._started_at = 0.0
         self._stage = "merge"  # what the progress counts: "merge"/"gguf" bytes, "quantize" tensors
 
-        self.adapter_edit = QLineEdit(adapter)
+        self.adapter_edit = PathEdit(adapter)
         self.adapter_edit.setPlaceholderText("adapter folder (a run's adapter/ or any PEFT LoRA adapter)")
-        self.base_edit = QLineEdit(base)
+        self.base_edit = PathEdit(base)
         self.base_edit.setPlaceholderText("base model folder (needed for a merged model)")
         # The GGUF model the adapter will run on (llama-cli -m, Ollama's FROM); checked to hold every adapted tensor.
         self.base_gguf_edit = QLineEdit()
@@ -80,7 +81,7 @@ class ExportDialog(QDialog):
         # What a merge of an adapter trained on a quantized base does (from the original weights), when it is one.
         self.quantized_note = QLabel()
         self.quantized_note.setWordWrap(True)
-        self.out_edit = QLineEdit(str(Path(adapter).parent / "merged") if adapter else "")
+        self.out_edit = PathEdit(str(Path(adapter).parent / "merged") if adapter else "")
         self._default_out = self.out_edit.text()
         self.out_edit.setPlaceholderText("new folder to create")
         self.dtype_combo = QComboBox()
@@ -94,6 +95,7 @@ class ExportDialog(QDialog):
         self.size_label.setWordWrap(True)
         self.size_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._gguf_unsupported = ""  # why the base's architecture cannot be written to GGUF, once known
+        self._gguf_origin: str | None = None  # the GGUF the base was converted from ("" none), once the plan knows
         self._plan_timer = QTimer(self, singleShot=True, interval=300)  # debounce typing in the path boxes
         self._plan_timer.timeout.connect(self._plan)
         self._planning = False
@@ -182,13 +184,18 @@ class ExportDialog(QDialog):
         self.form.setRowVisible(self.base_gguf_row, mode in ADAPTER_MODES)
         self._show_base_gguf_default()
         self._show_quantized_note()
-        adapter = self.adapter_edit.text().strip()
-        if adapter and self.out_edit.text() == self._default_out:  # the user's own choice of folder stays
-            self._default_out = str(Path(adapter).parent / DEFAULT_FOLDERS[mode])
-            self.out_edit.setText(self._default_out)
+        self._follow_default_destination()
         if gguf:
             self._fill_types(mode)
             self._plan_timer.start()
+
+    def _follow_default_destination(self) -> None:
+        """The destination beside the adapter, named after the choice, while it is still the default one (the
+        user's own choice of folder stays): also when the adapter is chosen after the kind."""
+        adapter = self.adapter_edit.text().strip()
+        if adapter and self.out_edit.text() == self._default_out:
+            self._default_out = str(Path(adapter).parent / DEFAULT_FOLDERS[self.mode()])
+            self.out_edit.setText(self._default_out)
 
     def _fill_types(self, mode: str) -> None:
         """The GGUF types for this choice; the ones this machine cannot write are listed, disabled, with why."""
@@ -241,9 +248,11 @@ class ExportDialog(QDialog):
                 "training (the Playground's comparison shows by how much).</i>")
 
     def _paths_changed(self) -> None:
+        self._follow_default_destination()
         self._show_base_gguf_default()
         self._show_quantized_note()
         self._gguf_unsupported = ""  # another base: its architecture is checked again
+        self._gguf_origin = None
         for key in GGUF_MODES:
             self.mode_buttons[key].setEnabled(True)
             self.mode_buttons[key].setToolTip("")
@@ -285,7 +294,8 @@ class ExportDialog(QDialog):
                 self.mode_buttons[key].setEnabled(False)
             self._show(f"GGUF export is not available for this base model: {plan['unsupported']}")
             return
-        self._show_base_gguf_default(plan.get("gguf_origin", ""))
+        self._gguf_origin = plan.get("gguf_origin", "")
+        self._show_base_gguf_default(self._gguf_origin)
         size = human_bytes(plan["size"])
         self.size_label.setText(f"{plan['file_name']}: {size if plan['exact'] else 'about ' + size}"
                                 + ("" if plan["exact"] else " (llama.cpp chooses a type per tensor)"))
@@ -320,6 +330,9 @@ class ExportDialog(QDialog):
             p.append("Choose the adapter folder.")
         if self.mode() in ("merge", *GGUF_MODES) and not self.base_edit.text().strip():
             p.append("Choose the base model folder for a merged model or a GGUF file.")
+        if self.mode() == "ollama_adapter" and not self.base_gguf_edit.text().strip() and self._gguf_origin == "":
+            p.append("Choose the Base GGUF: the .gguf file of the base model that the Modelfile's FROM line names "
+                     "(this base was not converted from one).")
         out = self.out_edit.text().strip()
         if not out:
             p.append("Choose a destination folder.")

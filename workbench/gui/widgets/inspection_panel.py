@@ -11,14 +11,22 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-    QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from .names import natural_key, short_kind_labels
+from .path_edit import PathEdit
 from .plots import follow_palette
 
 METRICS = (("relative_norm", "||ΔW|| / ||W||"), ("delta_norm", "||ΔW||"), ("effective_rank", "effective rank"))
 TABLE_COLUMNS = ("Module", "Block", "Kind", "Rank", "Scale", "||ΔW||", "||W||", "||ΔW|| / ||W||", "Effective rank")
+
+
+class NaturalItem(QTableWidgetItem):
+    """A table cell whose text sorts with numbers in order: layers.2 before layers.10."""
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        return natural_key(self.text()) < natural_key(other.text())
 
 
 class InspectionPanel(QWidget):
@@ -27,9 +35,9 @@ class InspectionPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.report = None
-        self.adapter_edit = QLineEdit()
+        self.adapter_edit = PathEdit()
         self.adapter_edit.setPlaceholderText("a PEFT LoRA adapter folder")
-        self.base_edit = QLineEdit()
+        self.base_edit = PathEdit()
         self.base_edit.setPlaceholderText("its base model folder (optional; needed for ||ΔW|| / ||W||)")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._choose)
@@ -58,6 +66,9 @@ class InspectionPanel(QWidget):
         self.plot_widget = pg.PlotWidget()
         self.plot = self.plot_widget.getPlotItem()
         self.plot.setLabel("left", "block")
+        self.plot.setLabel("bottom", "module kind")
+        self.plot.getAxis("bottom").enableAutoSIPrefix(False)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.invertY(True)
         self.plot.setMouseEnabled(x=False, y=False)
         self.image = pg.ImageItem()
@@ -130,9 +141,15 @@ class InspectionPanel(QWidget):
         finite = values[np.isfinite(values)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         self.colorbar.setLevels((low, high if high > low else low + 1e-12))
-        self.plot.getAxis("bottom").setTicks([[(j + 0.5, k) for j, k in enumerate(hm.kinds)]])
-        self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(hm.blocks)]])
-        self.plot.setTitle(dict(METRICS)[hm.metric] + " per block and module")
+        # Short labels ("q", "gate"): the full kinds ("self_attn.q_proj") overlapped, and pyqtgraph drops a
+        # label that would overlap, so some columns had none. The full names are in the table.
+        self.plot.getAxis("bottom").setTicks([[(j + 0.5, k) for j, k in enumerate(short_kind_labels(hm.kinds))]])
+        # Every block's number while they fit, then every few: pyqtgraph draws a level's labels only if all fit.
+        every = max(1, -(-len(hm.blocks) // 32))
+        self.plot.getAxis("left").setTicks([[(i + 0.5, str(b)) for i, b in enumerate(hm.blocks) if i % every == 0]])
+        title = dict(METRICS)[hm.metric] + " per block and module kind"
+        self.plot.setProperty("plot_title", title)  # follow_palette colours it (pyqtgraph's default is a pale grey)
+        follow_palette(self.plot_widget, [self.plot])
         self.plot.setRange(xRange=(0, len(hm.kinds)), yRange=(0, len(hm.blocks)), padding=0)
 
     def _fill_table(self) -> None:
@@ -143,7 +160,7 @@ class InspectionPanel(QWidget):
             values = (m.name, m.block, m.kind, m.rank, m.scale, m.delta_norm, m.weight_norm, m.relative_norm,
                       m.effective_rank)
             for c, v in enumerate(values):
-                item = QTableWidgetItem()
+                item = NaturalItem() if c == 0 else QTableWidgetItem()
                 if isinstance(v, float):
                     item.setData(Qt.ItemDataRole.DisplayRole, float(f"{v:.4g}"))
                 elif v is None:
@@ -152,4 +169,4 @@ class InspectionPanel(QWidget):
                     item.setData(Qt.ItemDataRole.DisplayRole, v)
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
-        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)  # by name (model order), not the header's default
+        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)  # by name, numbers in order (model order)

@@ -38,7 +38,7 @@ class IntruderDialog(QDialog):
     def __init__(self, run_dir: str | Path, parent=None, start_job: Callable | None = None):
         super().__init__(parent)
         self.setWindowTitle("Reduce intruder dimensions")
-        self.resize(900, 560)
+        self.resize(1150, 600)
         self.run_dir = Path(run_dir)
         self.start_job = start_job or (lambda w: workers.start(w, self))
         self.loaded = None  # core.intruders.LoadedRun, kept for saving
@@ -58,8 +58,10 @@ class IntruderDialog(QDialog):
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.plot = pg.PlotWidget()
-        self.plot.setLabel("bottom", "perplexity on general text ÷ base (lower: less forgotten)")
-        self.plot.setLabel("left", "task loss (lower: better on the task)")
+        self.plot.setLabel("bottom", "perplexity ÷ base, general text (lower: less forgotten)")
+        self.plot.setLabel("left", "task loss (lower: better)")
+        for axis in ("bottom", "left"):
+            self.plot.getAxis(axis).enableAutoSIPrefix(False)  # ratios near 1 stay as they are, not ×0.001
         follow_palette(self.plot, [self.plot.getPlotItem()])
         self.curve = self.plot.plot([], [], pen=pg.mkPen((30, 100, 220), width=2), symbol="o", symbolSize=9,
                                     symbolBrush=(30, 100, 220))
@@ -126,6 +128,9 @@ class IntruderDialog(QDialog):
         for label in self.labels:
             self.plot.removeItem(label)
         self.labels = []
+        if drawn:  # room right of the points for their λ labels
+            xs = [p.retention_ppl_ratio for p in drawn]
+            self.plot.setXRange(min(xs), max(xs) + 0.2 * max(max(xs) - min(xs), 1e-3))
         for p in drawn:
             label = pg.TextItem(f"λ={p.mitigation_lambda:g}", anchor=(0, 1), color=self.palette().text().color())
             label.setPos(p.retention_ppl_ratio, p.task_loss)

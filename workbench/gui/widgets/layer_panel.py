@@ -12,11 +12,12 @@ import re
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar, QPushButton,
-    QStackedWidget, QTreeView, QVBoxLayout, QWidget,
+    QSplitter, QStackedWidget, QTreeView, QVBoxLayout, QWidget,
 )
 
 from workbench.core.config import PRESETS, parse_block_spec
 
+from .block_map import BlockMap
 from .layer_tree_model import (
     COL_ALPHA, COL_LORA, COL_NAME, COL_PARAMS, COL_RANK, COL_SHAPE, COL_TYPE, NAME_ROLE, LayerTreeModel,
 )
@@ -76,6 +77,9 @@ class LayerPanel(QWidget):
             self.preset_combo.addItem(name, name)
             self.preset_combo.setItemData(self.preset_combo.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.addItem("none", "none")
+        # Shown (current index -1) once the ticks are no longer the named preset's: the box never claims a preset
+        # that is not what will be trained.
+        self.preset_combo.setPlaceholderText("custom selection")
         self.preset_button = QPushButton("Apply preset")
         self.preset_button.setToolTip("Replace the selection with the preset's modules.")
         self.blocks_edit = QLineEdit(placeholderText="e.g. 8-15 or 0,2,4-6")
@@ -115,9 +119,35 @@ class LayerPanel(QWidget):
         placeholder_layout.addWidget(self.placeholder_detail)
         placeholder_layout.addStretch(2)
         self.placeholder_busy.hide()
+        # The block map above the tree: the same selection, one cell per module of each block (block_map.py).
+        self.block_map = BlockMap()
+        self.map_caption = QLabel()
+        self.map_caption.setWordWrap(True)
+        self.map_colour = QComboBox()
+        self.map_colour.addItem("Colour: chosen rank", False)
+        self.map_colour.addItem("Colour: what the inspected adapter changed", True)
+        self.map_colour.setToolTip("After Inspect adapter (for this model): colour the cells by ‖ΔW‖/‖W‖; "
+                                   "the chosen modules are framed.")
+        self.map_colour.setEnabled(False)
+        self.map_colour.currentIndexChanged.connect(
+            lambda _: self.block_map.set_colour_by_change(self.map_colour.currentData()))
+        caption_row = QHBoxLayout()
+        caption_row.addWidget(self.map_caption, 1)
+        caption_row.addWidget(self.map_colour)
+        map_box = QWidget()
+        map_layout = QVBoxLayout(map_box)
+        map_layout.setContentsMargins(0, 0, 0, 4)
+        map_layout.addLayout(caption_row)
+        map_layout.addWidget(self.block_map)
+        self.map_box = map_box
+        self.tree_page = QSplitter(Qt.Orientation.Vertical)
+        self.tree_page.addWidget(map_box)
+        self.tree_page.addWidget(self.view)
+        self.tree_page.setStretchFactor(1, 1)
+        self.tree_page.setChildrenCollapsible(True)
         self.stack = QStackedWidget()
         self.stack.addWidget(placeholder)
-        self.stack.addWidget(self.view)
+        self.stack.addWidget(self.tree_page)
 
         filter_row = QHBoxLayout()
         filter_row.addWidget(self.filter_edit, 1)
@@ -183,6 +213,7 @@ class LayerPanel(QWidget):
     def clear_model(self) -> None:
         """No model (File → New run): no tree, no summary, and no filter or block range left from the last one."""
         old, self.model = self.model, None
+        self.block_map.set_selection(None)
         old_selection = self.view.selectionModel()
         self.view.setModel(None)
         if old_selection is not None:
@@ -210,7 +241,14 @@ class LayerPanel(QWidget):
             old_selection.deleteLater()
         if self.name_filter.active:
             self._hide_filtered()
-        model.selectionChanged.connect(self.selectionEdited)
+        model.selection.edited.connect(self.selectionEdited)  # loads (a run file, a re-opened model) are not edits
+        self.block_map.set_selection(model.selection)
+        self.block_map.clear_change()  # an adapter inspected for the previous model says nothing about this one
+        self.map_colour.setCurrentIndex(0)
+        self.map_colour.setEnabled(False)
+        model.selection.changed.connect(self._update_map_caption)
+        self.map_box.setVisible(bool(self.block_map.grid.blocks))
+        self._update_map_caption()
         if old is not None:
             old.deleteLater()
         header = self.view.header()
@@ -225,7 +263,26 @@ class LayerPanel(QWidget):
             self.view.setColumnWidth(col, max(n * width + 16, header.sectionSizeHint(col)))
         self._expand_to_blocks()
         self._set_tools_enabled(True)
-        self.stack.setCurrentWidget(self.view)
+        self.stack.setCurrentWidget(self.tree_page)
+
+    def show_change(self, report) -> None:
+        """An inspected adapter's change per module, offered as the map's colouring when it fits this model."""
+        matched = self.block_map.show_change(report) if self.model is not None else 0
+        self.map_colour.setEnabled(bool(matched))
+        if not matched:
+            self.map_colour.setCurrentIndex(0)
+
+    def _update_map_caption(self, *_changed) -> None:
+        grid = self.block_map.grid
+        if self.model is None or grid is None or not grid.blocks:
+            return
+        in_map = sum(1 for row in grid.names for n in row if n)
+        chosen = sum(1 for row in grid.names for n in row if n and n in self.model.selected)
+        outside = sum(1 for n in grid.outside if n in self.model.selected)
+        rest = f"; {outside} of {len(grid.outside)} outside the blocks (tree)" if grid.outside else ""
+        self.map_caption.setText(
+            f"<b>Block map</b> — {len(grid.blocks)} blocks × {len(grid.kinds)} module kinds, {chosen} of {in_map} "
+            f"adapted{rest}. Click or drag to paint, click a row label or block number to toggle it all.")
 
     def _expand_to_blocks(self) -> None:
         """Open the path down to the block list and the first block (the template for all the others)."""
@@ -287,9 +344,26 @@ class LayerPanel(QWidget):
         self.model.set_selected(names, checked)
 
     def apply_preset(self) -> None:
-        if self.model is None:
+        if self.model is None or self.preset_combo.currentData() is None:  # "custom selection": nothing to apply
             return
         self.model.replace_selection(self.model.tree.preset(self.preset_combo.currentData()))
+
+    def matching_preset(self, names: list[str]) -> str | None:
+        """The preset whose modules are exactly ``names`` (the one in the box first), or None for a hand-made
+        selection."""
+        if self.model is None:
+            return None
+        current = self.preset_combo.currentData()
+        candidates = [current] if current else []
+        candidates += [self.preset_combo.itemData(i) for i in range(self.preset_combo.count())]
+        wanted = set(names)
+        return next((p for p in candidates if set(self.model.tree.preset(p)) == wanted), None)
+
+    def show_preset(self, preset: str | None) -> None:
+        """Name ``preset`` in the box, or "custom selection" for None."""
+        index = self.preset_combo.findData(preset) if preset else -1
+        if index != self.preset_combo.currentIndex():
+            self.preset_combo.setCurrentIndex(index)
 
     def keep_blocks(self) -> None:
         if self.model is None:

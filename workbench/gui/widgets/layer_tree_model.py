@@ -1,9 +1,10 @@
 """Qt item model over ``core.layers.LayerTree``: the module tree with tristate checks and rank/alpha overrides.
 
 The tree itself (names, types, shapes, parameter counts) stays in the core object; this adapter only maps
-``LayerNode`` objects to rows and keeps the user's choice: the set of selected module names and the
-per-module rank / alpha overrides, all keyed by exact module name (what ``config.lora.target_modules``,
-``rank_pattern`` and ``alpha_pattern`` receive).
+``LayerNode`` objects to rows. The user's choice — the set of selected module names and the per-module
+rank / alpha overrides, all keyed by exact module name (what ``config.lora.target_modules``, ``rank_pattern``
+and ``alpha_pattern`` receive) — lives in a ``LayerSelection``, which the block map shows too; this model
+edits it and repaints what its ``changed`` signal names.
 
 Only adaptable modules (Linear / Conv1D) carry their own selection. A parent's check state is derived from
 the adaptable modules below it — checked, unchecked or partly checked — and setting it sets all of them.
@@ -19,6 +20,8 @@ from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QFont
 
 from workbench.core.layers import LayerNode, LayerTree
+
+from .selection import LayerSelection
 
 COLUMNS = ("Module", "Type", "Shape", "Parameters", "LoRA parameters", "Rank", "Alpha")
 COL_NAME, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_LORA, COL_RANK, COL_ALPHA = range(len(COLUMNS))
@@ -41,22 +44,41 @@ def human_count(n: int) -> str:
 
 
 class LayerTreeModel(QAbstractItemModel):
-    selectionChanged = Signal()  # the set of selected modules or an override changed
+    selectionChanged = Signal()  # the set of selected modules or an override changed (edited or loaded)
 
-    def __init__(self, tree: LayerTree, rank: int = 16, alpha: float = 32.0, parent=None):
+    def __init__(self, tree: LayerTree, rank: int = 16, alpha: float = 32.0, parent=None,
+                 selection: LayerSelection | None = None):
         super().__init__(parent)
         self.tree = tree
-        self._rank = rank
-        self._alpha = alpha
-        self.selected: set[str] = set()
-        self.rank_overrides: dict[str, int] = {}
-        self.alpha_overrides: dict[str, float] = {}
+        self.selection = selection or LayerSelection(tree, rank, alpha, self)
+        self.selection.changed.connect(self._selection_changed)
         self._parent: dict[str, LayerNode | None] = {tree.root.name: None}
         self._row: dict[str, int] = {tree.root.name: 0}
         self._adaptable_below: dict[str, int] = {}
         self._selected_below: dict[str, int] = {}
         self._lora_cache: dict[str, int] = {}
         self._index_nodes(tree.root)
+
+    # The selection's state, read through (the model keeps no copy of it).
+    @property
+    def selected(self) -> set[str]:
+        return self.selection.selected
+
+    @property
+    def rank_overrides(self) -> dict[str, int]:
+        return self.selection.rank_overrides
+
+    @property
+    def alpha_overrides(self) -> dict[str, float]:
+        return self.selection.alpha_overrides
+
+    @property
+    def _rank(self) -> int:
+        return self.selection.rank
+
+    @property
+    def _alpha(self) -> float:
+        return self.selection.alpha
 
     def _index_nodes(self, node: LayerNode) -> int:
         count = 1 if node.adaptable else 0
@@ -213,49 +235,36 @@ class LayerTreeModel(QAbstractItemModel):
         return False
 
     def _set_override(self, name: str, col: int, text: str) -> bool:
-        store = self.rank_overrides if col == COL_RANK else self.alpha_overrides
+        rank = col == COL_RANK
         if not text:
-            store.pop(name, None)
+            self.selection.set_override(name, clear_rank=rank, clear_alpha=not rank)
+            return True
+        try:
+            number = int(text) if rank else float(text)
+        except ValueError:
+            return False
+        if number <= 0:  # a rank of 0 or a negative alpha is refused, as the config would refuse it
+            return False
+        if rank:
+            self.selection.set_override(name, rank=int(number))
         else:
-            try:
-                number = int(text) if col == COL_RANK else float(text)
-            except ValueError:
-                return False
-            if number <= 0:  # a rank of 0 or a negative alpha is refused, as the config would refuse it
-                return False
-            store[name] = number  # type: ignore[assignment]
-        self._changed([name])
+            self.selection.set_override(name, alpha=float(number))
         return True
 
+    # Edits, as the tools and tests make them: each is the user's, so the configuration follows.
     def set_selected(self, names: Iterable[str], checked: bool) -> None:
         """Select or deselect the given adaptable modules (non-adaptable names are ignored)."""
-        changed = []
-        for name in names:
-            if not self.tree.nodes[name].adaptable or (name in self.selected) == checked:
-                continue
-            (self.selected.add if checked else self.selected.discard)(name)
-            if not checked:
-                self.rank_overrides.pop(name, None)
-                self.alpha_overrides.pop(name, None)
-            changed.append(name)
-            step = 1 if checked else -1
-            node: LayerNode | None = self.tree.nodes[name]
-            while node is not None:
-                self._selected_below[node.name] += step
-                node = self._parent[node.name]
-        if changed:
-            self._changed(changed)
+        self.selection.set_selected(names, checked)
 
     def replace_selection(self, names: Iterable[str]) -> None:
-        wanted = set(names)
-        self.set_selected(sorted(self.selected - wanted), False)
-        self.set_selected([n for n in self.tree.nodes if n in wanted], True)
+        self.selection.replace(names)
+
+    def set_overrides(self, ranks: dict[str, int], alphas: dict[str, float]) -> None:
+        self.selection.set_overrides(ranks, alphas)
 
     def set_defaults(self, rank: int, alpha: float) -> None:
         """The global rank/alpha from the settings form: shown in un-overridden rows and in LoRA parameters."""
-        if (rank, alpha) != (self._rank, self._alpha):
-            self._rank, self._alpha = rank, alpha
-            self._changed(sorted(self.selected))
+        self.selection.set_defaults(rank, alpha)
 
     def set_quantization(self, model_config) -> None:
         """Mark the modules a run with these ``model.*`` settings holds quantized, with their stored size
@@ -270,15 +279,16 @@ class LayerTreeModel(QAbstractItemModel):
             self.layoutAboutToBeChanged.emit()
             self.layoutChanged.emit()
 
-    def set_overrides(self, ranks: dict[str, int], alphas: dict[str, float]) -> None:
-        ranks = {k: v for k, v in ranks.items() if k in self.selected}
-        alphas = {k: v for k, v in alphas.items() if k in self.selected}
-        touched = set(ranks) ^ set(self.rank_overrides) | set(alphas) ^ set(self.alpha_overrides) | {
-            k for k in ranks if self.rank_overrides.get(k) != ranks[k]} | {
-            k for k in alphas if self.alpha_overrides.get(k) != alphas[k]}
-        self.rank_overrides, self.alpha_overrides = ranks, alphas
+    def _selection_changed(self, added: list[str], removed: list[str], touched: list[str]) -> None:
+        """Keep the per-node counts of selected modules below (for the tristate checks), then repaint."""
+        for names, step in ((added, 1), (removed, -1)):
+            for name in names:
+                node: LayerNode | None = self.tree.nodes[name]
+                while node is not None:
+                    self._selected_below[node.name] += step
+                    node = self._parent[node.name]
         if touched:
-            self._changed(sorted(touched))
+            self._changed(touched)
 
     def _changed(self, names: list[str]) -> None:
         """Repaint the changed rows and every ancestor (their check state and LoRA sums moved too).

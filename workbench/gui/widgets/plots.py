@@ -18,9 +18,12 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent
-from PySide6.QtGui import QFontMetrics, QPalette
+from PySide6.QtGui import QColor, QFontMetrics, QPalette
 
 WIDEST_TICK_LABEL = "-0.000125"  # a learning rate's ticks; pyqtgraph writes 1e-5 and 1e4 and beyond as "1e-05", "12000"
+# The memory plot never spans less than this: allocator noise of a few MiB drawn over the full height looked like
+# wild swings (2.245–2.250 GiB). Half a GiB still shows a real leak or an activation spike.
+MEMORY_MIN_SPAN_GIB = 0.5
 
 
 class Series:
@@ -46,6 +49,12 @@ class Series:
         self._x[self.n:self.n + len(xs)] = xs
         self._y[self.n:self.n + len(ys)] = ys
         self.n += len(xs)
+
+    def prepend(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        """Earlier values (a resumed run's history) in front of those already here."""
+        x, y = np.concatenate([xs, self.x]), np.concatenate([ys, self.y])
+        self.clear()
+        self.extend(x, y)
 
     @property
     def x(self) -> np.ndarray:
@@ -75,7 +84,14 @@ def follow_palette(widget, plots: list[pg.PlotItem]) -> None:
     palette = widget.palette()
     widget.setBackground(palette.color(QPalette.ColorRole.Base))
     text = palette.color(QPalette.ColorRole.Text)
+    legend_background = QColor(palette.color(QPalette.ColorRole.Base))
+    legend_background.setAlpha(220)  # opaque enough to read over a curve, still hinting at what is behind
     for plot in plots:
+        legend = plot.legend
+        if legend is not None:  # pyqtgraph's default is a pale grey label on a transparent box
+            legend.setLabelTextColor(text)
+            legend.setBrush(pg.mkBrush(legend_background))
+            legend.setPen(pg.mkPen(palette.color(QPalette.ColorRole.Mid)))
         for name in ("left", "bottom"):
             axis = plot.getAxis(name)
             axis.setTextPen(text)
@@ -104,6 +120,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
 
         self.loss_plot = self._plot("Training loss", row=0, col=0, colspan=2)
         self.loss_plot.addLegend(offset=(-10, 10))
+        follow_palette(self, [self.loss_plot])  # the legend's colours
         self.raw_curve = self._curve(self.loss_plot, (120, 160, 220, 110), "raw")
         self.smooth_curve = self._curve(self.loss_plot, (30, 100, 220), "smoothed", width=2)
         self.eval_curve = self.loss_plot.plot([], [], pen=pg.mkPen((230, 120, 20), width=2), symbol="o",
@@ -124,6 +141,14 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
                 self.curves["trained_tokens_per_second"] = self._curve(plot, (200, 90, 160), "trained")
                 self._plot_curves[plot] = (name, "trained_tokens_per_second")
         self._plot_curves[self.loss_plot] = ("loss", "smoothed", "eval_loss")
+        # One step axis for all five: zooming or panning one plot shows the same steps in the others, and the
+        # run's length set on the loss plot applies to every plot (each had its own 0–12, 0–11, 0–10).
+        # Not pyqtgraph's setXLink: it lines linked views up by their position on screen, and the loss plot is
+        # twice as wide as the others, so the half-width plots showed half the steps each.
+        for plot in self.plot_items:
+            plot.getViewBox().sigXRangeChanged.connect(self._share_x_range)
+        self.memory_plot = self.plot_items[-1]
+        self.memory_plot.setLimits(yMin=0, minYRange=MEMORY_MIN_SPAN_GIB)
         tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
         for plot in self.plot_items:
             for axis in (plot.getAxis("left"), plot.getAxis("bottom")):
@@ -137,6 +162,15 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             # labels, a new value could resize the axis, and with it the grid, and every plot would be
             # laid out and repainted again.
             plot.getAxis("left").setStyle(tickTextWidth=tick_text_width, autoExpandTextSpace=False)
+
+    def _share_x_range(self, view, x_range) -> None:
+        """The step range one plot now shows, given to the others. Setting an equal range emits nothing, so the
+        echo from the others ends here."""
+        low, high = x_range
+        for plot in self.plot_items:
+            other = plot.getViewBox()
+            if other is not view and other.viewRange()[0] != [low, high]:
+                other.setXRange(low, high, padding=0)
 
     def set_total_steps(self, total: int) -> None:
         """Fix the step axis to the whole run: then the x axes are laid out once, not on every new point.
@@ -223,14 +257,18 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
 
     def _draw(self, plot: pg.PlotItem) -> None:
         if plot in self._x_stale:
+            # Set on the loss plot, the range reaches the others through the link; each is marked done as soon
+            # as it is drawn, so the run's start still repaints one plot per turn.
             self._x_stale.discard(plot)
-            plot.setXRange(0, self._total_steps, padding=0.01)  # also turns x auto-range off; y follows the data
+            self.loss_plot.setXRange(0, self._total_steps, padding=0.01)  # also turns x auto-range off
         for name in self._plot_curves[plot]:
             s = self.series[name]
             self.curves[name].setData(s.x, s.y)
             self._stale.discard(name)
 
     def reset(self) -> None:
+        """Empty plots for a new run, with both axes following the data again: a zoom, a pan or the previous
+        run's y-range does not carry over."""
         # Not ``clear``: GraphicsLayoutWidget forwards that name to its layout, which deletes every plot.
         for s in self.series.values():
             s.clear()
@@ -240,6 +278,30 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         for plot in self.plot_items:
             plot.enableAutoRange()
         self.redraw()
+
+    def add_history(self, steps: list, evaluations: list) -> int:
+        """A resumed run's earlier ``Step`` and ``Evaluation`` events, put in front of what is plotted already
+        (the live steps after the checkpoint may have arrived first). Steps already plotted (a watched run's
+        file replayed from its start) are skipped. Returns how many training steps were added."""
+        first = {name: (self.series[name].x[0] if self.series[name].n else np.inf) for name in self.series}
+        columns: dict[str, tuple[list, list]] = {name: ([], []) for name in self.series}
+        for e in steps:
+            for name, value in (("loss", e.loss), ("learning_rate", e.learning_rate), ("grad_norm", e.grad_norm),
+                                ("tokens_per_second", e.tokens_per_second),
+                                ("memory", None if e.memory_bytes is None else e.memory_bytes / 2**30)):
+                if value is not None and np.isfinite(value) and e.step < first[name]:
+                    columns[name][0].append(e.step)
+                    columns[name][1].append(value)
+        for e in evaluations:
+            if e.step < first["eval_loss"]:
+                columns["eval_loss"][0].append(e.step)
+                columns["eval_loss"][1].append(e.eval_loss)
+        for name, (xs, ys) in columns.items():
+            if xs and name != "smoothed":
+                self.series[name].prepend(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float))
+                self._stale.add(name)
+        self.set_smoothing(self.smoothing)  # the moving average over the whole loss curve, and a redraw
+        return len(columns["loss"][0])
 
     def points(self, name: str) -> int:
         return self.series[name].n

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLab
 
 from workbench.core.config import ConfigError
 from workbench.core.lora_init import INITS
-from workbench.core.quantization import BNB_PIN, QUANTIZATIONS, backend_available
+from workbench.core.quantization import BNB_OPTIMIZERS, BNB_PIN, PAGED_OPTIMIZERS, QUANTIZATIONS, backend_available
 
 # (run-file value, what the window calls it); the descriptions come from core (QUANTIZATIONS / INITS).
 QUANT_CHOICES = (("none", "None (the base in its own dtype)"), ("int8", "8-bit (LLM.int8)"),
@@ -118,6 +118,21 @@ class QuantizationSettings(QGroupBox):
         form.addRow("", self.problem)
         store.changed.connect(self.refresh)
         self.refresh()
+
+    def mark_optimizers(self, combo: QComboBox) -> None:
+        """The Optimisation group's optimizer box: bitsandbytes' optimizers listed but disabled, with the reason,
+        when it is not installed; the paged ones say they need a CUDA GPU."""
+        for i in range(combo.count()):
+            name = combo.itemText(i)
+            if name not in BNB_OPTIMIZERS:
+                continue
+            tip = "8-bit optimizer state (bitsandbytes): about a quarter of AdamW's state memory."
+            if name in PAGED_OPTIMIZERS:
+                tip += " Paged: moves its state to CPU memory when the GPU runs out (CUDA only)."
+            if not self.available:
+                combo.model().item(i).setEnabled(False)
+                tip = f"Needs bitsandbytes, which is not installed (pip install {BNB_PIN}). " + tip
+            combo.setItemData(i, tip, 3)  # ToolTipRole
 
     # -- from the store ---------------------------------------------------------------------------------
     def refresh(self, section: str = "") -> None:

@@ -111,6 +111,7 @@ class QuantizedComparisonBox(QGroupBox):
             return
         quantization = self.quantization.currentData()
         worker = CompareQuantizedWorker(base, adapter, [prompt], quantization, self.double_quant.isChecked())
+        worker.stage.connect(lambda text: self.result.setText(f"Comparing: {html.escape(text)}…"))
         worker.result.connect(self._show_result)
         worker.failed.connect(lambda message, _details: self._show_error(message))
         worker.finished.connect(self._ended)

@@ -198,7 +198,7 @@ class QueuePanel(QWidget):
 
     # -- running ----------------------------------------------------------------------------------------
     def run(self) -> None:
-        from ..queue_worker import QueueWorker
+        from ..workers.queue import QueueWorker
 
         if self.runner is not None or self.root is None:
             return

@@ -9,6 +9,7 @@ deleting and revealing go through the core; the long job (resume) runs in a work
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyqtgraph as pg
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
 from workbench.core import runs as core_runs
 from workbench.core.events import Evaluation, RunStarted, Step
 
+from .eval_plots import EvaluationPlots
 from .plots import MetricsPlots, follow_palette
 from .queue_panel import QueuePanel
 from .sweep_view import SweepView
@@ -58,6 +60,43 @@ def config_difference(configs: dict[str, dict]) -> list[tuple[str, list[object]]
     return rows
 
 
+def distinct_parts(names: list[str]) -> list[str]:
+    """Each name without the start and end that all share, cut at separators: run names are often long,
+    near-identical time stamps ("llama-2026-03-01-1200-a", "…-1207-a"), of which only a few characters differ."""
+    if len(names) < 2:
+        return list(names)
+    pieces = [re.split(r"([-_. ])", n) for n in names]
+    start = 0
+    while all(len(p) > start + 1 for p in pieces) and len({p[start] for p in pieces}) == 1:
+        start += 1
+    end = 0
+    while all(len(p) - end - 1 > start for p in pieces) and len({p[len(p) - end - 1] for p in pieces}) == 1:
+        end += 1
+    out = ["".join(p[start:len(p) - end]).strip("-_. ") for p in pieces]
+    return [o or n for o, n in zip(out, names)]
+
+
+# The settings people compare runs by, named first in a legend when they differ; others follow alphabetically.
+LEGEND_FIRST = ("lora.r", "training.learning_rate", "lora.alpha", "lora.preset", "lora.target_modules",
+                "lora.use_dora", "lora.use_rslora", "training.max_steps", "training.epochs", "training.batch_size",
+                "data.train_files", "model.source")
+
+
+def legend_labels(names: list[str], difference: list[tuple[str, list[object]]], settings: int = 2) -> list[str]:
+    """A legend entry per run that says what sets it apart: the distinct part of its name and the settings that
+    differ, the usual suspects (rank, learning rate, …) first; not the output folder, which differs by
+    construction."""
+    ranked = sorted((row for row in difference if not row[0].startswith("output.")),
+                    key=lambda row: (LEGEND_FIRST.index(row[0]) if row[0] in LEGEND_FIRST else len(LEGEND_FIRST),
+                                     row[0]))
+    shown = ranked[:settings]
+    labels = []
+    for i, part in enumerate(distinct_parts(names)):
+        settings_text = ", ".join(f"{key.split('.')[-1]} {values[i]}" for key, values in shown)
+        labels.append(f"{part} ({settings_text})" if settings_text else part)
+    return labels
+
+
 class RunsPanel(QWidget):
     resumeRequested = Signal(str)  # run folder
     exportRequested = Signal(str)  # adapter folder
@@ -72,6 +111,7 @@ class RunsPanel(QWidget):
         self.overlay_curves: dict[Path, pg.PlotDataItem] = {}
         self._loss: dict[Path, tuple[list[float], list[float]]] = {}
         self._busy: set[Path] = set()  # runs being resumed by the window
+        self._plotted_step: dict[Path, int] = {}  # the last step read from each followed run's metrics
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -98,6 +138,7 @@ class RunsPanel(QWidget):
         self.intruders_button.setToolTip("Measure what scaling down the adapter's intruder dimensions gives back of the "
                                          "base model's knowledge and costs the task, then save a reduced copy.")
         self.intruder_dialog = None
+        self.start_job = None  # how the intruder dialog starts its jobs: the window's, so closing waits for them
         self.root_label = QLabel()
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.resume_button.clicked.connect(self._resume)
@@ -113,6 +154,8 @@ class RunsPanel(QWidget):
         self.overlay = pg.PlotWidget()
         self.overlay.setLabel("bottom", "step")
         self.overlay.setLabel("left", "training loss")
+        for axis in ("left", "bottom"):  # "training loss (×0.001)" with ticks 0–450 is no way to read a loss
+            self.overlay.getAxis(axis).enableAutoSIPrefix(False)
         self.overlay.addLegend(offset=(-10, 10))
         follow_palette(self.overlay, [self.overlay.getPlotItem()])
         self.diff = QTableWidget(0, 1)
@@ -122,6 +165,8 @@ class RunsPanel(QWidget):
         self.detail.setWordWrap(True)
         self.views = QTabWidget()
         self.views.addTab(self.plots, "Plots")
+        self.eval_plots = EvaluationPlots()  # the selected run's task metrics and retention
+        self.views.addTab(self.eval_plots, "Evaluation")
         self.views.addTab(self.overlay, "Compare loss")
         self.views.addTab(self.diff, "Configuration difference")
         self.sweep = SweepView()  # a group of runs: table and rank trade-off plot
@@ -195,7 +240,8 @@ class RunsPanel(QWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(len(summaries))
         for row, s in enumerate(summaries):
-            steps = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
+            step = max(s.step, self._plotted_step.get(s.path, 0))  # status.json is written less often
+            steps = f"{step}/{s.total_steps}" if s.total_steps else str(step)
             best = f"{s.best_eval_loss:.4f}" if s.best_eval_loss is not None else "–"
             started = (s.started_at or s.created_at).strftime("%Y-%m-%d %H:%M")
             data = ", ".join(Path(f).name for f in s.data_files)
@@ -270,6 +316,9 @@ class RunsPanel(QWidget):
                 self.overlay.removeItem(self.overlay_curves.pop(path))
         if self.overlay.plotItem.legend is not None:
             self.overlay.plotItem.legend.clear()
+        configs = self._configs(chosen)
+        labels = dict(zip(configs, legend_labels(list(configs), config_difference(configs) if len(configs) > 1
+                                                   else [])))
         newly_followed = set()
         for i, s in enumerate(chosen):
             if s.path not in self.tailers:
@@ -279,11 +328,12 @@ class RunsPanel(QWidget):
                 newly_followed.add(s.path)
             curve = self.overlay_curves[s.path]
             curve.setPen(pg.mkPen(OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)], width=2))
-            self.overlay.plotItem.legend.addItem(curve, s.name)
+            self.overlay.plotItem.legend.addItem(curve, labels.get(s.name, s.name))
         self.plots.reset()
+        self.eval_plots.reset()
         self._update_buttons()
         self._show_detail(chosen)
-        self._show_difference(chosen)
+        self._show_difference(configs)
         if len(chosen) > 1:
             self.views.setCurrentWidget(self.overlay)
         elif len(chosen) == 1:
@@ -306,13 +356,17 @@ class RunsPanel(QWidget):
         else:
             self.detail.setText(f"Comparing {len(chosen)} runs: " + ", ".join(s.name for s in chosen))
 
-    def _show_difference(self, chosen: list[core_runs.RunSummary]) -> None:
+    @staticmethod
+    def _configs(chosen: list[core_runs.RunSummary]) -> dict[str, dict]:
         configs = {}
         for s in chosen:
             try:
                 configs[s.name] = core_runs.load_config(s.path).to_dict()
             except Exception:  # noqa: BLE001  (an unreadable run file: compare the others)
                 continue
+        return configs
+
+    def _show_difference(self, configs: dict[str, dict]) -> None:
         rows = config_difference(configs) if len(configs) > 1 else []
         self.diff.clear()
         self.diff.setColumnCount(len(configs) + 1)
@@ -332,12 +386,15 @@ class RunsPanel(QWidget):
         """Read what each followed run appended since the last poll and redraw what changed."""
         single = len(self.tailers) == 1
         changed = False
+        last_step: dict[Path, Step] = {}
         for path, tailer in self.tailers.items():
             events = tailer.poll()
             if tailer.restarted:
                 self._loss[path] = ([], [])
+                self._plotted_step.pop(path, None)  # cut back by a resume: the steps it had are gone
                 if single:
                     self.plots.reset()
+                    self.eval_plots.reset()
             if not events:
                 continue
             changed = True
@@ -346,16 +403,29 @@ class RunsPanel(QWidget):
                 if isinstance(e, Step):
                     xs.append(e.step)
                     ys.append(e.loss)
+                    last_step[path] = e
                     if single:
                         self.plots.set_total_steps(e.total_steps)
                         self.plots.add_step(e)
                 elif isinstance(e, Evaluation) and single:
                     self.plots.add("eval_loss", e.step, e.eval_loss)
+                    self.eval_plots.add_evaluation(e.step, e.metrics)
                 elif isinstance(e, RunStarted) and single:
                     self.plots.set_total_steps(e.total_steps)
+                    self.eval_plots.set_run_config(e.config)
             self.overlay_curves[path].setData(xs, ys)
         if changed and single:
             self.plots.redraw()
+        for path, e in last_step.items():
+            self._show_steps(path, e)
+
+    def _show_steps(self, path: Path, e: Step) -> None:
+        """The Steps column from the step just plotted: the list is re-read every 2 s only, and lagged the plot."""
+        self._plotted_step[path] = e.step
+        row = next((i for i, s in enumerate(self.summaries) if s.path == path), -1)
+        item = self.table.item(row, COLUMNS.index("Steps")) if row >= 0 else None
+        if item is not None:
+            item.setText(f"{e.step}/{e.total_steps}" if e.total_steps else str(e.step))
 
     def curve_points(self, path: Path) -> int:
         return len(self._loss.get(Path(path), ([], []))[0])
@@ -395,7 +465,7 @@ class RunsPanel(QWidget):
         one = self._one()
         if one is None:
             return None
-        self.intruder_dialog = IntruderDialog(one.path, self)
+        self.intruder_dialog = IntruderDialog(one.path, self, start_job=self.start_job)
         self.intruder_dialog.open()
         self.intruder_dialog.start()
         return self.intruder_dialog

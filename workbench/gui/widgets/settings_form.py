@@ -8,10 +8,12 @@ message under it, and the configuration keeps its last valid value. Tooltips are
 
 from __future__ import annotations
 
+import html
 import types
 import typing
 from typing import Any, Literal
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QScrollArea, QVBoxLayout,
     QWidget,
@@ -38,6 +40,7 @@ GROUPS: list[tuple[str, list[str]]] = [
 
 RIGHT_COLUMN = {"Optimisation", "Output", "Task"}
 EDITOR_WIDTH = 260
+ERROR_WIDTH = EDITOR_WIDTH + 120
 
 LABELS = {
     "lora.r": "Rank", "lora.use_rslora": "rsLoRA", "lora.use_dora": "DoRA", "lora.init": "Initialisation",
@@ -91,8 +94,9 @@ class FieldEditor:
         self.widget.setObjectName(key)
         if self.kind in ("list", "str", "int", "float"):
             self.widget.setFixedWidth(EDITOR_WIDTH)
+        self.label = LABELS.get(key, self.name.replace("_", " ").capitalize())
         self.error = QLabel()
-        self.error.setMaximumWidth(EDITOR_WIDTH + 120)
+        self.error.setFixedWidth(ERROR_WIDTH)  # known up front, so the height of its lines can be (set_problem)
         self.error.setStyleSheet(ERROR_STYLE)
         self.error.setWordWrap(True)
         self.error.hide()
@@ -146,6 +150,9 @@ class FieldEditor:
 
     def set_problem(self, text: str) -> None:
         self.error.setText(text)
+        # The height of all its lines, set: a form row sizes a wrapped label from its one-line size hint, which
+        # clipped a longer message to its first line.
+        self.error.setFixedHeight(max(self.error.heightForWidth(ERROR_WIDTH), self.error.fontMetrics().height()))
         self.error.setVisible(bool(text))
         self.widget.setStyleSheet("border: 1px solid #d9534f;" if text and self.kind != "bool" else "")
 
@@ -158,11 +165,26 @@ class SettingsForm(QScrollArea):
         self.editors: dict[str, FieldEditor] = {}
         help_texts = field_help()
         body = QWidget()
-        columns = QHBoxLayout(body)
+        outer = QVBoxLayout(body)
+        # What is wrong, above the form, each with a link to its field: an error under a field in the other
+        # column or below the fold was easy to miss, and "Cannot start training" named fields by key only.
+        self.problem_banner = QLabel()
+        self.problem_banner.setWordWrap(True)
+        self.problem_banner.setTextFormat(Qt.TextFormat.RichText)
+        self.problem_banner.setStyleSheet(ERROR_STYLE)
+        self.problem_banner.linkActivated.connect(self.focus_field)
+        self.problem_banner.hide()
+        outer.addWidget(self.problem_banner)
+        columns = QHBoxLayout()
+        outer.addLayout(columns, 1)
         left, right = QVBoxLayout(), QVBoxLayout()
+        # The two columns in the middle, not pressed to the left edge with 40 % of a wide window empty.
+        columns.addStretch(1)
         columns.addLayout(left)
+        columns.addSpacing(24)
         columns.addLayout(right)
         columns.addStretch(1)
+        labels_by_column: dict[bool, list[QLabel]] = {}
         for title, keys in GROUPS:
             box = QGroupBox(title)
             form = QFormLayout(box)
@@ -171,7 +193,8 @@ class SettingsForm(QScrollArea):
                 editor = FieldEditor(key, lambda *_, k=key: self._commit(k))
                 tip = help_texts.get(key, "")
                 editor.widget.setToolTip(f"<b>{key}</b><br>{tip}")
-                label = QLabel(LABELS.get(key, key.split(".")[1].replace("_", " ").capitalize()))
+                label = QLabel(editor.label)
+                label.setBuddy(editor.widget)
                 label.setToolTip(editor.widget.toolTip())
                 holder = QWidget()
                 holder_layout = QVBoxLayout(holder)
@@ -181,10 +204,17 @@ class SettingsForm(QScrollArea):
                 holder_layout.addWidget(editor.error)
                 form.addRow(label, holder)
                 self.editors[key] = editor
+                labels_by_column.setdefault(title in RIGHT_COLUMN, []).append(label)
             (right if title in RIGHT_COLUMN else left).addWidget(box)
             if title == "LoRA":  # lora.init and QLoRA's choices: a group of their own (quantization_settings.py)
                 self.quantization = QuantizationSettings(store)
                 left.addWidget(self.quantization)
+        self.quantization.mark_optimizers(self.editors["training.optimizer"].widget)
+        # One label width per column, so the editors of its groups line up instead of each group's own.
+        for labels in labels_by_column.values():
+            width = max(label.sizeHint().width() for label in labels)
+            for label in labels:
+                label.setMinimumWidth(width)
         left.addStretch(1)
         right.addStretch(1)
         self.setWidget(body)
@@ -198,8 +228,32 @@ class SettingsForm(QScrollArea):
         return not any(e.error.text() for e in self.editors.values()) and self.quantization.valid
 
     def problems(self) -> list[str]:
-        return ([f"{k}: {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
+        """Each refused value as "Label (section.name): message": the label is what the form shows, the key
+        what the run file and the command line call it."""
+        return ([f"{e.label} ({k}): {e.error.text()}" for k, e in self.editors.items() if e.error.text()]
                 + ([self.quantization.problem.text()] if not self.quantization.valid else []))
+
+    def first_problem(self) -> str | None:
+        return next((k for k, e in self.editors.items() if e.error.text()), None)
+
+    def focus_field(self, key: str) -> None:
+        """Scroll to a field and put the cursor in it (the links of the problem banner, and Start refused)."""
+        editor = self.editors.get(key)
+        if editor is None:
+            return
+        self.ensureWidgetVisible(editor.widget, 50, 50)
+        editor.widget.setFocus(Qt.FocusReason.OtherFocusReason)
+        if isinstance(editor.widget, QLineEdit):
+            editor.widget.selectAll()
+
+    def _update_banner(self) -> None:
+        bad = [(k, e) for k, e in self.editors.items() if e.error.text()]
+        self.problem_banner.setVisible(bool(bad))
+        if bad:
+            items = "".join(f"<li><a href='{k}'>{html.escape(e.label)}</a>: {html.escape(e.error.text())}</li>"
+                            for k, e in bad)
+            self.problem_banner.setText(f"<b>{len(bad)} setting{'s' if len(bad) > 1 else ''} not accepted</b> "
+                                        f"(the run keeps the last valid value):<ul style='margin:0'>{items}</ul>")
 
     def refresh(self, section: str = "") -> None:
         """Show the store's values; a whole new configuration also clears the marks of refused edits."""
@@ -210,6 +264,7 @@ class SettingsForm(QScrollArea):
                 editor.set_problem("")
             if not editor.error.text():
                 editor.show(getattr(getattr(self.store.config, editor.section), editor.name))
+        self._update_banner()
 
     def _commit(self, key: str) -> None:
         editor = self.editors[key]
@@ -218,6 +273,7 @@ class SettingsForm(QScrollArea):
             editor.set_problem("")
         except ValueError as exc:  # ConfigError is a ValueError too
             editor.set_problem(self._message(exc))
+        self._update_banner()
 
     @staticmethod
     def _message(exc: ValueError) -> str:

@@ -86,7 +86,7 @@ class SweepView(QWidget):
 
     def __init__(self, parent=None, start_job: Callable | None = None):
         super().__init__(parent)
-        self._start_job = start_job or (lambda w: workers.start(w, self))
+        self.start_job = start_job or (lambda w: workers.start(w, self))
         self.run_dirs: list[Path] = []
         self.data = SweepData([], None, [], [])
         self._reading = False
@@ -96,6 +96,7 @@ class SweepView(QWidget):
         self.group_box.setToolTip("A sweep: the runs that share output.group (workbench sweep and the queue set it).")
         self.quality_box = QComboBox()
         self.quality_box.setToolTip("What the trade-off plot puts on its vertical axis.")
+        self.quality_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.refresh_button = QPushButton("Refresh")
         self.message = QLabel("No sweep yet: run one with `workbench sweep RUN.toml --grid lora.r=4,8,16` or queue "
                               "runs that share an output.group.")
@@ -108,7 +109,8 @@ class SweepView(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setLogMode(x=True, y=False)
         self.plot.setLabel("bottom", "trainable parameters (log)")
-        self.plot.addLegend(offset=(-10, 10))
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # shares of 0.07 stay 0.07, not 70 (×0.001)
+        self.plot.addLegend(offset=(-10, -10))
         follow_palette(self.plot, [self.plot.getPlotItem()])
         # Both are PlotDataItems, which take linear x and follow the plot's log mode themselves; text labels are
         # placed in view coordinates (log10).
@@ -162,7 +164,7 @@ class SweepView(QWidget):
         worker.result.connect(self._show)
         worker.failed.connect(lambda message, _details: self.message.setText(message.splitlines()[0]))
         worker.finished.connect(self._read_done)
-        self._start_job(worker)
+        self.start_job(worker)
 
     def _read_done(self) -> None:
         self._reading = False
@@ -200,6 +202,8 @@ class SweepView(QWidget):
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
+        for col in range(len(headers) - len(metrics), len(headers)):
+            self.table.horizontalHeaderItem(col).setToolTip("From the run's last evaluation: the adapter it saved.")
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
             cells = ["★" if r.on_front else "", r.name, *(r.values.get(k, "?") for k in varied), r.status,
@@ -230,6 +234,16 @@ class SweepView(QWidget):
             text.setPos(math.log10(x), y)
             self.plot.addItem(text)
             self.point_labels.append(text)
+        lower = next((low for k, _, low in QUALITIES if k == key), True)
+        # The legend where the front is not: the top right when lower is better (the best runs sit low), else below.
+        corner = (1, 0) if lower else (1, 1)
+        self.plot.getPlotItem().legend.anchor(itemPos=corner, parentPos=corner, offset=(-10, 10 if lower else -10))
+        if points:  # room for the names right of the points (view coordinates are log10 on this axis)
+            xs = [math.log10(x) for x, _, _ in points]
+            # A tick at each run's parameter count: a log axis's own minor ticks crowd into each other here.
+            self.plot.getAxis("bottom").setTicks([[(x, f"{10 ** x:,.0f}") for x in sorted(set(xs))]])
+            self.plot.setXRange(min(xs) - 0.1, max(xs) + 0.1 + 0.15 * max(max(xs) - min(xs), 1), padding=0)
+            self.plot.enableAutoRange(axis="y")
         self.plotted = points  # (x, y, name) as drawn: what tests compare with the runs' numbers
         self.front = [points[i] for i in front]
 

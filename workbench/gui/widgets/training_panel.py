@@ -4,13 +4,14 @@ Engine events arrive through ``handle`` (a signal the training worker's job emit
 and are only queued; a 50 ms timer applies the queue in one go — at most 20 repaints a second however fast
 the engine reports. The panel starts no job itself: the main window checks the setup and calls
 ``start_run``, and the panel turns clicks into ``RunControl`` requests, which the engine reads between
-optimizer steps (for a run in another process, ``external_run.FolderControl`` writes them to the run
+optimizer steps (for a run in another process, ``core.runs.control_file.FolderControl`` writes them to the run
 folder's control file instead).
 """
 
 from __future__ import annotations
 
 import html
+import threading
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from workbench.core import runs as core_runs
 from workbench.core.control import RunControl
 from workbench.core.events import (
     CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Progress, Resumed, RunStarted, Sample, Step,
@@ -29,6 +31,39 @@ from .run_location import RunLocation
 from .summary_bar import human_bytes
 
 FLUSH_INTERVAL_MS = 50  # progress and labels: ≤ 20 GUI updates per second; plots: one of them per flush
+
+
+class _History:
+    """A resumed run's earlier steps, read from its metrics.jsonl off the GUI thread and queued like an event."""
+
+    def __init__(self, run: object, steps: list, evaluations: list):
+        self.run, self.steps, self.evaluations = run, steps, evaluations
+
+
+def read_history(run_dir: str, up_to_step: int) -> tuple[list, list]:
+    """The ``Step`` and ``Evaluation`` events a run recorded up to its resume point (a later line is the resumed
+    session's own, which arrives live)."""
+    steps, evaluations = [], []
+    for e in core_runs.read_events(run_dir):
+        if isinstance(e, Step) and e.step <= up_to_step:
+            steps.append(e)
+        elif isinstance(e, Evaluation) and e.step <= up_to_step:
+            evaluations.append(e)
+    return steps, evaluations
+
+
+def before_first_step(e: RunStarted) -> str:
+    """What the engine does between RunStarted and the first Step, said in words: without it step 0 looked
+    frozen for as long as a baseline evaluation and the "before" samples take."""
+    training = e.config.get("training", {}) if isinstance(e.config, dict) else {}
+    work = []
+    if e.resumed_from_step == 0 and training.get("sample_steps") and training.get("sample_prompts"):
+        work.append("writing samples from the base model (Samples tab)")
+    if e.validation_examples:
+        work.append(f"measuring the baseline evaluation loss on {e.validation_examples:,} validation examples")
+    work.append("running the first optimizer step")
+    where = f"Step {e.resumed_from_step} of {e.total_steps}" if e.total_steps else f"Step {e.resumed_from_step}"
+    return f"{where}: {', then '.join(work)}… The first loss appears after step {e.resumed_from_step + 1}."
 
 
 def evaluation_summary(metrics: dict[str, float]) -> str:
@@ -68,8 +103,13 @@ class TrainingPanel(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current step and save the adapter and a checkpoint.")
         self.checkpoint_button = QPushButton("Save checkpoint now")
+        self._run_token: object | None = None  # identifies the current run, so late history of an old one is dropped
+        self._elapsed: float | None = None
+        self._history_reader: threading.Thread | None = None
         self.progress = QProgressBar()
         self.progress.setFormat("step %v of %m")
+        # In the middle of the bar (some styles put it at the right edge, where it ran into the frame).
+        self.progress.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.status_label = QLabel("Not started")
         self.eta_label = QLabel()
         self.batch_label = QLabel()  # the effective global batch, from RunStarted
@@ -99,16 +139,21 @@ class TrainingPanel(QWidget):
         bottom = QTabWidget()
         bottom.addTab(self.samples, "Samples")
         bottom.addTab(self.log, "Log")
+        bottom.setMinimumHeight(120)
+        # Five plots ask for more height than the window has, and a splitter gives its handle no room to move
+        # against a minimum size hint: a small minimum lets the user drag the samples pane up as far as wanted.
+        self.plots.setMinimumHeight(200)
         splitter = QSplitter(Qt.Orientation.Vertical)
-        curves = QSplitter(Qt.Orientation.Horizontal)
-        curves.addWidget(self.plots)
-        curves.addWidget(self.eval_plots)
-        curves.setStretchFactor(0, 2)
-        curves.setStretchFactor(1, 1)
-        splitter.addWidget(curves)
+        self.curves_split = QSplitter(Qt.Orientation.Horizontal)
+        self.curves_split.addWidget(self.plots)
+        self.curves_split.addWidget(self.eval_plots)
+        splitter.addWidget(self.curves_split)
         splitter.addWidget(bottom)
+        splitter.setChildrenCollapsible(False)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
+        splitter.setSizes([560, 240])
+        self.splitter = splitter
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.addLayout(status)
@@ -129,6 +174,8 @@ class TrainingPanel(QWidget):
         self.running, self.paused = True, False
         self._failure_shown = False
         self._pending.clear()
+        self._run_token = object()
+        self._elapsed = None
         self.plots.reset()
         self.eval_plots.reset()
         self.eval_plots.hide()
@@ -144,11 +191,18 @@ class TrainingPanel(QWidget):
         """The worker has finished (successfully or not): apply what is left and free the controls."""
         self.running, self.paused = False, False
         self.flush()  # not running any more: draws whatever is left at once
-        self._flush_timer.stop()
+        if not self._reading_history():  # else flush stops the timer once the history has been drawn
+            self._flush_timer.stop()
+            self.flush()  # what a history reader queued just before it ended
         self.control = None
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
+        self._show_ended_time()
         self._update_buttons()
+
+    def _show_ended_time(self) -> None:
+        """No ETA once a run has ended (it read "ETA 1:03" after a stop): how long it ran, only."""
+        self.eta_label.setText("" if self._elapsed is None else f"ran for {human_duration(self._elapsed)}")
 
     def show_failure(self, message: str) -> None:
         """The worker reports the run could not start or went wrong. The engine may or may not have sent a
@@ -168,6 +222,7 @@ class TrainingPanel(QWidget):
         else:
             self.control.request_pause()
             self.status_label.setText("Pausing after this step…")
+            self.append_log("Pause requested; the run pauses after the current step.")
         self.pause_button.setEnabled(False)  # re-enabled when the engine confirms with Paused / Resumed
 
     def request_stop(self) -> None:
@@ -192,8 +247,31 @@ class TrainingPanel(QWidget):
     # -- events ---------------------------------------------------------------------------------------
     def handle(self, event) -> None:
         self._pending.append(event)
+        if isinstance(event, RunStarted) and event.resumed_from_step > 0:
+            self._load_history(event)
+
+    def _load_history(self, e: RunStarted) -> None:
+        """Plot what the run did before it was stopped, read in a thread (a long run's file is megabytes).
+        The result joins the event queue (``list.append`` is atomic), which the flush timer applies."""
+        token = self._run_token
+
+        def read() -> None:
+            try:
+                steps, evaluations = read_history(e.run_dir, e.resumed_from_step)
+            except Exception:  # noqa: BLE001  (an unreadable history: the live curve still draws)
+                return
+            self._pending.append(_History(token, steps, evaluations))
+
+        self._history_reader = threading.Thread(target=read, name="read run history", daemon=True)
+        self._history_reader.start()
+
+    def _reading_history(self) -> bool:
+        return self._history_reader is not None and self._history_reader.is_alive()
 
     def flush(self) -> None:
+        # The reader first: once it has ended, whatever it queued is in _pending already.
+        if not self.running and not self._reading_history() and not self._pending:
+            self._flush_timer.stop()
         if self._pending:
             events, self._pending = self._pending, []
             last_step = None  # labels show only a batch's last step, but before any later event's own status
@@ -228,6 +306,7 @@ class TrainingPanel(QWidget):
             speed += f" ({e.trained_tokens_per_second:,.0f} trained · {e.examples_per_second or 0:,.1f} examples/s)"
         if not self.paused:
             self.status_label.setText(f"Training — epoch {e.epoch:.2f} · loss {e.loss:.4f}{speed}{memory}")
+        self._elapsed = e.elapsed_s
         self.eta_label.setText(f"elapsed {human_duration(e.elapsed_s)} · ETA {human_duration(e.eta_s)}")
 
     def _apply(self, event) -> None:
@@ -238,14 +317,19 @@ class TrainingPanel(QWidget):
             self.append_log(f"Run started in {event.run_dir} on {event.device_name} ({event.precision}); "
                             f"{event.trainable_params:,} trainable parameters, {event.total_steps} steps, "
                             f"{event.train_examples} training examples.")
-            self.status_label.setText("Training…")
+            self.status_label.setText(before_first_step(event))
             self.eval_plots.set_run_config(event.config)
             self._show_batch(event)
         elif isinstance(event, Evaluation):
             self.plots.add("eval_loss", event.step, event.eval_loss)
-            if self.eval_plots.add_evaluation(event.step, event.metrics):
+            if self.eval_plots.add_evaluation(event.step, event.metrics) and self.eval_plots.isHidden():
                 self.eval_plots.show()
+                width = self.curves_split.width()
+                self.curves_split.setSizes([width * 2 // 3, width // 3])  # a widget shown late gets no room else
             self.append_log(f"Step {event.step}: evaluation loss {event.eval_loss:.4f}" + evaluation_summary(event.metrics))
+            if self.plots.points("loss") == 0 and not self.paused:  # the baseline, before any step
+                self.status_label.setText(f"Baseline evaluation loss {event.eval_loss:.4f}; running the first "
+                                          f"optimizer step…")
         elif isinstance(event, CheckpointSaved):
             self.append_log(f"Step {event.step}: checkpoint saved to {event.path}")
         elif isinstance(event, Sample):
@@ -254,13 +338,21 @@ class TrainingPanel(QWidget):
         elif isinstance(event, Paused):
             self.paused = True
             self.status_label.setText(f"Paused at step {event.step}. Resume to continue.")
+            self.append_log(f"Step {event.step}: paused; the model stays in memory until Resume.")
             self._update_buttons()
         elif isinstance(event, Resumed):
             self.paused = False
             self.status_label.setText(f"Resumed at step {event.step}.")
+            self.append_log(f"Step {event.step}: resumed.")
             self._update_buttons()
+        elif isinstance(event, _History):
+            added = self.plots.add_history(event.steps, event.evaluations) if event.run is self._run_token else 0
+            if added:
+                self.append_log(f"Plotted the run's history: {added} logged steps before step "
+                                f"{event.steps[-1].step + 1}.")
         elif isinstance(event, Finished):
             self.progress.setValue(event.step)
+            self._show_ended_time()
             self.status_label.setText(f"Run {event.status} at step {event.step}. Adapter: {event.adapter_path}")
             self.append_log(f"Run {event.status} at step {event.step}; adapter saved to {event.adapter_path}")
         elif isinstance(event, Failed):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 
-from .workers import Worker
+from .jobs import Worker
 
 
 class QueueWorker(Worker):

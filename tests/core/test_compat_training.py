@@ -1,0 +1,91 @@
+"""The framework facts the engine, the memory estimate and the checkpoint checks rely on beyond
+their frameworks' documented API (workbench/core/compat.py, "transformers (models)", "transformers (training)"):
+each test fails, naming what changed, when a release moves or changes one of them.
+
+- ``Trainer._save_checkpoint(model, trial)`` and ``Trainer._get_output_dir(trial)``: the atomic checkpoints of
+  ``training.trainer.AtomicCheckpointTrainer`` point the second at a staging folder and call the first.
+- ``PretrainedConfig._attn_implementation`` (``compat.attention_implementation``): the attention activations.
+- ``transformers.trainer_pt_utils.safe_globals`` (``compat.trainer_load_allowlist``): the checkpoint load check.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tiny
+from workbench.core import compat
+
+
+# ------------------------------------------------------------------------------------- Trainer checkpoints
+
+
+def test_trainer_saves_a_checkpoint_into_the_folder_get_output_dir_names(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    for name, params in (("_save_checkpoint", ["self", "model", "trial"]), ("_get_output_dir", ["self", "trial"])):
+        assert hasattr(Trainer, name), f"transformers.Trainer.{name} is gone: rework training/trainer.py"
+        assert list(inspect.signature(getattr(Trainer, name)).parameters) == params, \
+            f"transformers.Trainer.{name} changed its parameters: check training/trainer.py"
+
+    asked: list = []
+
+    class Redirected(Trainer):
+        def _get_output_dir(self, trial):
+            asked.append(trial)
+            return str(tmp_path / "staging")
+
+    args = TrainingArguments(output_dir=str(tmp_path / "final"), use_cpu=True, report_to="none", save_strategy="steps",
+                             save_steps=1, disable_tqdm=True)
+    trainer = Redirected(model=tiny.make_model("llama"), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=3)  # a checkpoint holds their state too
+    trainer.state.global_step = 3
+    trainer._save_checkpoint(trainer.model, trial=None)
+
+    assert asked, "Trainer._save_checkpoint no longer asks _get_output_dir where to save: checkpoints are not atomic"
+    written = tmp_path / "staging" / "checkpoint-3"
+    assert (written / "trainer_state.json").is_file() and (written / "model.safetensors").is_file(), \
+        f"Trainer._save_checkpoint did not write checkpoint-3 into the folder _get_output_dir named: {written}"
+    assert not (tmp_path / "final" / "checkpoint-3").exists(), "the checkpoint was (also) written to args.output_dir"
+
+
+# ------------------------------------------------------------------------------------ attention kernel
+
+
+def test_attention_implementation_is_the_one_the_model_was_built_with():
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny.make_config("llama")
+    assert hasattr(cfg, "_attn_implementation"), "PretrainedConfig._attn_implementation is gone: rework compat"
+    for kernel in ("eager", "sdpa"):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=kernel)
+        assert compat.attention_implementation(model.config) == kernel
+
+
+# ------------------------------------------------------------------------------ checkpoint load allowlist
+
+
+def test_trainer_load_allowlist_admits_the_numpy_rng_state_the_trainer_saves(tmp_path):
+    path = tmp_path / "rng_state.pth"
+    torch.save({"numpy": np.random.get_state(), "cpu": torch.get_rng_state()}, path)
+    with pytest.raises(pickle.UnpicklingError):  # what the allowlist is for: plain weights_only refuses numpy
+        torch.load(path, weights_only=True)
+    with compat.trainer_load_allowlist():
+        state = torch.load(path, weights_only=True)
+    assert state["numpy"][0] == "MT19937"
+
+
+def test_every_private_name_compat_reads_is_named_in_a_test_here():
+    """A new entry in compat.py gets its test: every function there is either tested in this file or in
+    test_compat_models.py / test_compat_data.py."""
+    here = Path(__file__).parent
+    tests = "".join((here / f).read_text() for f in ("test_compat_training.py", "test_compat_models.py",
+                                                      "test_compat_data.py"))
+    functions = [n for n, f in inspect.getmembers(compat, inspect.isfunction) if f.__module__ == compat.__name__]
+    assert functions and all(f"{n}(" in tests for n in functions), \
+        [n for n in functions if f"{n}(" not in tests]
