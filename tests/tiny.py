@@ -119,3 +119,51 @@ def pickled_copy(src: Path, folder: Path) -> Path:
     (folder / "model.safetensors").unlink()
     torch.save(AutoModelForCausalLM.from_pretrained(src).state_dict(), folder / "pytorch_model.bin")
     return folder
+
+
+# Vision models for image classification (core/images.py): small, real architectures, 3-channel 16 × 16 inputs.
+VISION_CONFIGS: dict[str, dict] = {
+    "vit": dict(model_type="vit", image_size=16, patch_size=4, num_channels=3, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4),
+    "resnet": dict(model_type="resnet", num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                   layer_type="basic"),
+}
+
+
+def save_vision_model(arch: str, folder: Path, num_labels: int = 10, seed: int = 0, **overrides) -> Path:
+    """A tiny image classifier and its image processor (resize to 16 × 16, normalise) as a local folder."""
+    from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessor
+
+    kw = dict(VISION_CONFIGS[arch])
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForImageClassification.from_config(AutoConfig.for_model(kw.pop("model_type"), num_labels=num_labels, **kw))
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return Path(folder)
+
+
+def save_digit_images(folder: Path, per_class: int = 12, classes: int = 4, seed: int = 0) -> Path:
+    """An image folder of class sub-folders of 8 × 8 grey PNGs. With scikit-learn installed these are its bundled
+    handwritten digits (load_digits); without it, each class is a fixed random 8 × 8 pattern plus noise, drawn
+    with numpy, so that the classes can be learned."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    try:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        pick = {c: np.flatnonzero(digits.target == c)[:per_class] for c in range(classes)}
+        images = {c: [digits.images[i] / 16.0 for i in idx] for c, idx in pick.items()}
+    except ImportError:
+        patterns = rng.random((classes, 8, 8)) > 0.5
+        images = {c: [np.clip(patterns[c] * 0.8 + rng.normal(0, 0.15, (8, 8)), 0, 1) for _ in range(per_class)]
+                  for c in range(classes)}
+    for c, pictures in images.items():
+        (folder / str(c)).mkdir(parents=True, exist_ok=True)
+        for i, picture in enumerate(pictures):
+            Image.fromarray((picture * 255).astype("uint8"), mode="L").save(folder / str(c) / f"{i:03d}.png")
+    return folder

@@ -638,7 +638,7 @@ def _(ctx):
     return Built(Path("workbench-tests/no-such-model"), ["inspect", "workbench-tests/no-such-model"])
 
 
-@case("model-wrong-task", "model", r"clip cannot be built as a causal-lm model", r"choose the other task")
+@case("model-wrong-task", "model", r"clip cannot be built as a causal-lm model", r"set model.task to what the model is")
 def _(ctx):
     folder = ctx.model("clip")
     (folder / "config.json").write_text(json.dumps({"model_type": "clip"}))

@@ -273,6 +273,10 @@ def _make_module(name: str, p: dict[str, torch.Tensor], config: dict[str, Any], 
     """Pair A and B, and compute the module's scale exactly as PEFT does (patterns resolved by PEFT's matcher)."""
     embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
     a, b = (p.get("lora_embedding_A"), p.get("lora_embedding_B")) if embedding else (p.get("lora_A"), p.get("lora_B"))
+    if a is not None and b is not None and a.ndim == 4 and b.ndim == 4 and tuple(b.shape[2:]) == (1, 1):
+        # PEFT's LoRA on a Conv2d: A is an r-filter convolution with the layer's kernel (r × in × kh × kw), B a 1 × 1
+        # convolution (out × r × 1 × 1). B·A over the flattened kernel is the weight update, in the layer's layout.
+        a, b = a.flatten(1), b.flatten(1)
     if a is None or b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
         shapes = {k: tuple(v.shape) for k, v in p.items()}
         raise AdapterError(f"{folder}: module {name} has an incomplete or inconsistent A/B pair {shapes} "
@@ -317,7 +321,7 @@ class Target:
     @property
     def transposed(self) -> bool:
         """Stored as (in × out) rather than (out × in)."""
-        return self.layout != "linear"
+        return self.layout in ("conv1d", "embedding")
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,11 +331,26 @@ class AdapterFit:
     adapter: LoraAdapter
     base: BaseCheckpoint
     targets: dict[str, Target]  # by module name
+    # A classification adapter's tensors the base checkpoint lacks or holds in another shape: the head (and
+    # any module the base did not have, BERT's pooler under a masked-LM base), added to the merged model whole.
+    added: tuple[str, ...] = ()
+
+
+def _is_classification(adapter: LoraAdapter) -> bool:
+    """A text (PEFT's SEQ_CLS) or image classifier's adapter (an image run saves labels.json, and has no PEFT task)."""
+    return adapter.config.get("task_type") == "SEQ_CLS" or (adapter.path / "labels.json").is_file()
 
 
 def _match(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target], list[str], int]:
     """Targets, problems (each naming its module), and how many adapted modules the base lacks."""
+    targets, problems, missing, _ = _match_all(adapter, base)
+    return targets, problems, missing
+
+
+def _match_all(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target], list[str], int, list[str]]:
+    """``_match`` plus the tensors a classification adapter adds to the base."""
     problems: list[str] = []
+    added: list[str] = []
     targets: dict[str, Target] = {}
     missing = 0
     tied_out = base.tied_embeddings[1] if base.tied_embeddings else None
@@ -353,7 +372,13 @@ def _match(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target
             problems.append(f"{name}: its weight {key} is not in the checkpoint files")
             continue
         shape = base.tensors[key].shape if key in base.tensors else info.weight_shape
-        out_f, in_f = shape if info.layout == "linear" else shape[::-1]
+        if info.layout == "conv2d":  # (out, in, kh, kw): the pair maps in·kh·kw → out
+            out_f, in_f = shape[0], math.prod(shape[1:])
+            if mod.magnitude is not None:
+                problems.append(f"{name}: DoRA on a convolution cannot be merged here; merge it with PEFT")
+                continue
+        else:
+            out_f, in_f = shape if info.layout == "linear" else shape[::-1]
         if (mod.out_features, mod.in_features) != (out_f, in_f):
             problems.append(f"{name}: shape mismatch: the adapter maps {mod.in_features} → {mod.out_features} features "
                             f"(A {tuple(mod.lora_A.shape)}, B {tuple(mod.lora_B.shape)}) but the base layer maps "
@@ -365,12 +390,17 @@ def _match(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target
         targets[name] = Target(name, info.layout, key)
     for key, rep in adapter.replacements.items():
         shape = base.parameter_shape(key)
-        if shape is None:
+        # A classification head is trained in full for the task's classes: the base has none, or one of
+        # another size (a checkpoint fine-tuned for other classes), and the adapter's copy is the head.
+        head = _is_classification(adapter) and bool({"classifier", "score"} & set(key.split(".")[:-1]))
+        if _is_classification(adapter) and (shape is None or (head and shape != tuple(rep.tensor.shape))):
+            added.append(key)
+        elif shape is None:
             problems.append(f"{key}: the adapter replaces this tensor (modules_to_save) but the base model has no such tensor")
         elif shape != tuple(rep.tensor.shape):
             problems.append(f"{key}: shape mismatch: the adapter's copy is {tuple(rep.tensor.shape)}, the base's {shape}"
                             + (" (trained with a resized vocabulary?)" if "embed" in key or "lm_head" in key else ""))
-    return targets, problems, missing
+    return targets, problems, missing, added
 
 
 def adapter_problems(adapter: LoraAdapter, base: BaseCheckpoint) -> list[str]:
@@ -380,9 +410,9 @@ def adapter_problems(adapter: LoraAdapter, base: BaseCheckpoint) -> list[str]:
 
 def check_adapter(adapter: LoraAdapter, base: BaseCheckpoint) -> AdapterFit:
     """Check that ``adapter`` fits ``base`` and say where each module's weight is; raise AdapterError if not."""
-    targets, problems, missing = _match(adapter, base)
+    targets, problems, missing, added = _match_all(adapter, base)
     if not problems:
-        return AdapterFit(adapter, base, targets)
+        return AdapterFit(adapter, base, targets, tuple(added))
     shown = "\n  ".join(problems[:12]) + (f"\n  … and {len(problems) - 12} more" if len(problems) > 12 else "")
     if missing == len(adapter.modules):
         head = f"the adapter {adapter.path} does not belong to the base model {base.path}: none of its {missing} adapted modules exists there"

@@ -35,7 +35,8 @@ __all__ = [
     "open_base_model",
 ]
 
-Layout = Literal["linear", "conv1d", "embedding"]
+# "conv2d": a torch Conv2d, weight (out × in × kh × kw); its LoRA pair is handled as (out × in·kh·kw) matrices.
+Layout = Literal["linear", "conv1d", "embedding", "conv2d"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {  # safetensors dtype code → torch dtype
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -161,7 +162,8 @@ class BaseCheckpoint:
         layout: Layout | None = (
             "conv1d" if isinstance(mod, Conv1D) else
             "linear" if isinstance(mod, torch.nn.Linear) else
-            "embedding" if isinstance(mod, torch.nn.Embedding) else None
+            "embedding" if isinstance(mod, torch.nn.Embedding) else
+            "conv2d" if isinstance(mod, torch.nn.Conv2d) and mod.groups == 1 else None
         )
         weight = getattr(mod, "weight", None)
         if not isinstance(weight, torch.Tensor):
@@ -192,7 +194,10 @@ class BaseCheckpoint:
     def tied_embeddings(self) -> tuple[str, str] | None:
         """``(input_embedding_key, output_embedding_key)`` when the model uses one tensor for both."""
         model = self._skeleton
-        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        try:
+            inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        except NotImplementedError:  # vision models (ResNet) have no token embeddings to tie
+            return None
         if inp is None or out is None or out.weight is not inp.weight:
             return None
         names = {id(m): n for n, m in model.named_modules()}

@@ -272,9 +272,11 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
 
 
 def auto_class(task: str):
-    """transformers' auto class for ``task``: sequence classification, or (anything else) a causal LM."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """transformers' auto class for ``task``: sequence or image classification, or (anything else) a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
+    if task == "image-classification":
+        return AutoModelForImageClassification
     return AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
 
 
@@ -306,7 +308,7 @@ def build_skeleton(config: "PretrainedConfig", task: str | None = "causal-lm", *
     except ValueError as exc:
         raise ModelSourceError(
             f"{config.model_type} cannot be built as a {arch if saved_as is not None else task} model: {exc}".split("\n")[0],
-            "choose the other task (causal-lm or sequence-classification) or another model",
+            "set model.task to what the model is (causal-lm, sequence-classification or image-classification), or choose another model",
         ) from None
     except (ArithmeticError, AssertionError, AttributeError, IndexError, KeyError, TypeError) as exc:
         # transformers builds whatever config.json describes; values it cannot use (0 attention heads, an

@@ -40,6 +40,8 @@ PRESETS: dict[str, str] = {
     "attention": "every attention projection (q, k, v, output)",
     "mlp": "every MLP / feed-forward projection",
     "all-linear": "every linear layer in the transformer blocks (attention and MLP), not the output head",
+    "conv": "every 2-D convolution (vision models such as ResNet and ConvNeXt); the rank is the number of filters of "
+            "the adapter's own convolution, which has the layer's kernel and is followed by a 1×1 convolution",
 }
 DEFAULT_PRESET = "all-linear"
 
@@ -78,10 +80,19 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Dtype of the frozen base weights. 'auto': float32 on CPU; on a GPU the training precision (bf16 or fp16)."
     )
-    task: Literal["causal-lm", "sequence-classification"] = Field(
-        "causal-lm", description="Causal language modelling, or a classification head on an encoder (BERT-style)."
+    task: Literal["causal-lm", "sequence-classification", "image-classification"] = Field(
+        "causal-lm", description="Causal language modelling; a classification head on a text model (BERT-style encoders, "
+                                 "Llama/Qwen decoders); or an image classifier (ViT, DeiT, ConvNeXt, ResNet, Swin, …) "
+                                 "trained on an image folder with one sub-folder per class."
     )
-    num_labels: int = Field(2, ge=2, le=100_000, description="Classes for sequence classification.")
+    num_labels: int = Field(2, ge=2, le=100_000, description="Classes for sequence classification (set from model.labels "
+                                                            "or from the labels found in the training data).")
+    problem_type: Literal["single-label", "multi-label", "regression"] = Field(
+        "single-label", description="Sequence classification: one class per text (single-label), any number of classes "
+                                    "per text (multi-label: the label is a list), or a number to predict (regression).")
+    labels: list[str] = Field(
+        default_factory=list, description="Class names in id order. Empty: the labels found in the training data, sorted "
+                                          "(numerically when they are numbers).")
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Off unless you have read that code."
     )
@@ -173,7 +184,8 @@ class DataConfig(_Section):
     format: DataFormat = Field("auto", description="Row format; 'auto' detects it from the columns.")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Column mapping {role: column}, roles: text, prompt, completion, instruction, input, output, messages, conversations.",
+        description="Column mapping {role: column}, roles: text, prompt, completion, instruction, input, output, messages, "
+                    "conversations; for sequence classification text, text_pair (optional) and label.",
     )
     max_length: int = Field(1024, ge=8, le=1_048_576, description="Maximum tokens per example; longer ones are truncated and counted.")
     packing: bool = Field(True, description="Pack short examples into full rows without attention across example boundaries.")
@@ -190,6 +202,12 @@ class DataConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    method: Literal["sft", "dpo", "orpo", "kto"] = Field(
+        "sft", description="sft: learn the completions (supervised fine-tuning). dpo / orpo: learn to prefer the chosen "
+                           "answer over the rejected one ({prompt, chosen, rejected} rows); kto: from answers marked "
+                           "good or bad ({prompt, completion, label}). Preference methods need the trl package.")
+    beta: float = Field(0.1, gt=0, le=100, description="Preference methods: how strongly the adapter may move away "
+                                                       "from the base model (DPO/KTO) or weigh the odds ratio (ORPO).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (LoRA: 1e-5 – 1e-3, typically 2e-4).")
@@ -229,6 +247,10 @@ class TrainingConfig(_Section):
 
 
 ScorerName = Literal["exact_match", "regex", "json_valid", "json_fields", "label", "perplexity"]
+# What a classification run's evaluation computes (core/classification.ClassificationMetrics); any of them can pick
+# the best checkpoint. mse and mae (regression) are better when lower.
+CLASSIFIER_METRICS = ("accuracy", "f1", "exact_match", "mse", "mae")
+LOWER_IS_BETTER = ("eval_loss", "perplexity", "mse", "mae")
 
 
 class EvalConfig(_Section):
@@ -257,9 +279,11 @@ class EvalConfig(_Section):
     def _consistent(self) -> "EvalConfig":
         if "regex" in self.scorers and not self.regex:
             raise ValueError("the regex scorer needs eval.regex, the pattern an answer must match")
-        if self.best_metric != "eval_loss" and self.best_metric not in self.scorers:
+        if self.best_metric != "eval_loss" and self.best_metric not in self.scorers \
+                and self.best_metric not in CLASSIFIER_METRICS:
             raise ValueError(f"best_metric {self.best_metric!r} must be eval_loss or one of eval.scorers "
-                             f"({', '.join(self.scorers) or 'none set'})")
+                             f"({', '.join(self.scorers) or 'none set'}); a classifier also has "
+                             f"{', '.join(CLASSIFIER_METRICS)}")
         return self
 
     @field_validator("regex")
@@ -307,6 +331,15 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _classifier_metric_needs_a_classifier(self) -> "RunConfig":
+        e = self.eval
+        if e.best_metric in CLASSIFIER_METRICS and e.best_metric not in e.scorers and self.model.task == "causal-lm":
+            raise ValueError(f"eval.best_metric {e.best_metric!r} must be eval_loss or one of eval.scorers "
+                             f"({', '.join(e.scorers) or 'none set'}): without a scorer it is computed for classifiers "
+                             "only (model.task = sequence-classification or image-classification)")
+        return self
 
     # -- warnings ------------------------------------------------------------------------------------
     def warnings(self) -> list[str]:
@@ -451,6 +484,9 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[st
     for err in exc.errors():
         loc = prefix + ".".join(str(p) for p in err["loc"])
         kind = err["type"]
+        if not err["loc"] and err["msg"].startswith("Value error, "):  # a rule across sections: it names its fields
+            problems.append(err["msg"].removeprefix("Value error, "))
+            continue
         value = err.get("input")
         if kind == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])

@@ -96,6 +96,8 @@ class Step(Event):
     trained_tokens_per_second: float | None = None
     examples_per_second: float | None = None
     trained_tokens_seen: int = 0
+    # The training method's own numbers for the step (preference training: rewards/margins, rewards/chosen, …).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

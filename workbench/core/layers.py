@@ -10,8 +10,12 @@ this file is plain Python over that tree, so the window, the CLI and the tests s
 * the arithmetic PEFT will agree with: trainable parameters (``r·(in+out)`` per module, plus DoRA
   magnitudes, trained biases and ``modules_to_save`` copies), share of the model, adapter size on disk.
 
-Adaptable modules are ``torch.nn.Linear`` and transformers' GPT-2-style ``Conv1D`` (weight stored
-``in × out``). Embeddings and convolutions are shown but not offered for LoRA.
+Adaptable modules are ``torch.nn.Linear``, transformers' GPT-2-style ``Conv1D`` (weight stored
+``in × out``) and ``torch.nn.Conv2d`` without groups (vision models). PEFT's LoRA on a convolution is an
+r-filter convolution with the layer's kernel (A: r × in × kh × kw) followed by a 1 × 1 convolution back to the
+output channels (B: out × r), so ``in`` counts ``in_channels · kh · kw`` and ``r·(in+out)`` still holds.
+Convolutions are their own kind (``conv``), picked by the ``conv`` preset only. Embeddings are shown but not
+offered for LoRA.
 """
 
 from __future__ import annotations
@@ -122,7 +126,9 @@ class LayerTree:
         elif name == "mlp":
             picked = [n for n in nodes if n.kind in MLP_KINDS]
         elif name == "all-linear":
-            picked = [n for n in nodes if n.kind != "head"]
+            picked = [n for n in nodes if n.kind not in ("head", "conv")]
+        elif name == "conv":
+            picked = [n for n in self.adaptable() if n.kind == "conv"]
         elif name == "none":
             picked = []
         else:
@@ -180,6 +186,9 @@ def _is_adaptable(module: "torch.nn.Module") -> tuple[bool, int, int]:
     if type(module).__name__ == "Conv1D" and hasattr(module, "weight") and module.weight.dim() == 2:
         # transformers.pytorch_utils.Conv1D stores weight as (in, out)
         return True, int(module.weight.shape[0]), int(module.weight.shape[1])
+    if isinstance(module, torch.nn.Conv2d) and module.groups == 1:  # PEFT's LoRA has no grouped convolutions
+        kh, kw = module.kernel_size
+        return True, module.in_channels * kh * kw, module.out_channels
     return False, 0, 0
 
 
@@ -207,6 +216,8 @@ def _classify(name: str, blocks_prefix: str | None, adaptable: bool, type_name: 
         return "norm"
     if not adaptable:
         return "other"
+    if type_name == "Conv2d":
+        return "conv"
     if not in_block:
         return "head" if leaf in _HEAD_NAMES or parts[0] in _HEAD_NAMES else "other"
     scopes = [p.lower() for p in parts[:-1]]
@@ -327,7 +338,7 @@ def resolve_selection(tree: LayerTree, lora: LoraSettings, task: str = "causal-l
             targets += hits
     for name in targets:
         if name in tree.nodes and not tree.nodes[name].adaptable:
-            problems.append(f"{name} is a {tree.nodes[name].type}, which LoRA cannot adapt (only Linear and Conv1D)")
+            problems.append(f"{name} is a {tree.nodes[name].type}, which LoRA cannot adapt (only Linear, Conv1D and Conv2d)")
     if lora.blocks is not None:
         if not tree.blocks_prefix:
             problems.append("blocks: this model has no repeated transformer blocks to choose from")
@@ -378,8 +389,9 @@ def _modules_to_save(tree: LayerTree, names: list[str], task: str, problems: lis
         if not hits:
             problems.append(f"modules_to_save {name!r} matches no module")
         out += hits
-    if task == "sequence-classification":
-        # PEFT adds the classification head to modules_to_save for SEQ_CLS; count it the same way.
+    if task in ("sequence-classification", "image-classification"):
+        # PEFT adds the classification head to modules_to_save for SEQ_CLS; count it the same way (an image
+        # classifier has no PEFT task type: lora_config_from_selection names its head itself).
         out += [n for n in ("classifier", "score") if n in tree.nodes]
     return sorted(set(out), key=tree._order)
 
@@ -476,7 +488,8 @@ def lora_config_from_selection(sel: Selection, lora: LoraSettings, task: str = "
     # rank_pattern/alpha_pattern keys are regexes PEFT matches against the end of a module's name;
     # full dotted names only ever match themselves (a '.' can only meet a '.' in real names).
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "sequence-classification" else TaskType.CAUSAL_LM,
+        task_type=(TaskType.SEQ_CLS if task == "sequence-classification" else None if task == "image-classification"
+                   else TaskType.CAUSAL_LM),
         r=sel.r,
         lora_alpha=sel.alpha,
         lora_dropout=lora.dropout,

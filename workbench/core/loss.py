@@ -180,7 +180,13 @@ class LossCounts:
         labels = inputs.get("labels")
         if not torch.is_tensor(labels):
             return
-        tokens, examples = count_supervised(labels, inputs.get("position_ids"))
+        if labels.dim() != 2 or labels.is_floating_point():
+            # one target per example (a class id, a regression value, a multi-label row: core/classification.py):
+            # every example is trained on, and no token carries a language-modelling loss
+            tokens = torch.zeros((), dtype=torch.long, device=labels.device)
+            examples = torch.tensor(labels.shape[0], dtype=torch.long, device=labels.device)
+        else:
+            tokens, examples = count_supervised(labels, inputs.get("position_ids"))
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         self._examples = examples if self._examples is None else self._examples + examples
 

@@ -74,6 +74,8 @@ def merged_weight(weight: torch.Tensor, module: LoraModule, transposed: bool) ->
     weight beside the weight as read.
     """
     merged = _transpose(module.lora_B.float() @ module.lora_A.float(), transposed).contiguous().mul_(module.scale)
+    if weight.ndim == 4:  # a Conv2d: the update over the flattened kernel, back in the (out, in, kh, kw) layout
+        merged = merged.view(weight.shape)
     merged.add_(weight)  # promotes a bf16/fp16 weight to fp32 element by element, without a copy
     if module.magnitude is not None:
         norm = torch.linalg.norm(_transpose(merged, transposed), dim=1)
@@ -129,15 +131,23 @@ def _plan(fit: AdapterFit, dtype: torch.dtype | None) -> tuple[list[tuple[str, l
         return _Entry(key, stored, rep.tensor if rep else None, module, transposed, out_dtype)
 
     shards = []
+    added = set(fit.added)
     for shard in base.shard_files:
         entries = []
         for info in base.shard_tensors(shard):
             if untie and info.key == tied[1]:
                 continue  # a stale stored copy; the output embedding is written after the input one
+            if info.key in added:
+                continue  # a classification head of another size: the adapter's is written below
             entries.append(entry(info.key, info))
             if untie and info.key == tied[0]:
                 entries.append(entry(tied[1], info))
         shards.append((shard.name, entries))
+    for key in fit.added:  # a classification adapter's head (and modules the base lacks), in the last shard
+        tensor = adapter.replacements[key].tensor
+        info = TensorInfo(key, Path(), SAFETENSORS_DTYPE[tensor.dtype], tuple(tensor.shape), 0,
+                          tensor.numel() * tensor.element_size())
+        shards[-1][1].append(entry(key, info))
     return shards, untie
 
 
@@ -235,7 +245,7 @@ def merge_adapter(
                 weight_map = {e.key: name for name, entries in shards for e in entries}
                 index = {"metadata": {"total_size": written}, "weight_map": weight_map}
                 (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-            _write_config(checkpoint, tmp, torch_dtype, untie)
+            _write_config(checkpoint, tmp, torch_dtype, untie, lora)
             for f in sorted(checkpoint.path.iterdir()):
                 if f.is_file() and f.name != "config.json" and not f.name.startswith(".") and not is_weight_file(f.name):
                     shutil.copy2(f, tmp / f.name)
@@ -262,8 +272,11 @@ def _write_entry(checkpoint: BaseCheckpoint, writer: _ShardWriter, e: _Entry) ->
     writer.write(e, tensor.to(TORCH_DTYPES[e.dtype]))
 
 
-def _write_config(checkpoint: BaseCheckpoint, folder: Path, dtype: torch.dtype | None, untie: bool) -> None:
+def _write_config(checkpoint: BaseCheckpoint, folder: Path, dtype: torch.dtype | None, untie: bool,
+                  adapter: LoraAdapter | None = None) -> None:
     config = dict(checkpoint.config)
+    if adapter is not None:
+        config.update(_classification_fields(adapter, config))
     if dtype is not None:
         config["dtype"] = _CONFIG_DTYPE[dtype]
         if "torch_dtype" in config:  # written by transformers 4.x
@@ -271,3 +284,29 @@ def _write_config(checkpoint: BaseCheckpoint, folder: Path, dtype: torch.dtype |
     if untie:
         config["tie_word_embeddings"] = False
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _classification_fields(adapter: LoraAdapter, config: dict[str, Any]) -> dict[str, Any]:
+    """What a classification adapter changes in config.json: the architecture with its head and the classes
+    (from the labels.json saved beside the adapter), so the merged folder loads as the trained classifier."""
+    from workbench.core.classification import TRANSFORMERS_PROBLEM_TYPES, read_label_file
+
+    labels = read_label_file(adapter.path)
+    if labels is None:
+        return {}
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+
+    fields: dict[str, Any] = {"id2label": {str(i): n for i, n in labels.id2label.items()}, "label2id": labels.label2id,
+                              "problem_type": TRANSFORMERS_PROBLEM_TYPES[labels.problem_type]}
+    text = adapter.config.get("task_type") == "SEQ_CLS"
+    mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES if text else MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    architecture = mapping.get(config.get("model_type", ""))
+    if isinstance(architecture, tuple):  # a few model types list several classes: the first is the plain one
+        architecture = architecture[0]
+    if architecture:
+        fields["architectures"] = [architecture]
+    if text and config.get("pad_token_id") is None and config.get("eos_token_id") is not None:
+        eos = config["eos_token_id"]  # as training did: a decoder's head needs to know which token pads
+        fields["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+    return fields

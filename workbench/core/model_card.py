@@ -230,7 +230,8 @@ def _hub_datasets(facts: CardFacts) -> list[str]:
 def _pipeline(facts: CardFacts) -> str | None:
     task = facts.config.model.task if facts.config is not None else facts.adapter_config.get("task_type")
     return {"causal-lm": "text-generation", "CAUSAL_LM": "text-generation",
-            "sequence-classification": "text-classification", "SEQ_CLS": "text-classification"}.get(task or "")
+            "sequence-classification": "text-classification", "SEQ_CLS": "text-classification",
+            "image-classification": "image-classification"}.get(task or "")
 
 
 def _title(facts: CardFacts) -> str:

@@ -330,8 +330,12 @@ def _tokenizer_code_files(folder: Path) -> list[str]:
 
 def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "causal-lm", dtype: Any = "auto",
                trust_remote_code: bool = False, device_map: Any = None,
-               quantization_config: Any = None) -> "torch.nn.Module":
-    """Load real weights: safetensors (a GGUF file's conversion too); pickle only when ``resolve_source`` allowed it."""
+               quantization_config: Any = None, loading_info: dict[str, Any] | None = None) -> "torch.nn.Module":
+    """Load real weights: safetensors (a GGUF file's conversion too); pickle only when ``resolve_source`` allowed it.
+
+    ``loading_info``, when given, is filled with transformers' loading report (``missing_keys``,
+    ``mismatched_keys``, …), and weights whose shape differs from ``config`` are initialised afresh instead of
+    failing: a classification head of another number of classes (core/classification.py trains those in full)."""
     if source.weights == "none":
         raise ModelSourceError(
             f"{source.spec} has no weight files (no *.safetensors)",
@@ -345,11 +349,17 @@ def load_model(source: ModelSource, config: "PretrainedConfig", *, task: str = "
         kwargs["device_map"] = device_map
     if quantization_config is not None:  # core/quantization.py: the base is quantized while it loads
         kwargs["quantization_config"] = quantization_config
+    if loading_info is not None:
+        kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
     from safetensors import SafetensorError
 
     import pickle
 
     try:
+        if loading_info is not None:
+            model, info = auto_class(task).from_pretrained(source.path, **kwargs)
+            loading_info.update(info)
+            return model
         return auto_class(task).from_pretrained(source.path, **kwargs)
     except pickle.UnpicklingError as exc:  # pickle allowed, but torch.load(weights_only=True) met more than tensors
         raise ModelSourceError(

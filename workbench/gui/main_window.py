@@ -267,6 +267,7 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         except ConfigError as exc:
             self.show_error("Model", "\n".join(exc.problems))
             return
+        self._opened_task = self.store.config.model.task  # the tree's model class: causal LM or a classifier
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
         self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
@@ -428,6 +429,11 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
             if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
                 self._selection_from_config(self.layers.model)
             self._data_timer.start()
+        elif section == "model":  # the task, problem type or classes decide what the Data tab reads
+            self._data_timer.start()
+            model = self.store.config.model
+            if self.overview is not None and model.task != getattr(self, "_opened_task", model.task):
+                self.open_model(model.source)  # another task is another model class: its head shows in the tree
         self._summary_timer.start()
 
     def update_summary(self) -> None:
@@ -461,15 +467,26 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         source = self.overview.source if self.overview is not None else None
         trust = self.store.config.model.trust_remote_code
         seed = self.store.config.training.seed
-        worker = workers.FunctionWorker(lambda should_stop: inspect_data(data, source, trust, seed, should_stop),
-                                        "Reading the data", stoppable=True)
+        if self.store.config.model.task in ("sequence-classification", "image-classification"):  # labelled rows
+            from workbench.core.classification import inspect_labels
+            from workbench.core.images import inspect_images
+
+            model = self.store.config.model
+            read = inspect_images if model.task == "image-classification" else inspect_labels
+            worker = workers.FunctionWorker(lambda should_stop: read(model, data), "Reading the data", stoppable=True)
+        else:
+            worker = workers.FunctionWorker(lambda should_stop: inspect_data(data, source, trust, seed, should_stop),
+                                            "Reading the data", stoppable=True)
         worker.result.connect(self._data_ready)
         worker.failed.connect(self._data_failed)
         worker.finished.connect(self._data_job_done)
         self._start(worker)
 
     def _data_ready(self, result: dict) -> None:
-        self.data.show_result(result)
+        if "labels" in result:
+            self.data.show_labels(result)
+        else:
+            self.data.show_result(result)
         for path in self.store.config.data.train_files:
             self._remember("recent/data", path)
         self._fill_recent_menu()

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..config import RunConfig
+from ..config import LOWER_IS_BETTER, RunConfig
 from ..control import Control
 from ..distributed import Distributed
 from ..errors import WorkbenchError
@@ -139,6 +139,7 @@ class EventCallback(TrainerCallback):
                 memory_bytes=_device_memory(self.ctx.compute.device), elapsed_s=round(elapsed, 3), eta_s=eta,
                 trained_tokens_per_second=trained / dt if trained else None,
                 examples_per_second=examples / dt if examples else None, trained_tokens_seen=self._trained_tokens,
+                metrics=_method_metrics(logs),
             ))
             self._check_divergence(state.global_step, loss, _float_or_none(logs.get("grad_norm")))
         if self.failure is not None:
@@ -206,10 +207,11 @@ class EventCallback(TrainerCallback):
     def _metric_value(self, loss: float, extra: dict[str, float]) -> float | None:
         """eval.best_metric, signed so that higher is better."""
         name = self.ctx.config.eval.best_metric
-        value = loss if name == "eval_loss" else extra.get(name)
+        # a scorer's value is named as the scorer; a classifier's metric as the Trainer logs it (eval_accuracy)
+        value = loss if name == "eval_loss" else extra.get(name, extra.get(f"eval_{name}"))
         if value is None or not math.isfinite(value):
             return None
-        return -value if name in ("eval_loss", "perplexity") else value
+        return -value if name in LOWER_IS_BETTER else value
 
     def on_save(self, args, state, control, **kw):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -321,3 +323,12 @@ def _finite_or_none(value: Any) -> float | None:
         return None
     v = float(value)
     return v if math.isfinite(v) else None
+
+
+# What preference trainers (TRL's DPO, ORPO, KTO) log beside the loss, passed on with each step.
+_METHOD_METRIC_PREFIXES = ("rewards/", "logps/", "logits/", "log_odds", "nll_loss", "kl")
+
+
+def _method_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in logs.items()
+            if k.startswith(_METHOD_METRIC_PREFIXES) and isinstance(v, (int, float)) and math.isfinite(v)}

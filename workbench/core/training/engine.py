@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import lora_init, precision, quantization
+from .. import classification, images, lora_init, precision, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -72,7 +72,7 @@ def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | No
     Returns what it resolved and loaded of the model, which ``run`` hands on to the set-up instead of loading
     it again. ``compute``: the run's device and precision when already resolved (else resolved here)."""
     from ..data import detect
-    from ..models import check_weight_files, load_tokenizer, resolve_source
+    from ..models import check_weight_files, resolve_source
 
     mc = config.model
     compute = compute or precision.resolve_compute(config)  # fp16 on a CPU, bf16 on an old GPU: refused here
@@ -86,10 +86,16 @@ def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | No
         plain = not mc.trust_remote_code and mc.task == "causal-lm"
         check_weight_files(source, hf_config if plain else None)
     if source.kind != "hub":  # a Hub model's tokenizer files come with its download, at the set-up
-        files = replace(files, tokenizer=load_tokenizer(source, trust_remote_code=mc.trust_remote_code))
+        files = replace(files, tokenizer=setup.load_processing(config, source))  # an image model: its processor
     quantization.check_run(config, files.hf_config, compute.device)  # #17: quantized bases, LoRA inits
     lora_init.check_run(config, compute.device)
-    detect(config.data)
+    if mc.task in ("sequence-classification", "image-classification"):  # texts or images with a usable label set
+        setup.label_set(config)
+    elif config.training.method != "sft":  # trl installed, and rows with the method's roles
+        preference.require_trl(config.training.method)
+        preference.prepare_preference(config.data, config.training.method, seed=config.training.seed)
+    else:
+        detect(config.data)
     check_trackers(config.output.trackers)  # a missing tracker package: its pip command, before anything starts
     return files
 
@@ -219,22 +225,50 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     at = resume_point.step if resume_point else 0
     _stop_if_requested(control, "starting", at)
     set_seed(config.training.seed)
-    peft_model, tokenizer, tree, selection = setup.setup_model(config, compute, sink, files)
+    # A classification run reads its label set first: it decides the shape of the head the model is built with.
+    labels = setup.label_set(config)
+    peft_model, tokenizer, tree, selection = setup.setup_model(config, compute, sink, files, labels)
     _stop_if_requested(control, "loading the model", at)
-    # rank 0 tokenises into the datasets cache, the others then read it
-    data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
-                                           model_type=tree.model_type))
+    data: Any
+    if labels is not None and config.model.task == "image-classification":
+        data = images.prepare_images(config.model, config.data, tokenizer, labels, seed=config.training.seed,
+                                     num_channels=getattr(peft_model.config, "num_channels", 3))
+    elif labels is not None:
+        data = classification.prepare_classification(config.model, config.data, tokenizer, labels,
+                                                     seed=config.training.seed)
+    elif config.training.method != "sft":  # TRL tokenizes the pairs itself
+        preference.require_trl(config.training.method)
+        data = preference.prepare_preference(config.data, config.training.method, seed=config.training.seed)
+    else:
+        # rank 0 tokenises into the datasets cache, the others then read it
+        data = dist.main_first(lambda: prepare(config.data, tokenizer, seed=config.training.seed, sink=sink,
+                                               model_type=tree.model_type))
+    if labels is not None:
+        for line in classification.data_messages(data):
+            sink.emit(Message(line))
     _stop_if_requested(control, "preparing the data", at)
     if len(data.train) == 0:
         raise TrainingError("the training data has no usable rows", "check data.train_files and the column mapping")
 
     resolved = setup.with_selection(config, selection)
+    if labels is not None:  # and the classes in id order, so a resume or a re-run builds the same head
+        resolved = resolved.copy_with(model=classification.resolved_model_fields(labels),
+                                      lora={"modules_to_save": [m for m in selection.modules_to_save
+                                                                if not set(m.split(".")) & set(classification.HEAD_MODULES)]})
     # run.toml is written once, by create_run, with the selection already resolved on the meta skeleton
     # (preflight). Only when that could not be done (a GGUF source, a skeleton that did not build) or came
     # out otherwise does the loaded model's selection replace it here.
-    if resume_point is None and dist.is_main and resolved.lora != config.lora:
+    if resume_point is None and dist.is_main and (resolved.lora != config.lora or resolved.model != config.model):
         resolved.save(run_dir / RUN_FILE)
-    collator = make_collator(tokenizer, packing=data.packed, model_type=tree.model_type)
+    collator: Any
+    if config.training.method != "sft":
+        collator = None  # TRL's own collator for its tokenized pairs
+    elif config.model.task == "image-classification":
+        collator = images.make_image_collator()
+    elif labels is not None:
+        collator = classification.make_classification_collator(tokenizer)
+    else:
+        collator = make_collator(tokenizer, packing=data.packed, model_type=tree.model_type)
     if config.lora.init == "eva" and resume_point is None:  # a resumed run loads its trained A and B instead
         lora_init.run_eva(peft_model, data.train, collator, config.training.batch_size, sink, config.training.seed)
     if dist.is_main:
@@ -250,7 +284,13 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         callback.eval_refs = setup.task_references(config, tokenizer, sink)
     if config.eval.retention and dist.is_main:
         callback.retention = setup.retention_probe(config, peft_model, tokenizer, sink, args.eval_strategy != "no")
-    trainer = AtomicCheckpointTrainer(
+    metrics = classification.ClassificationMetrics(labels) if labels is not None else None
+    trainer_cls: Any = AtomicCheckpointTrainer
+    if config.training.method != "sft":
+        # The PEFT model and no ref_model: TRL's reference is the base with the adapter disabled (no second copy).
+        trainer_cls = preference.trainer_class(config.training.method, AtomicCheckpointTrainer)
+        args = preference.trainer_arguments(config.training.method, args, config.training.beta, config.data.max_length)
+    trainer = trainer_cls(
         model=peft_model,
         args=args,
         train_dataset=data.train,
@@ -259,6 +299,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         processing_class=tokenizer,
         callbacks=[callback],
         optimizers=(lora_init.make_optimizer(peft_model, config), None),  # LoRA+ when asked for, else the Trainer's
+        compute_metrics=metrics,
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
     oom = None
@@ -283,11 +324,13 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         sink.emit(Message(f"best checkpoint by {config.eval.best_metric}: {best.name} "
                           f"({config.eval.best_metric} {trainer.state.best_metric:.4g}), kept in {best.parent}"))
     step = trainer.state.global_step
+    if metrics is not None and metrics.confusion is not None:
+        sink.emit(Message(metrics.confusion_text()))
     stopped = callback.stopped and step < trainer.state.max_steps
     adapter_dir = run_dir / "adapter"
     if dist.is_main:
         try:
-            save_adapter(peft_model, run_dir, **lora_init.conversion_source(run_dir, config.lora.init))
+            save_adapter(peft_model, run_dir, labels, **lora_init.conversion_source(run_dir, config.lora.init))
         except Exception as exc:
             full = faults.adapter_disk_full(exc, run_dir, step, faults.trainable_bytes(peft_model))
             full = full or faults.write_refused(exc, run_dir, f"the adapter of step {step}")
@@ -344,7 +387,7 @@ def _finish_from_checkpoint(run_dir: Path, sink: Sink, point: "_ResumeInfo", dis
 
 
 # What save_pretrained writes for an adapter: the checkpoint also holds optimizer, scheduler, RNG and tokenizer files.
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "labels.json")
 
 
 def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
@@ -356,11 +399,14 @@ def _copy_checkpoint_adapter(checkpoint: Path, final: Path) -> None:
                 shutil.copyfile(checkpoint / name, tmp / name)
 
 
-def save_adapter(peft_model: Any, run_dir: Path, **save_kwargs: Any) -> Path:
+def save_adapter(peft_model: Any, run_dir: Path, labels: Any = None, **save_kwargs: Any) -> Path:
     """PEFT format (adapter_config.json + adapter_model.safetensors), written aside and renamed into place.
-    ``save_kwargs``: PEFT's conversion of PiSSA/OLoRA adapters to a plain LoRA on the original base."""
+    ``save_kwargs``: PEFT's conversion of PiSSA/OLoRA adapters to a plain LoRA on the original base.
+    ``labels``: a classification run's label set, saved beside the adapter as labels.json."""
     final = run_dir / "adapter"
     with atomic_directory(final, overwrite=True) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True, **save_kwargs)
+        if labels is not None:
+            classification.write_label_file(tmp, labels)
     return final
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import lora_init, quantization
-from ..config import RunConfig
+from .. import classification, images, lora_init, quantization
+from ..config import LOWER_IS_BETTER, RunConfig
 from ..distributed import Distributed
 from ..errors import WorkbenchError
 from ..events import Message, Sink
@@ -34,13 +34,33 @@ class ModelFiles:
     selection: Selection | None = None  # resolved on the meta skeleton: what run.toml records from the start
 
 
-def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFiles | None = None):
-    """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection)."""
+def label_set(config: RunConfig) -> Any:
+    """A classification run's ``LabelSet``, read from the training data (it shapes the head); None otherwise."""
+    if config.model.task == "image-classification":
+        return images.image_label_set(config.model, config.data)
+    if config.model.task == "sequence-classification":
+        return classification.label_set_for(config.model, config.data)
+    return None
+
+
+def load_processing(config: RunConfig, source: ModelSource) -> Any:
+    """The tokenizer, or for an image model its image processor (resizing and normalising its images)."""
+    from ..models import load_tokenizer
+
+    if config.model.task == "image-classification":
+        return images.load_image_processor(source, config.model.trust_remote_code)
+    return load_tokenizer(source, trust_remote_code=config.model.trust_remote_code)
+
+
+def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFiles | None = None, labels: Any = None):
+    """Base model + tokenizer + PEFT wrapper. Returns (peft_model, tokenizer, tree, selection).
+    ``labels``: the ``classification.LabelSet`` of a classification run (it shapes the head). An image model's
+    "tokenizer" is its image processor."""
     from peft import get_peft_model
 
     from ..layers import build_tree, lora_config_from_selection, resolve_selection
     from ..lora_forward import install_fused_lora_forward
-    from ..models import load_model, load_tokenizer, resolve_source
+    from ..models import load_model, resolve_source
 
     mc = config.model
     if files is None or files.source.kind == "hub":  # preflight fetched only a Hub model's config files
@@ -48,25 +68,35 @@ def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFil
     else:
         source = files.source
     hf_config = files.hf_config if files is not None and files.hf_config is not None else load_base_config(config, source)
-    tokenizer = files.tokenizer if files is not None and files.tokenizer is not None else \
-        load_tokenizer(source, trust_remote_code=mc.trust_remote_code)
-    if mc.task == "sequence-classification" and getattr(hf_config, "pad_token_id", None) is None:
+    tokenizer = files.tokenizer if files is not None and files.tokenizer is not None else load_processing(config, source)
+    if labels is not None and mc.task == "sequence-classification":
+        classification.configure_model(hf_config, tokenizer, labels)
+    elif labels is not None:
+        classification.apply_to_model_config(hf_config, labels)
+    elif mc.task == "sequence-classification" and getattr(hf_config, "pad_token_id", None) is None:
         hf_config.pad_token_id = tokenizer.pad_token_id
     dtype = compute.torch_weight_dtype()
+    loading_info: dict[str, Any] | None = {} if labels is not None else None
     model = load_model(source, hf_config, task=mc.task, dtype=dtype, trust_remote_code=mc.trust_remote_code,
-                       **quantization.load_kwargs(mc, compute.device, dtype))
+                       loading_info=loading_info, **quantization.load_kwargs(mc, compute.device, dtype))
     model = quantization.prepare_for_training(model, config)  # no-op for unquantized bases
     # No KV cache while training: it is useless there, and transformers only derives the per-example masks
     # of packed rows (from restarting position_ids) when no cache is being built.
     model.config.use_cache = False
     tree = build_tree(model)
-    selection = resolve_selection(tree, config.lora, mc.task)
+    lora_settings = config.lora
+    if loading_info is not None:  # weights the base lacks were initialised at random: train and save them in full
+        fresh = classification.freshly_initialised_modules(loading_info, tree.nodes)
+        if mc.task == "image-classification":
+            fresh += images.batch_norm_modules(model)
+        lora_settings = lora_settings.model_copy(update={"modules_to_save": [*lora_settings.modules_to_save, *fresh]})
+    selection = resolve_selection(tree, lora_settings, mc.task)
     for warning in [*config.warnings(), *selection.warnings]:
         sink.emit(Message(warning, level="warning"))
     if quantization.wants_gradient_checkpointing(config) and not quantization.is_quantized(mc):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
-    peft_model = get_peft_model(model, lora_config_from_selection(selection, config.lora, mc.task))
+    peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
     install_fused_lora_forward(peft_model)  # PEFT's modules and adapter, without its full-width mul/add (core/lora_forward.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
@@ -160,7 +190,7 @@ def _best_metric_arguments(config: RunConfig, has_eval: bool) -> dict[str, Any]:
     if not has_eval or not (e.scorers or e.early_stopping_patience or e.best_metric != "eval_loss"):
         return {}
     metric = e.best_metric if e.best_metric.startswith("eval_") else f"eval_{e.best_metric}"
-    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in ("eval_loss", "perplexity")}
+    return {"metric_for_best_model": metric, "greater_is_better": e.best_metric not in LOWER_IS_BETTER}
 
 
 

@@ -42,6 +42,10 @@ ALPACA_TEMPLATES = {"auto": "the model's chat template (classic without one)", "
 PLAIN_TEXT_TRAIN_ON = "Plain text has no prompt or answer: every token is trained."
 
 
+PREVIEW_TITLE = (f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained on; "
+                 "<span style='color:gray'>grey</span> marks template tokens:")
+
+
 class ThemedPlotWidget(pg.PlotWidget):
     def changeEvent(self, event) -> None:
         # The first palette event arrives from the base class constructor, before the plot exists.
@@ -187,8 +191,8 @@ class DataPanel(QWidget):
         preview_layout = QVBoxLayout(preview_box)
         preview_layout.setContentsMargins(0, 0, 0, 0)
         preview_header = QHBoxLayout()
-        preview_header.addWidget(QLabel(f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained "
-                                        "on; <span style='color:gray'>grey</span> marks template tokens:"), 1)
+        self.preview_title = QLabel(PREVIEW_TITLE)
+        preview_header.addWidget(self.preview_title, 1)
         preview_header.addWidget(self.show_tokens)
         preview_layout.addLayout(preview_header)
         preview_layout.addWidget(self.preview)
@@ -359,6 +363,11 @@ class DataPanel(QWidget):
         self.histogram.getPlotItem().setRange(xRange=(0, self._data().max_length * 1.05), yRange=(0, 1))
 
     def show_result(self, result: dict) -> None:
+        for combo in (self.format_combo, self.train_on_combo):
+            combo.setEnabled(True)
+        self.columns_box.setVisible(True)
+        self.preview_title.setText(PREVIEW_TITLE)
+        self.show_tokens.show()
         info = result["info"]
         self._clear_problems()
         self._detected_format = info.format
@@ -421,7 +430,80 @@ class DataPanel(QWidget):
         self._previews = list(previews)
         self.preview.setHtml(preview_html(self._previews, show_tokens=self.show_tokens.isChecked()))
 
+    def show_labels(self, result: dict) -> None:
+        """A classification run's data (``core.classification.inspect_labels``): rows, the text/label column
+        mapping, and one bar per class, so class imbalance shows before training."""
+        labels = result["labels"]
+        for combo in (self.format_combo, self.train_on_combo):  # chat formats and loss masks: not for a classifier
+            combo.setEnabled(False)
+        self.preview_title.setText("Preview — the first examples and their labels:")
+        self.show_tokens.hide()
+        if labels is None:  # the text or label column is not mapped yet: the combos below say which columns exist
+            self.detected_label.setText(f"<span style='color:#d9534f'>{html.escape(result['problem'])}</span>")
+        else:
+            self.detected_label.setText(
+                ("Images" if result.get("images") else "Labelled rows")
+                + f" for <b>{labels.problem_type}</b> classification · {result['train_rows']} training rows"
+                + (f", {result['validation_rows']} validation rows" if result["validation_rows"] else ""))
+        while self.columns_form.rowCount():
+            self.columns_form.removeRow(0)
+        self.column_combos.clear()
+        chosen = self.store.config.data.columns
+        roles = ("image", "label") if result.get("images") else ("text", "text_pair", "label")
+        self.columns_box.setVisible(bool(result["columns"]))
+        for role in roles if result["columns"] else ():  # an image folder has no columns: its sub-folders are the classes
+            combo = QComboBox()
+            combo.addItems([DEFAULT_COLUMN, *result["columns"]])
+            combo.setCurrentText(chosen.get(role) or DEFAULT_COLUMN)
+            combo.setToolTip(f"Column that holds the {role!r} of each example" + (" (optional: the second text of a "
+                             "sentence pair)" if role == "text_pair" else "") + ".")
+            combo.activated.connect(lambda _=0, r=role, c=combo: self._set_column(r, c))
+            self.columns_form.addRow(f"{role}:", combo)
+            self.column_combos[role] = combo
+        if result.get("images"):  # one thumbnail per class, drawn large enough to see (the files may be 8 × 8)
+            # (Qt's rich text has no inline blocks: a one-row table lays the thumbnails side by side)
+            self.preview.setHtml("<p>One image of each class:</p><table cellspacing='8'><tr>" + "".join(
+                f"<td align='center'><img src='{html.escape(Path(path).as_uri())}' width='64' height='64'><br>"
+                f"<small>{html.escape(str(label))}</small></td>"
+                for path, label, _ in result.get("samples", [])) + "</tr></table>")
+        else:
+            self.preview.setHtml("".join(
+                f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: "
+                f"{html.escape(where.rpartition(': ')[2])} · label <b>{html.escape(str(label))}</b></small></p>"
+                f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre><hr>"
+                for text, label, where in result.get("samples", [])) or "<i>No usable example.</i>")
+        axis = self.histogram.getPlotItem().getAxis("bottom")
+        self._set_plot_title("Classes")
+        self.cut_line.hide()
+        if labels is None:
+            self.bars.setOpts(x0=[], x1=[], height=[])
+            self.stats_label.clear()
+            return
+        if labels.problem_type == "regression":
+            self.bars.setOpts(x0=[], x1=[], height=[])
+            self.stats_label.setText("Regression: each label is a number the model learns to predict.")
+            return
+        counts = [labels.counts.get(name, 0) for name in labels.names]
+        positions = np.arange(len(counts), dtype=float)
+        self.bars.setOpts(x0=positions - 0.4, x1=positions + 0.4, height=np.asarray(counts, dtype=float))
+        axis.setTicks([[(float(i), name) for i, name in enumerate(labels.names)]])
+        self.histogram.setLabel("bottom", "class")
+        self.histogram.setLabel("left", "training rows")
+        share = labels.majority_share()
+        self.stats_label.setText(
+            f"{labels.num_labels} classes · the commonest is {max(counts)} of {sum(counts)} rows"
+            + (f" ({share:.0%}): accuracy must beat that" if share is not None else ""))
+
+    def _set_plot_title(self, title: str) -> None:
+        self.histogram.getPlotItem().setProperty("plot_title", title)
+        follow_palette(self.histogram, [self.histogram.getPlotItem()])  # draws the title in the palette's colour
+
     def _show_stats(self, stats) -> None:
+        self.histogram.getPlotItem().getAxis("bottom").setTicks(None)  # back from the class bars
+        self._set_plot_title("Token lengths")
+        self.histogram.setLabel("bottom", "tokens per example")
+        self.histogram.setLabel("left", "examples")
+        self.cut_line.show()
         hist = stats.length_histogram
         edges = np.asarray(hist.edges, dtype=float)
         self.histogram.getPlotItem().enableAutoRange()  # this data's axes (an error state fixed them)

@@ -35,9 +35,10 @@ GROUPS: list[tuple[str, list[str]]] = [
                                              "training.save_total_limit", "training.sample_steps",
                                              "training.sample_prompts", "training.sample_max_new_tokens"]),
     ("Output", ["output.runs_root", "output.name"]),
+    ("Task", ["model.task", "model.problem_type", "model.labels", "training.method", "training.beta"]),
 ]
 
-RIGHT_COLUMN = {"Optimisation", "Output"}
+RIGHT_COLUMN = {"Optimisation", "Output", "Task"}
 EDITOR_WIDTH = 260
 ERROR_WIDTH = EDITOR_WIDTH + 120
 
@@ -47,6 +48,7 @@ LABELS = {
     "data.max_length": "Max length (tokens)", "model.dtype": "Base weights dtype", "output.runs_root": "Runs folder",
     "output.name": "Run name", "training.sample_prompts": "Sample prompts (one per line)",
     "training.oom_retry": "Retry out-of-memory steps",
+    "model.labels": "Classes (one per line; empty: from the data)",
 }
 ERROR_STYLE = "color: #d9534f"
 

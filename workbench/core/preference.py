@@ -1,0 +1,152 @@
+"""Preference training (``training.method = "dpo" | "orpo" | "kto"``) through TRL's trainers.
+
+TRL writes the losses (DPO, ORPO, KTO); this module only reads the rows, checks them, and builds TRL's trainer
+as a subclass of the workbench's own (atomic checkpoints), with the same arguments, callbacks and run folder as
+supervised training. The model is the PEFT model: with no ``ref_model`` TRL uses the base with the adapter
+disabled as the reference, so no second copy of the model is loaded (ORPO needs no reference at all).
+
+Rows (``data.columns`` maps the roles to other column names, as for the other formats):
+
+``dpo``, ``orpo``  ``prompt``, ``chosen``, ``rejected``: text, or lists of chat messages (TRL's conversational
+                   format; the chat template renders them).
+``kto``            ``prompt``, ``completion``, ``label``: ``label`` true for a good completion, false for a bad one.
+
+A preference run can start from an SFT run's adapter: ``model.source`` is the merged SFT model, or the base with
+``lora.init`` left at default and the SFT adapter merged first (``workbench merge``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config import DataConfig
+from .errors import DataError, TrainingError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+__all__ = ["ROLES", "PreferenceData", "require_trl", "read_preference_rows", "prepare_preference", "trainer_class",
+           "trainer_arguments"]
+
+ROLES: dict[str, tuple[str, ...]] = {
+    "dpo": ("prompt", "chosen", "rejected"),
+    "orpo": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
+}
+TRL_REQUIREMENT = "trl>=1.16,<2"
+
+
+@dataclass
+class PreferenceData:
+    """Rows for a TRL trainer, which tokenizes them itself. ``packed`` is False: preference pairs are never packed."""
+
+    train: "Dataset"
+    validation: "Dataset | None"
+    packed: bool = False
+
+
+def require_trl(method: str) -> None:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise TrainingError(f"training.method = {method!r} needs the trl package, which is not installed.",
+                            f"Install it with: pip install '{TRL_REQUIREMENT}'") from None
+
+
+def read_preference_rows(cfg: DataConfig, files: list[str], setting: str, method: str) -> list[dict[str, Any]]:
+    """Each row with the method's roles, checked: non-empty text or message lists; KTO labels true/false."""
+    from .data.readers import _iter_records, _open_source
+
+    roles = ROLES[method]
+    rows = []
+    for name in files:
+        src = _open_source(name, setting)
+        for record in _iter_records(src):
+            where = f"{src.path}: {src.unit} {record.row}"
+            try:
+                if record.data is None or record.problem:
+                    raise DataError(f"{where}: {record.problem}", _hint(method))
+                rows.append({role: _checked(record.data, cfg.columns.get(role, role), role, where, method)
+                             for role in roles})
+            except DataError:
+                if not cfg.skip_bad_rows:
+                    raise
+    return rows
+
+
+def _hint(method: str) -> str:
+    return (f"training.method = {method!r} reads rows with {', '.join(ROLES[method])}; map other column names with "
+            'data.columns, e.g. columns = {chosen = "better", rejected = "worse"}.')
+
+
+def _checked(data: dict[str, Any], column: str, role: str, where: str, method: str) -> Any:
+    if column not in data:
+        raise DataError(f"{where}: there is no column '{column}' (the {role} of a {method} row; columns: "
+                        f"{', '.join(map(str, data)) or 'none'}).", _hint(method))
+    value = data[column]
+    if role == "label":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise DataError(f"{where}: the label {value!r} (column '{column}') must be true (a good completion) or "
+                        "false (a bad one).", _hint(method))
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return value
+    raise DataError(f"{where}: column '{column}' must hold text or a list of chat messages, found {value!r}"[:300] + ".",
+                    _hint(method))
+
+
+def prepare_preference(cfg: DataConfig, method: str, *, seed: int = 42) -> PreferenceData:
+    from datasets import Dataset
+
+    from .classification import split_validation
+    from .data.readers import _require_train_files
+
+    train = read_preference_rows(cfg, _require_train_files(cfg), "train_files", method)
+    if not train:
+        raise DataError("The training files have no usable rows.", _hint(method))
+    validation = read_preference_rows(cfg, cfg.validation_files, "validation_files", method)
+    train, validation = split_validation(train, validation, cfg, seed)
+    return PreferenceData(Dataset.from_list(train), Dataset.from_list(validation) if validation else None)
+
+
+def _trl_classes(method: str) -> tuple[type, type]:
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    if method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOConfig, KTOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # TRL 1.x keeps ORPO among its experimental trainers
+
+    return ORPOConfig, ORPOTrainer
+
+
+def trainer_arguments(method: str, args: Any, beta: float, max_length: int) -> Any:
+    """TRL's configuration for ``method`` with every TrainingArguments value of ``args`` (the same run settings as
+    supervised training), plus the method's beta and length limit."""
+    from transformers import TrainingArguments
+
+    config_cls, _ = _trl_classes(method)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments)
+              if f.init and hasattr(args, f.name)}
+    values.update(beta=beta, max_length=max_length)
+    values["label_names"] = None  # a preference batch has no "labels": TRL computes the loss from the pairs
+    if method == "kto":
+        # KTO's KL term pairs each example with a neighbour of its batch, precomputed in a fixed order: TRL refuses
+        # a random sampler for it, so a KTO run reads its rows in file order
+        values["train_sampling_strategy"] = "sequential"
+    return config_cls(**values)
+
+
+def trainer_class(method: str, atomic_trainer: type) -> type:
+    """TRL's trainer for ``method`` with the workbench's atomic checkpoint saving in front of it in the MRO."""
+    _, trl_trainer = _trl_classes(method)
+    return type(f"Atomic{trl_trainer.__name__}", (atomic_trainer, trl_trainer), {})
