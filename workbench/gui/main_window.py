@@ -1,4 +1,7 @@
-"""The main window: four tabs (model and layers, settings, data, train) over one ``ConfigStore``.
+"""The main window: seven tabs (model and layers, settings, data, train, runs, inspect adapter, playground) over
+one ``ConfigStore``. Its menus and remembered settings live in ``window_menus``, the actions on finished runs and
+adapters (resume, export, inspect, playground) in ``adapter_actions``, run files in ``run_files`` and closing in
+``closing``: mixins of this one class, each a concern of its own.
 
 The window wires panels to the store and to background workers; it holds no logic of its own beyond
 deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
@@ -13,7 +16,6 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
 )
@@ -23,9 +25,11 @@ from workbench.core.control import RunControl
 
 from . import workers
 from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: part of the window's interface)
+from .adapter_actions import AdapterActionsMixin
 from .config_store import ConfigStore
 from .external_run import ExternalRunController
 from .run_files import RUN_FILE_FILTER, RunFilesMixin  # noqa: F401
+from .window_menus import MenusMixin
 from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
 from .widgets.export_dialog import ExportDialog
 from .widgets.inspection_panel import InspectionPanel
@@ -38,10 +42,7 @@ from .widgets.runs_panel import RunsPanel
 from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
 
-RECENT_LIMIT = 10
-
-
-class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
+class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, QMainWindow):
     closed = Signal()  # closed for good (after any question and the jobs' end): the application may quit
     model_opened = Signal()
     model_failed = Signal(str)
@@ -132,91 +133,6 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
         self._build_menus()
         self._restore_settings()
         self._update_title()
-
-    # -- menus, title, settings ---------------------------------------------------------------------------
-    def _build_menus(self) -> None:
-        def action(menu, text, slot, shortcut=None, tip=""):
-            a = QAction(text, self)
-            if shortcut:
-                a.setShortcut(QKeySequence(shortcut))
-            a.setStatusTip(tip)
-            a.triggered.connect(slot)
-            menu.addAction(a)
-            return a
-
-        file_menu = self.menuBar().addMenu("&File")
-        action(file_menu, "&New run", self.request_new_run, QKeySequence.StandardKey.New)
-        action(file_menu, "&Open run file…", self.open_run_dialog, QKeySequence.StandardKey.Open)
-        action(file_menu, "Open the &demo run", self.request_demo,
-               tip="The built-in SmolLM2 learning to extract payments as JSON (offline)")
-        self.recent_menu = file_menu.addMenu("Open &recent")
-        action(file_menu, "&Save run file", self.save_run, QKeySequence.StandardKey.Save)
-        action(file_menu, "Save run file &as…", self.save_run_as, QKeySequence.StandardKey.SaveAs)
-        file_menu.addSeparator()
-        action(file_menu, "Copy &command line", self.copy_command_line, "Ctrl+Shift+C",
-               "Copy the command that trains this run without the window")
-        file_menu.addSeparator()
-        action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
-        model_menu = self.menuBar().addMenu("&Model")
-        action(model_menu, "Open model &folder…", self.picker.choose_folder, "Ctrl+Shift+O")
-        action(model_menu, "Open &GGUF file…", self.picker.choose_gguf)
-        data_menu = self.menuBar().addMenu("&Data")
-        action(data_menu, "&Add training files…", self.data.choose_files, "Ctrl+D")
-        action(data_menu, "Add &validation files…", self.data.choose_validation_files)
-        self.recent_data_menu = data_menu.addMenu("Add &recent file")
-        train_menu = self.menuBar().addMenu("&Train")
-        action(train_menu, "&Start", self.start_training, "Ctrl+Return")
-        action(train_menu, "&Pause / resume", self.training.toggle_pause, "Ctrl+P")
-        action(train_menu, "S&top", self.training.request_stop, "Ctrl+.")
-        action(train_menu, "Save &checkpoint now", self.training.request_checkpoint, "Ctrl+K")
-        action(train_menu, "&Export or merge an adapter…", lambda: self.open_export(), "Ctrl+E")
-        action(train_menu, "Export &launch script…", self.open_launch_dialog, tip="Write a torchrun script "
-               "(Slurm or plain) that trains this run on several nodes and GPUs")
-        view_menu = self.menuBar().addMenu("&View")
-        for i, name in enumerate(("Model and layers", "Settings", "Data", "Train", "Runs", "Inspect adapter",
-                                  "Playground")):
-            action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
-
-    def _update_title(self) -> None:
-        name = self.store.path.name if self.store.path else (self._unsaved_name or "untitled run")
-        self.setWindowTitle(f"{name}{' •' if self.store.dirty else ''} — LoRA Workbench")
-
-    def _restore_settings(self) -> None:
-        geometry = self.settings.value("window/geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        self.picker.set_recent(self._recent("recent/models"))
-        self._fill_recent_menu()
-        # Where runs start (this app, or N separate processes) is a habit of the machine, not of a run file.
-        location = self.training.location
-        location.set_separate(self.settings.value("train/separate_process", False, type=bool),
-                              self.settings.value("train/processes", 1, type=int))
-        location.where.currentIndexChanged.connect(self._remember_run_location)
-        location.processes.valueChanged.connect(self._remember_run_location)
-
-    def _remember_run_location(self) -> None:
-        location = self.training.location
-        self.settings.setValue("train/separate_process", location.separate)
-        self.settings.setValue("train/processes", location.process_count)
-
-    def _recent(self, key: str) -> list[str]:
-        value = self.settings.value(key, [])
-        return [value] if isinstance(value, str) else list(value or [])
-
-    def _remember(self, key: str, item: str) -> None:
-        items = [item] + [x for x in self._recent(key) if x != item]
-        self.settings.setValue(key, items[:RECENT_LIMIT])
-
-    def _fill_recent_menu(self) -> None:
-        self.recent_menu.clear()
-        for path in self._recent("recent/runs"):
-            self.recent_menu.addAction(path, lambda p=path: self.confirm_discard(
-                f"open {Path(p).name}", lambda: self.open_run(Path(p))))
-        self.recent_menu.setEnabled(bool(self.recent_menu.actions()))
-        self.recent_data_menu.clear()
-        for path in self._recent("recent/data"):
-            self.recent_data_menu.addAction(path, lambda p=path: self.data.add_files([p]))
-        self.recent_data_menu.setEnabled(bool(self.recent_data_menu.actions()))
 
     # -- messages -----------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str, details: str = "") -> None:
@@ -565,73 +481,6 @@ class MainWindow(RunFilesMixin, ClosingMixin, QMainWindow):
     def _training_ended(self) -> None:
         self.training.end_run()
         self.training_ended.emit()
-
-    # -- runs, export, inspection, playground ------------------------------------------------------------
-    def resume_run(self, run_dir: str) -> None:
-        if self.training.running:
-            self.show_error("Resume", "A run is already training in the window; stop it first.")
-            return
-        control = RunControl()
-        worker = workers.ResumeWorker(run_dir, control)
-        worker.event.connect(self.training.handle)
-        worker.result.connect(self._training_done)
-        worker.failed.connect(self._training_failed)
-        worker.finished.connect(self._training_ended)
-        worker.finished.connect(self.runs.clear_busy)
-        self.runs.set_busy(run_dir, True)
-        self._show_training_tab(control)
-        self._start(worker)
-
-    def _base_for(self, adapter: str) -> str:
-        """The base model of a run's adapter: its run.toml's model source; else the open model."""
-        from workbench.core.runs import load_config
-
-        try:
-            return load_config(Path(adapter).parent).model.source
-        except Exception:  # noqa: BLE001  (an adapter from elsewhere: the user fills it in)
-            return self.store.config.model.source
-
-    def open_export(self, adapter: str = "") -> ExportDialog:
-        if self.export_dialog is not None and self.export_dialog.running:
-            self.export_dialog.raise_()
-            return self.export_dialog
-        if self.export_dialog is not None:
-            self.export_dialog.deleteLater()
-        self.export_dialog = ExportDialog(adapter, self._base_for(adapter) if adapter else self.store.config.model.source,
-                                          start_job=self._start, parent=self)
-        self.export_dialog.show()
-        return self.export_dialog
-
-    def open_launch_dialog(self) -> LaunchScriptDialog:
-        if self.launch_dialog is not None:
-            self.launch_dialog.deleteLater()
-        self.launch_dialog = LaunchScriptDialog(self.store.config, self.store.path,
-                                                self.training.location.process_count, parent=self)
-        self.launch_dialog.show()
-        return self.launch_dialog
-
-    def inspect_from_runs(self, adapter: str) -> None:
-        self.inspection.set_paths(adapter, self._base_for(adapter))
-        self.tabs.setCurrentWidget(self.inspection)
-        self.inspection.request()
-
-    def inspect_adapter(self, adapter: str, base: str) -> None:
-        worker = workers.FunctionWorker(lambda: workers.inspect_adapter_job(adapter, base), "Inspecting the adapter")
-        worker.result.connect(self.inspection.show_report)
-        worker.result.connect(self.layers.show_change)  # "what changed" on the block map, for the open model
-        worker.result.connect(self.inspected)
-        worker.failed.connect(self._inspect_failed)
-        self._start(worker)
-
-    def _inspect_failed(self, message: str, details: str) -> None:
-        self.inspection.show_error(message)
-        self.inspect_failed.emit(message)
-
-    def load_playground(self, base: str, adapter: str) -> None:
-        worker = workers.FunctionWorker(lambda: workers.load_playground(base, adapter), "Loading the playground")
-        worker.result.connect(self.playground.show_loaded)
-        worker.failed.connect(self.playground.show_error)
-        self._start(worker)
 
     # -- drag and drop ------------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
