@@ -47,6 +47,32 @@ def test_closing_cancels_a_job_that_does_not_end_on_its_own_and_drops_its_report
     assert delivered == [], "nothing a cancelled job reports reaches a slot"
 
 
+def test_a_window_deleted_while_its_jobs_run_is_deleted_once_they_have_ended(qtbot, tmp_path):
+    """pytest-qt's ``addWidget`` closes a window and then ``deleteLater()``s it; a job still running then (the
+    demo's "Looking up related models", say) is a child of the window. Deleting the window at once took the job
+    with it before it could say ``ended``, so ``_jobs`` stayed 1 for good (test_demo_window's teardown timed out):
+    the deletion waits for the jobs instead."""
+    from shiboken6 import isValid
+    from PySide6.QtCore import QSettings
+
+    from workbench.gui.main_window import MainWindow
+
+    win = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))  # not addWidget's
+    win.ask_before_discarding = False
+    win.show()
+    qtbot.waitExposed(win)
+    release = threading.Event()
+    win._start(workers.FunctionWorker(lambda: release.wait(120), "A job that ignores cancelling"))
+    win.close()
+    assert win._closing and not win.isVisible()
+    win.deleteLater()
+    qtbot.wait(100)  # an event loop: where the deferred deletion used to run
+    assert isValid(win), "the window is not deleted while a job it counts runs"
+    assert win._jobs == 1
+    release.set()  # the job's thread ends on its own, within the closing window's wait
+    qtbot.waitUntil(lambda: not isValid(win), timeout=10_000)
+
+
 def test_closing_during_a_data_inspection_leaves_within_the_wait(opened, qtbot, facts_file):
     window = opened
     window.data.add_files([str(facts_file)])

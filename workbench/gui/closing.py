@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
 # A closing window cancels its jobs and waits this long for their threads to end; the rest are abandoned (they
@@ -126,10 +126,29 @@ class ClosingMixin:
             return
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()
+        self._closed = True  # closed for good: a job a late slot starts now is cancelled at once (``_start``)
         super().closeEvent(event)
         # A window that was hidden while its jobs ended is not "the last window closed" to Qt, so the application
         # would run on with no window at all: say so, and the application quits (app.main connects it).
         self.closed.emit()
+
+    def showEvent(self, event) -> None:
+        self._closed = False  # shown again after closing: its jobs may run
+        super().showEvent(event)
+
+    def event(self, event) -> bool:
+        """A deletion asked for while jobs are still counted (``deleteLater``: pytest-qt's ``addWidget`` does it
+        right after closing a window, as ``WA_DeleteOnClose`` would) waits until the last of them has ended.
+
+        Each ``Job`` is a child of the window, and its timer is what notices that its thread has ended; deleting
+        the window deleted them with it, so they never said ``ended``, ``_jobs`` never fell to 0, and the
+        ``_abandon_jobs`` timer died too. ``_job_done`` deletes the window once the count is 0."""
+        if event.type() == QEvent.Type.DeferredDelete and self._jobs:
+            self._delete_when_jobs_end = True
+            if not self._closing:  # nothing new may start, and the running jobs are cancelled and then abandoned
+                self.close()
+            return True
+        return super().event(event)
 
     def _abandon_jobs(self) -> None:
         """Closing: jobs whose threads did not end within ``CLOSE_WAIT_MS`` of being cancelled are left to end

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
@@ -76,7 +77,9 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
         self._data_pending = False
         self._data_running = False
-        self._closing = False
+        self._closing = False  # closing waits for the jobs (``closeEvent``)
+        self._closed = False  # closed for good
+        self._delete_when_jobs_end = False  # a deletion was asked for while jobs ran (``ClosingMixin.event``)
 
         self.picker = ModelPicker()
         self.layers = LayerPanel()
@@ -159,7 +162,7 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         # Counted down when the job's thread itself has ended (not when the worker says it is done), or when
         # a closing window gave up waiting for it: only then may the window close for good.
         job.ended.connect(lambda: self._job_done(job))
-        if self._closing:  # nothing new may run once closing has begun (a slot that ran late started it)
+        if self._closing or self._closed:  # nothing new may run once closing has begun (a late slot started it)
             job.cancel()
         return job
 
@@ -168,6 +171,11 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self._jobs -= 1
         if self._closing and self._jobs == 0:
             self.close()
+        if self._delete_when_jobs_end and self._jobs == 0:  # the deletion that waited for the jobs
+            self._delete_when_jobs_end = False
+            # Not deleteLater() again: Qt ignores it once the object's first DeferredDelete was delivered. From
+            # the event loop, so that no frame of this window's code is running when it goes.
+            QTimer.singleShot(0, lambda: shiboken6.isValid(self) and shiboken6.delete(self))
 
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
