@@ -99,3 +99,59 @@ def test_a_saved_peft_adapter_has_those_files_and_every_key_carries_the_prefix(t
         keys = list(f.keys())
     assert keys and all(k.startswith(peft_format.KEY_PREFIX) for k in keys), keys
     assert f"{peft_format.KEY_PREFIX}model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+
+
+# ----------------------------------------------------------------------- checkpoint names → parameter names
+
+
+def _stored_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["vit", "bare-bert"])
+def test_loaded_parameter_names_are_where_from_pretrained_puts_each_stored_tensor(kind, tmp_path):
+    """ViT's checkpoint keeps the names transformers 5 renames on load (attention.query → q_proj); a bare BertModel
+    checkpoint, loaded as a sequence classifier, gains the ``bert.`` prefix. Every stored tensor must be found, by
+    the mapping, in the parameter (or buffer) from_pretrained loaded it into."""
+    import torch
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, BertModel
+
+    if kind == "vit":
+        folder = tiny.save_vision_model("vit", tmp_path / "vit", num_labels=3)
+        cls = AutoModelForImageClassification
+    else:
+        folder = tmp_path / "bert"
+        torch.manual_seed(0)
+        BertModel(tiny.make_config("bert")).save_pretrained(folder)
+        cls = AutoModelForSequenceClassification
+    stored = _stored_tensors(folder)
+    loaded = cls.from_pretrained(folder)
+    names = compat.loaded_parameter_names(loaded, stored)
+    assert set(names) == set(stored)
+    model_state = loaded.state_dict()
+    for key, tensor in stored.items():
+        assert names[key] in model_state, key
+        torch.testing.assert_close(model_state[names[key]], tensor, rtol=0, atol=0, msg=key)
+    renamed = {k: v for k, v in names.items() if k != v}
+    if kind == "vit":
+        assert names["vit.encoder.layer.0.attention.attention.query.weight"] == "vit.layers.0.attention.q_proj.weight"
+        assert names["classifier.weight"] == "classifier.weight"
+    else:
+        assert renamed and all(v == f"bert.{k}" for k, v in renamed.items())
+
+
+def test_loaded_parameter_names_mark_tensors_a_converter_splits(tmp_path):
+    """DINOv2's SwiGLU checkpoint stores gate and up projections as one ``weights_in`` tensor that a converter
+    chunks on load: no stored tensor is the parameter, and the mapping says so with None."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                          image_size=16, patch_size=4, use_swiglu_ffn=True)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    stored = _stored_tensors(tmp_path)
+    names = compat.loaded_parameter_names(Dinov2Model(config), stored)
+    split = [k for k in stored if "weights_in" in k]
+    assert split and all(names[k] is None for k in split)
+    assert names["encoder.layer.0.attention.attention.query.weight"] == "encoder.layer.0.attention.q_proj.weight"

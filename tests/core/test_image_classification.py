@@ -109,18 +109,16 @@ def test_image_classifier_learns_and_reloads_with_peft(arch, preset, vision_dir,
     with torch.no_grad():
         logits = model(pixel_values=pixels).logits
     assert torch.nn.functional.cross_entropy(logits, truth).item() == pytest.approx(final.eval_loss, rel=1e-4)
-    if arch == "resnet":
-        # the streaming merge (LoRA on Conv2d, the head and batch-norm statistics) loads as one classifier with the
-        # same outputs. (ViT is left out: transformers 5 renames its modules on load, q_proj for the checkpoint's
-        # attention.query, and the streaming merge reads the checkpoint's own names; it refuses, naming them.)
-        from workbench.core.merge import merge_adapter
+    # the streaming merge (LoRA on Conv2d, the head and batch-norm statistics; for ViT through the names transformers
+    # renames on load, q_proj for the checkpoint's attention.query) loads as one classifier with the same outputs
+    from workbench.core.merge import merge_adapter
 
-        merged_dir = merge_adapter(base, result.adapter_dir, tmp_path / "merged").output
-        streamed = AutoModelForImageClassification.from_pretrained(merged_dir).eval()
-        assert streamed.config.id2label == id2label
-        with torch.no_grad():
-            streamed_logits = streamed(pixel_values=pixels).logits
-        torch.testing.assert_close(streamed_logits, logits, rtol=1e-4, atol=1e-5)
+    merged_dir = merge_adapter(base, result.adapter_dir, tmp_path / "merged").output
+    streamed = AutoModelForImageClassification.from_pretrained(merged_dir).eval()
+    assert streamed.config.id2label == id2label
+    with torch.no_grad():
+        streamed_logits = streamed(pixel_values=pixels).logits
+    torch.testing.assert_close(streamed_logits, logits, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         peft_merged = model.merge_and_unload()(pixel_values=pixels).logits
     torch.testing.assert_close(peft_merged, logits, rtol=1e-4, atol=1e-5)

@@ -46,6 +46,7 @@ __all__ = [
     "AdapterFit",
     "adapter_problems",
     "check_adapter",
+    "adapter_task",
     "is_weight_file",
     "input_folders",
 ]
@@ -341,6 +342,14 @@ def _is_classification(adapter: LoraAdapter) -> bool:
     return adapter.config.get("task_type") == "SEQ_CLS" or (adapter.path / "labels.json").is_file()
 
 
+def adapter_task(adapter: LoraAdapter) -> str | None:
+    """The head a classification adapter was trained with, which the base is seen as when the adapter is checked
+    against it (a bare encoder's checkpoint has none); None for every other adapter (the base as saved)."""
+    if not _is_classification(adapter):
+        return None
+    return "sequence-classification" if adapter.config.get("task_type") == "SEQ_CLS" else "image-classification"
+
+
 def _match(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Target], list[str], int]:
     """Targets, problems (each naming its module), and how many adapted modules the base lacks."""
     targets, problems, missing, _ = _match_all(adapter, base)
@@ -367,9 +376,12 @@ def _match_all(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Ta
             kind = "embedding" if mod.embedding else "linear"
             problems.append(f"{name}: the adapter has {kind} LoRA weights but the base layer is a {info.type_name}")
             continue
-        key = f"{name}.weight"
+        key = base.stored_name(f"{name}.weight")  # the model's name for it may not be the checkpoint's
         if key not in base.tensors and key != tied_out:
-            problems.append(f"{name}: its weight {key} is not in the checkpoint files")
+            converted = base.converted_tensors
+            problems.append(f"{name}: its weight {key} is not in the checkpoint files" + (
+                f" (transformers builds it on load by converting stored tensors such as {converted[0]}, so it "
+                "cannot be merged tensor by tensor; merge with PEFT's merge_and_unload)" if converted else ""))
             continue
         shape = base.tensors[key].shape if key in base.tensors else info.weight_shape
         if info.layout == "conv2d":  # (out, in, kh, kw): the pair maps in·kh·kw → out
@@ -393,8 +405,9 @@ def _match_all(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Ta
         # A classification head is trained in full for the task's classes: the base has none, or one of
         # another size (a checkpoint fine-tuned for other classes), and the adapter's copy is the head.
         head = _is_classification(adapter) and bool({"classifier", "score"} & set(key.split(".")[:-1]))
-        if _is_classification(adapter) and (shape is None or (head and shape != tuple(rep.tensor.shape))):
-            added.append(key)
+        stored = base.stored_name(key) in base.tensors  # the classifier's own skeleton has a head the files may lack
+        if _is_classification(adapter) and (not stored or (head and shape != tuple(rep.tensor.shape))):
+            added.append(base.stored_name(key))
         elif shape is None:
             problems.append(f"{key}: the adapter replaces this tensor (modules_to_save) but the base model has no such tensor")
         elif shape != tuple(rep.tensor.shape):
@@ -405,11 +418,15 @@ def _match_all(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Ta
 
 def adapter_problems(adapter: LoraAdapter, base: BaseCheckpoint) -> list[str]:
     """Everything that keeps ``adapter`` from applying to ``base``, one line per module; empty if it fits."""
-    return _match(adapter, base)[1]
+    return _match(adapter, base.for_task(adapter_task(adapter)))[1]
 
 
 def check_adapter(adapter: LoraAdapter, base: BaseCheckpoint) -> AdapterFit:
-    """Check that ``adapter`` fits ``base`` and say where each module's weight is; raise AdapterError if not."""
+    """Check that ``adapter`` fits ``base`` and say where each module's weight is; raise AdapterError if not.
+
+    A classification adapter is checked against the base seen as a classifier (``AdapterFit.base``), which is
+    what its module names refer to even when the checkpoint is a bare encoder."""
+    base = base.for_task(adapter_task(adapter))
     targets, problems, missing, added = _match_all(adapter, base)
     if not problems:
         return AdapterFit(adapter, base, targets, tuple(added))

@@ -14,6 +14,7 @@ weight is "(out × in), possibly stored transposed" (``Layout``).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -78,14 +79,27 @@ class BaseCheckpoint:
     at most one tensor (a memory map of a whole shard would stay resident until it is closed).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, task: str | None = None):
         self.path = Path(path)
+        # The head the adapter was trained with ("sequence-classification", "image-classification"), when it is not
+        # the class the checkpoint was saved as: a bare encoder (BertModel, ViTModel) trained as a classifier.
+        self.task = task
         self.config = read_json_object(self.path / "config.json", fields=CONFIG_JSON_FIELDS)
         self.shard_files, self.indexed = weight_files(self.path)
         self.tensors: dict[str, TensorInfo] = {}
         for shard in self.shard_files:
             for info in read_safetensors_header(shard):
                 self.tensors[info.key] = info
+
+    def for_task(self, task: str | None) -> "BaseCheckpoint":
+        """This checkpoint seen as the model ``task`` builds from it (None: as saved); the tensors are not read again."""
+        if task is None or task == self.task:
+            return self
+        other = copy.copy(self)
+        other.task = task
+        for name in ("_skeleton", "_names", "module_order", "tied_embeddings"):  # cached for the other structure
+            other.__dict__.pop(name, None)
+        return other
 
     def shard_tensors(self, shard: Path) -> list[TensorInfo]:
         return [t for t in self.tensors.values() if t.file == shard]
@@ -136,7 +150,7 @@ class BaseCheckpoint:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            return build_skeleton(load_config(ModelSource(str(self.path), "local", self.path, "safetensors")), None)
+            return build_skeleton(load_config(ModelSource(str(self.path), "local", self.path, "safetensors")), self.task)
         except Exception as exc:
             # A configuration or constructor error the shared code does not word (it re-raises what it does not
             # know) still names this model: the merge must end in a message, not a traceback.
@@ -170,16 +184,44 @@ class BaseCheckpoint:
             return ModuleInfo(None, type(mod).__name__, ())
         return ModuleInfo(layout, type(mod).__name__, tuple(weight.shape))
 
+    @cached_property
+    def _names(self) -> tuple[dict[str, str], tuple[str, ...]]:
+        """``({model parameter name: stored tensor name}`` for every tensor loaded under another name than it is
+        stored under, ``stored tensors that transformers converts on load)``.
+
+        transformers 5 renames some models' modules on load and back on save (ViT's ``attention.query`` is the
+        model's ``q_proj``), and adds the base model prefix to a bare encoder's tensors loaded with a head: an
+        adapter names the model's modules, the files keep the stored names. The loader's own mapping decides
+        (``compat.loaded_parameter_names``). Tensors a converter fuses or splits (no one stored tensor is the
+        parameter) cannot be merged one at a time."""
+        from workbench.core.compat import loaded_parameter_names
+
+        loaded = loaded_parameter_names(self._skeleton, self.tensors)
+        renamed = {model: stored for stored, model in loaded.items() if model is not None and model != stored}
+        return renamed, tuple(stored for stored, model in loaded.items() if model is None)
+
+    def stored_name(self, key: str) -> str:
+        """The checkpoint's name for the model's tensor ``key`` (``key`` itself unless transformers renames it)."""
+        return self._names[0].get(key, key)
+
+    @property
+    def converted_tensors(self) -> tuple[str, ...]:
+        """Stored tensors that transformers fuses, splits or reshapes into the model's parameters when loading."""
+        return self._names[1]
+
     def stored_key(self, key: str) -> str:
-        """The stored tensor that holds ``key``'s values: ``key`` itself, or the input embedding for a tied
+        """The stored tensor that holds ``key``'s values: its stored name, or the input embedding for a tied
         output embedding that the checkpoint does not store separately."""
+        if key in self.tensors:
+            return key
+        key = self.stored_name(key)
         tied = self.tied_embeddings
         return tied[0] if tied and key == tied[1] and key not in self.tensors else key
 
     def parameter_shape(self, key: str) -> tuple[int, ...] | None:
-        """Shape of a tensor by name: from the checkpoint, or from the skeleton for a tied weight not stored."""
-        if key in self.tensors:
-            return self.tensors[key].shape
+        """Shape of a model tensor by name: from the checkpoint, or from the skeleton for a tied weight not stored."""
+        if self.stored_name(key) in self.tensors:
+            return self.tensors[self.stored_name(key)].shape
         try:
             return tuple(self._skeleton.get_parameter(key).shape)
         except AttributeError:
@@ -192,7 +234,7 @@ class BaseCheckpoint:
 
     @cached_property
     def tied_embeddings(self) -> tuple[str, str] | None:
-        """``(input_embedding_key, output_embedding_key)`` when the model uses one tensor for both."""
+        """``(input_embedding_key, output_embedding_key)``, as stored names, when the model uses one tensor for both."""
         model = self._skeleton
         try:
             inp, out = model.get_input_embeddings(), model.get_output_embeddings()
@@ -201,8 +243,8 @@ class BaseCheckpoint:
         if inp is None or out is None or out.weight is not inp.weight:
             return None
         names = {id(m): n for n, m in model.named_modules()}
-        return f"{names[id(inp)]}.weight", f"{names[id(out)]}.weight"
+        return self.stored_name(f"{names[id(inp)]}.weight"), self.stored_name(f"{names[id(out)]}.weight")
 
 
-def open_base_model(source: str | Path) -> BaseCheckpoint:
-    return BaseCheckpoint(resolve_base_model(source))
+def open_base_model(source: str | Path, task: str | None = None) -> BaseCheckpoint:
+    return BaseCheckpoint(resolve_base_model(source), task)

@@ -9,7 +9,7 @@ not in a user's hands. Sections are named after the area of Workbench that uses 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -59,6 +59,37 @@ def attention_implementation(hf_config: Any) -> str | None:
     """
     value = getattr(hf_config, "_attn_implementation", None)
     return value if isinstance(value, str) and value else None
+
+
+def loaded_parameter_names(model: Any, stored_keys: Iterable[str]) -> dict[str, str | None]:
+    """For each tensor name stored in a checkpoint, the parameter of ``model`` that ``from_pretrained`` loads it
+    into (the name itself when nothing renames it), or None when a converter builds that parameter from several
+    stored tensors or reshapes it (a fused or split projection), so no single stored tensor is the parameter.
+
+    transformers 5 renames many models' modules on load (ViT: the checkpoint's ``encoder.layer.0.attention.
+    attention.query`` is the model's ``layers.0.attention.q_proj``) and adds or strips the base model prefix (a
+    bare ``BertModel`` checkpoint loaded as ``BertForSequenceClassification``), and reverts both on save, so the
+    files keep the original names. No public API maps one name to the other: this applies the loader's own
+    steps from ``transformers.modeling_utils``: ``conversion_mapping.get_model_conversion_mapping(model)``, split
+    into ``WeightRenaming`` and ``WeightConverter`` entries, then ``core_model_loading.rename_source_key`` with the
+    model's ``base_model_prefix`` and state dict, retried without renamings for a key the renaming took away from
+    a parameter of its own name, as ``convert_and_load_state_dict_in_model`` does.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    prefix = model.base_model_prefix
+    parameters = model.state_dict()
+    names: dict[str, str | None] = {}
+    for key in stored_keys:
+        renamed, converter = rename_source_key(key, renamings, converters, prefix, parameters)
+        if renamed not in parameters and key in parameters:
+            renamed, converter = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=parameters)
+        names[key] = None if converter is not None else renamed
+    return names
 
 
 # --- transformers (training) -------------------------------------------------------------------------------

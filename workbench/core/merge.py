@@ -120,13 +120,15 @@ def _plan(fit: AdapterFit, dtype: torch.dtype | None) -> tuple[list[tuple[str, l
     """
     base, adapter = fit.base, fit.adapter
     lora = {t.weight_key: (adapter.modules[name], t.transposed) for name, t in fit.targets.items()}
+    # by the checkpoint's names, which the output keeps: transformers renames on load as it does for the base
+    replacements = {base.stored_name(key): rep for key, rep in adapter.replacements.items()}
     code = SAFETENSORS_DTYPE[dtype] if dtype is not None else None
     tied = base.tied_embeddings
-    untie = tied is not None and any(k in lora or k in adapter.replacements for k in tied)
+    untie = tied is not None and any(k in lora or k in replacements for k in tied)
 
     def entry(key: str, stored: TensorInfo) -> _Entry:
         module, transposed = lora.get(key, (None, False))
-        rep = adapter.replacements.get(key)
+        rep = replacements.get(key)
         out_dtype = code if code is not None and stored.dtype in FLOAT_DTYPES else stored.dtype
         return _Entry(key, stored, rep.tensor if rep else None, module, transposed, out_dtype)
 
@@ -144,7 +146,7 @@ def _plan(fit: AdapterFit, dtype: torch.dtype | None) -> tuple[list[tuple[str, l
                 entries.append(entry(tied[1], info))
         shards.append((shard.name, entries))
     for key in fit.added:  # a classification adapter's head (and modules the base lacks), in the last shard
-        tensor = adapter.replacements[key].tensor
+        tensor = replacements[key].tensor
         info = TensorInfo(key, Path(), SAFETENSORS_DTYPE[tensor.dtype], tuple(tensor.shape), 0,
                           tensor.numel() * tensor.element_size())
         shards[-1][1].append(entry(key, info))
