@@ -36,17 +36,20 @@ def labelled(label_of=lambda name: name) -> list[dict]:
 @pytest.fixture
 def base_dir(tiny_model_dir, tmp_path_factory):
     """A saved tiny base. "bert-mlm" is a BERT encoder saved without any classification parts (as pretrained
-    encoders are): its pooler and classifier are initialised at random when loaded for classification."""
+    encoders are): its pooler and classifier are initialised at random when loaded for classification.
+    "bert-bare" is the bare encoder (BertModel, how sentence-transformers' MiniLM ships), whose checkpoint names
+    lack the ``bert.`` prefix the classifier's modules have."""
     import tiny
 
     def get(arch: str) -> Path:
-        if arch != "bert-mlm":
+        if arch not in ("bert-mlm", "bert-bare"):
             return tiny_model_dir(arch, initializer_range=0.2)
-        from transformers import BertForMaskedLM
+        from transformers import BertForMaskedLM, BertModel
 
-        folder = tmp_path_factory.mktemp("bert-mlm")
+        folder = tmp_path_factory.mktemp(arch)
         torch.manual_seed(0)
-        BertForMaskedLM(tiny.make_config("bert", initializer_range=0.2)).save_pretrained(folder)
+        (BertForMaskedLM if arch == "bert-mlm" else BertModel)(
+            tiny.make_config("bert", initializer_range=0.2)).save_pretrained(folder)
         tiny.make_tokenizer().save_pretrained(folder)
         return folder
 
@@ -90,7 +93,7 @@ def batch(base: Path, texts: list[str]):
     return AutoTokenizer.from_pretrained(base)(texts, padding=True, return_tensors="pt")
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "bert", "bert-mlm"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "bert", "bert-mlm", "bert-bare"])
 def test_classifier_learns_reloads_with_peft_and_merges(arch, base_dir, tmp_path):
     from workbench.core.merge import merge_adapter
 
