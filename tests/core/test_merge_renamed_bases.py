@@ -68,12 +68,28 @@ def _assert_merges_like_peft(peft_model, merged_logits: torch.Tensor, run) -> No
 # ------------------------------------------------------------------------------------------------ ViT
 
 
-@pytest.mark.parametrize("base_labels", [3, 10], ids=["same-classes", "head-of-another-size"])
-def test_vit_classifier_merges_as_peft_does(base_labels, tmp_path):
+def _bare_vit(folder: Path) -> Path:
+    """A ViTModel without a head (how google/vit-base-patch16-224-in21k ships): names lack the ``vit.`` prefix too."""
+    from transformers import ViTConfig, ViTModel
+
+    kw = {k: v for k, v in tiny.VISION_CONFIGS["vit"].items() if k != "model_type"}
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**kw), add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("base_kind", ["classifier-3", "classifier-10", "bare"],
+                         ids=["same-classes", "head-of-another-size", "bare-ViTModel"])
+def test_vit_classifier_merges_as_peft_does(base_kind, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageClassification
 
-    base = tiny.save_vision_model("vit", tmp_path / "vit", num_labels=base_labels)
+    from workbench.core.adapter_report import inspect_adapter
+
+    if base_kind == "bare":
+        base = _bare_vit(tmp_path / "vit")
+    else:
+        base = tiny.save_vision_model("vit", tmp_path / "vit", num_labels=int(base_kind.split("-")[1]))
     labels = LabelSet("single-label", ("cat", "dog", "owl"))
     torch.manual_seed(1)
     model = AutoModelForImageClassification.from_pretrained(
@@ -89,7 +105,8 @@ def test_vit_classifier_merges_as_peft_does(base_labels, tmp_path):
     result = merge_adapter(base, adapter, tmp_path / "merged")
     assert result.merged_modules == 2 * len(VIT_TARGETS)
     # the output keeps the checkpoint's own names and layout (transformers renames them on load, as for the base)
-    assert _stored_keys(result.output) == _stored_keys(base)
+    head = {"classifier.weight", "classifier.bias"}
+    assert _stored_keys(result.output) == _stored_keys(base) | head
     merged = AutoModelForImageClassification.from_pretrained(result.output).eval()
     assert merged.config.id2label == labels.id2label
     pixels = _pixels()
@@ -102,6 +119,11 @@ def test_vit_classifier_merges_as_peft_does(base_labels, tmp_path):
     with torch.no_grad():
         assert not torch.allclose(plain.vit(pixel_values=pixels).last_hidden_state,
                                   merged.vit(pixel_values=pixels).last_hidden_state, atol=1e-3)
+    # the adapter report reads each adapted weight under its stored name
+    q_proj = "vit.layers.0.attention.q_proj"
+    stats = {m.name: m for m in inspect_adapter(adapter, base).modules}[q_proj]
+    weight = peft_model.get_submodule(q_proj).base_layer.weight.detach().double()
+    assert stats.weight_norm == pytest.approx(float(torch.linalg.vector_norm(weight)), rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------ bare BERT encoder

@@ -234,7 +234,7 @@ def _refuse_unsupported_config(config: dict[str, Any], folder: Path) -> None:
     if found:
         raise AdapterError(
             f"{folder} uses {', '.join(found)}, which cannot be merged or exported here",
-            "supported: LoRA, rsLoRA and DoRA on Linear, Conv1D and Embedding layers, with per-module rank and alpha",
+            "supported: LoRA, rsLoRA and DoRA on Linear, Conv1D and Embedding layers (LoRA on Conv2d), with per-module rank and alpha",
         )
 
 
@@ -370,7 +370,7 @@ def _match_all(adapter: LoraAdapter, base: BaseCheckpoint) -> tuple[dict[str, Ta
             problems.append(f"{name}: no such module in the base model")
             continue
         if info.layout is None:
-            problems.append(f"{name}: a {info.type_name} cannot carry a LoRA adapter here (Linear, Conv1D, Embedding can)")
+            problems.append(f"{name}: a {info.type_name} cannot carry a LoRA adapter here (Linear, Conv1D, Embedding and Conv2d with groups = 1 can)")
             continue
         if mod.embedding != (info.layout == "embedding"):
             kind = "embedding" if mod.embedding else "linear"
