@@ -223,9 +223,10 @@ def test_a_weight_transformers_converts_on_load_is_refused_by_name(tmp_path):
 # -------------------------------------------------------------------------------- Conv2d adapter report
 
 
-def test_adapter_report_of_a_conv2d_adapter_matches_peft_delta(tmp_path):
-    """LoRA on a ResNet's convolutions: the report's ||ΔW||_F and singular values are those of PEFT's own update,
-    flattened to (out × in·kh·kw), and ||W||_F is the stored kernel's."""
+def test_adapter_report_of_a_conv2d_adapter_matches_peft_delta(tmp_path, capsys):
+    """LoRA on a ResNet's convolutions (7 × 7 stem, 3 × 3 blocks, 1 × 1 shortcut): the report's ||ΔW||_F and
+    singular values are those of PEFT's own update, flattened to (out × in·kh·kw), ||W||_F is the stored kernel's,
+    and ``workbench inspect-adapter`` prints them."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageClassification
 
@@ -233,7 +234,8 @@ def test_adapter_report_of_a_conv2d_adapter_matches_peft_delta(tmp_path):
 
     base = tiny.save_vision_model("resnet", tmp_path / "resnet", num_labels=3)
     model = AutoModelForImageClassification.from_pretrained(base)
-    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)][:3]
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {model.get_submodule(n).kernel_size for n in convs} == {(7, 7), (3, 3), (1, 1)}
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=6, target_modules=convs, init_lora_weights=False))
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
@@ -251,3 +253,10 @@ def test_adapter_report_of_a_conv2d_adapter_matches_peft_delta(tmp_path):
         weight = layer.base_layer.weight.detach().double()
         assert stats.weight_norm == pytest.approx(float(torch.linalg.vector_norm(weight)), rel=1e-6)
         assert stats.relative_norm is not None and stats.relative_norm > 0
+
+    from workbench.cli import main
+
+    assert main(["inspect-adapter", str(adapter), "--base", str(base), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in printed["modules"]] == convs
+    assert [m["delta_norm"] for m in printed["modules"]] == pytest.approx([m.delta_norm for m in report.modules])
