@@ -9,7 +9,9 @@ The arithmetic follows PEFT's ``Linear.merge`` / ``Embedding.merge`` expression 
 operations, same order, fp32), so an fp32 merge is bit-identical to ``merge_and_unload``; for bf16/fp16
 the result is computed in fp32 and rounded once.
 
-The output has the base's shard layout (same file names, same tensors in the same order) plus the
+The output has the base's shard layout (same file names, same tensors under the same stored names in the same
+order; transformers' renames on load, such as ViT's ``attention.query`` → ``q_proj``, apply to it as to the base,
+see ``BaseCheckpoint.stored_name``; a classifier head the base lacks goes in the last shard) plus the
 index, ``config.json`` (dtype updated when converted), tokenizer, generation config and every other
 non-weight file. It is built in ``.tmp-<name>.partial`` beside the destination, flushed to disk (files and
 folders) and renamed into place only when complete (``fsutil.atomic_directory``; so files inside it need
