@@ -265,7 +265,7 @@ def test_llama_cpp_computes_the_merged_models_logits_from_the_merged_gguf_and_fr
     print(f"\n{arch}: llama.cpp merged GGUF vs PEFT max |Δlogit| {delta:.2e} (exact GELU: "
           f"{np.abs(merged - exact).max():.2e}), top-1 {np.mean(merged.argmax(-1) == exact.argmax(-1)):.3f}; "
           f"base GGUF + GGUF adapter vs merged GGUF {adapter_delta:.2e} (logits up to {np.abs(exact).max():.2f})")
-    assert delta < 1e-3
+    assert delta < 2e-3  # measured at most 3.4e-4 (gemma3_text); a wrong rotary base of one layer: 2.1e-2
     assert (merged.argmax(-1) == expected.argmax(-1)).all()
     assert adapter_delta < 1e-3
 
