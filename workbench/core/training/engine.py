@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import classification, images, lora_init, precision, preference, quantization
+from .. import classification, images, init_adapter, lora_init, precision, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -57,6 +57,7 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
         config = config.copy_with(output={"run_dir": str(run_dir)})
     compute = precision.resolve_compute(config)  # once per run: everything below is handed this one
     dist = Distributed.setup(compute.device)
+    config = init_adapter.with_adapter_settings(config)  # [lora] from model.init_adapter's adapter, if one is set
     files = dist.on_main(lambda: preflight(config, sink, compute=compute), share_result=False)
     if files is not None and files.selection is not None:  # rank 0: the exact modules, in run.toml from the start
         config = setup.with_selection(config, files.selection)  # (the other ranks resolve them on the loaded model)
@@ -74,6 +75,7 @@ def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | No
     from ..data import detect
     from ..models import check_weight_files, resolve_source
 
+    config = init_adapter.with_adapter_settings(config)  # a contradicting [lora] is refused before anything loads
     mc = config.model
     compute = compute or precision.resolve_compute(config)  # fp16 on a CPU, bf16 on an old GPU: refused here
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
@@ -287,7 +289,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     metrics = classification.ClassificationMetrics(labels) if labels is not None else None
     trainer_cls: Any = AtomicCheckpointTrainer
     if config.training.method != "sft":
-        # The PEFT model and no ref_model: TRL's reference is the base with the adapter disabled (no second copy).
+        # The PEFT model and no ref_model: TRL scores the reference with a frozen copy of the starting adapter (the
+        # base for a fresh adapter, the SFT model for model.init_adapter; core/init_adapter.py), no second model.
         trainer_cls = preference.trainer_class(config.training.method, AtomicCheckpointTrainer)
         args = preference.trainer_arguments(config.training.method, args, config.training.beta, config.data.max_length)
     trainer = trainer_cls(
