@@ -305,6 +305,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         compute_metrics=metrics,
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
+    trainer.label_set = labels  # into every checkpoint: a run finished from its last checkpoint keeps its classes
     oom = None
     try:
         trainer.train(resume_from_checkpoint=str(resume_point.checkpoint) if resume_point else None)
