@@ -80,6 +80,7 @@ def test_dpo_from_an_sft_adapter_uses_it_as_policy_and_reference(sft_run, tmp_pa
     assert (recorded.r, recorded.alpha) == (8, 16.0)
     assert set(recorded.target_modules) == set(json.loads((sft.adapter_dir / "adapter_config.json").read_text())
                                                ["target_modules"])
+    assert sorted(p.name for p in result.adapter_dir.iterdir() if p.is_dir()) == [], "no adapter/ref: TRL's copy"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), result.adapter_dir)
     assert model.peft_config["default"].r == 8
     trained = load_file(result.adapter_dir / "adapter_model.safetensors")
@@ -107,3 +108,28 @@ def test_a_run_folder_names_its_adapter_and_a_missing_one_is_named(sft_run, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="has no adapter_config.json"):
         run(dpo_config(base, tmp_path, init_adapter=tmp_path / "empty"), ev.ListSink())
+
+
+def test_the_reference_is_a_frozen_copy_of_the_starting_adapter(sft_run, tmp_path):
+    """What the two-stage run relies on in TRL: given a PEFT model (no ref_model), its trainer copies the adapter
+    into a frozen "ref" adapter — one adapter's parameters more, not a second base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from workbench.core import init_adapter, preference
+    from workbench.core.training.trainer import AtomicCheckpointTrainer
+
+    base, sft = sft_run
+    model = init_adapter.load_trainable(AutoModelForCausalLM.from_pretrained(base), str(sft.adapter_dir))
+    before = sum(p.numel() for p in model.parameters())
+    adapter_size = sum(p.numel() for n, p in model.named_parameters() if ".default." in n)
+    data = preference.prepare_preference(dpo_config(base, tmp_path).data, "dpo")
+    args = preference.trainer_arguments("dpo", TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True,
+                                                                 report_to="none"), 0.1, 64)
+    trainer = preference.trainer_class("dpo", AtomicCheckpointTrainer)(
+        model=model, args=args, train_dataset=data.train, processing_class=AutoTokenizer.from_pretrained(base))
+    assert trainer.ref_model is None
+    params = dict(trainer.model.named_parameters())
+    refs = {n: p for n, p in params.items() if ".ref." in n}
+    assert refs and all(not p.requires_grad for p in refs.values()), "the reference adapter is frozen"
+    assert all(p.equal(params[n.replace(".ref.", ".default.")]) for n, p in refs.items()), "a copy of the SFT adapter"
+    assert sum(p.numel() for p in trainer.model.parameters()) == before + adapter_size

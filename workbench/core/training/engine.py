@@ -409,6 +409,10 @@ def save_adapter(peft_model: Any, run_dir: Path, labels: Any = None, **save_kwar
     ``labels``: a classification run's label set, saved beside the adapter as labels.json."""
     final = run_dir / "adapter"
     with atomic_directory(final, overwrite=True) as tmp:
+        if "ref" in getattr(peft_model, "peft_config", {}):
+            # TRL's frozen reference copy (preference training, core/init_adapter.py): not part of the result, which
+            # PEFT would otherwise save into adapter/ref/
+            save_kwargs = {**save_kwargs, "selected_adapters": ["default"]}
         peft_model.save_pretrained(str(tmp), safe_serialization=True, **save_kwargs)
         if labels is not None:
             classification.write_label_file(tmp, labels)

@@ -50,8 +50,11 @@ class PreferencePlots(pg.GraphicsLayoutWidget):
             plot.setLabel("left", unit)
             plot.getAxis("left").enableAutoSIPrefix(False)
             plot.setProperty("plot_title", title)
-            plot.addLegend(offset=(10, 10))  # top left: the margin and the accuracy rise towards the top right
+            # Margin and accuracy rise towards the top right; the rewards' top left is empty, the accuracy's
+            # bottom right
+            plot.addLegend(offset=(10, 10) if row == 0 else (-10, -10))
             self.plot_items.append(plot)
+        follow_palette(self, self.plot_items)  # before the curves: a legend entry takes the text colour it is made with
         self.plot_items[1].setYRange(0, 1, padding=0.05)
         # A margin of zero is where the policy starts (it equals the reference): the line shows which way it went.
         self.plot_items[0].addItem(pg.InfiniteLine(0, angle=0, movable=False,
@@ -62,7 +65,6 @@ class PreferencePlots(pg.GraphicsLayoutWidget):
             curve.setDownsampling(auto=True, method="peak")
             curve.setClipToView(True)
             self.curves[name] = curve
-        follow_palette(self, self.plot_items)
 
     def changeEvent(self, event) -> None:
         if event.type() == pg.QtCore.QEvent.Type.PaletteChange and getattr(self, "plot_items", None):
