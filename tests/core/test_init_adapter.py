@@ -133,3 +133,27 @@ def test_the_reference_is_a_frozen_copy_of_the_starting_adapter(sft_run, tmp_pat
     assert refs and all(not p.requires_grad for p in refs.values()), "the reference adapter is frozen"
     assert all(p.equal(params[n.replace(".ref.", ".default.")]) for n, p in refs.items()), "a copy of the SFT adapter"
     assert sum(p.numel() for p in trainer.model.parameters()) == before + adapter_size
+
+
+def test_a_stopped_run_from_an_sft_adapter_resumes_onto_the_uninterrupted_curve(sft_run, tmp_path):
+    """A resume rebuilds the policy from the SFT adapter and then the checkpoint, and the reference from the SFT
+    adapter again: the margins after the resume are those of a run that was never stopped."""
+    from workbench.core.control import RunControl
+    from workbench.core.training import resume
+
+    base, sft = sft_run
+    config = dpo_config(base, tmp_path, init_adapter=sft.adapter_dir).copy_with(
+        training={"max_steps": 4, "save_steps": 2, "batch_size": 2})
+    control = RunControl()
+    stopped = run(config, ev.CallbackSink(lambda e: e.kind == "step" and e.step == 2 and control.request_stop()),
+                  control, run_dir=tmp_path / "stopped")
+    assert (stopped.status, stopped.final_step) == ("stopped", 2)
+    assert resume(stopped.run_dir, ev.ListSink()).final_step == 4
+    straight = run(config, ev.ListSink(), run_dir=tmp_path / "straight")
+
+    def margins(d):
+        return [e["metrics"]["rewards/margins"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                if e["kind"] == "step"]
+
+    assert len(margins(stopped.run_dir)) == 4
+    assert margins(stopped.run_dir) == pytest.approx(margins(straight.run_dir), rel=1e-4, abs=1e-6)

@@ -60,3 +60,13 @@ def test_a_supervised_run_shows_no_reward_plots(qtbot):
     panel.end_run()
     assert panel.preference_plots.isHidden() and not panel.preference_plots.has_data
     assert panel.plots.points("loss") == 3
+
+
+def test_the_settings_form_sets_the_adapter_to_start_from(window, qtbot, tmp_path):
+    editor = window.form.editors["model.init_adapter"]
+    assert editor.label == "Start from adapter" and window.store.config.model.init_adapter is None
+    qtbot.keyClicks(editor.widget, str(tmp_path / "runs" / "sft" / "adapter"))
+    assert window.store.config.model.init_adapter == str(tmp_path / "runs" / "sft" / "adapter")
+    editor.widget.clear()
+    editor.widget.textEdited.emit("")  # what the user's deleting the text sends (clear() itself sends nothing)
+    assert window.store.config.model.init_adapter is None, "an empty field: a fresh adapter"
