@@ -104,6 +104,10 @@ class ModelConfig(_Section):
                             "about a quarter / half of bf16's memory. Needs bitsandbytes. Merges still use the original weights."
     )
     double_quant: bool = Field(True, description="4-bit bases: quantize the quantization constants too (saves ~0.4 bit per weight).")
+    init_adapter: str | None = Field(
+        None, description="Start from this PEFT adapter (a run's adapter/ folder, or the run folder) instead of a fresh "
+                          "one, e.g. DPO after SFT: its modules, rank and alpha come from the adapter; the preference "
+                          "reference is that adapter, frozen (core/init_adapter.py).")
 
 
 class LoraSettings(_Section):

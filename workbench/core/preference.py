@@ -2,8 +2,9 @@
 
 TRL writes the losses (DPO, ORPO, KTO); this module only reads the rows, checks them, and builds TRL's trainer
 as a subclass of the workbench's own (atomic checkpoints), with the same arguments, callbacks and run folder as
-supervised training. The model is the PEFT model: with no ``ref_model`` TRL uses the base with the adapter
-disabled as the reference, so no second copy of the model is loaded (ORPO needs no reference at all).
+supervised training. The model is the PEFT model: with no ``ref_model`` TRL (1.16) copies the starting adapter into
+a frozen adapter named ``ref`` and scores the reference with it — for a fresh adapter (B = 0) that is the base — so
+no second copy of the model is loaded (ORPO needs no reference at all).
 
 Rows (``data.columns`` maps the roles to other column names, as for the other formats):
 
@@ -11,8 +12,9 @@ Rows (``data.columns`` maps the roles to other column names, as for the other fo
                    format; the chat template renders them).
 ``kto``            ``prompt``, ``completion``, ``label``: ``label`` true for a good completion, false for a bad one.
 
-A preference run can start from an SFT run's adapter: ``model.source`` is the merged SFT model, or the base with
-``lora.init`` left at default and the SFT adapter merged first (``workbench merge``).
+A preference run can start from an SFT run's adapter: ``model.init_adapter = "runs/<sft run>/adapter"`` trains that
+adapter on, and the reference is then the SFT model (the SFT adapter, frozen), as DPO's recipe asks
+(core/init_adapter.py).
 """
 
 from __future__ import annotations

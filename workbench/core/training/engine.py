@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import classification, images, lora_init, precision, preference, quantization
+from .. import classification, images, init_adapter, lora_init, precision, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -57,6 +57,7 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
         config = config.copy_with(output={"run_dir": str(run_dir)})
     compute = precision.resolve_compute(config)  # once per run: everything below is handed this one
     dist = Distributed.setup(compute.device)
+    config = init_adapter.with_adapter_settings(config)  # [lora] from model.init_adapter's adapter, if one is set
     files = dist.on_main(lambda: preflight(config, sink, compute=compute), share_result=False)
     if files is not None and files.selection is not None:  # rank 0: the exact modules, in run.toml from the start
         config = setup.with_selection(config, files.selection)  # (the other ranks resolve them on the loaded model)
@@ -74,6 +75,7 @@ def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | No
     from ..data import detect
     from ..models import check_weight_files, resolve_source
 
+    config = init_adapter.with_adapter_settings(config)  # a contradicting [lora] is refused before anything loads
     mc = config.model
     compute = compute or precision.resolve_compute(config)  # fp16 on a CPU, bf16 on an old GPU: refused here
     source = resolve_source(mc.source, mc.revision, allow_pickle=mc.allow_pickle, download="config", sink=as_sink(sink))
@@ -287,7 +289,8 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
     metrics = classification.ClassificationMetrics(labels) if labels is not None else None
     trainer_cls: Any = AtomicCheckpointTrainer
     if config.training.method != "sft":
-        # The PEFT model and no ref_model: TRL's reference is the base with the adapter disabled (no second copy).
+        # The PEFT model and no ref_model: TRL scores the reference with a frozen copy of the starting adapter (the
+        # base for a fresh adapter, the SFT model for model.init_adapter; core/init_adapter.py), no second model.
         trainer_cls = preference.trainer_class(config.training.method, AtomicCheckpointTrainer)
         args = preference.trainer_arguments(config.training.method, args, config.training.beta, config.data.max_length)
     trainer = trainer_cls(
@@ -302,6 +305,7 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         compute_metrics=metrics,
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its prints to stdout
+    trainer.label_set = labels  # into every checkpoint: a run finished from its last checkpoint keeps its classes
     oom = None
     try:
         trainer.train(resume_from_checkpoint=str(resume_point.checkpoint) if resume_point else None)
@@ -405,6 +409,10 @@ def save_adapter(peft_model: Any, run_dir: Path, labels: Any = None, **save_kwar
     ``labels``: a classification run's label set, saved beside the adapter as labels.json."""
     final = run_dir / "adapter"
     with atomic_directory(final, overwrite=True) as tmp:
+        if "ref" in getattr(peft_model, "peft_config", {}):
+            # TRL's frozen reference copy (preference training, core/init_adapter.py): not part of the result, which
+            # PEFT would otherwise save into adapter/ref/
+            save_kwargs = {**save_kwargs, "selected_adapters": ["default"]}
         peft_model.save_pretrained(str(tmp), safe_serialization=True, **save_kwargs)
         if labels is not None:
             classification.write_label_file(tmp, labels)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import classification, images, lora_init, quantization
+from .. import classification, images, init_adapter, lora_init, quantization
 from ..config import LOWER_IS_BETTER, RunConfig
 from ..distributed import Distributed
 from ..errors import WorkbenchError
@@ -96,7 +96,10 @@ def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFil
     if quantization.wants_gradient_checkpointing(config) and not quantization.is_quantized(mc):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
-    peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
+    if mc.init_adapter:  # the two-stage recipe: train on from an earlier run's adapter (core/init_adapter.py)
+        peft_model = init_adapter.load_trainable(model, mc.init_adapter)
+    else:
+        peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
     install_fused_lora_forward(peft_model)  # PEFT's modules and adapter, without its full-width mul/add (core/lora_forward.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)

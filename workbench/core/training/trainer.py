@@ -35,6 +35,7 @@ class AtomicCheckpointTrainer(Trainer):
     """
 
     _staging: str | None = None
+    label_set: Any = None  # a classification run's classification.LabelSet, written into each checkpoint
     _loss_head: Any = None  # core/loss.chunked_loss_head of the model, or False: found at the first step
 
     # -- the loss and what it was computed on (core/loss.py) ----------------------------------------------
@@ -75,6 +76,11 @@ class AtomicCheckpointTrainer(Trainer):
             super()._save_checkpoint(model, trial)  # its rotation sees only this checkpoint: a no-op
             self.accelerator.wait_for_everyone()  # every rank has written its files (RNG state per rank)
             if main:
+                if self.label_set is not None:  # labels.json beside the checkpoint's adapter, as in adapter/
+                    from ..classification import write_label_file
+
+                    # (into the folder before it is published, so no checkpoint is ever seen without it)
+                    write_label_file(staging / name if (staging / name).is_dir() else root / name, self.label_set)
                 self._publish(staging / name, root / name, staging)
                 self._rotate(root)
         except BaseException:

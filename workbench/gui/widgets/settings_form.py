@@ -35,7 +35,8 @@ GROUPS: list[tuple[str, list[str]]] = [
                                              "training.save_total_limit", "training.sample_steps",
                                              "training.sample_prompts", "training.sample_max_new_tokens"]),
     ("Output", ["output.runs_root", "output.name"]),
-    ("Task", ["model.task", "model.problem_type", "model.labels", "training.method", "training.beta"]),
+    ("Task", ["model.task", "model.problem_type", "model.labels", "training.method", "training.beta",
+              "model.init_adapter"]),
 ]
 
 RIGHT_COLUMN = {"Optimisation", "Output", "Task"}
@@ -49,6 +50,7 @@ LABELS = {
     "output.name": "Run name", "training.sample_prompts": "Sample prompts (one per line)",
     "training.oom_retry": "Retry out-of-memory steps",
     "model.labels": "Classes (one per line; empty: from the data)",
+    "model.init_adapter": "Start from adapter",
 }
 ERROR_STYLE = "color: #d9534f"
 

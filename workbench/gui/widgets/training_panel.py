@@ -27,6 +27,7 @@ from workbench.core.events import (
 
 from .eval_plots import EvaluationPlots
 from .plots import MetricsPlots
+from .preference_plots import PreferencePlots
 from .run_location import RunLocation
 from .summary_bar import human_bytes
 
@@ -119,6 +120,8 @@ class TrainingPanel(QWidget):
         self.plots = MetricsPlots()
         self.eval_plots = EvaluationPlots()  # task metrics and retention, shown beside the loss once they arrive
         self.eval_plots.hide()
+        self.preference_plots = PreferencePlots()  # a DPO/ORPO/KTO run's rewards: shown once a step has them
+        self.preference_plots.hide()
         self.samples = QPlainTextEdit(readOnly=True)
         self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
                                         "(set sample prompts and a sample interval in Settings).")
@@ -147,6 +150,7 @@ class TrainingPanel(QWidget):
         self.curves_split = QSplitter(Qt.Orientation.Horizontal)
         self.curves_split.addWidget(self.plots)
         self.curves_split.addWidget(self.eval_plots)
+        self.curves_split.addWidget(self.preference_plots)
         splitter.addWidget(self.curves_split)
         splitter.addWidget(bottom)
         splitter.setChildrenCollapsible(False)
@@ -179,6 +183,8 @@ class TrainingPanel(QWidget):
         self.plots.reset()
         self.eval_plots.reset()
         self.eval_plots.hide()
+        self.preference_plots.reset()
+        self.preference_plots.hide()
         self.samples.clear()
         self.progress.setRange(0, 0)  # busy until the engine says how many steps
         self.status_label.setText("Preparing the model and the data…")
@@ -278,6 +284,7 @@ class TrainingPanel(QWidget):
             for event in events:
                 if isinstance(event, Step):
                     self.plots.add_step(event)
+                    self.preference_plots.add_step(event)
                     last_step = event
                     continue
                 if last_step is not None:
@@ -286,6 +293,7 @@ class TrainingPanel(QWidget):
                 self._apply(event)
             if last_step is not None:
                 self._show_progress(last_step)
+        self._draw_preference()
         if not self.plots.stale:
             return
         if not self.running:
@@ -295,6 +303,17 @@ class TrainingPanel(QWidget):
             # while the training thread competes for the GIL, one plot costs a fifth of that, and each plot
             # still redraws every 5 × FLUSH_INTERVAL_MS = 250 ms.
             self.plots.redraw_next()
+
+    def _draw_preference(self) -> None:
+        """A preference run's reward curves (a few points a flush: drawn at once), shown with the first of them."""
+        if not self.preference_plots.stale:
+            return
+        self.preference_plots.redraw()
+        if self.preference_plots.has_data and self.preference_plots.isHidden():
+            self.preference_plots.show()
+            width = self.curves_split.width()
+            self.curves_split.setSizes([width * 2 // 3] + [width // 3 if w.isVisible() else 0
+                                                           for w in (self.eval_plots, self.preference_plots)])
 
     def _show_progress(self, e: Step) -> None:
         self.plots.set_total_steps(e.total_steps)
@@ -347,6 +366,8 @@ class TrainingPanel(QWidget):
             self._update_buttons()
         elif isinstance(event, _History):
             added = self.plots.add_history(event.steps, event.evaluations) if event.run is self._run_token else 0
+            if event.run is self._run_token:
+                self.preference_plots.add_history(event.steps)
             if added:
                 self.append_log(f"Plotted the run's history: {added} logged steps before step "
                                 f"{event.steps[-1].step + 1}.")
