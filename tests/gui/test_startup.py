@@ -1,4 +1,5 @@
-"""The window appears before torch and transformers are imported; they load in the background after."""
+"""The window appears before torch, transformers, numpy and pyqtgraph are imported; they load in the background
+after (the plots are built when first shown: gui/widgets/lazy_plot.py)."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import json, sys, time
     start = time.perf_counter()
+    HEAVY = ("torch", "transformers", "peft", "datasets", "numpy", "pyqtgraph")
     from PySide6.QtCore import QSettings, QTimer
     from workbench.gui.app import create_app
     app = create_app()
@@ -18,12 +20,13 @@ SCRIPT = textwrap.dedent("""
     report = {}
     def shown():  # first event-loop turn after show(): the window is on screen
         report.update(visible=window.isVisible(), seconds=time.perf_counter() - start,
-                      heavy_at_show=sorted(m for m in ("torch", "transformers", "peft", "datasets") if m in sys.modules))
+                      heavy_at_show=sorted(m for m in HEAVY if m in sys.modules))
         window.warm_up()
     QTimer.singleShot(0, shown)
     def check():
         if report and window._jobs == 0:
             report["torch_after_warm_up"] = "torch" in sys.modules
+            report["pyqtgraph_after_warm_up"] = "pyqtgraph" in sys.modules
             print(json.dumps(report))
             app.quit()
     timer = QTimer(interval=20)
@@ -42,6 +45,7 @@ def test_window_shows_before_heavy_imports(tmp_path):
     assert report["visible"]
     assert report["heavy_at_show"] == []
     assert report["torch_after_warm_up"]
+    assert report["pyqtgraph_after_warm_up"]  # so the first plot shown does not wait for its import
 
 
 def test_void_qt_calls_and_emits_keep_references_to_none_and_booleans(qtbot):

@@ -1,8 +1,9 @@
 """Starting the window: ``main(run_file)`` shows it first and imports the ML stack afterwards.
 
-Only Qt, pyqtgraph and the light core modules (config, events, control, layers) are imported before the
-window is on screen; torch and transformers are imported by a background worker right after, so the
-window appears in well under a second and the first model opens without the import wait.
+Only Qt and the light core modules (config, events, control, layers) are imported before the window is on
+screen (plots are built when first shown: widgets/lazy_plot.py); pyqtgraph, torch and transformers are
+imported by a background worker right after, so the window appears in well under a second and the first
+model opens without the import wait.
 """
 
 from __future__ import annotations

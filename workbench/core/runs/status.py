@@ -41,8 +41,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from ..errors import OutputError
 from ..events import Event, Failed, Finished, RunStarted, Step
 from ..fsutil import TMP_PREFIX, atomic_write_text, remove_directory
@@ -216,6 +214,8 @@ def _file_system_now(folder: Path) -> float:
 
 def _process_gone(pid: int, session_started_at: float) -> str:
     """Why process ``pid`` is no longer the run's writer, or "" if it still is."""
+    import psutil  # only for a running run on this host: not on the window's first paint (~12 ms)
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent

@@ -14,9 +14,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
-import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel,
@@ -31,7 +29,7 @@ from workbench.core.data.problems import describe
 from .file_list import FileListBox
 from .data_preview import TRAINED_STYLE, preview_html
 from .inline_problem import InlineProblem
-from .plots import follow_palette
+from .lazy_plot import LazyPlot, follow_palette
 
 DATA_FILTER = f"Datasets ({' '.join('*' + suffix for suffix in DATA_SUFFIXES)});;All files (*)"
 DEFAULT_COLUMN = "(same name)"
@@ -46,12 +44,26 @@ PREVIEW_TITLE = (f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> 
                  "<span style='color:gray'>grey</span> marks template tokens:")
 
 
-class ThemedPlotWidget(pg.PlotWidget):
-    def changeEvent(self, event) -> None:
-        # The first palette event arrives from the base class constructor, before the plot exists.
-        if event.type() == QEvent.Type.PaletteChange and self.getPlotItem() is not None:  # light ↔ dark switch
-            follow_palette(self, [self.getPlotItem()])
-        super().changeEvent(event)
+def length_histogram(max_length: int):
+    """The token-length histogram with its max-length line (a class histogram for a classifier's data)."""
+    import pyqtgraph as pg
+
+    from .plots import ThemedPlotWidget
+
+    histogram = ThemedPlotWidget()
+    histogram.setLabel("bottom", "tokens per example")
+    histogram.setLabel("left", "examples")
+    histogram.getPlotItem().setProperty("plot_title", "Token lengths")
+    follow_palette(histogram, [histogram.getPlotItem()])
+    histogram.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=(90, 140, 220))
+    histogram.addItem(histogram.bars)
+    histogram.cut_line = pg.InfiniteLine(
+        angle=90, pen=pg.mkPen((217, 83, 79), width=2), label="max length",
+        # The label ends at the line (left of it), so it is not cut when the cut sits at the right edge.
+        labelOpts={"position": 0.95, "color": (217, 83, 79), "anchors": [(1, 0), (1, 0)]})
+    histogram.cut_line.setValue(max_length)
+    histogram.addItem(histogram.cut_line)
+    return histogram
 
 
 class DataPanel(QWidget):
@@ -109,17 +121,8 @@ class DataPanel(QWidget):
         self.preview = QTextBrowser()
         self.preview.setOpenLinks(False)
         self.preview.document().setDefaultFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.histogram = ThemedPlotWidget()
-        self.histogram.setLabel("bottom", "tokens per example")
-        self.histogram.setLabel("left", "examples")
-        self.histogram.getPlotItem().setProperty("plot_title", "Token lengths")
-        follow_palette(self.histogram, [self.histogram.getPlotItem()])
-        self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=(90, 140, 220))
-        self.histogram.addItem(self.bars)
-        self.cut_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((217, 83, 79), width=2), label="max length",
-                                        # The label ends at the line (left of it), so it is not cut when the cut sits at the right edge.
-                                        labelOpts={"position": 0.95, "color": (217, 83, 79), "anchors": [(1, 0), (1, 0)]})
-        self.histogram.addItem(self.cut_line)
+        # Built when first shown or given data, with the max length the settings have then.
+        self.histogram = LazyPlot(lambda: length_histogram(self._data().max_length))
         self.stats_label = QLabel()
         self.stats_label.setWordWrap(True)
         self.problems = {"train_files": self.train_box.problem, "validation_files": self.validation_box.problem,
@@ -239,7 +242,8 @@ class DataPanel(QWidget):
             widget.blockSignals(False)
         self.hold_out.setEnabled(not data.validation_files)
         self.train_on_combo.setCurrentText(data.train_on)
-        self.cut_line.setValue(data.max_length)
+        if self.histogram.built:  # else it is built with this max length
+            self.cut_line.setValue(data.max_length)
         self._show_format_choices()
 
     def _show_format_choices(self) -> None:
@@ -426,6 +430,16 @@ class DataPanel(QWidget):
             self.column_combos[role] = combo
         self.columns_box.setVisible(bool(self.column_combos) and info.format != "text")
 
+    @property
+    def bars(self):
+        """The histogram's bars (a pyqtgraph BarGraphItem)."""
+        return self.histogram.bars
+
+    @property
+    def cut_line(self):
+        """The max-length line over the histogram."""
+        return self.histogram.cut_line
+
     def _show_previews(self, previews) -> None:
         self._previews = list(previews)
         self.preview.setHtml(preview_html(self._previews, show_tokens=self.show_tokens.isChecked()))
@@ -483,6 +497,8 @@ class DataPanel(QWidget):
             self.bars.setOpts(x0=[], x1=[], height=[])
             self.stats_label.setText("Regression: each label is a number the model learns to predict.")
             return
+        import numpy as np  # imported with the plot
+
         counts = [labels.counts.get(name, 0) for name in labels.names]
         positions = np.arange(len(counts), dtype=float)
         self.bars.setOpts(x0=positions - 0.4, x1=positions + 0.4, height=np.asarray(counts, dtype=float))
@@ -504,6 +520,8 @@ class DataPanel(QWidget):
         self.histogram.setLabel("bottom", "tokens per example")
         self.histogram.setLabel("left", "examples")
         self.cut_line.show()
+        import numpy as np  # imported with the plot
+
         hist = stats.length_histogram
         edges = np.asarray(hist.edges, dtype=float)
         self.histogram.getPlotItem().enableAutoRange()  # this data's axes (an error state fixed them)

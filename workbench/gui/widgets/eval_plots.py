@@ -12,15 +12,8 @@ import math
 
 import pyqtgraph as pg
 
-from workbench.core.scorers import SCORERS
-
+from .metric_labels import LABELS, RETENTION_METRICS, TASK_METRICS  # noqa: F401  (imported from here too)
 from .plots import Series, follow_palette
-
-TASK_METRICS = tuple(SCORERS)  # exact_match, regex, json_valid, json_fields, label: shares in [0, 1]
-RETENTION_METRICS = ("retention_agreement", "retention_ppl_ratio")
-LABELS = {"exact_match": "exact match", "json_valid": "valid JSON", "json_fields": "JSON fields", "regex": "regex",
-          "label": "label", "retention_agreement": "agreement with base", "retention_ppl_ratio": "perplexity ÷ base",
-          "perplexity": "perplexity"}
 COLOURS = [(30, 100, 220), (230, 120, 20), (46, 157, 78), (200, 50, 50), (140, 80, 190), (20, 160, 170)]
 
 

@@ -7,8 +7,6 @@ weight it changes) is available; without one, only ``||ΔW||`` and effective ran
 
 from __future__ import annotations
 
-import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
@@ -16,7 +14,7 @@ from PySide6.QtWidgets import (
 
 from .names import natural_key, short_kind_labels
 from .path_edit import PathEdit
-from .plots import follow_palette
+from .lazy_plot import LazyPlot, follow_palette
 
 METRICS = (("relative_norm", "||ΔW|| / ||W||"), ("delta_norm", "||ΔW||"), ("effective_rank", "effective rank"))
 TABLE_COLUMNS = ("Module", "Block", "Kind", "Rank", "Scale", "||ΔW||", "||W||", "||ΔW|| / ||W||", "Effective rank")
@@ -27,6 +25,26 @@ class NaturalItem(QTableWidgetItem):
 
     def __lt__(self, other: QTableWidgetItem) -> bool:
         return natural_key(self.text()) < natural_key(other.text())
+
+
+def heatmap_plot():
+    """One cell per block and module kind, coloured by the chosen measure, with its colour bar."""
+    import pyqtgraph as pg
+
+    widget = pg.PlotWidget()
+    plot = widget.getPlotItem()
+    plot.setLabel("left", "block")
+    plot.setLabel("bottom", "module kind")
+    plot.getAxis("bottom").enableAutoSIPrefix(False)
+    plot.getAxis("left").enableAutoSIPrefix(False)
+    plot.invertY(True)
+    plot.setMouseEnabled(x=False, y=False)
+    widget.image = pg.ImageItem()
+    plot.addItem(widget.image)
+    widget.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False, width=14)
+    widget.colorbar.setImageItem(widget.image, insert_in=plot)
+    follow_palette(widget, [plot])
+    return widget
 
 
 class InspectionPanel(QWidget):
@@ -63,20 +81,8 @@ class InspectionPanel(QWidget):
         controls.addStretch(1)
         form.addRow(controls)
 
-        self.plot_widget = pg.PlotWidget()
-        self.plot = self.plot_widget.getPlotItem()
-        self.plot.setLabel("left", "block")
-        self.plot.setLabel("bottom", "module kind")
-        self.plot.getAxis("bottom").enableAutoSIPrefix(False)
-        self.plot.getAxis("left").enableAutoSIPrefix(False)
-        self.plot.invertY(True)
-        self.plot.setMouseEnabled(x=False, y=False)
-        self.image = pg.ImageItem()
-        self.plot.addItem(self.image)
-        self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False, width=14)
-        self.colorbar.setImageItem(self.image, insert_in=self.plot)
-        follow_palette(self.plot_widget, [self.plot])
-        self.cells: np.ndarray | None = None
+        self.plot_widget = LazyPlot(heatmap_plot)  # built when first shown or drawn on
+        self.cells = None  # the drawn values, a numpy array (blocks × kinds)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
@@ -93,6 +99,19 @@ class InspectionPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.status)
         layout.addWidget(split, 1)
+
+    @property
+    def plot(self):
+        """The heatmap's PlotItem."""
+        return self.plot_widget.getPlotItem()
+
+    @property
+    def image(self):
+        return self.plot_widget.image
+
+    @property
+    def colorbar(self):
+        return self.plot_widget.colorbar
 
     def set_paths(self, adapter: str, base: str = "") -> None:
         self.adapter_edit.setText(adapter)
@@ -130,6 +149,8 @@ class InspectionPanel(QWidget):
     def draw(self) -> None:
         if self.report is None:
             return
+        import numpy as np  # imported with the plot, built below at the latest
+
         hm = self.report.heatmap(self.metric_combo.currentData())
         values = np.array([[np.nan if v is None else float(v) for v in row] for row in hm.values], dtype=float)
         self.cells = values

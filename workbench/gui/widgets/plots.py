@@ -18,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent
-from PySide6.QtGui import QColor, QFontMetrics, QPalette
+from PySide6.QtGui import QFontMetrics
+
+from .lazy_plot import follow_palette  # noqa: F401  (the other plot modules import it from here)
 
 WIDEST_TICK_LABEL = "-0.000125"  # a learning rate's ticks; pyqtgraph writes 1e-5 and 1e4 and beyond as "1e-05", "12000"
 # The memory plot never spans less than this: allocator noise of a few MiB drawn over the full height looked like
@@ -79,28 +81,15 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def follow_palette(widget, plots: list[pg.PlotItem]) -> None:
-    """Background, axes and titles in the palette's colours, so plots follow the light or dark theme."""
-    palette = widget.palette()
-    widget.setBackground(palette.color(QPalette.ColorRole.Base))
-    text = palette.color(QPalette.ColorRole.Text)
-    legend_background = QColor(palette.color(QPalette.ColorRole.Base))
-    legend_background.setAlpha(220)  # opaque enough to read over a curve, still hinting at what is behind
-    for plot in plots:
-        legend = plot.legend
-        if legend is not None:  # pyqtgraph's default is a pale grey label on a transparent box
-            legend.setLabelTextColor(text)
-            legend.setBrush(pg.mkBrush(legend_background))
-            legend.setPen(pg.mkPen(palette.color(QPalette.ColorRole.Mid)))
-        for name in ("left", "bottom"):
-            axis = plot.getAxis(name)
-            axis.setTextPen(text)
-            axis.setPen(palette.color(QPalette.ColorRole.Mid))
-            if axis.labelText:
-                axis.setLabel(axis.labelText, units=axis.labelUnits, color=text.name())
-        title = plot.property("plot_title")
-        if title:
-            plot.setTitle(title, color=text.name())
+class ThemedPlotWidget(pg.PlotWidget):
+    """A plot whose colours follow the light or dark theme."""
+
+
+    def changeEvent(self, event) -> None:
+        # The first palette event arrives from the base class constructor, before the plot exists.
+        if event.type() == QEvent.Type.PaletteChange and self.getPlotItem() is not None:  # light ↔ dark switch
+            follow_palette(self, [self.getPlotItem()])
+        super().changeEvent(event)
 
 
 class MetricsPlots(pg.GraphicsLayoutWidget):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
@@ -23,11 +23,13 @@ from PySide6.QtWidgets import (
 from workbench.core import runs as core_runs
 from workbench.core.events import Evaluation, RunStarted, Step
 
-from .eval_plots import EvaluationPlots
-from .plots import MetricsPlots, follow_palette
+from .lazy_plot import LazyPlot, evaluation_plots, follow_palette, metrics_plots
 from .queue_panel import QueuePanel
 from .sweep_view import SweepView
 from .tracker_viewers import TrackerViewers
+
+if TYPE_CHECKING:
+    import pyqtgraph as pg
 
 COLUMNS = ("Run", "Status", "Model", "Data", "Steps", "Best eval loss", "Started")
 STATUS_COLOURS = {"finished": (46, 157, 78), "running": (30, 100, 220), "stopped": (200, 140, 20),
@@ -97,6 +99,20 @@ def legend_labels(names: list[str], difference: list[tuple[str, list[object]]], 
     return labels
 
 
+def loss_overlay():
+    """The Compare loss plot: one training-loss curve per selected run."""
+    import pyqtgraph as pg
+
+    overlay = pg.PlotWidget()
+    overlay.setLabel("bottom", "step")
+    overlay.setLabel("left", "training loss")
+    for axis in ("left", "bottom"):  # "training loss (×0.001)" with ticks 0–450 is no way to read a loss
+        overlay.getAxis(axis).enableAutoSIPrefix(False)
+    overlay.addLegend(offset=(-10, 10))
+    follow_palette(overlay, [overlay.getPlotItem()])
+    return overlay
+
+
 class RunsPanel(QWidget):
     resumeRequested = Signal(str)  # run folder
     exportRequested = Signal(str)  # adapter folder
@@ -150,14 +166,9 @@ class RunsPanel(QWidget):
         self.intruders_button.clicked.connect(self.open_intruders)
         self.viewers = TrackerViewers(self._one, self)  # "Open in TensorBoard / MLflow UI"
 
-        self.plots = MetricsPlots()
-        self.overlay = pg.PlotWidget()
-        self.overlay.setLabel("bottom", "step")
-        self.overlay.setLabel("left", "training loss")
-        for axis in ("left", "bottom"):  # "training loss (×0.001)" with ticks 0–450 is no way to read a loss
-            self.overlay.getAxis(axis).enableAutoSIPrefix(False)
-        self.overlay.addLegend(offset=(-10, 10))
-        follow_palette(self.overlay, [self.overlay.getPlotItem()])
+        # Each plot is built when its tab is first shown or given data (lazy_plot.py).
+        self.plots = LazyPlot(metrics_plots)
+        self.overlay = LazyPlot(loss_overlay)
         self.diff = QTableWidget(0, 1)
         self.diff.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.diff.horizontalHeader().setStretchLastSection(True)
@@ -165,7 +176,7 @@ class RunsPanel(QWidget):
         self.detail.setWordWrap(True)
         self.views = QTabWidget()
         self.views.addTab(self.plots, "Plots")
-        self.eval_plots = EvaluationPlots()  # the selected run's task metrics and retention
+        self.eval_plots = LazyPlot(evaluation_plots)  # the selected run's task metrics and retention
         self.views.addTab(self.eval_plots, "Evaluation")
         self.views.addTab(self.overlay, "Compare loss")
         self.views.addTab(self.diff, "Configuration difference")
@@ -307,6 +318,8 @@ class RunsPanel(QWidget):
 
     # -- plots --------------------------------------------------------------------------------------------
     def _selection_changed(self) -> None:
+        import pyqtgraph as pg  # the plots below are built by now
+
         chosen = self.selected()
         paths = [s.path for s in chosen]
         for path in list(self.tailers):

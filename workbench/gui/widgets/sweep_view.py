@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter, QTableWidget,
@@ -26,8 +25,8 @@ from PySide6.QtWidgets import (
 from workbench.core.fsutil import format_size
 
 from .. import workers
-from .eval_plots import LABELS
-from .plots import follow_palette
+from .lazy_plot import LazyPlot, follow_palette
+from .metric_labels import LABELS
 
 # Quantities the plot can put on its y axis: (key, label, lower is better). Metrics come from the last evaluation.
 QUALITIES = (("best_eval_loss", "best evaluation loss", True), ("last_loss", "last training loss", True),
@@ -81,6 +80,26 @@ def trade_off_points(rows, key: str) -> tuple[list[tuple[float, float, str]], li
     return points, front
 
 
+def trade_off_plot():
+    """Quality against trainable parameters, one point per run, the Pareto front drawn as a line."""
+    import pyqtgraph as pg
+
+    plot = pg.PlotWidget()
+    plot.setLogMode(x=True, y=False)
+    plot.setLabel("bottom", "trainable parameters (log)")
+    plot.getAxis("left").enableAutoSIPrefix(False)  # shares of 0.07 stay 0.07, not 70 (×0.001)
+    plot.addLegend(offset=(-10, -10))
+    follow_palette(plot, [plot.getPlotItem()])
+    # Both are PlotDataItems, which take linear x and follow the plot's log mode themselves; text labels are
+    # placed in view coordinates (log10).
+    plot.others = pg.PlotDataItem([], [], pen=None, symbol="o", symbolSize=9, symbolBrush=OTHER_COLOUR, name="run")
+    plot.front_line = pg.PlotDataItem([], [], pen=pg.mkPen(FRONT_COLOUR, width=2), symbol="star", symbolSize=16,
+                                      symbolBrush=FRONT_COLOUR, name="Pareto front")
+    plot.addItem(plot.others)
+    plot.addItem(plot.front_line)
+    return plot
+
+
 class SweepView(QWidget):
     loaded = Signal()  # a read finished and the table and plot show it (tests wait on this)
 
@@ -106,21 +125,8 @@ class SweepView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.plot = pg.PlotWidget()
-        self.plot.setLogMode(x=True, y=False)
-        self.plot.setLabel("bottom", "trainable parameters (log)")
-        self.plot.getAxis("left").enableAutoSIPrefix(False)  # shares of 0.07 stay 0.07, not 70 (×0.001)
-        self.plot.addLegend(offset=(-10, -10))
-        follow_palette(self.plot, [self.plot.getPlotItem()])
-        # Both are PlotDataItems, which take linear x and follow the plot's log mode themselves; text labels are
-        # placed in view coordinates (log10).
-        self.others = pg.PlotDataItem([], [], pen=None, symbol="o", symbolSize=9, symbolBrush=OTHER_COLOUR,
-                                      name="run")
-        self.front_line = pg.PlotDataItem([], [], pen=pg.mkPen(FRONT_COLOUR, width=2), symbol="star", symbolSize=16,
-                                          symbolBrush=FRONT_COLOUR, name="Pareto front")
-        self.plot.addItem(self.others)
-        self.plot.addItem(self.front_line)
-        self.point_labels: list[pg.TextItem] = []
+        self.plot = LazyPlot(trade_off_plot)  # built when first shown or drawn on (lazy_plot.py)
+        self.point_labels: list = []  # pyqtgraph TextItems
 
         top = QHBoxLayout()
         top.addWidget(QLabel("Sweep:"))
@@ -173,6 +179,16 @@ class SweepView(QWidget):
             self.reload()
 
     # -- showing ----------------------------------------------------------------------------------------
+    @property
+    def others(self):
+        """The runs off the Pareto front (a PlotDataItem)."""
+        return self.plot.others
+
+    @property
+    def front_line(self):
+        """The Pareto front (a PlotDataItem)."""
+        return self.plot.front_line
+
     def _show(self, data: SweepData) -> None:
         self.data = data
         self.group_box.clear()
@@ -219,6 +235,8 @@ class SweepView(QWidget):
                 self.table.setItem(i, col, item)
 
     def draw(self) -> None:
+        import pyqtgraph as pg  # imported by the plot, built below at the latest
+
         key = self.quality_box.currentData() or "best_eval_loss"
         label = next((lab for k, lab, _ in QUALITIES if k == key), key)
         self.plot.setLabel("left", label)

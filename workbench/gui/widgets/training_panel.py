@@ -25,9 +25,7 @@ from workbench.core.events import (
     CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Progress, Resumed, RunStarted, Sample, Step,
 )
 
-from .eval_plots import EvaluationPlots
-from .plots import MetricsPlots
-from .preference_plots import PreferencePlots
+from .lazy_plot import LazyPlot, evaluation_plots, metrics_plots, preference_plots
 from .run_location import RunLocation
 from .summary_bar import human_bytes
 
@@ -69,7 +67,7 @@ def before_first_step(e: RunStarted) -> str:
 
 def evaluation_summary(metrics: dict[str, float]) -> str:
     """The task metrics and retention of one evaluation, for the log line ("; exact_match 0.25, …")."""
-    from .eval_plots import LABELS
+    from .metric_labels import LABELS
 
     shown = [f"{LABELS[k]} {v:.3g}" for k, v in metrics.items() if k in LABELS and isinstance(v, (int, float))]
     return "; " + ", ".join(shown) if shown else ""
@@ -117,10 +115,10 @@ class TrainingPanel(QWidget):
         self.location = RunLocation()  # in this app, or as a separate process (external_run.py)
         self.smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.99, singleStep=0.05, decimals=2, value=0.6)
         self.smoothing.setToolTip("Weight of the exponential moving average drawn over the raw loss (0 = none).")
-        self.plots = MetricsPlots()
-        self.eval_plots = EvaluationPlots()  # task metrics and retention, shown beside the loss once they arrive
+        self.plots = LazyPlot(metrics_plots)  # built when the tab is first shown or given data
+        self.eval_plots = LazyPlot(evaluation_plots)  # task metrics and retention, shown beside the loss once they arrive
         self.eval_plots.hide()
-        self.preference_plots = PreferencePlots()  # a DPO/ORPO/KTO run's rewards: shown once a step has them
+        self.preference_plots = LazyPlot(preference_plots)  # a DPO/ORPO/KTO run's rewards: shown once a step has them
         self.preference_plots.hide()
         self.samples = QPlainTextEdit(readOnly=True)
         self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
@@ -168,7 +166,7 @@ class TrainingPanel(QWidget):
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.request_stop)
         self.checkpoint_button.clicked.connect(self.request_checkpoint)
-        self.smoothing.valueChanged.connect(self.plots.set_smoothing)
+        self.smoothing.valueChanged.connect(lambda weight: self.plots.set_smoothing(weight))  # not built yet
         self._update_buttons()
 
     # -- run life cycle -------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""Plots are built when first shown or first used (gui/widgets/lazy_plot.py), and then behave as if built at once."""
+
+import pytest
+from PySide6.QtWidgets import QTabWidget, QWidget
+
+from workbench.gui.widgets.lazy_plot import LazyPlot
+
+
+class Recorder(QWidget):
+    """Stands for a plot: remembers the data it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.points: list[float] = []
+
+    def add(self, value: float) -> None:
+        self.points.append(value)
+
+
+def counting_factory():
+    built: list[Recorder] = []
+
+    def build() -> Recorder:
+        built.append(Recorder())
+        return built[-1]
+
+    return build, built
+
+
+def test_a_plot_on_a_hidden_tab_is_built_when_the_tab_is_shown(qtbot):
+    build, built = counting_factory()
+    tabs = QTabWidget()
+    qtbot.addWidget(tabs)
+    tabs.addTab(QWidget(), "first")
+    lazy = LazyPlot(build)
+    tabs.addTab(lazy, "plots")
+    tabs.resize(600, 400)
+    tabs.show()
+    qtbot.waitExposed(tabs)
+    assert built == [] and not lazy.built
+    tabs.setCurrentWidget(lazy)
+    assert len(built) == 1 and lazy.built
+    plot = lazy.widget()
+    assert plot.isVisible()  # a child made while its parent is shown is shown too (Qt would leave it hidden)
+    qtbot.waitUntil(lambda: plot.size() == lazy.size())  # it fills the placeholder
+    tabs.setCurrentIndex(0)
+    tabs.setCurrentWidget(lazy)
+    assert len(built) == 1  # built once
+
+
+def test_data_given_to_a_hidden_plot_builds_it_and_reaches_it(qtbot):
+    build, built = counting_factory()
+    lazy = LazyPlot(build)
+    qtbot.addWidget(lazy)
+    lazy.add(1.5)
+    lazy.add(2.5)
+    assert len(built) == 1
+    assert built[0].points == [1.5, 2.5]
+    assert lazy.points is built[0].points
+    assert not built[0].isVisible()  # hidden with its placeholder until that is shown
+
+
+def test_a_missing_name_is_an_attribute_error_and_a_private_one_builds_nothing(qtbot):
+    lazy = LazyPlot(Recorder)
+    qtbot.addWidget(lazy)
+    with pytest.raises(AttributeError):
+        lazy._private  # noqa: B018
+    assert not lazy.built  # private names are never forwarded, so a half-made placeholder never builds its plot
+    with pytest.raises(AttributeError, match="no_such_method"):
+        lazy.no_such_method  # noqa: B018
+    assert lazy.built
