@@ -33,7 +33,7 @@ KILLED_IN_ADAPTER_SAVE = """
     from workbench.core.training import engine
     from workbench.core.config import RunConfig
 
-    def save_then_die(peft_model, run_dir):
+    def save_then_die(peft_model, run_dir, *_args, **_kwargs):  # engine.save_adapter's signature
         partial = Path(run_dir) / ".tmp-adapter.partial"
         partial.mkdir()
         peft_model.save_pretrained(str(partial), safe_serialization=True)
