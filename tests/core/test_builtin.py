@@ -465,10 +465,10 @@ def test_fine_tuned_smollm2_adapter_reloads_with_peft_to_the_same_logits(smollm2
     captured = {}
     save_adapter = engine.save_adapter
 
-    def save_and_capture(peft_model, run_dir):
+    def save_and_capture(peft_model, run_dir, *args, **kwargs):
         with torch.no_grad():
             captured["logits"] = peft_model.eval()(input_ids=ids).logits.clone()
-        return save_adapter(peft_model, run_dir)
+        return save_adapter(peft_model, run_dir, *args, **kwargs)
 
     monkeypatch.setattr(engine, "save_adapter", save_and_capture)
     result = training.run(config)

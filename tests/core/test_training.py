@@ -98,10 +98,10 @@ def test_saved_adapter_matches_in_memory_model(arch, model_dir, tmp_path, monkey
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     save_adapter = engine.save_adapter
 
-    def save_and_capture(peft_model, run_dir):  # record the trained model's logits, then save as usual
+    def save_and_capture(peft_model, run_dir, *args, **kwargs):  # record the trained model's logits, then save as usual
         with torch.no_grad():
             captured["logits"] = peft_model.eval()(input_ids=ids).logits.clone()
-        return save_adapter(peft_model, run_dir)
+        return save_adapter(peft_model, run_dir, *args, **kwargs)
 
     monkeypatch.setattr(engine, "save_adapter", save_and_capture)
     result = run(make_config(model_dir(arch), tmp_path, max_steps=8))
