@@ -120,29 +120,18 @@ class ClassificationData:
 def read_labelled_rows(cfg: DataConfig, files: list[str], setting: str, problem_type: str) -> list[LabelledRow]:
     """Every row of ``files`` as text (+ pair) and a label checked for ``problem_type``. Bad rows raise
     ``DataError`` naming the file, the row and the column, or are skipped with ``data.skip_bad_rows``."""
-    from .data.readers import _iter_records, _open_source
+    from .data.readers import checked_rows
 
     text_col = cfg.columns.get("text", "text")
     pair_col = cfg.columns.get("text_pair")
     label_col = cfg.columns.get("label", "label")
-    rows = []
-    for name in files:
-        src = _open_source(name, setting)
-        for record in _iter_records(src):
-            where = f"{src.path}: {src.unit} {record.row}"
-            try:
-                if record.data is None or record.problem:
-                    raise DataError(f"{where}: {record.problem}", _LABEL_HINT)
-                rows.append(LabelledRow(
-                    text=_text_field(record.data, text_col, where),
-                    text_pair=_text_field(record.data, pair_col, where) if pair_col else None,
-                    label=_checked_label(record.data, label_col, problem_type, where),
-                    where=where,
-                ))
-            except DataError:
-                if not cfg.skip_bad_rows:
-                    raise
-    return rows
+
+    def build(data: dict[str, Any], where: str) -> LabelledRow:
+        return LabelledRow(text=_text_field(data, text_col, where),
+                           text_pair=_text_field(data, pair_col, where) if pair_col else None,
+                           label=_checked_label(data, label_col, problem_type, where), where=where)
+
+    return checked_rows(files, setting, cfg.skip_bad_rows, _LABEL_HINT, build)
 
 
 def _text_field(data: dict[str, Any], column: str, where: str) -> str:

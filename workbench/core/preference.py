@@ -59,23 +59,14 @@ def require_trl(method: str) -> None:
 
 def read_preference_rows(cfg: DataConfig, files: list[str], setting: str, method: str) -> list[dict[str, Any]]:
     """Each row with the method's roles, checked: non-empty text or message lists; KTO labels true/false."""
-    from .data.readers import _iter_records, _open_source
+    from .data.readers import checked_rows
 
     roles = ROLES[method]
-    rows = []
-    for name in files:
-        src = _open_source(name, setting)
-        for record in _iter_records(src):
-            where = f"{src.path}: {src.unit} {record.row}"
-            try:
-                if record.data is None or record.problem:
-                    raise DataError(f"{where}: {record.problem}", _hint(method))
-                rows.append({role: _checked(record.data, cfg.columns.get(role, role), role, where, method)
-                             for role in roles})
-            except DataError:
-                if not cfg.skip_bad_rows:
-                    raise
-    return rows
+
+    def build(data: dict[str, Any], where: str) -> dict[str, Any]:
+        return {role: _checked(data, cfg.columns.get(role, role), role, where, method) for role in roles}
+
+    return checked_rows(files, setting, cfg.skip_bad_rows, _hint(method), build)
 
 
 def _hint(method: str) -> str:

@@ -331,3 +331,24 @@ def _kind_of(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return "null" if value is None else type(value).__name__
+
+
+def checked_rows(files: list[str], setting: str, skip_bad_rows: bool, hint: str, build) -> list:
+    """``build(data, where)`` for every record of ``files`` (``where`` names the file and row for messages).
+
+    A record the reader could not parse, or a ``DataError`` from ``build``, stops the read with that message
+    (``hint`` for an unparsable record), or skips the row with ``data.skip_bad_rows``. The labelled rows of
+    classification and the pairs of preference training are read through it."""
+    rows = []
+    for name in files:
+        src = _open_source(name, setting)
+        for record in _iter_records(src):
+            where = f"{src.path}: {src.unit} {record.row}"
+            try:
+                if record.data is None or record.problem:
+                    raise DataError(f"{where}: {record.problem}", hint)
+                rows.append(build(record.data, where))
+            except DataError:
+                if not skip_bad_rows:
+                    raise
+    return rows

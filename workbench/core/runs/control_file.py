@@ -48,6 +48,16 @@ class _ControlState:
             checkpoint_requests=requests if isinstance(requests, int) else 0,
         )
 
+    def apply(self, command: str) -> None:
+        """What one command (a ``CONTROL_COMMANDS`` word) asks of the run: pause/resume set, stop is kept, every
+        checkpoint request counts."""
+        if command == "stop":
+            self.stop = True
+        elif command in ("pause", "resume"):
+            self.pause = command == "pause"
+        else:
+            self.checkpoint_requests += 1
+
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps({**asdict(self), "updated_at": time.time()}) + "\n")
 
@@ -64,12 +74,7 @@ def send_control(run_dir: PathLike, command: str) -> None:
         raise ValueError(f"unknown control command {command!r}; allowed: {', '.join(CONTROL_COMMANDS)}")
     path = RunFolder(run_dir).control_file
     state = _ControlState.read(path)
-    if command == "stop":
-        state.stop = True
-    elif command in ("pause", "resume"):
-        state.pause = command == "pause"
-    else:
-        state.checkpoint_requests += 1
+    state.apply(command)
     state.write(path)
 
 
@@ -157,12 +162,7 @@ class FolderControl:
         self.flush()
         state = _ControlState.read(self.folder.control_file)
         for command in self._held:  # not in the file yet, but asked for
-            if command == "stop":
-                state.stop = True
-            elif command in ("pause", "resume"):
-                state.pause = command == "pause"
-            else:
-                state.checkpoint_requests += 1
+            state.apply(command)
         return state
 
     @property
