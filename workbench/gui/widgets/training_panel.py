@@ -120,6 +120,7 @@ class TrainingPanel(QWidget):
         self.eval_plots.hide()
         self.preference_plots = LazyPlot(preference_plots)  # a DPO/ORPO/KTO run's rewards: shown once a step has them
         self.preference_plots.hide()
+        self._run_config: dict = {}  # the running run's config (RunStarted), for evaluation plots built late
         self.samples = QPlainTextEdit(readOnly=True)
         self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
                                         "(set sample prompts and a sample interval in Settings).")
@@ -179,10 +180,13 @@ class TrainingPanel(QWidget):
         self._run_token = object()
         self._elapsed = None
         self.plots.reset()
-        self.eval_plots.reset()
-        self.eval_plots.hide()
-        self.preference_plots.reset()
-        self.preference_plots.hide()
+        # The evaluation and preference plots are built only for a run that has such numbers: building a
+        # pyqtgraph widget costs the GUI thread tens of milliseconds, paid here at every Start otherwise.
+        self._run_config = {}
+        for lazy in (self.eval_plots, self.preference_plots):
+            if lazy.built:
+                lazy.reset()
+            lazy.hide()
         self.samples.clear()
         self.progress.setRange(0, 0)  # busy until the engine says how many steps
         self.status_label.setText("Preparing the model and the data…")
@@ -282,7 +286,8 @@ class TrainingPanel(QWidget):
             for event in events:
                 if isinstance(event, Step):
                     self.plots.add_step(event)
-                    self.preference_plots.add_step(event)
+                    if self.preference_plots.built or _has_preference_metrics(event):
+                        self.preference_plots.add_step(event)
                     last_step = event
                     continue
                 if last_step is not None:
@@ -304,7 +309,7 @@ class TrainingPanel(QWidget):
 
     def _draw_preference(self) -> None:
         """A preference run's reward curves (a few points a flush: drawn at once), shown with the first of them."""
-        if not self.preference_plots.stale:
+        if not self.preference_plots.built or not self.preference_plots.stale:
             return
         self.preference_plots.redraw()
         if self.preference_plots.has_data and self.preference_plots.isHidden():
@@ -335,11 +340,15 @@ class TrainingPanel(QWidget):
                             f"{event.trainable_params:,} trainable parameters, {event.total_steps} steps, "
                             f"{event.train_examples} training examples.")
             self.status_label.setText(before_first_step(event))
-            self.eval_plots.set_run_config(event.config)
+            self._run_config = event.config  # the evaluation plots read it when the first evaluation builds them
+            if self.eval_plots.built:
+                self.eval_plots.set_run_config(event.config)
             self._show_batch(event)
         elif isinstance(event, Evaluation):
             self.plots.add("eval_loss", event.step, event.eval_loss)
-            if self.eval_plots.add_evaluation(event.step, event.metrics) and self.eval_plots.isHidden():
+            if event.metrics and not self.eval_plots.built:
+                self.eval_plots.set_run_config(self._run_config)
+            if event.metrics and self.eval_plots.add_evaluation(event.step, event.metrics) and self.eval_plots.isHidden():
                 self.eval_plots.show()
                 width = self.curves_split.width()
                 self.curves_split.setSizes([width * 2 // 3, width // 3])  # a widget shown late gets no room else
@@ -364,7 +373,8 @@ class TrainingPanel(QWidget):
             self._update_buttons()
         elif isinstance(event, _History):
             added = self.plots.add_history(event.steps, event.evaluations) if event.run is self._run_token else 0
-            if event.run is self._run_token:
+            if event.run is self._run_token and (self.preference_plots.built
+                                                 or any(_has_preference_metrics(e) for e in event.steps)):
                 self.preference_plots.add_history(event.steps)
             if added:
                 self.append_log(f"Plotted the run's history: {added} logged steps before step "
@@ -410,3 +420,8 @@ class TrainingPanel(QWidget):
 
     def append_log(self, text: str) -> None:
         self.log.appendPlainText(text)
+
+
+def _has_preference_metrics(step: Step) -> bool:
+    """Whether a step carries a preference method's numbers (TRL's rewards/…), which build the reward plots."""
+    return any(key.startswith("rewards/") for key in (getattr(step, "metrics", None) or {}))
