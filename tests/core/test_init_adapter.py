@@ -138,22 +138,14 @@ def test_the_reference_is_a_frozen_copy_of_the_starting_adapter(sft_run, tmp_pat
 def test_a_stopped_run_from_an_sft_adapter_resumes_onto_the_uninterrupted_curve(sft_run, tmp_path):
     """A resume rebuilds the policy from the SFT adapter and then the checkpoint, and the reference from the SFT
     adapter again: the margins after the resume are those of a run that was never stopped."""
-    from workbench.core.control import RunControl
-    from workbench.core.training import resume
+    from resuming import step_metric, stopped_resumed_and_straight
 
     base, sft = sft_run
     config = dpo_config(base, tmp_path, init_adapter=sft.adapter_dir).copy_with(
         training={"max_steps": 4, "save_steps": 2, "batch_size": 2})
-    control = RunControl()
-    stopped = run(config, ev.CallbackSink(lambda e: e.kind == "step" and e.step == 2 and control.request_stop()),
-                  control, run_dir=tmp_path / "stopped")
+    stopped, resumed, straight = stopped_resumed_and_straight(config, 2, tmp_path)
     assert (stopped.status, stopped.final_step) == ("stopped", 2)
-    assert resume(stopped.run_dir, ev.ListSink()).final_step == 4
-    straight = run(config, ev.ListSink(), run_dir=tmp_path / "straight")
-
-    def margins(d):
-        return [e["metrics"]["rewards/margins"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
-                if e["kind"] == "step"]
-
-    assert len(margins(stopped.run_dir)) == 4
-    assert margins(stopped.run_dir) == pytest.approx(margins(straight.run_dir), rel=1e-4, abs=1e-6)
+    assert resumed.final_step == 4
+    assert len(step_metric(stopped.run_dir, "rewards/margins")) == 4
+    assert step_metric(stopped.run_dir, "rewards/margins") == pytest.approx(step_metric(straight.run_dir, "rewards/margins"),
+                                                                           rel=1e-4, abs=1e-6)

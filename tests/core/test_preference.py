@@ -81,24 +81,16 @@ def test_a_row_without_rejected_names_the_column(tiny_model_dir, tmp_path):
 
 
 def test_a_stopped_dpo_run_resumes_onto_the_uninterrupted_curve(tiny_model_dir, tmp_path):
-    from workbench.core.control import RunControl
-    from workbench.core.training import resume
+    from resuming import step_metric, stopped_resumed_and_straight
 
     config = make_config(tiny_model_dir("llama", initializer_range=0.3), tmp_path).copy_with(
         training={"max_steps": 6, "save_steps": 2, "batch_size": 2})
-    control = RunControl()
-    stopped = run(config, ev.CallbackSink(lambda e: e.kind == "step" and e.step == 2 and control.request_stop()),
-                  control, run_dir=tmp_path / "stopped")
+    stopped, resumed, straight = stopped_resumed_and_straight(config, 2, tmp_path)
     assert stopped.status == "stopped" and stopped.final_step == 2
-    assert resume(stopped.run_dir, ev.ListSink()).final_step == 6
-    straight = run(config, ev.ListSink(), run_dir=tmp_path / "straight")
-
-    def margins(d):
-        return [e["metrics"]["rewards/margins"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
-                if e["kind"] == "step"]
-
-    assert len(margins(stopped.run_dir)) == 6
-    assert margins(stopped.run_dir) == pytest.approx(margins(straight.run_dir), rel=1e-4, abs=1e-6)
+    assert resumed.final_step == 6
+    assert len(step_metric(stopped.run_dir, "rewards/margins")) == 6
+    assert step_metric(stopped.run_dir, "rewards/margins") == pytest.approx(step_metric(straight.run_dir, "rewards/margins"),
+                                                                           rel=1e-4, abs=1e-6)
 
 
 def test_kto_learns_from_answers_marked_good_or_bad(tiny_model_dir, tmp_path):
