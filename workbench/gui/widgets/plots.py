@@ -124,6 +124,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             plot = self._plot(title, row=1 + i // 2, col=i % 2)
             if name == "tokens_per_second":  # real tokens (template and prompt included) beside those that carry loss
                 plot.addLegend(offset=(-10, 10))
+                follow_palette(self, [plot])  # the legend's colours, as for the loss plot's (else pale grey)
             self.curves[name] = self._curve(plot, (60, 170, 110), "real" if name == "tokens_per_second" else None)
             self._plot_curves[plot] = (name,)
             if name == "tokens_per_second":
