@@ -192,15 +192,17 @@ class ModelController(QObject):
         """The summary bar's numbers, from the same core functions the engine and `workbench inspect` use."""
         if self.overview is None or self.tree_model is None:
             return
+        from workbench.core.config import ConfigError
         from workbench.core.errors import SelectionError
+        from workbench.core.init_adapter import with_adapter_settings
         from workbench.core.layers import count_selection, resolve_selection
         from workbench.core.memory import estimate_for_config
 
-        config = self.store.config
-        try:
+        try:  # with model.init_adapter, that adapter's rank and modules are what the run trains
+            config = with_adapter_settings(self.store.config)
             sel = resolve_selection(self.overview.tree, config.lora, config.model.task)
-        except SelectionError as exc:
-            self.summaryProblem.emit(exc.message)
+        except (SelectionError, ConfigError) as exc:
+            self.summaryProblem.emit("; ".join(getattr(exc, "problems", [exc.message])))
             return
         counts = count_selection(self.overview.tree, sel)
         estimate = estimate_for_config(self.overview.tree, sel, self.overview.hf_config, config, device=self.device_kind)

@@ -28,6 +28,7 @@ from workbench.core.data.problems import describe
 
 from .file_list import FileListBox
 from .data_preview import TRAINED_STYLE, labelled_preview_html, preview_html
+from .image_folder_picker import ImageFolderButton
 from .inline_problem import InlineProblem
 from .data_histogram import draw_class_bars, draw_length_stats, length_histogram
 from .lazy_plot import LazyPlot
@@ -58,6 +59,11 @@ class DataPanel(QWidget):
         self.files = self.train_box.files
         self.add_button, self.remove_button = self.train_box.add_button, self.train_box.remove_button
         self.validation_box = FileListBox("Validation files", help_texts["data.validation_files"])
+        self.train_folder = ImageFolderButton(store, "Training images: a folder of class sub-folders", self._start_folder)
+        self.validation_folder = ImageFolderButton(store, "Validation images: a folder of class sub-folders",
+                                                   self._start_folder)
+        self.train_box.add_button_widget(self.train_folder)
+        self.validation_box.add_button_widget(self.validation_folder)
         self.hold_out = QDoubleSpinBox()
         self.hold_out.setRange(0.0, 90.0)
         self.hold_out.setDecimals(1)
@@ -112,6 +118,8 @@ class DataPanel(QWidget):
         self.train_box.addRequested.connect(self.choose_files)
         self.train_box.removeRequested.connect(self.remove_files)
         self.validation_box.addRequested.connect(self.choose_validation_files)
+        self.train_folder.folderChosen.connect(lambda folder: self.add_files([folder]))
+        self.validation_folder.folderChosen.connect(lambda folder: self.add_validation_files([folder]))
         self.validation_box.removeRequested.connect(
             lambda doomed: self._update(validation_files=[p for p in self._data().validation_files if p not in doomed]))
         self.hold_out.valueChanged.connect(lambda value: self._update(validation_split=round(value / 100, 4)))
