@@ -49,6 +49,9 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", dest="paired", action="append", default=[], metavar="FIELD=V1,V2,…",
                    help="vary fields together: the first values make the first run, and so on")
     p.add_argument("--name", help="the sweep's name (default: the run file's output.name, else 'sweep')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a field of the run file for every run of the sweep (e.g. training.max_steps=20), "
+                        "as `workbench train --set` does")
 
 
 def _points(args: argparse.Namespace):
@@ -56,6 +59,8 @@ def _points(args: argparse.Namespace):
     from workbench.core.sweep import expand, parse_axes
 
     config = RunConfig.from_toml(args.run_file)
+    if args.overrides:
+        config = config.with_overrides(args.overrides)
     if args.grid and args.paired:
         raise ConfigError(["--grid and --list cannot be mixed in one sweep"], "the sweep",
                           "use --grid for every combination, or --list for values that go together")
@@ -75,7 +80,9 @@ def run_queue_command(args: argparse.Namespace) -> int:
                 entry = run_queue.add_to_queue(point.config, name=point.name)
                 print(f"queued {entry.id} {entry.name}")
         else:
-            entry = run_queue.add_to_queue(RunConfig.from_toml(args.run_file), name=args.name)
+            config = RunConfig.from_toml(args.run_file)
+            entry = run_queue.add_to_queue(config.with_overrides(args.overrides) if args.overrides else config,
+                                           name=args.name)
             print(f"queued {entry.id} {entry.name}")
         return 0
     root = args.root or _default_root()
