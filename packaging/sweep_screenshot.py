@@ -37,7 +37,7 @@ def main() -> int:
     create_app()
     with tempfile.TemporaryDirectory() as tmp:
         window = MainWindow(QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat))
-        window.resize(*SIZE)
+        window.resize(SIZE[0] + 80, SIZE[1])  # the table's metric columns and the plot side by side (xvfb: +100)
         window.show()
         window.store.update("output", runs_root=str(args.runs_root.resolve()))
         runs = window.runs
@@ -45,6 +45,10 @@ def main() -> int:
         wait(lambda: len(runs.summaries) > 0, timeout=120)
         view = runs.sweep
         runs.views.setCurrentWidget(view)
+        from PySide6.QtWidgets import QSplitter
+
+        runs.findChild(QSplitter).setSizes([150, SIZE[1] - 150])  # the run list short, the sweep view tall
+        view.findChild(QSplitter).setSizes([930, 550])  # the table's columns, then the plot
         wait(lambda: view.data.group is not None, timeout=120)
         if view.data.group != args.group:
             view.group_box.setCurrentText(args.group)

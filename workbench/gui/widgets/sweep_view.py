@@ -274,7 +274,12 @@ class SweepView(QWidget):
             # A tick at each run's parameter count: a log axis's own minor ticks crowd into each other here.
             self.plot.getAxis("bottom").setTicks([[(x, f"{10 ** x:,.0f}") for x in sorted(set(xs))]])
             self.plot.setXRange(min(xs) - 0.1, max(xs) + 0.1 + 0.15 * max(max(xs) - min(xs), 1), padding=0)
-            self.plot.enableAutoRange(axis="y")
+            ys = [y for _, y, _ in points]
+            if max(ys) - min(ys) <= 1e-9 * max(1.0, abs(ys[0])):  # equal qualities: autorange would zoom into rounding
+                pad = 0.05 * max(abs(ys[0]), 1e-3)
+                self.plot.setYRange(ys[0] - pad, ys[0] + pad, padding=0)
+            else:
+                self.plot.enableAutoRange(axis="y")
         self.plotted = points  # (x, y, name) as drawn: what tests compare with the runs' numbers
         self.front = [points[i] for i in front]
 
