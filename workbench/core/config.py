@@ -231,7 +231,7 @@ class TrainingConfig(_Section):
     sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample prompt.")
 
 
-ScorerName = Literal["exact_match", "regex", "json_valid", "json_fields", "label", "perplexity"]
+ScorerName = Literal["exact_match", "regex", "json_valid", "json_exact", "json_fields", "label", "perplexity"]
 # What a classification run's evaluation computes (core/classification.ClassificationMetrics); any of them can pick
 # the best checkpoint. mse and mae (regression) are better when lower.
 CLASSIFIER_METRICS = ("accuracy", "f1", "exact_match", "mse", "mae")
@@ -242,7 +242,7 @@ class EvalConfig(_Section):
     scorers: list[ScorerName] = Field(
         default_factory=list,
         description="Task metrics computed at each evaluation on the validation rows (see core/scorers.py): "
-                    "exact_match, regex, json_valid, json_fields, label (generate and compare with the reference "
+                    "exact_match, regex, json_valid, json_exact, json_fields, label (generate and compare with the reference "
                     "answer) and perplexity (from the evaluation loss).")
     regex: str | None = Field(None, description="The pattern the 'regex' scorer looks for in each generated answer.")
     normalize: bool = Field(False, description="exact_match ignores case and runs of whitespace.")
