@@ -87,3 +87,20 @@ def test_inspect_imports_no_peft_data_or_window_library(tmp_path):
     loaded = set(loaded_by("inspect", str(tmp_path)))
     assert "transformers" in loaded
     assert not loaded & {"peft", "datasets", "pyarrow", "bitsandbytes", "trl", "PySide6", "pyqtgraph"}, loaded
+
+
+def test_inspect_from_the_remembered_tree_imports_no_transformers_and_on_a_cpu_build_no_torch(tmp_path, monkeypatch):
+    """The second inspect of a config reads its tree from the cache (core/tree_cache.py) and, where the installed
+    torch has no GPU backend to report, answers the estimate's 'auto' device without importing torch at all."""
+    from workbench.core.precision import torch_has_gpu_backend
+
+    monkeypatch.setenv("LORA_WORKBENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256}))
+    first = set(loaded_by("inspect", str(tmp_path)))
+    assert {"transformers", "torch._dynamo"} <= first  # the first time builds the tree: the check below can fail
+    again = set(loaded_by("inspect", str(tmp_path)))
+    assert not again & {"transformers", "transformers.generation", "torch._dynamo", "peft", "datasets", "PySide6"}, again
+    if torch_has_gpu_backend() is False:
+        assert not again & NO_ML, again
