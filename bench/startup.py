@@ -8,7 +8,8 @@ Each measurement is a fresh interpreter, timed from the parent (whole process, a
 - ``workbench inspect`` on a Llama-3-70B-shaped config.json (no weights) against a bare
   ``python -c "import torch, transformers"``, twice: the first time a config is seen (``--no-cache``: the
   architecture's modeling code is imported to build the tree) and again (the remembered tree, core/tree_cache.py).
-  Target: ≤ 1.3×.
+  Target: ≤ 1.3×. Beside them, "transformers alone": the config read and the model built on the meta device with
+  nothing else, the floor of the first time (bench/inspect_floor.py says which imports set it).
 - the window's first paint (the main window shown and one event-loop turn done) against a bare PySide6
   ``QMainWindow`` shown the same way. Target: ≤ 1.5×.
 - ``workbench export`` (copy a trained adapter) and ``workbench runs`` against ``python -c "import torch"``
@@ -45,6 +46,16 @@ LLAMA_70B = {
     "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
     "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "dtype": "bfloat16",
 }
+
+# The least a first inspect must do through transformers: read the config and build the model on the meta device.
+# Its ratio to the bare row is the floor of "inspect (70B, first time)"; bench/inspect_floor.py splits it by import.
+TRANSFORMERS_ALONE = """
+import sys, torch
+from transformers import AutoConfig, AutoModelForCausalLM
+config = AutoConfig.from_pretrained(sys.argv[1])
+with torch.device("meta"):
+    AutoModelForCausalLM.from_config(config)
+"""
 
 FIRST_PAINT = """
 import sys, time
@@ -137,6 +148,7 @@ def main() -> int:
             "bare: import torch, transformers": [py, "-c", "import torch, transformers"],
             "workbench inspect (70B, first time)": [py, "-m", "workbench", "inspect", str(model70), "--no-cache"],
             "workbench inspect (70B, again)": [py, "-m", "workbench", "inspect", str(model70)],
+            "transformers alone (70B, meta model)": [py, "-c", TRANSFORMERS_ALONE, str(model70)],
             "bare: PySide6 window shown": [py, "-c", BARE_PAINT],
             "workbench window first paint": [py, "-c", FIRST_PAINT, str(tmp_path / "settings.ini")],
             "bare: import torch": [py, "-c", "import torch"],
@@ -159,6 +171,7 @@ def main() -> int:
         print()
         for what, bare, target in (("workbench inspect (70B, first time)", "bare: import torch, transformers", 1.3),
                                    ("workbench inspect (70B, again)", "bare: import torch, transformers", 1.3),
+                                   ("transformers alone (70B, meta model)", "bare: import torch, transformers", None),
                                    ("workbench window first paint", "bare: PySide6 window shown", 1.5),
                                    ("workbench export (tiny adapter)", "bare: import torch", None),
                                    ("workbench runs", "bare: python", None)):
