@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.subprocess
 
 HEAVY = ("torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "bitsandbytes", "trl", "PySide6",
-         "pyqtgraph", "transformers.generation", "torch._dynamo")
+         "pyqtgraph", "transformers.generation", "torch._dynamo", "pydantic")
 NO_ML = {"torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "bitsandbytes", "trl", "PySide6", "pyqtgraph"}
 
 RUNNER = """
@@ -62,6 +62,12 @@ def test_help_and_bookkeeping_commands_import_no_ml_library(finished_run):
         assert not set(loaded_by(*argv)) & NO_ML, argv
     # A control request to a finished run is refused (exit 2), after reading the run's status: the same path.
     assert not set(loaded_by("control", str(run_dir), "checkpoint", exit_code=2)) & NO_ML
+    # Nor the run-file schema (pydantic) where no run file is validated: building the parser, a run's status word,
+    # the list of runs (read from the files as they are), a control request.
+    for argv in (["--help"], ["runs", "--root", str(root / "runs")], ["runs", "--status", str(run_dir)]):
+        assert "pydantic" not in loaded_by(*argv), argv
+    assert "pydantic" not in loaded_by("control", str(run_dir), "checkpoint", exit_code=2)
+    assert "pydantic" in loaded_by("launch-script", str(run_dir / "run.toml"), "--out", str(root / "launch2.sh"))
 
 
 def test_export_and_adapter_report_read_the_adapter_without_peft_or_transformers(finished_run):
