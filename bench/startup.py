@@ -8,12 +8,13 @@ Each measurement is a fresh interpreter, timed from the parent (whole process, a
 - ``workbench inspect`` on a Llama-3-70B-shaped config.json (no weights) against a bare
   ``python -c "import torch, transformers"``, twice: the first time a config is seen (``--no-cache``: the
   architecture's modeling code is imported to build the tree) and again (the remembered tree, core/tree_cache.py).
-  Target: ≤ 1.3×. Beside them, "transformers alone": the config read and the model built on the meta device with
-  nothing else, the floor of the first time (bench/inspect_floor.py says which imports set it).
+  Target: ≤ 1.3×.
 - the window's first paint (the main window shown and one event-loop turn done) against a bare PySide6
   ``QMainWindow`` shown the same way. Target: ≤ 1.5×.
 - ``workbench export`` (copy a trained adapter) and ``workbench runs`` against ``python -c "import torch"``
   and a bare interpreter.
+- "transformers alone": the 70B config read and the model built on the meta device, nothing else: the floor of
+  the first inspect (bench/inspect_floor.py says which imports set it).
 
 Rounds are interleaved (A B C D …, repeated), and the median and minimum of each are printed with the ratios,
 because the machine may be shared. After the timings, one profile of a small streaming merge prints how many
@@ -41,12 +42,6 @@ from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-LLAMA_70B = {
-    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
-    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
-    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "dtype": "bfloat16",
-}
-
 # The least a first inspect must do through transformers: read the config and build the model on the meta device.
 # Its ratio to the bare row is the floor of "inspect (70B, first time)"; bench/inspect_floor.py splits it by import.
 TRANSFORMERS_ALONE = """
@@ -56,6 +51,12 @@ config = AutoConfig.from_pretrained(sys.argv[1])
 with torch.device("meta"):
     AutoModelForCausalLM.from_config(config)
 """
+
+LLAMA_70B = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
+    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "dtype": "bfloat16",
+}
 
 FIRST_PAINT = """
 import sys, time
