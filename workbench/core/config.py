@@ -49,7 +49,8 @@ DEFAULT_PRESET = "all-linear"
 
 class _Section(BaseModel):
     # extra="forbid": unknown keys are errors; strict: no silent coercion ("8" is not a rank, true is not 1);
-    # validate_assignment: the GUI edits fields in place and gets the same checks; allow_inf_nan=False: no
+    # validate_assignment: a field assigned after construction gets the same checks (the window never does
+    # it: its ConfigStore builds a new config with copy_with); allow_inf_nan=False: no
     # setting means anything as inf or nan (epochs = inf passed, then the Trainer overflowed mid-start).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 

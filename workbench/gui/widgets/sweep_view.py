@@ -114,7 +114,7 @@ class SweepView(QWidget):
 
     def __init__(self, parent=None, start_job: Callable | None = None):
         super().__init__(parent)
-        self.start_job = start_job or (lambda w: workers.start(w, self))
+        self.start_job = start_job or workers.JobRunner(self).start
         self.run_dirs: list[Path] = []
         self.data = SweepData([], None, [], [])
         self._reading = False
