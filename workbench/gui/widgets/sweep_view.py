@@ -265,15 +265,15 @@ class SweepView(QWidget):
             text.setPos(math.log10(x), y)
             self.plot.addItem(text)
             self.point_labels.append(text)
-        lower = next((low for k, _, low in QUALITIES if k == key), True)
-        # The legend where the front is not: the top right when lower is better (the best runs sit low), else below.
-        corner = (1, 0) if lower else (1, 1)
-        self.plot.getPlotItem().legend.anchor(itemPos=corner, parentPos=corner, offset=(-10, 10 if lower else -10))
+        corner = _emptiest_corner(points)
+        offset = (-10 if corner[0] == 1 else 10 if corner[0] == 0 else 0, -10 if corner[1] == 1 else 10 if corner[1] == 0 else 0)
+        self.plot.getPlotItem().legend.anchor(itemPos=corner, parentPos=corner, offset=offset)
         if points:  # room for the names right of the points (view coordinates are log10 on this axis)
             xs = [math.log10(x) for x, _, _ in points]
             # A tick at each run's parameter count: a log axis's own minor ticks crowd into each other here.
             self.plot.getAxis("bottom").setTicks([[(x, f"{10 ** x:,.0f}") for x in sorted(set(xs))]])
-            self.plot.setXRange(min(xs) - 0.1, max(xs) + 0.1 + 0.15 * max(max(xs) - min(xs), 1), padding=0)
+            # room for the names right of the points (~0.35 of the span) and for the first tick's label on the left
+            self.plot.setXRange(min(xs) - 0.15, max(xs) + 0.1 + 0.35 * max(max(xs) - min(xs), 1), padding=0)
             ys = [y for _, y, _ in points]
             if max(ys) - min(ys) <= 1e-9 * max(1.0, abs(ys[0])):  # equal qualities: autorange would zoom into rounding
                 pad = 0.05 * max(abs(ys[0]), 1e-3)
@@ -282,6 +282,23 @@ class SweepView(QWidget):
                 self.plot.enableAutoRange(axis="y")
         self.plotted = points  # (x, y, name) as drawn: what tests compare with the runs' numbers
         self.front = [points[i] for i in front]
+
+
+def _emptiest_corner(points) -> tuple[float, float]:
+    """The place for the legend (x, y as pyqtgraph anchors: 0 = left/top, 1 = right/bottom; corners, edge middles,
+    the centre) farthest from every point and its name, so that it hides none; the top right without points."""
+    if not points:
+        return (1, 0)
+    xs = [math.log10(x) for x, _, _ in points]
+    ys = [y for _, y, _ in points]
+
+    def spread(v, lo, hi):
+        return (v - lo) / (hi - lo) if hi > lo else 0.5
+
+    normal = [(spread(x, min(xs), max(xs)), 1 - spread(y, min(ys), max(ys))) for x, y in zip(xs, ys)]
+    normal += [(u + 0.3, v) for u, v in normal]  # each point's name, drawn to its right
+    corners = [(1, 0), (1, 1), (0, 0), (0, 1), (0.5, 0.5), (1, 0.5), (0, 0.5), (0.5, 0), (0.5, 1)]
+    return max(corners, key=lambda c: min((u - c[0]) ** 2 + (v - c[1]) ** 2 for u, v in normal))
 
 
 def _number(value) -> str:
