@@ -29,6 +29,7 @@ import json
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -72,9 +73,15 @@ def launch_time(folder: Path) -> tuple[float, bool]:
 
 
 class Probe:
-    """Records the longest gap between timer ticks, per named phase."""
+    """Records the longest gap between timer ticks, per named phase.
 
-    def __init__(self):
+    With ``why``, a watcher thread also samples the GUI thread's Python stack while a gap is open past
+    ``WHY_MS``: the stacks seen most often in each phase say what the GUI thread was doing (or waiting in) then.
+    """
+
+    WHY_MS = 30
+
+    def __init__(self, why: bool = False):
         from PySide6.QtCore import QTimer
 
         self.timer = QTimer(interval=PROBE_MS)
@@ -82,11 +89,47 @@ class Probe:
         self.phase = "idle"
         self.worst: dict[str, float] = {}
         self.ticks: dict[str, int] = {}
+        self.stacks: dict[str, dict[str, int]] = {}
         self._last = time.perf_counter()
+        self._why = why
+        self._gui_thread = threading.get_ident()
+        self._gui_native_id = threading.get_native_id()
+        self._stopped = threading.Event()
 
     def start(self) -> None:
         self._last = time.perf_counter()
         self.timer.start()
+        if self._why:
+            threading.Thread(target=self._watch, name="stall watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+        self._stopped.set()
+
+    def _gui_state(self) -> str:
+        """What the kernel says the GUI thread is doing: on a CPU or waiting for one (R: a busy machine), or
+        asleep (S: waiting for the GIL or a lock while another thread holds it)."""
+        try:
+            fields = Path(f"/proc/self/task/{self._gui_native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return "state unknown"
+        return {"R": "runnable (R)", "S": "asleep (S)", "D": "in I/O (D)"}.get(fields[0], fields[0])
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.002):
+            if (time.perf_counter() - self._last) * 1000 - PROBE_MS < self.WHY_MS:
+                continue
+            frame = sys._current_frames().get(self._gui_thread)
+            lines = []
+            while frame is not None and len(lines) < 6:
+                code = frame.f_code
+                where = code.co_filename.replace(str(ROOT), "").split("site-packages/")[-1]
+                if "gui_responsiveness" not in where:
+                    lines.append(f"{where}:{frame.f_lineno} {code.co_name}")
+                frame = frame.f_back
+            key = " < ".join(lines) or f"(in Qt, no Python frame; thread {self._gui_state()})"
+            phase = self.stacks.setdefault(self.phase, {})
+            phase[key] = phase.get(key, 0) + 1
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -141,7 +184,7 @@ def build_merge_inputs(folder: Path, size: str) -> tuple[Path, Path, int]:
     return work / "base", work / "adapter", int(info["bytes"])
 
 
-def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> dict[str, float]:
+def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None, why: bool = False) -> Probe:
     from PySide6.QtCore import QSettings
 
     from workbench.gui.app import create_app
@@ -161,7 +204,7 @@ def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> d
     window.store.update("training", max_steps=30, batch_size=4, logging_steps=1)
     window.store.update("data", max_length=64)
     window.show()
-    probe = Probe()
+    probe = Probe(why)
     probe.start()
 
     probe.enter("idle (baseline)")
@@ -222,10 +265,10 @@ def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> d
         print(f"merge from the window: {nbytes / 2**30:.2f} GB in {seconds:.1f} s "
               f"({nbytes / 2**20 / seconds:.0f} MB/s read)")
         dialog.close()
-    probe.timer.stop()
+    probe.stop()
     window.ask_before_discarding = False
     window.close()
-    return probe.worst
+    return probe
 
 
 def plot_frame_ms(points: int) -> float:
@@ -262,12 +305,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--merge-size", choices=["tiny", "small", "1.5b", "none"], default="1.5b",
                         help="base model merged in the merge phase (1.5b ≈ 3 GB of bf16; none skips the phase)")
+    parser.add_argument("--why", action="store_true",
+                        help=f"sample the GUI thread's stack during gaps over {Probe.WHY_MS} ms and print the commonest")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         launch, torch_at_show = launch_time(folder)
         merge = None if args.merge_size == "none" else build_merge_inputs(folder, args.merge_size)
-        worst = probe_window(folder, merge)
+        probe = probe_window(folder, merge, args.why)
+        worst = probe.worst
         frame_1k, frame_100k = plot_frame_ms(1_000), plot_frame_ms(100_000)
 
     print(f"launch → visible window: {launch:.2f} s (target < 1.5 s); torch imported at show: {torch_at_show}")
@@ -276,6 +322,10 @@ def main() -> int:
     for phase, ms in worst.items():
         print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}")
     overall = max(worst.values())
+    for phase, stacks in probe.stacks.items():  # --why
+        print(f"  {phase}: GUI thread during gaps over {Probe.WHY_MS} ms (2 ms samples)")
+        for stack, count in sorted(stacks.items(), key=lambda kv: -kv[1])[:4]:
+            print(f"    {count:4d} × {stack}")
     print(f"longest stall overall: {overall:.1f} ms (target < 50 ms)")
     print(f"plot frame, 5 curves × 100,000 points: {frame_100k:.1f} ms; × 1,000 points: {frame_1k:.1f} ms "
           f"(ratio ×{frame_100k / frame_1k:.2f})")

@@ -178,8 +178,11 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
             QTimer.singleShot(0, lambda: shiboken6.isValid(self) and shiboken6.delete(self))
 
     def warm_up(self) -> None:
-        """Import torch and transformers in the background once the window is on screen."""
-        self._start(workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries"))
+        """Import torch and transformers in the background once the window is on screen; then build the Train
+        tab's plots in idle event-loop turns, so that Start does not."""
+        worker = workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries")
+        worker.result.connect(lambda _: self.training.prebuild_plots())
+        self._start(worker)
 
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
