@@ -10,8 +10,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from workbench.core.config import ConfigError, RunConfig
-from workbench.core.run_overrides import NotExpressible, command_line
 
 RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
@@ -67,6 +65,8 @@ class RunFilesMixin:
 
     def new_run(self) -> None:
         """An empty run: nothing of the previous one stays on screen (tree, summary, data results, filters)."""
+        from workbench.core.config import RunConfig
+
         self._unsaved_name = None
         self._demo_opening = False
         self.store.replace(RunConfig())
@@ -107,6 +107,8 @@ class RunFilesMixin:
         return True
 
     def open_run(self, path: Path) -> bool:
+        from workbench.core.config import ConfigError, RunConfig
+
         try:
             config = RunConfig.from_toml(path)
         except ConfigError as exc:
@@ -145,6 +147,9 @@ class RunFilesMixin:
     def copy_command_line(self) -> str | None:
         if self.store.path is None and not self.save_run_as():
             return None
+        from workbench.core.config import ConfigError
+        from workbench.core.run_overrides import NotExpressible, command_line
+
         try:
             text = command_line(self.store.path, self.store.config)
         except (NotExpressible, ConfigError) as exc:

@@ -31,6 +31,7 @@ class IdleSteps(QObject):
     def __init__(self, parent: QObject, steps: Generator[None, None, object]):
         super().__init__(parent)
         self._steps: Generator[None, None, object] | None = steps
+        self.stepping = False  # inside a piece (code a piece runs must not ask to finish the rest)
         self._timer = QTimer(self, singleShot=True, interval=0)
         self._timer.timeout.connect(self._step)
         self._timer.start()
@@ -56,12 +57,19 @@ class IdleSteps(QObject):
 
     def _next(self) -> object:
         assert self._steps is not None
+        self.stepping = True
         try:
             next(self._steps)
         except StopIteration as end:
             self._steps = None
+            self.stepping = False
             self.done.emit(end.value)
             return end.value
+        except BaseException:
+            self._steps = None
+            raise
+        finally:
+            self.stepping = False
         return None
 
 
