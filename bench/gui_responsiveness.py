@@ -76,7 +76,9 @@ class Probe:
     """Records the longest gap between timer ticks, per named phase.
 
     With ``why``, a watcher thread also samples the GUI thread's Python stack while a gap is open past
-    ``WHY_MS``: the stacks seen most often in each phase say what the GUI thread was doing (or waiting in) then.
+    ``WHY_MS``: the stacks seen most often in each phase say what the GUI thread was doing (or waiting in) then;
+    and each phase's worst gap is split, from the kernel's schedstat, into the GUI thread's time on a CPU (the
+    window's own work), waiting for a CPU (other processes: a shared machine) and asleep (waiting for the GIL).
     """
 
     WHY_MS = 30
@@ -90,6 +92,8 @@ class Probe:
         self.worst: dict[str, float] = {}
         self.ticks: dict[str, int] = {}
         self.stacks: dict[str, dict[str, int]] = {}
+        self.worst_split: dict[str, tuple[float, float]] = {}  # --why: the worst gap's (on CPU, waiting) ms
+        self._sched: tuple[int, int] | None = None
         self._last = time.perf_counter()
         self._why = why
         self._gui_thread = threading.get_ident()
@@ -135,8 +139,22 @@ class Probe:
         now = time.perf_counter()
         gap = (now - self._last) * 1000 - PROBE_MS
         self._last = now
+        if self._why:
+            sched = self._schedstat()
+            if gap > self.worst.get(self.phase, 0.0) and self._sched is not None and sched is not None:
+                # The worst gap's share on a CPU (the window's own work) and waiting for one (a busy machine).
+                self.worst_split[self.phase] = ((sched[0] - self._sched[0]) / 1e6, (sched[1] - self._sched[1]) / 1e6)
+            self._sched = sched
         self.worst[self.phase] = max(self.worst.get(self.phase, 0.0), gap)
         self.ticks[self.phase] = self.ticks.get(self.phase, 0) + 1
+
+    def _schedstat(self) -> tuple[int, int] | None:
+        """The GUI thread's nanoseconds on a CPU and waiting in a run queue so far (Linux schedstat)."""
+        try:
+            on_cpu, waiting, _ = Path(f"/proc/self/task/{self._gui_native_id}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            return None
+        return int(on_cpu), int(waiting)
 
     def enter(self, phase: str) -> None:
         self.phase = phase
@@ -320,7 +338,11 @@ def main() -> int:
     baseline = worst.pop("idle (baseline)")
     print(f"GUI-thread stalls (longest gap beyond the {PROBE_MS} ms probe interval; baseline idle: {baseline:.1f} ms):")
     for phase, ms in worst.items():
-        print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}")
+        split = probe.worst_split.get(phase)
+        where = (f"   (GUI thread on a CPU {split[0]:.1f} ms, waiting for one {split[1]:.1f} ms, the rest asleep)"
+                 if split else "")
+        print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}"
+              f"{where}")
     overall = max(worst.values())
     for phase, stacks in probe.stacks.items():  # --why
         print(f"  {phase}: GUI thread during gaps over {Probe.WHY_MS} ms (2 ms samples)")
