@@ -40,6 +40,13 @@ class IdleSteps(QObject):
     def running(self) -> bool:
         return self._steps is not None
 
+    def stop(self) -> None:
+        """Build no more pieces (the generator is closed)."""
+        self._timer.stop()
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            steps.close()
+
     def finish(self) -> object:
         """Run the remaining pieces now; returns the generator's value (None if it had ended)."""
         self._timer.stop()
