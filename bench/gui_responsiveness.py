@@ -93,6 +93,7 @@ class Probe:
         self.ticks: dict[str, int] = {}
         self.stacks: dict[str, dict[str, int]] = {}
         self.worst_split: dict[str, tuple[float, float]] = {}  # --why: the worst gap's (on CPU, waiting) ms
+        self.longest_work: dict[str, float] = {}  # --why: the most CPU time the GUI thread spent between two ticks
         self._sched: tuple[int, int] | None = None
         self._last = time.perf_counter()
         self._why = why
@@ -141,9 +142,12 @@ class Probe:
         self._last = now
         if self._why:
             sched = self._schedstat()
-            if gap > self.worst.get(self.phase, 0.0) and self._sched is not None and sched is not None:
-                # The worst gap's share on a CPU (the window's own work) and waiting for one (a busy machine).
-                self.worst_split[self.phase] = ((sched[0] - self._sched[0]) / 1e6, (sched[1] - self._sched[1]) / 1e6)
+            if self._sched is not None and sched is not None:
+                on_cpu = (sched[0] - self._sched[0]) / 1e6  # the GUI thread's own work in this gap
+                if gap > self.worst.get(self.phase, 0.0):
+                    # The worst gap's share on a CPU (the window's own work) and waiting for one (a busy machine).
+                    self.worst_split[self.phase] = (on_cpu, (sched[1] - self._sched[1]) / 1e6)
+                self.longest_work[self.phase] = max(self.longest_work.get(self.phase, 0.0), on_cpu)
             self._sched = sched
         self.worst[self.phase] = max(self.worst.get(self.phase, 0.0), gap)
         self.ticks[self.phase] = self.ticks.get(self.phase, 0) + 1
@@ -339,7 +343,8 @@ def main() -> int:
     print(f"GUI-thread stalls (longest gap beyond the {PROBE_MS} ms probe interval; baseline idle: {baseline:.1f} ms):")
     for phase, ms in worst.items():
         split = probe.worst_split.get(phase)
-        where = (f"   (GUI thread on a CPU {split[0]:.1f} ms, waiting for one {split[1]:.1f} ms, the rest asleep)"
+        where = (f"   (GUI thread on a CPU {split[0]:.1f} ms, waiting for one {split[1]:.1f} ms, the rest asleep; "
+                 f"longest work between two ticks: {probe.longest_work.get(phase, 0.0):.1f} ms on a CPU)"
                  if split else "")
         print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}"
               f"{where}")

@@ -30,10 +30,11 @@ SCRIPT = textwrap.dedent("""
         if report and window.is_built and window._jobs == 0 and "torch_after_warm_up" not in report:
             report["torch_after_warm_up"] = "torch" in sys.modules
             report["pyqtgraph_after_warm_up"] = "pyqtgraph" in sys.modules
-        if "torch_after_warm_up" in report and (window.training.plots.built or time.perf_counter() - start > 60):
-            # Built after the warm-up in idle turns, while the Train tab was never shown.
+        if "torch_after_warm_up" in report and (window.data.histogram.built or time.perf_counter() - start > 60):
+            # Built after the warm-up in idle turns, while the Train and Data tabs were never shown.
             report["train_plots_built"] = window.training.plots.built
             report["train_tab_shown"] = window.training.isVisible()
+            report["data_histogram_built"] = window.data.histogram.built
             print(json.dumps(report))
             app.quit()
     timer = QTimer(interval=20)
@@ -58,6 +59,7 @@ def test_window_shows_before_heavy_imports(tmp_path):
     assert report["torch_after_warm_up"]
     assert report["pyqtgraph_after_warm_up"]  # so the first plot shown does not wait for its import
     assert report["train_plots_built"] and not report["train_tab_shown"]  # so Start does not build them
+    assert report["data_histogram_built"]  # after them, so the first reading of the data does not build it
 
 
 def test_void_qt_calls_and_emits_keep_references_to_none_and_booleans(qtbot):

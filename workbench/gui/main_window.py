@@ -29,6 +29,7 @@ from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: 
 from .adapter_actions import AdapterActionsMixin
 from .run_files import RUN_FILE_FILTER, RunFilesMixin  # noqa: F401
 from .startup import BuildsInSteps
+from .widgets.lazy_plot import IdleSteps
 from .window_menus import MenusMixin
 
 if TYPE_CHECKING:
@@ -210,8 +211,15 @@ class MainWindow(BuildsInSteps, MenusMixin, AdapterActionsMixin, RunFilesMixin, 
         """Import torch and transformers in the background once the window is on screen; then build the Train
         tab's plots in idle event-loop turns, so that Start does not."""
         worker = workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries")
-        worker.result.connect(lambda _: self.training.prebuild_plots())
+        worker.result.connect(lambda _: IdleSteps(self, self._prebuild_plots()))
         self._start(worker)
+
+    def _prebuild_plots(self):
+        """The plots a first run or a first data reading would build on the GUI thread, built in idle turns now."""
+        self.training.prebuild_plots()
+        while self.training.prebuilding:
+            yield
+        self.data.histogram.prebuild()  # the Data tab's, built by the first reading of the data otherwise
 
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:

@@ -104,6 +104,11 @@ class LazyPlot(QWidget):
     def built(self) -> bool:
         return self._plot is not None
 
+    @property
+    def prebuilding(self) -> bool:
+        """Whether a ``prebuild`` is under way (started, not yet done)."""
+        return self._prebuilding is not None and self._plot is None
+
     def widget(self) -> QWidget:
         """The real plot, built now (or its prebuild finished now) if it was not yet."""
         if self._plot is None:

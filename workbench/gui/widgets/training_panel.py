@@ -181,6 +181,11 @@ class TrainingPanel(QWidget):
             self.plots.ready.connect(self._prerender_plots)
             self.plots.prebuild()
 
+    @property
+    def prebuilding(self) -> bool:
+        """Whether ``prebuild_plots`` is still building or painting the plots."""
+        return self.plots.prebuilding or (self._prerendering is not None and self._prerendering.running)
+
     def _prerender_plots(self) -> None:
         if self._prerendering is None and not self.isVisible() and self.parentWidget() is not None:
             self._prerendering = IdleSteps(self, self._prerender_steps())
