@@ -67,7 +67,7 @@ class BuildsInSteps:
         """A window closed before its tabs exist (within its first second) has no run or edit to ask about, and
         (unless a job was started on it already: ``_jobs``, the window's count) nothing to wait for: it closes
         without building them. Otherwise the window's own closing runs, on the complete window."""
-        if self.is_built or self.__dict__.get("_jobs", 0):
+        if self.is_built or getattr(self, "_jobs", 0):
             self.finish_building()
             super().closeEvent(event)  # type: ignore[misc]
             return

@@ -5,7 +5,7 @@ through signals emitted on the GUI thread (``jobs`` says how, and why a plain th
 itself is core's (``core.opening``, ``core.training``, ``core.merge``, ``core.gguf_export``,
 ``core.playground``...); a worker only carries its inputs there and its reports back. Modules by concern:
 
-* ``jobs`` — ``Worker``, ``Job``, ``start`` (the one way a job starts), ``FunctionWorker`` for a plain function;
+* ``jobs`` — ``Worker``, ``Job``, ``JobRunner`` (the one way a job starts), ``FunctionWorker`` for a plain function;
 * ``model`` — opening a model; ``training`` — a run in this process, new or resumed;
 * ``export`` — export, merge and GGUF export, the GGUF look ahead and adapter inspection;
 * ``playground`` — loading a base with an adapter, streaming the two answers;
@@ -21,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..process_switches import GarbageCollector, keep_garbage_collection_on_the_gui_thread
-from .jobs import POLL_INTERVAL_MS, FunctionWorker, Job, JobCancelled, Worker, start, unexpected_error_text
+from .jobs import POLL_INTERVAL_MS, FunctionWorker, Job, JobCancelled, JobRunner, Worker, unexpected_error_text
 
 # The workers of particular jobs are imported when first named (``workers.TrainWorker``): their modules import
 # core.config (and pydantic), which the window's first paint does without (gui/startup.py).
@@ -45,7 +45,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Worker", "Job", "JobCancelled", "start", "FunctionWorker", "unexpected_error_text", "POLL_INTERVAL_MS",
+
+__all__ = ["Worker", "Job", "JobCancelled", "JobRunner", "FunctionWorker", "unexpected_error_text", "POLL_INTERVAL_MS",
            "OpenModelWorker", "TrainWorker", "ResumeWorker", "ExportWorker", "plan_gguf", "inspect_adapter_job",
            "GenerateWorker", "load_playground", "warm_up_imports", "GarbageCollector",
            "keep_garbage_collection_on_the_gui_thread"]
