@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
         if report and window.is_built and window._jobs == 0 and "torch_after_warm_up" not in report:
             report["torch_after_warm_up"] = "torch" in sys.modules
             report["pyqtgraph_after_warm_up"] = "pyqtgraph" in sys.modules
-        if "torch_after_warm_up" in report and (window.data.histogram.built or time.perf_counter() - start > 60):
+        if "torch_after_warm_up" in report and (window.data.histogram.built or time.perf_counter() - start > 240):
             # Built after the warm-up in idle turns, while the Train and Data tabs were never shown.
             report["train_plots_built"] = window.training.plots.built
             report["train_tab_shown"] = window.training.isVisible()
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent("""
 def test_window_shows_before_heavy_imports(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "s.ini")], capture_output=True, text=True,
-                         env=env, timeout=120)
+                         env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["visible"]
