@@ -14,6 +14,8 @@ Each measurement is a fresh interpreter, timed from the parent (whole process, a
   complete (every tab built, in the turns after the first paint).
 - ``workbench export`` (copy a trained adapter) and ``workbench runs`` against ``python -c "import torch"``
   and a bare interpreter.
+- "transformers alone": the 70B config read and the model built on the meta device, nothing else: the floor of
+  the first inspect (bench/inspect_floor.py says which imports set it).
 
 Rounds are interleaved (A B C D …, repeated), and the median and minimum of each are printed with the ratios,
 because the machine may be shared. Each row measures what a user sees on an installed copy: the children run
@@ -42,6 +44,16 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The least a first inspect must do through transformers: read the config and build the model on the meta device.
+# Its ratio to the bare row is the floor of "inspect (70B, first time)"; bench/inspect_floor.py splits it by import.
+TRANSFORMERS_ALONE = """
+import sys, torch
+from transformers import AutoConfig, AutoModelForCausalLM
+config = AutoConfig.from_pretrained(sys.argv[1])
+with torch.device("meta"):
+    AutoModelForCausalLM.from_config(config)
+"""
 
 LLAMA_70B = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
@@ -178,6 +190,7 @@ def main() -> int:
             "bare: import torch, transformers": [py, "-c", "import torch, transformers"],
             "workbench inspect (70B, first time)": [py, "-m", "workbench", "inspect", str(model70), "--no-cache"],
             "workbench inspect (70B, again)": [py, "-m", "workbench", "inspect", str(model70)],
+            "transformers alone (70B, meta model)": [py, "-c", TRANSFORMERS_ALONE, str(model70)],
             "bare: PySide6 window shown": [py, "-c", BARE_PAINT],
             "workbench window first paint": [py, "-c", FIRST_PAINT, str(tmp_path / "settings.ini")],
             "workbench window complete": [py, "-c", WINDOW_COMPLETE, str(tmp_path / "settings.ini")],
@@ -206,6 +219,7 @@ def main() -> int:
         print()
         for what, bare, target in (("workbench inspect (70B, first time)", "bare: import torch, transformers", 1.3),
                                    ("workbench inspect (70B, again)", "bare: import torch, transformers", 1.3),
+                                   ("transformers alone (70B, meta model)", "bare: import torch, transformers", None),
                                    ("workbench window first paint", "bare: PySide6 window shown", 1.5),
                                    ("workbench window complete", "bare: PySide6 window shown", None),
                                    ("workbench export (tiny adapter)", "bare: import torch", None),

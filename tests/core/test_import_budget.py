@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.subprocess
 
 HEAVY = ("torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "bitsandbytes", "trl", "PySide6",
-         "pyqtgraph", "transformers.generation", "torch._dynamo")
+         "pyqtgraph", "transformers.generation", "torch._dynamo", "pydantic")
 NO_ML = {"torch", "transformers", "peft", "datasets", "pyarrow", "numpy", "bitsandbytes", "trl", "PySide6", "pyqtgraph"}
 
 RUNNER = """
@@ -62,6 +62,12 @@ def test_help_and_bookkeeping_commands_import_no_ml_library(finished_run):
         assert not set(loaded_by(*argv)) & NO_ML, argv
     # A control request to a finished run is refused (exit 2), after reading the run's status: the same path.
     assert not set(loaded_by("control", str(run_dir), "checkpoint", exit_code=2)) & NO_ML
+    # Nor the run-file schema (pydantic) where no run file is validated: building the parser, a run's status word,
+    # the list of runs (read from the files as they are), a control request.
+    for argv in (["--help"], ["runs", "--root", str(root / "runs")], ["runs", "--status", str(run_dir)]):
+        assert "pydantic" not in loaded_by(*argv), argv
+    assert "pydantic" not in loaded_by("control", str(run_dir), "checkpoint", exit_code=2)
+    assert "pydantic" in loaded_by("launch-script", str(run_dir / "run.toml"), "--out", str(root / "launch2.sh"))
 
 
 def test_export_and_adapter_report_read_the_adapter_without_peft_or_transformers(finished_run):
@@ -87,3 +93,20 @@ def test_inspect_imports_no_peft_data_or_window_library(tmp_path):
     loaded = set(loaded_by("inspect", str(tmp_path)))
     assert "transformers" in loaded
     assert not loaded & {"peft", "datasets", "pyarrow", "bitsandbytes", "trl", "PySide6", "pyqtgraph"}, loaded
+
+
+def test_inspect_from_the_remembered_tree_imports_no_transformers_and_on_a_cpu_build_no_torch(tmp_path, monkeypatch):
+    """The second inspect of a config reads its tree from the cache (core/tree_cache.py) and, where the installed
+    torch has no GPU backend to report, answers the estimate's 'auto' device without importing torch at all."""
+    from workbench.core.precision import torch_has_gpu_backend
+
+    monkeypatch.setenv("LORA_WORKBENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256}))
+    first = set(loaded_by("inspect", str(tmp_path)))
+    assert {"transformers", "torch._dynamo"} <= first  # the first time builds the tree: the check below can fail
+    again = set(loaded_by("inspect", str(tmp_path)))
+    assert not again & {"transformers", "transformers.generation", "torch._dynamo", "peft", "datasets", "PySide6"}, again
+    if torch_has_gpu_backend() is False:
+        assert not again & NO_ML, again

@@ -50,3 +50,38 @@ def test_the_estimate_plans_a_device_with_the_engines_rule(precision, dtype, dev
 
 def test_the_weight_dtype_is_a_torch_dtype():
     assert resolve_compute(config()).torch_weight_dtype() is torch.float32
+
+
+CPU_BUILD = ("from typing import Optional\n__version__ = '2.13.0+cpu'\ncuda: Optional[str] = None\n"
+             "hip: Optional[str] = None\nrocm: Optional[str] = None\n")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (CPU_BUILD, False),
+    (CPU_BUILD.replace("cuda: Optional[str] = None", "cuda: Optional[str] = '12.8'"), True),
+    (CPU_BUILD.replace("hip: Optional[str] = None", "hip = '6.4.43482'"), True),  # ROCm answers torch.cuda too
+    ("__version__ = '2.13.0'\ncuda = None\n", None),  # says nothing of hip: torch decides
+    ("cuda = compute()\nhip = None\n", None),
+    ("def broken(:\n", None),
+])
+def test_the_torch_build_is_read_from_its_version_file(text, expected):
+    from workbench.core.precision import gpu_backend_in_version_file
+
+    assert gpu_backend_in_version_file(text) is expected
+
+
+def test_the_answer_without_importing_torch_is_the_one_torch_gives(tmp_path):
+    """choose_device('auto') in a fresh interpreter (torch not imported: the version-file rule) against torch's own
+    answer in another: on this machine the rule must not skip a GPU torch would see, nor import torch needlessly."""
+    import subprocess
+    import sys
+
+    rule = subprocess.run([sys.executable, "-c", "import sys\nfrom workbench.core.precision import choose_device, "
+                           "torch_has_gpu_backend\nprint(choose_device('auto'), torch_has_gpu_backend(), "
+                           "'torch' in sys.modules)"], capture_output=True, text=True, timeout=300)
+    assert rule.returncode == 0, rule.stderr
+    device, has_gpu_backend, imported = rule.stdout.split()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    assert device == ("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    assert has_gpu_backend == str(torch.version.cuda is not None or torch.version.hip is not None or sys.platform == "darwin")
+    assert imported == str(has_gpu_backend != "False")  # torch is imported only when it has something to say

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from workbench.core.config import DEFAULT_PRESET, PRESETS
+from workbench.core.presets import DEFAULT_PRESET, PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -35,7 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.core.config import OutputConfig
     from workbench.core.runs import list_runs
 
     if args.status:
@@ -43,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
 
         print(run_status(args.status).value)
         return 0
-    root = Path(args.root or OutputConfig().runs_root)
+    if args.root:
+        root = Path(args.root)
+    else:  # the schema's default (pydantic is imported only for it)
+        from workbench.core.config import OutputConfig
+
+        root = Path(OutputConfig().runs_root)
     runs = list_runs(root)
     shown = runs if args.all else runs[:RECENT]
     if args.json:

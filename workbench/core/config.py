@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config_messages import ConfigError, describe_validation_error, parse_block_spec
 from .paths import not_regular_problem
+from .presets import DEFAULT_PRESET, PRESETS  # their home: building the command line needs no pydantic
 
 __all__ = [
     "ConfigError",
@@ -34,17 +35,6 @@ __all__ = [
     "describe_validation_error",
     "parse_block_spec",
 ]
-
-# Layer presets understood by core.layers; kept here so the schema can validate them without importing torch.
-PRESETS: dict[str, str] = {
-    "attention-qv": "attention q and v projections (the LoRA paper's choice; fused qkv where q and v are fused)",
-    "attention": "every attention projection (q, k, v, output)",
-    "mlp": "every MLP / feed-forward projection",
-    "all-linear": "every linear layer in the transformer blocks (attention and MLP), not the output head",
-    "conv": "every 2-D convolution (vision models such as ResNet and ConvNeXt); the rank is the number of filters of "
-            "the adapter's own convolution, which has the layer's kernel and is followed by a 1×1 convolution",
-}
-DEFAULT_PRESET = "all-linear"
 
 
 class _Section(BaseModel):

@@ -8,7 +8,11 @@ a GPU the window may not have), without asking the hardware or refusing anything
 
 from __future__ import annotations
 
+import ast
+import sys
 from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import TrainingError
@@ -55,7 +59,13 @@ def _compute(model_dtype: str, device: str, precision: str) -> Compute:
 
 
 def choose_device(requested: str) -> str:
-    """training.device on this machine: 'auto' is the CUDA GPU, else Apple's MPS, else the CPU."""
+    """training.device on this machine: 'auto' is the CUDA GPU, else Apple's MPS, else the CPU.
+
+    A torch built for the CPU alone answers 'auto' with the CPU before it is imported (``torch_has_gpu_backend``):
+    a remembered module tree makes ``workbench inspect`` need no torch otherwise, and importing torch only to hear
+    "no CUDA" cost more than the rest of the command."""
+    if requested == "auto" and "torch" not in sys.modules and torch_has_gpu_backend() is False:
+        return "cpu"
     import torch
 
     if requested == "auto":
@@ -67,6 +77,45 @@ def choose_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise TrainingError("training.device is 'cuda' but no CUDA GPU is available", "set training.device = 'auto' or 'cpu'")
     return requested
+
+
+def torch_has_gpu_backend() -> bool | None:
+    """Whether the installed torch can report a GPU to ``choose_device``, read from its ``torch/version.py``
+    without importing it: False for a CPU-only build (``cuda`` and ``hip`` are None) on a system without Apple's
+    MPS, whose ``torch.cuda.is_available()`` is False on any machine; True for a CUDA or ROCm build or on macOS;
+    None when the file cannot be read (ask torch itself)."""
+    if sys.platform == "darwin":
+        return True
+    try:
+        spec = find_spec("torch")
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        text = (Path(folders[0]) / "version.py").read_text(encoding="utf-8") if folders else None
+    except (OSError, ImportError, ValueError, UnicodeDecodeError):
+        return None
+    return None if text is None else gpu_backend_in_version_file(text)
+
+
+def gpu_backend_in_version_file(text: str) -> bool | None:
+    """True/False: whether a ``torch/version.py`` names a CUDA or ROCm (hip) toolkit; None when it does not say."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        target: ast.expr
+        value: ast.expr | None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in ("cuda", "hip") and isinstance(value, ast.Constant):
+            values[target.id] = value.value
+    if set(values) != {"cuda", "hip"}:
+        return None  # a layout this rule does not know: torch decides
+    return any(v is not None for v in values.values())
 
 
 def choose_precision(requested: str, device: str) -> str:

@@ -20,10 +20,13 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import RunConfig
 from ..errors import OutputError
 from ..fsutil import make_dirs, remove_empty_dirs
+
+if TYPE_CHECKING:  # the schema (pydantic) is imported where a run.toml is read: `runs --status` and `control` need none
+    from ..config import RunConfig
 
 RUN_FILE = "run.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -187,4 +190,6 @@ def _claim_unique_dir(root: Path, base: str) -> Path:
 
 def load_config(run_dir: PathLike) -> RunConfig:
     """The run's configuration, read and validated from its ``run.toml``."""
+    from ..config import RunConfig
+
     return RunConfig.from_toml(RunFolder(run_dir).run_file)

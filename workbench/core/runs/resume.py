@@ -19,10 +19,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import locks
-from ..config import RunConfig
 from ..errors import OutputError, TrainingError
 from ..events import Evaluation, RunStarted, Step, event_from_dict
 from ..fsutil import TMP_PREFIX
@@ -31,6 +30,9 @@ from .checkpoints import Checkpoint, choose_checkpoint, newest_sound_checkpoint,
 from .layout import ADAPTER_DIR, RUN_FILE, STATUS_FILE, PathLike, RunFolder, load_config
 from .metrics import read_events
 from .status import RunStatus, StatusRecord, observe, on_this_host
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 RESUME_LOCK = ".resume.lock"
 
