@@ -29,6 +29,7 @@ import json
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -72,9 +73,17 @@ def launch_time(folder: Path) -> tuple[float, bool]:
 
 
 class Probe:
-    """Records the longest gap between timer ticks, per named phase."""
+    """Records the longest gap between timer ticks, per named phase.
 
-    def __init__(self):
+    With ``why``, a watcher thread also samples the GUI thread's Python stack while a gap is open past
+    ``WHY_MS``: the stacks seen most often in each phase say what the GUI thread was doing (or waiting in) then;
+    and each phase's worst gap is split, from the kernel's schedstat, into the GUI thread's time on a CPU (the
+    window's own work), waiting for a CPU (other processes: a shared machine) and asleep (waiting for the GIL).
+    """
+
+    WHY_MS = 30
+
+    def __init__(self, why: bool = False):
         from PySide6.QtCore import QTimer
 
         self.timer = QTimer(interval=PROBE_MS)
@@ -82,18 +91,74 @@ class Probe:
         self.phase = "idle"
         self.worst: dict[str, float] = {}
         self.ticks: dict[str, int] = {}
+        self.stacks: dict[str, dict[str, int]] = {}
+        self.worst_split: dict[str, tuple[float, float]] = {}  # --why: the worst gap's (on CPU, waiting) ms
+        self.longest_work: dict[str, float] = {}  # --why: the most CPU time the GUI thread spent between two ticks
+        self._sched: tuple[int, int] | None = None
         self._last = time.perf_counter()
+        self._why = why
+        self._gui_thread = threading.get_ident()
+        self._gui_native_id = threading.get_native_id()
+        self._stopped = threading.Event()
 
     def start(self) -> None:
         self._last = time.perf_counter()
         self.timer.start()
+        if self._why:
+            threading.Thread(target=self._watch, name="stall watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+        self._stopped.set()
+
+    def _gui_state(self) -> str:
+        """What the kernel says the GUI thread is doing: on a CPU or waiting for one (R: a busy machine), or
+        asleep (S: waiting for the GIL or a lock while another thread holds it)."""
+        try:
+            fields = Path(f"/proc/self/task/{self._gui_native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return "state unknown"
+        return {"R": "runnable (R)", "S": "asleep (S)", "D": "in I/O (D)"}.get(fields[0], fields[0])
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.002):
+            if (time.perf_counter() - self._last) * 1000 - PROBE_MS < self.WHY_MS:
+                continue
+            frame = sys._current_frames().get(self._gui_thread)
+            lines = []
+            while frame is not None and len(lines) < 6:
+                code = frame.f_code
+                where = code.co_filename.replace(str(ROOT), "").split("site-packages/")[-1]
+                if "gui_responsiveness" not in where:
+                    lines.append(f"{where}:{frame.f_lineno} {code.co_name}")
+                frame = frame.f_back
+            key = " < ".join(lines) or f"(in Qt, no Python frame; thread {self._gui_state()})"
+            phase = self.stacks.setdefault(self.phase, {})
+            phase[key] = phase.get(key, 0) + 1
 
     def _tick(self) -> None:
         now = time.perf_counter()
         gap = (now - self._last) * 1000 - PROBE_MS
         self._last = now
+        if self._why:
+            sched = self._schedstat()
+            if self._sched is not None and sched is not None:
+                on_cpu = (sched[0] - self._sched[0]) / 1e6  # the GUI thread's own work in this gap
+                if gap > self.worst.get(self.phase, 0.0):
+                    # The worst gap's share on a CPU (the window's own work) and waiting for one (a busy machine).
+                    self.worst_split[self.phase] = (on_cpu, (sched[1] - self._sched[1]) / 1e6)
+                self.longest_work[self.phase] = max(self.longest_work.get(self.phase, 0.0), on_cpu)
+            self._sched = sched
         self.worst[self.phase] = max(self.worst.get(self.phase, 0.0), gap)
         self.ticks[self.phase] = self.ticks.get(self.phase, 0) + 1
+
+    def _schedstat(self) -> tuple[int, int] | None:
+        """The GUI thread's nanoseconds on a CPU and waiting in a run queue so far (Linux schedstat)."""
+        try:
+            on_cpu, waiting, _ = Path(f"/proc/self/task/{self._gui_native_id}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            return None
+        return int(on_cpu), int(waiting)
 
     def enter(self, phase: str) -> None:
         self.phase = phase
@@ -141,7 +206,7 @@ def build_merge_inputs(folder: Path, size: str) -> tuple[Path, Path, int]:
     return work / "base", work / "adapter", int(info["bytes"])
 
 
-def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> dict[str, float]:
+def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None, why: bool = False) -> Probe:
     from PySide6.QtCore import QSettings
 
     from workbench.gui.app import create_app
@@ -161,7 +226,7 @@ def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> d
     window.store.update("training", max_steps=30, batch_size=4, logging_steps=1)
     window.store.update("data", max_length=64)
     window.show()
-    probe = Probe()
+    probe = Probe(why)
     probe.start()
 
     probe.enter("idle (baseline)")
@@ -222,10 +287,10 @@ def probe_window(folder: Path, merge: tuple[Path, Path, int] | None = None) -> d
         print(f"merge from the window: {nbytes / 2**30:.2f} GB in {seconds:.1f} s "
               f"({nbytes / 2**20 / seconds:.0f} MB/s read)")
         dialog.close()
-    probe.timer.stop()
+    probe.stop()
     window.ask_before_discarding = False
     window.close()
-    return probe.worst
+    return probe
 
 
 def plot_frame_ms(points: int) -> float:
@@ -262,20 +327,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--merge-size", choices=["tiny", "small", "1.5b", "none"], default="1.5b",
                         help="base model merged in the merge phase (1.5b ≈ 3 GB of bf16; none skips the phase)")
+    parser.add_argument("--why", action="store_true",
+                        help=f"sample the GUI thread's stack during gaps over {Probe.WHY_MS} ms and print the commonest")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         launch, torch_at_show = launch_time(folder)
         merge = None if args.merge_size == "none" else build_merge_inputs(folder, args.merge_size)
-        worst = probe_window(folder, merge)
+        probe = probe_window(folder, merge, args.why)
+        worst = probe.worst
         frame_1k, frame_100k = plot_frame_ms(1_000), plot_frame_ms(100_000)
 
     print(f"launch → visible window: {launch:.2f} s (target < 1.5 s); torch imported at show: {torch_at_show}")
     baseline = worst.pop("idle (baseline)")
     print(f"GUI-thread stalls (longest gap beyond the {PROBE_MS} ms probe interval; baseline idle: {baseline:.1f} ms):")
     for phase, ms in worst.items():
-        print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}")
+        split = probe.worst_split.get(phase)
+        where = (f"   (GUI thread on a CPU {split[0]:.1f} ms, waiting for one {split[1]:.1f} ms, the rest asleep; "
+                 f"longest work between two ticks: {probe.longest_work.get(phase, 0.0):.1f} ms on a CPU)"
+                 if split else "")
+        print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}"
+              f"{where}")
     overall = max(worst.values())
+    for phase, stacks in probe.stacks.items():  # --why
+        print(f"  {phase}: GUI thread during gaps over {Probe.WHY_MS} ms (2 ms samples)")
+        for stack, count in sorted(stacks.items(), key=lambda kv: -kv[1])[:4]:
+            print(f"    {count:4d} × {stack}")
     print(f"longest stall overall: {overall:.1f} ms (target < 50 ms)")
     print(f"plot frame, 5 curves × 100,000 points: {frame_100k:.1f} ms; × 1,000 points: {frame_1k:.1f} ms "
           f"(ratio ×{frame_100k / frame_1k:.2f})")

@@ -14,8 +14,9 @@ def test_demo_converts_the_builtin_model_with_progress_and_loads_the_demo_run(wi
     original = window.picker.show_progress
     monkeypatch.setattr(window.picker, "show_progress",
                         lambda done, total, detail: (shown.append((done, total, detail)), original(done, total, detail)))
-    inspected = []
-    window.data_inspected.connect(lambda: inspected.append(1))
+    readings = []  # every reading of the data the Data tab shows
+    show_result = window.data.show_result
+    monkeypatch.setattr(window.data, "show_result", lambda result: (readings.append(result), show_result(result)))
     with qtbot.waitSignal(window.model_opened, timeout=180_000):
         window.picker.demo_button.click()
         # The window's settings were edited (the runs folder): the Demo button asks before discarding them.
@@ -32,8 +33,15 @@ def test_demo_converts_the_builtin_model_with_progress_and_loads_the_demo_run(wi
     assert window.store.path is None and not window.store.dirty, "an unsaved run, nothing to save yet"
     assert window.overview.tree.num_blocks == 30
     assert "LlamaForCausalLM" in window.picker.info.text()
-    # The demo data is read with the model's tokenizer once the model is open.
-    qtbot.waitUntil(lambda: bool(inspected), timeout=120_000)
+    # The demo data is read with the model's tokenizer once the model is open. A reading before the model opened
+    # (the demo run's data, at once) has no tokenized preview; the one after has, rendered by SmolLM2's chat template.
+    qtbot.waitUntil(lambda: any(r["previews"] for r in readings), timeout=120_000)
+    tokenized = next(r for r in readings if r["previews"])
+    first = tokenized["previews"][0]
+    text = "".join(piece for piece, _ in first.segments)
+    assert "<|im_start|>" in text, f"not SmolLM2's chat template: {text[:200]!r}"
+    assert any(trained for _, trained in first.segments) and first.trained_tokens > 0
+    assert tokenized["stats"] is not None  # lengths in the model's tokens
     assert "chat" in window.data.detected_label.text()
 
     # The second time (and every later start) the converted folder is reused: no conversion step.

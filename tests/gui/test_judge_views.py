@@ -221,7 +221,8 @@ def test_the_queue_adds_reorders_removes_and_runs_on_past_a_failing_entry(qtbot,
     # A run whose data file is missing fails; the queue goes on to the next.
     broken = config.copy_with(output={"name": "broken"}, data={"train_files": [str(tmp_path / "missing.jsonl")]})
     run_queue.add_to_queue(broken)
-    panel.refresh()
+    with qtbot.waitSignal(panel.changed):
+        panel.refresh()  # read in a background job
     panel.select(4)
     panel.up_button.click()
     panel.up_button.click()

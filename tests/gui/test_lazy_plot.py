@@ -69,3 +69,59 @@ def test_a_missing_name_is_an_attribute_error_and_a_private_one_builds_nothing(q
     with pytest.raises(AttributeError, match="no_such_method"):
         lazy.no_such_method  # noqa: B018
     assert lazy.built
+
+
+def stepwise_factory(pieces: int):
+    """Stands for a plot built a piece per step (as MetricsPlots.in_steps): records which pieces were built."""
+    log: list[int] = []
+
+    def build():
+        plot = Recorder()
+        for piece in range(pieces):
+            log.append(piece)
+            yield
+        return plot
+
+    return build, log
+
+
+def test_prebuild_builds_one_piece_per_event_loop_turn(qtbot):
+    build, log = stepwise_factory(4)
+    lazy = LazyPlot(build)
+    qtbot.addWidget(lazy)
+    ready = []
+    lazy.ready.connect(lambda: ready.append(1))
+    lazy.prebuild()
+    assert log == [] and not lazy.built  # nothing in the calling turn: the window goes on painting first
+    from PySide6.QtWidgets import QApplication
+
+    seen = []
+    for _ in range(20):  # one turn of the event loop at a time
+        QApplication.processEvents()
+        seen.append(len(log))
+        if lazy.built:
+            break
+    assert seen[:4] == [1, 2, 3, 4], f"pieces built per turn: {seen}"
+    assert lazy.built and ready == [1]
+    assert not lazy.widget().isVisible()  # built while hidden, shown with its placeholder
+    lazy.prebuild()
+    assert log == [0, 1, 2, 3] and ready == [1]  # a second prebuild builds nothing
+
+
+def test_a_plot_needed_during_its_prebuild_is_finished_at_once(qtbot):
+    build, log = stepwise_factory(5)
+    lazy = LazyPlot(build)
+    qtbot.addWidget(lazy)
+    ready = []
+    lazy.ready.connect(lambda: ready.append(1))
+    lazy.prebuild()
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    assert 0 < len(log) < 5
+    lazy.add(3.0)  # data for the plot: the rest of its pieces are built now, once
+    assert log == [0, 1, 2, 3, 4] and lazy.built and ready == [1]
+    assert lazy.points == [3.0]
+    for _ in range(5):
+        QApplication.processEvents()
+    assert log == [0, 1, 2, 3, 4], "nothing is built twice"

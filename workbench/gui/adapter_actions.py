@@ -5,10 +5,13 @@ action starts its job through the window's ``_start`` (its ``JobRunner``), so cl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import workers
-from .widgets.export_dialog import ExportDialog
-from .widgets.launch_dialog import LaunchScriptDialog
+
+if TYPE_CHECKING:  # imported where used: the window's first paint imports no dialog (startup.py)
+    from .widgets.export_dialog import ExportDialog
+    from .widgets.launch_dialog import LaunchScriptDialog
 
 
 class AdapterActionsMixin:
@@ -23,6 +26,8 @@ class AdapterActionsMixin:
             return self.store.config.model.source
 
     def open_export(self, adapter: str = "") -> ExportDialog:
+        from .widgets.export_dialog import ExportDialog
+
         if self.export_dialog is not None and self.export_dialog.running:
             self.export_dialog.raise_()
             return self.export_dialog
@@ -34,6 +39,8 @@ class AdapterActionsMixin:
         return self.export_dialog
 
     def open_launch_dialog(self) -> LaunchScriptDialog:
+        from .widgets.launch_dialog import LaunchScriptDialog
+
         if self.launch_dialog is not None:
             self.launch_dialog.deleteLater()
         self.launch_dialog = LaunchScriptDialog(self.store.config, self.store.path,

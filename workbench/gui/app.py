@@ -1,9 +1,10 @@
 """Starting the window: ``main(run_file)`` shows it first and imports the ML stack afterwards.
 
-Only Qt and the light core modules (config, events, control, layers) are imported before the window is on
-screen (plots are built when first shown: widgets/lazy_plot.py); pyqtgraph, torch and transformers are
-imported by a background worker right after, so the window appears in well under a second and the first
-model opens without the import wait.
+Only Qt and a few light modules are imported before the window is on screen: its shell is painted first and
+its tabs, with the run-file schema (core.config, pydantic) behind them, are built in the event-loop turns after
+(startup.py); plots are built later still (widgets/lazy_plot.py). pyqtgraph, torch and transformers are
+imported by a background worker once the window is complete, so the window appears about as fast as a bare
+Qt window and the first model opens without the import wait.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -51,10 +51,10 @@ def main(run_file: str | None = None) -> int:
     window = MainWindow()
     crash_report.install(window.report_unexpected)  # a slot that raises: one line and a log, never an abort
     window.closed.connect(app.quit)
-    window.show()
+    window.show()  # the shell: the tabs are built in the next event-loop turns (startup.py)
     if run_file:
-        QTimer.singleShot(0, lambda: window.open_run(Path(run_file)))
+        window.when_built(lambda: window.open_run(Path(run_file)))
     else:  # a newcomer lands in a window that is ready to fine-tune: the demo, on the built-in model
-        QTimer.singleShot(0, window.open_demo)
-    QTimer.singleShot(0, window.warm_up)
+        window.when_built(window.open_demo)
+    window.when_built(window.warm_up)
     return app.exec()

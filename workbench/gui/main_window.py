@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import shiboken6
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
+    QMainWindow, QMessageBox, QVBoxLayout, QWidget,
 )
 
 from workbench.core.control import RunControl
@@ -32,26 +33,21 @@ from workbench.core.control import RunControl
 from . import workers
 from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: part of the window's interface)
 from .adapter_actions import AdapterActionsMixin
-from .config_store import ConfigStore
-from .external_run import ExternalRunController
-from .model_controller import ModelController
 from .recents import Recents
-from .run_controller import RunController
-from .run_files import RUN_FILE_FILTER, RunFilesController  # noqa: F401
+from .run_files import RUN_FILE_FILTER  # noqa: F401
+from .startup import BuildsInSteps
+from .widgets.lazy_plot import IdleSteps
 from .window_compat import WindowCompatMixin
 from .window_menus import MenusMixin
-from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
-from .widgets.export_dialog import ExportDialog
-from .widgets.inspection_panel import InspectionPanel
-from .widgets.launch_dialog import LaunchScriptDialog
-from .widgets.layer_panel import LayerPanel
-from .widgets.model_picker import ModelPicker
-from .widgets.playground import Playground
-from .widgets.runs_panel import RunsPanel
-from .widgets.settings_form import SettingsForm
-from .widgets.training_panel import TrainingPanel
 
-class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixin, QMainWindow):
+if TYPE_CHECKING:
+    from .widgets.export_dialog import ExportDialog
+    from .widgets.launch_dialog import LaunchScriptDialog
+
+# The panels and controllers (and through them core.config and pydantic) are imported by ``_build_steps``, after
+# the first paint (startup.py).
+
+class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixin, QMainWindow):
     closed = Signal()  # closed for good (after any question and the jobs' end): the application may quit
     model_opened = Signal()
     model_failed = Signal(str)
@@ -67,7 +63,6 @@ class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixi
         super().__init__()
         self.settings = settings or QSettings("LoRA Workbench", "LoRA Workbench")
         self.recents = Recents(self.settings)
-        self.store = ConfigStore(self)
         self.error_box: QMessageBox | None = None
         self.consent_box: QMessageBox | None = None  # "trust this model's pickle files / code?", while open
         self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
@@ -80,40 +75,77 @@ class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixi
         self._closed = False  # closed for good
         self._delete_when_jobs_end = False  # a deletion was asked for while jobs ran (``ClosingMixin.event``)
 
+        self.export_dialog: ExportDialog | None = None
+        self.launch_dialog: LaunchScriptDialog | None = None
+        self.setAcceptDrops(True)
+        # Painted first (startup.BuildsInSteps): the frame at its remembered place, the tab bar and the menu titles;
+        # the pages and everything behind them are built by _build_steps in the event-loop turns after.
+        self._build_shell()
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        for title in ("&File", "&Model", "&Data", "&Train", "&View"):  # filled by _build_menus at the end
+            self.menuBar().addMenu(title)
+
+    def _build_steps(self):
+        """The rest of the construction, one piece per event-loop turn, the first visible tab first."""
+        from .config_store import ConfigStore  # the run-file schema (pydantic): the largest single piece
+
+        self.store = ConfigStore(self)
+        yield
+        from .widgets.layer_panel import LayerPanel
+        from .widgets.model_picker import ModelPicker
+
         self.picker = ModelPicker()
         self.layers = LayerPanel()
+        model_tab = QWidget()
+        model_layout = QVBoxLayout(model_tab)
+        model_layout.addWidget(self.picker)
+        model_layout.addWidget(self.layers, 1)
+        self._set_page(0, model_tab)
+        yield
+        from .widgets.settings_form import SettingsForm
+
         self.form = SettingsForm(self.store)
+        self._set_page(1, self.form)
+        yield
+        from .widgets.data_panel import DataPanel
+
         self.data = DataPanel(self.store)
+        self._set_page(2, self.data)
+        yield
+        from .widgets.training_panel import TrainingPanel
+
         self.training = TrainingPanel()
+        self._set_page(3, self.training)
+        yield
+        from .widgets.runs_panel import RunsPanel
+
         self.runs = RunsPanel()
         # The queue adds the window's settings; the Runs tab's jobs are the window's (closing waits for them).
         self.runs.queue.config_source = lambda: self.store.config
         self.runs.start_job = self.runs.sweep.start_job = self.runs.queue.start_job = self._start
         self.runs.viewers.start_job = self._start
+        self._set_page(4, self.runs)
+        yield
+        from .widgets.inspection_panel import InspectionPanel
+        from .widgets.playground import Playground
+
         self.inspection = InspectionPanel()
         self.playground = Playground()
-        self.export_dialog: ExportDialog | None = None
-        self.launch_dialog: LaunchScriptDialog | None = None
+        self._set_page(5, self.inspection)
+        self._set_page(6, self.playground)
+        yield
+        from .external_run import ExternalRunController
+        from .model_controller import ModelController
+        from .run_controller import RunController
+        from .run_files import RunFilesController
+
         self.model_ctl = ModelController(self.store, self._start, self)
         self.run_ctl = RunController(self._start, self)
         self.external = ExternalRunController(self)  # runs in a separate process, watched through their folder
         self.files = RunFilesController(self.store, self.recents, lambda: self.training.running, self,
                                         lambda: self.overview is not None)
-        model_tab = QWidget()
-        model_layout = QVBoxLayout(model_tab)
-        model_layout.addWidget(self.picker)
-        model_layout.addWidget(self.layers, 1)
-        self.tabs = QTabWidget()
-        self.tabs.addTab(model_tab, "Model && layers")
-        self.tabs.addTab(self.form, "Settings")
-        self.tabs.addTab(self.data, "Data")
-        self.tabs.addTab(self.training, "Train")
-        self.tabs.addTab(self.runs, "Runs")
-        self.tabs.addTab(self.inspection, "Inspect adapter")
-        self.tabs.addTab(self.playground, "Playground")
-        self.setCentralWidget(self.tabs)
-        self.setAcceptDrops(True)
-        self.resize(1200, 800)
 
         self._data_timer = QTimer(self, singleShot=True, interval=300)  # debounce typing in data settings
         self._data_timer.timeout.connect(self.inspect_data)
@@ -131,6 +163,7 @@ class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixi
         self.playground.generateRequested.connect(self._start)
         self.playground.compareRequested.connect(self._start)
         self.runs.set_root(self.store.config.output.runs_root)
+        self.menuBar().clear()  # the shell's titles: the same menus, now with their actions
         self._build_menus()
         self._restore_settings()
         self.files.update_title()
@@ -216,7 +249,16 @@ class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixi
 
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
-        self._start(workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries"))
+        worker = workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries")
+        worker.result.connect(lambda _: IdleSteps(self, self._prebuild_plots()))
+        self._start(worker)
+
+    def _prebuild_plots(self):
+        """The plots a first run or a first data reading would build on the GUI thread, built in idle turns now."""
+        self.training.prebuild_plots()
+        while self.training.prebuilding:
+            yield
+        self.data.histogram.prebuild()  # the Data tab's, built by the first reading of the data otherwise
 
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
@@ -318,6 +360,8 @@ class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixi
 
     # -- data ---------------------------------------------------------------------------------------------
     def inspect_data(self) -> None:
+        from .widgets.data_panel import inspect_data
+
         data = self.store.config.data
         if not data.train_files:
             return
@@ -437,6 +481,8 @@ class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixi
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
+        from workbench.core.data import DATA_SUFFIXES
+
         paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
         data = [str(p) for p in paths if p.suffix.lower() in DATA_SUFFIXES]
         runs = [p for p in paths if p.suffix.lower() == ".toml"]

@@ -18,11 +18,11 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
-from workbench.core.config import ConfigError, RunConfig
-from workbench.core.run_overrides import NotExpressible, command_line
+from typing import TYPE_CHECKING
 
-from .config_store import ConfigStore
-from .recents import Recents
+if TYPE_CHECKING:  # imported where used: the window's first paint imports no pydantic (startup.py)
+    from .config_store import ConfigStore
+    from .recents import Recents
 
 RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
@@ -121,6 +121,7 @@ class RunFilesController(QObject):
         """An empty run: nothing of the previous one stays on screen (tree, summary, data results, filters)."""
         self.unsaved_name = None
         self.demo_opening = False
+        from workbench.core.config import RunConfig
         self.store.replace(RunConfig())
         self.cleared.emit()
 
@@ -154,6 +155,7 @@ class RunFilesController(QObject):
         return True
 
     def open_run(self, path: Path) -> bool:
+        from workbench.core.config import ConfigError, RunConfig
         try:
             config = RunConfig.from_toml(path)
         except ConfigError as exc:
@@ -194,6 +196,8 @@ class RunFilesController(QObject):
     def copy_command_line(self) -> str | None:
         if self.store.path is None and not self.save_run_as():
             return None
+        from workbench.core.config import ConfigError
+        from workbench.core.run_overrides import NotExpressible, command_line
         try:
             text = command_line(self.store.path, self.store.config)
         except (NotExpressible, ConfigError) as exc:

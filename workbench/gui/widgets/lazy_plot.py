@@ -5,27 +5,97 @@ tabs nobody has opened yet. A ``LazyPlot`` stands where a plot goes and builds t
 that imports the plot's module, when it is first shown or first used (any attribute the placeholder lacks
 is the plot's: data given to a hidden plot builds it then, so nothing needs buffering and every call keeps
 its meaning). The warm-up worker imports pyqtgraph in the background after the first paint, so building the
-first plot does not stall the window on the import.
+first plot does not stall the window on the import; then the Train tab's plots are built ahead of time
+(``LazyPlot.prebuild``), one plot per idle event-loop turn (``IdleSteps``), so that Start does not build them.
 
 This module imports only Qt: the plot modules that import pyqtgraph at their top are imported by factories.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Callable, Generator
 
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 
+class IdleSteps(QObject):
+    """Runs a generator one ``next()`` per event-loop turn (input and repaints are handled in between), so that
+    work of ~100 ms in all never holds the GUI thread for more than one piece. ``finish`` runs the rest now.
+    ``done`` carries the generator's return value. Owned by ``parent``: it stops when that is deleted."""
+
+    done = Signal(object)
+
+    def __init__(self, parent: QObject, steps: Generator[None, None, object]):
+        super().__init__(parent)
+        self._steps: Generator[None, None, object] | None = steps
+        self.stepping = False  # inside a piece (code a piece runs must not ask to finish the rest)
+        self._timer = QTimer(self, singleShot=True, interval=0)
+        self._timer.timeout.connect(self._step)
+        self._timer.start()
+
+    @property
+    def running(self) -> bool:
+        return self._steps is not None
+
+    def stop(self) -> None:
+        """Build no more pieces (the generator is closed)."""
+        self._timer.stop()
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            steps.close()
+
+    def finish(self) -> object:
+        """Run the remaining pieces now; returns the generator's value (None if it had ended)."""
+        self._timer.stop()
+        while self._steps is not None:
+            value = self._next()
+            if self._steps is None:
+                return value
+        return None
+
+    def _step(self) -> None:
+        if self._steps is not None:
+            self._next()
+            if self._steps is not None:
+                self._timer.start()
+
+    def _next(self) -> object:
+        assert self._steps is not None
+        self.stepping = True
+        try:
+            next(self._steps)
+        except StopIteration as end:
+            self._steps = None
+            self.stepping = False
+            self.done.emit(end.value)
+            return end.value
+        except BaseException:
+            self._steps = None
+            raise
+        finally:
+            self.stepping = False
+        return None
+
+
 class LazyPlot(QWidget):
     """A placeholder that becomes ``build()``'s widget when shown or when one of the widget's attributes is
-    asked for."""
+    asked for, or earlier in idle time (``prebuild``).
 
-    def __init__(self, build: Callable[[], QWidget], parent=None):
+    ``build`` returns the widget, or a generator that builds it a piece per ``next()`` and returns it
+    (``StopIteration.value``): ``prebuild`` then runs one piece per event-loop turn, and a plot needed before
+    it is done is finished at once.
+    """
+
+    ready = Signal()  # the real plot exists (built by any of the three routes)
+
+    def __init__(self, build: Callable[[], QWidget | Generator[None, None, QWidget]], parent=None):
         super().__init__(parent)
         self._build = build
         self._plot: QWidget | None = None
+        self._prebuilding: IdleSteps | None = None
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)  # as a plot's
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -34,15 +104,42 @@ class LazyPlot(QWidget):
     def built(self) -> bool:
         return self._plot is not None
 
+    @property
+    def prebuilding(self) -> bool:
+        """Whether a ``prebuild`` is under way (started, not yet done)."""
+        return self._prebuilding is not None and self._plot is None
+
     def widget(self) -> QWidget:
-        """The real plot, built now if it was not yet."""
+        """The real plot, built now (or its prebuild finished now) if it was not yet."""
         if self._plot is None:
-            self._plot = self._build()
-            self.setSizePolicy(self._plot.sizePolicy())
-            self.layout().addWidget(self._plot)
-            if self.isVisible():  # a child added to a shown widget stays hidden until told
-                self._plot.show()
+            if self._prebuilding is not None:
+                self._prebuilding.finish()  # attaches the plot (done → _attach)
+            else:
+                made = self._build()
+                self._attach(IdleSteps(self, made).finish() if inspect.isgenerator(made) else made)
+        assert self._plot is not None
         return self._plot
+
+    def prebuild(self) -> None:
+        """Build the plot in idle time: one piece per event-loop turn for a factory that builds in pieces, the
+        whole plot now otherwise. Nothing happens if it is built or being built already."""
+        if self._plot is None and self._prebuilding is None:
+            made = self._build()
+            if not inspect.isgenerator(made):
+                self._attach(made)
+                return
+            self._prebuilding = IdleSteps(self, made)
+            self._prebuilding.done.connect(self._attach)
+
+    def _attach(self, plot: QWidget) -> None:
+        if self._plot is not None:
+            return
+        self._plot = plot
+        self.setSizePolicy(plot.sizePolicy())
+        self.layout().addWidget(plot)
+        if self.isVisible():  # a child added to a shown widget stays hidden until told
+            plot.show()
+        self.ready.emit()
 
     def showEvent(self, event) -> None:
         self.widget()
@@ -56,11 +153,11 @@ class LazyPlot(QWidget):
         return getattr(self.widget(), name)
 
 
-def metrics_plots() -> QWidget:
-    """The live training plots (loss, learning rate, …), for the Train and Runs tabs."""
+def metrics_plots() -> Generator[None, None, QWidget]:
+    """The live training plots (loss, learning rate, …), for the Train and Runs tabs, one plot per step."""
     from .plots import MetricsPlots
 
-    return MetricsPlots()
+    return (yield from MetricsPlots.in_steps())
 
 
 def evaluation_plots() -> QWidget:

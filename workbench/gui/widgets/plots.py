@@ -15,6 +15,8 @@ units skip pyqtgraph's SI-prefix relabelling, which re-renders their label on ev
 
 from __future__ import annotations
 
+from typing import Generator, Iterator
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent
@@ -93,20 +95,40 @@ class ThemedPlotWidget(pg.PlotWidget):
 
 
 class MetricsPlots(pg.GraphicsLayoutWidget):
+    """The five live training plots. Built at once (``MetricsPlots()``) or one plot per step (``in_steps``), so
+    that the window can build them in idle event-loop turns: all five at once hold the GUI thread for ~60 ms."""
+
     NAMES = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "memory")
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, *, _in_steps: bool = False):
         super().__init__(parent)
         self.series = {name: Series() for name in (*self.NAMES, "trained_tokens_per_second", "eval_loss", "smoothed")}
         self.smoothing = 0.6
         self._ema_last, self._ema_debias = 0.0, 1.0
         self._total_steps = 0
         self.plot_items: list[pg.PlotItem] = []
+        self.curves: dict[str, pg.PlotDataItem] = {}
         self._plot_curves: dict[pg.PlotItem, tuple[str, ...]] = {}  # which curves each plot draws
         self._stale: set[str] = set()  # curves whose data changed since they were drawn
         self._x_stale: set[pg.PlotItem] = set()  # plots whose step axis has not been set to the run's length yet
         self._next = 0  # redraw_next: the plot whose turn it is
+        # Room for the widest tick label these plots usually show, reserved once (see _fix_axes).
+        self._tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
+        self._steps = self._build_plots()
+        if not _in_steps:
+            for _ in self._steps:
+                pass
 
+    @classmethod
+    def in_steps(cls) -> Generator[None, None, "MetricsPlots"]:
+        """Builds the widget, then one plot per ``next()``; returns the finished widget (``StopIteration.value``,
+        as ``lazy_plot.LazyPlot.prebuild`` expects)."""
+        plots = cls(_in_steps=True)
+        yield
+        yield from plots._steps
+        return plots
+
+    def _build_plots(self) -> Iterator[None]:
         self.loss_plot = self._plot("Training loss", row=0, col=0, colspan=2)
         self.loss_plot.addLegend(offset=(-10, 10))
         follow_palette(self, [self.loss_plot])  # the legend's colours
@@ -114,13 +136,16 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         self.smooth_curve = self._curve(self.loss_plot, (30, 100, 220), "smoothed", width=2)
         self.eval_curve = self.loss_plot.plot([], [], pen=pg.mkPen((230, 120, 20), width=2), symbol="o",
                                               symbolSize=7, symbolBrush=(230, 120, 20), name="evaluation")
-        self.curves = {"loss": self.raw_curve, "smoothed": self.smooth_curve, "eval_loss": self.eval_curve}
+        self.curves.update(loss=self.raw_curve, smoothed=self.smooth_curve, eval_loss=self.eval_curve)
+        self._plot_curves[self.loss_plot] = ("loss", "smoothed", "eval_loss")
+        self._fix_axes(self.loss_plot)
         # Memory in GiB, said in the title: an axis label with an SI unit ("(MB)") would sit at the outer edge
         # of the tick-label room reserved below, far from its numbers, and change with the prefix.
         for i, (name, title) in enumerate((
             ("learning_rate", "Learning rate"), ("grad_norm", "Gradient norm"),
             ("tokens_per_second", "Tokens / s"), ("memory", "Device memory (GiB)"),
         )):
+            yield
             plot = self._plot(title, row=1 + i // 2, col=i % 2)
             if name == "tokens_per_second":  # real tokens (template and prompt included) beside those that carry loss
                 plot.addLegend(offset=(-10, 10))
@@ -130,28 +155,36 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             if name == "tokens_per_second":
                 self.curves["trained_tokens_per_second"] = self._curve(plot, (200, 90, 160), "trained")
                 self._plot_curves[plot] = (name, "trained_tokens_per_second")
-        self._plot_curves[self.loss_plot] = ("loss", "smoothed", "eval_loss")
+            self._fix_axes(plot)
+        self.memory_plot = self.plot_items[-1]
+        self.memory_plot.setLimits(yMin=0, minYRange=MEMORY_MIN_SPAN_GIB)
+
+    def _fix_axes(self, plot: pg.PlotItem) -> None:
+        """The shared step axis and the axes' fixed styles, for one new plot."""
         # One step axis for all five: zooming or panning one plot shows the same steps in the others, and the
         # run's length set on the loss plot applies to every plot (each had its own 0–12, 0–11, 0–10).
         # Not pyqtgraph's setXLink: it lines linked views up by their position on screen, and the loss plot is
         # twice as wide as the others, so the half-width plots showed half the steps each.
+        plot.getViewBox().sigXRangeChanged.connect(self._share_x_range)
+        for axis in (plot.getAxis("left"), plot.getAxis("bottom")):
+            # No axis has a unit, so none shows an SI prefix; pyqtgraph would still re-render the label and
+            # re-size the axis on every range change.
+            axis.enableAutoSIPrefix(False)
+            # Major and minor ticks only: the third level pyqtgraph computes is too dense to be drawn at
+            # these sizes, yet costs a third of each axis's (Python) redraw.
+            axis.setStyle(maxTickLevel=1)
+        # Room for the widest tick label these plots usually show, reserved once: were it to follow the
+        # labels, a new value could resize the axis, and with it the grid, and every plot would be
+        # laid out and repainted again.
+        plot.getAxis("left").setStyle(tickTextWidth=self._tick_text_width, autoExpandTextSpace=False)
+
+    def prerender(self) -> Iterator[None]:
+        """Paint each plot once off screen at the widget's current size, one plot per step. pyqtgraph keeps
+        each axis's drawing until its range or size changes, so a first show at that size only composes
+        (~2 ms) instead of laying out ten axes' ticks and labels (~15 ms, several times that under load)."""
         for plot in self.plot_items:
-            plot.getViewBox().sigXRangeChanged.connect(self._share_x_range)
-        self.memory_plot = self.plot_items[-1]
-        self.memory_plot.setLimits(yMin=0, minYRange=MEMORY_MIN_SPAN_GIB)
-        tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
-        for plot in self.plot_items:
-            for axis in (plot.getAxis("left"), plot.getAxis("bottom")):
-                # No axis has a unit, so none shows an SI prefix; pyqtgraph would still re-render the label and
-                # re-size the axis on every range change.
-                axis.enableAutoSIPrefix(False)
-                # Major and minor ticks only: the third level pyqtgraph computes is too dense to be drawn at
-                # these sizes, yet costs a third of each axis's (Python) redraw.
-                axis.setStyle(maxTickLevel=1)
-            # Room for the widest tick label these plots usually show, reserved once: were it to follow the
-            # labels, a new value could resize the axis, and with it the grid, and every plot would be
-            # laid out and repainted again.
-            plot.getAxis("left").setStyle(tickTextWidth=tick_text_width, autoExpandTextSpace=False)
+            self.grab(self.mapFromScene(plot.sceneBoundingRect()).boundingRect())
+            yield
 
     def _share_x_range(self, view, x_range) -> None:
         """The step range one plot now shows, given to the others. Setting an equal range emits nothing, so the

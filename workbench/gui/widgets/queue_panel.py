@@ -2,7 +2,7 @@
 
 The queue is ``core.run_queue``'s (``<runs_root>/.queue``), the same one ``workbench queue`` shows and runs, so
 entries added from the command line appear here and the other way round; a 2 s timer re-reads it while the tab is
-shown (a few small JSON files). "Queue these settings" adds the window's current run file, "Queue sweep" adds one run
+shown, in a background job (a few small JSON files, but a slow or busy disk must not hold the window). "Queue these settings" adds the window's current run file, "Queue sweep" adds one run
 per value of a grid (``lora.r=2,8,32``), Up / Down / Remove act on pending entries, and Run queue starts the runner
 (``QueueWorker``, each run its own process) until the queue is empty or Stop is pressed.
 """
@@ -40,6 +40,9 @@ class QueuePanel(QWidget):
         self.root: Path | None = None
         self.entries: list[run_queue.QueueEntry] = []
         self.runner = None  # the QueueWorker while the queue runs
+        self._reading = self._read_again = False  # a background read of the queue is under way / asked for again
+        self._edits = 0  # queues shown by reload_now: a background read that began before one is out of date
+        self._after_read: list[Callable[[], None]] = []  # refresh(then=...): called once the queue has been read
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -97,7 +100,8 @@ class QueuePanel(QWidget):
 
     def set_root(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.refresh()
+        if self.isVisible():  # else when shown
+            self.refresh()
 
     def showEvent(self, event) -> None:
         self._timer.start()
@@ -110,11 +114,51 @@ class QueuePanel(QWidget):
         super().hideEvent(event)
 
     # -- showing ----------------------------------------------------------------------------------------
-    def refresh(self) -> None:
+    def refresh(self, then: Callable[[], None] | None = None) -> None:
+        """Re-read the queue in a background job and show it when read (then call ``then``): the 2 s timer does
+        this while the tab is shown, and a slow or busy disk must never hold the window. One read at a time; a
+        refresh asked for meanwhile reads again once it is done."""
+        if then is not None:
+            self._after_read.append(then)
+        self._update_buttons()  # what does not need the files (the window may have set config_source since)
         if self.root is None:
+            self._call_after_read()
             return
+        if self._reading:
+            self._read_again = True
+            return
+        self._reading, self._read_again = True, False
+        root, edits = self.root, self._edits
+        worker = workers.FunctionWorker(lambda: run_queue.queue_entries(root), "Reading the run queue")
+        # Dropped if the root changed meanwhile, or an edit here showed a newer queue than this read saw.
+        worker.result.connect(lambda entries: self._show(entries) if (root, edits) == (self.root, self._edits)
+                              else None)
+        worker.failed.connect(lambda message, _details: self.status.setText(message.splitlines()[0]))
+        worker.finished.connect(self._read_done)
+        self.start_job(worker)
+
+    def _read_done(self) -> None:
+        self._reading = False
+        if self._read_again:
+            self.refresh()
+        else:
+            self._call_after_read()
+
+    def _call_after_read(self) -> None:
+        callbacks, self._after_read = self._after_read, []
+        for callback in callbacks:
+            callback()
+
+    def reload_now(self) -> None:
+        """Read the queue on this thread and show it: after an edit made here (which wrote its file on this
+        thread already), so that the table shows it at once."""
+        if self.root is not None:
+            self._edits += 1
+            self._show(run_queue.queue_entries(self.root))
+
+    def _show(self, entries: list) -> None:
         selected = self.selected()
-        self.entries = run_queue.queue_entries(self.root)
+        self.entries = entries
         self.table.setRowCount(len(self.entries))
         for row, e in enumerate(self.entries):
             for col, text in enumerate((e.id, e.name, e.group or "", e.status, e.run_dir or "", e.message)):
@@ -160,7 +204,7 @@ class QueuePanel(QWidget):
             # A ConfigError lists its problems on the lines after its heading: all of them, on one line.
             text = " ".join(line.strip() for line in exc.message.splitlines() if line.strip())
             self.status.setText(text + (f" — {exc.hint}" if exc.hint else ""))
-        self.refresh()
+        self.reload_now()
 
     # -- editing ----------------------------------------------------------------------------------------
     def add_current(self) -> None:
@@ -230,5 +274,4 @@ class QueuePanel(QWidget):
 
     def _runner_done(self) -> None:
         self.runner = None
-        self.refresh()
-        self.runnerEnded.emit()
+        self.refresh(then=self.runnerEnded.emit)  # once the table shows how the runs ended

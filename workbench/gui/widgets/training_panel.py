@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import html
 import threading
+from typing import Iterator
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QRect, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QDoubleSpinBox, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTabWidget,
     QVBoxLayout, QWidget,
@@ -25,7 +26,7 @@ from workbench.core.events import (
     CheckpointSaved, Evaluation, Failed, Finished, Message, Paused, Progress, Resumed, RunStarted, Sample, Step,
 )
 
-from .lazy_plot import LazyPlot, evaluation_plots, metrics_plots, preference_plots
+from .lazy_plot import IdleSteps, LazyPlot, evaluation_plots, metrics_plots, preference_plots
 from .run_location import RunLocation
 from .summary_bar import human_bytes
 
@@ -121,6 +122,7 @@ class TrainingPanel(QWidget):
         self.preference_plots = LazyPlot(preference_plots)  # a DPO/ORPO/KTO run's rewards: shown once a step has them
         self.preference_plots.hide()
         self._run_config: dict = {}  # the running run's config (RunStarted), for evaluation plots built late
+        self._prerendering: IdleSteps | None = None  # the live plots' first paint, done off screen in idle turns
         self.samples = QPlainTextEdit(readOnly=True)
         self.samples.setPlaceholderText("Generations for the sample prompts appear here during training "
                                         "(set sample prompts and a sample interval in Settings).")
@@ -169,6 +171,35 @@ class TrainingPanel(QWidget):
         self.checkpoint_button.clicked.connect(self.request_checkpoint)
         self.smoothing.valueChanged.connect(lambda weight: self.plots.set_smoothing(weight))  # not built yet
         self._update_buttons()
+
+    def prebuild_plots(self) -> None:
+        """Build the live plots now, one per event-loop turn, while the window is idle (the window calls this
+        once the warm-up has imported pyqtgraph), then paint them once off screen, again one per turn. Built at
+        the first Start instead, all five at once held the GUI thread for ~60 ms there, their first paint another
+        ~15 ms, and each several times that with the new run's thread competing for the GIL."""
+        if not self.plots.built and self._prerendering is None:
+            self.plots.ready.connect(self._prerender_plots)
+            self.plots.prebuild()
+
+    @property
+    def prebuilding(self) -> bool:
+        """Whether ``prebuild_plots`` is still building or painting the plots."""
+        return self.plots.prebuilding or (self._prerendering is not None and self._prerendering.running)
+
+    def _prerender_plots(self) -> None:
+        if self._prerendering is None and not self.isVisible() and self.parentWidget() is not None:
+            self._prerendering = IdleSteps(self, self._prerender_steps())
+
+    def _prerender_steps(self) -> Iterator[None]:
+        # A hidden tab page has no size of its own yet: the one it will be shown at is its stack's. A 1-pixel
+        # grab sends the pending resize events down the tab, which lays out the splitters and the plots.
+        self.setGeometry(self.parentWidget().rect())
+        self.grab(QRect(0, 0, 1, 1))
+        yield
+        for _ in self.plots.prerender():
+            if self.isVisible():  # shown meanwhile: painted for real
+                return
+            yield
 
     # -- run life cycle -------------------------------------------------------------------------------
     def begin_run(self, control: RunControl) -> None:
