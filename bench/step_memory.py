@@ -1,5 +1,4 @@
-"""One training step's saved activations and time, PEFT's LoRA forward against the engine's (core/lora_forward.py)
-and with the engine's selective activation checkpointing (core/checkpointing.py).
+"""One training step's saved activations and time, PEFT's LoRA forward against the engine's (core/lora_forward.py).
 
 The saved activations are what autograd keeps from the forward pass for the backward pass — the part of a step's
 memory that grows with the batch, and what decides its peak. They are counted exactly, by a
@@ -29,7 +28,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-WAYS = ("peft", "engine", "engine+selective")
+WAYS = ("peft", "engine")
 
 
 def build(layers: int | None, way: str):
@@ -37,8 +36,6 @@ def build(layers: int | None, way: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from workbench.core.builtin import ensure_builtin
-    if way == "engine+selective":
-        from workbench.core.checkpointing import enable_selective_checkpointing
     from workbench.core.lora_forward import install_fused_lora_forward
 
     config = AutoConfig.from_pretrained(ensure_builtin())
@@ -47,8 +44,6 @@ def build(layers: int | None, way: str):
     config.use_cache = False
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if way == "engine+selective":
-        enable_selective_checkpointing(model)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     for name, p in model.named_parameters():
