@@ -146,6 +146,9 @@ def test_a_stopped_run_from_an_sft_adapter_resumes_onto_the_uninterrupted_curve(
     stopped, resumed, straight = stopped_resumed_and_straight(config, 2, tmp_path)
     assert (stopped.status, stopped.final_step) == ("stopped", 2)
     assert resumed.final_step == 4
+    checkpoints = sorted((stopped.run_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "adapter_model.safetensors").is_file() for c in checkpoints)
+    assert not [c for c in checkpoints if (c / "ref").exists()], "TRL's reference copy is rebuilt, not checkpointed"
     assert len(step_metric(stopped.run_dir, "rewards/margins")) == 4
     assert step_metric(stopped.run_dir, "rewards/margins") == pytest.approx(step_metric(straight.run_dir, "rewards/margins"),
                                                                            rel=1e-4, abs=1e-6)

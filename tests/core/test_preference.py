@@ -88,6 +88,9 @@ def test_a_stopped_dpo_run_resumes_onto_the_uninterrupted_curve(tiny_model_dir, 
     stopped, resumed, straight = stopped_resumed_and_straight(config, 2, tmp_path)
     assert stopped.status == "stopped" and stopped.final_step == 2
     assert resumed.final_step == 6
+    checkpoints = sorted((stopped.run_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "adapter_model.safetensors").is_file() for c in checkpoints)
+    assert not [c for c in checkpoints if (c / "ref").exists()], "TRL's reference copy is rebuilt, not checkpointed"
     assert len(step_metric(stopped.run_dir, "rewards/margins")) == 6
     assert step_metric(stopped.run_dir, "rewards/margins") == pytest.approx(step_metric(straight.run_dir, "rewards/margins"),
                                                                            rel=1e-4, abs=1e-6)

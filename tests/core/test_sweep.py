@@ -119,3 +119,17 @@ def test_one_runner_per_queue(config, tmp_path):
     with acquire(folder / ".runner.lock"):
         with pytest.raises(run_queue.QueueBusy, match="is being run already"):
             run_queue.run_queue(tmp_path / "runs")
+
+
+def test_set_changes_a_field_of_every_run_of_the_sweep(config, tmp_path, capsys):
+    from workbench.core.config import RunConfig
+
+    config.save(tmp_path / "run.toml")
+    assert main(["sweep", str(tmp_path / "run.toml"), "--list", "lora.r=2,4", "--list", "lora.alpha=4,8",
+                 "--set", "training.max_steps=7", "--set", "eval.max_examples=3", "--no-run"]) == 0
+    entries = run_queue.queue_entries(tmp_path / "runs")
+    queued = [RunConfig.from_toml(run_queue.queue_dir(tmp_path / "runs") / f"{e.id}.toml") for e in entries]
+    assert [(c.lora.r, c.lora.alpha, c.training.max_steps, c.eval.max_examples) for c in queued] == [
+        (2, 4.0, 7, 3), (4, 8.0, 7, 3)]
+    assert config.training.max_steps == 2, "the run file itself is not changed"
+    assert RunConfig.from_toml(tmp_path / "run.toml").training.max_steps == 2

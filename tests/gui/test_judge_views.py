@@ -123,13 +123,46 @@ def test_the_sweep_table_and_trade_off_plot_show_the_runs_recorded_numbers(qtbot
     view.quality_box.setCurrentIndex(view.quality_box.findData("last_loss"))
     view.draw()
     assert [y for _, y, _ in view.plotted] == [r.last_loss for r in rows]
-    # Retention from each run's last evaluation, as metrics.jsonl has it; higher agreement is better for the front.
-    last_agreement = [[e for e in read_events(d) if e.kind == "evaluation"][-1].metrics["retention_agreement"]
-                      for d in sweep_runs]
+    # Retention at the step of each run's best checkpoint (best_metric eval_loss: its lowest after step 0, the
+    # earliest on a tie), as metrics.jsonl has it; higher agreement is better for the front.
+    at_best = []
+    for d in sweep_runs:
+        trained = [e for e in read_events(d) if e.kind == "evaluation" and e.step > 0]
+        best = min(trained, key=lambda e: (e.eval_loss, e.step))
+        at_best.append((best.metrics["retention_agreement"], best.step))
     view.quality_box.setCurrentIndex(view.quality_box.findData("retention_agreement"))
     view.draw()
-    assert [y for _, y, _ in view.plotted] == last_agreement
+    assert [y for _, y, _ in view.plotted] == [a for a, _ in at_best]
     assert view.front == [view.plotted[i] for i in pareto_front([(x, -y) for x, y, _ in view.plotted])]
+    headers = [view.table.horizontalHeaderItem(c).text() for c in range(view.table.columnCount())]
+    column = headers.index("agreement with base")
+    assert [view.table.item(i, column).text() for i in range(3)] == [f"{a:.4g} @ {step}" for a, step in at_best]
+
+
+def test_the_sweep_table_shows_each_metrics_best_evaluation_and_its_step(qtbot, tmp_path):
+    from sweep_folders import EVALUATIONS, write_run_folder
+
+    dirs = [write_run_folder(tmp_path, "ranks-r2", 2, EVALUATIONS), write_run_folder(tmp_path, "ranks-r8", 8, EVALUATIONS[:3])]
+    view = SweepView()
+    qtbot.addWidget(view)
+    view.set_runs(dirs)
+    with qtbot.waitSignal(view.loaded, timeout=60_000):
+        view.show()
+    headers = [view.table.horizontalHeaderItem(c).text() for c in range(view.table.columnCount())]
+    cell = {name: [view.table.item(i, headers.index(name)).text() for i in range(2)]
+            for name in ("Best eval loss", "exact JSON", "JSON fields", "valid JSON", "perplexity",
+                         "agreement with base", "perplexity ÷ base")}
+    # EVALUATIONS: json_exact peaks at step 20 (0.75) and ends at 0.65; the second run stops at step 20.
+    assert cell == {"Best eval loss": ["0.03 @ 40", "0.05 @ 20"], "exact JSON": ["0.75 @ 20", "0.75 @ 20"],
+                    "JSON fields": ["0.9 @ 20", "0.9 @ 20"], "valid JSON": ["0.8 @ 30", "0.7 @ 20"],
+                    "perplexity": ["1.1 @ 30", "1.3 @ 20"], "agreement with base": ["0.9 @ 20", "0.9 @ 20"],
+                    "perplexity ÷ base": ["1.05 @ 20", "1.05 @ 20"]}
+    assert "best evaluation" in view.table.horizontalHeaderItem(headers.index("exact JSON")).toolTip()
+    assert "best checkpoint" in view.table.horizontalHeaderItem(headers.index("agreement with base")).toolTip()
+    view.quality_box.setCurrentIndex(view.quality_box.findData("json_exact"))
+    view.draw()
+    assert [(x, y) for x, y, _ in view.plotted] == [(2000.0, 0.75), (8000.0, 0.75)], "the best, not the last 0.65"
+    assert view.front == [view.plotted[0]], "the same quality for fewer parameters"
 
 
 def test_the_window_runs_tab_shows_a_runs_evaluation_curves_and_queues_the_settings(window, qtbot, sweep_runs):

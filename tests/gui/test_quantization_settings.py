@@ -144,3 +144,21 @@ def test_every_choice_has_a_plain_description(value):
     from workbench.core.quantization import QUANTIZATIONS
 
     assert QUANTIZATIONS[value] and quantization_settings.QuantizationSettings._quantization_text(value)
+
+
+def test_gradient_checkpointing_shows_automatic_until_the_user_chooses(window, tmp_path, tiny_model_dir):
+    """Unset, the engine turns checkpointing on for a quantized base: the form says "automatic" (a check box showed
+    "off" for what the run would do) and each choice reaches the run configuration, and back."""
+    from workbench.core.config import RunConfig
+
+    combo = window.form.editors["training.gradient_checkpointing"].widget
+    assert window.store.config.training.gradient_checkpointing is None and combo.currentText() == "automatic"
+    for text, value in (("on", True), ("off", False), ("automatic", None)):
+        combo.setCurrentIndex(combo.findText(text))
+        combo.activated.emit(combo.currentIndex())
+        assert window.store.config.training.gradient_checkpointing is value
+    path = tmp_path / "gc.toml"
+    RunConfig.from_dict({"model": {"source": str(tiny_model_dir("llama"))},
+                         "training": {"gradient_checkpointing": False}}).save(path)
+    window.open_run(path)
+    assert combo.currentText() == "off"

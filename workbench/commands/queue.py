@@ -49,6 +49,9 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", dest="paired", action="append", default=[], metavar="FIELD=V1,V2,…",
                    help="vary fields together: the first values make the first run, and so on")
     p.add_argument("--name", help="the sweep's name (default: the run file's output.name, else 'sweep')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a field of the run file for every run of the sweep (e.g. training.max_steps=20), "
+                        "as `workbench train --set` does")
 
 
 def _points(args: argparse.Namespace):
@@ -56,6 +59,8 @@ def _points(args: argparse.Namespace):
     from workbench.core.sweep import expand, parse_axes
 
     config = RunConfig.from_toml(args.run_file)
+    if args.overrides:
+        config = config.with_overrides(args.overrides)
     if args.grid and args.paired:
         raise ConfigError(["--grid and --list cannot be mixed in one sweep"], "the sweep",
                           "use --grid for every combination, or --list for values that go together")
@@ -75,7 +80,9 @@ def run_queue_command(args: argparse.Namespace) -> int:
                 entry = run_queue.add_to_queue(point.config, name=point.name)
                 print(f"queued {entry.id} {entry.name}")
         else:
-            entry = run_queue.add_to_queue(RunConfig.from_toml(args.run_file), name=args.name)
+            config = RunConfig.from_toml(args.run_file)
+            entry = run_queue.add_to_queue(config.with_overrides(args.overrides) if args.overrides else config,
+                                           name=args.name)
             print(f"queued {entry.id} {entry.name}")
         return 0
     root = args.root or _default_root()
@@ -164,16 +171,32 @@ def _sweep_columns(rows, varied) -> str:
 
     from .runs import _duration, _number
 
-    # Task metrics and retention from each run's last evaluation, when the runs computed them ([eval]).
-    shown = [k for k in ("exact_match", "json_fields", "label", "regex", "retention_agreement", "retention_ppl_ratio")
-             if any(k in r.extra for r in rows)]
+    # Task metrics: each metric's best evaluation after step 0 (by its direction) and its step; retention at the
+    # step of the best checkpoint (core/sweep.best_metrics).
+    shown = [k for k in ("json_exact", "exact_match", "json_fields", "json_valid", "label", "regex", "perplexity",
+                         "eval_accuracy", "eval_f1", "retention_agreement", "retention_ppl_ratio")
+             if any(k in r.best for r in rows)]
     header = ("", "NAME", *varied, "STATUS", "TRAINABLE", "ADAPTER", "TIME", "LOSS", "BEST EVAL",
-              *(k.upper() for k in shown))
+              *(f"BEST {k.removeprefix('eval_').upper()}" if not k.startswith("retention_") else k.upper()
+                for k in shown))
     table = [header]
     for r in rows:
+        eval_loss = r.best.get("eval_loss")
         table.append(("*" if r.on_front else "", r.name, *(r.values[k] for k in varied), r.status,
                       f"{r.trainable_params:,}" if r.trainable_params is not None else "-",
                       format_size(r.adapter_bytes) if r.adapter_bytes is not None else "-",
-                      _duration(r.duration_s), _number(r.last_loss), _number(r.best_eval_loss),
-                      *(_number(r.extra.get(k)) for k in shown)))
-    return _columns(table) + "\n* on the Pareto front: no other run has fewer trainable parameters and a lower loss"
+                      _duration(r.duration_s), _number(r.last_loss),
+                      _at(eval_loss) if eval_loss is not None else _number(r.best_eval_loss),
+                      *(_at(r.best.get(k)) for k in shown)))
+    notes = "\n* on the Pareto front: no other run has fewer trainable parameters and a lower loss"
+    notes += "\nBEST …: the best evaluation after step 0 @ its step"
+    if any(k.startswith("retention_") for k in shown):
+        notes += "; RETENTION_…: at the step of the best checkpoint (eval.best_metric)"
+    return _columns(table) + notes
+
+
+def _at(best) -> str:
+    """``0.8125 @40``: a metric's best value and the step it came from."""
+    from .runs import _number
+
+    return "-" if best is None else f"{_number(best.value)} @{best.step}"

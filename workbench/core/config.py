@@ -10,7 +10,6 @@ TOML has no ``null``, so fields whose value is ``None`` are left out when writin
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import WorkbenchError
+from .config_messages import ConfigError, describe_validation_error, parse_block_spec
 from .paths import not_regular_problem
 
 __all__ = [
@@ -32,6 +31,8 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "DEFAULT_PRESET",
+    "describe_validation_error",
+    "parse_block_spec",
 ]
 
 # Layer presets understood by core.layers; kept here so the schema can validate them without importing torch.
@@ -46,30 +47,10 @@ PRESETS: dict[str, str] = {
 DEFAULT_PRESET = "all-linear"
 
 
-class ConfigError(WorkbenchError, ValueError):
-    """A run configuration that cannot be used. ``problems`` holds one line per bad field."""
-
-    def __init__(self, problems: list[str], source: str | None = None, hint: str | None = None):
-        self.problems = problems
-        self.source = source
-        head = f"invalid run configuration{f' in {source}' if source else ''}:"
-        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]), _config_hint(source) if hint is None else hint)
-
-
-def _config_hint(source: str | None) -> str:
-    """What to do about a configuration error, by where the configuration came from."""
-    if source == "--set":
-        return "fix the --set KEY=VALUE option named above (values are TOML: numbers bare, text in quotes)"
-    if source == "command line":
-        return "fix the option named above; `workbench inspect --help` lists them"
-    if source:
-        return f"edit {source}: each line above names a field, the value found and what is allowed"
-    return "each line above names a field, the value found and what is allowed"
-
-
 class _Section(BaseModel):
     # extra="forbid": unknown keys are errors; strict: no silent coercion ("8" is not a rank, true is not 1);
-    # validate_assignment: the GUI edits fields in place and gets the same checks; allow_inf_nan=False: no
+    # validate_assignment: a field assigned after construction gets the same checks (the window never does
+    # it: its ConfigStore builds a new config with copy_with); allow_inf_nan=False: no
     # setting means anything as inf or nan (epochs = inf passed, then the Trainer overflowed mid-start).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
@@ -250,7 +231,7 @@ class TrainingConfig(_Section):
     sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens generated per sample prompt.")
 
 
-ScorerName = Literal["exact_match", "regex", "json_valid", "json_fields", "label", "perplexity"]
+ScorerName = Literal["exact_match", "regex", "json_valid", "json_exact", "json_fields", "label", "perplexity"]
 # What a classification run's evaluation computes (core/classification.ClassificationMetrics); any of them can pick
 # the best checkpoint. mse and mae (regression) are better when lower.
 CLASSIFIER_METRICS = ("accuracy", "f1", "exact_match", "mse", "mae")
@@ -261,7 +242,7 @@ class EvalConfig(_Section):
     scorers: list[ScorerName] = Field(
         default_factory=list,
         description="Task metrics computed at each evaluation on the validation rows (see core/scorers.py): "
-                    "exact_match, regex, json_valid, json_fields, label (generate and compare with the reference "
+                    "exact_match, regex, json_valid, json_exact, json_fields, label (generate and compare with the reference "
                     "answer) and perplexity (from the evaluation loss).")
     regex: str | None = Field(None, description="The pattern the 'regex' scorer looks for in each generated answer.")
     normalize: bool = Field(False, description="exact_match ignores case and runs of whitespace.")
@@ -456,82 +437,8 @@ def field_help() -> dict[str, str]:
     return out
 
 
-def parse_block_spec(spec: str) -> list[int]:
-    """'8-15' → [8..15]; '0,2,4-6' → [0, 2, 4, 5, 6]. Raises ValueError with the bad part named."""
-    blocks: set[int] = set()
-    for part in spec.replace(" ", "").split(","):
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:[-–:](\d+))?", part)
-        if not m:
-            raise ValueError(f"block range {part!r} is not N or A-B (e.g. '8-15' or '0,2,4-6')")
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) is not None else a
-        if b < a:
-            raise ValueError(f"block range {part!r} ends before it starts")
-        blocks.update(range(a, b + 1))
-    if not blocks:
-        raise ValueError("empty block range; write e.g. '8-15'")
-    return sorted(blocks)
-
-
 def _parse_value(raw: str) -> Any:
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
-
-
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
-    """One readable line per problem: ``section.field: got VALUE — what is allowed``."""
-    problems = []
-    for err in exc.errors():
-        loc = prefix + ".".join(str(p) for p in err["loc"])
-        kind = err["type"]
-        if not err["loc"] and err["msg"].startswith("Value error, "):  # a rule across sections: it names its fields
-            problems.append(err["msg"].removeprefix("Value error, "))
-            continue
-        value = err.get("input")
-        if kind == "extra_forbidden":
-            section = ".".join(str(p) for p in err["loc"][:-1])
-            allowed = _allowed_keys(err["loc"][:-1])
-            problems.append(
-                f"{loc}: unknown key{f' in [{section}]' if section else ''}; allowed: {', '.join(allowed)}"
-            )
-            continue
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if kind == "literal_error":
-            msg = "must be one of " + msg.removeprefix("Input should be ")
-        elif isinstance(value, float) and math.isnan(value):
-            msg = "must be a number (nan is not one)"
-        elif kind in _TYPE_MESSAGES:
-            msg = _TYPE_MESSAGES[kind]
-        elif kind == "model_type" or (kind == "dict_type" and len(err["loc"]) == 1):
-            msg = f"must be a [{loc}] table of settings"
-        elif msg.startswith("Input should be "):  # range and choice errors: "must be greater than 0", …
-            msg = "must be " + msg.removeprefix("Input should be ")
-        problems.append(f"{loc}: got {value!r} — {msg}")
-    return problems
-
-
-# Type errors, said in TOML terms (strict mode: "8" is not a rank, 8.5 is not a batch size, true is not 1).
-_TYPE_MESSAGES = {
-    "int_type": "must be a whole number (an integer such as 8: no quotes, no decimal point)",
-    "float_type": "must be a number such as 0.0002 (without quotes)",
-    "bool_type": "must be true or false (without quotes)",
-    "string_type": 'must be text in quotes, e.g. "value"',
-    "list_type": 'must be a list, e.g. ["a", "b"]',
-    "dict_type": 'must be a table, e.g. {name = "value"}',
-}
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    cls: Any = RunConfig
-    for part in loc:
-        f = cls.model_fields.get(part)
-        if f is None or not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel):
-            return []
-        cls = f.annotation
-    return list(cls.model_fields)

@@ -9,6 +9,8 @@ and afterwards.
                   case and inner runs of whitespace).
 ``regex``         the completion matches ``[eval] regex`` (a task-specific answer format: "^Answer: [A-D]$").
 ``json_valid``    the completion is one JSON value (the first line, when the model rambles on after it).
+``json_exact``    the completion, trimmed, is one JSON value equal to the reference's (same keys, same values; key
+                  order and spacing do not matter): the demo's "exactly right". Nothing may follow it.
 ``json_fields``   the share of the reference JSON object's fields the completion's JSON object has with the
                   same value (0 for a completion that is not a JSON object): partial credit where exact match
                   gives none — the demo's task.
@@ -23,7 +25,7 @@ import math
 import re
 from typing import Any, Callable, Sequence
 
-__all__ = ["SCORERS", "GENERATIVE_SCORERS", "exact_match", "regex_match", "json_valid", "json_fields", "label_match",
+__all__ = ["SCORERS", "GENERATIVE_SCORERS", "exact_match", "regex_match", "json_valid", "json_exact", "json_fields", "label_match",
            "perplexity", "score_all", "parse_json"]
 
 
@@ -57,6 +59,17 @@ def json_valid(prediction: str, reference: str) -> float:
     return float(parse_json(prediction)[0])
 
 
+def json_exact(prediction: str, reference: str) -> float:
+    """1.0 when the whole trimmed completion is one JSON value equal to the reference's JSON value. Unlike
+    ``json_valid`` it does not forgive words after the value: an extractor's output must be the record alone."""
+    try:
+        want = json.loads(reference.strip())
+        got = json.loads(prediction.strip())
+    except (ValueError, RecursionError):
+        return 0.0
+    return float(type(got) is type(want) and got == want)
+
+
 def json_fields(prediction: str, reference: str) -> float:
     ok_ref, ref = parse_json(reference)
     if not ok_ref or not isinstance(ref, dict) or not ref:
@@ -82,6 +95,7 @@ SCORERS: dict[str, Callable[..., float]] = {
     "exact_match": exact_match,
     "regex": regex_match,
     "json_valid": json_valid,
+    "json_exact": json_exact,
     "json_fields": json_fields,
     "label": label_match,
 }

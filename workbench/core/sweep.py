@@ -6,8 +6,14 @@ a normal run folder (under the run file's ``runs_root``) whose ``output.group`` 
 ``workbench runs`` can show them together, and the queue (``core/run_queue.py``) runs them one after another.
 
 After the runs, ``sweep_table`` reads their folders back: the varied values, trainable parameters, adapter size,
-training time, last and best evaluation loss — and ``pareto_front`` marks the runs no other run beats on both cost
-(trainable parameters) and quality (best evaluation loss, else the last training loss): the rank trade-off.
+training time, last and best evaluation loss, and the best value of every metric the evaluations recorded (by that
+metric's direction, with the step it came from) — and ``pareto_front`` marks the runs no other run beats on both
+cost (trainable parameters) and quality (best evaluation loss, else the last training loss): the rank trade-off.
+
+"Best" is over the evaluations after step 0: the evaluation before the first step scores the base model, not
+anything the run trained. Retention is the exception to "best by direction": its best is by construction the
+evaluation that changed the model least, so a row gives it at the step of the run's best checkpoint (the best
+``eval.best_metric``) — what the model you would keep has forgotten.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, RunConfig
+from .config import CLASSIFIER_METRICS, LOWER_IS_BETTER, ConfigError, RunConfig
 
-__all__ = ["SweepPoint", "SweepRow", "parse_axes", "expand", "sweep_table", "pareto_front", "sweep_groups", "varied_fields",
+__all__ = ["SweepPoint", "SweepRow", "Best", "best_metrics", "lower_is_better", "parse_axes", "expand", "sweep_table", "pareto_front", "sweep_groups", "varied_fields",
            "MAX_RUNS"]
 
 MAX_RUNS = 256  # a grid past this is almost surely a typo (4 fields × 5 values is 625 runs)
@@ -144,6 +150,7 @@ class SweepRow:
     best_eval_loss: float | None
     on_front: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # the last evaluation's metrics (task scores, retention)
+    best: dict[str, "Best"] = field(default_factory=dict)  # each metric's best evaluation (see best_metrics)
 
     @property
     def quality(self) -> float | None:
@@ -166,21 +173,78 @@ def sweep_table(run_dirs: Sequence[Path], varied: Sequence[str]) -> list[SweepRo
         except ConfigError:
             data = {}
         values = {key: _lookup(data, key) for key in varied}
-        trainable, last_metrics = None, {}
+        trainable, last_metrics, best = None, {}, {}
         if folder.metrics_file.is_file():
             events = read_events(run_dir)
             started = [e for e in events if e.kind == "run_started"]
             trainable = started[0].trainable_params if started else None
             evaluations = [e for e in events if e.kind == "evaluation"]
             last_metrics = dict(evaluations[-1].metrics) if evaluations else {}
+            best = best_metrics(evaluations, _lookup(data, "eval.best_metric") if data else "eval_loss")
         weights = folder.adapter_dir / "adapter_model.safetensors"
         rows.append(SweepRow(summary.name, Path(run_dir), summary.status.value, values, trainable,
                              weights.stat().st_size if weights.is_file() else None, summary.duration_s,
-                             summary.last_loss, summary.best_eval_loss, extra=last_metrics))
+                             summary.last_loss, summary.best_eval_loss, extra=last_metrics, best=best))
     front = pareto_front([(r.trainable_params, r.quality) for r in rows])
     for i in front:
         rows[i].on_front = True
     return rows
+
+
+@dataclass(frozen=True)
+class Best:
+    """A metric's best value over a run's evaluations and the step it came from; ``at_best_checkpoint`` when it is
+    not the metric's own best but its value at the step of the best checkpoint (retention)."""
+
+    value: float
+    step: int
+    at_best_checkpoint: bool = False
+
+
+RETENTION_METRICS = ("retention_agreement", "retention_ppl_ratio")
+
+
+def lower_is_better(name: str) -> bool | None:
+    """A metric's direction: True when lower is better (losses, perplexity, perplexity ÷ base, mse), False when
+    higher is (the scorers, a classifier's accuracy and F1, agreement with the base), None for what is no quality
+    measure at all (the evaluation's runtime, samples per second)."""
+    from .scorers import SCORERS
+
+    bare = name.removeprefix("eval_")
+    if name in LOWER_IS_BETTER or bare in LOWER_IS_BETTER or bare == "retention_ppl_ratio":
+        return True
+    if bare in SCORERS or bare in CLASSIFIER_METRICS or bare == "retention_agreement":
+        return False
+    return None
+
+
+def best_metrics(evaluations: Sequence[Any], best_metric: str = "eval_loss") -> dict[str, Best]:
+    """``{metric: Best}`` from a run's evaluation events (``step``, ``eval_loss``, ``metrics``): each quality
+    metric's best value after step 0 by its direction, the earliest step on a tie (as the Trainer keeps the first
+    best checkpoint); ``eval_loss`` included. Retention is given at the step where ``best_metric`` was best."""
+    trained = [e for e in evaluations if e.step > 0]
+    series: dict[str, list[tuple[int, float]]] = {}
+    for e in trained:
+        for name, value in {"eval_loss": e.eval_loss, **e.metrics}.items():
+            if isinstance(value, (int, float)) and math.isfinite(value) and lower_is_better(name) is not None:
+                series.setdefault(name, []).append((e.step, float(value)))
+    best: dict[str, Best] = {}
+    for name, points in series.items():
+        sign = 1.0 if lower_is_better(name) else -1.0
+        step, value = min(points, key=lambda p: (sign * p[1], p[0]))
+        best[name] = Best(value, step)
+    key = best_metric if best_metric in best else f"eval_{best_metric}"
+    if key in best:
+        for name in RETENTION_METRICS:
+            value = dict(series.get(name, [])).get(best[key].step)
+            if value is not None:
+                best[name] = Best(value, best[key].step, at_best_checkpoint=True)
+            else:
+                best.pop(name, None)
+    else:
+        for name in RETENTION_METRICS:
+            best.pop(name, None)
+    return best
 
 
 def _lookup(data: dict[str, Any], key: str) -> str:

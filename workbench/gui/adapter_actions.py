@@ -1,12 +1,10 @@
-"""What the window does with finished runs and adapters: resume a run, export or merge an adapter, write a
-launch script, inspect an adapter, load the playground. A mixin of ``MainWindow``: each action starts its job
-through the window's ``_start``, so closing waits for it."""
+"""What the window does with finished runs and adapters: export or merge an adapter, write a launch script,
+inspect an adapter, load the playground (resuming a run is ``run_controller``'s). A mixin of ``MainWindow``: each
+action starts its job through the window's ``_start`` (its ``JobRunner``), so closing waits for it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from workbench.core.control import RunControl
 
 from . import workers
 from .widgets.export_dialog import ExportDialog
@@ -14,22 +12,7 @@ from .widgets.launch_dialog import LaunchScriptDialog
 
 
 class AdapterActionsMixin:
-    # -- runs, export, inspection, playground ------------------------------------------------------------
-    def resume_run(self, run_dir: str) -> None:
-        if self.training.running:
-            self.show_error("Resume", "A run is already training in the window; stop it first.")
-            return
-        control = RunControl()
-        worker = workers.ResumeWorker(run_dir, control)
-        worker.event.connect(self.training.handle)
-        worker.result.connect(self._training_done)
-        worker.failed.connect(self._training_failed)
-        worker.finished.connect(self._training_ended)
-        worker.finished.connect(self.runs.clear_busy)
-        self.runs.set_busy(run_dir, True)
-        self._show_training_tab(control)
-        self._start(worker)
-
+    # -- export, inspection, playground -------------------------------------------------------------------
     def _base_for(self, adapter: str) -> str:
         """The base model of a run's adapter: its run.toml's model source; else the open model."""
         from workbench.core.runs import load_config

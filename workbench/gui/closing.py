@@ -4,8 +4,6 @@ to end on their own). Every question is asked without blocking. A part of ``Main
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
@@ -35,7 +33,7 @@ class ClosingMixin:
             choice = box.standardButton(box.clickedButton())
             if choice == QMessageBox.StandardButton.Discard or (
                     choice == QMessageBox.StandardButton.Save and self.save_run()):
-                self._discard_confirmed = True
+                self.files.discard_confirmed = True
                 self.close()
 
         box.finished.connect(answered)
@@ -75,26 +73,8 @@ class ClosingMixin:
         self.training_close_box = box
         box.open()
 
-    def _continue_elsewhere(self, result) -> None:
-        """The run stopped for "keep it running": resume it in a process that outlives the window."""
-        if self._training_close_choice != "continue" or getattr(result, "status", "") != "stopped":
-            return
-        from workbench.core.external_run import continue_detached
-
-        try:
-            self.continued_process = continue_detached(Path(result.run_dir))
-        except OSError as exc:
-            self.show_error("Cannot keep the run running", f"The process that continues {result.run_dir} could not "
-                            f"start: {exc}. The run is stopped with a checkpoint; resume it from the Runs tab or with "
-                            f"`workbench resume {result.run_dir}`.")
-            self._training_close_choice = ""
-            try:  # stay open, with the message on screen
-                self.training_ended.disconnect(self.close)
-            except (RuntimeError, TypeError):
-                pass
-
     def closeEvent(self, event) -> None:
-        if self.store.dirty and self.ask_before_discarding and not self._discard_confirmed:
+        if self.files.needs_saving:
             self._ask_to_save_before_closing()
             event.ignore()
             return
@@ -118,8 +98,8 @@ class ClosingMixin:
             # then go (``_abandon_jobs``). Nothing it reports afterwards reaches a widget.
             if not self._closing:
                 self._closing = True
-                for job in list(self._running_jobs):
-                    job.cancel()
+                self.job_runner.accepting = False
+                self.job_runner.cancel_all()
                 QTimer.singleShot(CLOSE_WAIT_MS, self._abandon_jobs)
             self.hide()
             event.ignore()
@@ -127,13 +107,15 @@ class ClosingMixin:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()
         self._closed = True  # closed for good: a job a late slot starts now is cancelled at once (``_start``)
+        self.job_runner.accepting = False
         super().closeEvent(event)
         # A window that was hidden while its jobs ended is not "the last window closed" to Qt, so the application
         # would run on with no window at all: say so, and the application quits (app.main connects it).
         self.closed.emit()
 
     def showEvent(self, event) -> None:
-        self._closed = False  # shown again after closing: its jobs may run
+        self._closed = False  # shown again after closing: its jobs may run (unless closing is still under way)
+        self.job_runner.accepting = not self._closing
         super().showEvent(event)
 
     def event(self, event) -> bool:
@@ -142,7 +124,7 @@ class ClosingMixin:
 
         Each ``Job`` is a child of the window, and its timer is what notices that its thread has ended; deleting
         the window deleted them with it, so they never said ``ended``, ``_jobs`` never fell to 0, and the
-        ``_abandon_jobs`` timer died too. ``_job_done`` deletes the window once the count is 0."""
+        ``_abandon_jobs`` timer died too. ``_jobs_idle`` deletes the window once the count is 0."""
         if event.type() == QEvent.Type.DeferredDelete and self._jobs:
             self._delete_when_jobs_end = True
             if not self._closing:  # nothing new may start, and the running jobs are cancelled and then abandoned
@@ -153,7 +135,4 @@ class ClosingMixin:
     def _abandon_jobs(self) -> None:
         """Closing: jobs whose threads did not end within ``CLOSE_WAIT_MS`` of being cancelled are left to end
         on their own; the window goes now."""
-        for job in list(self._running_jobs):
-            job.abandon()
-        if self._jobs:  # counted but not listed: look again shortly rather than stay open
-            QTimer.singleShot(CLOSE_WAIT_MS, self._abandon_jobs)
+        self.job_runner.abandon_all()

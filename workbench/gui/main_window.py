@@ -1,11 +1,17 @@
 """The main window: seven tabs (model and layers, settings, data, train, runs, inspect adapter, playground) over
-one ``ConfigStore``. Its menus and remembered settings live in ``window_menus``, the actions on finished runs and
-adapters (resume, export, inspect, playground) in ``adapter_actions``, run files in ``run_files`` and closing in
-``closing``: mixins of this one class, each a concern of its own.
+one ``ConfigStore``, composed with the controllers that own the window's state and wired to them.
 
-The window wires panels to the store and to background workers; it holds no logic of its own beyond
-deciding when a job may start. Long jobs (opening a model, reading data, training) run in workers on
-background threads (the ``workers`` package); results come back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
+* ``JobRunner`` (``workers.jobs``) starts every job (the window's, and the dialogs' and panels' it hands its
+  ``start`` to) and counts them, so closing can wait for them;
+* ``ModelController`` (``model_controller``): opening a base, the layer tree and its selection, the summary;
+* ``RunController`` (``run_controller``): a run in this process, new or resumed, and its hand-off on quitting;
+  ``ExternalRunController`` (``external_run``): a run in a separate process;
+* ``RunFilesController`` (``run_files``): new / open / save / save as, the title, "ask before discarding".
+
+Controllers talk to widgets only through the signals wired here. What is left in the window's own mixins:
+menus and remembered settings (``window_menus``), the actions on finished runs and adapters (``adapter_actions``)
+and closing (``closing``). Long jobs run in workers on background threads (the ``workers`` package); results come
+back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
 Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
 outcome of each job instead of sleeping.
 """
@@ -21,7 +27,6 @@ from PySide6.QtWidgets import (
     QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget,
 )
 
-from workbench.core.config import ConfigError
 from workbench.core.control import RunControl
 
 from . import workers
@@ -29,21 +34,24 @@ from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: 
 from .adapter_actions import AdapterActionsMixin
 from .config_store import ConfigStore
 from .external_run import ExternalRunController
-from .run_files import RUN_FILE_FILTER, RunFilesMixin  # noqa: F401
+from .model_controller import ModelController
+from .recents import Recents
+from .run_controller import RunController
+from .run_files import RUN_FILE_FILTER, RunFilesController  # noqa: F401
+from .window_compat import WindowCompatMixin
 from .window_menus import MenusMixin
 from .widgets.data_panel import DATA_SUFFIXES, DataPanel, inspect_data
 from .widgets.export_dialog import ExportDialog
 from .widgets.inspection_panel import InspectionPanel
 from .widgets.launch_dialog import LaunchScriptDialog
 from .widgets.layer_panel import LayerPanel
-from .widgets.layer_tree_model import LayerTreeModel
 from .widgets.model_picker import ModelPicker
 from .widgets.playground import Playground
 from .widgets.runs_panel import RunsPanel
 from .widgets.settings_form import SettingsForm
 from .widgets.training_panel import TrainingPanel
 
-class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, QMainWindow):
+class MainWindow(WindowCompatMixin, MenusMixin, AdapterActionsMixin, ClosingMixin, QMainWindow):
     closed = Signal()  # closed for good (after any question and the jobs' end): the application may quit
     model_opened = Signal()
     model_failed = Signal(str)
@@ -58,23 +66,14 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
         self.settings = settings or QSettings("LoRA Workbench", "LoRA Workbench")
+        self.recents = Recents(self.settings)
         self.store = ConfigStore(self)
-        self.overview = None  # core.models.ModelOverview of the open model
-        self.device_kind, self.available_memory, self.device_text = "cpu", None, ""
         self.error_box: QMessageBox | None = None
         self.consent_box: QMessageBox | None = None  # "trust this model's pickle files / code?", while open
         self.save_prompt: QMessageBox | None = None  # "save before closing?", while open
         self.training_close_box: QMessageBox | None = None  # "stop the run, keep it running, cancel?" on quitting
-        self._training_close_choice = ""  # "stop" or "continue" once answered
-        self.continued_process = None  # the `workbench resume` process a run was handed to on quitting
-        self.discard_prompt: QMessageBox | None = None  # "discard unsaved edits?" before New run / Demo / Open
-        self._unsaved_name: str | None = None  # the title of a run not saved to a file yet (the demo's)
-        self._demo_opening = False  # the next model_opened is the demo's: say what to do next
-        self.ask_before_discarding = True  # unsaved settings: ask before closing
-        self._discard_confirmed = False
-        self._jobs = 0  # running workers, so closing can wait for them without blocking
-        self._running_jobs: set[workers.Job] = set()
         self.garbage_collector = workers.GarbageCollector(self)  # before any job: Qt objects die on this thread
+        self.job_runner = workers.JobRunner(self)  # every job the window (or a dialog of it) starts
         self._data_pending = False
         self._data_running = False
         self._closing = False  # closing waits for the jobs (``closeEvent``)
@@ -94,8 +93,12 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self.inspection = InspectionPanel()
         self.playground = Playground()
         self.export_dialog: ExportDialog | None = None
-        self.external = ExternalRunController(self)  # runs in a separate process, watched through their folder
         self.launch_dialog: LaunchScriptDialog | None = None
+        self.model_ctl = ModelController(self.store, self._start, self)
+        self.run_ctl = RunController(self._start, self)
+        self.external = ExternalRunController(self)  # runs in a separate process, watched through their folder
+        self.files = RunFilesController(self.store, self.recents, lambda: self.training.running, self,
+                                        lambda: self.overview is not None)
         model_tab = QWidget()
         model_layout = QVBoxLayout(model_tab)
         model_layout.addWidget(self.picker)
@@ -112,20 +115,15 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self.setAcceptDrops(True)
         self.resize(1200, 800)
 
-        self._summary_timer = QTimer(self, singleShot=True, interval=0)  # coalesce several edits into one update
-        self._summary_timer.timeout.connect(self.update_summary)
         self._data_timer = QTimer(self, singleShot=True, interval=300)  # debounce typing in data settings
         self._data_timer.timeout.connect(self.inspect_data)
-
-        self.picker.openRequested.connect(self.open_model)
-        self.picker.demoRequested.connect(self.request_demo)
-        self.layers.selectionEdited.connect(self._selection_to_config)
+        self._wire_jobs()
+        self._wire_model()
+        self._wire_runs()
+        self._wire_files()
         self.store.changed.connect(self._config_changed)
-        self.store.dirtyChanged.connect(lambda _: self._update_title())
         self.data.inspectRequested.connect(self._data_timer.start)
         self.data.problem.connect(lambda text: self.show_error("Data settings", text))
-        self.training.startRequested.connect(self.start_training)
-        self.runs.resumeRequested.connect(self.resume_run)
         self.runs.exportRequested.connect(self.open_export)
         self.runs.inspectRequested.connect(self.inspect_from_runs)
         self.inspection.inspectRequested.connect(self.inspect_adapter)
@@ -135,7 +133,51 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self.runs.set_root(self.store.config.output.runs_root)
         self._build_menus()
         self._restore_settings()
-        self._update_title()
+        self.files.update_title()
+
+    # -- wiring -------------------------------------------------------------------------------------------
+    def _wire_jobs(self) -> None:
+        self.job_runner.idle.connect(self._jobs_idle)
+
+    def _wire_model(self) -> None:
+        m, picker, layers = self.model_ctl, self.picker, self.layers
+        m.opening.connect(self._model_opening)
+        # Late-bound (lambdas): a test or script may replace a widget's method after the window was built.
+        m.progress.connect(lambda done, total, detail: picker.show_progress(done, total, detail))
+        m.progress.connect(lambda done, total, detail: layers.show_progress(done, total, detail))
+        m.jobDone.connect(lambda: picker.set_busy(False))
+        m.opened.connect(self._model_ready)
+        m.failed.connect(self._model_failed)
+        m.consentNeeded.connect(self._ask_consent)
+        m.suggestions.connect(lambda ids: picker.set_suggestions(ids))
+        m.presetShown.connect(lambda preset: layers.show_preset(preset))
+        m.status.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        m.summaryReady.connect(lambda *numbers: layers.summary.show_counts(*numbers))
+        m.summaryProblem.connect(lambda text: layers.summary.show_problem(text))
+        m.problem.connect(self.show_error)
+        picker.openRequested.connect(self.open_model)
+        layers.selectionEdited.connect(self._selection_to_config)
+
+    def _wire_runs(self) -> None:
+        r = self.run_ctl
+        r.started.connect(self._show_training_tab)
+        r.event.connect(lambda event: self.training.handle(event))
+        r.done.connect(self._training_done)
+        r.failed.connect(self._training_failed)
+        r.ended.connect(self._training_ended)
+        r.handOffFailed.connect(self._hand_off_failed)
+        self.training.startRequested.connect(self.start_training)
+        self.runs.resumeRequested.connect(self.resume_run)
+
+    def _wire_files(self) -> None:
+        f = self.files
+        f.cleared.connect(self._cleared)
+        f.modelRequested.connect(self.open_model)
+        f.problem.connect(self.show_error)
+        f.status.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        f.titleChanged.connect(self.setWindowTitle)
+        f.recentChanged.connect(self._fill_recent_menu)
+        self.picker.demoRequested.connect(f.request_demo)
 
     # -- messages -----------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str, details: str = "") -> None:
@@ -155,23 +197,18 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self.statusBar().showMessage(line)
         self.show_error("Something went wrong", line)
 
+    # -- jobs ---------------------------------------------------------------------------------------------
     def _start(self, worker: workers.Worker) -> workers.Job:
-        self._jobs += 1
-        job = workers.start(worker, self)
-        self._running_jobs.add(job)
-        # Counted down when the job's thread itself has ended (not when the worker says it is done), or when
-        # a closing window gave up waiting for it: only then may the window close for good.
-        job.ended.connect(lambda: self._job_done(job))
-        if self._closing or self._closed:  # nothing new may run once closing has begun (a late slot started it)
-            job.cancel()
-        return job
+        """Every job of the window, and of the dialogs and panels it hands this to, starts here. Once closing
+        has begun the runner cancels a job at once (``ClosingMixin`` switches ``accepting``)."""
+        return self.job_runner.start(worker)
 
-    def _job_done(self, job: workers.Job) -> None:
-        self._running_jobs.discard(job)
-        self._jobs -= 1
-        if self._closing and self._jobs == 0:
+    def _jobs_idle(self) -> None:
+        """The last job's thread has ended (or a closing window gave up waiting for it): only now may the window
+        close for good."""
+        if self._closing:
             self.close()
-        if self._delete_when_jobs_end and self._jobs == 0:  # the deletion that waited for the jobs
+        if self._delete_when_jobs_end and not self._jobs:  # the deletion that waited for the jobs
             self._delete_when_jobs_end = False
             # Not deleteLater() again: Qt ignores it once the object's first DeferredDelete was delivered. From
             # the event loop, so that no frame of this window's code is running when it goes.
@@ -183,47 +220,22 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
 
     # -- model --------------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
-        try:
-            model, fields = self.store.config.model, {"source": spec.strip()}
-            if spec.strip() != model.source:  # "I trust this file" is per model: another one starts untrusted
-                fields.update(allow_pickle=False, trust_remote_code=False)
-            self.store.update("model", **fields)
-        except ConfigError as exc:
-            self.show_error("Model", "\n".join(exc.problems))
-            return
-        self._opened_task = self.store.config.model.task  # the tree's model class: causal LM or a classifier
+        self.model_ctl.open(spec)
+
+    def _model_opening(self, spec: str) -> None:
         self.picker.set_text(spec)
         self.picker.set_busy(True, f"Opening {spec}…")
         self.layers.show_waiting(f"Opening {html.escape(spec)}… the layer tree appears here."
                                  + (" The first start converts the built-in model once (about half a minute)."
                                     if spec.startswith("builtin:") else ""))
-        worker = workers.OpenModelWorker(self.store.config)
-        worker.progress.connect(self.picker.show_progress)
-        worker.progress.connect(self.layers.show_progress)
-        worker.result.connect(self._model_ready)
-        worker.failed.connect(self._model_failed)
-        worker.consent_needed.connect(self._ask_consent)
-        worker.finished.connect(self._model_job_done)
-        self._start(worker)
 
-    def _model_job_done(self) -> None:
-        self.picker.set_busy(False)
-
-    def _model_ready(self, result: dict) -> None:
-        self.overview = result["overview"]
-        self.device_text, self.available_memory = result["device_text"], result["available"]
-        self.device_kind = result["device_kind"]
-        lora = self.store.config.lora
-        model = LayerTreeModel(self.overview.tree, lora.r, lora.alpha)
-        model.set_quantization(self.store.config.model)
-        self._selection_from_config(model)  # before the view sees the model: no per-row repaint signals
+    def _model_ready(self, model) -> None:
         self.layers.set_model(model)
         self.picker.show_overview(self.overview, self.device_text)
-        self._remember("recent/models", self.store.config.model.source)
-        self.picker.set_recent(self._recent("recent/models"))
-        self._suggest_relatives()
-        if self._demo_opening:
-            self._demo_opening = False
+        self.recents.remember("recent/models", self.store.config.model.source)
+        self.picker.set_recent(self.recents.items("recent/models"))
+        if self.files.demo_opening:
+            self.files.demo_opening = False
             self.statusBar().showMessage("The demo is ready: press Start on the Train tab (Ctrl+Return) to fine-tune "
                                          "SmolLM2 on it; the loss falls within a minute.")
         self.model_opened.emit()
@@ -235,21 +247,10 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
             self.picker.info.setText("Waiting for your choice: the model needs something that is off by default.")
             return
         self.picker.info.setText("The model could not be opened. Choose another one.")
-        self._demo_opening = False
+        self.files.demo_opening = False
         self.layers.show_hint("The model could not be opened. Choose another one (above).")
         self.show_error("Cannot open the model", message, details)
         self.model_failed.emit(message)
-
-    def _suggest_relatives(self) -> None:
-        """When online, list Hub models of the open model's family in the picker (in the background; offline,
-        or on any Hub trouble, nothing happens)."""
-        from workbench.core.models import hub_suggestions
-
-        spec = self.store.config.model.source
-        origin = str(getattr(self.overview.hf_config, "_name_or_path", "") or "")
-        worker = workers.FunctionWorker(lambda: hub_suggestions(spec, origin), "Looking up related models")
-        worker.result.connect(self.picker.set_suggestions)
-        self._start(worker)
 
     def _ask_consent(self, setting: str, files: list, preview: str, message: str) -> None:
         """Ask, for this model only, whether to unpickle its weights or run its code; open it again if yes."""
@@ -279,10 +280,7 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
 
         def answered(_result: int) -> None:
             self.consent_box = None
-            if box.clickedButton() is allow and self.store.config.model.source == spec:
-                self.store.update("model", **{setting: True})
-                self.open_model(spec)
-            else:
+            if not (box.clickedButton() is allow and self.model_ctl.allow(setting, spec)):
                 self.picker.info.setText(f"Not opened: {html.escape(spec)} needs model.{setting}.")
                 self.model_failed.emit(message)
 
@@ -290,93 +288,33 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         self.consent_box = box
         box.open()
 
-    # -- selection ↔ configuration ---------------------------------------------------------------------------
-    def _selection_from_config(self, model: LayerTreeModel) -> None:
-        """Show the configuration's layer choice (preset, patterns, blocks or exact names) as ticks.
-
-        A choice made for another model (names this one does not have) falls back to its preset, and the
-        configuration follows, so what is ticked is always what would train.
-        """
-        from workbench.core.config import DEFAULT_PRESET
-        from workbench.core.errors import SelectionError
-        from workbench.core.layers import resolve_selection
-
-        config = self.store.config
-        # Loaded, not edited: the selection does not announce it as an edit, so nothing is written back.
-        try:
-            sel = resolve_selection(model.tree, config.lora, config.model.task)
-            model.selection.load(sel.targets, sel.rank_overrides, sel.alpha_overrides)
-        except SelectionError as exc:
-            preset = config.lora.preset if config.lora.preset != "none" else DEFAULT_PRESET
-            model.selection.load(model.tree.preset(preset), {}, {})
-            self.store.update("lora", target_modules=[], include=[], blocks=None, preset=preset,
-                              rank_pattern={}, alpha_pattern={})
-            self.statusBar().showMessage(f"The layer choice did not fit this model ({exc.message}); "
-                                         f"selected the {preset} preset instead.", 10_000)
-        # The preset box names the configuration's preset (not the last one applied) when the ticks are exactly
-        # its modules; patterns, blocks or exact names that differ from it are a "custom selection".
-        preset = self.store.config.lora.preset
-        self.layers.show_preset(preset if set(model.selection.ordered()) == set(model.tree.preset(preset)) else None)
-        self._summary_timer.start()
-
     def _selection_to_config(self) -> None:
         """A user's edit of the selection (tree or block map), written to the configuration."""
-        model = self.layers.model
-        names = model.selection.ordered()
-        # The run file names the preset the ticks are exactly (an applied preset, or the same modules by hand);
-        # a hand-made selection keeps the file's preset beside its exact names, and the box says "custom".
-        matched = self.layers.matching_preset(names)
-        preset = matched or (self.store.config.lora.preset if names else "none")
-        self.store.update("lora", target_modules=names, include=[], blocks=None, preset=preset,
-                          rank_pattern=dict(model.rank_overrides), alpha_pattern=dict(model.alpha_overrides))
-        self.layers.show_preset(matched)
+        model = self.model_ctl.tree_model
+        if model is not None:
+            self.model_ctl.write_selection(self.layers.matching_preset(model.selection.ordered()))
 
     def _config_changed(self, section: str) -> None:
-        self._discard_confirmed = False  # an edit after "Discard" (and a cancelled close) is asked about again
-        self._update_title()
         if section in ("", "output"):  # only these can change runs_root
             self.runs.set_root(self.store.config.output.runs_root)
-        if self.layers.model is not None:
-            lora = self.store.config.lora
-            # New default rank/alpha for the columns: never a selection edit (see LayerSelection), so the open
-            # tree's ticks are not written back into a just-opened run file meant for another model.
-            self.layers.model.set_defaults(lora.r, lora.alpha)
-            if section in ("", "model"):
-                self.layers.model.set_quantization(self.store.config.model)
         if section == "":  # a new or opened run file
             self.picker.set_text(self.store.config.model.source)
             # The preset box names the file's preset at once, not the previous one until its model has opened.
             preset_index = self.layers.preset_combo.findData(self.store.config.lora.preset)
             if preset_index >= 0:
                 self.layers.preset_combo.setCurrentIndex(preset_index)
-            # Only against the model the file names: a different one is being opened and will apply it.
-            if self.overview is not None and self.overview.source.spec == self.store.config.model.source:
-                self._selection_from_config(self.layers.model)
+        if section in ("", "model"):  # a new file, or the task, problem type or classes: what the Data tab reads
             self._data_timer.start()
-        elif section == "model":  # the task, problem type or classes decide what the Data tab reads
-            self._data_timer.start()
-            model = self.store.config.model
-            if self.overview is not None and model.task != getattr(self, "_opened_task", model.task):
-                self.open_model(model.source)  # another task is another model class: its head shows in the tree
-        self._summary_timer.start()
+        self.model_ctl.config_changed(section)
 
-    def update_summary(self) -> None:
-        """The summary bar's numbers, from the same core functions the engine and `workbench inspect` use."""
-        if self.overview is None or self.layers.model is None:
-            return
-        from workbench.core.errors import SelectionError
-        from workbench.core.layers import count_selection, resolve_selection
-        from workbench.core.memory import estimate_for_config
-
-        config = self.store.config
-        try:
-            sel = resolve_selection(self.overview.tree, config.lora, config.model.task)
-        except SelectionError as exc:
-            self.layers.summary.show_problem(exc.message)
-            return
-        counts = count_selection(self.overview.tree, sel)
-        estimate = estimate_for_config(self.overview.tree, sel, self.overview.hf_config, config, device=self.device_kind)
-        self.layers.summary.show_counts(counts, estimate, self.available_memory, self.device_text)
+    def _cleared(self) -> None:
+        """A new, empty run: nothing of the previous one stays on screen."""
+        self.model_ctl.clear()
+        self.layers.clear_model()
+        self.picker.info.setText("Open a model to see its layers.")
+        self.data.clear_results()
+        if self.error_box is not None:  # an error about the previous run's data or model is no longer true
+            self.error_box.close()
 
     # -- data ---------------------------------------------------------------------------------------------
     def inspect_data(self) -> None:
@@ -412,7 +350,7 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         else:
             self.data.show_result(result)
         for path in self.store.config.data.train_files:
-            self._remember("recent/data", path)
+            self.recents.remember("recent/data", path)
         self._fill_recent_menu()
         self.data_inspected.emit()
 
@@ -436,14 +374,9 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
             problems.append("Open a model first (Model and layers tab).")
         if not config.data.train_files:
             problems.append("Choose training data (Data tab).")
-        if self.overview is not None:
-            from workbench.core.errors import SelectionError
-            from workbench.core.layers import resolve_selection
-
-            try:
-                resolve_selection(self.overview.tree, config.lora, config.model.task)
-            except SelectionError as exc:
-                problems.append(f"Layers — {exc.message}")
+        selection = self.model_ctl.selection_problem()
+        if selection:
+            problems.append(f"Layers — {selection}")
         return problems
 
     def start_training(self) -> None:
@@ -459,14 +392,15 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         if self.training.location.separate:
             self.external.start(self.store.config, self.training.location.process_count)
             return
-        control = RunControl()
-        worker = workers.TrainWorker(self.store.config, control)
-        worker.event.connect(self.training.handle)
-        worker.result.connect(self._training_done)
-        worker.failed.connect(self._training_failed)
-        worker.finished.connect(self._training_ended)
-        self._show_training_tab(control)
-        self._start(worker)
+        self.run_ctl.start(self.store.config)
+
+    def resume_run(self, run_dir: str) -> None:
+        if self.training.running:
+            self.show_error("Resume", "A run is already training in the window; stop it first.")
+            return
+        self.runs.set_busy(run_dir, True)
+        self.run_ctl.ended.connect(self.runs.clear_busy, Qt.ConnectionType.SingleShotConnection)
+        self.run_ctl.resume(run_dir)
 
     def _show_training_tab(self, control: RunControl) -> None:
         """Reset the Train tab for a new run and paint it, before the training thread starts: its first paint
@@ -478,7 +412,6 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
 
     def _training_done(self, result) -> None:
         self.training.append_log(f"Run folder: {result.run_dir}")
-        self._continue_elsewhere(result)
         self.training_done.emit(result)
 
     def _training_failed(self, message: str, details: str) -> None:
@@ -489,6 +422,14 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
     def _training_ended(self) -> None:
         self.training.end_run()
         self.training_ended.emit()
+
+    def _hand_off_failed(self, message: str) -> None:
+        """"Keep it running" could not start the process that continues the run: stay open, with the message."""
+        self.show_error("Cannot keep the run running", message)
+        try:
+            self.training_ended.disconnect(self.close)
+        except (RuntimeError, TypeError):
+            pass
 
     # -- drag and drop ------------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
@@ -501,7 +442,7 @@ class MainWindow(MenusMixin, AdapterActionsMixin, RunFilesMixin, ClosingMixin, Q
         runs = [p for p in paths if p.suffix.lower() == ".toml"]
         models = [p for p in paths if p.is_dir() or p.suffix.lower() == ".gguf"]
         if runs:
-            self.confirm_discard(f"open {runs[0].name}", lambda: self.open_run(runs[0]))
+            self.files.request_open(runs[0])
         elif models:
             self.open_model(str(models[0]))
         if data:

@@ -1,35 +1,84 @@
-"""The window's run files: New run, the demo, Open, Save, the copied command line — each asking first (without
-blocking) when it would discard unsaved edits or while a run trains. A part of ``MainWindow``, kept here so that
-the window's module stays a size one can read."""
+"""The window's run files: New run, the demo, Open, Save, Save as, the copied command line, the title that says
+which file is open and whether it has unsaved edits — each asking first (without blocking) when it would discard
+unsaved edits or while a run trains.
+
+``RunFilesController`` owns that state (the store's path and dirty flag are the store's; the "ask before
+discarding" switch, the unsaved run's name, the open question are its own). It reaches widgets only through its
+signals: ``cleared`` (a new run: the window empties its panels), ``modelRequested`` (open the run's model),
+``problem``, ``status``, ``titleChanged`` and ``recentChanged``. The questions and file choosers it opens are its
+own dialogs, parented to the window.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from workbench.core.config import ConfigError, RunConfig
 from workbench.core.run_overrides import NotExpressible, command_line
 
+from .config_store import ConfigStore
+from .recents import Recents
+
 RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
 
-class RunFilesMixin:
-    """``MainWindow``'s run-file actions (it provides ``store``, ``layers``, ``data``, ``picker``, ``training``)."""
+class RunFilesController(QObject):
+    cleared = Signal()  # a new, empty run: nothing of the previous one may stay on screen
+    modelRequested = Signal(str)  # the opened run file's (or the demo's) model: open it
+    problem = Signal(str, str)  # title, message
+    status = Signal(str, int)  # a status-bar line, how long it stays (ms)
+    titleChanged = Signal(str)
+    recentChanged = Signal()  # the recent run files changed
 
-    def confirm_discard(self, what: str, then) -> None:
+    def __init__(self, store: ConfigStore, recents: Recents, training: Callable[[], bool], dialogs: QWidget,
+                 model_open: Callable[[], bool]):
+        """``training``: whether a run trains in the window; ``model_open``: whether a model is open;
+        ``dialogs``: the parent of the questions and file choosers."""
+        super().__init__(dialogs)
+        self.store, self.recents, self._training, self._dialogs, self._model_open = (
+            store, recents, training, dialogs, model_open)
+        self.ask_before_discarding = True  # unsaved settings: ask before discarding them or closing
+        self.discard_confirmed = False  # "Discard" was answered for the current edits
+        self.unsaved_name: str | None = None  # the title of a run not saved to a file yet (the demo's)
+        self.demo_opening = False  # the next opened model is the demo's
+        self.discard_prompt: QMessageBox | None = None  # "discard unsaved edits?" before New run / Demo / Open
+        store.changed.connect(self._changed)
+        store.dirtyChanged.connect(lambda _: self.update_title())
+
+    def _changed(self, _section: str) -> None:
+        self.discard_confirmed = False  # an edit after "Discard" (and a cancelled close) is asked about again
+        self.update_title()
+
+    def display_name(self, fallback: str) -> str:
+        return self.store.path.name if self.store.path else (self.unsaved_name or fallback)
+
+    def title(self) -> str:
+        return f"{self.display_name('untitled run')}{' •' if self.store.dirty else ''} — LoRA Workbench"
+
+    def update_title(self) -> None:
+        self.titleChanged.emit(self.title())
+
+    @property
+    def needs_saving(self) -> bool:
+        """Closing should ask first: unsaved edits, not yet discarded."""
+        return self.store.dirty and self.ask_before_discarding and not self.discard_confirmed
+
+    def confirm_discard(self, what: str, then: Callable[[], object]) -> None:
         """Run ``then`` at once, or after asking (without blocking) when it would discard unsaved edits or a run
         is training in the window. ``what`` says what the user asked for ("start a new run")."""
         dirty = self.store.dirty and self.ask_before_discarding
-        training = self.training.running
+        training = self._training()
         if not dirty and not training:
             then()
             return
         if self.discard_prompt is not None:
             self.discard_prompt.close()
-        name = self.store.path.name if self.store.path else (self._unsaved_name or "this run")
+        name = self.display_name("this run")
         text = []
         if dirty:
             text.append(f"The settings of {name} have changed since they were saved.")
@@ -38,7 +87,7 @@ class RunFilesMixin:
                         "the Train tab).")
         text.append(f"Save them before you {what}?" if dirty else f"{what[:1].upper()}{what[1:]} anyway?")
         box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes" if dirty else "A run is training",
-                          "\n\n".join(text), parent=self)
+                          "\n\n".join(text), parent=self._dialogs)
         if dirty:
             box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
                                    | QMessageBox.StandardButton.Cancel)
@@ -65,21 +114,19 @@ class RunFilesMixin:
     def request_demo(self) -> None:
         self.confirm_discard("open the demo run", self.open_demo)
 
+    def request_open(self, path: Path) -> None:
+        self.confirm_discard(f"open {path.name}", lambda: self.open_run(path))
+
     def new_run(self) -> None:
         """An empty run: nothing of the previous one stays on screen (tree, summary, data results, filters)."""
-        self._unsaved_name = None
-        self._demo_opening = False
+        self.unsaved_name = None
+        self.demo_opening = False
         self.store.replace(RunConfig())
-        self.overview = None
-        self.layers.clear_model()
-        self.picker.info.setText("Open a model to see its layers.")
-        self.data.clear_results()
-        if self.error_box is not None:  # an error about the previous run's data or model is no longer true
-            self.error_box.close()
+        self.cleared.emit()
 
     def open_run_dialog(self) -> None:
         def choose() -> None:
-            path, _ = QFileDialog.getOpenFileName(self, "Open run file", "", RUN_FILE_FILTER)
+            path, _ = QFileDialog.getOpenFileName(self._dialogs, "Open run file", "", RUN_FILE_FILTER)
             if path:
                 self.open_run(Path(path))
 
@@ -98,49 +145,51 @@ class RunFilesMixin:
         try:
             config = demo_config().copy_with(output={"runs_root": self.store.config.output.runs_root})
         except WorkbenchError as exc:
-            self.show_error("Cannot open the demo", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
+            self.problem.emit("Cannot open the demo", exc.message + (f"\n\n{exc.hint}" if exc.hint else ""))
             return False
-        self._unsaved_name = "demo.toml (the demo run, not saved)"
-        self._demo_opening = True
+        self.unsaved_name = "demo.toml (the demo run, not saved)"
+        self.demo_opening = True
         self.store.replace(config, None)
-        self.open_model(config.model.source)
+        self.modelRequested.emit(config.model.source)
         return True
 
     def open_run(self, path: Path) -> bool:
         try:
             config = RunConfig.from_toml(path)
         except ConfigError as exc:
-            self.show_error("Cannot open the run file", str(exc))
+            self.problem.emit("Cannot open the run file", str(exc))
             return False
         old_source = self.store.config.model.source
-        self._unsaved_name = None
+        self.unsaved_name = None
         self.store.replace(config, path)
-        self._remember("recent/runs", str(path))
-        self._fill_recent_menu()
-        if config.model.source and (config.model.source != old_source or self.overview is None):
-            self.open_model(config.model.source)
+        self._remember(path)
+        if config.model.source and (config.model.source != old_source or not self._model_open()):
+            self.modelRequested.emit(config.model.source)
         return True
 
     def save_run(self) -> bool:
         if self.store.path is None:
             return self.save_run_as()
-        return self._save_to(self.store.path)
+        return self.save_to(self.store.path)
 
     def save_run_as(self) -> bool:
-        path, _ = QFileDialog.getSaveFileName(self, "Save run file", "run.toml", RUN_FILE_FILTER)
-        return bool(path) and self._save_to(Path(path))
+        path, _ = QFileDialog.getSaveFileName(self._dialogs, "Save run file", "run.toml", RUN_FILE_FILTER)
+        return bool(path) and self.save_to(Path(path))
 
-    def _save_to(self, path: Path) -> bool:
+    def save_to(self, path: Path) -> bool:
         try:
             self.store.save(path)
         except OSError as exc:
-            self.show_error("Cannot save the run file", f"{path}: {exc.strerror or exc}")
+            self.problem.emit("Cannot save the run file", f"{path}: {exc.strerror or exc}")
             return False
-        self._remember("recent/runs", str(path))
-        self._fill_recent_menu()
-        self._update_title()
-        self.statusBar().showMessage(f"Saved {path}", 4000)
+        self._remember(path)
+        self.update_title()
+        self.status.emit(f"Saved {path}", 4000)
         return True
+
+    def _remember(self, path: Path) -> None:
+        self.recents.remember("recent/runs", str(path))
+        self.recentChanged.emit()
 
     def copy_command_line(self) -> str | None:
         if self.store.path is None and not self.save_run_as():
@@ -148,9 +197,8 @@ class RunFilesMixin:
         try:
             text = command_line(self.store.path, self.store.config)
         except (NotExpressible, ConfigError) as exc:
-            self.show_error("Copy command line", str(exc))
+            self.problem.emit("Copy command line", str(exc))
             return None
         QGuiApplication.clipboard().setText(text)
-        self.statusBar().showMessage("Copied: " + text, 6000)
+        self.status.emit("Copied: " + text, 6000)
         return text
-

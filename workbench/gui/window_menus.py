@@ -1,5 +1,6 @@
-"""The window's menus, its title and what it remembers between sessions (geometry, recent models, runs and data
-files, where runs start): a mixin of ``MainWindow``, which owns the widgets these methods reach."""
+"""The window's menus and what it remembers between sessions (geometry, the recent models, runs and data files of
+``recents``, where runs start): a mixin of ``MainWindow``, which owns the widgets these methods reach. The title is
+``run_files``'."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from PySide6.QtGui import QAction, QKeySequence
 
-RECENT_LIMIT = 10
+from .recents import RECENT_LIMIT  # noqa: F401  (its old home)
 
 
 class MenusMixin:
@@ -23,15 +24,15 @@ class MenusMixin:
             return a
 
         file_menu = self.menuBar().addMenu("&File")
-        action(file_menu, "&New run", self.request_new_run, QKeySequence.StandardKey.New)
-        action(file_menu, "&Open run file…", self.open_run_dialog, QKeySequence.StandardKey.Open)
-        action(file_menu, "Open the &demo run", self.request_demo,
+        action(file_menu, "&New run", self.files.request_new_run, QKeySequence.StandardKey.New)
+        action(file_menu, "&Open run file…", self.files.open_run_dialog, QKeySequence.StandardKey.Open)
+        action(file_menu, "Open the &demo run", self.files.request_demo,
                tip="The built-in SmolLM2 learning to extract payments as JSON (offline)")
         self.recent_menu = file_menu.addMenu("Open &recent")
-        action(file_menu, "&Save run file", self.save_run, QKeySequence.StandardKey.Save)
-        action(file_menu, "Save run file &as…", self.save_run_as, QKeySequence.StandardKey.SaveAs)
+        action(file_menu, "&Save run file", self.files.save_run, QKeySequence.StandardKey.Save)
+        action(file_menu, "Save run file &as…", self.files.save_run_as, QKeySequence.StandardKey.SaveAs)
         file_menu.addSeparator()
-        action(file_menu, "Copy &command line", self.copy_command_line, "Ctrl+Shift+C",
+        action(file_menu, "Copy &command line", self.files.copy_command_line, "Ctrl+Shift+C",
                "Copy the command that trains this run without the window")
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -55,15 +56,11 @@ class MenusMixin:
                                   "Playground")):
             action(view_menu, name, lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}")
 
-    def _update_title(self) -> None:
-        name = self.store.path.name if self.store.path else (self._unsaved_name or "untitled run")
-        self.setWindowTitle(f"{name}{' •' if self.store.dirty else ''} — LoRA Workbench")
-
     def _restore_settings(self) -> None:
         geometry = self.settings.value("window/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        self.picker.set_recent(self._recent("recent/models"))
+        self.picker.set_recent(self.recents.items("recent/models"))
         self._fill_recent_menu()
         # Where runs start (this app, or N separate processes) is a habit of the machine, not of a run file.
         location = self.training.location
@@ -77,21 +74,12 @@ class MenusMixin:
         self.settings.setValue("train/separate_process", location.separate)
         self.settings.setValue("train/processes", location.process_count)
 
-    def _recent(self, key: str) -> list[str]:
-        value = self.settings.value(key, [])
-        return [value] if isinstance(value, str) else list(value or [])
-
-    def _remember(self, key: str, item: str) -> None:
-        items = [item] + [x for x in self._recent(key) if x != item]
-        self.settings.setValue(key, items[:RECENT_LIMIT])
-
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
-        for path in self._recent("recent/runs"):
-            self.recent_menu.addAction(path, lambda p=path: self.confirm_discard(
-                f"open {Path(p).name}", lambda: self.open_run(Path(p))))
+        for path in self.recents.items("recent/runs"):
+            self.recent_menu.addAction(path, lambda p=path: self.files.request_open(Path(p)))
         self.recent_menu.setEnabled(bool(self.recent_menu.actions()))
         self.recent_data_menu.clear()
-        for path in self._recent("recent/data"):
+        for path in self.recents.items("recent/data"):
             self.recent_data_menu.addAction(path, lambda p=path: self.data.add_files([p]))
         self.recent_data_menu.setEnabled(bool(self.recent_data_menu.actions()))

@@ -60,6 +60,24 @@ class AtomicCheckpointTrainer(Trainer):
             logs = {**logs, "trained_tokens": tokens, "trained_examples": examples}
         super().log(logs, *args, **kwargs)
 
+    def _save(self, output_dir=None, state_dict=None):
+        """The Trainer's save, without TRL's frozen ``ref`` adapter (preference runs, core/init_adapter.py).
+
+        PEFT saves every adapter of a model, so a checkpoint held ``ref/`` — a second copy of the adapter's size —
+        beside the trained one. A resume does not need it: TRL makes ``ref`` when the trainer is built, by copying
+        the starting adapter, and the resumed run builds its starting adapter as the first run did (a fresh adapter
+        from the seed, or ``model.init_adapter`` again) before the checkpoint's ``default`` is loaded over it
+        (tests/core/test_preference.py: the resumed curve equals the uninterrupted one)."""
+        model = self.model
+        if "ref" not in getattr(model, "peft_config", {}):
+            return super()._save(output_dir, state_dict)
+        save_pretrained = model.save_pretrained
+        model.save_pretrained = lambda *a, **kw: save_pretrained(*a, **{**kw, "selected_adapters": ["default"]})
+        try:
+            return super()._save(output_dir, state_dict)
+        finally:
+            del model.save_pretrained  # the instance attribute: the class's method shows again
+
     def _get_output_dir(self, trial):
         return self._staging if self._staging is not None else super()._get_output_dir(trial)
 

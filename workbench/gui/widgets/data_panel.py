@@ -27,9 +27,11 @@ from workbench.core.data.inspection import inspect_data  # noqa: F401  (the wind
 from workbench.core.data.problems import describe
 
 from .file_list import FileListBox
-from .data_preview import TRAINED_STYLE, preview_html
+from .data_preview import TRAINED_STYLE, labelled_preview_html, preview_html
+from .image_folder_picker import ImageFolderButton
 from .inline_problem import InlineProblem
-from .lazy_plot import LazyPlot, follow_palette
+from .data_histogram import draw_class_bars, draw_length_stats, length_histogram
+from .lazy_plot import LazyPlot
 
 DATA_FILTER = f"Datasets ({' '.join('*' + suffix for suffix in DATA_SUFFIXES)});;All files (*)"
 DEFAULT_COLUMN = "(same name)"
@@ -42,28 +44,6 @@ PLAIN_TEXT_TRAIN_ON = "Plain text has no prompt or answer: every token is traine
 
 PREVIEW_TITLE = (f"Preview — <span style='{TRAINED_STYLE}'>highlighted</span> text is trained on; "
                  "<span style='color:gray'>grey</span> marks template tokens:")
-
-
-def length_histogram(max_length: int):
-    """The token-length histogram with its max-length line (a class histogram for a classifier's data)."""
-    import pyqtgraph as pg
-
-    from .plots import ThemedPlotWidget
-
-    histogram = ThemedPlotWidget()
-    histogram.setLabel("bottom", "tokens per example")
-    histogram.setLabel("left", "examples")
-    histogram.getPlotItem().setProperty("plot_title", "Token lengths")
-    follow_palette(histogram, [histogram.getPlotItem()])
-    histogram.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=(90, 140, 220))
-    histogram.addItem(histogram.bars)
-    histogram.cut_line = pg.InfiniteLine(
-        angle=90, pen=pg.mkPen((217, 83, 79), width=2), label="max length",
-        # The label ends at the line (left of it), so it is not cut when the cut sits at the right edge.
-        labelOpts={"position": 0.95, "color": (217, 83, 79), "anchors": [(1, 0), (1, 0)]})
-    histogram.cut_line.setValue(max_length)
-    histogram.addItem(histogram.cut_line)
-    return histogram
 
 
 class DataPanel(QWidget):
@@ -79,6 +59,11 @@ class DataPanel(QWidget):
         self.files = self.train_box.files
         self.add_button, self.remove_button = self.train_box.add_button, self.train_box.remove_button
         self.validation_box = FileListBox("Validation files", help_texts["data.validation_files"])
+        self.train_folder = ImageFolderButton(store, "Training images: a folder of class sub-folders", self._start_folder)
+        self.validation_folder = ImageFolderButton(store, "Validation images: a folder of class sub-folders",
+                                                   self._start_folder)
+        self.train_box.add_button_widget(self.train_folder)
+        self.validation_box.add_button_widget(self.validation_folder)
         self.hold_out = QDoubleSpinBox()
         self.hold_out.setRange(0.0, 90.0)
         self.hold_out.setDecimals(1)
@@ -133,6 +118,8 @@ class DataPanel(QWidget):
         self.train_box.addRequested.connect(self.choose_files)
         self.train_box.removeRequested.connect(self.remove_files)
         self.validation_box.addRequested.connect(self.choose_validation_files)
+        self.train_folder.folderChosen.connect(lambda folder: self.add_files([folder]))
+        self.validation_folder.folderChosen.connect(lambda folder: self.add_validation_files([folder]))
         self.validation_box.removeRequested.connect(
             lambda doomed: self._update(validation_files=[p for p in self._data().validation_files if p not in doomed]))
         self.hold_out.valueChanged.connect(lambda value: self._update(validation_split=round(value / 100, 4)))
@@ -474,64 +461,8 @@ class DataPanel(QWidget):
             combo.activated.connect(lambda _=0, r=role, c=combo: self._set_column(r, c))
             self.columns_form.addRow(f"{role}:", combo)
             self.column_combos[role] = combo
-        if result.get("images"):  # one thumbnail per class, drawn large enough to see (the files may be 8 × 8)
-            # (Qt's rich text has no inline blocks: a one-row table lays the thumbnails side by side)
-            self.preview.setHtml("<p>One image of each class:</p><table cellspacing='8'><tr>" + "".join(
-                f"<td align='center'><img src='{html.escape(Path(path).as_uri())}' width='64' height='64'><br>"
-                f"<small>{html.escape(str(label))}</small></td>"
-                for path, label, _ in result.get("samples", [])) + "</tr></table>")
-        else:
-            self.preview.setHtml("".join(
-                f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: "
-                f"{html.escape(where.rpartition(': ')[2])} · label <b>{html.escape(str(label))}</b></small></p>"
-                f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre><hr>"
-                for text, label, where in result.get("samples", [])) or "<i>No usable example.</i>")
-        axis = self.histogram.getPlotItem().getAxis("bottom")
-        self._set_plot_title("Classes")
-        self.cut_line.hide()
-        if labels is None:
-            self.bars.setOpts(x0=[], x1=[], height=[])
-            self.stats_label.clear()
-            return
-        if labels.problem_type == "regression":
-            self.bars.setOpts(x0=[], x1=[], height=[])
-            self.stats_label.setText("Regression: each label is a number the model learns to predict.")
-            return
-        import numpy as np  # imported with the plot
-
-        counts = [labels.counts.get(name, 0) for name in labels.names]
-        positions = np.arange(len(counts), dtype=float)
-        self.bars.setOpts(x0=positions - 0.4, x1=positions + 0.4, height=np.asarray(counts, dtype=float))
-        axis.setTicks([[(float(i), name) for i, name in enumerate(labels.names)]])
-        self.histogram.setLabel("bottom", "class")
-        self.histogram.setLabel("left", "training rows")
-        share = labels.majority_share()
-        self.stats_label.setText(
-            f"{labels.num_labels} classes · the commonest is {max(counts)} of {sum(counts)} rows"
-            + (f" ({share:.0%}): accuracy must beat that" if share is not None else ""))
-
-    def _set_plot_title(self, title: str) -> None:
-        self.histogram.getPlotItem().setProperty("plot_title", title)
-        follow_palette(self.histogram, [self.histogram.getPlotItem()])  # draws the title in the palette's colour
+        self.preview.setHtml(labelled_preview_html(result.get("samples", []), images=bool(result.get("images"))))
+        self.stats_label.setText(draw_class_bars(self.histogram, labels))
 
     def _show_stats(self, stats) -> None:
-        self.histogram.getPlotItem().getAxis("bottom").setTicks(None)  # back from the class bars
-        self._set_plot_title("Token lengths")
-        self.histogram.setLabel("bottom", "tokens per example")
-        self.histogram.setLabel("left", "examples")
-        self.cut_line.show()
-        import numpy as np  # imported with the plot
-
-        hist = stats.length_histogram
-        edges = np.asarray(hist.edges, dtype=float)
-        self.histogram.getPlotItem().enableAutoRange()  # this data's axes (an error state fixed them)
-        if len(edges) > 1:
-            self.bars.setOpts(x0=edges[:-1], x1=edges[1:], height=np.asarray(hist.counts, dtype=float))
-        self.cut_line.setValue(stats.max_length)
-        self.stats_label.setText(
-            f"{stats.examples:,} examples · {stats.tokens:,} tokens ({stats.loss_share:.0%} trained on) · "
-            f"<b>{stats.truncated}</b> ({stats.truncated_share:.1%}) longer than max length {stats.max_length} "
-            f"are truncated"
-            + (f" · {stats.without_loss} dropped: nothing left to train on after truncation" if stats.without_loss else "")
-            + (f" · {stats.skipped} bad rows skipped" if stats.skipped else "")
-        )
+        self.stats_label.setText(draw_length_stats(self.histogram, stats))

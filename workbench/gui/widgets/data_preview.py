@@ -40,3 +40,17 @@ def _token_html(text: str, trained: bool, index: int) -> str:
 
 def _mark_special(escaped: str) -> str:
     return _SPECIAL.sub(r"<span style='color:gray'>\1</span>", escaped)
+
+
+def labelled_preview_html(samples: list, images: bool = False) -> str:
+    """A classifier's first examples: ``(text, label, where)`` rows, or for an image folder ``(path, label, _)``
+    with one thumbnail per class, drawn large enough to see (the files may be 8 × 8)."""
+    if images:  # Qt's rich text has no inline blocks: a one-row table lays the thumbnails side by side
+        return "<p>One image of each class:</p><table cellspacing='8'><tr>" + "".join(
+            f"<td align='center'><img src='{html.escape(Path(path).as_uri())}' width='64' height='64'><br>"
+            f"<small>{html.escape(str(label))}</small></td>" for path, label, _ in samples) + "</tr></table>"
+    return "".join(
+        f"<p><small>{html.escape(Path(where.rpartition(': ')[0]).name)}: "
+        f"{html.escape(where.rpartition(': ')[2])} · label <b>{html.escape(str(label))}</b></small></p>"
+        f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre><hr>"
+        for text, label, where in samples) or "<i>No usable example.</i>"

@@ -63,7 +63,7 @@ class ExportDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Export or merge an adapter")
         self.setMinimumWidth(640)
-        self._start_job = start_job or (lambda w: workers.start(w, self))
+        self._start_job = start_job or workers.JobRunner(self).start
         self.control: RunControl | None = None
         self.running = False
         self._started_at = 0.0

@@ -31,7 +31,7 @@ class FileListBox(QWidget):
         self.remove_button = QPushButton("Remove")
         self.remove_button.setEnabled(False)
         self.problem = InlineProblem()
-        buttons = QHBoxLayout()
+        buttons = self._buttons = QHBoxLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
         buttons.addWidget(self.add_button)
         buttons.addWidget(self.remove_button)
@@ -46,6 +46,10 @@ class FileListBox(QWidget):
         self.add_button.clicked.connect(self.addRequested)
         self.remove_button.clicked.connect(lambda: self.removeRequested.emit(self.selected()))
         self.files.itemSelectionChanged.connect(lambda: self.remove_button.setEnabled(bool(self.selected())))
+
+    def add_button_widget(self, widget: QWidget) -> None:
+        """Another button beside Add…/Remove (the image-folder picker, gui/widgets/image_folder_picker.py)."""
+        self._buttons.insertWidget(1, widget)
 
     def set_paths(self, paths: list[str]) -> None:
         self.files.clear()

@@ -40,7 +40,7 @@ class IntruderDialog(QDialog):
         self.setWindowTitle("Reduce intruder dimensions")
         self.resize(1150, 600)
         self.run_dir = Path(run_dir)
-        self.start_job = start_job or (lambda w: workers.start(w, self))
+        self.start_job = start_job or workers.JobRunner(self).start
         self.loaded = None  # core.intruders.LoadedRun, kept for saving
         self.trade = None
         self.job_worker = None

@@ -35,7 +35,7 @@ class QueuePanel(QWidget):
 
     def __init__(self, parent=None, start_job: Callable | None = None):
         super().__init__(parent)
-        self.start_job = start_job or (lambda w: workers.start(w, self))
+        self.start_job = start_job or workers.JobRunner(self).start
         self.config_source: Callable | None = None  # the window's current RunConfig, set by the window
         self.root: Path | None = None
         self.entries: list[run_queue.QueueEntry] = []

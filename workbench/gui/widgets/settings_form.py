@@ -53,6 +53,8 @@ LABELS = {
     "model.init_adapter": "Start from adapter",
 }
 ERROR_STYLE = "color: #d9534f"
+# What a ``bool | None`` field offers: None is the engine's own choice, which the field's help text describes.
+OPTIONAL_BOOL_CHOICES: dict[str, bool | None] = {"automatic": None, "on": True, "off": False}
 
 
 def _field_info(key: str):
@@ -77,7 +79,14 @@ class FieldEditor:
         annotation, self.optional = _unwrap_optional(_field_info(key).annotation)
         self.kind = ("bool" if annotation is bool else "choice" if typing.get_origin(annotation) is Literal
                      else "list" if typing.get_origin(annotation) is list else annotation.__name__)
-        if self.kind == "bool":
+        if self.kind == "bool" and self.optional:
+            # Unset means "the engine decides" (e.g. gradient checkpointing: on for quantized bases); a check box
+            # can only say on or off, so it showed "off" for a setting the run would turn on.
+            self.kind = "optional bool"
+            self.widget = QComboBox()
+            self.widget.addItems(list(OPTIONAL_BOOL_CHOICES))
+            self.widget.activated.connect(on_edit)
+        elif self.kind == "bool":
             self.widget = QCheckBox()
             self.widget.clicked.connect(on_edit)
         elif self.kind == "choice":
@@ -108,6 +117,8 @@ class FieldEditor:
         w = self.widget
         if self.kind == "bool":
             return w.isChecked()
+        if self.kind == "optional bool":
+            return OPTIONAL_BOOL_CHOICES[w.currentText()]
         if self.kind == "choice":
             return w.currentText()
         if self.kind == "list":
@@ -136,6 +147,8 @@ class FieldEditor:
         w.blockSignals(True)
         if self.kind == "bool":
             w.setChecked(bool(value))
+        elif self.kind == "optional bool":
+            w.setCurrentText(next(text for text, v in OPTIONAL_BOOL_CHOICES.items() if v is value))
         elif self.kind == "choice":
             w.setCurrentText(str(value))
         elif self.kind == "list":

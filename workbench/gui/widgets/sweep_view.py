@@ -2,10 +2,11 @@
 table and the rank trade-off plot.
 
 The table has a row per run: the values the sweep varied, status, trainable parameters, adapter size, training
-time, last and best loss, and the task metrics and retention of its last evaluation. The plot puts each run at its
-trainable parameters (log axis: ranks double) against the chosen quality — best evaluation loss by default, or any
-task metric or retention number the runs recorded — and joins the Pareto front: the runs no other run beats on both
-cost and quality. Everything shown comes from ``core.sweep`` (``sweep_groups``, ``varied_fields``, ``sweep_table``,
+time, last and best loss, and each task metric's best evaluation (by its direction, after step 0) with the step it
+came from — retention at the step of the run's best checkpoint (``core.sweep.best_metrics``). The plot puts each
+run at its trainable parameters (log axis: ranks double) against the chosen quality — best evaluation loss by
+default, or any task metric's best or the retention of the best checkpoint — and joins the Pareto front: the runs
+no other run beats on both cost and quality. Everything shown comes from ``core.sweep`` (``sweep_groups``, ``varied_fields``, ``sweep_table``,
 ``pareto_front``), read on a background job so that a sweep of long runs never stalls the window.
 """
 
@@ -28,14 +29,17 @@ from .. import workers
 from .lazy_plot import LazyPlot, follow_palette
 from .metric_labels import LABELS
 
-# Quantities the plot can put on its y axis: (key, label, lower is better). Metrics come from the last evaluation.
+# Quantities the plot can put on its y axis: (key, label, lower is better). A metric is its best evaluation's
+# value; retention is the best checkpoint's.
 QUALITIES = (("best_eval_loss", "best evaluation loss", True), ("last_loss", "last training loss", True),
-             ("exact_match", "exact match", False), ("json_fields", "JSON fields", False),
-             ("json_valid", "valid JSON", False), ("regex", "regex", False), ("label", "label", False),
-             ("perplexity", "perplexity", True), ("retention_agreement", "agreement with base", False),
-             ("retention_ppl_ratio", "perplexity ÷ base", True))
-METRIC_COLUMNS = ("exact_match", "json_fields", "json_valid", "regex", "label", "perplexity", "retention_agreement",
-                  "retention_ppl_ratio")
+             ("json_exact", "best exact JSON", False), ("exact_match", "best exact match", False),
+             ("json_fields", "best JSON fields", False),
+             ("json_valid", "best valid JSON", False), ("regex", "best regex", False), ("label", "best label", False),
+             ("perplexity", "best perplexity", True),
+             ("retention_agreement", "agreement with base (best checkpoint)", False),
+             ("retention_ppl_ratio", "perplexity ÷ base (best checkpoint)", True))
+METRIC_COLUMNS = ("json_exact", "exact_match", "json_fields", "json_valid", "regex", "label", "perplexity",
+                  "retention_agreement", "retention_ppl_ratio")
 FRONT_COLOUR, OTHER_COLOUR = (230, 120, 20), (120, 140, 170)
 
 
@@ -64,7 +68,12 @@ def read_sweep(run_dirs: list[Path], group: str | None) -> SweepData:
 
 
 def quality_of(row, key: str) -> float | None:
-    value = getattr(row, key, None) if key in ("best_eval_loss", "last_loss") else row.extra.get(key)
+    """The run's number for ``key``: its best evaluation loss or last loss, else the metric's best value."""
+    if key in ("best_eval_loss", "last_loss"):
+        value = getattr(row, key, None)
+    else:
+        best = row.best.get(key)
+        value = best.value if best is not None else None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -105,7 +114,7 @@ class SweepView(QWidget):
 
     def __init__(self, parent=None, start_job: Callable | None = None):
         super().__init__(parent)
-        self.start_job = start_job or (lambda w: workers.start(w, self))
+        self.start_job = start_job or workers.JobRunner(self).start
         self.run_dirs: list[Path] = []
         self.data = SweepData([], None, [], [])
         self._reading = False
@@ -212,21 +221,25 @@ class SweepView(QWidget):
 
     def _fill_table(self) -> None:
         rows, varied = self.data.rows, self.data.varied
-        metrics = [k for k in METRIC_COLUMNS if any(k in r.extra for r in rows)]
+        metrics = [k for k in METRIC_COLUMNS if any(k in r.best for r in rows)]
         headers = ["", "Run", *varied, "Status", "Trainable", "Adapter", "Time", "Last loss", "Best eval loss",
                    *(LABELS.get(k, k) for k in metrics)]
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
-        for col in range(len(headers) - len(metrics), len(headers)):
-            self.table.horizontalHeaderItem(col).setToolTip("From the run's last evaluation: the adapter it saved.")
+        for col, key in zip(range(len(headers) - len(metrics), len(headers)), metrics):
+            self.table.horizontalHeaderItem(col).setToolTip(
+                "At the step of the run's best checkpoint (eval.best_metric): what the model you would keep forgot."
+                if key.startswith("retention_") else
+                "The best evaluation after step 0 (by the metric's direction) @ the step it came from.")
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
             cells = ["★" if r.on_front else "", r.name, *(r.values.get(k, "?") for k in varied), r.status,
                      f"{r.trainable_params:,}" if r.trainable_params is not None else "–",
                      format_size(r.adapter_bytes) if r.adapter_bytes is not None else "–",
-                     _duration(r.duration_s), _number(r.last_loss), _number(r.best_eval_loss),
-                     *(_number(r.extra.get(k)) for k in metrics)]
+                     _duration(r.duration_s), _number(r.last_loss),
+                     _at(r.best["eval_loss"]) if "eval_loss" in r.best else _number(r.best_eval_loss),
+                     *(_at(r.best.get(k)) for k in metrics)]
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if col == 0:
@@ -261,13 +274,23 @@ class SweepView(QWidget):
             # A tick at each run's parameter count: a log axis's own minor ticks crowd into each other here.
             self.plot.getAxis("bottom").setTicks([[(x, f"{10 ** x:,.0f}") for x in sorted(set(xs))]])
             self.plot.setXRange(min(xs) - 0.1, max(xs) + 0.1 + 0.15 * max(max(xs) - min(xs), 1), padding=0)
-            self.plot.enableAutoRange(axis="y")
+            ys = [y for _, y, _ in points]
+            if max(ys) - min(ys) <= 1e-9 * max(1.0, abs(ys[0])):  # equal qualities: autorange would zoom into rounding
+                pad = 0.05 * max(abs(ys[0]), 1e-3)
+                self.plot.setYRange(ys[0] - pad, ys[0] + pad, padding=0)
+            else:
+                self.plot.enableAutoRange(axis="y")
         self.plotted = points  # (x, y, name) as drawn: what tests compare with the runs' numbers
         self.front = [points[i] for i in front]
 
 
 def _number(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _at(best) -> str:
+    """``0.8125 @ 40``: a metric's best value and the step it came from."""
+    return "–" if best is None else f"{_number(best.value)} @ {best.step}"
 
 
 def _duration(seconds: float | None) -> str:

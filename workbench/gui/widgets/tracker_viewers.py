@@ -30,7 +30,7 @@ class TrackerViewers(QObject):
         super().__init__(parent)
         self._selected, self.open_browser = selected, open_browser
         # How a viewer's start-up job runs: the window sets its own, so that closing waits for it like any job.
-        self.start_job = lambda worker: workers.start(worker, self)
+        self.start_job = workers.JobRunner(self).start
         self.viewers: dict[tuple[str, Path], trackers.Viewer] = {}
         self.button = QPushButton("Open in…")
         self.button.setToolTip("Start TensorBoard or the MLflow UI on this computer (localhost) for the selected run "

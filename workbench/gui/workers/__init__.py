@@ -5,7 +5,7 @@ through signals emitted on the GUI thread (``jobs`` says how, and why a plain th
 itself is core's (``core.opening``, ``core.training``, ``core.merge``, ``core.gguf_export``,
 ``core.playground``...); a worker only carries its inputs there and its reports back. Modules by concern:
 
-* ``jobs`` — ``Worker``, ``Job``, ``start`` (the one way a job starts), ``FunctionWorker`` for a plain function;
+* ``jobs`` — ``Worker``, ``Job``, ``JobRunner`` (the one way a job starts), ``FunctionWorker`` for a plain function;
 * ``model`` — opening a model; ``training`` — a run in this process, new or resumed;
 * ``export`` — export, merge and GGUF export, the GGUF look ahead and adapter inspection;
 * ``playground`` — loading a base with an adapter, streaming the two answers;
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from ..process_switches import GarbageCollector, keep_garbage_collection_on_the_gui_thread
 from .export import ExportWorker, inspect_adapter_job, plan_gguf
-from .jobs import POLL_INTERVAL_MS, FunctionWorker, Job, JobCancelled, Worker, start, unexpected_error_text
+from .jobs import (POLL_INTERVAL_MS, FunctionWorker, Job, JobCancelled, JobRunner, Worker,
+                   unexpected_error_text)
 from .model import OpenModelWorker
 from .playground import GenerateWorker, load_playground
 from .training import ResumeWorker, TrainWorker
 from .warm_up import warm_up_imports
 
-__all__ = ["Worker", "Job", "JobCancelled", "start", "FunctionWorker", "unexpected_error_text", "POLL_INTERVAL_MS",
+__all__ = ["Worker", "Job", "JobCancelled", "JobRunner", "FunctionWorker", "unexpected_error_text", "POLL_INTERVAL_MS",
            "OpenModelWorker", "TrainWorker", "ResumeWorker", "ExportWorker", "plan_gguf", "inspect_adapter_job",
            "GenerateWorker", "load_playground", "warm_up_imports", "GarbageCollector",
            "keep_garbage_collection_on_the_gui_thread"]

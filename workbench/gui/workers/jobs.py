@@ -1,5 +1,5 @@
 """The job framework: a ``Worker`` (inputs, ``work()``, signals), the ``Job`` that runs it on its own thread,
-and ``start``, the one way the window starts a job.
+and ``JobRunner``, the one way anything starts a job (the window owns one; a dialog used on its own makes its own).
 
 Workers never touch widgets. Each gets plain inputs (a frozen config, a path), does its job in
 ``work()``, and reports through signals: ``result(object)`` with plain data, ``failed(message, traceback)``
@@ -18,7 +18,8 @@ in any way is noticed (its thread is no longer alive), and receivers are ordinar
 Tried again with the garbage collector kept on the GUI thread (``process_switches``): a runner QObject moved to
 a QThread, reports as queued signals. Two window tests then never saw their jobs end when the window closed, and
 a job that ignores cancelling (its QThread freed while still running) aborted the process ("QThread: Destroyed
-while thread is still running"); a Python thread that outlives its window only runs on.
+while thread is still running"); a Python thread that outlives its window only runs on. ``docs/dev/qthread_jobs_repro.py``
+reproduces both on their own, beside this path surviving the same job.
 
 Cancelling: ``Job.cancel()`` asks the worker to stop (``Worker.should_stop()`` turns true; workers with a
 ``RunControl`` also request a stop there) and from then on drops what the job reports, so nothing it sends
@@ -186,13 +187,50 @@ class Job(QObject):
         self.deleteLater()
 
 
-def start(worker: Worker, parent: QObject) -> Job:
-    """Run ``worker`` on a new thread; its signals arrive on the GUI thread; ``ended`` follows ``finished``
-    once the thread has exited."""
-    apply_process_switches()  # the window's start-up did this; a dialog used on its own may not have
-    job = Job(worker, parent)
-    job.start()
-    return job
+class JobRunner(QObject):
+    """Starts jobs and counts them until their threads have ended: the one entry point for a job, used by the
+    window (closing waits for its count to fall to 0) and by every dialog and panel it hands ``start`` to.
+
+    ``accepting`` false (its owner is closing) cancels a job at once when it is started by a late slot.
+    ``idle`` says the last counted job has ended."""
+
+    idle = Signal()
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.running: set[Job] = set()
+        self.accepting = True
+
+    @property
+    def count(self) -> int:
+        return len(self.running)
+
+    def start(self, worker: Worker) -> Job:
+        """Run ``worker`` on a new thread; its signals arrive on the GUI thread; the job's ``ended`` follows
+        ``finished`` once the thread has exited, and only then does the job stop counting."""
+        apply_process_switches()  # the window's start-up did this; a dialog used on its own may not have
+        job = Job(worker, self)
+        self.running.add(job)
+        job.ended.connect(lambda: self._ended(job))
+        job.start()
+        if not self.accepting:  # nothing new may run once the owner is closing (a late slot started it)
+            job.cancel()
+        return job
+
+    def cancel_all(self) -> None:
+        for job in list(self.running):
+            job.cancel()
+
+    def abandon_all(self) -> None:
+        """Stop watching every job still running (each was cancelled); each says ``ended`` at once."""
+        for job in list(self.running):
+            job.abandon()
+
+    def _ended(self, job: Job) -> None:
+        if job in self.running:
+            self.running.discard(job)
+            if not self.running:
+                self.idle.emit()
 
 
 class FunctionWorker(Worker):
