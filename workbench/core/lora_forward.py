@@ -50,7 +50,7 @@ def install_fused_lora_forward(model: nn.Module) -> int:
     for module in model.modules():
         if _is_gated_silu_mlp(module) and not getattr(module, _PEFT_FORWARD, None):
             setattr(module, _PEFT_FORWARD, module.forward)
-            module.forward = types.MethodType(_gated_mlp_forward, module)  # type: ignore[method-assign]
+            module.forward = types.MethodType(_gated_mlp_forward, module)
     return count
 
 
@@ -161,7 +161,7 @@ class _LoraLinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         x, weight, lora_a, lora_b, narrow, keep = ctx.saved_tensors
         wants_x, wants_a, wants_b = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         grad = grad.reshape(-1, grad.shape[-1])
@@ -214,7 +214,7 @@ class _GatedLoraLinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         gate, up, weight, lora_a, lora_b, narrow, keep = ctx.saved_tensors
         grad = grad.reshape(-1, grad.shape[-1])
         sig = torch.sigmoid(gate)
