@@ -31,7 +31,7 @@ def loss_and_grads(model, ids):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3", "gpt_neox", "opt"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "phi3", "gpt_neox", "opt"])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_outputs_and_gradients_equal_pefts_forward(arch, dropout):
     model = lora_model(arch, dropout)
@@ -94,3 +94,82 @@ def test_pefts_flags_still_decide_disabled_merged_and_variants():
 
 def test_gpt2_conv1d_layers_keep_pefts_forward():
     assert install_fused_lora_forward(lora_model("gpt2")) == 0  # Conv1D base layers (stored in × out)
+
+
+def test_one_autograd_node_keeps_a_boolean_mask_instead_of_dropouts_copies():
+    """With dropout on, the fused path saves x, the rank-wide product and a boolean mask per module — never a
+    float copy of dropout(x) — and is the node the output hangs from."""
+    model = lora_model("llama", dropout=0.1)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+
+    def saved(m):
+        params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+        storages: dict[int, tuple] = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), t.dtype)
+            return t
+
+        torch.manual_seed(3)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(input_ids=ids, labels=ids)
+        return storages
+
+    peft_saved = saved(model)
+    install_fused_lora_forward(model)
+    fused_saved = saved(model)
+    assert sum(n for n, _ in fused_saved.values()) < 0.8 * sum(n for n, _ in peft_saved.values())
+    assert any(dtype == torch.bool for _, dtype in fused_saved.values())
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    layer = next(m for m in model.modules() if type(m) is LoraLinear)
+    out = layer(torch.randn(2, 5, layer.in_features))
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "_LoraLinearBackward"  # under the view back to 3-d
+
+
+def test_dropout_mask_is_pefts_for_the_same_seed_and_keeps_its_rate():
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model = lora_model("llama", dropout=0.25)
+    layer = next(m for m in model.modules() if type(m) is LoraLinear)
+    x = torch.randn(64, 40, layer.in_features)
+    torch.manual_seed(5)
+    peft_out = layer(x)
+    install_fused_lora_forward(model)
+    torch.manual_seed(5)
+    fused_out = layer(x)
+    torch.testing.assert_close(fused_out, peft_out, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the LoRA part alone: zero where the mask drops an input column's contribution
+        layer.base_layer.weight.zero_()
+        lora_b = layer.lora_B["default"].weight
+        lora_b.copy_(torch.eye(*lora_b.shape))
+        layer.lora_A["default"].weight.copy_(torch.eye(*layer.lora_A["default"].weight.shape))
+        xs = torch.ones(200, 50, layer.in_features)
+        kept = (layer(xs)[..., :4] != 0).float().mean()  # output column j = scale · x_j · keep_j for j < r
+    assert abs(float(kept) - 0.75) < 0.01
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_gated_mlp_recomputes_its_product_and_matches_pefts(arch):
+    """silu(gate) * up is one node with the down projection (kept: gate and up only); an MLP's output and its
+    input gradient equal PEFT's with dropout on."""
+    model = lora_model(arch, dropout=0.2)
+    mlp = next(m for m in model.modules() if type(m).__name__.endswith("MLP"))
+    x = torch.randn(2, 7, model.config.hidden_size, requires_grad=True)
+    g = torch.randn(2, 7, model.config.hidden_size)
+    torch.manual_seed(9)
+    peft_out = mlp(x)
+    (peft_dx,) = torch.autograd.grad(peft_out, x, g)
+    install_fused_lora_forward(model)
+    torch.manual_seed(9)
+    fused_out = mlp(x)
+    assert type(fused_out.grad_fn.next_functions[0][0]).__name__ == "_GatedLoraLinearBackward"
+    (fused_dx,) = torch.autograd.grad(fused_out, x, g)
+    torch.testing.assert_close(fused_out, peft_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_dx, peft_dx, rtol=1e-5, atol=1e-6)
+    with model.disable_adapter():  # PEFT's flags still decide: the base MLP alone
+        base = mlp(x)
+    remove_fused_lora_forward(model)
+    with model.disable_adapter():
+        torch.testing.assert_close(mlp(x), base, rtol=0, atol=0)

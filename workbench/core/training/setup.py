@@ -100,7 +100,7 @@ def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFil
         peft_model = init_adapter.load_trainable(model, mc.init_adapter)
     else:
         peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
-    install_fused_lora_forward(peft_model)  # PEFT's modules and adapter, without its full-width mul/add (core/lora_forward.py)
+    install_fused_lora_forward(peft_model)  # PEFT's modules and adapter; one autograd node per LoRA linear (core/lora_forward.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection
