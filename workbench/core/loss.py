@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["IGNORE_INDEX", "HeadlessCausalLM", "LossCounts", "chunked_loss_head", "count_supervised",
+__all__ = ["IGNORE_INDEX", "HeadlessCausalLM", "LossCounts", "chunked_loss_head", "count_preference", "count_supervised",
            "supervised_token_loss"]
 
 IGNORE_INDEX = -100
@@ -179,6 +179,9 @@ class LossCounts:
     def add(self, inputs: dict[str, Any]) -> None:
         labels = inputs.get("labels")
         if not torch.is_tensor(labels):
+            counted = count_preference(inputs)
+            if counted is not None:
+                self._add(*counted)
             return
         if labels.dim() != 2 or labels.is_floating_point():
             # one target per example (a class id, a regression value, a multi-label row: core/classification.py):
@@ -187,6 +190,9 @@ class LossCounts:
             examples = torch.tensor(labels.shape[0], dtype=torch.long, device=labels.device)
         else:
             tokens, examples = count_supervised(labels, inputs.get("position_ids"))
+        self._add(tokens, examples)
+
+    def _add(self, tokens: torch.Tensor, examples: torch.Tensor) -> None:
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         self._examples = examples if self._examples is None else self._examples + examples
 
@@ -205,6 +211,32 @@ class LossCounts:
             counts = reduce(counts)
         tokens, examples = counts.tolist()
         return int(tokens), int(examples)
+
+
+def count_preference(inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(trained tokens, trained examples)`` of a TRL preference batch (core/preference.py), or None for another
+    batch. Tokens: the positions that predict a completion token, of the chosen and the rejected answers both (the
+    ones whose log-probabilities the preference loss sums). Examples: the rows of the user's data, a DPO or ORPO
+    pair counting once, and only with at least one such position.
+
+    TRL 1.16's batches: DPO and KTO mark the answer with ``completion_mask`` (DPO: the chosen rows, then the
+    rejected rows; KTO: one answer per row, with a ``label``); ORPO's ``chosen_labels``/``rejected_labels`` hold -100
+    outside the answer. KTO's ``KL_*`` rows (its reference term, mismatched on purpose) are not counted."""
+    mask = inputs.get("completion_mask")
+    if torch.is_tensor(mask) and mask.dim() == 2:
+        carries = mask[:, 1:].bool()  # position t predicts token t + 1
+        per_row = carries.any(dim=1)
+        if "label" not in inputs:  # DPO: rows [0, n) chosen, [n, 2n) rejected, the same pairs
+            half = per_row.shape[0] // 2
+            per_row = per_row[:half] | per_row[half:]
+        return carries.sum(), per_row.sum()
+    chosen, rejected = inputs.get("chosen_labels"), inputs.get("rejected_labels")
+    if torch.is_tensor(chosen) and torch.is_tensor(rejected) and chosen.dim() == 2 and rejected.dim() == 2:
+        chosen_carries = chosen[:, 1:] != IGNORE_INDEX
+        rejected_carries = rejected[:, 1:] != IGNORE_INDEX
+        return (chosen_carries.sum() + rejected_carries.sum(),
+                (chosen_carries.any(dim=1) | rejected_carries.any(dim=1)).sum())
+    return None
 
 
 def count_supervised(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
