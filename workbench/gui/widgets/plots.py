@@ -130,7 +130,8 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
 
     def _build_plots(self) -> Iterator[None]:
         self.loss_plot = self._plot("Training loss", row=0, col=0, colspan=2)
-        self.loss_plot.addLegend(offset=(-10, 10))
+        # One row: the plot is wide but short, and three entries stacked cut off "evaluation" at 1200x800.
+        self.loss_plot.addLegend(offset=(-10, 10), colCount=3)
         follow_palette(self, [self.loss_plot])  # the legend's colours
         self.raw_curve = self._curve(self.loss_plot, (120, 160, 220, 110), "raw")
         self.smooth_curve = self._curve(self.loss_plot, (30, 100, 220), "smoothed", width=2)
@@ -148,7 +149,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             yield
             plot = self._plot(title, row=1 + i // 2, col=i % 2)
             if name == "tokens_per_second":  # real tokens (template and prompt included) beside those that carry loss
-                plot.addLegend(offset=(-10, 10))
+                plot.addLegend(offset=(-10, 10), colCount=2)  # one row, as the loss plot's
                 follow_palette(self, [plot])  # the legend's colours, as for the loss plot's (else pale grey)
             self.curves[name] = self._curve(plot, (60, 170, 110), "real" if name == "tokens_per_second" else None)
             self._plot_curves[plot] = (name,)
