@@ -255,7 +255,7 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
         worker = workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries")
-        worker.result.connect(lambda _: IdleSteps(self, self._prebuild_plots()))
+        worker.result.connect(lambda _: IdleSteps(self, self._prebuild_plots(), when_idle=True))
         self._start(worker)
 
     def _prebuild_plots(self):
