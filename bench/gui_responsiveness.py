@@ -340,12 +340,17 @@ def main() -> int:
 
     print(f"launch → visible window: {launch:.2f} s (target < 1.5 s); torch imported at show: {torch_at_show}")
     baseline = worst.pop("idle (baseline)")
-    print(f"GUI-thread stalls (longest gap beyond the {PROBE_MS} ms probe interval; baseline idle: {baseline:.1f} ms):")
-    for phase, ms in worst.items():
+
+    def split_of(phase: str) -> str:  # --why
         split = probe.worst_split.get(phase)
-        where = (f"   (GUI thread on a CPU {split[0]:.1f} ms, waiting for one {split[1]:.1f} ms, the rest asleep; "
-                 f"longest work between two ticks: {probe.longest_work.get(phase, 0.0):.1f} ms on a CPU)"
-                 if split else "")
+        return (f"   (GUI thread on a CPU {split[0]:.1f} ms, waiting for one {split[1]:.1f} ms, the rest asleep; "
+                f"longest work between two ticks: {probe.longest_work.get(phase, 0.0):.1f} ms on a CPU)"
+                if split else "")
+
+    print(f"GUI-thread stalls (longest gap beyond the {PROBE_MS} ms probe interval; baseline idle: {baseline:.1f} ms"
+          f"{split_of('idle (baseline)')}):")
+    for phase, ms in worst.items():
+        where = split_of(phase)
         print(f"  {phase:<28} {ms:7.1f} ms   ×{ms / max(baseline, 0.1):.1f} idle   {'ok' if ms < 50 else 'OVER 50 ms'}"
               f"{where}")
     overall = max(worst.values())

@@ -6,7 +6,8 @@ that imports the plot's module, when it is first shown or first used (any attrib
 is the plot's: data given to a hidden plot builds it then, so nothing needs buffering and every call keeps
 its meaning). The warm-up worker imports pyqtgraph in the background after the first paint, so building the
 first plot does not stall the window on the import; then the Train tab's plots are built ahead of time
-(``LazyPlot.prebuild``), one plot per idle event-loop turn (``IdleSteps``), so that Start does not build them.
+(``LazyPlot.prebuild``), a piece of a plot (its view, its axes, its item, its curves) per quick event-loop turn
+(``IdleSteps`` with ``when_idle``), so that Start does not build them and no piece adds to other work of a turn.
 
 This module imports only Qt: the plot modules that import pyqtgraph at their top are imported by factories.
 """
@@ -178,7 +179,7 @@ class LazyPlot(QWidget):
 
 
 def metrics_plots() -> Generator[None, None, QWidget]:
-    """The live training plots (loss, learning rate, …), for the Train and Runs tabs, one plot per step."""
+    """The live training plots (loss, learning rate, …), for the Train and Runs tabs, a few ms per step."""
     from .plots import MetricsPlots
 
     return (yield from MetricsPlots.in_steps())

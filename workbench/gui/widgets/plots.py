@@ -106,7 +106,7 @@ class ThemedPlotWidget(pg.PlotWidget):
 
 
 class MetricsPlots(pg.GraphicsLayoutWidget):
-    """The five live training plots. Built at once (``MetricsPlots()``) or one plot per step (``in_steps``), so
+    """The five live training plots. Built at once (``MetricsPlots()``) or a piece per step (``in_steps``), so
     that the window can build them in idle event-loop turns: all five at once hold the GUI thread for ~60 ms."""
 
     NAMES = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "memory")
@@ -132,7 +132,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
 
     @classmethod
     def in_steps(cls) -> Generator[None, None, "MetricsPlots"]:
-        """Builds the widget, then one plot per ``next()``; returns the finished widget (``StopIteration.value``,
+        """Builds the widget, then a piece of a plot per ``next()``; returns the finished widget (``StopIteration.value``,
         as ``lazy_plot.LazyPlot.prebuild`` expects)."""
         plots = cls(_in_steps=True)
         yield
