@@ -103,6 +103,8 @@ class Probe:
 
     def start(self) -> None:
         self._last = time.perf_counter()
+        if self._why:  # from the first tick on, so that the first gap (the idle baseline's, often) is split too
+            self._sched = self._schedstat()
         self.timer.start()
         if self._why:
             threading.Thread(target=self._watch, name="stall watcher", daemon=True).start()
