@@ -1,8 +1,8 @@
 """Training throughput and memory: the engine against the plain HF Trainer + PEFT scripts people write by hand.
 
 The same model is trained on the same variable-length instruction data (Alpaca-style rows, generated
-deterministically: mean ≈ 165 tokens, max 512) with the same LoRA (all-linear, r=16), learning rate and
-precision, three ways:
+deterministically: mean ≈ 165 tokens, max 512) with the same LoRA (all-linear, r=16, dropout 0.05), learning rate
+and precision, three ways:
 
 * **engine** — ``workbench.core.training.run`` with its defaults (packing on, the loss on supervised positions);
 * **padded** — a plain Trainer + PEFT script whose collator pads each batch to its longest row (what the web
@@ -10,20 +10,30 @@ precision, three ways:
 * **flattened** — the same plain script with transformers' ``DataCollatorWithFlattening`` (padding-free: the
   whole batch is one row with restarting position ids), the best a plain script does.
 
-Each way trains in its own process (so each has its own peak RSS), the ways interleaved round by round
-(A B C, B C A, C A B, ...) so that a change in the shared machine's load hits all of them alike; each prints
-min and median over the rounds. Reported per way:
+Each way trains in its own child process, started once and kept for all rounds (so its imports are paid once,
+and each peak RSS is that way's alone: ``ru_maxrss`` of its child; the model is loaded afresh each round), the
+ways taking turns round by round (A B C, B C A, C A B, ...) so that a change in the shared machine's load hits all
+of them alike; min and median over the rounds are printed. Measured per way, over the steps after the first
+``--warmup-steps`` (warm-up excluded: its allocations and first-call costs are not the steady rate):
 
 * **trained tokens/s** — positions that carry loss (the completion), what the optimisation pays for;
 * **examples/s**, and **real tokens/s** (non-padding: template and prompt tokens included, which flatter it);
-* **peak RSS** of the process (model loading included; the same model for every way).
+* **trained tokens per CPU-second** — the same tokens over the process's CPU time (``time.process_time``, all its
+  threads) in the same window: on a shared machine the wall-clock rates move with the other jobs' load, the CPU
+  time much less (it still grows somewhat with cache and memory-bandwidth contention);
+* **peak RSS** of the way's process over its rounds (model loading included; the same model for every way), and
+  its rise over the RSS at the first round's start of training (activations, gradients, optimizer state).
 
-Time is the training loop's wall time (the Trainer's start to its last step's end: model loading and
-tokenisation excluded). Before the rounds, one batch's loss through the engine's loss
-(``core/loss.HeadlessCausalLM``) is compared with the model's own loss, padded and packed, and printed.
+Before the rounds, one batch's loss through the engine's loss and forward (``core/loss.HeadlessCausalLM``, the
+fused LoRA forward, the lean attention) is compared with the plain model's own loss, padded and packed, and printed.
 
-    .venv/bin/python bench/train_throughput.py                     # the built-in SmolLM2-135M
-    .venv/bin/python bench/train_throughput.py --model DIR --examples 64 --rounds 5
+The defaults fit a 2-core, 24 GB machine in under 10 minutes even when it is shared: the built-in SmolLM2-135M cut
+to its first ``--layers 6`` decoder layers (its real weights; the head and the 49k vocabulary stay, so the head is a
+larger share of a step than in all 30 layers, which favours the engine's supervised-positions-only head: run
+``--layers 0`` for the whole model), 24 examples, batches of 8, rows of ≤ 512, 3 steps a way (1 warm-up), 3 rounds.
+
+    .venv/bin/python bench/train_throughput.py                     # the defaults above
+    .venv/bin/python bench/train_throughput.py --layers 0 --examples 32 --rounds 3   # all 30 layers (~1 h here)
     python bench/train_throughput.py --model DIR --device cuda --precision bf16 --examples 2000   # on a GPU
 
 Targets (issue 22): engine ≥ 1.5× flattened in trained tokens/s; engine peak RSS ≤ 0.5× flattened's.
@@ -124,19 +134,28 @@ def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, 
             out["attention_mask"].append([1] * n + [0] * (width - n))
         return {k: torch.tensor(v) for k, v in out.items()}
 
-    moments: dict[str, float] = {}
-    losses: list[float] = []
+    batches: list[tuple[int, int, int]] = []  # (real tokens, trained tokens, examples) of each batch collated
+    records: list[dict] = []
+    begin: dict = {}
+
+    def counted(collate):
+        def collate_and_count(features):
+            batches.append((sum(len(f["input_ids"]) for f in features),
+                            sum(sum(1 for y in f["labels"][1:] if y != -100) for f in features), len(features)))
+            return collate(features)
+        return collate_and_count
 
     class Timer(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            moments["start"] = time.time()
+            begin.update(record(0, 0, 0, 0, None))
 
         def on_step_end(self, args, state, control, **kw):
-            moments["end"], moments["steps"] = time.time(), state.global_step
+            done = batches[:state.global_step]  # the loader may have collated a batch ahead
+            records.append(record(state.global_step, *(sum(b[i] for b in done) for i in range(3)), None))
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+            if logs and "loss" in logs and records:
+                records[-1]["loss"] = float(logs["loss"])
 
     # The same weight dtype the engine loads (precision.training_weight_dtype): bf16 weights for a bf16 run on a GPU.
     weights = torch.bfloat16 if (device == "cuda" and precision == "bf16") else torch.float32
@@ -148,10 +167,24 @@ def plain_script(model_dir: Path, data_file: Path, tmp: Path, *, flatten: bool, 
                              bf16=precision == "bf16", report_to="none", save_strategy="no", logging_steps=1,
                              disable_tqdm=True, remove_unused_columns=False, seed=42, data_seed=42)
     trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=DataCollatorWithFlattening() if flatten else pad, callbacks=[Timer()])
+                      data_collator=counted(DataCollatorWithFlattening() if flatten else pad), callbacks=[Timer()])
     trainer.train()
-    return {"real_tokens": real_tokens, "trained_tokens": trained_tokens, "examples": len(ds),
-            "seconds": moments["end"] - moments["start"], "steps": int(moments["steps"]), "losses": losses}
+    return {"real_tokens": real_tokens, "trained_tokens": trained_tokens, "examples": len(ds), "begin": begin,
+            "records": records}
+
+
+def record(step: int, real: int, trained: int, examples: int, loss: float | None) -> dict:
+    """One step's end: wall time, the process's CPU time (all threads), its resident memory now, the counts so far."""
+    return {"step": step, "wall": time.time(), "cpu": time.process_time(), "rss": current_rss_bytes(), "real": real,
+            "trained": trained, "examples": examples, "loss": loss}
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------- the engine
@@ -171,12 +204,25 @@ def engine(model_dir: Path, data_file: Path, tmp: Path, *, batch_size: int, max_
                      "precision": precision},
         "output": {"run_dir": str(tmp / "run")},
     })
-    sink = ev.ListSink()
-    run(cfg, sink)
-    started, steps = sink.of(ev.RunStarted)[0], sink.of(ev.Step)
-    last = steps[-1]
-    return {"real_tokens": last.tokens_seen, "trained_tokens": last.trained_tokens_seen, "examples": examples,
-            "seconds": last.time - started.time, "steps": last.step, "losses": [s.loss for s in steps]}
+    records: list[dict] = []
+    begin: dict = {}
+    counted = {"examples": 0.0, "time": 0.0}
+
+    class Sink(ev.ListSink):  # called in the training thread as each event happens: the CPU time is the step's end
+        def emit(self, event):
+            if isinstance(event, ev.RunStarted):
+                begin.update(record(0, 0, 0, 0, None))
+                counted["time"] = event.time
+            elif isinstance(event, ev.Step):  # the engine reports examples as a rate over the step
+                counted["examples"] += (event.examples_per_second or 0.0) * (event.time - counted["time"])
+                counted["time"] = event.time
+                records.append(record(event.step, event.tokens_seen, event.trained_tokens_seen,
+                                      round(counted["examples"]), event.loss))
+            super().emit(event)
+
+    run(cfg, Sink())
+    return {"real_tokens": records[-1]["real"], "trained_tokens": records[-1]["trained"], "examples": examples,
+            "begin": begin, "records": records}
 
 
 def loss_check(model_dir: Path, data_file: Path, *, max_length: int) -> dict:
@@ -208,15 +254,23 @@ def loss_check(model_dir: Path, data_file: Path, *, max_length: int) -> dict:
     found = chunked_loss_head(model)
     if found is None:
         return {"note": f"{model.config.model_type}: the engine keeps the model's own loss"}
+    from workbench.core.lean_attention import install_lean_attention
+    from workbench.core.lora_forward import install_fused_lora_forward
+
+    def loss_and_grads(fn, batch):
+        model.zero_grad()
+        loss = fn(dict(batch))
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    batches = (("padded", padded), ("packed", packed))
+    plain_results = {name: loss_and_grads(lambda b: model(**b).loss, batch) for name, batch in batches}
+    install_fused_lora_forward(model)  # the engine's forward: one node per LoRA linear, lean attention
+    install_lean_attention(model)
     out = {}
-    for name, batch in (("padded", padded), ("packed", packed)):
-        results = []
-        for fn in (lambda b: model(**b).loss, lambda b: HeadlessCausalLM(model, *found)(**b)["loss"]):
-            model.zero_grad()
-            loss = fn(dict(batch))
-            loss.backward()
-            results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
-        (plain, plain_grads), (ours, our_grads) = results
+    for name, batch in batches:
+        plain, plain_grads = plain_results[name]
+        ours, our_grads = loss_and_grads(lambda b: HeadlessCausalLM(model, *found)(**b)["loss"], batch)
         grad_diff = max(float((our_grads[n] - plain_grads[n]).abs().max()) for n in plain_grads)
         grad_scale = max(float(g.abs().max()) for g in plain_grads.values())
         out[name] = {"plain": plain, "engine": ours, "grad_diff": grad_diff, "grad_scale": grad_scale}
@@ -226,38 +280,113 @@ def loss_check(model_dir: Path, data_file: Path, *, max_length: int) -> dict:
 # -------------------------------------------------------------------------------------------- the driver
 
 
+def truncated_model(model_dir: Path, layers: int, out: Path) -> Path:
+    """The model cut to its first ``layers`` decoder layers (its own weights), saved with its tokenizer in ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    stack = model.get_decoder().layers
+    if layers >= len(stack):
+        return model_dir
+    del stack[layers:]
+    model.config.num_hidden_layers = layers
+    for key in ("layer_types",):  # per-layer lists some configs carry
+        if isinstance(getattr(model.config, key, None), list):
+            setattr(model.config, key, getattr(model.config, key)[:layers])
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
 def worker(args) -> int:
+    """A way's child process: one training (or the loss check) per line read from stdin, each printed as a RESULT
+    line; the imports happen once, so later rounds do not pay them again (they are outside the timed steps anyway)."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    import datasets  # noqa: F401  (imported before the first run, while the other ways start too)
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    import workbench.core.training  # noqa: F401
+
     where = {"device": args.device, "precision": args.precision, "max_length": args.max_length}
-    with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        if args.worker == "loss-check":
-            result = loss_check(args.model, args.data, max_length=args.max_length)
-        elif args.worker == "engine":
-            result = engine(args.model, args.data, tmp, batch_size=args.engine_batch, examples=args.examples, **where)
-        else:
-            result = plain_script(args.model, args.data, tmp, flatten=args.worker == "flattened",
-                                  batch_size=args.batch_size, **where)
-    result["peak_rss"] = peak_rss_bytes()
-    result["threads"] = torch.get_num_threads()
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    print("READY", flush=True)
+    while sys.stdin.readline().strip() == "run":
+        with tempfile.TemporaryDirectory() as tmp_s:
+            tmp = Path(tmp_s)
+            if args.worker == "loss-check":
+                result = loss_check(args.model, args.data, max_length=args.max_length)
+            elif args.worker == "engine":
+                result = engine(args.model, args.data, tmp, batch_size=args.engine_batch, examples=args.examples,
+                                **where)
+            else:
+                result = plain_script(args.model, args.data, tmp, flatten=args.worker == "flattened",
+                                      batch_size=args.batch_size, **where)
+        result["peak_rss"] = peak_rss_bytes()
+        result["threads"] = torch.get_num_threads()
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
 
-def run_worker(way: str, args, data_file: Path, model_dir: Path, engine_batch: int) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", way, "--model", str(model_dir), "--data",
-               str(data_file), "--examples", str(args.examples), "--batch-size", str(args.batch_size),
-               "--engine-batch", str(engine_batch), "--max-length", str(args.max_length), "--device", args.device,
-               "--precision", args.precision, "--threads", str(args.threads or 0)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode != 0 or not lines:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"{way} failed (exit {done.returncode})")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+class Worker:
+    """One way's child process, kept between rounds (its peak RSS is that way's alone; the ways still take turns)."""
+
+    def __init__(self, way: str, args, data_file: Path, model_dir: Path, engine_batch: int, logs: Path):
+        command = [sys.executable, os.path.abspath(__file__), "--worker", way, "--model", str(model_dir), "--data",
+                   str(data_file), "--examples", str(args.examples), "--batch-size", str(args.batch_size),
+                   "--engine-batch", str(engine_batch), "--max-length", str(args.max_length), "--device",
+                   args.device, "--precision", args.precision, "--threads", str(args.threads or 0)]
+        self.way, self.log = way, logs / f"{way}.log"
+        self._log_file = open(self.log, "w")
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self._log_file, text=True)
+
+    def ready(self) -> None:
+        """Wait for the child's imports to finish (so that no way's first timed step shares the cores with them)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.strip() == "READY":
+                return
+        self.process.wait()
+        sys.stderr.write(self.log.read_text()[-4000:])
+        raise SystemExit(f"{self.way} failed to start (exit {self.process.returncode})")
+
+    def run(self) -> dict:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:  # the Trainer prints its logs to stdout too
+            if line.startswith(RESULT_PREFIX):
+                return json.loads(line[len(RESULT_PREFIX):])
+        self.process.wait()
+        sys.stderr.write(self.log.read_text()[-4000:])
+        raise SystemExit(f"{self.way} failed (exit {self.process.returncode})")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()  # the loop ends at end of input
+            self.process.wait()
+        self._log_file.close()
+
+
+def timed_window(res: dict, warmup: int) -> dict:
+    """The rates over the steps after the first ``warmup`` (the warm-up's end to the last step's end)."""
+    records = res["records"]
+    if len(records) <= warmup:
+        raise SystemExit(f"{len(records)} steps, {warmup} of them warm-up: raise --examples or lower --warmup-steps")
+    first = records[warmup - 1] if warmup else res["begin"]
+    last = records[-1]
+    seconds, cpu = last["wall"] - first["wall"], last["cpu"] - first["cpu"]
+    counts = {k: last[k] - first[k] for k in ("trained", "real", "examples")}
+    return {"trained": counts["trained"] / seconds, "real": counts["real"] / seconds,
+            "examples": counts["examples"] / seconds, "trained_per_cpu": counts["trained"] / cpu,
+            "seconds": seconds, "cpu": cpu, "steps": last["step"] - first["step"], "trained_tokens": counts["trained"],
+            "rss": res["peak_rss"], "rise": res["peak_rss"] - res["begin"]["rss"],
+            "losses": [r["loss"] for r in records]}
 
 
 def load_average() -> str:
@@ -270,9 +399,12 @@ def load_average() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="local HF model folder (default: the built-in SmolLM2-135M)")
-    ap.add_argument("--examples", type=int, default=16, help="training examples per run (default 16: 2 steps a way a round, so 3 rounds fit in 10 minutes)")
+    ap.add_argument("--layers", type=int, default=6,
+                    help="keep only the model's first N decoder layers (default 6; 0: all of them)")
+    ap.add_argument("--examples", type=int, default=24, help="training examples per run (default 24: 3 steps a way)")
     ap.add_argument("--batch-size", type=int, default=8, help="examples per step for the plain scripts (default 8)")
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the rates (default 1)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process (default: torch's choice)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -286,24 +418,37 @@ def main() -> int:
     if args.worker:
         return worker(args)
 
-    model_dir = args.model or default_model()
-    rows = make_rows(args.examples)
     began = time.time()
+    rows = make_rows(args.examples)
     with tempfile.TemporaryDirectory() as tmp_s:
+        model_dir = args.model or default_model()
+        if args.layers:
+            model_dir = truncated_model(model_dir, args.layers, Path(tmp_s) / "model")
         data_file = Path(tmp_s) / "alpaca.jsonl"
         data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(model_dir)
+        layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
         template_tokens = 30  # the Alpaca template around each row
         mean_tokens = sum(len(tok(r["instruction"] + r["input"] + r["output"])["input_ids"]) for r in rows) / len(rows) + template_tokens
         # The engine packs examples into rows of max_length: give it about as many tokens per step as the scripts get.
         engine_batch = max(1, round(args.batch_size * mean_tokens / args.max_length))
-        print(f"model: {model_dir}; {len(rows)} examples, mean ≈ {mean_tokens:.0f} tokens; plain batch {args.batch_size} "
-              f"examples, engine batch {engine_batch} packed rows of ≤ {args.max_length}; device {args.device}, "
-              f"{args.precision}; load average before: {load_average()}", flush=True)
+        print(f"model: {args.model or 'built-in SmolLM2-135M'}, {layers} decoder layers; {len(rows)} examples, mean ≈ "
+              f"{mean_tokens:.0f} tokens; plain batch {args.batch_size} examples, engine batch {engine_batch} packed "
+              f"rows of ≤ {args.max_length}; device {args.device}, {args.precision}; rates over the steps after "
+              f"{args.warmup_steps} warm-up; load average before: {load_average()}", flush=True)
 
-        check = {} if args.skip_loss_check else run_worker("loss-check", args, data_file, model_dir, engine_batch)
+        logs = Path(tmp_s) / "logs"
+        logs.mkdir()
+        ways = list(args.only or WAYS)
+        workers = {w: Worker(w, args, data_file, model_dir, engine_batch, logs) for w in ways}  # importing meanwhile
+        check: dict = {}
+        if not args.skip_loss_check:
+            checker = Worker("loss-check", args, data_file, model_dir, engine_batch, logs)
+            checker.ready()
+            check = checker.run()
+            checker.close()
         for name in ("padded", "packed"):
             if name in check:
                 c = check[name]
@@ -313,43 +458,49 @@ def main() -> int:
         if "note" in check:
             print("loss check:", check["note"])
 
-        ways = list(args.only or WAYS)
         results: dict[str, list[dict]] = {w: [] for w in ways}
+        for worker_ in workers.values():
+            worker_.ready()
+        starts: dict[str, int] = {}
         for r in range(args.rounds):
             order = ways[r % len(ways):] + ways[:r % len(ways)]  # A B C, B C A, C A B
             for way in order:
-                res = run_worker(way, args, data_file, model_dir, engine_batch)
-                results[way].append(res)
-                print(f"round {r + 1} {way:>10}: {res['trained_tokens'] / res['seconds']:8,.1f} trained tok/s "
-                      f"{res['real_tokens'] / res['seconds']:8,.1f} real tok/s {res['examples'] / res['seconds']:6.2f} ex/s "
-                      f"in {res['seconds']:6.1f} s, {res['steps']} steps, peak RSS {res['peak_rss'] / 2**30:5.2f} GiB "
+                res = workers[way].run()
+                starts.setdefault(way, res["begin"]["rss"])  # the rise: from the way's first training start
+                res["begin"]["rss"] = starts[way]
+                w = timed_window(res, args.warmup_steps)
+                w["threads"] = res["threads"]
+                results[way].append(w)
+                print(f"round {r + 1} {way:>10}: {w['trained']:7,.1f} trained tok/s {w['real']:7,.1f} real tok/s "
+                      f"{w['examples']:5.2f} ex/s {w['trained_per_cpu']:6.1f} trained tok/CPU-s; {w['steps']} timed "
+                      f"steps in {w['seconds']:5.1f} s, {w['cpu']:5.1f} CPU-s; peak RSS {w['rss'] / 2**30:4.2f} GiB "
+                      f"(+{w['rise'] / 2**30:4.2f} in training); losses {', '.join(f'{x:.4f}' for x in w['losses'] if x is not None)} "
                       f"(load {load_average()})", flush=True)
+        for worker_ in workers.values():
+            worker_.close()
 
     print()
     summary = {}
-    print(f"{'way':>10}  {'trained tok/s':>21}  {'real tok/s':>21}  {'examples/s':>13}  {'peak RSS GiB':>12}")
-    print(f"{'':>10}  {'min':>10} {'median':>10}  {'min':>10} {'median':>10}  {'min':>6} {'median':>6}  {'median':>12}")
+    keys = (("trained", "trained tok/s", "10,.1f"), ("trained_per_cpu", "trained tok/CPU-s", "10,.1f"),
+            ("real", "real tok/s", "10,.1f"), ("examples", "examples/s", "10.3f"))
+    print(f"{'way':>10}  " + "  ".join(f"{title:>21}" for _, title, _ in keys) + f"  {'peak RSS GiB':>12}  {'rise GiB':>8}")
+    print(f"{'':>10}  " + "  ".join(f"{'min':>10} {'median':>10}" for _ in keys) + f"  {'of process':>12}  {'':>8}")
     for way, runs in results.items():
-        trained = [x["trained_tokens"] / x["seconds"] for x in runs]
-        real = [x["real_tokens"] / x["seconds"] for x in runs]
-        examples = [x["examples"] / x["seconds"] for x in runs]
-        rss = statistics.median(x["peak_rss"] for x in runs)
-        summary[way] = {"trained": statistics.median(trained), "real": statistics.median(real),
-                        "examples": statistics.median(examples), "rss": rss}
-        print(f"{way:>10}  {min(trained):10,.1f} {statistics.median(trained):10,.1f}  {min(real):10,.1f} "
-              f"{statistics.median(real):10,.1f}  {min(examples):6.2f} {statistics.median(examples):6.2f}  {rss / 2**30:12.2f}")
+        summary[way] = {k: statistics.median(x[k] for x in runs) for k in (k for k, _, _ in keys)}
+        summary[way].update(rss=max(x["rss"] for x in runs), rise=max(x["rise"] for x in runs))  # the process's peak
+        cells = "  ".join(f"{min(x[k] for x in runs):{fmt}} {summary[way][k]:{fmt}}" for k, _, fmt in keys)
+        print(f"{way:>10}  {cells}  {summary[way]['rss'] / 2**30:12.2f}  {summary[way]['rise'] / 2**30:8.2f}")
     print()
     if "engine" in summary:
         e = summary["engine"]
         for base in ("flattened", "padded"):
             if base in summary:
                 b = summary[base]
-                print(f"engine / {base:>9} (medians): trained tok/s {e['trained'] / b['trained']:.2f}×, "
-                      f"examples/s {e['examples'] / b['examples']:.2f}×, real tok/s {e['real'] / b['real']:.2f}×, "
-                      f"peak RSS {e['rss'] / b['rss']:.2f}×")
-        if results["engine"]:
-            print("engine trained tokens:", results["engine"][0]["trained_tokens"],
-                  "| plain scripts':", next((r[0]["trained_tokens"] for w, r in results.items() if w != "engine" and r), "–"))
+                per_round = ", ".join(f"{x['trained'] / y['trained']:.2f}×" for x, y in zip(results["engine"], results[base]))
+                print(f"engine / {base:>9} (medians): trained tok/s {e['trained'] / b['trained']:.2f}× (per round "
+                      f"{per_round}), trained tok/CPU-s {e['trained_per_cpu'] / b['trained_per_cpu']:.2f}×, examples/s "
+                      f"{e['examples'] / b['examples']:.2f}×, real tok/s {e['real'] / b['real']:.2f}×, peak RSS "
+                      f"{e['rss'] / b['rss']:.2f}×, RSS rise in training {e['rise'] / b['rise']:.2f}×")
     first = next(iter(results.values()))[0]
     print(f"torch threads per process: {first['threads']}; load average after: {load_average()}; "
           f"wall time {time.time() - began:.0f} s")

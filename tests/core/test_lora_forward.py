@@ -197,3 +197,58 @@ def test_redrawn_mask_survives_other_draws_and_leaves_the_generator_where_pefts_
     loss.backward()
     for name, grad in peft_grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_node_gives_transformers_output_and_gradients(dtype):
+    """The RMSNorm node keeps only its input and runs transformers' ops again in its backward pass: the same output
+    and gradients (input, and the weight when it trains) to the bit."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from workbench.core import lora_forward
+
+    norm = LlamaRMSNorm(48, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.2)
+    h = torch.randn(3, 7, 48, dtype=dtype, requires_grad=True)
+    g = torch.randn(3, 7, 48, dtype=dtype)
+    plain = norm(h)
+    plain_dh, plain_dw = torch.autograd.grad(plain, (h, norm.weight), g)
+    out = lora_forward._RMSNorm.apply(h, norm.weight, norm.variance_epsilon)
+    dh, dw = torch.autograd.grad(out, (h, norm.weight), g)
+    assert torch.equal(out, plain) and torch.equal(dh, plain_dh) and torch.equal(dw, plain_dw)
+
+
+def test_norm_outputs_are_not_kept_by_the_projections_they_feed():
+    """q/k/v and gate/up keep the RMSNorm's input (kept by the norm anyway) instead of its output: one
+    [tokens, hidden] tensor less per norm whose input needs a gradient (all but the first layer's first norm)."""
+    from workbench.core import lora_forward
+
+    model = lora_model("llama", dropout=0.1)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+
+    def saved_bytes():
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(3)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(input_ids=ids, labels=ids).loss
+        return sum(storages.values()), loss
+
+    install_fused_lora_forward(model)
+    with_norms, loss = saved_bytes()
+    norms = [m for m in model.modules() if type(m).__name__ in lora_forward.RMS_NORMS]
+    assert len(norms) == 2 * model.config.num_hidden_layers + 1
+    for m in norms:  # the norms' own forward again, the LoRA nodes as they are
+        del m.forward
+        delattr(m, lora_forward._PEFT_FORWARD)
+    without, plain_loss = saved_bytes()
+    assert float(loss) == float(plain_loss)
+    norm_output = 2 * 24 * model.config.hidden_size * 4
+    assert without - with_norms >= (2 * model.config.num_hidden_layers - 1) * norm_output

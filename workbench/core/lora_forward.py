@@ -51,6 +51,9 @@ def install_fused_lora_forward(model: nn.Module) -> int:
         if _is_gated_silu_mlp(module) and not getattr(module, _PEFT_FORWARD, None):
             setattr(module, _PEFT_FORWARD, module.forward)
             module.forward = types.MethodType(_gated_mlp_forward, module)
+        elif type(module).__name__ in RMS_NORMS and not getattr(module, _PEFT_FORWARD, None):
+            setattr(module, _PEFT_FORWARD, module.forward)
+            module.forward = types.MethodType(_rms_norm_forward, module)
     return count
 
 
@@ -69,11 +72,12 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     lora_a, lora_b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
     base = self.base_layer
     if _one_function_fits(x, base, dropout):
+        norm = getattr(x, _NORM_SOURCE, None)  # x is an RMSNorm's output: keep the norm's input instead
         keep, redraw = _keep_mask(dropout, x)  # booleans; the dropout's 1 / (1 - p) goes into the rank-wide tensor
         scaling = float(self.scaling[name]) * (_keep_scale(dropout, x.dtype) if keep is not None else 1.0)
         shape = x.shape[:-1] + (base.out_features,)
         out = _LoraLinear.apply(x.reshape(-1, x.shape[-1]), base.weight, base.bias, lora_a.weight, lora_b.weight,
-                                scaling, keep, redraw)
+                                scaling, keep, redraw, norm)
         return out.view(shape)
     result = base(x)
     narrow = lora_a(dropout(x)) * self.scaling[name]  # [..., r]: the scale costs r columns here
@@ -180,12 +184,15 @@ class _LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float, keep: torch.Tensor | None, redraw: _Redraw | None) -> torch.Tensor:
+                lora_b: torch.Tensor, scaling: float, keep: torch.Tensor | None, redraw: _Redraw | None,
+                norm: _NormSource | None) -> torch.Tensor:
         narrow = torch.mm(x if keep is None else x * keep, lora_a.t()).mul_(scaling)  # [n, r]
         out = torch.nn.functional.linear(x, weight, bias)
         out.addmm_(narrow, lora_b.t())
-        ctx.save_for_backward(x, weight, lora_a, lora_b, narrow, None if redraw is not None else keep)
+        ctx.save_for_backward(x if norm is None else norm.hidden, weight, lora_a, lora_b, narrow,
+                              None if redraw is not None else keep)
         ctx.scaling, ctx.redraw = scaling, redraw
+        ctx.norm = None if norm is None else (norm.weight, norm.eps)  # the input itself goes through save_for_backward
         return out
 
     @staticmethod
@@ -193,6 +200,9 @@ class _LoraLinear(torch.autograd.Function):
         x, weight, lora_a, lora_b, narrow, keep = ctx.saved_tensors
         if ctx.redraw is not None:
             keep = ctx.redraw.mask()
+        if ctx.norm is not None:  # x was the norm's output: computed again from the norm's input (saved anyway)
+            with torch.no_grad():
+                x = _rms_norm(x, *ctx.norm).reshape(-1, lora_a.shape[1])
         wants_x, wants_a, wants_b = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         grad = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_a = grad_b = None
@@ -207,7 +217,7 @@ class _LoraLinear(torch.autograd.Function):
                 if keep is not None:
                     grad_x.mul_(keep)
                 grad_x.addmm_(grad, weight)
-        return grad_x, None, None, grad_a, grad_b, None, None, None
+        return grad_x, None, None, grad_a, grad_b, None, None, None, None
 
 
 def _fast_adapter(self: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
@@ -270,3 +280,61 @@ class _GatedLoraLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # d silu(g) / dg = sig · (1 + g · (1 - sig))
             grad_gate = grad_h.mul_(up).mul_(sig.mul_(1 + gate - act))  # sig + g·sig − g·sig² = sig·(1 + g − act)
         return grad_gate, grad_up, None, None, grad_a, grad_b, None, None, None
+
+
+# RMSNorms computing ``weight * (h * rsqrt(mean(h²) + eps))`` in fp32, cast back (transformers' own forward, the same
+# in each; the tests compare with it). Their output feeds the q/k/v and gate/up projections, each of which keeps it
+# for its LoRA A gradient: here the norm's output carries its input (which the norm keeps anyway), and the LoRA
+# nodes keep that and compute the output again in the backward pass (2.25 KiB a token a norm on SmolLM2).
+RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"})
+_NORM_SOURCE = "_workbench_norm_source"  # the attribute on a norm's output naming its input
+
+
+def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm forward, op for op (so that computing it again gives the same bits)."""
+    input_dtype = hidden.dtype
+    h = hidden.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(input_dtype)
+
+
+class _NormSource:
+    """An RMSNorm's input, weight and epsilon, carried by its output (as long as the output lives: the forward pass)
+    to the LoRA nodes that take it, which keep the input (through ``save_for_backward``) instead of the output."""
+
+    __slots__ = ("hidden", "weight", "eps")
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, eps: float):
+        self.hidden, self.weight, self.eps = hidden, weight, eps
+
+
+def _rms_norm_forward(self: Any, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    if args or kwargs or not torch.is_grad_enabled() or torch.is_autocast_enabled(hidden.device.type) \
+            or not hidden.requires_grad:
+        return getattr(self, _PEFT_FORWARD)(hidden, *args, **kwargs)
+    out = _RMSNorm.apply(hidden, self.weight, float(self.variance_epsilon))
+    setattr(out, _NORM_SOURCE, _NormSource(hidden, self.weight, float(self.variance_epsilon)))
+    return out
+
+
+class _RMSNorm(torch.autograd.Function):
+    """transformers' RMSNorm as one node keeping only its input (the separate ops keep the input and 1 / rms); the
+    backward pass runs the same ops again under autograd, so the gradients are theirs."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        ctx.eps = eps
+        return _rms_norm(hidden, weight, eps)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        hidden, weight = ctx.saved_tensors
+        wants_weight = ctx.needs_input_grad[1]
+        with torch.enable_grad():
+            h = hidden.detach().requires_grad_()
+            w = weight.detach().requires_grad_(wants_weight)
+            out = _rms_norm(h, w, ctx.eps)
+            grads = torch.autograd.grad(out, (h, w) if wants_weight else (h,), grad)
+        return grads[0], grads[1] if wants_weight else None, None
