@@ -48,9 +48,9 @@ FAMILIES: dict[str, list[tuple[str, dict]]] = {
         ("llama-2-13b-like", {**_LLAMA, **_sizes(5120, 13824, 40, 40, None, 32000), **_LLAMA2_IDS}),
     ],
     "llama-biased-tied": [
-        ("llama-bias-a", {**_LLAMA, **_sizes(512, 1376, 4, 8, 2, 32000), "attention_bias": True, "mlp_bias": True,
+        ("llama-bias-a", {**_LLAMA, **_LLAMA2_IDS, **_sizes(512, 1376, 4, 8, 2, 32000), "attention_bias": True, "mlp_bias": True,
                           "tie_word_embeddings": True}),
-        ("llama-bias-b", {**_LLAMA, **_sizes(768, 2048, 6, 12, 4, 128256), "attention_bias": True, "mlp_bias": True,
+        ("llama-bias-b", {**_LLAMA, **_LLAMA2_IDS, **_sizes(768, 2048, 6, 12, 4, 50000), "attention_bias": True, "mlp_bias": True,
                           "tie_word_embeddings": True}),
     ],
     "mistral": [

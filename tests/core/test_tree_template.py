@@ -182,7 +182,8 @@ def test_a_sequence_classifier_gets_its_head_from_the_template(tmp_path):
 def test_a_templated_inspect_prints_what_no_cache_does_and_imports_no_modeling_code(tmp_path):
     env = {**os.environ, "LORA_WORKBENCH_CACHE": str(tmp_path / "cache")}
     code = ("import sys\nfrom workbench.cli import main\ncode = main(sys.argv[1:])\n"
-            "print('MODULES', 'transformers' in sys.modules, 'torch._dynamo' in sys.modules, file=sys.stderr)\n"
+            "print('MODULES', 'transformers' in sys.modules, 'torch._dynamo' in sys.modules, 'torch' in sys.modules,"
+            " file=sys.stderr)\n"
             "raise SystemExit(code)")
     (_, small), (_, big) = FAMILIES["llama"][:2]
     runs = []
@@ -192,7 +193,19 @@ def test_a_templated_inspect_prints_what_no_cache_does_and_imports_no_modeling_c
                                "--device", "cpu", *extra], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
         runs.append((json.loads(done.stdout), done.stderr.split("MODULES")[-1].split()))
+    from workbench.core.precision import torch_has_gpu_backend
+
     (_, learned_mods), (templated, templated_mods), (fresh, fresh_mods) = runs
-    assert learned_mods == fresh_mods == ["True", "True"]
-    assert templated_mods == ["False", "False"]
+    assert learned_mods == fresh_mods == ["True", "True", "True"]
+    # Where the installed torch is a CPU-only build, the templated inspect needs no torch at all.
+    assert templated_mods == ["False", "False", "True" if torch_has_gpu_backend() is not False else "False"]
     assert templated == fresh
+
+
+def test_the_window_and_inspect_share_the_entry_of_a_causal_lm(tmp_path):
+    """The window passes the run file's num_labels (2 by default) for every task, inspect passes none: a causal
+    LM's tree does not depend on it, so both find the same remembered tree."""
+    cache = tmp_path / "cache"
+    folder = str(_folder(tmp_path, "8b", FAMILIES["llama"][0][1]))
+    open_overview_cached(folder, cache_dir=cache)
+    assert open_overview_cached(folder, num_labels=2, cache_dir=cache, use_templates=False)[1] == "cache"

@@ -59,6 +59,8 @@ def open_overview_cached(spec: str, *, revision: str | None = None, task: str = 
         return open_overview(spec, revision=revision, task=task, num_labels=num_labels,
                              trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, sink=sink), "built"
     source = resolve_source(spec, revision, allow_pickle=allow_pickle, sink=sink)
+    if task != "sequence-classification":
+        num_labels = None  # only a classifier's head has it (open_overview ignores it too): one entry for both faces
     entry = _entry_path(source, task, num_labels, cache_dir)
     if entry is not None and (cached := _read(entry, source)) is not None:
         return cached, "cache"
@@ -169,7 +171,7 @@ def _template_entry(source: ModelSource, task: str, num_labels: int | None,
         raw = read_json_object(source.path / "config.json", fields=CONFIG_JSON_FIELDS)
     except ModelSourceError:
         return None, None  # the fresh path says what is wrong
-    key = template_key(raw, task, num_labels if task == "sequence-classification" else None)
+    key = template_key(raw, task, num_labels)
     return (raw, cache_root(cache_dir) / "templates" / f"{key}.json") if key else (None, None)
 
 
@@ -213,7 +215,7 @@ def _learn(entry: Path, raw: dict[str, Any], overview: ModelOverview, task: str,
     if _readable_template(entry) or _raw_dtype(raw) != overview.dtype:
         return  # one that could not explain this config would not be learned otherwise; a damaged one is replaced
     try:
-        template = learn_template(raw, overview, task, num_labels if task == "sequence-classification" else None)
+        template = learn_template(raw, overview, task, num_labels)
     except Exception:  # noqa: BLE001  a probe transformers refuses (a size it cannot build): no template
         return
     if template is None:

@@ -61,7 +61,7 @@ def split_config(raw: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any], d
     if not isinstance(raw.get("model_type"), str) or "auto_map" in raw:
         return None
     layers = raw.get(LAYERS)
-    if not _is_int(layers) or layers < 1:
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
         return None
     sizes: dict[str, int] = {}
     exact: dict[str, Any] = {}
@@ -205,7 +205,7 @@ def _solve(values: list[int], probes: list[dict[str, int]], monomials: list) -> 
     def m(mono: tuple[str, ...], p: dict[str, int]) -> int:
         return _value([(1, mono)], p)
 
-    singles = []
+    singles: list[tuple[Term, ...]] = []
     for mono in monomials:
         base = m(mono, probes[0])
         if base and values[0] % base == 0:
@@ -214,7 +214,7 @@ def _solve(values: list[int], probes: list[dict[str, int]], monomials: list) -> 
                 singles.append(((coef, mono),))
     if singles:
         return singles
-    pairs = []
+    pairs: list[tuple[Term, ...]] = []
     for m1, m2 in combinations(monomials, 2):
         rows = [(m(m1, p), m(m2, p), v) for p, v in zip(probes, values)]
         for (a, b, y), (c, d, z) in combinations(rows, 2):
