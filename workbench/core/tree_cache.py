@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -78,7 +78,7 @@ def open_overview_cached(spec: str, *, revision: str | None = None, task: str = 
 
 def tree_to_json(tree: LayerTree) -> dict[str, Any]:
     def node(n: LayerNode) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(n).items() if k != "children"}
+        d: dict[str, Any] = {k: getattr(n, k) for k in _NODE_FIELDS}  # not asdict: it copies every subtree again
         d["children"] = [node(c) for c in n.children]
         return d
 
