@@ -281,9 +281,10 @@ def learn_template(raw: dict[str, Any], fresh: Any, task: str, num_labels: int |
     sizes = split[0]
     labels = num_labels if task == "sequence-classification" else None
     probes = _probe_configs(raw, sizes)
-    folded, atoms_of, memories, attns = [], [], [], set()
+    folded, atoms_of, memories, attns, trees = [], [], [], set(), []
     for p in probes + [_perturbed(probes[0])]:
         config, model, tree = _build(p, task, labels)
+        trees.append(tree)
         records = _records(model, tree)
         fold = _blocks_folded(tree, records) if records is not None else None
         if fold is None or tree.num_blocks != p[LAYERS] or type(model).__name__ != fresh.architecture:
@@ -322,8 +323,8 @@ def learn_template(raw: dict[str, Any], fresh: Any, task: str, num_labels: int |
                 "formulas": [[[[c, list(f)] for c, f in cand] for cand in cands] for cands in formulas],
                 "memory": memory, "attn": attns.pop()}
     template = json.loads(json.dumps(template))
-    for p in probes:  # the template must give back every probe it was learned from ...
-        if not _same(tree_from_template(template, p), _build(p, task, labels)[2]):
+    for p, tree in zip(probes, trees):  # the template must give back every probe it was learned from ...
+        if not _same(tree_from_template(template, p), tree):
             return None
     rebuilt = tree_from_template(template, raw)  # ... and the real config's tree
     if rebuilt is None or not _same(rebuilt, fresh.tree) or memory_of(template, raw) != _memory(fresh.hf_config):
