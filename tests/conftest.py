@@ -8,6 +8,14 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch/OpenMP thread per process, for this process and every `workbench` process a test starts (they inherit
+# the environment). The tiny models are far too small for a second thread to help, and on a 2-core machine the
+# suite often runs two processes at once (a window test and the run it starts, torchrun's two ranks): two OpenMP
+# threads each then spin-wait for a descheduled partner. Measured in bench/suite_threads.py (docs/benchmarks.md).
+# Set OMP_NUM_THREADS yourself to run the suite with more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # a plugin imported it before this file: the variable was read already
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # A model's own code (trust_remote_code tests) is copied by transformers into its modules cache, read once at
 # import: point it away from the user's ~/.cache for the whole session.
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="workbench-test-hf-modules-"))

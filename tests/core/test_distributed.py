@@ -9,6 +9,7 @@ import pytest
 
 from test_training import make_config  # noqa: E402  (tests/core is on sys.path through pytest's rootdir)
 from waiting import wait_until
+from workbench.cli import main
 from workbench.core.exitcodes import EXIT_STOPPED
 from workbench.core.runs import read_events, run_status, send_control
 
@@ -34,9 +35,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_
                           "--run-dir", str(tmp_path / "ddp"), "--quiet"], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("finished: step 5") == 1, "one summary line, from rank 0"
-    one = subprocess.run([sys.executable, "-m", "workbench", "train", str(tmp_path / "run.toml"), "--run-dir", str(tmp_path / "single"),
-                          "--set", "training.batch_size=4", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    # The one-process reference runs in this process: the same command without another interpreter's start-up.
+    assert main(["train", str(tmp_path / "run.toml"), "--run-dir", str(tmp_path / "single"),
+                 "--set", "training.batch_size=4", "--quiet"]) == 0
 
     ddp = tmp_path / "ddp"
     assert not (tmp_path / "runs").exists(), "the other rank must not create a run folder of its own"
@@ -67,19 +68,8 @@ def step_count(run_dir: Path) -> int:
 
 
 @pytest.mark.subprocess
-def test_stop_a_separate_process_through_the_run_folder(background_run):
-    proc, run_dir = background_run
-    wait_for(lambda: step_count(run_dir) >= 2, proc, what="two steps")
-    send_control(run_dir, "stop")
-    assert proc.wait(timeout=120) == EXIT_STOPPED, "stopped before its target: the exit code says so"
-    assert run_status(run_dir).value == "stopped"
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
-    last = read_events(run_dir)[-1]
-    assert last.kind == "finished" and last.status == "stopped" and last.step < 2000
-
-
-@pytest.mark.subprocess
-def test_pause_and_resume_a_separate_process_through_the_run_folder(background_run):
+def test_pause_resume_and_stop_a_separate_process_through_the_run_folder(background_run):
+    """One background process for the three requests (a test of its own for the stop started a second one)."""
     proc, run_dir = background_run
     wait_for(lambda: step_count(run_dir) >= 1, proc, what="the first step")
     send_control(run_dir, "pause")
@@ -91,6 +81,10 @@ def test_pause_and_resume_a_separate_process_through_the_run_folder(background_r
     wait_for(lambda: step_count(run_dir) >= paused_at + 2, proc, what="steps after resuming")
     send_control(run_dir, "stop")
     assert proc.wait(timeout=120) == EXIT_STOPPED, "stopped before its target: the exit code says so"
+    assert run_status(run_dir).value == "stopped"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    last = read_events(run_dir)[-1]
+    assert last.kind == "finished" and last.status == "stopped" and last.step < 2000
     kinds = [(e.kind, getattr(e, "step", None)) for e in read_events(run_dir) if e.kind in ("step", "paused", "resumed")]
     i = kinds.index(next(k for k in kinds if k[0] == "paused"))
     assert kinds[i + 1][0] == "resumed", "no step was taken while paused"
