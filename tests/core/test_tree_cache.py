@@ -26,7 +26,7 @@ def test_a_tree_survives_the_json_round_trip(tiny_model_dir, arch):
     task = "sequence-classification" if arch == "bert" else "causal-lm"
     tree = open_overview(str(tiny_model_dir(arch)), task=task).tree
     back = tree_from_json(json.loads(json.dumps(tree_to_json(tree))))
-    assert _nodes(back) == _nodes(tree) and back.nodes.keys() == tree.nodes.keys()
+    assert _nodes(back) == _nodes(tree) and list(back.nodes) == list(tree.nodes)  # in the same order
     assert (back.total_params, back.blocks_prefix, back.num_blocks) == (tree.total_params, tree.blocks_prefix, tree.num_blocks)
     lora = LoraSettings(r=8, alpha=16, preset="all-linear")
     assert count_selection(back, resolve_selection(back, lora, task)) == count_selection(tree, resolve_selection(tree, lora, task))
@@ -37,21 +37,22 @@ def test_second_open_comes_from_the_cache_and_a_changed_config_does_not(tiny_mod
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir("llama"), model)
-    first, cached = open_overview_cached(str(model), cache_dir=tmp_path / "cache")
-    assert not cached
-    second, cached = open_overview_cached(str(model), cache_dir=tmp_path / "cache")
-    assert cached and _nodes(second.tree) == _nodes(first.tree)
+    first, origin = open_overview_cached(str(model), cache_dir=tmp_path / "cache")
+    assert origin == "built"
+    second, origin = open_overview_cached(str(model), cache_dir=tmp_path / "cache")
+    assert origin == "cache" and _nodes(second.tree) == _nodes(first.tree)
     assert (second.architecture, second.dtype) == (first.architecture, first.dtype)
     assert second.hf_config.hidden_size == first.hf_config.hidden_size == 64
     # Another task or label count is another tree (a classification head instead of lm_head).
-    _, cached = open_overview_cached(str(model), task="sequence-classification", num_labels=3, cache_dir=tmp_path / "cache")
-    assert not cached
+    _, origin = open_overview_cached(str(model), task="sequence-classification", num_labels=3, cache_dir=tmp_path / "cache")
+    assert origin == "built"
 
     config = json.loads((model / "config.json").read_text())
     config["num_hidden_layers"] = 1
     (model / "config.json").write_text(json.dumps(config))
-    third, cached = open_overview_cached(str(model), cache_dir=tmp_path / "cache")
-    assert not cached and third.tree.num_blocks == 1
+    # (Not from the architecture's template either, here: that is tests/core/test_tree_template.py.)
+    third, origin = open_overview_cached(str(model), cache_dir=tmp_path / "cache", use_templates=False)
+    assert origin == "built" and third.tree.num_blocks == 1
 
 
 def test_a_damaged_entry_is_rebuilt_and_remote_code_is_never_cached(tiny_model_dir, tmp_path):
@@ -59,8 +60,8 @@ def test_a_damaged_entry_is_rebuilt_and_remote_code_is_never_cached(tiny_model_d
     open_overview_cached(model, cache_dir=tmp_path / "cache")
     (entry,) = (tmp_path / "cache" / "trees").iterdir()
     entry.write_text('{"format": 1, "tree": {')
-    overview, cached = open_overview_cached(model, cache_dir=tmp_path / "cache")
-    assert not cached and overview.tree.num_blocks == 2
+    overview, origin = open_overview_cached(model, cache_dir=tmp_path / "cache", use_templates=False)
+    assert origin == "built" and overview.tree.num_blocks == 2
     assert json.loads(entry.read_text())["format"] == 1  # rewritten whole
     entry.unlink()
     open_overview_cached(model, trust_remote_code=True, cache_dir=tmp_path / "cache")

@@ -26,6 +26,14 @@ def write_facts(folder: Path, name: str = "facts.jsonl") -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_workbench_cache(tmp_path, monkeypatch):
+    """The window remembers opened models' trees in Workbench's cache (core/tree_cache.py): never the user's."""
+    from workbench.core import cache
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "workbench-cache"))
+
+
 @pytest.fixture
 def facts_file(tmp_path) -> Path:
     return write_facts(tmp_path)

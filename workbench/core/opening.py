@@ -15,16 +15,21 @@ PREVIEW_LIMIT = 20_000  # characters shown per file: enough to read what it does
 
 
 def open_model(config: RunConfig, sink: SinkLike = None) -> dict[str, Any]:
-    """``{"overview", "device_text", "available", "device_kind"}`` for ``config.model``; no weights are read.
-    ``sink`` receives the progress of a built-in model's one-time conversion."""
+    """``{"overview", "origin", "device_text", "available", "device_kind"}`` for ``config.model``; no weights are
+    read. ``sink`` receives the progress of a built-in model's one-time conversion.
+
+    The tree comes the way ``workbench inspect`` gets it (core/tree_cache.py): remembered for a config.json seen
+    before, from its architecture's template for another config of a known architecture, else built and
+    remembered; ``origin`` says which ("cache", "template", "built")."""
     from .device_info import describe_device
-    from .models import open_overview
+    from .tree_cache import open_overview_cached
 
     m = config.model
-    overview = open_overview(m.source, revision=m.revision, task=m.task, num_labels=m.num_labels,
-                             trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle, sink=sink)
+    overview, origin = open_overview_cached(m.source, revision=m.revision, task=m.task, num_labels=m.num_labels,
+                                            trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
+                                            sink=sink)
     device = describe_device(config.training.device)
-    return {"overview": overview, "device_text": device.text, "available": device.available_bytes,
+    return {"overview": overview, "origin": origin, "device_text": device.text, "available": device.available_bytes,
             "device_kind": device.kind}
 
 

@@ -42,6 +42,7 @@ class ModelController(QObject):
         self.store = store
         self._start_job = start_job
         self.overview = None  # core.models.ModelOverview of the open model
+        self.origin: str | None = None  # where its tree came from: "built", "cache" or "template" (core/tree_cache.py)
         self.tree_model: LayerTreeModel | None = None  # the selection's owner while a model is open
         self.device_kind, self.available_memory, self.device_text = "cpu", None, ""
         self.opened_task: str | None = None  # the tree's model class: causal LM or a classifier
@@ -80,11 +81,11 @@ class ModelController(QObject):
 
     def clear(self) -> None:
         """No model open (a new run)."""
-        self.overview = None
+        self.overview = self.origin = None
         self.tree_model = None
 
     def _ready(self, result: dict) -> None:
-        self.overview = result["overview"]
+        self.overview, self.origin = result["overview"], result.get("origin")
         self.device_text, self.available_memory = result["device_text"], result["available"]
         self.device_kind = result["device_kind"]
         lora = self.store.config.lora
