@@ -36,6 +36,7 @@ def build(layers: int | None, way: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from workbench.core.builtin import ensure_builtin
+    from workbench.core.lean_attention import install_lean_attention
     from workbench.core.lora_forward import install_fused_lora_forward
 
     config = AutoConfig.from_pretrained(ensure_builtin())
@@ -51,6 +52,7 @@ def build(layers: int | None, way: str):
             p.data.normal_(0, 0.01)
     if way != "peft":
         install_fused_lora_forward(model)
+        install_lean_attention(model)
     return model.train()
 
 

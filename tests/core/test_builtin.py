@@ -212,6 +212,23 @@ def test_non_finite_weights_are_refused_and_leave_nothing_behind(tmp_path):
 # ------------------------------------------------------------------------------------------ conversion
 
 
+def test_the_conversion_defers_full_collections_while_it_runs(tiny_gguf, tmp_path):
+    """Parsing a GGUF's metadata makes hundreds of thousands of short-lived objects: the window's collection
+    schedule keeps to young collections meanwhile (core/gc_phases.py, gui/process_switches.GarbageCollector)."""
+    from workbench.core.gc_phases import full_collections_deferred
+
+    path, _ = tiny_gguf
+    during: list[bool] = []
+    gguf_import.convert_gguf(path, cache_dir=tmp_path, sink=lambda e: during.append(full_collections_deferred()))
+    assert len(during) == 5 and all(during)
+    assert not full_collections_deferred()
+    broken = tmp_path / "nan.gguf"
+    write_tiny_gguf(broken, nan_in="blk.1.ffn_up.weight")
+    with pytest.raises(ModelSourceError):
+        gguf_import.convert_gguf(broken, cache_dir=tmp_path / "other")
+    assert not full_collections_deferred()  # a failed conversion ends its phase too
+
+
 def test_conversion_reproduces_the_model_the_gguf_was_written_from(tiny_gguf, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

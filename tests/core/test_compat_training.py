@@ -6,6 +6,8 @@ each test fails, naming what changed, when a release moves or changes one of the
   ``training.trainer.AtomicCheckpointTrainer`` point the second at a staging folder and call the first.
 - ``PretrainedConfig._attn_implementation`` (``compat.attention_implementation``): the attention activations.
 - ``transformers.trainer_pt_utils.safe_globals`` (``compat.trainer_load_allowlist``): the checkpoint load check.
+- the "sdpa" entries of ``AttentionInterface`` / ``AttentionMaskInterface`` (``compat.sdpa_attention_forward``,
+  ``compat.sdpa_mask_function``): the training attention of core/lean_attention.py.
 """
 
 from __future__ import annotations
@@ -65,6 +67,26 @@ def test_attention_implementation_is_the_one_the_model_was_built_with():
     for kernel in ("eager", "sdpa"):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation=kernel)
         assert compat.attention_implementation(model.config) == kernel
+
+
+# ------------------------------------------------------------------------ attention while training
+
+
+def test_sdpa_attention_function_and_mask_builder_are_transformers_sdpa():
+    """core/lean_attention.py hands every case it does not compute to transformers' "sdpa" function (its
+    signature and its [batch, length, heads, dim] output) and registers sdpa's mask builder (boolean masks)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    forward = compat.sdpa_attention_forward()
+    assert forward is sdpa_attention_forward, "the 'sdpa' attention registry entry changed: check lean_attention"
+    assert list(inspect.signature(forward).parameters)[:5] == ["module", "query", "key", "value", "attention_mask"]
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8)
+    out, weights = forward(module, q, k, k, torch.ones(1, 1, 5, 5, dtype=torch.bool), scaling=None)
+    assert out.shape == (1, 5, 4, 8) and weights is None
+    assert compat.sdpa_mask_function() is sdpa_mask, "the 'sdpa' mask registry entry changed: check lean_attention"
 
 
 # ------------------------------------------------------------------------------ checkpoint load allowlist

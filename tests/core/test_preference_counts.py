@@ -2,12 +2,14 @@
 from TRL's own collated batches (DPO, KTO, ORPO), equal a direct count of the answers' tokens; a run reports them."""
 
 import json
+import logging
 
 import pytest
 
 from workbench.core import events as ev
 from workbench.core.config import RunConfig
 from workbench.core.loss import LossCounts
+from workbench.core.preference import orpo_input_tokens
 from workbench.core.training import run
 
 pytest.importorskip("trl")
@@ -56,6 +58,11 @@ def test_orpo_batches_count_the_labelled_answers():
         examples.append(row)
     batch = DPODataCollatorWithPadding(pad_token_id=0)(examples)
     assert take(batch) == (sum(len(c) + len(r) for _, c, r in ROWS), len(ROWS))
+    # tokens_seen: every non-padding input token of both sequences (prompt and answer), not the padding the
+    # collator added to the shorter rows (the batch is wider than its shortest row)
+    assert batch["chosen_input_ids"].numel() + batch["rejected_input_ids"].numel() > sum(
+        2 * len(p) + len(c) + len(r) for p, c, r in ROWS)
+    assert int(orpo_input_tokens(batch)) == sum(2 * len(p) + len(c) + len(r) for p, c, r in ROWS)
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
@@ -70,11 +77,21 @@ def test_a_preference_run_reports_its_trained_tokens(method, tiny_model_dir, tmp
         "training": {"method": method, "max_steps": 2, "batch_size": 4, "device": "cpu"},
         "output": {"runs_root": str(tmp_path / "runs")}})
     sink = ev.ListSink()
-    with caplog.at_level("WARNING"):
-        run(config, sink)
+    # transformers' loggers do not propagate to the root logger (outside CI): listen on its library root
+    hf_root = logging.getLogger("transformers")
+    hf_root.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING"):
+            run(config, sink)
+    finally:
+        hf_root.removeHandler(caplog.handler)
     steps = sink.of(ev.Step)
     assert len(steps) == 2
     # batch_size 4 = every pair, every step: the same count each step, and a speed to show
     per_step = steps[0].trained_tokens_seen
     assert per_step > 0 and steps[1].trained_tokens_seen == 2 * per_step
     assert all(s.trained_tokens_per_second for s in steps)
+    # the input tokens: counted from every method's batches (ORPO's have no input_ids), the same each step
+    assert steps[0].tokens_seen > per_step and steps[1].tokens_seen == 2 * steps[0].tokens_seen
+    assert steps[1].tokens_per_second
+    assert not [r for r in caplog.records if "main_input_name" in r.getMessage()]

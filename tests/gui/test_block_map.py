@@ -165,3 +165,32 @@ def test_the_map_shows_what_an_inspected_adapter_changed(qtbot, tree):
                     scale=2.0, delta_norm=1.0, weight_norm=1.0, singular_values=(1.0,), effective_rank=1)])
     assert block_map.show_change(other) == 0 and not block_map.colour_by_change, "another model's adapter"
     assert colour_at(block_map, 0, 0) == ranks[0]
+
+
+def test_the_drawn_cells_are_kept_until_what_they_show_changes_and_then_agree_with_the_tree(qtbot, tree):
+    model, block_map = bound(qtbot, tree)
+    grid = block_map.grid
+    colour_at(block_map, 0, 0)
+    drawn = block_map._drawn
+    assert drawn is not None
+    colour_at(block_map, 1, 0)  # a repaint with nothing changed copies the cells drawn before
+    assert block_map._drawn is drawn
+    # A tick in the tree (the block map is told by the shared selection), then every cell against the tree.
+    model.setData(model.index_of(tree.blocks_prefix + ".1"), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
+    image = block_map.grab().toImage()
+    assert block_map._drawn is not drawn
+    for r, row in enumerate(grid.names):
+        for c, name in enumerate(row):
+            colour = image.pixelColor(block_map.cell_rect(r, c).topLeft() + QPoint(1, 1))
+            ticked = model.check_state(name) == Qt.CheckState.Checked
+            assert (colour.blue() > colour.red() + 60) == ticked, (name, colour.name(), ticked)
+    # A rank override lightens the other cells (the shade is relative to the highest rank): drawn again.
+    name = grid.names[0][1]
+    before = colour_at(block_map, 1, 1)
+    model.setData(model.index_of(name, COL_RANK), "64", Qt.ItemDataRole.EditRole)
+    assert colour_at(block_map, 1, 1) != before
+    # A new size: the cells are laid out and drawn again for it.
+    drawn = block_map._drawn
+    block_map.resize(900, block_map.height())
+    colour_at(block_map, 0, 0)
+    assert block_map._drawn is not drawn and block_map._drawn.width() >= 900

@@ -8,7 +8,7 @@ import json
 
 from PySide6.QtCore import Qt
 
-from conftest import write_facts
+from conftest import FACTS, write_facts
 
 
 def trained_text_on_screen(panel) -> list[str]:
@@ -187,3 +187,28 @@ def test_show_tokens_shades_every_token_and_keeps_the_text(opened, qtbot, tmp_pa
     assert panel.preview.toHtml().count("background-color") > 3 * merged_runs, "one shaded span per token"
     panel.show_tokens.setChecked(False)
     assert panel.preview.toHtml().count("background-color") == merged_runs
+
+
+def test_before_any_data_the_histogram_is_an_empty_state_not_an_empty_plot(opened, qtbot, tmp_path):
+    """An empty plot showed only the max-length line, on a 1023.6–1024.4 axis; no mapping shows no Columns box."""
+    panel = opened.data
+    opened.tabs.setCurrentWidget(panel)
+    qtbot.waitExposed(panel)
+    assert not panel.histogram.isVisible() and panel.histogram_empty.isVisible()
+    assert "once it is read" in panel.histogram_empty.text()
+    assert not panel.columns_box.isVisible()
+    inspect(opened, qtbot, lambda: panel.add_files([str(write_facts(tmp_path))]))
+    assert panel.histogram.isVisible() and not panel.histogram_empty.isVisible()
+    assert sum(panel.bars.opts["height"]) == len(FACTS)  # every example, drawn
+    panel.files.item(0).setSelected(True)
+    panel.remove_button.click()  # no data again: the empty state, not the last data's bars
+    assert not panel.histogram.isVisible() and panel.histogram_empty.isVisible()
+    assert len(panel.bars.opts["height"]) == 0
+
+
+def test_the_image_classification_task_shows_no_empty_columns_box(window, qtbot):
+    window.store.update("model", task="image-classification")
+    window.tabs.setCurrentWidget(window.data)
+    qtbot.waitExposed(window.data)
+    assert not window.data.columns_box.isVisible()
+    assert window.data.columns_form.rowCount() == 0

@@ -125,3 +125,75 @@ def test_a_plot_needed_during_its_prebuild_is_finished_at_once(qtbot):
     for _ in range(5):
         QApplication.processEvents()
     assert log == [0, 1, 2, 3, 4], "nothing is built twice"
+
+
+def test_a_prebuild_waits_for_a_quick_turn_after_a_busy_one(qtbot):
+    """Work done ahead of time (``when_idle``) does not land in the turn after a busy one: there it would add
+    its piece to what just held the GUI thread. It still finishes while the loop stays busy."""
+    import time
+
+    from PySide6.QtCore import QObject, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from workbench.gui.widgets.lazy_plot import IdleSteps
+
+    owner = QObject()
+    log: list[str] = []
+
+    def steps():
+        for piece in range(3):
+            log.append(f"piece {piece}")
+            yield
+
+    busy_turns = []
+
+    def busy():  # one busy turn: twice the threshold on the GUI thread
+        busy_turns.append(1)
+        log.append("busy")
+        time.sleep(2 * IdleSteps.BUSY_S)
+
+    idle = IdleSteps(owner, steps(), when_idle=True)
+    QTimer.singleShot(0, busy)
+    for _ in range(50):
+        QApplication.processEvents()
+        if not idle.running:
+            break
+    assert not idle.running and log.count("busy") == 1
+    assert idle.waits >= 1, log
+    # A loop that is busy in every turn still gets the pieces built, after MAX_WAITS turns each.
+    log.clear()
+    always = QTimer(interval=0)
+    always.timeout.connect(busy)
+    idle = IdleSteps(owner, steps(), when_idle=True)
+    always.start()
+    for _ in range(4 * IdleSteps.MAX_WAITS + 10):
+        QApplication.processEvents()
+        if not idle.running:
+            break
+    always.stop()
+    assert not idle.running and [e for e in log if e != "busy"] == ["piece 0", "piece 1", "piece 2"]
+    # Without when_idle (the window's own build), a piece never waits.
+    log.clear()
+    plain = IdleSteps(owner, steps())
+    QTimer.singleShot(0, busy)
+    for _ in range(10):
+        QApplication.processEvents()
+    assert not plain.running and plain.waits == 0
+
+
+def test_the_training_plots_are_built_in_small_pieces(qtbot):
+    """MetricsPlots.in_steps yields between a plot's view, axes, item and place (not one plot per piece)."""
+    from workbench.gui.widgets.plots import MetricsPlots
+
+    steps = MetricsPlots.in_steps()
+    pieces = 0
+    try:
+        while True:
+            next(steps)
+            pieces += 1
+    except StopIteration as end:
+        plots = end.value
+    qtbot.addWidget(plots)
+    assert len(plots.plot_items) == 5
+    assert pieces >= 4 * len(plots.plot_items), pieces
+    assert set(plots.curves) >= set(MetricsPlots.NAMES)

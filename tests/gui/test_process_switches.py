@@ -74,3 +74,34 @@ def test_nothing_is_collected_while_the_ml_stack_imports_and_it_is_frozen_afterw
     finally:
         gc.unfreeze()  # leave the test process as the other tests expect it
         collector.deleteLater()
+
+
+def test_a_phase_that_defers_full_collections_keeps_to_young_ones_until_it_ends(qapp):
+    from workbench.core.gc_phases import deferring_full_collections
+
+    process_switches.apply_process_switches()
+    collector = process_switches.GarbageCollector(None)
+    collector._timer.stop()
+    generations: list[int] = []
+
+    def seen(phase, info):
+        if phase == "stop":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        with deferring_full_collections():
+            collector._last_full -= 2 * collector.FULL_EVERY_S  # a full pass is overdue
+            process_switches._collection_requested.set()  # and a middle one asked for
+            collector.collect()
+            assert generations == [1]  # the young/middle collection ran, not the full one
+            with deferring_full_collections():  # a second phase (another thread's conversion) overlapping
+                pass
+            collector.collect()
+            assert 2 not in generations, "the first phase still runs"
+        ref = _cycle()
+        collector.collect()
+        assert generations[-1] == 2 and ref() is None  # the phase over: the overdue full pass runs
+    finally:
+        gc.callbacks.remove(seen)
+        collector.deleteLater()

@@ -122,3 +122,31 @@ def dataset_fingerprint(ds: Dataset) -> str:
     derive the next one) and documents only the ``new_fingerprint=`` arguments that set it.
     """
     return ds._fingerprint
+
+
+# --- transformers (attention while training: core/lean_attention.py) ---------------------------------------
+
+
+def sdpa_attention_forward() -> Any:
+    """transformers' own SDPA attention function, ``(module, query, key, value, attention_mask, **kwargs) ->
+    (output [batch, length, heads, dim], None)``: what the ``"sdpa"`` implementation runs. Workbench's training
+    attention calls it for every case it does not compute itself, so those stay transformers' computation.
+
+    Not documented as public: ``transformers.integrations.sdpa_attention.sdpa_attention_forward`` (the public
+    ``AttentionInterface`` registry holds it under "sdpa", read here the same way the models read it).
+    """
+    from transformers import AttentionInterface
+
+    return AttentionInterface._global_mapping["sdpa"]
+
+
+def sdpa_mask_function() -> Any:
+    """The mask builder transformers uses for ``"sdpa"`` (a boolean ``[batch, 1, query, key]`` mask, or None where
+    ``is_causal`` suffices), registered under Workbench's attention name so that its masks are built the same way.
+
+    ``transformers.masking_utils.sdpa_mask``: the docs' own example for a custom attention function
+    (``AttentionMaskInterface.register(name, sdpa_mask)``), read through the public registry.
+    """
+    from transformers import AttentionMaskInterface
+
+    return AttentionMaskInterface._global_mapping["sdpa"]

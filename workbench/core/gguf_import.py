@@ -54,6 +54,7 @@ from typing import Any, Iterator
 from .cache import CACHE_ENV, cache_root
 from .errors import ModelSourceError, first_line
 from .events import Message, Progress, Sink, SinkLike, as_sink
+from .gc_phases import deferring_full_collections
 from .paths import not_regular_problem
 
 __all__ = [
@@ -322,7 +323,8 @@ def convert_gguf(gguf_path: str | Path, *, name: str | None = None, cache_dir: s
     with _exclusive(final.parent / f".{final.name}.lock", sink, info.path.name):
         if _is_complete(final, key):  # another process finished it while we waited
             return final
-        _convert_locked(info, final, key, sink)
+        with deferring_full_collections():  # its many short-lived objects made each full pass slow (core/gc_phases.py)
+            _convert_locked(info, final, key, sink)
     return final
 
 

@@ -69,11 +69,11 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     lora_a, lora_b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
     base = self.base_layer
     if _one_function_fits(x, base, dropout):
-        keep = _keep_mask(dropout, x)  # booleans; the dropout's 1 / (1 - p) goes into the rank-wide tensor
+        keep, redraw = _keep_mask(dropout, x)  # booleans; the dropout's 1 / (1 - p) goes into the rank-wide tensor
         scaling = float(self.scaling[name]) * (_keep_scale(dropout, x.dtype) if keep is not None else 1.0)
         shape = x.shape[:-1] + (base.out_features,)
         out = _LoraLinear.apply(x.reshape(-1, x.shape[-1]), base.weight, base.bias, lora_a.weight, lora_b.weight,
-                                scaling, keep)
+                                scaling, keep, redraw)
         return out.view(shape)
     result = base(x)
     narrow = lora_a(dropout(x)) * self.scaling[name]  # [..., r]: the scale costs r columns here
@@ -106,21 +106,49 @@ def _gated_mlp_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     if gate.dtype != x.dtype or up.dtype != x.dtype:
         return down(self.act_fn(gate) * up)
     dropout = down.lora_dropout[name]
-    keep = _keep_mask(dropout, gate)
+    keep, redraw = _keep_mask(dropout, gate)
     scaling = float(down.scaling[name]) * (_keep_scale(dropout, x.dtype) if keep is not None else 1.0)
     base = down.base_layer
     out = _GatedLoraLinear.apply(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), base.weight,
-                                 base.bias, down.lora_A[name].weight, down.lora_B[name].weight, scaling, keep)
+                                 base.bias, down.lora_A[name].weight, down.lora_B[name].weight, scaling, keep, redraw)
     return out.view(*x.shape[:-1], base.out_features)
 
 
-def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The dropout's keep mask for ``x`` as booleans ``[tokens, features]``, None without dropout. Drawn as the CPU
-    dropout kernel draws its mask (``bernoulli_(1 - p)``), so on a CPU it is PEFT's mask for the same seed."""
-    if type(dropout) is nn.Dropout and dropout.training and dropout.p > 0:
+def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, _Redraw | None]:
+    """The dropout's keep mask for ``x`` as booleans ``[tokens, features]`` (None without dropout), and on a CPU how
+    to draw it again. Drawn as the CPU dropout kernel draws its mask (``bernoulli_(1 - p)``), so on a CPU it is
+    PEFT's mask for the same seed.
+
+    On a CPU the mask is drawn from a private generator started at the default generator's state, which is then
+    moved on as the draw moved it (so every later draw is what it would have been). The nodes keep that state
+    (5 KB) instead of the mask (1 byte an element: 4.9 KiB a token a SmolLM2 layer) and draw the same mask again
+    in the backward pass; no other thread's draw can come between the state and the mask."""
+    if not (type(dropout) is nn.Dropout and dropout.training and dropout.p > 0):
+        return None, None
+    if x.device.type != "cpu":
         keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - dropout.p)
-        return keep.reshape(-1, x.shape[-1])
-    return None
+        return keep.reshape(-1, x.shape[-1]), None
+    generator = torch.Generator()
+    state = torch.default_generator.get_state()
+    generator.set_state(state)
+    keep = torch.empty(x.shape, dtype=torch.bool).bernoulli_(1 - dropout.p, generator=generator)
+    torch.default_generator.set_state(generator.get_state())
+    return keep.reshape(-1, x.shape[-1]), _Redraw(state, tuple(x.shape), 1 - dropout.p)
+
+
+class _Redraw:
+    """A CPU dropout keep mask as the generator state it was drawn from: ``mask()`` draws it again."""
+
+    __slots__ = ("state", "shape", "keep_p")
+
+    def __init__(self, state: torch.Tensor, shape: tuple[int, ...], keep_p: float):
+        self.state, self.shape, self.keep_p = state, shape, keep_p
+
+    def mask(self) -> torch.Tensor:
+        generator = torch.Generator()
+        generator.set_state(self.state)
+        keep = torch.empty(self.shape, dtype=torch.bool).bernoulli_(self.keep_p, generator=generator)
+        return keep.reshape(-1, self.shape[-1])
 
 
 def _one_function_fits(x: torch.Tensor, base: nn.Linear, dropout: nn.Module) -> bool:
@@ -152,17 +180,19 @@ class _LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float, keep: torch.Tensor | None) -> torch.Tensor:
+                lora_b: torch.Tensor, scaling: float, keep: torch.Tensor | None, redraw: _Redraw | None) -> torch.Tensor:
         narrow = torch.mm(x if keep is None else x * keep, lora_a.t()).mul_(scaling)  # [n, r]
         out = torch.nn.functional.linear(x, weight, bias)
         out.addmm_(narrow, lora_b.t())
-        ctx.save_for_backward(x, weight, lora_a, lora_b, narrow, keep)
-        ctx.scaling = scaling
+        ctx.save_for_backward(x, weight, lora_a, lora_b, narrow, None if redraw is not None else keep)
+        ctx.scaling, ctx.redraw = scaling, redraw
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         x, weight, lora_a, lora_b, narrow, keep = ctx.saved_tensors
+        if ctx.redraw is not None:
+            keep = ctx.redraw.mask()
         wants_x, wants_a, wants_b = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         grad = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_a = grad_b = None
@@ -177,7 +207,7 @@ class _LoraLinear(torch.autograd.Function):
                 if keep is not None:
                     grad_x.mul_(keep)
                 grad_x.addmm_(grad, weight)
-        return grad_x, None, None, grad_a, grad_b, None, None
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
 def _fast_adapter(self: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
@@ -203,19 +233,22 @@ class _GatedLoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, keep: torch.Tensor | None) -> torch.Tensor:
+                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, keep: torch.Tensor | None,
+                redraw: _Redraw | None) -> torch.Tensor:
         h = torch.nn.functional.silu(gate).mul_(up)
         narrow = torch.mm(h if keep is None else h * keep, lora_a.t()).mul_(scaling)
         out = torch.nn.functional.linear(h, weight, bias)
         del h
         out.addmm_(narrow, lora_b.t())
-        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, narrow, keep)
-        ctx.scaling = scaling
+        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, narrow, None if redraw is not None else keep)
+        ctx.scaling, ctx.redraw = scaling, redraw
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         gate, up, weight, lora_a, lora_b, narrow, keep = ctx.saved_tensors
+        if ctx.redraw is not None:
+            keep = ctx.redraw.mask()
         grad = grad.reshape(-1, grad.shape[-1])
         sig = torch.sigmoid(gate)
         act = gate * sig  # silu(gate)
@@ -236,4 +269,4 @@ class _GatedLoraLinear(torch.autograd.Function):
         grad_gate = None
         if ctx.needs_input_grad[0]:  # d silu(g) / dg = sig · (1 + g · (1 - sig))
             grad_gate = grad_h.mul_(up).mul_(sig.mul_(1 + gate - act))  # sig + g·sig − g·sig² = sig·(1 + g − act)
-        return grad_gate, grad_up, None, None, grad_a, grad_b, None, None
+        return grad_gate, grad_up, None, None, grad_a, grad_b, None, None, None

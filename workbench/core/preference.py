@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 __all__ = ["ROLES", "PreferenceData", "require_trl", "read_preference_rows", "prepare_preference", "trainer_class",
-           "trainer_arguments"]
+           "trainer_arguments", "orpo_input_tokens"]
 
 ROLES: dict[str, tuple[str, ...]] = {
     "dpo": ("prompt", "chosen", "rejected"),
@@ -132,6 +132,11 @@ def trainer_arguments(method: str, args: Any, beta: float, max_length: int) -> A
               if f.init and hasattr(args, f.name)}
     values.update(beta=beta, max_length=max_length)
     values["label_names"] = None  # a preference batch has no "labels": TRL computes the loss from the pairs
+    if method == "orpo":
+        # ORPO's batches hold chosen_/rejected_ sequences and no "input_ids": the Trainer's own input-token count
+        # finds no input, warns ("main_input_name") at every step and counts nothing. The ORPO trainer counts them
+        # itself instead (orpo_input_tokens, in trainer_class), so the Trainer's count is turned off here.
+        values["include_num_input_tokens_seen"] = "no"
     if method == "kto":
         # KTO's KL term pairs each example with a neighbour of its batch, precomputed in a fixed order: TRL refuses
         # a random sampler for it, so a KTO run reads its rows in file order
@@ -142,4 +147,36 @@ def trainer_arguments(method: str, args: Any, beta: float, max_length: int) -> A
 def trainer_class(method: str, atomic_trainer: type) -> type:
     """TRL's trainer for ``method`` with the workbench's atomic checkpoint saving in front of it in the MRO."""
     _, trl_trainer = _trl_classes(method)
-    return type(f"Atomic{trl_trainer.__name__}", (atomic_trainer, trl_trainer), {})
+    bases: tuple[type, ...] = (atomic_trainer, trl_trainer)
+    if method == "orpo":
+        bases = (_CountsPairInputTokens, *bases)
+    return type(f"Atomic{trl_trainer.__name__}", bases, {})
+
+
+def orpo_input_tokens(batch: dict[str, Any]) -> Any:
+    """The input tokens of one ORPO batch (a 0-d tensor): the non-padding tokens of its chosen and of its rejected
+    sequences (prompt and answer), both of which the model reads — what the Trainer's "non_padding" count of
+    ``tokens_seen`` counts for a batch with ``input_ids`` (SFT, DPO). A side without an attention mask counts all
+    of its positions."""
+    import torch
+
+    total = torch.zeros((), dtype=torch.int64)
+    for side in ("chosen", "rejected"):
+        mask = batch.get(f"{side}_attention_mask")
+        count = mask.sum() if mask is not None else torch.tensor(batch[f"{side}_input_ids"].numel())
+        total = total + count.to(device="cpu", dtype=torch.int64)
+    return total
+
+
+class _CountsPairInputTokens:
+    """In front of the ORPO trainer: its training step (public Trainer API, "subclass and override") first adds the
+    batch's input tokens to the Trainer state's ``num_input_tokens_seen``, summed over processes as the Trainer's own
+    count does; the events report it as ``tokens_seen`` and checkpoints keep it for a resume."""
+
+    state: Any
+    accelerator: Any
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        tokens = orpo_input_tokens(inputs).to(self.accelerator.device)
+        self.state.num_input_tokens_seen += int(self.accelerator.reduce(tokens, reduction="sum").item())
+        return super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]

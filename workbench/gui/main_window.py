@@ -33,6 +33,7 @@ from workbench.core.control import RunControl
 from . import workers
 from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: part of the window's interface)
 from .adapter_actions import AdapterActionsMixin
+from .process_switches import freeze_long_lived_objects
 from .recents import Recents
 from .run_files import RUN_FILE_FILTER  # noqa: F401
 from .startup import BuildsInSteps
@@ -167,6 +168,10 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
         self._build_menus()
         self._restore_settings()
         self.files.update_title()
+        # What the build made (modules, the run-file schema, every page's widgets and their wrappers, ~50,000
+        # objects) lives as long as the window: out of the collections, or each full one walks them all again,
+        # ~30 ms on the GUI thread every 10-60 s of an idle window (bench/gui_responsiveness.py --why).
+        freeze_long_lived_objects()
 
     # -- wiring -------------------------------------------------------------------------------------------
     def _wire_jobs(self) -> None:
@@ -250,7 +255,7 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
     def warm_up(self) -> None:
         """Import torch and transformers in the background once the window is on screen."""
         worker = workers.FunctionWorker(workers.warm_up_imports, "Loading the machine-learning libraries")
-        worker.result.connect(lambda _: IdleSteps(self, self._prebuild_plots()))
+        worker.result.connect(lambda _: IdleSteps(self, self._prebuild_plots(), when_idle=True))
         self._start(worker)
 
     def _prebuild_plots(self):

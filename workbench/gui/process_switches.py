@@ -30,6 +30,8 @@ from typing import Iterator
 
 from PySide6.QtCore import QObject, QTimer
 
+from ..core.gc_phases import full_collections_deferred
+
 # The GIL switch interval the window runs with (Python's default is 5 ms); see the module docstring.
 SWITCH_INTERVAL_S = 0.001
 
@@ -115,7 +117,8 @@ class GarbageCollector(QObject):
     """Python's automatic collection schedule, run on the GUI thread: every 20 ms it looks at the allocation
     counts and collects the young generation past 2,000 new objects, the middle one after 10 of those, and
     everything after 10 middle ones (at most every 10 s) or every 60 s, and nothing while the ML stack
-    is being imported. Small, frequent collections, as the interpreter itself
+    is being imported. While a job runs a phase that defers full collections (``core/gc_phases.py``: a GGUF
+    conversion) the young and middle ones go on and the full one waits for the phase to end. Small, frequent collections, as the interpreter itself
     would do them: a one-second schedule let a second of a training run's allocations pile up and took
     40–100 ms to collect, a stall the window cannot afford. A job thread's ``gc.collect()`` only moves the
     next middle collection forward; the full ones stay on schedule (they walk every object not frozen)."""
@@ -140,8 +143,9 @@ class GarbageCollector(QObject):
             return
         young, young_collections, middle_collections = gc.get_count()
         now = time.monotonic()
-        if (middle_collections >= 10 and now - self._last_full >= self.FULL_MIN_GAP_S) or \
-                now - self._last_full >= self.FULL_EVERY_S:
+        full_due = (middle_collections >= 10 and now - self._last_full >= self.FULL_MIN_GAP_S) or \
+            now - self._last_full >= self.FULL_EVERY_S
+        if full_due and not full_collections_deferred():
             gc.collect(2)
             self._last_full = now
         elif young_collections >= 10 or _collection_requested.is_set():

@@ -38,6 +38,10 @@ class CallbackContext:
     train_examples: int
     validation_examples: int
     resumed_from: int  # the checkpoint's step, 0 for a new run
+    # core/base_eval.py: where this run's step-0 evaluation is shared with the other runs of its sweep (None: not
+    # shared), and the one it replays instead of evaluating (the Trainer's eval_on_start is then off)
+    base_eval_slot: Path | None = None
+    base_eval: Any = None
 
 
 def _device_memory(device: str) -> int | None:
@@ -87,6 +91,7 @@ class EventCallback(TrainerCallback):
         self._diverged_at: int | None = None  # the step whose loss, gradients or weights became NaN / inf
         self._trainable_params: list | None = None
         self._last_log_time = self.started
+        self._rng_before_eval: Any = None  # the random state before the step-0 evaluation: restored after it
         self._last_tokens = 0
         self._trained_tokens = 0  # in this session (a resumed run counts again from its checkpoint)
         self._first_step_of_session: int | None = None
@@ -111,6 +116,15 @@ class EventCallback(TrainerCallback):
         ))
         if self.ctx.resumed_from == 0 and self._sampling():
             self._samples(model, state.global_step)  # "before" samples to compare against
+        if state.global_step == 0 and self.ctx.base_eval is not None:
+            self._replay_base_evaluation(state, control, self.ctx.base_eval)
+        elif state.global_step == 0 and args.eval_on_start:
+            # Evaluating draws from the random generators (each DataLoader iterator takes a seed from torch's), and a
+            # run that replays its step-0 evaluation does not evaluate: both continue from the state before it, so a
+            # sweep's run trains exactly as the same run started alone.
+            from ..base_eval import rng_states
+
+            self._rng_before_eval = rng_states()
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
@@ -150,8 +164,7 @@ class EventCallback(TrainerCallback):
         metrics = metrics or {}
         if "eval_loss" in metrics:
             loss = float(metrics["eval_loss"])
-            if math.isfinite(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
-                self.best_eval_loss = loss
+            as_logged = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             extra = {k: float(v) for k, v in metrics.items() if k != "eval_loss" and isinstance(v, (int, float))}
             spent = float(metrics.get("eval_runtime") or 0.0)
             if self.ctx.config.eval.scorers and self.ctx.dist.is_main:
@@ -166,11 +179,35 @@ class EventCallback(TrainerCallback):
                 started = time.monotonic()
                 extra.update(self.retention.measure(kw["model"]))
                 spent += time.monotonic() - started
-                self._warn_about_retention(state.global_step, extra)
             self._eval_seconds += spent
             self._last_log_time += spent  # the next step's tokens/s counts training time only
-            self.ctx.sink.emit(Evaluation(step=state.global_step, eval_loss=loss, metrics=extra))
-            self._early_stopping(state, control, loss, extra)
+            self._evaluated(state, control, loss, extra)
+            if state.global_step == 0 and self._rng_before_eval is not None:
+                from ..base_eval import BaseEvaluation, restore_rng, save
+
+                restore_rng(self._rng_before_eval)
+                self._rng_before_eval = None
+                if self.ctx.base_eval_slot is not None:
+                    save(self.ctx.base_eval_slot, BaseEvaluation(loss, as_logged, extra, self.ctx.run_dir.name))
+
+    def _evaluated(self, state, control, loss: float, extra: dict[str, float]) -> None:
+        if math.isfinite(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
+            self.best_eval_loss = loss
+        if self.retention is not None:
+            self._warn_about_retention(state.global_step, extra)
+        self.ctx.sink.emit(Evaluation(step=state.global_step, eval_loss=loss, metrics=extra))
+        self._early_stopping(state, control, loss, extra)
+
+    def _replay_base_evaluation(self, state, control, base: Any) -> None:
+        """The step-0 evaluation another run of the sweep made of the same base model (core/base_eval.py): the same
+        entry in the Trainer's log history and the same events as evaluating again would give."""
+        entry = dict(base.trainer_metrics)
+        if state.epoch is not None:
+            entry["epoch"] = state.epoch
+        state.log_history.append({**entry, "step": state.global_step})
+        self.ctx.sink.emit(Message(f"step 0: the base model's evaluation is {base.from_run}'s (the same base, "
+                                   "evaluation rows, scorers and settings in this sweep), not computed again"))
+        self._evaluated(state, control, base.eval_loss, dict(base.event_metrics))
 
     def _warn_about_retention(self, step: int, extra: dict[str, float]) -> None:
         floor = self.ctx.config.eval.retention_warn_below

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import classification, images, init_adapter, lora_init, precision, preference, quantization
+from .. import base_eval, classification, images, init_adapter, lora_init, precision, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
 from ..distributed import Distributed
@@ -277,11 +277,18 @@ def _train_inner(run_dir: Path, config: RunConfig, sink: Sink, control: Control,
         lora_init.save_initial(peft_model, run_dir, config.lora.init)  # PiSSA/OLoRA: for the conversion at the end
 
     args = setup.training_arguments(config, run_dir, compute, data.validation is not None and len(data.validation) > 0, dist)
+    # The runs of a sweep share one step-0 evaluation of the same base (core/base_eval.py).
+    slot = base_eval.reuse_slot(resolved, run_dir, compute, peft_model.get_base_model().config.name_or_path,
+                                world_size=dist.world_size, resumed=resume_point is not None) \
+        if args.eval_on_start else None
+    reused = base_eval.load(slot) if slot is not None else None
+    if reused is not None:
+        args.eval_on_start = False  # the callback replays it
     callback = EventCallback(CallbackContext(
         config=config, resolved=resolved, sink=sink, control=control, dist=dist, tokenizer=tokenizer, compute=compute,
         run_dir=run_dir, trainable=peft_model.get_nb_trainable_parameters()[0],
         total=tree.total_params, train_examples=len(data.train), validation_examples=len(data.validation or []),
-        resumed_from=resume_point.step if resume_point else 0))
+        resumed_from=resume_point.step if resume_point else 0, base_eval_slot=slot, base_eval=reused))
     if config.eval.scorers and dist.is_main and args.eval_strategy != "no":
         callback.eval_refs = setup.task_references(config, tokenizer, sink)
     if config.eval.retention and dist.is_main:

@@ -59,6 +59,7 @@ def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFil
     from peft import get_peft_model
 
     from ..layers import build_tree, lora_config_from_selection, resolve_selection
+    from ..lean_attention import install_lean_attention
     from ..lora_forward import install_fused_lora_forward
     from ..models import load_model, resolve_source
 
@@ -101,6 +102,7 @@ def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFil
     else:
         peft_model = get_peft_model(model, lora_config_from_selection(selection, lora_settings, mc.task))
     install_fused_lora_forward(peft_model)  # PEFT's modules and adapter; one autograd node per LoRA linear (core/lora_forward.py)
+    install_lean_attention(peft_model)  # "sdpa" without grouped-query k/v copies or per-layer float masks (core/lean_attention.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
     return peft_model, tokenizer, tree, selection

@@ -4,27 +4,37 @@ line of numbers shown under it."""
 
 from __future__ import annotations
 
+from typing import Callable, Generator
+
+from PySide6.QtWidgets import QWidget
+
 from .lazy_plot import follow_palette
 
 
-def length_histogram(max_length: int):
-    """The token-length histogram with its max-length line (a class histogram for a classifier's data)."""
+def length_histogram(max_length: Callable[[], int]) -> Generator[None, None, QWidget]:
+    """The token-length histogram with its max-length line (a class histogram for a classifier's data), built a
+    piece per ``next()`` (``LazyPlot``): in one go it held the GUI thread for ~50 ms. ``max_length`` is read when
+    the line is drawn, so a prebuild that spans a change of the setting draws the new one."""
     import pyqtgraph as pg
 
-    from .plots import ThemedPlotWidget
+    from .plots import ThemedPlotWidget, plot_item_in_steps
 
-    histogram = ThemedPlotWidget()
+    plot = yield from plot_item_in_steps()
+    yield
+    histogram = ThemedPlotWidget(plotItem=plot)
+    yield
     histogram.setLabel("bottom", "tokens per example")
     histogram.setLabel("left", "examples")
     histogram.getPlotItem().setProperty("plot_title", "Token lengths")
     follow_palette(histogram, [histogram.getPlotItem()])
     histogram.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=(90, 140, 220))
     histogram.addItem(histogram.bars)
+    yield
     histogram.cut_line = pg.InfiniteLine(
         angle=90, pen=pg.mkPen((217, 83, 79), width=2), label="max length",
         # The label ends at the line (left of it), so it is not cut when the cut sits at the right edge.
         labelOpts={"position": 0.95, "color": (217, 83, 79), "anchors": [(1, 0), (1, 0)]})
-    histogram.cut_line.setValue(max_length)
+    histogram.cut_line.setValue(max_length())
     histogram.addItem(histogram.cut_line)
     return histogram
 

@@ -97,6 +97,7 @@ class DataPanel(QWidget):
         self.detected_label.setWordWrap(True)
         self.columns_box = QGroupBox("Columns")
         self.columns_form = QFormLayout(self.columns_box)
+        self.columns_box.hide()  # shown with the rows of the data it maps (an empty box read as missing settings)
         self.column_combos: dict[str, QComboBox] = {}
         self.columns_problem = InlineProblem()
         self.general_problem = InlineProblem()
@@ -107,7 +108,12 @@ class DataPanel(QWidget):
         self.preview.setOpenLinks(False)
         self.preview.document().setDefaultFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         # Built when first shown or given data, with the max length the settings have then.
-        self.histogram = LazyPlot(lambda: length_histogram(self._data().max_length))
+        self.histogram = LazyPlot(lambda: length_histogram(lambda: self._data().max_length))
+        self.histogram.hide()  # until there is data to draw: an empty plot showed a 1023.6–1024.4 axis
+        self.histogram_empty = QLabel("The token lengths of the training data are drawn here once it is read.")
+        self.histogram_empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.histogram_empty.setWordWrap(True)
+        self.histogram_empty.setEnabled(False)  # greyed: a place holder, not a message
         self.stats_label = QLabel()
         self.stats_label.setWordWrap(True)
         self.problems = {"train_files": self.train_box.problem, "validation_files": self.validation_box.problem,
@@ -190,6 +196,7 @@ class DataPanel(QWidget):
         histogram_layout = QVBoxLayout(histogram_box)
         histogram_layout.setContentsMargins(0, 0, 0, 0)
         histogram_layout.addWidget(self.histogram, 1)
+        histogram_layout.addWidget(self.histogram_empty, 1)
         histogram_layout.addWidget(self.stats_label)
         right.addWidget(preview_box)
         right.addWidget(histogram_box)
@@ -330,6 +337,7 @@ class DataPanel(QWidget):
         while self.columns_form.rowCount():
             self.columns_form.removeRow(0)
         self.column_combos.clear()
+        self.columns_box.hide()
         self._show_format_choices()
 
     def show_busy(self) -> None:
@@ -349,14 +357,19 @@ class DataPanel(QWidget):
         self.stats_label.clear()
 
     def _clear_histogram(self) -> None:
-        self.bars.setOpts(x0=[], x1=[], height=[])
-        # Axes of their own, not the previous data's: up to the cut, and no counts.
-        self.histogram.getPlotItem().setRange(xRange=(0, self._data().max_length * 1.05), yRange=(0, 1))
+        """Nothing to draw: the empty state in the plot's place (the plot, if built, keeps no old bars)."""
+        if self.histogram.built:
+            self.bars.setOpts(x0=[], x1=[], height=[])
+        self._show_histogram(False)
+
+    def _show_histogram(self, drawn: bool) -> None:
+        """The plot when it shows something, else the line that says what will be drawn there."""
+        self.histogram.setVisible(drawn)
+        self.histogram_empty.setVisible(not drawn)
 
     def show_result(self, result: dict) -> None:
         for combo in (self.format_combo, self.train_on_combo):
             combo.setEnabled(True)
-        self.columns_box.setVisible(True)
         self.preview_title.setText(PREVIEW_TITLE)
         self.show_tokens.show()
         info = result["info"]
@@ -463,6 +476,8 @@ class DataPanel(QWidget):
             self.column_combos[role] = combo
         self.preview.setHtml(labelled_preview_html(result.get("samples", []), images=bool(result.get("images"))))
         self.stats_label.setText(draw_class_bars(self.histogram, labels))
+        self._show_histogram(labels is not None and labels.problem_type != "regression")
 
     def _show_stats(self, stats) -> None:
         self.stats_label.setText(draw_length_stats(self.histogram, stats))
+        self._show_histogram(True)

@@ -276,9 +276,11 @@ class LayerPanel(QWidget):
         grid = self.block_map.grid
         if self.model is None or grid is None or not grid.blocks:
             return
-        in_map = sum(1 for row in grid.names for n in row if n)
-        chosen = sum(1 for row in grid.names for n in row if n and n in self.model.selected)
-        outside = sum(1 for n in grid.outside if n in self.model.selected)
+        # Every selected module is a cell or one of the grid's others: counted by set, not per cell (a caption
+        # follows each click).
+        selected = self.model.selection.selected
+        outside = len(selected & grid.outside_set)
+        in_map, chosen = grid.cells, len(selected) - outside
         rest = f"; {outside} of {len(grid.outside)} outside the blocks (tree)" if grid.outside else ""
         self.map_caption.setText(
             f"<b>Block map</b> — {len(grid.blocks)} blocks × {len(grid.kinds)} module kinds, {chosen} of {in_map} "

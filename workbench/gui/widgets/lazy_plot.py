@@ -14,6 +14,7 @@ This module imports only Qt: the plot modules that import pyqtgraph at their top
 from __future__ import annotations
 
 import inspect
+import time
 from typing import Callable, Generator
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -24,16 +25,32 @@ from PySide6.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 class IdleSteps(QObject):
     """Runs a generator one ``next()`` per event-loop turn (input and repaints are handled in between), so that
     work of ~100 ms in all never holds the GUI thread for more than one piece. ``finish`` runs the rest now.
-    ``done`` carries the generator's return value. Owned by ``parent``: it stops when that is deleted."""
+    ``done`` carries the generator's return value. Owned by ``parent``: it stops when that is deleted.
+
+    With ``when_idle`` (work done ahead of time, which nothing waits for), a piece also waits for a turn that
+    follows a quick one: when the turn before took more than ``BUSY_S`` (a model's tree was shown, the window
+    repainted), that work and a piece would otherwise land between the same two ticks of the event loop, and
+    two pieces of 10-40 ms made one stall over 50 ms. After ``MAX_WAITS`` turns in a row that were all busy (a
+    machine too loaded for any turn to be quick) the piece runs all the same.
+    """
 
     done = Signal(object)
+    BUSY_S = 0.004
+    MAX_WAITS = 25
 
-    def __init__(self, parent: QObject, steps: Generator[None, None, object]):
+    def __init__(self, parent: QObject, steps: Generator[None, None, object], *, when_idle: bool = False):
         super().__init__(parent)
         self._steps: Generator[None, None, object] | None = steps
         self.stepping = False  # inside a piece (code a piece runs must not ask to finish the rest)
+        self.when_idle = when_idle
+        self.waits = 0  # turns a piece has waited for in all (when_idle)
+        self._waited = 0  # ... in a row, for the coming piece
         self._timer = QTimer(self, singleShot=True, interval=0)
         self._timer.timeout.connect(self._step)
+        self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._asked = time.perf_counter()
         self._timer.start()
 
     @property
@@ -57,10 +74,17 @@ class IdleSteps(QObject):
         return None
 
     def _step(self) -> None:
+        if self._steps is None:
+            return
+        if self.when_idle and self._waited < self.MAX_WAITS and time.perf_counter() - self._asked > self.BUSY_S:
+            self._waited += 1
+            self.waits += 1
+            self._start_timer()  # the turn that fired this timer was busy: try the next one
+            return
+        self._waited = 0
+        self._next()
         if self._steps is not None:
-            self._next()
-            if self._steps is not None:
-                self._timer.start()
+            self._start_timer()
 
     def _next(self) -> object:
         assert self._steps is not None
@@ -128,7 +152,7 @@ class LazyPlot(QWidget):
             if not inspect.isgenerator(made):
                 self._attach(made)
                 return
-            self._prebuilding = IdleSteps(self, made)
+            self._prebuilding = IdleSteps(self, made, when_idle=True)
             self._prebuilding.done.connect(self._attach)
 
     def _attach(self, plot: QWidget) -> None:

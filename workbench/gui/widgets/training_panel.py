@@ -188,7 +188,7 @@ class TrainingPanel(QWidget):
 
     def _prerender_plots(self) -> None:
         if self._prerendering is None and not self.isVisible() and self.parentWidget() is not None:
-            self._prerendering = IdleSteps(self, self._prerender_steps())
+            self._prerendering = IdleSteps(self, self._prerender_steps(), when_idle=True)
 
     def _prerender_steps(self) -> Iterator[None]:
         # A hidden tab page has no size of its own yet: the one it will be shown at is its stack's. A 1-pixel
