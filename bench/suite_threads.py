@@ -1,4 +1,5 @@
-"""The test suite under one and under two torch/OpenMP threads a process (tests/conftest.py sets one by default).
+"""The test suite under one and under two torch/OpenMP threads a process (tests/conftest.py sets one by default),
+and with and without the conftest's gc.freeze.
 
 Runs the pytest targets given (files or node ids) in a fresh ``python -m pytest`` process for each thread count,
 interleaved round by round (2 1, 1 2, 2 1, ...) so that a change in the shared machine's load hits both alike, and
@@ -12,8 +13,11 @@ prints per thread count the median over the rounds of:
 
 and the ratios two threads / one thread. The load average is printed before and after.
 
-    OMP_NUM_THREADS is set explicitly for each run (the conftest only sets a default), so:
+OMP_NUM_THREADS is set explicitly for each run (the conftest only sets a default). With ``--gc`` the two ways are
+the conftest's gc.freeze off and on (WORKBENCH_TEST_GC_FREEZE=0/1), one thread each.
+
     .venv/bin/python bench/suite_threads.py tests/core/test_training.py tests/gui/test_judge_views.py --rounds 3
+    .venv/bin/python bench/suite_threads.py tests/core/test_training.py --gc
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
 
-def one_run(targets: list[str], threads: int) -> tuple[float, float, str]:
+def one_run(targets: list[str], env_vars: dict[str, str]) -> tuple[float, float, str]:
     """Wall seconds, CPU seconds (the pytest process and the children it reaped) and pytest's summary line."""
     import resource
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "QT_QPA_PLATFORM": "offscreen"}
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", **env_vars}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
@@ -56,24 +60,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="+", help="pytest files or node ids")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, nargs=2, default=[2, 1], metavar=("A", "B"))
+    parser.add_argument("--gc", action="store_true",
+                        help="compare the conftest's gc.freeze off and on (one thread both ways) instead of threads")
     args = parser.parse_args()
 
+    if args.gc:
+        variants = {"gc freeze off": {"OMP_NUM_THREADS": "1", "WORKBENCH_TEST_GC_FREEZE": "0"},
+                    "gc freeze on": {"OMP_NUM_THREADS": "1", "WORKBENCH_TEST_GC_FREEZE": "1"}}
+    else:
+        variants = {"2 threads": {"OMP_NUM_THREADS": "2"}, "1 thread": {"OMP_NUM_THREADS": "1"}}
+    names = list(variants)
     print(f"load before: {load()}; targets: {' '.join(args.targets)}", flush=True)
-    walls: dict[int, list[float]] = {t: [] for t in args.threads}
-    cpus: dict[int, list[float]] = {t: [] for t in args.threads}
+    walls: dict[str, list[float]] = {n: [] for n in names}
+    cpus: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
-        order = args.threads if r % 2 == 0 else args.threads[::-1]
-        for threads in order:
-            wall, cpu, summary = one_run(args.targets, threads)
-            walls[threads].append(wall)
-            cpus[threads].append(cpu)
-            print(f"round {r + 1}, {threads} thread(s): wall {wall:.1f} s, CPU {cpu:.1f} s, load {load()}: {summary}",
-                  flush=True)
-    a, b = args.threads
-    for t in args.threads:
-        print(f"{t} thread(s): median wall {statistics.median(walls[t]):.1f} s, median CPU {statistics.median(cpus[t]):.1f} s")
-    print(f"ratio {a}/{b} threads: wall {statistics.median(walls[a]) / statistics.median(walls[b]):.2f}, "
+        for name in (names if r % 2 == 0 else names[::-1]):
+            wall, cpu, summary = one_run(args.targets, variants[name])
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            print(f"round {r + 1}, {name}: wall {wall:.1f} s, CPU {cpu:.1f} s, load {load()}: {summary}", flush=True)
+    for name in names:
+        print(f"{name}: median wall {statistics.median(walls[name]):.1f} s, median CPU {statistics.median(cpus[name]):.1f} s")
+    a, b = names
+    print(f"ratio {a} / {b}: wall {statistics.median(walls[a]) / statistics.median(walls[b]):.2f}, "
           f"CPU {statistics.median(cpus[a]) / statistics.median(cpus[b]):.2f}")
     print(f"load after: {load()}")
     return 0

@@ -22,6 +22,28 @@ os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="workbench-tes
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+# Full garbage collections walk every object the process holds, and a test session holds the whole ML stack once
+# a test has imported it (about 600,000 objects): in tests/core/test_training.py, 30 full collections took 27 s of
+# 137 s. Before a test, when at least FREEZE_AFTER_MODULES modules were imported since the last time, the garbage
+# is collected once and what is left alive (modules, classes, session fixtures) is frozen out of later collections
+# (gc.freeze), as the window does after its own import of the ML stack (gui/process_switches.py). A test's own
+# garbage is collected as before. WORKBENCH_TEST_GC_FREEZE=0 turns it off (bench/suite_threads.py --gc compares).
+FREEZE_AFTER_MODULES = 200
+_modules_at_freeze = [0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if os.environ.get("WORKBENCH_TEST_GC_FREEZE", "1") == "0":
+        return
+    if len(sys.modules) - _modules_at_freeze[0] >= FREEZE_AFTER_MODULES:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        _modules_at_freeze[0] = len(sys.modules)
+
+
 def pytest_collection_modifyitems(items):
     """The fast tier (`make test-fast`: -m "not slow") leaves out every test that starts a process or loads the real
     model; a test that asks for the smollm2 fixture loads it whether or not its author marked it."""
