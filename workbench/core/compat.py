@@ -133,11 +133,11 @@ def sdpa_attention_forward() -> Any:
     attention calls it for every case it does not compute itself, so those stay transformers' computation.
 
     Not documented as public: ``transformers.integrations.sdpa_attention.sdpa_attention_forward`` (the public
-    ``AttentionInterface`` registry holds it under "sdpa", read here the same way the models read it).
+    ``AttentionInterface`` registry holds it under "sdpa"; read through an instance of it, as the models read it).
     """
     from transformers import AttentionInterface
 
-    return AttentionInterface._global_mapping["sdpa"]
+    return AttentionInterface()["sdpa"]
 
 
 def sdpa_mask_function() -> Any:
@@ -149,4 +149,4 @@ def sdpa_mask_function() -> Any:
     """
     from transformers import AttentionMaskInterface
 
-    return AttentionMaskInterface._global_mapping["sdpa"]
+    return AttentionMaskInterface()["sdpa"]

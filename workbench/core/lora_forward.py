@@ -126,7 +126,9 @@ def _keep_mask(dropout: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None
     On a CPU the mask is drawn from a private generator started at the default generator's state, which is then
     moved on as the draw moved it (so every later draw is what it would have been). The nodes keep that state
     (5 KB) instead of the mask (1 byte an element: 4.9 KiB a token a SmolLM2 layer) and draw the same mask again
-    in the backward pass; no other thread's draw can come between the state and the mask."""
+    in the backward pass. The mask itself is always right (it comes from the private generator), but reading and
+    moving the default generator is not atomic: a draw by another thread in between (sampling in the playground
+    while a run trains in the same process) would repeat this one's numbers and be undone by the ``set_state``."""
     if not (type(dropout) is nn.Dropout and dropout.training and dropout.p > 0):
         return None, None
     if x.device.type != "cpu":
