@@ -35,7 +35,7 @@ def trained(config):
     sink = ev.ListSink()
     result = run(config, sink)
     step0 = next(e for e in sink.of(ev.Evaluation) if e.step == 0)
-    reused = [m.text for m in sink.of(ev.Message) if "base model's evaluation" in m.text]
+    reused = [m.text for m in sink.of(ev.Message) if "not computed again" in m.text]
     return result, sink, step0, reused
 
 
@@ -123,3 +123,35 @@ def test_only_a_new_single_process_causal_lm_run_of_a_group_shares(config, tmp_p
     slot.parent.mkdir(parents=True)
     slot.write_text("{not json")
     assert base_eval.load(slot) is None  # a damaged file: the run evaluates
+
+
+def test_a_data_folder_is_keyed_by_its_files_and_an_unreadable_one_shares_nothing(config, tmp_path):
+    compute = resolve_compute(config)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-0.jsonl").write_text(json.dumps({"prompt": "Q:", "completion": " a"}) + "\n")
+    grouped = config.copy_with(data={"validation_files": [str(shards)]}, output={"group": "g"})
+    key = base_eval.evaluation_key(grouped, compute, config.model.source)
+    (shards / "part-1.jsonl").write_text(json.dumps({"prompt": "Q:", "completion": " b"}) + "\n")
+    assert base_eval.evaluation_key(grouped, compute, config.model.source) != key  # a shard added
+    key = base_eval.evaluation_key(grouped, compute, config.model.source)
+    (shards / "part-1.jsonl").write_text(json.dumps({"prompt": "Q:", "completion": " c"}) + "\n")
+    assert base_eval.evaluation_key(grouped, compute, config.model.source) != key  # a shard's rows changed
+
+    # A file that cannot be read has no key: the run evaluates for itself rather than trust another's result
+    missing = grouped.copy_with(data={"validation_files": [str(tmp_path / "gone.jsonl")]})
+    assert base_eval.reuse_slot(missing, tmp_path / "runs" / "r1", compute, config.model.source, world_size=1,
+                                resumed=False) is None
+
+
+def test_a_cache_that_cannot_be_written_never_fails_the_run(config, tmp_path, monkeypatch):
+    def disk_full(slot, evaluation):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(base_eval, "save", disk_full)
+    first, _ = expand(config, {"lora.r": ["2", "4"]}, name="ranks")
+    result, sink, step0, reused = trained(first.config)
+    assert not reused and step0.eval_loss > 0
+    assert any(isinstance(e, ev.Finished) for e in sink.events)
+    warned = [m.text for m in sink.of(ev.Message) if "could not keep the base model's evaluation" in m.text]
+    assert warned and "No space left on device" in warned[0]

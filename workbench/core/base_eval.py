@@ -72,14 +72,25 @@ def _decisive_fields(config: RunConfig) -> dict[str, Any]:
     return data
 
 
+class _Unreadable(Exception):
+    """A data file that cannot be read: no key can vouch for it, so its run evaluates for itself."""
+
+
 def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
+    """The bytes of a data file, or of every file in a data folder (a saved dataset, a folder of shards), by name."""
+    target = Path(path)
     try:
-        with open(path, "rb") as fh:
+        if target.is_dir():
+            digest = hashlib.sha256()
+            for file in sorted(p for p in target.rglob("*") if p.is_file()):
+                digest.update(f"{file.relative_to(target).as_posix()}\0{_file_digest(file)}\0".encode())
+            return "folder:" + digest.hexdigest()
+        digest = hashlib.sha256()
+        with open(target, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    except OSError as exc:  # the run reads it or fails: either way no result for it is reused
-        return f"unreadable: {exc.__class__.__name__}"
+    except OSError as exc:  # the run reads it or fails on its own; a shared result must not stand in for it
+        raise _Unreadable(f"{target}: {exc.__class__.__name__}") from exc
     return digest.hexdigest()
 
 
@@ -90,7 +101,7 @@ def _folder_stats(folder: str | Path) -> list[list[Any]]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
     out: list[list[Any]] = []
     for p in files:
-        stat = p.stat()
+        stat = p.stat()  # an OSError here: reuse_slot gives no slot
         out.append([str(p.relative_to(path)) if path.is_dir() else p.name, stat.st_size, stat.st_mtime_ns])
     return out
 
@@ -125,12 +136,17 @@ def evaluation_key(config: RunConfig, compute: Compute, model_folder: str | Path
 
 def reuse_slot(config: RunConfig, run_dir: Path, compute: Compute, model_folder: str | Path, *,
                world_size: int, resumed: bool) -> Path | None:
-    """Where this run's step-0 evaluation is kept for the other runs of its sweep; None when it is not shared."""
+    """Where this run's step-0 evaluation is kept for the other runs of its sweep; None when it is not shared, or
+    when a data, reference or model file cannot be read (no key could vouch for it: the run evaluates itself)."""
     group = config.output.group
     if not group or resumed or world_size != 1 or config.model.task != "causal-lm" or config.training.method != "sft":
         return None
     folder = re.sub(r"[^A-Za-z0-9._-]+", "_", group)[:60] + "-" + hashlib.sha256(group.encode()).hexdigest()[:8]
-    return run_dir.parent / CACHE_DIR / folder / f"{evaluation_key(config, compute, model_folder)}.json"
+    try:
+        key = evaluation_key(config, compute, model_folder)
+    except (_Unreadable, OSError):
+        return None
+    return run_dir.parent / CACHE_DIR / folder / f"{key}.json"
 
 
 def load(slot: Path) -> BaseEvaluation | None:
@@ -146,6 +162,8 @@ def load(slot: Path) -> BaseEvaluation | None:
 
 
 def save(slot: Path, evaluation: BaseEvaluation) -> None:
+    """Keep ``evaluation`` at ``slot``; raises OSError (a full disk, a read-only runs folder), which the caller turns
+    into a message: the cache is a saving, never a reason for a run to fail."""
     slot.parent.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "eval_loss": evaluation.eval_loss, "trainer_metrics": evaluation.trainer_metrics,
               "event_metrics": evaluation.event_metrics, "from_run": evaluation.from_run}

@@ -188,7 +188,13 @@ class EventCallback(TrainerCallback):
                 restore_rng(self._rng_before_eval)
                 self._rng_before_eval = None
                 if self.ctx.base_eval_slot is not None:
-                    save(self.ctx.base_eval_slot, BaseEvaluation(loss, as_logged, extra, self.ctx.run_dir.name))
+                    try:
+                        save(self.ctx.base_eval_slot, BaseEvaluation(loss, as_logged, extra, self.ctx.run_dir.name))
+                    except OSError as exc:  # a saving for the sweep's other runs, never a reason for this one to fail
+                        self.ctx.sink.emit(Message(
+                            f"could not keep the base model's evaluation for the other runs of this sweep "
+                            f"({exc.strerror or exc.__class__.__name__}: {self.ctx.base_eval_slot.parent}); "
+                            "they will evaluate it themselves", level="warning"))
 
     def _evaluated(self, state, control, loss: float, extra: dict[str, float]) -> None:
         if math.isfinite(loss) and (self.best_eval_loss is None or loss < self.best_eval_loss):
