@@ -76,6 +76,28 @@ def test_nothing_is_collected_while_the_ml_stack_imports_and_it_is_frozen_afterw
         collector.deleteLater()
 
 
+def test_freezing_collects_the_garbage_first_and_only_on_the_gui_thread(qapp):
+    # What waits for its collection when a run starts (the previous run's model, say) must not be frozen with the
+    # new run's objects: a frozen cycle is never freed.
+    process_switches.apply_process_switches()
+    collector = process_switches.GarbageCollector(None)
+    collector._timer.stop()
+    before = gc.get_freeze_count()
+    try:
+        ref = _cycle()
+        job = threading.Thread(target=process_switches.freeze_long_lived_objects)  # as TrainWorker.emit does
+        job.start()
+        job.join()
+        assert ref() is not None and gc.get_freeze_count() == before  # nothing collected or frozen on the job thread
+        collector.collect()  # the GUI thread's next turn
+        assert ref() is None  # collected, not frozen
+        assert gc.get_freeze_count() > before
+        assert not process_switches._freeze_requested.is_set()
+    finally:
+        gc.unfreeze()  # leave the test process as the other tests expect it
+        collector.deleteLater()
+
+
 def test_a_phase_that_defers_full_collections_keeps_to_young_ones_until_it_ends(qapp):
     from workbench.core.gc_phases import deferring_full_collections
 

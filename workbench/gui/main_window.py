@@ -168,9 +168,8 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
         self._build_menus()
         self._restore_settings()
         self.files.update_title()
-        # What the build made (modules, the run-file schema, every page's widgets and their wrappers, ~50,000
-        # objects) lives as long as the window: out of the collections, or each full one walks them all again,
-        # ~30 ms on the GUI thread every 10-60 s of an idle window (bench/gui_responsiveness.py --why).
+        # The build's ~50,000 objects live as long as the window: out of the collections, or each full one walks
+        # them again, ~30 ms every 10-60 s of an idle window (bench/gui_responsiveness.py --why)
         freeze_long_lived_objects()
 
     # -- wiring -------------------------------------------------------------------------------------------

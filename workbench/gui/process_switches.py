@@ -10,8 +10,9 @@ a job calls it too, for a dialog used without the window), and so that a reader 
 * the garbage collector on the GUI thread only (``keep_garbage_collection_on_the_gui_thread``, with
   ``GarbageCollector`` running the collection schedule there) — a collection on a job thread freed Qt
   objects' wrappers there and deadlocked against the GUI thread.
-* ``gc.freeze()`` after the ML stack's import and once a run's model and data are loaded
-  (``freeze_long_lived_objects``) — millions of long-lived objects leave the collections, which stay short.
+* ``gc.freeze()`` after the ML stack's import, and after a full collection once the window is built and once a
+  run's model and data are loaded (``freeze_long_lived_objects``) — millions of long-lived objects leave the
+  collections, which stay short; no garbage is frozen with them.
 * native-library preloading (``preload_native_libraries``) — torch's and pyarrow's shared libraries are
   loaded with the GIL released, so their import does not stall the window for a few hundred milliseconds.
 * a lower scheduling priority for job threads (``lower_this_threads_priority``) — training saturates every
@@ -43,13 +44,17 @@ def apply_process_switches() -> None:
 
 
 def freeze_long_lived_objects() -> None:
-    """Move every object alive now out of all later collections (``gc.freeze``).
+    """Move every object alive now out of all later collections (``gc.freeze``), after collecting the garbage.
 
-    Called after the ML stack's import and when a run's model and data are loaded: those objects live as long
-    as the process or the run, hold next to no cyclic garbage, and a full collection would otherwise walk all
-    of them, holding the GIL (and stalling the window) for a long moment each time.
+    Called when the window is built and when a run's model and data are loaded: those objects live as long as
+    the window or the run, and a full collection would otherwise walk all of them, holding the GIL (and stalling
+    the window) for a long moment each time. Garbage must be collected first: a frozen cycle is never freed, and
+    what waits for its collection at that moment (the previous run's model and optimizer, say, when the next run
+    starts within a minute) would stay for the life of the process. Collections run on the GUI thread only, so
+    this asks ``GarbageCollector`` to collect and freeze at its next turn (within 20 ms, in a turn of the event
+    loop of its own) instead of doing it here.
     """
-    gc.freeze()
+    _freeze_requested.set()
 
 
 @contextlib.contextmanager
@@ -60,7 +65,9 @@ def importing_the_ml_stack() -> Iterator[None]:
     try:
         yield
     finally:
-        freeze_long_lived_objects()
+        # Frozen at once, without a collection first: an import leaves next to no cyclic garbage, and a full
+        # collection over the ~600,000 objects it made would itself stall the window ~100 ms.
+        gc.freeze()
         _importing.clear()
 
 
@@ -84,6 +91,7 @@ def lower_this_threads_priority() -> None:
 
 
 _collection_requested = threading.Event()
+_freeze_requested = threading.Event()  # freeze_long_lived_objects: collect everything, then freeze the survivors
 _importing = threading.Event()
 
 
@@ -145,8 +153,12 @@ class GarbageCollector(QObject):
         now = time.monotonic()
         full_due = (middle_collections >= 10 and now - self._last_full >= self.FULL_MIN_GAP_S) or \
             now - self._last_full >= self.FULL_EVERY_S
-        if full_due and not full_collections_deferred():
+        if (full_due or _freeze_requested.is_set()) and not full_collections_deferred():
+            freezing = _freeze_requested.is_set()
+            _freeze_requested.clear()
             gc.collect(2)
+            if freezing:
+                gc.freeze()
             self._last_full = now
         elif young_collections >= 10 or _collection_requested.is_set():
             _collection_requested.clear()
