@@ -100,7 +100,7 @@ def lean_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
               and not kwargs.get("output_attentions", False) and key.shape[1] * groups == query.shape[1])
     # One random draw per call: per-example calls would drop other weights than one call over the row does.
     segments = (block_causal_segments(attention_mask, query.shape[0], query.shape[2])
-                if usable and dropout == 0.0 and key.shape[2] == query.shape[2] else None)
+                if usable and dropout == 0.0 and key.shape[2] == query.shape[2] and _has_cpu_flash() else None)
     if segments is not None:
         return per_example_attention(query, key, value, segments, scaling), None
     if not (usable and groups > 1):  # exactly transformers' call, with the mask as transformers made it
@@ -117,13 +117,63 @@ def per_example_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     """Causal attention within each segment of each row (``segments[b]``: its boundaries, 0 first, length
     last) — what the block-causal mask of those segments computes, without the blocks' products across
     examples; ``[batch, length, heads, dim]`` out."""
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    rows = []
-    for b, bounds in enumerate(segments):
-        pieces = [sdpa(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], is_causal=True,
-                       scale=scaling, enable_gqa=True).transpose(1, 2) for s, e in zip(bounds, bounds[1:])]
-        rows.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1))
-    return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)).contiguous()
+    return _PerExampleAttention.apply(query, key, value, segments, scaling)
+
+
+class _PerExampleAttention(torch.autograd.Function):
+    """One CPU flash-attention call per segment, each written into one ``[batch, length, heads, dim]`` output
+    (the layout the kernel returns and transformers' output projection takes without a copy), which is what
+    the backward pass keeps with the segments' log-sum-exps — public ``scaled_dot_product_attention`` calls
+    would keep their own outputs besides. Keys and values keep their own heads (the kernel maps query heads to
+    them)."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # type: ignore[override]
+                segments: tuple[tuple[int, ...], ...], scaling: float | None) -> torch.Tensor:
+        kernel, _ = _cpu_flash()
+        batch, heads, length, _dim = query.shape
+        out = query.new_empty(batch, length, heads, value.shape[-1])
+        lse = query.new_empty(batch, length, heads).transpose(1, 2)  # [batch, heads, length], as the kernel's
+        for b, bounds in enumerate(segments):
+            for s, e in zip(bounds, bounds[1:]):
+                piece, piece_lse = kernel(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
+                                          0.0, True, scale=scaling)
+                out[b:b + 1, s:e].copy_(piece.transpose(1, 2))
+                lse[b:b + 1, :, s:e].copy_(piece_lse)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.segments, ctx.scaling = segments, scaling
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        _, kernel = _cpu_flash()
+        query, key, value, out, lse = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # [batch, length, heads, dim] as the output is
+        grads = [torch.empty_like(t) for t in (query, key, value)]
+        for b, bounds in enumerate(ctx.segments):
+            for s, e in zip(bounds, bounds[1:]):
+                span = (slice(b, b + 1), slice(None), slice(s, e))
+                pieces = kernel(grad_out[b:b + 1, s:e].transpose(1, 2), query[span], key[span], value[span],
+                                out[b:b + 1, s:e].transpose(1, 2), lse[span], 0.0, True, scale=ctx.scaling)
+                for grad, piece in zip(grads, pieces):
+                    grad[span].copy_(piece)
+        return grads[0], grads[1], grads[2], None, None
+
+
+def _has_cpu_flash() -> bool:
+    from .compat import cpu_flash_attention
+
+    return cpu_flash_attention() is not None
+
+
+def _cpu_flash() -> tuple[Any, Any]:
+    from .compat import cpu_flash_attention
+
+    kernels = cpu_flash_attention()
+    if kernels is None:  # lean_sdpa_attention asked _has_cpu_flash first
+        raise RuntimeError("this torch has no CPU flash-attention kernel")
+    return kernels
 
 
 def block_causal_segments(mask: torch.Tensor, batch: int, length: int) -> tuple[tuple[int, ...], ...] | None:
