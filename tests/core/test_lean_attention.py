@@ -183,7 +183,7 @@ def test_segments_found_only_in_exactly_block_causal_masks():
 
     mask = block_causal([[0, 3, 8, 10], [0, 10]], 10)
     assert block_causal_segments(mask, 2, 10) == ((0, 3, 8, 10), (0, 10))
-    assert block_causal_segments(mask, 2, 10) is getattr(mask, "_workbench_segments")  # found once per mask
+    assert block_causal_segments(mask, 2, 10) is mask._workbench_segments  # found once per mask
     leaky = block_causal([[0, 3, 8, 10], [0, 10]], 10)
     leaky[0, 0, 9, 1] = True  # a query of the third example sees the first: the sub-diagonal is unchanged
     assert block_causal_segments(leaky, 2, 10) is None
@@ -220,7 +220,7 @@ def test_a_mask_across_examples_keeps_the_whole_row_computation():
     reference = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1),
                                                                  v.repeat_interleave(2, 1), attn_mask=packed, scale=0.3)
     torch.testing.assert_close(out, reference.transpose(1, 2), rtol=1e-6, atol=1e-6)
-    assert getattr(packed, "_workbench_segments") == ((0, 5, 12), (0, 7, 12))
+    assert packed._workbench_segments == ((0, 5, 12), (0, 7, 12))
 
 
 def test_attention_dropout_keeps_one_call_over_the_row():
