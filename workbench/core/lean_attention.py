@@ -100,7 +100,7 @@ def lean_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
               and not kwargs.get("output_attentions", False) and key.shape[1] * groups == query.shape[1])
     # One random draw per call: per-example calls would drop other weights than one call over the row does.
     segments = (block_causal_segments(attention_mask, query.shape[0], query.shape[2])
-                if usable and dropout == 0.0 and key.shape[2] == query.shape[2] and _has_cpu_flash() else None)
+                if usable and attention_mask is not None and dropout == 0.0 and key.shape[2] == query.shape[2] and _has_cpu_flash() else None)
     if segments is not None:
         return per_example_attention(query, key, value, segments, scaling), None
     if not (usable and groups > 1):  # exactly transformers' call, with the mask as transformers made it
@@ -128,7 +128,7 @@ class _PerExampleAttention(torch.autograd.Function):
     them)."""
 
     @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 segments: tuple[tuple[int, ...], ...], scaling: float | None) -> torch.Tensor:
         kernel, _ = _cpu_flash()
         batch, heads, length, _dim = query.shape
@@ -146,7 +146,7 @@ class _PerExampleAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         _, kernel = _cpu_flash()
         query, key, value, out, lse = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # [batch, length, heads, dim] as the output is
