@@ -8,6 +8,8 @@ each test fails, naming what changed, when a release moves or changes one of the
 - ``transformers.trainer_pt_utils.safe_globals`` (``compat.trainer_load_allowlist``): the checkpoint load check.
 - the "sdpa" entries of ``AttentionInterface`` / ``AttentionMaskInterface`` (``compat.sdpa_attention_forward``,
   ``compat.sdpa_mask_function``): the training attention of core/lean_attention.py.
+- ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` and its ``_backward``
+  (``compat.cpu_flash_attention``): lean_attention's per-example attention on packed rows.
 """
 
 from __future__ import annotations
@@ -87,6 +89,32 @@ def test_sdpa_attention_function_and_mask_builder_are_transformers_sdpa():
     out, weights = forward(module, q, k, k, torch.ones(1, 1, 5, 5, dtype=torch.bool), scaling=None)
     assert out.shape == (1, 5, 4, 8) and weights is None
     assert compat.sdpa_mask_function() is sdpa_mask, "the 'sdpa' mask registry entry changed: check lean_attention"
+
+
+def test_cpu_flash_attention_kernels_are_what_sdpa_computes_with_grouped_query_heads():
+    """lean_attention's per-example attention calls the CPU flash kernel and its backward itself (causal, key/value
+    heads fewer than query heads): the same output, logsumexp and gradients as ``scaled_dot_product_attention``'s
+    own autograd."""
+    kernels = compat.cpu_flash_attention()
+    assert kernels is not None, "torch's CPU flash-attention ops moved: lean_attention's per-example path is off"
+    forward, backward = kernels
+    torch.manual_seed(0)
+    q = torch.randn(1, 6, 9, 8, requires_grad=True)
+    k, v = (torch.randn(1, 2, 9, 8, requires_grad=True) for _ in range(2))
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.4, enable_gqa=True)
+    grad = torch.randn_like(reference)
+    reference.backward(grad)
+    with torch.no_grad():
+        out, lse = forward(q, k, v, 0.0, True, scale=0.4)
+        assert out.shape == (1, 6, 9, 8) and lse.shape == (1, 6, 9)
+        torch.testing.assert_close(out, reference, rtol=0, atol=0)
+        scores = (q @ k.repeat_interleave(3, 1).transpose(-1, -2) * 0.4).masked_fill(
+            torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
+        torch.testing.assert_close(lse, scores.logsumexp(-1), rtol=1e-5, atol=1e-5)
+        grads = backward(grad, q, k, v, out, lse, 0.0, True, scale=0.4)
+    for mine, tensor in zip(grads, (q, k, v)):
+        assert mine.shape == tensor.shape
+        torch.testing.assert_close(mine, tensor.grad, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ checkpoint load allowlist

@@ -149,11 +149,12 @@ FORKING_HOLDER = textwrap.dedent("""
     child = os.fork()
     if child == 0:  # a data-loader worker, say: lives on after its parent died
         # By now the fork handlers have run in this child: only then may the test look at the lock (under load
-        # the child can be scheduled long after its parent died).
-        print("child ready", flush=True)
+        # the child can be scheduled long after its parent died). The child is the only writer to stdout, and
+        # its line is one write(2): with two writers, or print() under PYTHONUNBUFFERED (one write for the text,
+        # one for the newline), the parent's pid and the child's line could interleave into two unreadable lines.
+        os.write(1, f"child {os.getpid()} ready\\n".encode())
         sys.stdin.read()
         os._exit(0)
-    print(child, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # the holder dies; its forked child lives on
 """)
 
@@ -164,9 +165,11 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
     path = tmp_path / "x.lock"
     proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}  # the child's pid and "child ready"
-    child = int(next(line for line in lines if line.isdigit()))
     try:
+        line = proc.stdout.readline()  # the child's one line, written after its fork handlers ran
+        word, pid, ready = (line.split() + ["", "", ""])[:3]
+        assert (word, ready) == ("child", "ready") and pid.isdigit(), f"not the child's line: {line!r}"
+        child = int(pid)
         proc.wait(timeout=DEADLINE_S)
         os.kill(child, 0)  # still alive: it holds the inherited descriptor, if filelock did not close it
         assert locks.acquire(path, timeout=0).held

@@ -150,3 +150,22 @@ def sdpa_mask_function() -> Any:
     from transformers import AttentionMaskInterface
 
     return AttentionMaskInterface()["sdpa"]
+
+
+def cpu_flash_attention() -> tuple[Any, Any] | None:
+    """torch's CPU flash-attention kernel, forward and backward, as ``(forward, backward)`` — or None where this
+    torch has no such ops. Workbench's per-example attention (core/lean_attention.py) runs one causal call per
+    example of a packed row and writes each into one output tensor that the backward pass keeps; the public
+    ``scaled_dot_product_attention`` would keep every call's own output besides (a second copy of the layer's
+    attention output), and has no ``out=``.
+
+    ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` (``(query, key, value, dropout_p, is_causal,
+    *, attn_mask, scale) -> (output, logsumexp)``, key/value heads fewer than query heads allowed) and its
+    ``_backward`` (``(grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, *, attn_mask, scale) ->
+    (grad_query, grad_key, grad_value)``): what ``scaled_dot_product_attention`` dispatches to on a CPU.
+    """
+    import torch
+
+    forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    return None if forward is None or backward is None else (forward, backward)
