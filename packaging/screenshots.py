@@ -116,11 +116,7 @@ def main() -> int:
         window.model_opened.connect(lambda: opened.append(1))
         window.open_model(str(model_dir))
         wait(lambda: opened)
-        window.layers.preset_combo.setCurrentText("attention")
-        window.layers.apply_preset()
-        tree = window.overview.tree
-        window.layers.model.set_selected(tree.same_in_every_block(f"{tree.blocks_prefix}.0.mlp.down_proj"), True)
-        window.layers.model.setData(window.layers.model.index_of(f"{tree.blocks_prefix}.0.self_attn.q_proj", 5), "32")
+        edit_selection_as_a_user(window)
         window.tabs.setCurrentIndex(0)
         shoot(window, "model-and-layers")
 
@@ -147,10 +143,52 @@ def main() -> int:
         shoot(window, "training")
         shoot_part2(window, folder, model_dir, ended)
         shoot_block_map_70b(window, folder)
-        shoot_part3(window)
+        shoot_part3(window, folder)
         window.ask_before_discarding = False
         window.close()
     return 0
+
+
+def edit_selection_as_a_user(window) -> None:
+    """Pick "attention" in the Preset box and press Apply preset, right-click down_proj → "Select down_proj in
+    every block", and type 32 into q_proj's Rank cell: the signals a user's clicks send (so the Preset box ends
+    on "custom selection", as it does for a user), not the tree model's methods behind them."""
+    from PySide6.QtCore import QModelIndex
+    from PySide6.QtWidgets import QAbstractItemDelegate, QLineEdit, QMenu
+
+    from workbench.gui.widgets.layer_tree_model import COL_RANK
+
+    layers = window.layers
+    combo = layers.preset_combo
+    combo.setCurrentIndex(combo.findData("attention"))
+    combo.activated.emit(combo.currentIndex())
+    layers.preset_button.click()
+
+    model, view = layers.model, layers.view
+    prefix = window.overview.tree.blocks_prefix
+    down = model.index_of(f"{prefix}.0.mlp.down_proj")
+    view.scrollTo(down)
+    settle(100)
+    view.customContextMenuRequested.emit(view.visualRect(down).center())
+    menu = layers.findChildren(QMenu)[-1]
+    action = next(a for a in menu.actions() if a.text() == "Select down_proj in every block")
+    action.trigger()
+    menu.close()
+
+    rank = model.index_of(f"{prefix}.0.self_attn.q_proj", COL_RANK)
+    view.scrollTo(rank)
+    view.setCurrentIndex(rank)
+    view.edit(rank)  # the editor a double-click opens
+    settle(100)
+    editor = view.indexWidget(rank) or view.focusWidget()
+    if not isinstance(editor, QLineEdit):
+        raise RuntimeError("the Rank cell opened no text editor")
+    editor.setText("32")
+    view.commitData(editor)  # what pressing Enter does
+    view.closeEditor(editor, QAbstractItemDelegate.EndEditHint.NoHint)
+    view.setCurrentIndex(QModelIndex())
+    if model.rank_overrides.get(f"{prefix}.0.self_attn.q_proj") != 32 or combo.currentIndex() != -1:
+        raise RuntimeError("the edits did not reach the tree as a user's would")
 
 
 def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
@@ -228,12 +266,14 @@ def shoot_block_map_70b(window, folder: Path) -> None:
     shoot(window, "block-map-70b")
 
 
-def shoot_part3(window) -> None:
+def shoot_part3(window, folder: Path) -> None:
     """The launch-script dialog (several GPUs, a cluster) and the demo the window opens by default."""
     window.training.location.setEnabled(True)
     dialog = window.open_launch_dialog()
     dialog.nodes.setValue(2)
     dialog.gpus.setValue(4)
+    # Beside the run folder, not in whatever folder the script was started from (a developer's checkout).
+    dialog.script_edit.setText(str(folder / "demo-launch.sh"))
     shoot(dialog, "launch-script")
     dialog.close()
 

@@ -33,3 +33,33 @@ def test_conversion_progress_then_a_busy_bar_for_a_wait_without_amount(qtbot):
     assert picker.progress.maximum() == 0, "busy indicator"
     picker.set_busy(False)
     assert not picker.progress.isVisible()
+
+
+
+def test_a_source_without_weight_files_says_what_it_can_do(qtbot):
+    """A config-only folder (the 70B skeleton of the README's block map) said "(none weights)"."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from workbench.core.layers import build_tree
+    from workbench.core.models import ModelSource
+    from workbench.gui.widgets.model_picker import ModelPicker
+
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=64)
+    with torch.device("meta"):
+        tree = build_tree(AutoModelForCausalLM.from_config(config))
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    for kind, weights, wanted in (("local", "none", "(config only, no weight files: the tree and estimates, no training)"),
+                                  ("hub", "none", "(weights not downloaded yet: they download when training starts)"),
+                                  ("local", "safetensors", "(safetensors weights)")):
+        source = ModelSource("/m", kind, Path("/m"), weights)
+        overview = SimpleNamespace(tree=tree, architecture="LlamaForCausalLM", dtype="bfloat16", source=source)
+        picker.show_overview(overview, "CPU")
+        text = picker.info.text()
+        assert wanted in text and "none weights" not in text, text
+        assert "2 blocks (model.layers)" in text and f"· {kind} (" in text

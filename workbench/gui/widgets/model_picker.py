@@ -126,5 +126,16 @@ class ModelPicker(QWidget):
         self.info.setText(
             f"<b>{html.escape(overview.architecture)}</b> · {human_count(tree.total_params)} parameters · "
             f"stored as {html.escape(overview.dtype)} · {blocks} · {overview.source.kind} "
-            f"({html.escape(overview.source.weights)} weights)<br>Trains on: <b>{html.escape(device_text)}</b>"
+            f"({html.escape(weights_text(overview.source.kind, overview.source.weights))})<br>Trains on: <b>{html.escape(device_text)}</b>"
         )
+
+
+def weights_text(kind: str, weights: str) -> str:
+    """The weight files of a source in words, instead of "none weights" for a folder that has none: a local
+    config-only folder (a 70B skeleton) shows the tree and estimates but cannot train; a Hub model in the cache
+    without its weights downloads them when training starts."""
+    if weights != "none":
+        return f"{weights} weights"
+    if kind == "hub":
+        return "weights not downloaded yet: they download when training starts"
+    return "config only, no weight files: the tree and estimates, no training"
