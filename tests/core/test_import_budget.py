@@ -68,6 +68,8 @@ def test_help_and_bookkeeping_commands_import_no_ml_library(finished_run):
     # A control request to a finished run is refused (exit 2), after reading the run's status: the same path.
     loaded = set(loaded_by("control", str(run_dir), "checkpoint", exit_code=2))
     assert not loaded & NO_ML and "pydantic" not in loaded, loaded
+    # A run file that is not there is refused before the engine is imported.
+    assert not set(loaded_by("train", str(root / "missing.toml"), exit_code=2)) & NO_ML
     # A launch script validates the run file (pydantic) and still needs no ML library.
     loaded = set(loaded_by("launch-script", str(run_dir / "run.toml"), "--out", str(root / "launch.sh")))
     assert not loaded & NO_ML and "pydantic" in loaded, loaded
