@@ -1,6 +1,8 @@
 """Fixtures for window tests: a real MainWindow with its own settings file, a tiny model, small data files."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,24 @@ def _private_workbench_cache(tmp_path, monkeypatch):
     from workbench.core import cache
 
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "workbench-cache"))
+
+
+@pytest.fixture
+def smollm2_in_window_cache(smollm2, _private_workbench_cache) -> Path:
+    """The test's private Workbench cache, already holding the session's SmolLM2 conversion (tests/conftest.py),
+    linked file by file: a window test that opens the built-in model without being about its first-use conversion
+    (test_demo_window.py is) skips converting it again (about 20 s)."""
+    from workbench.core.cache import cache_root
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system: a copy is slower, never different
+            shutil.copy2(src, dst)
+
+    folder = cache_root() / "models" / smollm2.name
+    shutil.copytree(smollm2, folder, copy_function=link)
+    return folder
 
 
 @pytest.fixture

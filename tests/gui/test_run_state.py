@@ -61,7 +61,9 @@ def test_new_run_leaves_nothing_of_the_previous_model_and_data(opened, qtbot, tm
     assert window.windowTitle() == "untitled run — LoRA Workbench"
 
 
-def test_the_title_names_the_run_and_the_demo_says_what_to_do_next(window, qtbot, tmp_path):
+def test_the_title_names_the_run_and_the_demo_says_what_to_do_next(smollm2_in_window_cache, window, qtbot, tmp_path):
+    # The model is converted already (the session's conversion): what the window shows while it opens is the point,
+    # not the first-use conversion, which is test_demo_window.py's.
     assert window.windowTitle().startswith("untitled run")
     window.ask_before_discarding = False
     assert window.open_demo()

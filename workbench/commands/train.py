@@ -48,11 +48,14 @@ def run_control(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from workbench.core.config import RunConfig
-    from workbench.core.training import run
 
     config = RunConfig.from_toml(args.run_file)
     if args.overrides:
         config = config.with_overrides(args.overrides)
+    # The engine (torch, transformers, datasets: seconds) only once the run file is known good: a missing or bad
+    # run file, or a bad --set, is answered at once.
+    from workbench.core.training import run
+
     return drive(lambda sink, control: run(config, sink, control, run_dir=args.run_dir), args.quiet)
 
 
