@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 from dataclasses import fields
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any, Literal
 
 from .cache import cache_root
@@ -36,10 +37,10 @@ from .fsutil import atomic_write_text
 from .layers import LayerNode, LayerTree
 from .models import ModelOverview, ModelSource, open_overview, resolve_source
 
-__all__ = ["open_overview_cached", "tree_from_json", "tree_to_json"]
+__all__ = ["module_code_bytes", "open_overview_cached", "tree_from_json", "tree_to_json"]
 
 FORMAT = 1
-Origin = Literal["built", "cache", "template"]
+Origin = Literal["built", "cache", "template", "builtin"]
 # The sizes estimate_for_config reads from a transformers config (its text config for multimodal models).
 _MEMORY_FIELDS = ("hidden_size", "vocab_size", "num_attention_heads")
 _NODE_FIELDS = tuple(f.name for f in fields(LayerNode) if f.name != "children")
@@ -65,8 +66,13 @@ def open_overview_cached(spec: str, *, revision: str | None = None, task: str = 
     if entry is not None and (cached := _read(entry, source)) is not None:
         return cached, "cache"
     raw, template_entry = _template_entry(source, task, num_labels, cache_dir) if use_templates else (None, None)
-    if template_entry is not None and raw is not None and (done := _from_template(template_entry, source, raw)):
-        return done, "template"
+    if template_entry is not None and raw is not None:
+        if done := _from_template(template_entry, source, raw):
+            return done, "template"
+        # Shipped with Workbench for the common architectures (core/builtin_templates/): nothing is written, so a
+        # built-in template never stands in the cache for what this machine built or learned.
+        if (builtin := _builtin_entry(raw, task, num_labels)) and (done := _from_template(builtin, source, raw)):
+            return done, "builtin"
     overview = open_overview(spec, revision=revision, task=task, num_labels=num_labels, allow_pickle=allow_pickle,
                              sink=sink)
     if entry is not None:
@@ -109,8 +115,27 @@ def _code_fingerprint() -> str:
 
     digest = hashlib.sha256()
     for module in (layers, checkpoint, models):
-        digest.update(Path(module.__file__ or "").read_bytes())
+        digest.update(module_code_bytes(module))
     return digest.hexdigest()
+
+
+def module_code_bytes(module: ModuleType) -> bytes:
+    """A module's source bytes; in a frozen bundle, which may keep no .py files (PyInstaller puts the bytecode in
+    its archive and sets ``__file__`` to a path that does not exist), its compiled code, which changes when the
+    source does; failing both, the module's name and Workbench's version (a new build is a new version)."""
+    try:
+        return Path(module.__file__ or "").read_bytes()
+    except OSError:
+        pass
+    try:
+        code = module.__loader__.get_code(module.__name__)  # type: ignore[union-attr]
+        if code is not None:
+            return marshal.dumps(code)
+    except Exception:  # noqa: BLE001  a loader without get_code, or one that cannot find the module's code
+        pass
+    from workbench import __version__
+
+    return f"{module.__name__} {__version__}".encode()
 
 
 def _entry_path(source: ModelSource, task: str, num_labels: int | None, cache_dir: str | Path | None) -> Path | None:
@@ -173,6 +198,14 @@ def _template_entry(source: ModelSource, task: str, num_labels: int | None,
         return None, None  # the fresh path says what is wrong
     key = template_key(raw, task, num_labels)
     return (raw, cache_root(cache_dir) / "templates" / f"{key}.json") if key else (None, None)
+
+
+def _builtin_entry(raw: dict[str, Any], task: str, num_labels: int | None) -> Path | None:
+    from .builtin_templates import builtin_template_path
+    from .tree_template import template_key
+
+    key = template_key(raw, task, num_labels, builtin=True)
+    return builtin_template_path(key) if key else None
 
 
 def _from_template(entry: Path, source: ModelSource, raw: dict[str, Any]) -> ModelOverview | None:
