@@ -17,7 +17,10 @@ foreign entry is ignored and rebuilt.
 A config.json not seen before, of an architecture seen before, gets its tree from that architecture's template
 (core/tree_template.py: learned from tiny probes when the first config of it was built, kept only where it
 rebuilds them and that config exactly), also without modeling code; anything a template cannot explain is built
-afresh. ``use_cache=False`` (``workbench inspect --no-cache``) turns both off. A tree from a template is not
+afresh. The common architectures' templates also ship with Workbench (core/builtin_templates/, learned from their
+Hub config.json files under one exact transformers version), so that even the first config of one on a fresh
+machine needs no modeling code; they are read after the user's own templates and never written to the cache.
+``use_cache=False`` (``workbench inspect --no-cache``) turns all of it off. A tree from a template is not
 written to the tree cache (a tree entry is only ever what the fresh path built).
 """
 
@@ -52,7 +55,9 @@ def open_overview_cached(spec: str, *, revision: str | None = None, task: str = 
                          sink: SinkLike = None) -> tuple[ModelOverview, Origin]:
     """``models.open_overview`` through the tree cache and the architecture templates (core/tree_template.py):
     (the overview, where its tree came from: ``"built"`` afresh, the remembered ``"cache"`` of this config.json,
-    or its architecture's ``"template"``). ``use_cache=False`` turns both off.
+    its architecture's ``"template"`` learned on this machine, or the ``"builtin"`` one shipped with Workbench;
+    tried in that order, from the cache on). ``use_cache=False`` turns all of them off, ``use_templates=False``
+    both kinds of template.
 
     From the cache or a template, ``overview.hf_config`` is a namespace with only the sizes the memory estimate
     reads (and ``model_type``, ``_name_or_path``), not a transformers config."""

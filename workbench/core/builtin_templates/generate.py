@@ -82,10 +82,12 @@ def _text(template: dict[str, Any]) -> str:
 
 def problems(templates: dict[str, dict[str, Any]], directory: Path, complete: bool = True) -> list[str]:
     """What differs between ``templates`` and the files in ``directory``: a missing or stale (different, damaged)
-    file, and with ``complete`` (``templates`` is every template there should be) an extra one."""
+    file, and with ``complete`` (``templates`` is every template there should be, learned from every source) an
+    extra one. Without ``complete`` (some sources only), a file may name more sources than its template."""
     found = []
     for key, template in templates.items():
         path = directory / f"{key}.json"
+        expected = json.loads(_text(template))
         try:
             on_disk = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -93,7 +95,9 @@ def problems(templates: dict[str, dict[str, Any]], directory: Path, complete: bo
             continue
         except (OSError, ValueError):
             on_disk = None
-        if on_disk != json.loads(_text(template)):
+        if not isinstance(on_disk, dict) or {**on_disk, "sources": None} != {**expected, "sources": None} or (
+                on_disk.get("sources") != expected["sources"] if complete else
+                not isinstance(on_disk.get("sources"), list) or not set(expected["sources"]) <= set(on_disk["sources"])):
             found.append(f"stale: {path.name} ({', '.join(template['sources'])})")
     if complete:
         found += [f"extra: {p.name}" for p in sorted(directory.glob("*.json")) if p.stem not in templates]
