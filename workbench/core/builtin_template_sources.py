@@ -11,9 +11,9 @@ source through transformers and keeps it only where it rebuilds the source's fre
 
 Not here, because core/tree_template.py cannot template them (they are always built): Phi-3 and Phi-3.5 mini
 (their config.json carries ``auto_map``: code of their own), Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek V2/V3
-(mixture of experts), Llama 3.2 Vision, Qwen2-VL, Gemma 3, Mistral Small 3.1 (nested ``text_config``), Gemma 2
-(blocks of two kinds: sliding and full attention alternate), and GGUF or quantized uploads
-(``quantization_config``).
+(mixture of experts), Llama 3.2 Vision, Qwen2-VL, Gemma 3, Mistral Small 3.1 (nested ``text_config``), and GGUF
+or quantized uploads (``quantization_config``). Gemma 2 is here: its sliding and full attention blocks alternate,
+but their modules are alike, and its config.json names no ``layer_types``.
 """
 
 from __future__ import annotations
@@ -92,6 +92,14 @@ _GEMMA = {
     "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0, "torch_dtype": "bfloat16",
     "transformers_version": "4.38.0.dev0", "use_cache": True, "vocab_size": 256000,
 }
+_GEMMA2 = {
+    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+    "final_logit_softcapping": 30.0, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+    "initializer_range": 0.02, "max_position_embeddings": 8192, "model_type": "gemma2", "pad_token_id": 0,
+    "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+    "transformers_version": "4.42.4", "use_cache": True, "vocab_size": 256000,
+}
 _OLMO2 = {
     "architectures": ["Olmo2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "eos_token_id": 100257,
     "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 4096, "model_type": "olmo2",
@@ -146,6 +154,9 @@ SOURCES: dict[str, dict[str, Any]] = {
     "mistralai/Mistral-7B-v0.3": {**_MISTRAL, **_sizes(4096, 14336, 32, 32, 8, 32768), "attention_dropout": 0.0,
                                   "rope_theta": 1000000.0, "sliding_window": None,
                                   "transformers_version": "4.42.0.dev0"},
+    "mistralai/Mistral-Nemo-Base-2407": {**_MISTRAL, **_sizes(5120, 14336, 40, 32, 8, 131072), "head_dim": 128,
+                                         "max_position_embeddings": 1024000, "rope_theta": 1000000.0,
+                                         "sliding_window": None, "transformers_version": "4.43.0.dev0"},
     "Qwen/Qwen2-0.5B-Instruct": {**_QWEN2, **_sizes(896, 4864, 24, 14, 2, 151936), "max_window_layers": 24,
                                  "tie_word_embeddings": True},
     "Qwen/Qwen2-1.5B-Instruct": {**_QWEN2, **_sizes(1536, 8960, 28, 12, 2, 151936), "max_window_layers": 28,
@@ -178,6 +189,12 @@ SOURCES: dict[str, dict[str, Any]] = {
                        "tie_word_embeddings": False},
     "google/gemma-2b": {**_GEMMA, **_sizes(2048, 16384, 18, 8, 1, 256000)},
     "google/gemma-7b": {**_GEMMA, **_sizes(3072, 24576, 28, 16, 16, 256000)},
+    "google/gemma-2-2b": {**_GEMMA2, **_sizes(2304, 9216, 26, 8, 4, 256000), "head_dim": 256,
+                          "query_pre_attn_scalar": 256},
+    "google/gemma-2-9b": {**_GEMMA2, **_sizes(3584, 14336, 42, 16, 8, 256000), "head_dim": 256,
+                          "query_pre_attn_scalar": 256, "transformers_version": "4.42.0.dev0"},
+    "google/gemma-2-27b": {**_GEMMA2, **_sizes(4608, 36864, 46, 32, 16, 256000), "head_dim": 128,
+                           "query_pre_attn_scalar": 144, "transformers_version": "4.42.0.dev0"},
     "allenai/OLMo-2-1124-7B": {**_OLMO2, **_sizes(4096, 11008, 32, 32, 32, 100352)},
     "allenai/OLMo-2-1124-13B": {**_OLMO2, **_sizes(5120, 13824, 40, 40, 40, 100352)},
     "stabilityai/stablelm-2-1_6b": {**_STABLELM2, **_sizes(2048, 5632, 24, 32, 32, 100352)},

@@ -5,7 +5,7 @@ config.json, as ``checkpoint.read_json_object`` reads it, to ``tree_template.lea
 
 Sources whose keys agree (the sizes of one family) share the template learned from the first of them; it is kept
 only if it also gives every other one its fresh tree and memory fields exactly, so every source listed in a
-template's ``sources`` was checked against transformers.
+template's ``sources`` was checked against transformers (the version each file names in ``transformers``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def learn_builtin(sources: dict[str, dict[str, Any]], tasks: tuple[tuple[str, in
     from ..tree_cache import _raw_dtype
     from ..tree_template import learn_template, memory_of, node_facts, template_key, tree_from_template
 
+    transformers_version = version("transformers")  # in every key too; here for people and the tests to read
     templates: dict[str, dict[str, Any]] = {}
     refused: set[str] = set()  # keys whose first source gave no template: the others are not tried again
     notes: list[str] = []
@@ -64,7 +66,7 @@ def learn_builtin(sources: dict[str, dict[str, Any]], tasks: tuple[tuple[str, in
                     refused.add(key)
                     notes.append(f"{face}: no template (the probes or the fresh tree are not explained)")
                     continue
-                templates[key] = {**learned, "sources": [name]}
+                templates[key] = {**learned, "sources": [name], "transformers": transformers_version}
     return templates, notes
 
 
