@@ -8,7 +8,9 @@ a linear layer's in/out features, every parameter tensor's shape — is written 
 ``coefficient × field [× field]`` over the size fields (``num_attention_heads × head_dim``, ``2 ×
 intermediate_size``, ...), and the blocks as one block repeated ``num_hidden_layers`` times. That *template* is
 stored only if it rebuilds every probe and the real config's own fresh tree exactly (names, types, kinds,
-shapes, parameter counts, ties, memory fields); it lives in ``<cache>/templates/<key>.json``.
+shapes, parameter counts, ties, memory fields); it lives in ``<cache>/templates/<key>.json``. The templates of
+the common architectures are also learned ahead of time, from their Hub config.json files, and ship with Workbench
+(core/builtin_templates/, keyed by ``template_key(..., builtin=True)``).
 
 The key holds everything a template cannot vary: the model type, the task and label count, the installed
 transformers version, the source of the code that builds and walks trees, and the exact value of every config
