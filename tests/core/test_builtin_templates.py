@@ -238,3 +238,10 @@ def test_the_first_inspect_of_a_hub_config_imports_no_modeling_code_and_prints_w
     assert first_modules == ["False", "False"] and fresh_modules == ["True", "True"]
     assert first == fresh and first["total_params"] == 70_553_706_496
     assert _files(tmp_path / "cache") == []
+
+
+@pytest.mark.skipif(SOURCES["builtin:smollm2-135m-instruct"]["transformers_version"]
+                    != importlib.metadata.version("transformers"), reason="converted under another transformers")
+def test_the_demo_model_as_converted_is_its_source(smollm2):
+    """The demo's model is the first one a fresh install opens: its source must stay what the conversion writes."""
+    assert json.loads((smollm2 / "config.json").read_text()) == SOURCES["builtin:smollm2-135m-instruct"]

