@@ -11,7 +11,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean gguf-tools test-gguf lint typecheck test-fast test-core-noqt package smoke
+.PHONY: run test install clean gguf-tools test-gguf lint typecheck test-fast test-core-noqt package smoke templates \
+	check-templates
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,16 @@ lint: $(STAMP)
 # mypy over the engine; its configuration (and the modules still excused some checks) is in pyproject.toml.
 typecheck: $(STAMP)
 	$(PY) -m mypy
+
+# The architecture templates shipped for the common models (workbench/core/builtin_templates/, issue #22): learned
+# from core/builtin_template_sources.py under the installed transformers (~30 s). Run `make templates` after a
+# transformers upgrade or a change to the tree code; `make check-templates` fails when a file is missing, stale or
+# extra.
+templates: $(STAMP)
+	$(PY) -m workbench.core.builtin_templates
+
+check-templates: $(STAMP)
+	$(PY) -m workbench.core.builtin_templates --check
 
 # The edit loop: tests/core without the tests that start processes, load the real model or take ~5 s or more
 # (markers in pyproject.toml), plus the import contracts. CI runs them all through `make test`.

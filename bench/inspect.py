@@ -9,8 +9,12 @@ disturbed by a shared machine), rounds interleaved, medians (and the minimum wal
 Llama-3-70B-shaped config.json beside decoy weight files; an audit hook in the window rows fails the run if a
 weight file is opened.
 
-- ``inspect, first ever``: an empty cache: the tree is built through transformers' modeling code on the meta
-  device, remembered (core/tree_cache.py), and the architecture's template is learned (core/tree_template.py);
+- ``inspect, first ever, built-in``: an empty cache, and the 70B's config.json as Meta-Llama-3-70B's on the Hub
+  (core/builtin_template_sources.py): the tree comes from the template shipped with Workbench
+  (core/builtin_templates/); the run checks that nothing was written to the cache (which a build would do);
+- ``inspect, first ever, no built-in``: an empty cache and the minimal config above, whose non-size fields match no
+  built-in template: the tree is built through transformers' modeling code on the meta device, remembered
+  (core/tree_cache.py), and the architecture's template is learned (core/tree_template.py);
 - ``inspect, --no-cache``: built, nothing remembered or learned;
 - ``inspect, template``: a cache holding only the template learned from a Llama-3-8B config: the 70B tree is
   derived from it;
@@ -39,6 +43,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from workbench.core.builtin_template_sources import SOURCES  # noqa: E402  plain dicts: imports nothing heavy
 LLAMA_70B = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8192, "intermediate_size": 28672,
     "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
@@ -113,6 +119,9 @@ def main() -> int:
         (model / "config.json").write_text(json.dumps(LLAMA_70B))
         for i in (1, 2):  # decoys: opening either one is a failure
             (model / f"model-0000{i}-of-00002.safetensors").write_bytes(b"\0" * 64)
+        hub = root / "meta-llama-3-70b"  # the Hub's config.json: a built-in template serves it
+        hub.mkdir()
+        (hub / "config.json").write_text(json.dumps(SOURCES["meta-llama/Meta-Llama-3-70B"], indent=2))
         small = root / "llama-8b"
         small.mkdir()
         (small / "config.json").write_text(json.dumps(LLAMA_8B))
@@ -136,7 +145,8 @@ def main() -> int:
 
         cases = {
             "bare: import torch, transformers": ([py, "-c", "import torch, transformers"], lambda: base_env),
-            "inspect 70B, first ever": (inspect + [str(model)], lambda: fresh_cache(False)),
+            "inspect 70B, first ever, built-in": (inspect + [str(hub)], lambda: fresh_cache(False)),
+            "inspect 70B, first ever, no built-in": (inspect + [str(model)], lambda: fresh_cache(False)),
             "inspect 70B, --no-cache": (inspect + [str(model), "--no-cache"], lambda: fresh_cache(False)),
             "inspect 70B, template (8B seen)": (inspect + [str(model)], lambda: fresh_cache(True)),
             "inspect 70B, same config again": (inspect + [str(model)],
@@ -146,8 +156,12 @@ def main() -> int:
             "window: open 70B, cache": ([py, "-c", WINDOW, str(model)],
                                         lambda: {**base_env, "LORA_WORKBENCH_CACHE": str(again)}),
         }
-        for argv, env in cases.values():  # untimed: bytecode in place, file caches warm
-            timed_cpu(argv, env())
+        for name, (argv, env) in cases.items():  # untimed: bytecode in place, file caches warm
+            child_env = env()
+            timed_cpu(argv, child_env)
+            cache = Path(child_env.get("LORA_WORKBENCH_CACHE", root / "none"))
+            if name == "inspect 70B, first ever, built-in" and cache.exists() and any(cache.rglob("*.json")):
+                raise SystemExit(f"{name}: the cache was written, so no built-in template served the 70B config")
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         opens: dict[str, list[float]] = {name: [] for name in cases if name.startswith("window")}

@@ -67,6 +67,16 @@ def test_version_and_inspect_from_the_wheel(installed, tiny_model_dir):
     assert "q_proj" in out and "v_proj" in out
 
 
+def test_the_builtin_templates_are_inside_the_wheel(installed):
+    _, purelib, _ = installed
+    shipped = ROOT / "workbench" / "core" / "builtin_templates"
+    inside = purelib / "workbench" / "core" / "builtin_templates"
+    names = sorted(p.name for p in shipped.glob("*.json"))
+    assert len(names) >= 20  # the common architectures' templates (core/builtin_template_sources.py)
+    assert sorted(p.name for p in inside.glob("*.json")) == names
+    assert all((inside / n).read_bytes() == (shipped / n).read_bytes() for n in names)
+
+
 def test_demo_finds_its_resources_inside_the_wheel(installed, smollm2, tmp_path_factory):
     script, purelib, tmp = installed
     # The built-in model, converted once for the session (conftest's smollm2), is not converted again here.

@@ -20,7 +20,7 @@ def open_model(config: RunConfig, sink: SinkLike = None) -> dict[str, Any]:
 
     The tree comes the way ``workbench inspect`` gets it (core/tree_cache.py): remembered for a config.json seen
     before, from its architecture's template for another config of a known architecture, else built and
-    remembered; ``origin`` says which ("cache", "template", "built")."""
+    remembered; ``origin`` says which ("cache", "template", "builtin": a template shipped with Workbench, "built")."""
     from .device_info import describe_device
     from .tree_cache import open_overview_cached
 

@@ -17,7 +17,10 @@ foreign entry is ignored and rebuilt.
 A config.json not seen before, of an architecture seen before, gets its tree from that architecture's template
 (core/tree_template.py: learned from tiny probes when the first config of it was built, kept only where it
 rebuilds them and that config exactly), also without modeling code; anything a template cannot explain is built
-afresh. ``use_cache=False`` (``workbench inspect --no-cache``) turns both off. A tree from a template is not
+afresh. The common architectures' templates also ship with Workbench (core/builtin_templates/, learned from their
+Hub config.json files under one exact transformers version), so that even the first config of one on a fresh
+machine needs no modeling code; they are read after the user's own templates and never written to the cache.
+``use_cache=False`` (``workbench inspect --no-cache``) turns all of it off. A tree from a template is not
 written to the tree cache (a tree entry is only ever what the fresh path built).
 """
 
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 from dataclasses import fields
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any, Literal
 
 from .cache import cache_root
@@ -36,10 +40,10 @@ from .fsutil import atomic_write_text
 from .layers import LayerNode, LayerTree
 from .models import ModelOverview, ModelSource, open_overview, resolve_source
 
-__all__ = ["open_overview_cached", "tree_from_json", "tree_to_json"]
+__all__ = ["module_code_bytes", "open_overview_cached", "tree_from_json", "tree_to_json"]
 
 FORMAT = 1
-Origin = Literal["built", "cache", "template"]
+Origin = Literal["built", "cache", "template", "builtin"]
 # The sizes estimate_for_config reads from a transformers config (its text config for multimodal models).
 _MEMORY_FIELDS = ("hidden_size", "vocab_size", "num_attention_heads")
 _NODE_FIELDS = tuple(f.name for f in fields(LayerNode) if f.name != "children")
@@ -51,7 +55,9 @@ def open_overview_cached(spec: str, *, revision: str | None = None, task: str = 
                          sink: SinkLike = None) -> tuple[ModelOverview, Origin]:
     """``models.open_overview`` through the tree cache and the architecture templates (core/tree_template.py):
     (the overview, where its tree came from: ``"built"`` afresh, the remembered ``"cache"`` of this config.json,
-    or its architecture's ``"template"``). ``use_cache=False`` turns both off.
+    its architecture's ``"template"`` learned on this machine, or the ``"builtin"`` one shipped with Workbench;
+    tried in that order, from the cache on). ``use_cache=False`` turns all of them off, ``use_templates=False``
+    both kinds of template.
 
     From the cache or a template, ``overview.hf_config`` is a namespace with only the sizes the memory estimate
     reads (and ``model_type``, ``_name_or_path``), not a transformers config."""
@@ -65,8 +71,13 @@ def open_overview_cached(spec: str, *, revision: str | None = None, task: str = 
     if entry is not None and (cached := _read(entry, source)) is not None:
         return cached, "cache"
     raw, template_entry = _template_entry(source, task, num_labels, cache_dir) if use_templates else (None, None)
-    if template_entry is not None and raw is not None and (done := _from_template(template_entry, source, raw)):
-        return done, "template"
+    if template_entry is not None and raw is not None:
+        if done := _from_template(template_entry, source, raw):
+            return done, "template"
+        # Shipped with Workbench for the common architectures (core/builtin_templates/): nothing is written, so a
+        # built-in template never stands in the cache for what this machine built or learned.
+        if (builtin := _builtin_entry(raw, task, num_labels)) and (done := _from_template(builtin, source, raw)):
+            return done, "builtin"
     overview = open_overview(spec, revision=revision, task=task, num_labels=num_labels, allow_pickle=allow_pickle,
                              sink=sink)
     if entry is not None:
@@ -109,8 +120,27 @@ def _code_fingerprint() -> str:
 
     digest = hashlib.sha256()
     for module in (layers, checkpoint, models):
-        digest.update(Path(module.__file__ or "").read_bytes())
+        digest.update(module_code_bytes(module))
     return digest.hexdigest()
+
+
+def module_code_bytes(module: ModuleType) -> bytes:
+    """A module's source bytes; in a frozen bundle, which may keep no .py files (PyInstaller puts the bytecode in
+    its archive and sets ``__file__`` to a path that does not exist), its compiled code, which changes when the
+    source does; failing both, the module's name and Workbench's version (a new build is a new version)."""
+    try:
+        return Path(module.__file__ or "").read_bytes()
+    except OSError:
+        pass
+    try:
+        code = module.__loader__.get_code(module.__name__)  # type: ignore[union-attr]
+        if code is not None:
+            return marshal.dumps(code)
+    except Exception:  # noqa: BLE001  a loader without get_code, or one that cannot find the module's code
+        pass
+    from workbench import __version__
+
+    return f"{module.__name__} {__version__}".encode()
 
 
 def _entry_path(source: ModelSource, task: str, num_labels: int | None, cache_dir: str | Path | None) -> Path | None:
@@ -173,6 +203,14 @@ def _template_entry(source: ModelSource, task: str, num_labels: int | None,
         return None, None  # the fresh path says what is wrong
     key = template_key(raw, task, num_labels)
     return (raw, cache_root(cache_dir) / "templates" / f"{key}.json") if key else (None, None)
+
+
+def _builtin_entry(raw: dict[str, Any], task: str, num_labels: int | None) -> Path | None:
+    from .builtin_templates import builtin_template_path
+    from .tree_template import template_key
+
+    key = template_key(raw, task, num_labels, builtin=True)
+    return builtin_template_path(key) if key else None
 
 
 def _from_template(entry: Path, source: ModelSource, raw: dict[str, Any]) -> ModelOverview | None:

@@ -8,7 +8,9 @@ a linear layer's in/out features, every parameter tensor's shape — is written 
 ``coefficient × field [× field]`` over the size fields (``num_attention_heads × head_dim``, ``2 ×
 intermediate_size``, ...), and the blocks as one block repeated ``num_hidden_layers`` times. That *template* is
 stored only if it rebuilds every probe and the real config's own fresh tree exactly (names, types, kinds,
-shapes, parameter counts, ties, memory fields); it lives in ``<cache>/templates/<key>.json``.
+shapes, parameter counts, ties, memory fields); it lives in ``<cache>/templates/<key>.json``. The templates of
+the common architectures are also learned ahead of time, from their Hub config.json files, and ship with Workbench
+(core/builtin_templates/, keyed by ``template_key(..., builtin=True)``).
 
 The key holds everything a template cannot vary: the model type, the task and label count, the installed
 transformers version, the source of the code that builds and walks trees, and the exact value of every config
@@ -28,9 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from fractions import Fraction
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 from .layers import LayerNode, LayerTree
@@ -86,8 +88,13 @@ def split_config(raw: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any], d
     return sizes, exact, neutral
 
 
-def template_key(raw: dict[str, Any], task: str, num_labels: int | None) -> str | None:
-    """The template's file stem for this config, or None when it is not templated."""
+def template_key(raw: dict[str, Any], task: str, num_labels: int | None, *, builtin: bool = False) -> str | None:
+    """The template's file stem for this config, or None when it is not templated.
+
+    ``builtin``: the key of a template shipped with Workbench (core/builtin_templates/): without the code
+    fingerprint, since the shipped files must not depend on source bytes (a frozen bundle may hold none; a change
+    to the tree code is caught by ``python -m workbench.core.builtin_templates --check`` instead), but with the
+    exact transformers version, like every key, so that another version finds no built-in template and builds."""
     from importlib.metadata import PackageNotFoundError, version
 
     split = split_config(raw)
@@ -98,14 +105,16 @@ def template_key(raw: dict[str, Any], task: str, num_labels: int | None) -> str 
         transformers_version = version("transformers")
     except PackageNotFoundError:
         return None
-    ident = [FORMAT, task, num_labels, transformers_version, _code_fingerprint(), sorted(sizes), exact, neutral]
+    code = "builtin" if builtin else _code_fingerprint()
+    ident = [FORMAT, task, num_labels, transformers_version, code, sorted(sizes), exact, neutral]
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _code_fingerprint() -> str:
     from .tree_cache import _code_fingerprint as tree_code
+    from .tree_cache import module_code_bytes
 
-    return hashlib.sha256((tree_code() + Path(__file__).read_text(encoding="utf-8")).encode()).hexdigest()
+    return hashlib.sha256(tree_code().encode() + module_code_bytes(sys.modules[__name__])).hexdigest()
 
 
 def _atoms(sizes: dict[str, int]) -> dict[str, int]:

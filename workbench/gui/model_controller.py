@@ -42,7 +42,7 @@ class ModelController(QObject):
         self.store = store
         self._start_job = start_job
         self.overview = None  # core.models.ModelOverview of the open model
-        self.origin: str | None = None  # where its tree came from: "built", "cache" or "template" (core/tree_cache.py)
+        self.origin: str | None = None  # where its tree came from: "built", "cache", "template" or "builtin" (core/tree_cache.py)
         self.tree_model: LayerTreeModel | None = None  # the selection's owner while a model is open
         self.device_kind, self.available_memory, self.device_text = "cpu", None, ""
         self.opened_task: str | None = None  # the tree's model class: causal LM or a classifier
