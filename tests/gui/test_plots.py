@@ -136,7 +136,7 @@ def test_legends_sit_above_the_data_not_on_it(qtbot):
     assert tokens_plot.property("plot_title") == "Tokens / s"
     for width in (1370, 800):
         plots.resize(width, 520)
-        qtbot.waitUntil(lambda: plots.loss_plot.getViewBox().sceneBoundingRect().width() > width - 200)
+        qtbot.waitUntil(lambda w=width: plots.loss_plot.getViewBox().sceneBoundingRect().width() > w - 200)
         for plot in (plots.loss_plot, tokens_plot):
             legend = plot.legend.sceneBoundingRect()
             assert not legend.intersects(plot.getViewBox().sceneBoundingRect()), (width, plot.property("plot_title"))
