@@ -40,8 +40,11 @@ def test_an_empty_answer_says_so_in_its_pane(qtbot):
 
     from workbench.gui.widgets.playground import Playground
 
+    from workbench.core.control import RunControl
+
     pg = Playground()
     qtbot.addWidget(pg)
+    pg.control = RunControl()  # as generate() leaves it: the generation's own, not stopped
     pg.answers["adapter"].setPlainText(" Jupiter.")  # as streamed
     with qtbot.waitSignal(pg.generated) as got:
         pg.show_answers({"base": "", "adapter": " Jupiter."})
@@ -64,4 +67,12 @@ def test_a_stopped_answer_gets_no_note(qtbot):
     qtbot.addWidget(pg)
     pg.show_answers({"base": ""})  # stopped before the adapter's answer began
     assert pg.answers["base"].toPlainText() == ""
+    assert pg.status.text() == "Stopped."
+
+    from workbench.core.control import RunControl
+
+    pg.control = RunControl()
+    pg.control.request_stop()  # stopped during the adapter's answer: both are there, the second cut short
+    pg.show_answers({"base": "Neptune.", "adapter": ""})
+    assert pg.answers["adapter"].toPlainText() == ""
     assert pg.status.text() == "Stopped."

@@ -169,7 +169,7 @@ class Playground(QWidget):
         """The generation's end: an answer that is empty or only whitespace says so in its pane, in a muted
         style, instead of leaving a blank box that looks like nothing happened (a raw prompt the model reads as
         finished gets an end-of-sequence token at once). Not after a stop: a stopped answer is only cut short."""
-        stopped = len(answers) < 2 or (self.control is not None and self.control.stop_requested())
+        stopped = len(answers) < 2 or (self.control is not None and self.control.stop_requested)
         self.status.setText("Stopped." if stopped else "Done.")
         if not stopped:
             for which, text in answers.items():
