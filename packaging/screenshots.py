@@ -319,21 +319,28 @@ def make_tickets(path: Path) -> Path:
 def shoot_text_classification(window, folder: Path) -> None:
     """The Data tab for a text classifier: the task set to sequence-classification (the model reopens with its
     classification head), a file added, then its text and label columns chosen in the boxes, as a user does."""
-    opened, inspected = [], []
+    opened, outcomes = [], []  # outcomes: the Data tab's inspections in order, "" for one that passed
     window.model_opened.connect(lambda: opened.append(1))
-    window.data_inspected.connect(lambda: inspected.append(1))
+    window.data_inspected.connect(lambda: outcomes.append(""))
+    window.data_failed.connect(outcomes.append)
     task = window.form.editors["model.task"].widget
     task.setCurrentIndex(task.findText("sequence-classification"))
     task.activated.emit(task.currentIndex())
-    wait(lambda: opened and window._jobs == 0, timeout=600)
+    wait(lambda: opened and window._jobs == 0 and not window._data_timer.isActive(), timeout=600)
     window.tabs.setCurrentWidget(window.data)
 
     def settle_data(action) -> None:
-        inspected.clear()
+        outcomes.clear()
         action()
-        wait(lambda: inspected and window._jobs == 0 and not window._data_timer.isActive())
+        wait(lambda: outcomes and window._jobs == 0 and not window._data_timer.isActive())
+        if outcomes[-1]:  # the last inspection is what the tab shows
+            raise RuntimeError(f"the Data tab refused the tickets: {outcomes[-1]}")
 
-    settle_data(lambda: window.data.set_files([str(make_tickets(folder / "tickets.jsonl"))]))
+    def tickets_alone() -> None:
+        window.store.update("data", validation_files=[])  # the demo's validation file: chat rows, no tickets
+        window.data.set_files([str(make_tickets(folder / "tickets.jsonl"))])
+
+    settle_data(tickets_alone)
     for role, column in (("text", "ticket"), ("label", "team")):
         combo = window.data.column_combos[role]
         combo.setCurrentIndex(combo.findText(column))
