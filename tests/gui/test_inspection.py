@@ -88,3 +88,26 @@ def test_an_inspected_adapter_colours_the_block_map_of_its_model(opened, qtbot, 
     assert layers.block_map.colour_by_change
     expected = {m.name: m.relative_norm for m in report.modules}
     assert layers.block_map.change == expected and len(expected) == 14
+
+
+def test_every_column_header_fits_and_the_colour_bar_reads_in_the_palette(qtbot):
+    """At the window's width every column, the last ("Effective rank") too, is as wide as its header's text and
+    all of them are in view; the colour bar's numbers are in the palette's text colour, not pyqtgraph's grey."""
+    from PySide6.QtGui import QColor, QFontMetrics, QPalette
+
+    from workbench.gui.widgets.inspection_panel import TABLE_COLUMNS, InspectionPanel
+
+    panel = InspectionPanel()
+    qtbot.addWidget(panel)
+    panel.resize(1380, 800)
+    panel.show()
+    panel.show_report(twelve_block_report())
+    header = panel.table.horizontalHeader()
+    qtbot.waitUntil(lambda: header.sectionSize(0) > 0)
+    metrics = QFontMetrics(header.font())
+    for column, text in enumerate(TABLE_COLUMNS):
+        assert header.sectionSize(column) >= metrics.horizontalAdvance(text), text
+    assert header.length() <= panel.table.viewport().width(), "the last columns are scrolled out of view"
+    assert not panel.table.horizontalScrollBar().isVisible()
+    text = panel.plot_widget.palette().color(QPalette.ColorRole.Text)
+    assert panel.colorbar.axis.textPen().color() == text and text != QColor(150, 150, 150)

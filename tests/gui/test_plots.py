@@ -117,3 +117,29 @@ def test_a_live_run_draws_one_plot_per_flush_in_turn(qtbot):
                       tokens_per_second=1000.0, memory_bytes=2**20, elapsed_s=4, eta_s=6, trained_tokens_per_second=700.0))
     panel.end_run()
     assert set(drawn().values()) == {4}, "a finished run is drawn in full at once"
+
+
+def test_legends_sit_above_the_data_not_on_it(qtbot):
+    """The loss and tokens/s legends stay out of their plots' data area (inside it they covered the last steps'
+    curves), within the plot, at the window's size and at a narrow one; the raw loss is thinner than the smoothed
+    line but not near-transparent."""
+    plots = MetricsPlots()
+    qtbot.addWidget(plots)
+    plots.show()
+    for step in range(1, 5):
+        plots.add_step(Step(step=step, total_steps=4, epoch=step / 4, loss=3 - 0.4 * step, learning_rate=1e-3,
+                            grad_norm=2.0, tokens_per_second=1.6 - 0.2 * step, memory_bytes=2**30, elapsed_s=step,
+                            eta_s=4 - step, trained_tokens_per_second=0.5))
+    plots.set_total_steps(4)
+    plots.redraw()
+    tokens_plot = plots.plot_items[3]
+    assert tokens_plot.property("plot_title") == "Tokens / s"
+    for width in (1370, 800):
+        plots.resize(width, 520)
+        qtbot.waitUntil(lambda w=width: plots.loss_plot.getViewBox().sceneBoundingRect().width() > w - 200)
+        for plot in (plots.loss_plot, tokens_plot):
+            legend = plot.legend.sceneBoundingRect()
+            assert not legend.intersects(plot.getViewBox().sceneBoundingRect()), (width, plot.property("plot_title"))
+            assert plot.sceneBoundingRect().contains(legend)
+    raw, smoothed = plots.raw_curve.opts["pen"], plots.smooth_curve.opts["pen"]
+    assert raw.color().alpha() >= 200 and raw.widthF() < smoothed.widthF()

@@ -35,3 +35,25 @@ def test_the_preset_box_follows_what_is_ticked(opened):
     before = _ticked(window)
     layers.apply_preset()
     assert _ticked(window) == before
+
+
+def _darkest_text_pixel(combo) -> int:
+    image = combo.grab().toImage()
+    label = range(4, image.width() - 30)  # the label, not the drop-down arrow
+    return min(image.pixelColor(x, y).lightness() for x in label for y in range(image.height()))
+
+
+def test_custom_selection_is_drawn_as_a_state_not_a_grey_placeholder(qtbot):
+    from workbench.gui.widgets.layer_panel import StateComboBox
+
+    combo = StateComboBox()
+    qtbot.addWidget(combo)
+    combo.addItem("attention", "attention")
+    combo.setPlaceholderText("custom selection")
+    combo.resize(220, 30)
+    combo.show()
+    combo.setCurrentIndex(0)
+    named = _darkest_text_pixel(combo)
+    combo.setCurrentIndex(-1)
+    assert combo.currentData() is None
+    assert abs(_darkest_text_pixel(combo) - named) <= 10, "drawn in the text colour a preset's name has"

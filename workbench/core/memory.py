@@ -21,20 +21,31 @@ The estimate is the sum of these parts (``P`` = base parameters, ``T`` = trainab
   Times ``b·s·L``. Attention itself is assumed memory-efficient (SDPA / flash); with the ``eager``
   implementation the ``b·heads·s²`` score and probability matrices are added per block.
   With gradient checkpointing only each block's input (``b·s·h``) is kept, plus one block's full set
-  while it is recomputed. In half precision a block's share is raised by 15 %: some of it stays in float32
+  while it is recomputed. Where the engine's own layer nodes run (``lean_layers``: llama / mistral / qwen2
+  blocks in float32, plain LoRA on an unquantized base — core/lora_forward.py, core/lean_attention.py) a block
+  keeps less, counted by ``_lean_block_activation_elements``: 23 KiB a token for SmolLM2-135M, all-linear,
+  against 55 by the count above (tests/core/test_memory_engine.py checks the count against autograd's). In half precision a block's share is raised by 15 %: some of it stays in float32
   (the normalisations upcast their input; PEFT casts each LoRA input to the adapter's float32).
 * **logits** — ``b·s·V`` float32 logits and their gradient (``2·b·s·V·4``); in half precision also the
   half-precision logits the model returns before the loss upcasts them (``+0.5·b·s·V·4``). Often the largest
-  single buffer for models with large vocabularies.
+  single buffer for models with large vocabularies. Where the engine computes the loss itself
+  (``chunked_loss``: core/loss.py, a supervised causal LM of a listed type with its head not adapted) only one
+  64 MiB chunk of float32 logits exists at a time, beside the supervised positions' hidden states and their
+  gradient (``2·b·s·h·4``).
 * **overhead** — what lies outside the tensors: on a GPU the CUDA context, cuBLAS workspaces and kernels
   (0.75 GiB) plus the caching allocator's slack (what it reserves beyond the live tensors: 0.8× the
   float32 logits in half precision, 0.4× in float32, +0.3× with checkpointing, +5 % of the activations);
-  on the CPU 0.4 GiB for the interpreter and libraries plus 10 % of the activations.
+  on the CPU 0.4 GiB for the interpreter and libraries plus what the C allocator holds beyond the live
+  tensors (``CPU_ALLOCATOR_SLACK`` × the activations, measured: see the constant).
 
 The constants were measured (``bench/gpu_check.py``, docs/benchmarks.md) on an H100 with PyTorch 2.11 and
 CUDA 13, ``expandable_segments`` on (the engine's default), on four real architectures' shapes from 135M
 to 8B parameters: the estimate came to 0.98–1.12× the device's measured peak across 18 cases. Without
 expandable segments the allocator can fragment far beyond this (cases reserved up to 2.9× their tensors).
+
+The chunked loss and the lean blocks came later (2026-12-03) and are not in those GPU measurements: where they
+apply on a GPU (float32 runs for the blocks; the loss in any precision) the estimate follows what they allocate,
+unmeasured there.
 
 It is an estimate, meant to say "fits / tight / does not fit" before a run, not to the megabyte.
 """
@@ -52,6 +63,18 @@ GiB = 1024**3
 CUDA_FRAMEWORK_BYTES = int(0.75 * GiB)
 CPU_FRAMEWORK_BYTES = int(0.4 * GiB)
 HALF_PRECISION_ACTIVATION_FACTOR = 1.15
+# core/loss.py's CHUNK_BYTES and CHUNKED_LOSS_MODEL_TYPES, not imported: that module imports torch, and the window
+# estimates on its own thread (tests/core/test_memory_engine.py keeps them equal).
+LOSS_CHUNK_BYTES = 64 * 2**20
+CHUNKED_LOSS_TYPES = frozenset({"gemma", "gpt2", "gpt_neox", "llama", "mistral", "opt", "phi3", "qwen2"})
+# Architectures whose blocks core/lora_forward.py computes with its own nodes (GATED_SILU_MLPS, RMS_NORMS there).
+LEAN_LAYER_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+# How far a CPU process's peak resident memory rises beyond its live tensors, as a share of the saved activations:
+# glibc serves tensors under its (self-raising, up to 32 MiB) mmap threshold from its heap and keeps what the
+# backward pass frees there, reused imperfectly. Measured with /usr/bin/time on SmolLM2-135M, all-linear r=16,
+# fp32, 4 × 1024 tokens: 2.71 GiB saved (bench/step_memory.py's exact count), peak RSS 7.19 GiB for that step
+# alone and 7.55 GiB for a 3-step CLI run — about 1.4 × the activations beyond weights, activations and libraries.
+CPU_ALLOCATOR_SLACK = 1.4
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1}
 
 
@@ -115,6 +138,8 @@ def estimate_memory(
     classification: bool = False,
     quantization: str = "none",
     double_quant: bool = True,
+    chunked_loss: bool = False,
+    lean_layers: bool = False,
 ) -> MemoryEstimate:
     from .layers import count_selection
 
@@ -138,7 +163,10 @@ def estimate_memory(
     gradients = trainable * 4
     optimizer_bytes = _optimizer_bytes(tree, sel, optimizer, trainable)
 
-    per_block = _block_activation_elements(tree, sel, hidden_size, lora_dropout)
+    if lean_layers:
+        per_block = _lean_block_activation_elements(tree, sel, hidden_size, lora_dropout, a_bytes, device)
+    else:
+        per_block = _block_activation_elements(tree, sel, hidden_size, lora_dropout)
     blocks = max(tree.num_blocks, 1)
     attn_scores = 2 * batch_size * num_heads * seq_len * seq_len * a_bytes if attn_implementation == "eager" else 0
     half = a_bytes == 2
@@ -151,14 +179,23 @@ def estimate_memory(
         activations = blocks * full_block
     # Embedding output and final norm, always kept.
     activations += 2 * tokens * hidden_size * a_bytes
+    if lean_layers:  # lean attention's one additive mask per forward (b × s × s), instead of one in every block
+        activations += tokens * seq_len * a_bytes
 
     float_logits = 0 if classification else tokens * vocab_size * 4
-    logits = int(float_logits * (2.5 if half else 2))
+    if chunked_loss and not classification:
+        # core/loss.py: one chunk of fp32 logits at a time (its softmax computed in place; a half-precision
+        # product before the upcast), plus the supervised positions' hidden states and their gradient.
+        logits = 2 * LOSS_CHUNK_BYTES + (LOSS_CHUNK_BYTES // 2 if half else 0) + 2 * tokens * hidden_size * 4
+        slack_logits = 0
+    else:
+        logits = int(float_logits * (2.5 if half else 2))
+        slack_logits = float_logits
     if device == "cuda":
-        slack = float_logits * ((0.8 if half else 0.4) + (0.3 if gradient_checkpointing else 0.0)) + activations * 0.05
+        slack = slack_logits * ((0.8 if half else 0.4) + (0.3 if gradient_checkpointing else 0.0)) + activations * 0.05
         overhead = CUDA_FRAMEWORK_BYTES + int(slack)
     else:
-        overhead = CPU_FRAMEWORK_BYTES + activations // 10
+        overhead = CPU_FRAMEWORK_BYTES + int(activations * CPU_ALLOCATOR_SLACK)
     return MemoryEstimate(weights, adapter, gradients, optimizer_bytes, activations, logits, overhead, dequant,
                           quantization, optimizer)
 
@@ -192,6 +229,28 @@ def _block_activation_elements(tree: "LayerTree", sel: "Selection", hidden: int,
     return outputs + act_fn + 4 * hidden + lora_extra
 
 
+def _lean_block_activation_elements(tree: "LayerTree", sel: "Selection", hidden: int, lora_dropout: float,
+                                    a_bytes: int, device: str) -> int:
+    """Elements kept per token for one block when the engine's own layer nodes run (``lean_layers``): the
+    outputs of q, k, v (k and v not repeated for grouped-query attention) and of the MLP's input projections,
+    the attention output (o's input), the two norms' inputs, and the rank-wide products; not the outputs of o
+    and down (added straight into the residual stream), not the norms' outputs (recomputed), not the MLP's
+    activation when down is adapted (``silu(gate) * up`` recomputed). Dropout masks are redrawn on a CPU and
+    kept as booleans elsewhere. Measured 23.0 KiB a token for a SmolLM2-135M block, all-linear r=16 (this
+    count: 22.9; docs/benchmarks.md)."""
+    block0 = [n for n in tree.adaptable() if n.block == 0]
+    if not block0:
+        return _block_activation_elements(tree, sel, hidden, lora_dropout)
+    kept = sum(n.in_features if n.kind == "o" else n.out_features for n in block0 if n.kind != "mlp_out")
+    selected0 = [n for n in sel.targets if tree.nodes[n].block == 0]
+    if not any(tree.nodes[n].kind == "mlp_out" for n in selected0):  # no gated node: the activation is kept
+        kept += sum(n.out_features for n in block0 if n.kind == "mlp_in") // 2
+    kept += 2 * hidden + sum(sel.rank_of(n) for n in selected0)
+    if lora_dropout > 0 and device != "cpu":
+        kept += -(-sum(tree.nodes[n].in_features for n in selected0) // a_bytes)  # one byte a masked element
+    return kept
+
+
 def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, config: Any, *, device: str = "cuda",
                         weight_dtype: str | None = None, compute_dtype: str | None = None) -> MemoryEstimate:
     """Convenience wrapper: read the sizes from a transformers config and the run configuration."""
@@ -221,4 +280,22 @@ def estimate_for_config(tree: "LayerTree", sel: "Selection", hf_config: Any, con
         classification=config.model.task == "sequence-classification",
         quantization=config.model.quantization,
         double_quant=config.model.double_quant,
+        chunked_loss=_engine_loss_is_chunked(tree, sel, hf_config, config),  # the causal LM's own type, not its text part's
+        lean_layers=_engine_layers_are_lean(text_cfg, config, weight_dtype, compute_dtype),
     )
+
+
+def _engine_loss_is_chunked(tree: "LayerTree", sel: "Selection", hf_config: Any, config: Any) -> bool:
+    """Whether a training step computes the loss as core/loss.py does (``chunked_loss_head``'s rule, read from
+    the configuration): a supervised causal LM of a listed type whose output head is not adapted."""
+    return (config.model.task == "causal-lm" and config.training.method == "sft"
+            and getattr(hf_config, "model_type", None) in CHUNKED_LOSS_TYPES
+            and not any(tree.nodes[n].kind == "head" for n in sel.targets if n in tree.nodes))
+
+
+def _engine_layers_are_lean(text_cfg: Any, config: Any, weight_dtype: str, compute_dtype: str) -> bool:
+    """Whether core/lora_forward.py's nodes (LoRA linear, gated MLP, RMSNorm) and lean attention compute the
+    blocks: their architectures, plain LoRA (no DoRA), an unquantized base, one dtype throughout (no autocast;
+    PEFT's adapters are float32, so a float32 base)."""
+    return (getattr(text_cfg, "model_type", None) in LEAN_LAYER_MODEL_TYPES and config.model.quantization == "none"
+            and not config.lora.use_dora and DTYPE_BYTES[weight_dtype] == DTYPE_BYTES[compute_dtype] == 4)

@@ -89,7 +89,13 @@ class InspectionPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(True)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # The module's name takes what the numbers leave, shortened from the left (its block and kind have columns
+        # of their own): sized to its longest name it pushed the last column ("Effective rank") out of view.
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(40)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)
 
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.plot_widget)

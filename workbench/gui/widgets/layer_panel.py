@@ -12,7 +12,7 @@ import re
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar, QPushButton,
-    QSplitter, QStackedWidget, QTreeView, QVBoxLayout, QWidget,
+    QSplitter, QStackedWidget, QStyle, QStyleOptionComboBox, QStylePainter, QTreeView, QVBoxLayout, QWidget,
 )
 
 from workbench.core.config import PRESETS, parse_block_spec
@@ -22,6 +22,21 @@ from .layer_tree_model import (
     COL_ALPHA, COL_LORA, COL_NAME, COL_PARAMS, COL_RANK, COL_SHAPE, COL_TYPE, NAME_ROLE, LayerTreeModel,
 )
 from .summary_bar import SummaryBar
+
+
+class StateComboBox(QComboBox):
+    """A combo box whose placeholder (shown at current index -1) is drawn as ordinary text, not greyed: here it
+    names a real state ("custom selection"), not a prompt to choose something."""
+
+    def paintEvent(self, event) -> None:
+        # QComboBox.paintEvent, less the line that paints the placeholder in the palette's PlaceholderText.
+        painter = QStylePainter(self)
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        if self.currentIndex() < 0:
+            option.currentText = self.placeholderText()
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
 
 
 class NameFilter:
@@ -72,13 +87,13 @@ class LayerPanel(QWidget):
         self.check_matching = QPushButton("Check shown")
         self.check_matching.setToolTip("Select every adaptable module that the filter shows.")
         self.uncheck_matching = QPushButton("Uncheck shown")
-        self.preset_combo = QComboBox()
+        self.preset_combo = StateComboBox()
         for name, description in PRESETS.items():
             self.preset_combo.addItem(name, name)
             self.preset_combo.setItemData(self.preset_combo.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.addItem("none", "none")
         # Shown (current index -1) once the ticks are no longer the named preset's: the box never claims a preset
-        # that is not what will be trained.
+        # that is not what will be trained. Drawn as ordinary text (StateComboBox): it is a state, not a prompt.
         self.preset_combo.setPlaceholderText("custom selection")
         self.preset_button = QPushButton("Apply preset")
         self.preset_button.setToolTip("Replace the selection with the preset's modules.")

@@ -199,6 +199,14 @@ def preference_plots() -> QWidget:
     return PreferencePlots()
 
 
+def colour_bars(plot) -> list:
+    """The colour bars placed in ``plot``'s layout (``ColorBarItem.setImageItem(..., insert_in=plot)``)."""
+    import pyqtgraph as pg
+
+    items = (plot.layout.itemAt(i) for i in range(plot.layout.count()))
+    return [item for item in items if isinstance(item, pg.ColorBarItem)]
+
+
 def follow_palette(widget, plots: list) -> None:
     """Background, axes and titles in the palette's colours, so plots follow the light or dark theme."""
     import pyqtgraph as pg  # imported already: there is a plot to colour
@@ -220,6 +228,9 @@ def follow_palette(widget, plots: list) -> None:
             axis.setPen(palette.color(QPalette.ColorRole.Mid))
             if axis.labelText:
                 axis.setLabel(axis.labelText, units=axis.labelUnits, color=text.name())
+        for bar in colour_bars(plot):  # its axis is the bar's own: pyqtgraph draws its ticks pale grey
+            bar.axis.setTextPen(text)
+            bar.axis.setPen(palette.color(QPalette.ColorRole.Mid))
         title = plot.property("plot_title")
         if title:
             plot.setTitle(title, color=text.name())

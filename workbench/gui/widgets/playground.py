@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Signal
-from PySide6.QtGui import QFont, QTextCursor
+from PySide6.QtGui import QFont, QPalette, QTextCursor
 from PySide6.QtWidgets import (
     QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton,
     QSpinBox, QVBoxLayout, QWidget,
@@ -20,6 +20,15 @@ from workbench.core.control import RunControl
 
 from .. import workers
 from .quantized_comparison import QuantizedComparisonBox
+
+
+def empty_answer_note(text: str) -> str | None:
+    """What to show in place of an answer with nothing to read, or None for a real answer."""
+    if text == "":
+        return "(the model answered with nothing: an end-of-sequence token at once)"
+    if not text.strip():
+        return f"(the model answered with only whitespace: {text!r})"
+    return None
 
 
 class Playground(QWidget):
@@ -142,7 +151,7 @@ class Playground(QWidget):
         worker = workers.GenerateWorker(self.model, self.tokenizer, prompt, self.max_tokens.value(),
                                         self.temperature.value(), self.top_p.value(), self.control)
         worker.token.connect(self._token)
-        worker.result.connect(self._done)
+        worker.result.connect(self.show_answers)
         worker.failed.connect(self.show_error)
         worker.finished.connect(self._ended)
         self.running = True
@@ -156,9 +165,23 @@ class Playground(QWidget):
         edit.moveCursor(QTextCursor.MoveOperation.End)
         edit.insertPlainText(text)
 
-    def _done(self, answers: dict) -> None:
-        self.status.setText("Done." if len(answers) == 2 else "Stopped.")
+    def show_answers(self, answers: dict) -> None:
+        """The generation's end: an answer that is empty or only whitespace says so in its pane, in a muted
+        style, instead of leaving a blank box that looks like nothing happened (a raw prompt the model reads as
+        finished gets an end-of-sequence token at once). Not after a stop: a stopped answer is only cut short."""
+        stopped = len(answers) < 2 or (self.control is not None and self.control.stop_requested)
+        self.status.setText("Stopped." if stopped else "Done.")
+        if not stopped:
+            for which, text in answers.items():
+                note = empty_answer_note(text)
+                if note:
+                    self._show_note(self.answers[which], note)
         self.generated.emit(answers)
+
+    def _show_note(self, edit: QPlainTextEdit, note: str) -> None:
+        muted = edit.palette().color(QPalette.ColorRole.PlaceholderText).name()
+        edit.clear()
+        edit.appendHtml(f"<i style='color:{muted}'>{html.escape(note)}</i>")
 
     def _ended(self) -> None:
         self.running = False

@@ -94,6 +94,15 @@ def plot_item_in_steps() -> Generator[None, None, pg.PlotItem]:
     return pg.PlotItem(viewBox=view, axisItems=axes)
 
 
+def legend_in_title_row(plot: pg.PlotItem, columns: int) -> pg.LegendItem:
+    """A one-row legend at the right of the plot's title row, above the data: pyqtgraph puts it inside the view
+    box, where it covered the last steps' curves (the newest values, those a user watches)."""
+    legend = plot.addLegend(offset=(-10, 2), colCount=columns)
+    legend.layout.setContentsMargins(4, 0, 4, 0)  # pyqtgraph's margins made it taller (40 px) than the row (30)
+    legend.setParentItem(plot)  # anchored again, now to the plot's top right corner
+    return legend
+
+
 class ThemedPlotWidget(pg.PlotWidget):
     """A plot whose colours follow the light or dark theme."""
 
@@ -144,11 +153,12 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         # for 25-35 ms (50 ms with a job thread running), and a prebuild in idle turns then showed as a stall.
         self.loss_plot = yield from self._plot("Training loss", row=0, col=0, colspan=2)
         # One row: the plot is wide but short, and three entries stacked cut off "evaluation" at 1200x800.
-        self.loss_plot.addLegend(offset=(-10, 10), colCount=3)
+        legend_in_title_row(self.loss_plot, columns=3)
         follow_palette(self, [self.loss_plot])  # the legend's colours
         yield
-        self.raw_curve = self._curve(self.loss_plot, (120, 160, 220, 110), "raw")
-        self.smooth_curve = self._curve(self.loss_plot, (30, 100, 220), "smoothed", width=2)
+        # Raw secondary (lighter, thinner), yet readable: at alpha 110 it all but vanished under the smoothed line.
+        self.raw_curve = self._curve(self.loss_plot, (100, 150, 225, 230), "raw", width=1.2)
+        self.smooth_curve = self._curve(self.loss_plot, (20, 80, 200), "smoothed", width=2.5)
         yield
         self.eval_curve = self.loss_plot.plot([], [], pen=pg.mkPen((230, 120, 20), width=2), symbol="o",
                                               symbolSize=7, symbolBrush=(230, 120, 20), name="evaluation")
@@ -164,7 +174,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
             yield
             plot = yield from self._plot(title, row=1 + i // 2, col=i % 2)
             if name == "tokens_per_second":  # real tokens (template and prompt included) beside those that carry loss
-                plot.addLegend(offset=(-10, 10), colCount=2)  # one row, as the loss plot's
+                legend_in_title_row(plot, columns=2)  # one row, as the loss plot's
                 follow_palette(self, [plot])  # the legend's colours, as for the loss plot's (else pale grey)
                 yield
             self.curves[name] = self._curve(plot, (60, 170, 110), "real" if name == "tokens_per_second" else None)
@@ -238,7 +248,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         super().changeEvent(event)
 
     @staticmethod
-    def _curve(plot: pg.PlotItem, colour, name: str | None, width: int = 1) -> pg.PlotDataItem:
+    def _curve(plot: pg.PlotItem, colour, name: str | None, width: float = 1) -> pg.PlotDataItem:
         curve = plot.plot([], [], pen=pg.mkPen(colour, width=width), name=name)
         # Draw at most ~one point per pixel (keeping peaks) and only the visible range.
         curve.setDownsampling(auto=True, method="peak")
