@@ -9,6 +9,7 @@ so this tree's own editable install there cannot shadow the wheel; the test chec
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,8 +34,13 @@ def run(cmd: list, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy without the working tree's build/ and *.egg-info: setuptools reuses what a previous build
+    # left there, which hid a missing package-data line (the wheel held files the project no longer declared).
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"))
     # No build isolation: the build backend (setuptools) is this environment's, as on an offline machine.
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", ROOT],
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", source],
         cwd=tmp)
     (wheel,) = (tmp / "dist").glob("lora_workbench-*.whl")
     env_dir = tmp / "env"
