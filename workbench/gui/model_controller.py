@@ -106,6 +106,7 @@ class ModelController(QObject):
     def _stop_landing(self) -> None:
         if self._landing is not None:
             self._landing.stop()
+            self._landing.deleteLater()
             self._landing = None
 
     def _ready(self, result: dict) -> None:
@@ -119,7 +120,8 @@ class ModelController(QObject):
         self.tree_model = model
         self._show_config_selection(model)  # before any view sees the model: no per-row repaint signals
         self.opened.emit(model)
-        self._landing = IdleSteps(self, self._land(model), when_idle=True)
+        self._landing = landing = IdleSteps(self, self._land(model), when_idle=True)
+        landing.done.connect(landing.deleteLater)  # one per open, else each stayed a child of this controller
 
     def _land(self, model: LayerTreeModel) -> Iterator[None]:
         """The result's later pieces, one per quick turn after the previous one's paint (see the module's doc)."""
