@@ -127,3 +127,40 @@ def test_a_phase_that_defers_full_collections_keeps_to_young_ones_until_it_ends(
     finally:
         gc.callbacks.remove(seen)
         collector.deleteLater()
+
+
+def test_a_full_pass_due_on_a_late_tick_waits_for_one_on_time(qapp):
+    """After a busy turn (a repaint, a plot's redraw) the collector's tick comes late; a full pass due then waits for
+    a tick on time, so that the two do not add up in one gap, but never longer than MAX_FULL_WAIT_S."""
+    process_switches.apply_process_switches()
+    collector = process_switches.GarbageCollector(None)
+    collector._timer.stop()
+    generations: list[int] = []
+
+    def seen(phase, info):
+        if phase == "stop":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        collector._last_full -= 2 * collector.FULL_EVERY_S  # a full pass is overdue
+        collector.collect(on_time=False)
+        assert 2 not in generations, "not on a late tick"
+        collector.collect(on_time=True)
+        assert generations[-1] == 2, "on the next tick on time"
+        generations.clear()
+        collector._last_full -= 2 * collector.FULL_EVERY_S
+        collector.collect(on_time=False)
+        assert 2 not in generations
+        collector._full_waiting_since -= collector.MAX_FULL_WAIT_S  # late ticks only, for as long as it may wait
+        collector.collect(on_time=False)
+        assert generations[-1] == 2, "it does not wait for ever"
+        # The timer's tick says whether it came on time.
+        collector._last_tick -= collector.INTERVAL_MS / 1000 + 0.05  # 50 ms late
+        collector._last_full -= 2 * collector.FULL_EVERY_S
+        generations.clear()
+        collector._tick()
+        assert 2 not in generations
+    finally:
+        gc.callbacks.remove(seen)
+        collector.deleteLater()

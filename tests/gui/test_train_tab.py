@@ -31,6 +31,12 @@ def live_panel(qtbot) -> TrainingPanel:
     return panel
 
 
+def end_and_draw(qtbot, panel: TrainingPanel) -> None:
+    """End the run and wait for its plots: after a run's end they are drawn one per flush, as during it."""
+    panel.end_run()
+    qtbot.waitUntil(lambda: not panel.plots.stale, timeout=5_000)
+
+
 def test_step_zero_says_what_runs_before_the_first_step(qtbot):
     panel = live_panel(qtbot)
     panel.handle(started(validation=12, samples=True))
@@ -72,7 +78,7 @@ def test_a_new_run_starts_with_fresh_y_ranges(qtbot):
     panel.begin_run(RunControl())
     for n in range(1, 6):
         panel.handle(step(n, loss=1.0 + n / 100))
-    panel.end_run()
+    end_and_draw(qtbot, panel)
     panel.plots.grab()  # auto-range is applied when the view is about to paint
     low, high = panel.plots.loss_plot.viewRange()[1]
     assert low < 1.01 and 1.05 < high < 2, f"the loss axis still shows the last run's range: {low}–{high}"
@@ -82,7 +88,7 @@ def test_memory_noise_is_not_drawn_as_swings(qtbot):
     panel = live_panel(qtbot)
     for n, memory in enumerate((2.245, 2.250, 2.246, 2.249), start=1):
         panel.handle(step(n, memory_gib=memory))
-    panel.end_run()
+    end_and_draw(qtbot, panel)
     panel.plots.grab()  # auto-range is applied when the view is about to paint
     low, high = panel.plots.memory_plot.viewRange()[1]
     assert high - low >= MEMORY_MIN_SPAN_GIB * 0.999

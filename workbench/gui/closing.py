@@ -104,6 +104,7 @@ class ClosingMixin:
             self.hide()
             event.ignore()
             return
+        self.recents.flush()  # the recent lists not written yet (recents.py writes them a moment after a change)
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()
         self._closed = True  # closed for good: a job a late slot starts now is cancelled at once (``_start``)

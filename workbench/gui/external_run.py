@@ -25,6 +25,8 @@ from workbench.core.config import RunConfig
 from workbench.core.errors import OutputError
 from workbench.core.external_run import RunOutcome, RunWatch, launch_run
 
+from .process_switches import lower_process_priority
+
 POLL_INTERVAL_MS = 200  # metrics and log: a few small reads; the panel batches repaints anyway
 LOG_LINES_SHOWN = 20
 
@@ -108,6 +110,7 @@ class ExternalRunController(QObject):
         except OSError as exc:
             w.show_error("Cannot start training", f"The training process could not be started: {exc}")
             return None
+        lower_process_priority(watch.process.pid)
         run = ExternalRun(watch.run_dir, parent=self, watch=watch)
         log_path = watch.log.path if watch.log else None
         self._begin(run, f"Started a separate process (pid {watch.process.pid}): {shlex.join(command)}\n"

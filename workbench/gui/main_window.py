@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING
 
 import shiboken6
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (
-    QMainWindow, QMessageBox, QVBoxLayout, QWidget,
-)
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from workbench.core.control import RunControl
 
@@ -183,7 +181,9 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
         m.progress.connect(lambda done, total, detail: picker.show_progress(done, total, detail))
         m.progress.connect(lambda done, total, detail: layers.show_progress(done, total, detail))
         m.jobDone.connect(lambda: picker.set_busy(False))
-        m.opened.connect(self._model_ready)
+        m.opened.connect(self._model_ready)  # the tree's top rows; the rest a quick turn each (model_controller)
+        m.viewsDue.connect(lambda model, piece: layers.show_piece(model, piece))
+        m.settled.connect(self.model_opened)
         m.failed.connect(self._model_failed)
         m.consentNeeded.connect(self._ask_consent)
         m.suggestions.connect(lambda ids: picker.set_suggestions(ids))
@@ -284,7 +284,6 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
             self.files.demo_opening = False
             self.statusBar().showMessage("The demo is ready: press Start on the Train tab (Ctrl+Return) to fine-tune "
                                          "SmolLM2 on it; the loss falls within a minute.")
-        self.model_opened.emit()
         if self.store.config.data.train_files:
             self._data_timer.start()  # the preview needs the model's tokenizer
 

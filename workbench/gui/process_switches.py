@@ -16,7 +16,8 @@ a job calls it too, for a dialog used without the window), and so that a reader 
 * native-library preloading (``preload_native_libraries``) — torch's and pyarrow's shared libraries are
   loaded with the GIL released, so their import does not stall the window for a few hundred milliseconds.
 * a lower scheduling priority for job threads (``lower_this_threads_priority``) — training saturates every
-  core; at equal priority the GUI thread waits behind torch's threads for a time slice.
+  core; at equal priority the GUI thread waits behind torch's threads for a time slice. The same for a run the
+  window starts as a separate process (``lower_process_priority``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,23 @@ def lower_this_threads_priority() -> None:
             pass  # not allowed here: the job simply runs at normal priority
 
 
+def lower_process_priority(pid: int) -> None:
+    """Lower the scheduling priority of a process the window has just started (a run in a separate process).
+
+    Its training saturates every core as a training thread would, and the window's GUI thread, at equal
+    priority, waited up to ~45 ms for a CPU between two turns while it drew the run's plots. On Linux this sets
+    the process's first thread; the threads it starts later (torch's, the launcher's processes) inherit it, and a
+    new process has started none yet. Elsewhere, or where it is not allowed, this does nothing.
+    """
+    import os
+
+    if hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 10)
+        except OSError:
+            pass  # gone already, or not allowed here: it runs at normal priority
+
+
 # ------------------------------------------------------------------------------ garbage collection
 
 
@@ -129,31 +147,50 @@ class GarbageCollector(QObject):
     conversion) the young and middle ones go on and the full one waits for the phase to end. Small, frequent collections, as the interpreter itself
     would do them: a one-second schedule let a second of a training run's allocations pile up and took
     40–100 ms to collect, a stall the window cannot afford. A job thread's ``gc.collect()`` only moves the
-    next middle collection forward; the full ones stay on schedule (they walk every object not frozen)."""
+    next middle collection forward; the full ones stay on schedule (they walk every object not frozen).
+
+    A full pass due on a tick that came late (its turn followed a busy one: a repaint, a plot's redraw) waits for a
+    tick on time, at most ``MAX_FULL_WAIT_S``, as ``IdleSteps(when_idle=True)`` pieces do: after a run the pass
+    that frees its objects takes 30-40 ms, and on the heels of a plot's redraw the two made one stall over 50 ms.
+    A freeze (``freeze_long_lived_objects``) does not wait."""
 
     INTERVAL_MS = 20
     YOUNG_THRESHOLD = 2_000
     FULL_EVERY_S = 60.0
     FULL_MIN_GAP_S = 10.0  # the interpreter's own rule (a full pass only when long-lived objects grew by a
     #                        quarter) is not visible from Python; a minimum gap keeps full passes rare likewise
+    BUSY_SLACK_S = 0.004  # a tick later than its interval by more than this followed a busy turn (IdleSteps' rule)
+    MAX_FULL_WAIT_S = 5.0
 
     def __init__(self, parent: QObject):
         super().__init__(parent)
         keep_garbage_collection_on_the_gui_thread()
-        self._last_full = time.monotonic()
+        self._last_full = self._last_tick = time.monotonic()
+        self._full_waiting_since: float | None = None  # when a full pass due began to wait for a tick on time
         self._timer = QTimer(self)
         self._timer.setInterval(self.INTERVAL_MS)
-        self._timer.timeout.connect(self.collect)
+        self._timer.timeout.connect(self._tick)
         self._timer.start()
 
-    def collect(self) -> None:
+    def _tick(self) -> None:
+        now = time.monotonic()
+        on_time = now - self._last_tick - self.INTERVAL_MS / 1000 <= self.BUSY_SLACK_S
+        self._last_tick = now
+        self.collect(on_time)
+
+    def collect(self, on_time: bool = True) -> None:
+        """One turn of the schedule; ``on_time``: the timer's tick was not delayed by a busy turn before it."""
         if _importing.is_set():
             return
         young, young_collections, middle_collections = gc.get_count()
         now = time.monotonic()
         full_due = (middle_collections >= 10 and now - self._last_full >= self.FULL_MIN_GAP_S) or \
             now - self._last_full >= self.FULL_EVERY_S
+        if full_due and not on_time:
+            self._full_waiting_since = self._full_waiting_since or now
+            full_due = now - self._full_waiting_since >= self.MAX_FULL_WAIT_S
         if (full_due or _freeze_requested.is_set()) and not full_collections_deferred():
+            self._full_waiting_since = None
             freezing = _freeze_requested.is_set()
             _freeze_requested.clear()
             gc.collect(2)

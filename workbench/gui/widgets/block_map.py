@@ -41,6 +41,7 @@ class BlockGrid:
     """Which module sits in which cell: ``names[row][block]`` (None where a block has no such module)."""
 
     def __init__(self, tree: LayerTree):
+        self.tree = tree
         self.prefix = tree.blocks_prefix or ""
         cells: dict[tuple[str, int], str] = {}
         kinds: list[str] = []
@@ -95,14 +96,31 @@ class BlockMap(QWidget):
 
     # -- binding -----------------------------------------------------------------------------------------
     def set_selection(self, selection: LayerSelection | None) -> None:
-        if self.selection is not None and shiboken6.isValid(self.selection):  # else gone with its model
-            self.selection.changed.disconnect(self._selection_changed)
+        """Show ``selection`` (None: nothing). The grid is kept when ``set_grid`` made it for the same tree."""
+        self._unbind()
         self.selection = selection
-        self.grid = BlockGrid(selection.tree) if selection is not None else None
+        if selection is None:
+            self.grid = None
+        elif self.grid is None or self.grid.tree is not selection.tree:
+            self.grid = BlockGrid(selection.tree)
         if selection is not None:
             selection.changed.connect(self._selection_changed)
         self.updateGeometry()
         self.redraw()
+
+    def set_grid(self, tree: LayerTree) -> None:
+        """The grid of ``tree``, with no selection yet: the map takes its size (the window lays it out) and draws
+        no cells, and clicks edit nothing, until ``set_selection`` gives it the selection of the same tree."""
+        self._unbind()
+        self.selection = None
+        self.grid = BlockGrid(tree)
+        self.updateGeometry()
+        self.redraw()
+
+    def _unbind(self) -> None:
+        self._paint_to, self._painted = None, set()  # a drag begun on the previous selection ends here
+        if self.selection is not None and shiboken6.isValid(self.selection):  # else gone with its model
+            self.selection.changed.disconnect(self._selection_changed)
 
     def _selection_changed(self, *_names) -> None:
         self.redraw()
@@ -315,6 +333,8 @@ class BlockMap(QWidget):
         return f"<b>{name}</b><br>{node.type} · weight {shape} · {node.params:,} parameters<br>{state}{changed}"
 
     def _show_card(self, name: str | None, where: QPoint) -> None:
+        if self.selection is None:  # the grid without its selection yet (set_grid): no card to show
+            name = None
         self.hovered.emit(name or "")
         if name:
             QToolTip.showText(where, self.card(name), self)

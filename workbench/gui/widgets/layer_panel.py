@@ -3,6 +3,11 @@
 The panel edits the selection through ``LayerTreeModel`` and writes it to the run configuration as exact
 module names (``lora.target_modules``) with exact-name ``rank_pattern`` / ``alpha_pattern`` overrides, the
 form PEFT applies without any pattern guessing.
+
+A model is shown in pieces (``set_model``, then ``show_piece`` for each of ``ModelController``'s later pieces, a
+quick event-loop turn each): the tree's top rows, its rows down to the first block, the block map's cells. The
+first paint of all three at once was the longest stall of opening an 80-block model. The map's grid (its size and
+caption) is set with the tree, so that the cells' piece draws into room already laid out.
 """
 
 from __future__ import annotations
@@ -257,7 +262,7 @@ class LayerPanel(QWidget):
         if self.name_filter.active:
             self._hide_filtered()
         model.selection.edited.connect(self.selectionEdited)  # loads (a run file, a re-opened model) are not edits
-        self.block_map.set_selection(model.selection)
+        self.block_map.set_grid(model.tree)  # its cells: show_piece("map")
         self.block_map.clear_change()  # an adapter inspected for the previous model says nothing about this one
         self.map_colour.setCurrentIndex(0)
         self.map_colour.setEnabled(False)
@@ -276,9 +281,18 @@ class LayerPanel(QWidget):
         for col, n in chars.items():
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
             self.view.setColumnWidth(col, max(n * width + 16, header.sectionSizeHint(col)))
-        self._expand_to_blocks()
         self._set_tools_enabled(True)
         self.stack.setCurrentWidget(self.tree_page)
+
+    def show_piece(self, model: LayerTreeModel, piece: str) -> None:
+        """A later piece of showing ``model`` (``model_controller.VIEW_PIECES``): "rows" opens the tree down to the
+        first block, "map" draws the block map's cells. A piece for a model no longer shown is dropped."""
+        if model is not self.model:
+            return
+        if piece == "rows":
+            self._expand_to_blocks()
+        elif piece == "map":
+            self.block_map.set_selection(model.selection)
 
     def show_change(self, report) -> None:
         """An inspected adapter's change per module, offered as the map's colouring when it fits this model."""

@@ -36,6 +36,9 @@ class ModelPicker(QWidget):
         self.suggestions: list[str] = []  # Hub models of the open model's family, below them
         self.info = QLabel("Open a model to see its layers.")
         self.info.setWordWrap(True)
+        # Two lines from the start, the overview's height: "Opening…" (one line) then the overview (two) made the
+        # picker grow as the tree appeared, and the whole Model tab was laid out and painted again (~30 ms).
+        self.info.setMinimumHeight(2 * self.info.fontMetrics().lineSpacing())
         # Shown only while opening takes steps (a built-in model's one-time conversion).
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)

@@ -132,6 +132,7 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         self._stale: set[str] = set()  # curves whose data changed since they were drawn
         self._x_stale: set[pg.PlotItem] = set()  # plots whose step axis has not been set to the run's length yet
         self._next = 0  # redraw_next: the plot whose turn it is
+        self._sharing_x = True  # _share_x_range passes a plot's step range on to the others
         # Room for the widest tick label these plots usually show, reserved once (see _fix_axes).
         self._tick_text_width = QFontMetrics(self.font()).horizontalAdvance(WIDEST_TICK_LABEL)
         self._steps = self._build_plots()
@@ -216,6 +217,8 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
     def _share_x_range(self, view, x_range) -> None:
         """The step range one plot now shows, given to the others. Setting an equal range emits nothing, so the
         echo from the others ends here."""
+        if not self._sharing_x:
+            return
         low, high = x_range
         for plot in self.plot_items:
             other = plot.getViewBox()
@@ -310,10 +313,14 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
 
     def _draw(self, plot: pg.PlotItem) -> None:
         if plot in self._x_stale:
-            # Set on the loss plot, the range reaches the others through the link; each is marked done as soon
-            # as it is drawn, so the run's start still repaints one plot per turn.
+            # Each plot takes the run's range when it is drawn, not through the link: set on one, it reached all
+            # five at once, and the run's first flush laid out and repainted ten axes in one turn.
             self._x_stale.discard(plot)
-            self.loss_plot.setXRange(0, self._total_steps, padding=0.01)  # also turns x auto-range off
+            self._sharing_x = False
+            try:
+                plot.setXRange(0, self._total_steps, padding=0.01)  # also turns x auto-range off
+            finally:
+                self._sharing_x = True
         for name in self._plot_curves[plot]:
             s = self.series[name]
             self.curves[name].setData(s.x, s.y)

@@ -229,10 +229,9 @@ class TrainingPanel(QWidget):
     def end_run(self) -> None:
         """The worker has finished (successfully or not): apply what is left and free the controls."""
         self.running, self.paused = False, False
-        self.flush()  # not running any more: draws whatever is left at once
-        if not self._reading_history():  # else flush stops the timer once the history has been drawn
-            self._flush_timer.stop()
-            self.flush()  # what a history reader queued just before it ended
+        # What is left is applied now; the plots it leaves stale are drawn one per flush, and the flush timer stops
+        # once nothing is left to apply or draw and no history reader is running (flush).
+        self.flush()
         self.control = None
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
@@ -309,7 +308,7 @@ class TrainingPanel(QWidget):
 
     def flush(self) -> None:
         # The reader first: once it has ended, whatever it queued is in _pending already.
-        if not self.running and not self._reading_history() and not self._pending:
+        if not self.running and not self._reading_history() and not self._pending and not self.plots.stale:
             self._flush_timer.stop()
         if self._pending:
             events, self._pending = self._pending, []
@@ -330,13 +329,12 @@ class TrainingPanel(QWidget):
         self._draw_preference()
         if not self.plots.stale:
             return
-        if not self.running:
-            self.plots.redraw()
-        else:
-            # One plot per flush, in turn: a repaint of all five stalls the window for tens of milliseconds
-            # while the training thread competes for the GIL, one plot costs a fifth of that, and each plot
-            # still redraws every 5 × FLUSH_INTERVAL_MS = 250 ms.
-            self.plots.redraw_next()
+        # One plot per flush, in turn: a repaint of all five stalls the window for tens of milliseconds (while the
+        # training competes for the CPU and the GIL, and after it, when a run's end drew all five at once), one
+        # plot costs a fifth of that, and each plot still redraws every 5 × FLUSH_INTERVAL_MS = 250 ms.
+        self.plots.redraw_next()
+        if self.plots.stale and not self._flush_timer.isActive():
+            self._flush_timer.start()  # the others in the next flushes; the timer stops once all are drawn
 
     def _draw_preference(self) -> None:
         """A preference run's reward curves (a few points a flush: drawn at once), shown with the first of them."""
