@@ -75,6 +75,10 @@ def test_the_title_names_the_run_and_the_demo_says_what_to_do_next(smollm2_in_wi
         pass
     assert window.layers.stack.currentWidget() is window.layers.tree_page  # the block map above the tree
     assert "press Start on the Train tab" in window.statusBar().currentMessage()
+    window.store.update("training", learning_rate=1e-3)
+    assert "press Start" in window.statusBar().currentMessage(), "a setting changed: still the demo's data and model"
+    window.store.update("model", task="sequence-classification")
+    assert window.statusBar().currentMessage() == "", "no longer the demo as it opened: the hint would mislead"
 
     path = tmp_path / "mine.toml"
     assert window._save_to(path)

@@ -11,9 +11,8 @@ one ``ConfigStore``, composed with the controllers that own the window's state a
 Controllers talk to widgets only through the signals wired here. What is left in the window's own mixins:
 menus and remembered settings (``window_menus``), the actions on finished runs and adapters (``adapter_actions``)
 and closing (``closing``). Long jobs run in workers on background threads (the ``workers`` package); results come
-back as signals on the GUI thread, errors as a message box, and the window stays usable either way.
-Signals named ``model_opened``, ``data_inspected``, ``training_done`` … let tests and scripts wait on the
-outcome of each job instead of sleeping.
+back as signals on the GUI thread, errors as a message box, and the window stays usable either way. Signals
+(``model_opened``, ``data_inspected``, ``training_done`` …) let tests and scripts wait on each job's outcome.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from .closing import CLOSE_WAIT_MS, ClosingMixin  # noqa: F401  (CLOSE_WAIT_MS: 
 from .adapter_actions import AdapterActionsMixin
 from .process_switches import freeze_long_lived_objects
 from .recents import Recents
-from .run_files import RUN_FILE_FILTER  # noqa: F401
+from .run_files import DEMO_READY, RUN_FILE_FILTER  # noqa: F401  (RUN_FILE_FILTER: the window's interface)
 from .startup import BuildsInSteps
 from .widgets.lazy_plot import IdleSteps
 from .window_compat import WindowCompatMixin
@@ -282,8 +281,7 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
         self.picker.set_recent(self.recents.items("recent/models"))
         if self.files.demo_opening:
             self.files.demo_opening = False
-            self.statusBar().showMessage("The demo is ready: press Start on the Train tab (Ctrl+Return) to fine-tune "
-                                         "SmolLM2 on it; the loss falls within a minute.")
+            self.statusBar().showMessage(DEMO_READY)
         if self.store.config.data.train_files:
             self._data_timer.start()  # the preview needs the model's tokenizer
 
@@ -350,6 +348,8 @@ class MainWindow(BuildsInSteps, WindowCompatMixin, MenusMixin, AdapterActionsMix
                 self.layers.preset_combo.setCurrentIndex(preset_index)
         if section in ("", "model"):  # a new file, or the task, problem type or classes: what the Data tab reads
             self._data_timer.start()
+        if section in ("", "model", "data") and self.statusBar().currentMessage() == DEMO_READY:
+            self.statusBar().clearMessage()  # it would tell a user who changed the run to train the demo as it was
         self.model_ctl.config_changed(section)
 
     def _cleared(self) -> None:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # imported where used: the window's first paint imports no py
 RUN_FILE_FILTER = "Run files (*.toml);;All files (*)"
 
 
+# What the status bar says once the demo run has opened (the window clears it when the run is changed).
+DEMO_READY = ("The demo is ready: press Start on the Train tab (Ctrl+Return) to fine-tune SmolLM2 on it; the loss "
+              "falls within a minute.")
+
 class RunFilesController(QObject):
     cleared = Signal()  # a new, empty run: nothing of the previous one may stay on screen
     modelRequested = Signal(str)  # the opened run file's (or the demo's) model: open it
