@@ -114,7 +114,9 @@ def main() -> int:
 
         opened = []
         window.model_opened.connect(lambda: opened.append(1))
-        window.open_model(str(model_dir))
+        # As the Demo button and a run file name it, not the converted folder in the user's cache.
+        from workbench.core.builtin import DEFAULT_SOURCE
+        window.open_model(DEFAULT_SOURCE)
         wait(lambda: opened)
         edit_selection_as_a_user(window)
         window.tabs.setCurrentIndex(0)
@@ -233,7 +235,8 @@ def shoot_part2(window, folder: Path, model_dir: Path, ended: list) -> None:
 
     pg = window.playground
     window.tabs.setCurrentWidget(pg)
-    pg.set_paths(str(model_dir), str(first / "adapter"))
+    from workbench.core.builtin import DEFAULT_SOURCE
+    pg.set_paths(DEFAULT_SOURCE, str(first / "adapter"))  # as a run file names the built-in model
     loaded, generated = [], []
     pg.loaded.connect(lambda: loaded.append(1))
     pg.generated.connect(lambda _: generated.append(1))
