@@ -211,8 +211,8 @@ class TrainingConfig(_Section):
     compile: Literal["off", "blocks"] = Field(
         "off", description="'blocks': torch.compile each decoder block (dynamic shapes), the engine's own LoRA, norm and "
                            "attention nodes kept eager inside; falls back to eager with a warning when compiling fails. "
-                           "Same loss and gradients. On a 2-core CPU: ~140 s of compilation in the first steps, then "
-                           "1.1-1.6x eager's trained tok/s, paid back after ~50-150 steps (docs/benchmarks.md); so 'off'."
+                           "Same loss and gradients. On a 2-core CPU it lost: 2-7 minutes of compilation in the first "
+                           "steps, then 0.3-1.1x eager's trained tok/CPU-s (docs/benchmarks.md); so 'off'."
     )
     oom_retry: bool = Field(
         False, description="When a step runs out of memory, halve batch_size and double gradient_accumulation (same effective "
