@@ -8,7 +8,10 @@ and precision, three ways:
 * **padded** — a plain Trainer + PEFT script whose collator pads each batch to its longest row (what the web
   UIs do by default);
 * **flattened** — the same plain script with transformers' ``DataCollatorWithFlattening`` (padding-free: the
-  whole batch is one row with restarting position ids), the best a plain script does.
+  whole batch is one row with restarting position ids), the best a plain script does;
+* **engine+compile** (only with ``--only``) — the engine with ``training.compile = "blocks"`` (each decoder block
+  through torch.compile, core/training/compiled.py). Its process keeps torch.compile's in-memory cache between
+  rounds, so only its first round pays the compilation: the "first step" column shows it.
 
 Each way trains in its own child process, started once and kept for all rounds (so its imports are paid once,
 and each peak RSS is that way's alone: ``ru_maxrss`` of its child; the model is loaded afresh each round), the
@@ -56,7 +59,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-WAYS = ("engine", "padded", "flattened")
+WAYS = ("engine", "padded", "flattened", "engine+compile")
+DEFAULT_WAYS = ("engine", "padded", "flattened")  # engine+compile only when asked for (--only): it compiles for minutes
 RESULT_PREFIX = "RESULT "
 
 WORDS = (
@@ -191,7 +195,7 @@ def current_rss_bytes() -> int:
 
 
 def engine(model_dir: Path, data_file: Path, tmp: Path, *, batch_size: int, max_length: int, device: str,
-           precision: str, examples: int) -> dict:
+           precision: str, examples: int, compile_blocks: bool = False) -> dict:
     from workbench.core import events as ev
     from workbench.core.config import RunConfig
     from workbench.core.training import run
@@ -201,7 +205,7 @@ def engine(model_dir: Path, data_file: Path, tmp: Path, *, batch_size: int, max_
         "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "preset": "all-linear"},
         "data": {"train_files": [str(data_file)], "format": "alpaca", "max_length": max_length},
         "training": {"epochs": 1.0, "learning_rate": 2e-4, "batch_size": batch_size, "logging_steps": 1, "device": device,
-                     "precision": precision},
+                     "precision": precision, "compile": "blocks" if compile_blocks else "off"},
         "output": {"run_dir": str(tmp / "run")},
     })
     records: list[dict] = []
@@ -319,9 +323,9 @@ def worker(args) -> int:
             tmp = Path(tmp_s)
             if args.worker == "loss-check":
                 result = loss_check(args.model, args.data, max_length=args.max_length)
-            elif args.worker == "engine":
+            elif args.worker in ("engine", "engine+compile"):
                 result = engine(args.model, args.data, tmp, batch_size=args.engine_batch, examples=args.examples,
-                                **where)
+                                compile_blocks=args.worker == "engine+compile", **where)
             else:
                 result = plain_script(args.model, args.data, tmp, flatten=args.worker == "flattened",
                                       batch_size=args.batch_size, **where)
@@ -386,6 +390,7 @@ def timed_window(res: dict, warmup: int) -> dict:
             "examples": counts["examples"] / seconds, "trained_per_cpu": counts["trained"] / cpu,
             "seconds": seconds, "cpu": cpu, "steps": last["step"] - first["step"], "trained_tokens": counts["trained"],
             "rss": res["peak_rss"], "rise": res["peak_rss"] - res["begin"]["rss"],
+            "first_step": records[0]["wall"] - res["begin"]["wall"],  # with engine+compile: the compilation
             "losses": [r["loss"] for r in records]}
 
 
@@ -441,7 +446,7 @@ def main() -> int:
 
         logs = Path(tmp_s) / "logs"
         logs.mkdir()
-        ways = list(args.only or WAYS)
+        ways = list(args.only or DEFAULT_WAYS)
         workers = {w: Worker(w, args, data_file, model_dir, engine_batch, logs) for w in ways}  # importing meanwhile
         check: dict = {}
         if not args.skip_loss_check:
@@ -471,10 +476,10 @@ def main() -> int:
                 w = timed_window(res, args.warmup_steps)
                 w["threads"] = res["threads"]
                 results[way].append(w)
-                print(f"round {r + 1} {way:>10}: {w['trained']:7,.1f} trained tok/s {w['real']:7,.1f} real tok/s "
+                print(f"round {r + 1} {way:>14}: {w['trained']:7,.1f} trained tok/s {w['real']:7,.1f} real tok/s "
                       f"{w['examples']:5.2f} ex/s {w['trained_per_cpu']:6.1f} trained tok/CPU-s; {w['steps']} timed "
                       f"steps in {w['seconds']:5.1f} s, {w['cpu']:5.1f} CPU-s; peak RSS {w['rss'] / 2**30:4.2f} GiB "
-                      f"(+{w['rise'] / 2**30:4.2f} in training); losses {', '.join(f'{x:.4f}' for x in w['losses'] if x is not None)} "
+                      f"(+{w['rise'] / 2**30:4.2f} in training); first step {w['first_step']:5.1f} s; losses {', '.join(f'{x:.4f}' for x in w['losses'] if x is not None)} "
                       f"(load {load_average()})", flush=True)
         for worker_ in workers.values():
             worker_.close()
@@ -483,14 +488,23 @@ def main() -> int:
     summary = {}
     keys = (("trained", "trained tok/s", "10,.1f"), ("trained_per_cpu", "trained tok/CPU-s", "10,.1f"),
             ("real", "real tok/s", "10,.1f"), ("examples", "examples/s", "10.3f"))
-    print(f"{'way':>10}  " + "  ".join(f"{title:>21}" for _, title, _ in keys) + f"  {'peak RSS GiB':>12}  {'rise GiB':>8}")
-    print(f"{'':>10}  " + "  ".join(f"{'min':>10} {'median':>10}" for _ in keys) + f"  {'of process':>12}  {'':>8}")
+    print(f"{'way':>14}  " + "  ".join(f"{title:>21}" for _, title, _ in keys) + f"  {'peak RSS GiB':>12}  {'rise GiB':>8}")
+    print(f"{'':>14}  " + "  ".join(f"{'min':>10} {'median':>10}" for _ in keys) + f"  {'of process':>12}  {'':>8}")
     for way, runs in results.items():
         summary[way] = {k: statistics.median(x[k] for x in runs) for k in (k for k, _, _ in keys)}
         summary[way].update(rss=max(x["rss"] for x in runs), rise=max(x["rise"] for x in runs))  # the process's peak
         cells = "  ".join(f"{min(x[k] for x in runs):{fmt}} {summary[way][k]:{fmt}}" for k, _, fmt in keys)
-        print(f"{way:>10}  {cells}  {summary[way]['rss'] / 2**30:12.2f}  {summary[way]['rise'] / 2**30:8.2f}")
+        print(f"{way:>14}  {cells}  {summary[way]['rss'] / 2**30:12.2f}  {summary[way]['rise'] / 2**30:8.2f}")
     print()
+    if "engine+compile" in summary and "engine" in summary:
+        c, e = summary["engine+compile"], summary["engine"]
+        per_round = ", ".join(f"{x['trained'] / y['trained']:.2f}×" for x, y in zip(results["engine+compile"], results["engine"]))
+        firsts = ", ".join(f"{x['first_step']:.1f} s / {y['first_step']:.1f} s"
+                           for x, y in zip(results["engine+compile"], results["engine"]))
+        print(f"engine+compile / engine (medians): trained tok/s {c['trained'] / e['trained']:.2f}× (per round "
+              f"{per_round}), trained tok/CPU-s {c['trained_per_cpu'] / e['trained_per_cpu']:.2f}×, peak RSS "
+              f"{c['rss'] / e['rss']:.2f}×, RSS rise in training {c['rise'] / e['rise']:.2f}×; first step (compile / "
+              f"eager) per round {firsts}")
     if "engine" in summary:
         e = summary["engine"]
         for base in ("flattened", "padded"):

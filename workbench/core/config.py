@@ -208,6 +208,12 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
     gradient_checkpointing: bool | None = Field(
         None, description="Recompute activations in the backward pass: less memory, ~30% slower. Unset: on for quantized bases.")
+    compile: Literal["off", "blocks"] = Field(
+        "off", description="'blocks': torch.compile each decoder block (dynamic shapes), the engine's own LoRA, norm and "
+                           "attention nodes kept eager inside; falls back to eager with a warning when compiling fails. "
+                           "Same loss and gradients. On a 2-core CPU it lost: 2-7 minutes of compilation in the first "
+                           "steps, then 0.3-1.1x eager's trained tok/CPU-s (docs/benchmarks.md); so 'off'."
+    )
     oom_retry: bool = Field(
         False, description="When a step runs out of memory, halve batch_size and double gradient_accumulation (same effective "
                            "batch) and continue from the last checkpoint, down to batch size 1. One process only (not torchrun)."

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["install_fused_lora_forward", "remove_fused_lora_forward"]
+__all__ = ["install_fused_lora_forward", "remove_fused_lora_forward", "fused_forward_modules"]
 
 _PEFT_FORWARD = "_workbench_peft_forward"  # the instance attribute keeping PEFT's bound forward
 
@@ -63,6 +63,11 @@ def remove_fused_lora_forward(model: nn.Module) -> None:
         if getattr(module, _PEFT_FORWARD, None) is not None:
             del module.forward  # the class's forward shows through again
             delattr(module, _PEFT_FORWARD)
+
+
+def fused_forward_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` whose forward ``install_fused_lora_forward`` replaced."""
+    return [module for module in model.modules() if getattr(module, _PEFT_FORWARD, None) is not None]
 
 
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -105,6 +105,10 @@ def setup_model(config: RunConfig, compute: Compute, sink: Sink, files: ModelFil
     install_lean_attention(peft_model)  # "sdpa" without grouped-query k/v copies or per-layer float masks (core/lean_attention.py)
     if config.lora.init == "loftq":
         lora_init.run_loftq(peft_model, source.path, sink)
+    if config.training.compile == "blocks":  # after everything that changes the blocks' forwards (core/training/compiled.py)
+        from .compiled import compile_blocks
+
+        compile_blocks(peft_model, sink)
     return peft_model, tokenizer, tree, selection
 
 

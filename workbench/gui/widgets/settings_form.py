@@ -29,8 +29,8 @@ GROUPS: list[tuple[str, list[str]]] = [
                       "training.gradient_accumulation", "data.max_length", "data.packing", "training.scheduler",
                       "training.warmup_ratio", "training.weight_decay", "training.max_grad_norm", "training.optimizer",
                       "training.seed"]),
-    ("Hardware", ["training.precision", "training.device", "training.gradient_checkpointing", "training.oom_retry",
-                  "model.dtype"]),
+    ("Hardware", ["training.precision", "training.device", "training.gradient_checkpointing", "training.compile",
+                  "training.oom_retry", "model.dtype"]),
     ("Evaluation, checkpoints and samples", ["training.logging_steps", "training.eval_steps", "training.save_steps",
                                              "training.save_total_limit", "training.sample_steps",
                                              "training.sample_prompts", "training.sample_max_new_tokens"]),
@@ -49,6 +49,7 @@ LABELS = {
     "data.max_length": "Max length (tokens)", "model.dtype": "Base weights dtype", "output.runs_root": "Runs folder",
     "output.name": "Run name", "training.sample_prompts": "Sample prompts (one per line)",
     "training.oom_retry": "Retry out-of-memory steps",
+    "training.compile": "Compile (torch.compile)",
     "model.labels": "Classes (one per line; empty: from the data)",
     "model.init_adapter": "Start from adapter",
 }
