@@ -69,13 +69,16 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
 
 
 def check_before_loading(config: RunConfig) -> None:
-    """The checks that need no model and no ML library (torch, transformers, datasets: seconds to import): the
-    ``[lora]`` section agrees with ``model.init_adapter``'s adapter, the data files are there and readable, the run
-    folder can be made. A run does them first, so a typo is refused in a fraction of a second; each raises the
-    error ``preflight`` or ``create_run`` would raise later for the same fault."""
+    """The checks that need no model and no ML library (torch, transformers, datasets: seconds to import), in the
+    preflight's order: the ``[lora]`` section agrees with ``model.init_adapter``'s adapter, a local model folder is
+    one, the data files are there and readable, the run folder can be made. A run does them first, so a typo is
+    refused in a fraction of a second; each raises the error ``preflight`` or ``create_run`` would raise later for
+    the same fault."""
     from ..data.readers import open_data_files
+    from ..models import check_source
 
     init_adapter.with_adapter_settings(config)
+    check_source(config.model.source, allow_pickle=config.model.allow_pickle)
     if config.model.task != "image-classification":  # there a data "file" may be a folder of class folders
         open_data_files(config.data)
     check_run_dir_claimable(config)
