@@ -175,9 +175,15 @@ def check_run_dir_claimable(config: RunConfig) -> None:
         missing = [p for p in [target, *target.parents] if not p.exists()]
         first = missing[-1] if missing else (None if out.run_dir else target / _folder_name(default_run_name(config)))
         if first is not None and first.parent.is_dir() and not os.access(first.parent, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(first))
+            code = errno.EROFS if _read_only_mount(first.parent) else errno.EACCES  # what mkdir would say
+            raise OSError(code, os.strerror(code), str(first))
     except OSError as exc:
         raise _cannot_create_run_folder(exc, config) from None
+
+
+def _read_only_mount(folder: Path) -> bool:
+    statvfs = getattr(os, "statvfs", None)  # not on Windows, where os.access finds every folder writable anyway
+    return statvfs is not None and bool(statvfs(folder).f_flag & os.ST_RDONLY)
 
 
 def _run_dir_not_empty(path: Path) -> OutputError:
