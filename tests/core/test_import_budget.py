@@ -29,10 +29,15 @@ print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
 
 
 def loaded_by(*argv: str, exit_code: int = 0) -> list[str]:
+    return loaded_and_said(*argv, exit_code=exit_code)[0]
+
+
+def loaded_and_said(*argv: str, exit_code: int = 0) -> tuple[list[str], str]:
+    """The heavy modules the command loaded, and what it wrote to stderr."""
     out = subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True, text=True, timeout=300)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert (report["code"] or 0) == exit_code, (argv, out.stderr[-2000:])
-    return report["loaded"]
+    return report["loaded"], out.stderr
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,21 @@ def test_help_and_bookkeeping_commands_import_no_ml_library(finished_run):
     # A launch script validates the run file (pydantic) and still needs no ML library.
     loaded = set(loaded_by("launch-script", str(run_dir / "run.toml"), "--out", str(root / "launch.sh")))
     assert not loaded & NO_ML and "pydantic" in loaded, loaded
+
+
+def test_a_run_refused_for_a_missing_data_file_or_a_full_run_folder_imports_no_ml_library(finished_run):
+    """These faults need no model to be found: the run refuses them before torch, transformers or datasets are
+    imported (seconds), with the messages the preflight and the run folder's creation give for them."""
+    run_dir, root = finished_run["run"], finished_run["root"]
+    missing = root / "missing.jsonl"
+    loaded, said = loaded_and_said("train", str(run_dir / "run.toml"), "--set", f"data.train_files=[{str(missing)!r}]",
+                                   exit_code=2)
+    assert f"{missing}: file not found." in said and "Check the path in data.train_files." in said, said
+    assert not set(loaded) & NO_ML, loaded
+    # The finished run's folder is not empty: a new run cannot be trained into it.
+    loaded, said = loaded_and_said("train", str(run_dir / "run.toml"), "--run-dir", str(run_dir), exit_code=2)
+    assert f"the run folder {run_dir} is not empty" in said, said
+    assert not set(loaded) & NO_ML, loaded
 
 
 def test_export_and_adapter_report_read_the_adapter_without_peft_or_transformers(finished_run):

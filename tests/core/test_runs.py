@@ -209,6 +209,40 @@ def test_create_run_that_cannot_write_its_run_file_leaves_no_folder_behind(tmp_p
     assert (tmp_path / "chosen").is_dir() and not any((tmp_path / "chosen").iterdir()), "the user's empty folder stays"
 
 
+def test_the_check_before_loading_refuses_what_create_run_would_and_makes_nothing(tmp_path, monkeypatch):
+    """A run checks its folder before it loads anything (training/engine.py): with create_run's own errors, and
+    without creating a folder, even where it passes."""
+    from workbench.core.runs import check_run_dir_claimable
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine\n")
+    config = make_config(tmp_path / "runs", run_dir=str(tmp_path / "full"))
+    with pytest.raises(OutputError) as early:
+        check_run_dir_claimable(config)
+    with pytest.raises(OutputError) as late:
+        create_run(config)
+    assert (early.value.message, early.value.hint) == (late.value.message, late.value.hint)
+    assert early.value.message == f"the run folder {tmp_path / 'full'} is not empty"
+
+    # Folders this user may not write into. Permission bits do not bind root (CI often runs as root): the
+    # kernel's answer to access(2) is what is replaced.
+    locked = tmp_path / "locked"
+    (locked / "runs").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not str(path).startswith(str(locked))
+                        and real_access(path, mode, **kw))
+    for root, first in ((locked / "new", locked / "new"), (locked / "runs", locked / "runs" / "exp")):
+        with pytest.raises(OutputError) as early:
+            check_run_dir_claimable(make_config(root, name="exp"))
+        assert early.value.message == f"cannot create the run folder: Permission denied ({first})", first
+        assert early.value.hint == "choose a folder you can write to (output.runs_root or output.run_dir)"
+    assert [p.name for p in locked.iterdir()] == ["runs"] and not any((locked / "runs").iterdir())
+
+    check_run_dir_claimable(make_config(tmp_path / "new" / "runs"))  # a writable place passes
+    check_run_dir_claimable(make_config(tmp_path / "runs", run_dir=str(tmp_path / "empty" / "run")))
+    assert not (tmp_path / "new").exists() and not (tmp_path / "empty").exists(), "the check creates nothing"
+
+
 def test_create_run_uses_an_explicit_run_dir_and_never_overwrites_one(tmp_path):
     config = make_config(tmp_path / "runs", run_dir=str(tmp_path / "exact"))
     folder = create_run(config)

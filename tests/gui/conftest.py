@@ -69,6 +69,10 @@ def window(qtbot, tmp_path):
     win = MainWindow(settings)
     qtbot.addWidget(win)
     win.store.update("output", runs_root=str(tmp_path / "runs"))
+    # The Data tab's 300 ms typing debounce is what a user typing needs, not what these tests check: each change of
+    # the data settings a test makes waited it out. Through the same timer, the reading starts at the next turn of
+    # the event loop instead (changes made in one go still start one reading).
+    win._data_timer.setInterval(0)
     win.show()
     qtbot.waitExposed(win)
     yield win

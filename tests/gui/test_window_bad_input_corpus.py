@@ -52,9 +52,6 @@ def test_every_bad_input_of_a_kind_gets_a_message_and_the_window_stays_usable(ki
                                                                                 tiny_model_dir):
     cases = [(case_id, build) for case_id, build, k in GUI_CASES if k == kind
              and GUI_CASE_INFO[case_id].patch is None and GUI_CASE_INFO[case_id].skip_if is None]
-    # The data settings' 300 ms typing debounce is not what this corpus checks, and each of its ~150 cases waited
-    # it out in _settle: the reading starts at the next turn of the event loop instead, through the same timer.
-    window._data_timer.setInterval(0)
     messages: list[str] = []
     for signal in (window.model_failed, window.data_failed, window.inspect_failed):
         signal.connect(messages.append)

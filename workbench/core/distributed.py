@@ -35,6 +35,15 @@ def launched_world_size() -> int:
         return 1
 
 
+def launched_rank() -> int:
+    """This process's global rank as torchrun / accelerate launch set it (0 for a plain process), known before the
+    process group is set up."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 @dataclass
 class Distributed:
     world_size: int = 1

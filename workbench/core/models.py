@@ -107,22 +107,45 @@ def resolve_source(
     into the cache (``Progress`` events go to ``sink``) and used from there.
     """
     spec = (spec or "").strip()
+    kind, path = _source_kind(spec)
+    if kind == "builtin":  # a model shipped in a Python package (core/builtin.py)
+        return resolve_builtin(spec, sink=sink)
+    if kind == "hub":
+        return _resolve_hub(spec, revision, allow_pickle, download, sink)
+    gguf = gguf_file_of(str(path))
+    if gguf is not None:  # the path every GGUF file takes, the built-in model's too (core/gguf_import.py)
+        return ModelSource(spec, "gguf", convert_gguf(gguf, sink=sink), "safetensors", gguf_file=str(gguf.resolve()))
+    return _resolve_local(spec, path, allow_pickle)
+
+
+def check_source(spec: str, *, allow_pickle: bool = False) -> None:
+    """What ``resolve_source`` refuses before it converts, downloads or imports an ML library, with its errors: no
+    model given, a path that is not there, a local folder that is no model folder (or holds pickles not allowed).
+    A GGUF file, a built-in model and a Hub id pass here: converting or fetching them is where their checks are."""
+    spec = (spec or "").strip()
+    kind, path = _source_kind(spec)
+    if kind == "local" and gguf_file_of(str(path)) is None:
+        _resolve_local(spec, path, allow_pickle)
+
+
+def _source_kind(spec: str) -> tuple[Literal["builtin", "local", "hub"], Path]:
+    """Which kind of source a stripped ``spec`` names, and its path; raises for no model and a missing path."""
     if not spec:
         raise ModelSourceError("no model chosen", "pick a local model folder, a .gguf file, or type a Hub id such as org/name")
-    if is_builtin_source(spec):  # a model shipped in a Python package (core/builtin.py)
-        return resolve_builtin(spec, sink=sink)
     path = Path(spec).expanduser()
+    if is_builtin_source(spec):
+        return "builtin", path
     # A FIFO or device would block the reader; a symbolic-link loop never resolves.
     require_regular_file(path, "model path", ModelSourceError, "choose a model folder or a .gguf file")
     if path.exists():
-        return _resolve_local(spec, path, allow_pickle, sink)
+        return "local", path
     first_part = Path(spec.split("/")[0]).expanduser()
     if _looks_like_path(spec) or not HUB_ID.match(spec) or ("/" in spec and first_part.is_dir()):
         raise ModelSourceError(
             f"model path does not exist: {path}",
             "check the path, or type a Hub id in the form org/name",
         )
-    return _resolve_hub(spec, revision, allow_pickle, download, sink)
+    return "hub", path
 
 
 def resolve_builtin(spec: str, *, cache_dir: str | Path | None = None, sink: SinkLike = None) -> ModelSource:
@@ -143,10 +166,8 @@ def gguf_file_of(spec: str) -> Path | None:
     return None
 
 
-def _resolve_local(spec: str, path: Path, allow_pickle: bool, sink: SinkLike = None) -> ModelSource:
-    gguf = gguf_file_of(str(path))
-    if gguf is not None:  # the path every GGUF file takes, the built-in model's too (core/gguf_import.py)
-        return ModelSource(spec, "gguf", convert_gguf(gguf, sink=sink), "safetensors", gguf_file=str(gguf.resolve()))
+def _resolve_local(spec: str, path: Path, allow_pickle: bool) -> ModelSource:
+    """A local model folder (not a GGUF file: see resolve_source), checked."""
     if path.is_file():
         raise ModelSourceError(
             f"{path} is a file, not a model folder or a .gguf file",

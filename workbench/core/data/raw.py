@@ -19,7 +19,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .cache import _read_file
 from .formats import _check_same_format, _detect_file
-from .readers import _count_rows, _open_source, _require_train_files
+from .readers import _count_rows, _open_source, _require_train_files, open_data_files
 from .rendering import _check_template_syntax
 from .results import _MAX_REPORTED_BAD_ROWS, _SKIP_HINT, BadRow, DataInfo, FileSummary, RawData, SourceFile
 
@@ -31,8 +31,7 @@ def detect(cfg: DataConfig) -> DataInfo:
     is needed. Raises ``DataError`` for missing, empty or unreadable files, a bad row among the first rows
     (unless ``skip_bad_rows``), files of different formats, or columns that fit no format.
     """
-    train = [_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)]
-    validation = [_open_source(p, "validation_files", cfg.text_split) for p in cfg.validation_files]
+    train, validation = open_data_files(cfg)
     if cfg.chat_template is not None:
         _check_template_syntax(cfg.chat_template)
     first = _detect_file(train[0], cfg, check_rows=True)

@@ -58,6 +58,16 @@ def _require_train_files(cfg: DataConfig) -> list[str]:
     return cfg.train_files
 
 
+def open_data_files(cfg: DataConfig) -> tuple[list[_Source], list[_Source]]:
+    """The training and validation files, each opened and checked: it exists, is an ordinary readable file of a
+    known kind (or a saved dataset), is not empty and is UTF-8 text where text is due. Reads a few bytes of each
+    and imports neither ``datasets`` nor torch, so a run can refuse a missing file before it imports them; the
+    errors are those of ``detect``, which starts with this."""
+    train = [_open_source(p, "train_files", cfg.text_split) for p in _require_train_files(cfg)]
+    validation = [_open_source(p, "validation_files", cfg.text_split) for p in cfg.validation_files]
+    return train, validation
+
+
 def _open_source(name: str, setting: str, text_split: str = "paragraphs") -> _Source:
     path = Path(name).expanduser()
     # A FIFO, socket or device would block forever in open() or read garbage; a symbolic-link loop never resolves.

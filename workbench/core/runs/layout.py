@@ -15,6 +15,7 @@ RUN.toml`` started in the same place would have created.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -148,10 +149,7 @@ def claim_run_dir(config: RunConfig) -> tuple[Path, list[Path]]:
             path = output_path(out.run_dir)
             created += make_dirs(path)
             if any(path.iterdir()):
-                raise OutputError(
-                    f"the run folder {path} is not empty",
-                    "choose another output.run_dir, or leave it unset to get a new folder under output.runs_root",
-                )
+                raise _run_dir_not_empty(path)
         else:
             root = output_path(out.runs_root)
             created += make_dirs(root)
@@ -161,6 +159,36 @@ def claim_run_dir(config: RunConfig) -> tuple[Path, list[Path]]:
         remove_empty_dirs(created)
         raise _cannot_create_run_folder(exc, config) from None
     return path, created
+
+
+def check_run_dir_claimable(config: RunConfig) -> None:
+    """What ``claim_run_dir`` would refuse, found without creating anything, with its errors: an ``output.run_dir``
+    that is not empty, or a folder to create inside one this user cannot write to. A run checks this before it
+    loads anything; what only the attempt shows (a full disk, a path through a file) ``claim_run_dir`` still finds."""
+    out = config.output
+    target = output_path(out.run_dir or out.runs_root)
+    try:
+        if out.run_dir and target.is_dir() and any(target.iterdir()):
+            raise _run_dir_not_empty(target)
+        # The first folder claim_run_dir would make (a missing ancestor of the target, or the run's own folder
+        # in runs_root) goes into the nearest existing folder: that one must be writable.
+        missing = [p for p in [target, *target.parents] if not p.exists()]
+        first = missing[-1] if missing else (None if out.run_dir else target / _folder_name(default_run_name(config)))
+        if first is not None and first.parent.is_dir() and not os.access(first.parent, os.W_OK | os.X_OK):
+            code = errno.EROFS if _read_only_mount(first.parent) else errno.EACCES  # what mkdir would say
+            raise OSError(code, os.strerror(code), str(first))
+    except OSError as exc:
+        raise _cannot_create_run_folder(exc, config) from None
+
+
+def _read_only_mount(folder: Path) -> bool:
+    statvfs = getattr(os, "statvfs", None)  # not on Windows, where os.access finds every folder writable anyway
+    return statvfs is not None and bool(statvfs(folder).f_flag & os.ST_RDONLY)
+
+
+def _run_dir_not_empty(path: Path) -> OutputError:
+    return OutputError(f"the run folder {path} is not empty",
+                       "choose another output.run_dir, or leave it unset to get a new folder under output.runs_root")
 
 
 def _cannot_create_run_folder(exc: OSError, config: RunConfig) -> OutputError:

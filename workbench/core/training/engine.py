@@ -15,7 +15,7 @@ from typing import Any
 from .. import base_eval, classification, images, init_adapter, lora_init, precision, preference, quantization
 from ..config import RunConfig
 from ..control import Control, RunControl
-from ..distributed import Distributed
+from ..distributed import Distributed, launched_rank
 from ..errors import TrainingError, WorkbenchError, first_line
 from ..events import Failed, Finished, Message, MultiSink, NullSink, Sink, SinkLike, as_sink
 from ..fsutil import atomic_directory
@@ -25,6 +25,7 @@ from ..runs import (
     RUN_FILE,
     RunFolder,
     RunRecorder,
+    check_run_dir_claimable,
     choose_checkpoint,
     create_run,
     prepare_resume,
@@ -55,6 +56,8 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
     """
     if run_dir is not None:
         config = config.copy_with(output={"run_dir": str(run_dir)})
+    if launched_rank() == 0:  # the rank that runs the preflight; a refusal there ends the others (torchrun)
+        check_before_loading(config)
     compute = precision.resolve_compute(config)  # once per run: everything below is handed this one
     dist = Distributed.setup(compute.device)
     config = init_adapter.with_adapter_settings(config)  # [lora] from model.init_adapter's adapter, if one is set
@@ -63,6 +66,22 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
         config = setup.with_selection(config, files.selection)  # (the other ranks resolve them on the loaded model)
     folder = dist.on_main(lambda: create_run(config).path)
     return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist, compute, files)
+
+
+def check_before_loading(config: RunConfig) -> None:
+    """The checks that need no model and no ML library (torch, transformers, datasets: seconds to import), in the
+    preflight's order: the ``[lora]`` section agrees with ``model.init_adapter``'s adapter, a local model folder is
+    one, the data files are there and readable, the run folder can be made. A run does them first, so a typo is
+    refused in a fraction of a second; each raises the error ``preflight`` or ``create_run`` would raise later for
+    the same fault."""
+    from ..data.readers import open_data_files
+    from ..models import check_source
+
+    init_adapter.with_adapter_settings(config)
+    check_source(config.model.source, allow_pickle=config.model.allow_pickle)
+    if config.model.task != "image-classification":  # there a data "file" may be a folder of class folders
+        open_data_files(config.data)
+    check_run_dir_claimable(config)
 
 
 def preflight(config: RunConfig, sink: SinkLike = None, *, compute: Compute | None = None) -> setup.ModelFiles:
