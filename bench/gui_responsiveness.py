@@ -15,6 +15,7 @@
    same with 1,000 points (the ratio shows that downsampling and clip-to-view keep the cost flat).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/gui_responsiveness.py [--merge-size tiny|small|1.5b|none]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/gui_responsiveness.py --train-only [--why]   # training in the app only
 """
 
 from __future__ import annotations

@@ -96,14 +96,15 @@ def lower_compute_threads_priority() -> None:
     # at::parallel_for splits work only past 32,768 elements: a million starts the whole team
     torch.ones(1 << 20).add_(1)
     python_threads = {thread.native_id for thread in threading.enumerate()}
+    lower = min(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + COMPUTE_THREAD_NICENESS, 19)
     for native_id in _native_threads() - before - python_threads:
         try:
-            os.setpriority(os.PRIO_PROCESS, native_id, COMPUTE_THREAD_NICENESS)
+            os.setpriority(os.PRIO_PROCESS, native_id, lower)
         except OSError:
             pass  # gone already, or not allowed here: it computes at normal priority
 
 
-# How much lower torch's compute threads run than the window (a nice value; 19 is the lowest priority).
+# How much lower torch's compute threads run than their job thread (nice values; 19 is the lowest priority).
 COMPUTE_THREAD_NICENESS = 10
 
 
