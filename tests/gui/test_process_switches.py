@@ -1,9 +1,12 @@
 """The process-wide switches (gui/process_switches.py): set once at start-up, idempotent, and doing what they say."""
 
 import gc
+import os
 import sys
 import threading
 import weakref
+
+import pytest
 
 from workbench.gui import process_switches
 from workbench.gui.app import create_app
@@ -164,3 +167,31 @@ def test_a_full_pass_due_on_a_late_tick_waits_for_one_on_time(qapp):
     finally:
         gc.callbacks.remove(seen)
         collector.deleteLater()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are set on Linux only")
+def test_a_job_thread_keeps_its_priority_and_only_torchs_compute_threads_run_lower():
+    # The job thread holds the GIL between its ops: lowered, it was preempted by other busy programs while holding
+    # it, and the GUI thread waited (issue #16). torch's intra-op workers never hold the GIL: they are lowered.
+    torch = pytest.importorskip("torch")
+    threads_before = torch.get_num_threads()
+    seen: dict = {}
+
+    def job():
+        torch.set_num_threads(2)  # the tests run with OMP_NUM_THREADS=1: without this torch starts no worker
+        before = process_switches._native_threads()
+        process_switches.lower_compute_threads_priority()
+        own = threading.get_native_id()
+        seen["own"] = os.getpriority(os.PRIO_PROCESS, own)
+        seen["started"] = {tid: os.getpriority(os.PRIO_PROCESS, tid)
+                           for tid in process_switches._native_threads() - before}
+
+    try:
+        thread = threading.Thread(target=job)
+        thread.start()
+        thread.join(60)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert seen["own"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # as the GUI thread's
+    assert seen["started"], "torch started no compute thread for the job"
+    assert set(seen["started"].values()) == {min(seen["own"] + process_switches.COMPUTE_THREAD_NICENESS, 19)}

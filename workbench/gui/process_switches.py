@@ -15,15 +15,18 @@ a job calls it too, for a dialog used without the window), and so that a reader 
   collections, which stay short; no garbage is frozen with them.
 * native-library preloading (``preload_native_libraries``) — torch's and pyarrow's shared libraries are
   loaded with the GIL released, so their import does not stall the window for a few hundred milliseconds.
-* a lower scheduling priority for job threads (``lower_this_threads_priority``) — training saturates every
-  core; at equal priority the GUI thread waits behind torch's threads for a time slice. The same for a run the
-  window starts as a separate process (``lower_process_priority``).
+* a lower scheduling priority for the compute threads torch starts for a job (``lower_compute_threads_priority``)
+  — training saturates every core; at equal priority the GUI thread waits behind torch's threads for a time
+  slice. Not for the job thread itself: it holds the GIL, and preempted at a low priority it kept the GUI thread
+  waiting for the GIL. The same for a run the window starts as a separate process (``lower_process_priority``),
+  which shares no GIL with the window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 import threading
 import time
@@ -72,20 +75,45 @@ def importing_the_ml_stack() -> Iterator[None]:
         _importing.clear()
 
 
-def lower_this_threads_priority() -> None:
-    """Lower the calling (job) thread's scheduling priority, and that of the compute threads it starts.
+def lower_compute_threads_priority() -> None:
+    """Lower the scheduling priority of torch's compute threads for the calling (job) thread, not its own.
 
-    Training saturates every core; at equal priority the GUI thread then waits behind torch's threads for
-    a time slice, and the window stutters. On Linux a thread's nice value is its own, and threads created
-    from it inherit it; elsewhere this does nothing.
+    Training saturates every core; at equal priority the GUI thread then waits behind torch's threads for a
+    time slice, and the window stutters. So the threads that only compute (torch's intra-op workers, which
+    never run Python) run at a lower priority. The job thread itself keeps the window's: it holds the GIL
+    between its ops, and at a lower priority another busy program on the machine preempted it for 40-90 ms
+    at a time while it held the GIL, and the GUI thread slept waiting for the GIL all that while (issue #16:
+    GUI stalls of 47-152 ms with two other busy processes on 2 cores; see docs/benchmarks.md). torch starts its
+    workers for this thread on its first parallel op, with this thread's priority; a small op starts them
+    here, and the threads that came with it (none of them a Python thread) are lowered. Linux only, and only
+    once torch is imported (a job that never imports it, such as an adapter's GGUF export, starts none of its
+    threads); elsewhere, or where it is not allowed, this does nothing.
     """
-    import os
-
-    if hasattr(os, "setpriority"):
+    torch = sys.modules.get("torch")
+    if torch is None or not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return
+    before = _native_threads()
+    # at::parallel_for splits work only past 32,768 elements: a million starts the whole team
+    torch.ones(1 << 20).add_(1)
+    python_threads = {thread.native_id for thread in threading.enumerate()}
+    lower = min(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + COMPUTE_THREAD_NICENESS, 19)
+    for native_id in _native_threads() - before - python_threads:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            os.setpriority(os.PRIO_PROCESS, native_id, lower)
         except OSError:
-            pass  # not allowed here: the job simply runs at normal priority
+            pass  # gone already, or not allowed here: it computes at normal priority
+
+
+# How much lower torch's compute threads run than their job thread (nice values; 19 is the lowest priority).
+COMPUTE_THREAD_NICENESS = 10
+
+
+def _native_threads() -> set[int]:
+    """The kernel's thread ids of this process's threads (Linux)."""
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
 
 
 def lower_process_priority(pid: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 
 from . import workers
-from .process_switches import lower_this_threads_priority
+from .process_switches import lower_compute_threads_priority
 
 
 class CompareQuantizedWorker(workers.Worker):
@@ -29,7 +29,7 @@ class CompareQuantizedWorker(workers.Worker):
     def work(self):
         from workbench.core.quantized_eval import compare_on_quantized_base
 
-        lower_this_threads_priority()
+        lower_compute_threads_priority()
         base, adapter, prompts = self._args
         return compare_on_quantized_base(base, adapter, prompts, quantization=self._quantization,
                                          double_quant=self._double_quant, should_stop=self.should_stop,
@@ -49,7 +49,7 @@ class GgufAdapterWorker(workers.ExportWorker):
         from workbench.core.gguf_export import prepare_adapter_export
         from workbench.core.gguf_export.planning import next_commands
 
-        lower_this_threads_priority()
+        lower_compute_threads_priority()
         job = prepare_adapter_export(self._adapter, self._base, self._out, type_name=self._gguf_type or "f32",
                                      base_gguf=self._base_gguf or None, ollama=self._mode == "ollama_adapter")
         result = job.run(sink=self, control=self._control)

@@ -8,7 +8,7 @@ from typing import Any
 
 from PySide6.QtCore import Signal
 
-from ..process_switches import lower_this_threads_priority
+from ..process_switches import lower_compute_threads_priority
 from .jobs import Worker
 
 
@@ -69,7 +69,7 @@ class ExportWorker(Worker):
         if self._mode == "merge":
             from workbench.core.merge import merge_adapter
 
-            lower_this_threads_priority()
+            lower_compute_threads_priority()
             result = merge_adapter(self._base, self._adapter, self._out, dtype=self._dtype, sink=self,
                                    control=self._control)
             return {"mode": "merge", "output": result.output, "stopped": result.stopped,
@@ -83,7 +83,7 @@ class ExportWorker(Worker):
         from workbench.core.gguf_export import prepare_adapter_export, prepare_merged_export
         from workbench.core.gguf_export.planning import next_commands
 
-        lower_this_threads_priority()
+        lower_compute_threads_priority()
         if self._mode == "gguf_adapter":
             job = prepare_adapter_export(self._adapter, self._base, self._out, type_name=self._gguf_type or "f32")
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 
-from ..process_switches import lower_this_threads_priority
+from ..process_switches import lower_compute_threads_priority
 from .jobs import Worker
 
 
@@ -37,7 +37,7 @@ class GenerateWorker(Worker):
     def work(self):
         from workbench.core.playground import GenerationSettings, generate_answers
 
-        lower_this_threads_priority()
+        lower_compute_threads_priority()
         settings = GenerationSettings(max_new_tokens=self._max, temperature=self._temp, top_p=self._top_p)
         return generate_answers(self._model, self._tok, self._prompt, settings,
                                 on_piece=lambda which, text: self.post("token", which, text),

@@ -8,7 +8,7 @@ from PySide6.QtCore import Signal
 from workbench.core.config import RunConfig
 from workbench.core.events import RunStarted
 
-from ..process_switches import freeze_long_lived_objects, lower_this_threads_priority
+from ..process_switches import freeze_long_lived_objects, lower_compute_threads_priority
 from .jobs import Worker
 
 
@@ -33,9 +33,11 @@ class TrainWorker(Worker):
         self.post("event", event)
 
     def work(self):
+        import torch  # noqa: F401 - imported before lowering its compute threads' priority (it starts them)
+
         from workbench.core.training import run
 
-        lower_this_threads_priority()
+        lower_compute_threads_priority()
         return run(self._config, self, self._control)
 
 
@@ -48,7 +50,9 @@ class ResumeWorker(TrainWorker):
         self._control = control
 
     def work(self):
+        import torch  # noqa: F401 - imported before lowering its compute threads' priority (it starts them)
+
         from workbench.core.training import resume
 
-        lower_this_threads_priority()
+        lower_compute_threads_priority()
         return resume(self._run_dir, self, self._control)
