@@ -63,6 +63,17 @@ class Distributed:
         state = PartialState(cpu=device == "cpu", backend="gloo" if device == "cpu" else None)
         return cls(world_size=state.num_processes, rank=state.process_index)
 
+    def close(self) -> None:
+        """Tear the process group down at the end of a run, on every rank, success or error. A rank whose gloo
+        group was left to the interpreter's exit sometimes aborted there ("terminate called without an active
+        exception", SIGABRT), and torchrun then reported a stopped or finished run as a crashed worker."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
     def share(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (a small picklable object, e.g. the run folder's path)."""
         if self.world_size == 1:

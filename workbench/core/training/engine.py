@@ -60,12 +60,15 @@ def run(config: RunConfig, sink: SinkLike = None, control: Control | None = None
         check_before_loading(config)
     compute = precision.resolve_compute(config)  # once per run: everything below is handed this one
     dist = Distributed.setup(compute.device)
-    config = init_adapter.with_adapter_settings(config)  # [lora] from model.init_adapter's adapter, if one is set
-    files = dist.on_main(lambda: preflight(config, sink, compute=compute), share_result=False)
-    if files is not None and files.selection is not None:  # rank 0: the exact modules, in run.toml from the start
-        config = setup.with_selection(config, files.selection)  # (the other ranks resolve them on the loaded model)
-    folder = dist.on_main(lambda: create_run(config).path)
-    return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist, compute, files)
+    try:
+        config = init_adapter.with_adapter_settings(config)  # [lora] from model.init_adapter's adapter, if one is set
+        files = dist.on_main(lambda: preflight(config, sink, compute=compute), share_result=False)
+        if files is not None and files.selection is not None:  # rank 0: the exact modules, in run.toml at once
+            config = setup.with_selection(config, files.selection)  # (other ranks resolve them on the loaded model)
+        folder = dist.on_main(lambda: create_run(config).path)
+        return _train(Path(folder), config, as_sink(sink), control or RunControl(), None, dist, compute, files)
+    finally:
+        dist.close()
 
 
 def check_before_loading(config: RunConfig) -> None:
@@ -147,6 +150,7 @@ def resume(run_dir: str | Path, sink: SinkLike = None, control: Control | None =
     finally:
         for point in held:
             point.release()
+        dist.close()
 
 
 @dataclass(frozen=True)
