@@ -158,7 +158,9 @@ class MetricsPlots(pg.GraphicsLayoutWidget):
         follow_palette(self, [self.loss_plot])  # the legend's colours
         yield
         # Raw secondary (lighter, thinner), yet readable: at alpha 110 it all but vanished under the smoothed line.
-        self.raw_curve = self._curve(self.loss_plot, (100, 150, 225, 230), "raw", width=1.2)
+        # One pixel wide: at 1.2 px Qt strokes the translucent line as a wide path, 8× the frame time at 100k points
+        # (bench/gui_responsiveness.py's plot frame: 141 against 17 ms).
+        self.raw_curve = self._curve(self.loss_plot, (100, 150, 225, 230), "raw", width=1)
         self.smooth_curve = self._curve(self.loss_plot, (20, 80, 200), "smoothed", width=2.5)
         yield
         self.eval_curve = self.loss_plot.plot([], [], pen=pg.mkPen((230, 120, 20), width=2), symbol="o",
