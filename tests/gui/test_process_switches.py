@@ -101,72 +101,66 @@ def test_freezing_collects_the_garbage_first_and_only_on_the_gui_thread(qapp):
         collector.deleteLater()
 
 
-def test_a_phase_that_defers_full_collections_keeps_to_young_ones_until_it_ends(qapp):
+@pytest.fixture
+def stopped_collector(qapp):
+    """A GarbageCollector whose timer is stopped (the test calls it), and the generation of every collection run."""
+    process_switches.apply_process_switches()
+    collector = process_switches.GarbageCollector(None)
+    collector._timer.stop()
+    generations: list[int] = []
+
+    def seen(phase, info):
+        if phase == "stop":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        yield collector, generations
+    finally:
+        gc.callbacks.remove(seen)
+        collector.deleteLater()
+
+
+def test_a_phase_that_defers_full_collections_keeps_to_young_ones_until_it_ends(stopped_collector):
     from workbench.core.gc_phases import deferring_full_collections
 
-    process_switches.apply_process_switches()
-    collector = process_switches.GarbageCollector(None)
-    collector._timer.stop()
-    generations: list[int] = []
-
-    def seen(phase, info):
-        if phase == "stop":
-            generations.append(info["generation"])
-
-    gc.callbacks.append(seen)
-    try:
-        with deferring_full_collections():
-            collector._last_full -= 2 * collector.FULL_EVERY_S  # a full pass is overdue
-            process_switches._collection_requested.set()  # and a middle one asked for
-            collector.collect()
-            assert generations == [1]  # the young/middle collection ran, not the full one
-            with deferring_full_collections():  # a second phase (another thread's conversion) overlapping
-                pass
-            collector.collect()
-            assert 2 not in generations, "the first phase still runs"
-        ref = _cycle()
+    collector, generations = stopped_collector
+    with deferring_full_collections():
+        collector._last_full -= 2 * collector.FULL_EVERY_S  # a full pass is overdue
+        process_switches._collection_requested.set()  # and a middle one asked for
         collector.collect()
-        assert generations[-1] == 2 and ref() is None  # the phase over: the overdue full pass runs
-    finally:
-        gc.callbacks.remove(seen)
-        collector.deleteLater()
+        assert generations == [1]  # the young/middle collection ran, not the full one
+        with deferring_full_collections():  # a second phase (another thread's conversion) overlapping
+            pass
+        collector.collect()
+        assert 2 not in generations, "the first phase still runs"
+    ref = _cycle()
+    collector.collect()
+    assert generations[-1] == 2 and ref() is None  # the phase over: the overdue full pass runs
 
 
-def test_a_full_pass_due_on_a_late_tick_waits_for_one_on_time(qapp):
+def test_a_full_pass_due_on_a_late_tick_waits_for_one_on_time(stopped_collector):
     """After a busy turn (a repaint, a plot's redraw) the collector's tick comes late; a full pass due then waits for
     a tick on time, so that the two do not add up in one gap, but never longer than MAX_FULL_WAIT_S."""
-    process_switches.apply_process_switches()
-    collector = process_switches.GarbageCollector(None)
-    collector._timer.stop()
-    generations: list[int] = []
-
-    def seen(phase, info):
-        if phase == "stop":
-            generations.append(info["generation"])
-
-    gc.callbacks.append(seen)
-    try:
-        collector._last_full -= 2 * collector.FULL_EVERY_S  # a full pass is overdue
-        collector.collect(on_time=False)
-        assert 2 not in generations, "not on a late tick"
-        collector.collect(on_time=True)
-        assert generations[-1] == 2, "on the next tick on time"
-        generations.clear()
-        collector._last_full -= 2 * collector.FULL_EVERY_S
-        collector.collect(on_time=False)
-        assert 2 not in generations
-        collector._full_waiting_since -= collector.MAX_FULL_WAIT_S  # late ticks only, for as long as it may wait
-        collector.collect(on_time=False)
-        assert generations[-1] == 2, "it does not wait for ever"
-        # The timer's tick says whether it came on time.
-        collector._last_tick -= collector.INTERVAL_MS / 1000 + 0.05  # 50 ms late
-        collector._last_full -= 2 * collector.FULL_EVERY_S
-        generations.clear()
-        collector._tick()
-        assert 2 not in generations
-    finally:
-        gc.callbacks.remove(seen)
-        collector.deleteLater()
+    collector, generations = stopped_collector
+    collector._last_full -= 2 * collector.FULL_EVERY_S  # a full pass is overdue
+    collector.collect(on_time=False)
+    assert 2 not in generations, "not on a late tick"
+    collector.collect(on_time=True)
+    assert generations[-1] == 2, "on the next tick on time"
+    generations.clear()
+    collector._last_full -= 2 * collector.FULL_EVERY_S
+    collector.collect(on_time=False)
+    assert 2 not in generations
+    collector._full_waiting_since -= collector.MAX_FULL_WAIT_S  # late ticks only, for as long as it may wait
+    collector.collect(on_time=False)
+    assert generations[-1] == 2, "it does not wait for ever"
+    # The timer's tick says whether it came on time.
+    collector._last_tick -= collector.INTERVAL_MS / 1000 + 0.05  # 50 ms late
+    collector._last_full -= 2 * collector.FULL_EVERY_S
+    generations.clear()
+    collector._tick()
+    assert 2 not in generations
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are set on Linux only")
