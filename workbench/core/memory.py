@@ -24,8 +24,9 @@ The estimate is the sum of these parts (``P`` = base parameters, ``T`` = trainab
   while it is recomputed. Where the engine's own layer nodes run (``lean_layers``: llama / mistral / qwen2
   blocks in float32, plain LoRA on an unquantized base — core/lora_forward.py, core/lean_attention.py) a block
   keeps less, counted by ``_lean_block_activation_elements``: 23 KiB a token for SmolLM2-135M, all-linear,
-  against 55 by the count above (tests/core/test_memory_engine.py checks the count against autograd's). In half precision a block's share is raised by 15 %: some of it stays in float32
-  (the normalisations upcast their input; PEFT casts each LoRA input to the adapter's float32).
+  against 55 by the count above (tests/core/test_memory_engine.py checks the count against autograd's). In half
+  precision a block's share is raised by 15 %: some of it stays in float32 (the normalisations upcast their
+  input; PEFT casts each LoRA input to the adapter's float32).
 * **logits** — ``b·s·V`` float32 logits and their gradient (``2·b·s·V·4``); in half precision also the
   half-precision logits the model returns before the loss upcasts them (``+0.5·b·s·V·4``). Often the largest
   single buffer for models with large vocabularies. Where the engine computes the loss itself

@@ -124,8 +124,6 @@ def lower_process_priority(pid: int) -> None:
     the process's first thread; the threads it starts later (torch's, the launcher's processes) inherit it, and a
     new process has started none yet. Elsewhere, or where it is not allowed, this does nothing.
     """
-    import os
-
     if hasattr(os, "setpriority"):
         try:
             os.setpriority(os.PRIO_PROCESS, pid, 10)
