@@ -263,6 +263,9 @@ class LayerPanel(QWidget):
             self._hide_filtered()
         model.selection.edited.connect(self.selectionEdited)  # loads (a run file, a re-opened model) are not edits
         self.block_map.set_grid(model.tree)  # its cells: show_piece("map")
+        # The counts come with the open's last piece (ModelController._land); until then not the "No model open"
+        # of an empty window, or the previous model's counts, under this model's tree.
+        self.summary.show_problem("Counting…")  # no longer than "No model open": no relayout of the bar for it
         self.block_map.clear_change()  # an adapter inspected for the previous model says nothing about this one
         self.map_colour.setCurrentIndex(0)
         self.map_colour.setEnabled(False)
